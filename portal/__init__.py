@@ -1,0 +1,109 @@
+"""The billing portal: create_app() builds the Flask application."""
+from __future__ import annotations
+
+import json as std_json
+import logging
+import os
+import sys
+from decimal import Decimal
+from typing import Any
+
+from flask import Flask
+from flask.json.provider import DefaultJSONProvider
+from sqlalchemy import event
+
+from .config import ConfigError, build_config
+from .extensions import csrf, db, htmx_ext, limiter, login_manager, mail, migrate
+
+
+class DecimalJSONProvider(DefaultJSONProvider):
+    """JSON numbers in requests become exact Decimals (``50.00`` is Decimal('50.00'))."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_float", Decimal)
+        return std_json.loads(s, **kwargs)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_path=os.environ.get(
+        "INSTANCE_PATH", os.path.join(os.path.dirname(os.path.dirname(__file__)), "instance")))
+    app.json_provider_class = DecimalJSONProvider
+    app.json = DecimalJSONProvider(app)
+    try:
+        app.config.update(build_config(app.instance_path, overrides=config or {}))
+    except ConfigError as exc:
+        # Start-up stops here, naming the key; the CLI and gunicorn print it.
+        raise SystemExit(f"configuration error: {exc}") from None
+    os.makedirs(app.instance_path, exist_ok=True)
+    _configure_logging(app)
+
+    app.config.setdefault("RATELIMIT_STORAGE_URI", _limiter_storage(app.config["REDIS_URL"]))
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                     "migrations"),
+                     render_as_batch=True, compare_type=True)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    mail.init_app(app)
+    htmx_ext.init_app(app)
+    with app.app_context():
+        _configure_engine(db.engine)
+
+    from jobs import queues
+    queues.init_app(app)
+
+    from . import models  # noqa: F401  (registers the tables)
+    from .blueprints import register_blueprints
+    from .cli import register_cli
+    from .web import init_web
+
+    init_web(app)
+    register_blueprints(app)
+    register_cli(app)
+    return app
+
+
+def _limiter_storage(redis_url: str) -> str:
+    if not redis_url:
+        return "memory://"
+    if redis_url.startswith("unix://"):
+        return "redis+unix://" + redis_url[len("unix://"):]
+    return redis_url
+
+
+def _configure_engine(engine) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    # SQLite: foreign keys on, WAL so readers do not block the writer, and every
+    # transaction begins IMMEDIATE: a writer takes the write lock before it reads, so a
+    # balance read and the write that depends on it cannot interleave with another writer
+    # (SQLAlchemy drops FOR UPDATE on SQLite). busy_timeout makes the others wait.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _configure_logging(app: Flask) -> None:
+    level = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING,
+             "info": logging.INFO, "debug": logging.DEBUG}[app.config["LOG_LEVEL"]]
+    root = logging.getLogger()
+    if not any(getattr(h, "_portal", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"))
+        handler._portal = True
+        root.addHandler(handler)
+    root.setLevel(level)
+    app.logger.setLevel(level)

@@ -1,0 +1,23 @@
+"""Blueprints: thin views (parse, authorize, call one service, render or redirect)."""
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import account, auth, invoices, payment_methods, subscription, usage, wallet
+    from .admin import bp as admin_bp
+    from .api import bp as api_bp
+
+    for module in (auth, account, wallet, usage, invoices, payment_methods, subscription):
+        app.register_blueprint(module.bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(api_bp)
+    app.add_url_rule("/", endpoint="index", view_func=_index)
+
+
+def _index():
+    from flask import redirect, url_for
+    from flask_login import current_user
+
+    if current_user.is_authenticated:
+        return redirect(url_for("wallet.index"))
+    return redirect(url_for("auth.login"))

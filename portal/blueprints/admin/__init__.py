@@ -1,0 +1,6 @@
+"""The admin area (admins only)."""
+from flask import Blueprint
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+from . import routes  # noqa: E402,F401

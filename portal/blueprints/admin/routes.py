@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time, timedelta
+
+from flask import abort, flash, render_template, request
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import DateField, HiddenField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ...extensions import db
+from ...models import OutboundEmail, User
+from ...money import AmountError, Money
+from ...services import accounts, credits, ledger, mail
+from ...services.errors import ServiceError
+from .. import helpers
+from . import bp
+
+
+@bp.before_request
+@helpers.admin_required
+def _require_admin():
+    return None
+
+
+class GrantCreditForm(FlaskForm):
+    amount = StringField("Amount", validators=[DataRequired()])
+    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+    expires_on = DateField("Valid through (optional)", validators=[Optional()])
+    # One grant per rendered form, however often it is submitted.
+    request_id = HiddenField()
+
+
+@bp.get("/")
+def index():
+    users = accounts.list_users(page=1, per_page=10)
+    return render_template("admin/index.html", users=users,
+                           outbox=mail.list_outbox(page=1, per_page=5))
+
+
+@bp.get("/users")
+def users():
+    q = request.args.get("q", "").strip()
+    page = accounts.list_users(query=q, page=helpers.page_arg())
+    return render_template("admin/users.html", users=page, q=q)
+
+
+def _user_or_404(user_id: int) -> User:
+    return db.session.get(User, user_id) or abort(404)
+
+
+def _render_user(user: User, form: GrantCreditForm, status: int = 200):
+    if not form.request_id.data:
+        form.request_id.data = uuid.uuid4().hex
+    return render_template(
+        "admin/user.html", user=user, form=form, balances=ledger.balances(user),
+        lots=credits.list_lots(user),
+        history=ledger.wallet_history(user, page=helpers.page_arg())), status
+
+
+@bp.get("/users/<int:user_id>")
+def user(user_id: int):
+    return _render_user(_user_or_404(user_id), GrantCreditForm(formdata=None))
+
+
+@bp.post("/users/<int:user_id>/credits")
+def grant_credit(user_id: int):
+    user = _user_or_404(user_id)
+    form = GrantCreditForm()
+    if not form.validate_on_submit():
+        return _render_user(user, form, 422)
+    expires_at = None
+    if form.expires_on.data:  # valid through that whole day (UTC)
+        expires_at = datetime.combine(form.expires_on.data + timedelta(days=1), time(), UTC)
+    try:
+        amount = Money.from_decimal(form.amount.data, user.currency)
+        credits.grant_credit(user=user, amount=amount, reason=form.reason.data,
+                             expires_at=expires_at, granted_by=current_user,
+                             idempotency_key=f"form:{form.request_id.data}")
+    except AmountError as exc:
+        form.amount.errors.append(f"The amount {exc}.")
+        return _render_user(user, form, 422)
+    except ServiceError as exc:
+        db.session.rollback()
+        helpers.form_errors_from(form, exc)
+        return _render_user(user, form, 422)
+    db.session.commit()
+    flash(f"Granted {amount.format()} of credit to {user.email}.", "success")
+    return helpers.see_other("admin.user", user_id=user.id)
+
+
+@bp.get("/outbox")
+def outbox():
+    return render_template("admin/outbox.html", messages=mail.list_outbox(page=helpers.page_arg()))
+
+
+@bp.get("/outbox/<int:message_id>")
+def outbox_message(message_id: int):
+    message = db.session.get(OutboundEmail, message_id) or abort(404)
+    return render_template("admin/outbox_message.html", message=message)

@@ -1,0 +1,26 @@
+"""The JSON API under /api/plugins/billing (bearer tokens; see API.md)."""
+from flask import Blueprint
+
+from ...extensions import csrf
+from ...money import AmountError
+from ...services.errors import ServiceError
+from ...web import json_error
+
+bp = Blueprint("api", __name__, url_prefix="/api/plugins/billing")
+csrf.exempt(bp)  # bearer tokens only, never the session cookie, so no CSRF to defend
+
+
+@bp.errorhandler(ServiceError)
+def _service_error(exc: ServiceError):
+    from ...extensions import db
+
+    db.session.rollback()
+    return json_error(exc.http_status, exc.code, exc.message, exc.fields)
+
+
+@bp.errorhandler(AmountError)
+def _amount_error(exc: AmountError):
+    return json_error(422, "validation_failed", f"amount {exc}", {"amount": str(exc)})
+
+
+from . import routes  # noqa: E402,F401

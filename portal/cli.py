@@ -1,0 +1,111 @@
+"""`flask --app wsgi billing ...` commands. Each exits non-zero with a one-line reason."""
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from .extensions import db
+from .services.errors import ServiceError
+
+billing = AppGroup("billing", help="Billing portal operations.")
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@billing.command("create-admin")
+@click.argument("email")
+@click.option("--password", envvar="ADMIN_PASSWORD", help="Else you are asked for it.")
+def create_admin(email: str, password: str | None) -> None:
+    """Create an admin account, or give an existing account the admin role."""
+    from sqlalchemy import select
+
+    from .models import User
+    from .services import accounts
+
+    try:
+        normalized = accounts.normalize_email(email)
+        user = db.session.scalar(select(User).where(User.email == normalized))
+        if user is None:
+            if not password:
+                password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+            user = accounts.create_user(email=normalized, password=password, is_admin=True)
+            action = "created"
+        else:
+            user.is_admin = True
+            action = "is now an admin"
+        db.session.commit()
+    except ServiceError as exc:
+        fail(exc.message)
+    click.echo(f"{user.email} {action}")
+
+
+@billing.command("create-token")
+@click.argument("email")
+@click.option("--scope", type=click.Choice(["user", "admin", "platform"]), default="user")
+@click.option("--name", default="cli", help="A label to recognise the token by.")
+def create_token(email: str, scope: str, name: str) -> None:
+    """Print a new API token for EMAIL (the token alone on the last line)."""
+    from .services import accounts
+
+    try:
+        user = accounts.find_user(email)
+        _, plain = accounts.create_api_token(user, name=name, scope=scope)
+        db.session.commit()
+    except ServiceError as exc:
+        fail(exc.message)
+    click.echo(f"token for {user.email}, scope {scope} (shown once):")
+    click.echo(plain)
+
+
+@billing.command("reconcile")
+def reconcile() -> None:
+    """Prove the ledger's invariants; exit 1 on any difference."""
+    from .services.reconcile import CHECKS, find_discrepancies
+
+    problems = find_discrepancies()
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        fail(f"{len(problems)} difference(s) found")
+    click.echo(f"ok: {len(CHECKS)} checks passed")
+
+
+@billing.command("expire-credits")
+def expire_credits() -> None:
+    """Return what is left of expired credit lots to the grant source."""
+    from .services import credits
+
+    count = credits.expire_credits()
+    db.session.commit()
+    click.echo(f"expired {count} credit lot(s)")
+
+
+@billing.command("seed-demo")
+def seed_demo() -> None:
+    """Load demo data: one admin and three users with different histories (idempotent)."""
+    from .services import demo
+
+    for line in demo.seed():
+        click.echo(line)
+    db.session.commit()
+
+
+@billing.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@click.option("--web-workers", default=2, show_default=True)
+def serve(host: str, port: int, web_workers: int) -> None:
+    """Run the web server, an RQ worker and the periodic processes in the foreground."""
+    from .supervisor import run_all
+
+    sys.exit(run_all(host=host, port=port, web_workers=web_workers))
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(billing)
+

@@ -1,0 +1,303 @@
+"""Settings: environment variables, plus an optional JSON file in the seed plugin's shape.
+
+The JSON file (``BILLING_CONFIG=/path/to/billing.json``) carries the billing settings the
+StreamSpace plugin documents (``billingMode``, ``computeRates``, ``invoiceDay``...). Each of
+them can also be set, and overridden, by an environment variable (``INVOICE_DAY=15``).
+Secrets (``SECRET_KEY``, Stripe keys, SMTP password) are read from the environment only.
+Everything is validated at start; a bad value stops start-up with a message naming the key.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from croniter import croniter
+
+from .money import AmountError, currency_digits, to_decimal
+
+BILLING_MODES = ("usage", "subscription", "hybrid", "prepaid")
+RATE_KEYS = ("cpu_per_core_hour", "memory_per_gb_hour", "storage_per_gb_month")
+SECRET_JSON_KEYS = ("stripeSecretKey", "stripeWebhookSecret", "stripePublishableKey")
+
+# seed key -> (environment variable, kind)
+BILLING_KEYS: dict[str, tuple[str, str]] = {
+    "enabled": ("BILLING_ENABLED", "bool"),
+    "billingMode": ("BILLING_MODE", "str"),
+    "computeRates": ("COMPUTE_RATES", "json"),
+    "subscriptionPlans": ("SUBSCRIPTION_PLANS", "json"),
+    "usageCalculationInterval": ("USAGE_CALCULATION_INTERVAL", "str"),
+    "invoiceDay": ("INVOICE_DAY", "int"),
+    "alertThreshold": ("ALERT_THRESHOLD", "int"),
+    "autoSuspendOnOverage": ("AUTO_SUSPEND_ON_OVERAGE", "bool"),
+    "gracePeriodDays": ("GRACE_PERIOD_DAYS", "int"),
+    "stripeEnabled": ("STRIPE_ENABLED", "bool"),
+}
+
+DEFAULT_RATES = {
+    "cpu_per_core_hour": Decimal("0.05"),
+    "memory_per_gb_hour": Decimal("0.01"),
+    "storage_per_gb_month": Decimal("0.10"),
+}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message starts with the key's name."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    name: str
+    price: Decimal
+    interval: str
+    cpu_limit: Decimal
+    memory_limit: Decimal
+    storage_limit: Decimal
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    enabled: bool = True
+    billing_mode: str = "usage"
+    compute_rates: dict[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    subscription_plans: tuple[Plan, ...] = ()
+    usage_calculation_interval: str = "0 * * * *"
+    invoice_day: int = 1
+    alert_threshold: int = 80
+    auto_suspend_on_overage: bool = False
+    grace_period_days: int = 7
+    stripe_enabled: bool = False
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(key, f"must be true or false, not {value!r}")
+
+
+def _parse_int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a whole number, not {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ConfigError(key, f"must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, not {value}")
+    return value
+
+
+def _parse_decimal(key: str, value: Any) -> Decimal:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number, not {value!r}")
+    try:
+        amount = to_decimal(value)
+    except (TypeError, AmountError):
+        raise ConfigError(key, f"must be a number, not {value!r}") from None
+    if amount < 0:
+        raise ConfigError(key, f"must not be negative, not {amount}")
+    return amount
+
+
+def _parse_cron(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not croniter.is_valid(value) or len(value.split()) != 5:
+        raise ConfigError(key, f"must be a five-field cron expression, not {value!r}")
+    return value
+
+
+def _parse_rates(key: str, value: Any) -> dict[str, Decimal]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be an object of rates")
+    unknown = sorted(set(value) - set(RATE_KEYS))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown rate (known: {', '.join(RATE_KEYS)})")
+    rates = dict(DEFAULT_RATES)
+    for name, raw in value.items():
+        rates[name] = _parse_decimal(f"{key}.{name}", raw)
+    return rates
+
+
+def _parse_plans(key: str, value: Any) -> tuple[Plan, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of plans")
+    plans, seen = [], set()
+    for i, raw in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(where, "must be an object")
+        plan_id = raw.get("id")
+        if not isinstance(plan_id, str) or not plan_id:
+            raise ConfigError(f"{where}.id", "is required")
+        if plan_id in seen:
+            raise ConfigError(f"{where}.id", f"duplicate plan id {plan_id!r}")
+        seen.add(plan_id)
+        interval = raw.get("interval", "month")
+        if interval not in ("month", "year"):
+            raise ConfigError(f"{where}.interval", f"must be month or year, not {interval!r}")
+        plans.append(
+            Plan(
+                id=plan_id,
+                name=str(raw.get("name") or plan_id),
+                price=_parse_decimal(f"{where}.price", raw.get("price", 0)),
+                interval=interval,
+                cpu_limit=_parse_decimal(f"{where}.cpu_limit", raw.get("cpu_limit", 0)),
+                memory_limit=_parse_decimal(f"{where}.memory_limit", raw.get("memory_limit", 0)),
+                storage_limit=_parse_decimal(f"{where}.storage_limit", raw.get("storage_limit", 0)),
+            )
+        )
+    return tuple(plans)
+
+
+def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
+    """Validate the seed-shaped mapping; raise ConfigError naming the first bad key."""
+    for secret in SECRET_JSON_KEYS:
+        if secret in raw:
+            raise ConfigError(secret, "secrets are read from the environment only "
+                              "(STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), never from the file")
+    unknown = sorted(set(raw) - set(BILLING_KEYS))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown setting")
+    s = BillingSettings()
+    values: dict[str, Any] = {}
+    if "enabled" in raw:
+        values["enabled"] = _parse_bool("enabled", raw["enabled"])
+    if "billingMode" in raw:
+        if raw["billingMode"] not in BILLING_MODES:
+            raise ConfigError("billingMode", f"must be one of {', '.join(BILLING_MODES)}, "
+                              f"not {raw['billingMode']!r}")
+        values["billing_mode"] = raw["billingMode"]
+    if "computeRates" in raw:
+        values["compute_rates"] = _parse_rates("computeRates", raw["computeRates"])
+    if "subscriptionPlans" in raw:
+        values["subscription_plans"] = _parse_plans("subscriptionPlans", raw["subscriptionPlans"])
+    if "usageCalculationInterval" in raw:
+        values["usage_calculation_interval"] = _parse_cron(
+            "usageCalculationInterval", raw["usageCalculationInterval"])
+    if "invoiceDay" in raw:
+        values["invoice_day"] = _parse_int("invoiceDay", raw["invoiceDay"], 1, 28)
+    if "alertThreshold" in raw:
+        values["alert_threshold"] = _parse_int("alertThreshold", raw["alertThreshold"], 1, 100)
+    if "autoSuspendOnOverage" in raw:
+        values["auto_suspend_on_overage"] = _parse_bool(
+            "autoSuspendOnOverage", raw["autoSuspendOnOverage"])
+    if "gracePeriodDays" in raw:
+        values["grace_period_days"] = _parse_int("gracePeriodDays", raw["gracePeriodDays"], 0, 3650)
+    if "stripeEnabled" in raw:
+        values["stripe_enabled"] = _parse_bool("stripeEnabled", raw["stripeEnabled"])
+    return BillingSettings(**{**s.__dict__, **values})
+
+
+def load_billing_settings(environ: dict[str, str], json_path: str | None) -> BillingSettings:
+    raw: dict[str, Any] = {}
+    if json_path:
+        path = Path(json_path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError("BILLING_CONFIG", f"cannot read {path}: {exc.strerror}") from None
+        try:
+            raw = json.loads(text, parse_float=Decimal)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("BILLING_CONFIG", f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("BILLING_CONFIG", f"{path} must hold a JSON object")
+    for key, (env, kind) in BILLING_KEYS.items():
+        if env in environ:
+            value: Any = environ[env]
+            if kind == "json":
+                try:
+                    value = json.loads(value, parse_float=Decimal)
+                except json.JSONDecodeError:
+                    raise ConfigError(key, f"{env} must hold JSON") from None
+            raw[key] = value
+    return parse_billing_settings(raw)
+
+
+def _env_bool(environ: dict[str, str], name: str, default: bool) -> bool:
+    if name not in environ:
+        return default
+    return _parse_bool(name, environ[name])
+
+
+def _default_database_url(instance_path: str) -> str:
+    return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
+
+
+def build_config(instance_path: str, environ: dict[str, str] | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Flask config mapping for this environment, with ``overrides`` (tests) applied
+    last. Raises ConfigError on a bad value."""
+    env = dict(os.environ if environ is None else environ)
+    overrides = overrides or {}
+    cfg: dict[str, Any] = {}
+    testing = bool(overrides.get("TESTING")) or _env_bool(env, "TESTING", False)
+    debug = _env_bool(env, "FLASK_DEBUG", False)
+
+    secret = overrides.get("SECRET_KEY") or env.get("SECRET_KEY", "")
+    if not secret and not (testing or debug):
+        raise ConfigError("SECRET_KEY", "must be set in the environment "
+                          "(python -c 'import secrets; print(secrets.token_hex(32))')")
+    if secret and len(secret) < 16:
+        raise ConfigError("SECRET_KEY", "must be at least 16 characters")
+    cfg["SECRET_KEY"] = secret or "development-only-not-secret"
+
+    cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
+        env.get("DATABASE_URL") or _default_database_url(instance_path))
+    cfg["REDIS_URL"] = env.get("REDIS_URL", "")
+    cfg["CURRENCY"] = env.get("CURRENCY", "USD").upper()
+    try:
+        currency_digits(cfg["CURRENCY"])
+    except ValueError:
+        raise ConfigError("CURRENCY", f"not an ISO 4217 code: {cfg['CURRENCY']!r}") from None
+    cfg["BABEL_DEFAULT_LOCALE"] = env.get("LOCALE", "en_US")
+    cfg["PUBLIC_URL"] = env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
+    cfg["SELLER_NAME"] = env.get("SELLER_NAME", "Example Cloud Ltd.")
+
+    # Mail: with no MAIL_SERVER, messages stay in the outbox table (admin area).
+    cfg["MAIL_SERVER"] = env.get("MAIL_SERVER", "")
+    cfg["MAIL_PORT"] = int(env.get("MAIL_PORT", "25"))
+    cfg["MAIL_USE_TLS"] = _env_bool(env, "MAIL_USE_TLS", False)
+    cfg["MAIL_USE_SSL"] = _env_bool(env, "MAIL_USE_SSL", False)
+    cfg["MAIL_USERNAME"] = env.get("MAIL_USERNAME") or None
+    cfg["MAIL_PASSWORD"] = env.get("MAIL_PASSWORD") or None
+    cfg["MAIL_DEFAULT_SENDER"] = env.get("MAIL_DEFAULT_SENDER", "billing@localhost")
+
+    cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
+    cfg["SESSION_COOKIE_SECURE"] = _env_bool(env, "SESSION_COOKIE_SECURE", False)
+    cfg["SESSION_COOKIE_HTTPONLY"] = True
+    cfg["SESSION_COOKIE_SAMESITE"] = "Lax"
+    cfg["REMEMBER_COOKIE_HTTPONLY"] = True
+    cfg["REMEMBER_COOKIE_SAMESITE"] = "Lax"
+    cfg["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session instead of a clock
+    cfg["RQ_ASYNC"] = _env_bool(env, "RQ_ASYNC", True)
+    cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
+    if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
+        raise ConfigError("LOG_LEVEL", f"must be error, warn, info or debug, not {cfg['LOG_LEVEL']!r}")
+    cfg["TESTING"] = testing
+    cfg["BILLING"] = load_billing_settings(env, env.get("BILLING_CONFIG"))
+    cfg.update(overrides)
+    if "DATABASE_URL" in overrides:
+        cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(overrides["DATABASE_URL"])
+    return cfg
+
+
+def normalize_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever scheme the operator wrote."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url

@@ -1,0 +1,233 @@
+"""Users, passwords, password links and API tokens."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import ApiToken, TokenScope, User, utcnow
+from . import ledger, mail
+from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+
+_hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
+_DUMMY_HASH = _hasher.hash("not a real password")
+MIN_PASSWORD = 10
+RESET_MAX_AGE = timedelta(hours=24)
+WELCOME_MAX_AGE = timedelta(days=7)
+TOKEN_PREFIX = "bp_"
+
+
+def normalize_email(raw: str, *, field: str = "email") -> str:
+    try:
+        return validate_email((raw or "").strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValidationFailed.field(field, str(exc)) from None
+
+
+def find_user(ref: str | int) -> User:
+    """A user by numeric id or email (the API's ``user_id``)."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        user = db.session.get(User, int(ref))
+    elif isinstance(ref, str) and "@" in ref:
+        user = db.session.scalar(select(User).where(User.email == ref.strip().lower()))
+    else:
+        user = None
+    if user is None:
+        raise NotFound(f"no user {ref!r}")
+    return user
+
+
+def _check_password_rules(password: str, field: str = "password") -> None:
+    if len(password or "") < MIN_PASSWORD:
+        raise ValidationFailed.field(field, f"must be at least {MIN_PASSWORD} characters")
+    if len(password) > 256:
+        raise ValidationFailed.field(field, "must be at most 256 characters")
+
+
+def create_user(*, email: str, password: str | None = None, name: str = "",
+                is_admin: bool = False) -> User:
+    email = normalize_email(email)
+    if password is not None:
+        _check_password_rules(password)
+    if db.session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("an account with this email already exists",
+                       fields={"email": "is already registered"})
+    user = User(email=email, name=(name or "").strip()[:200], is_admin=is_admin,
+                currency=current_app.config["CURRENCY"],
+                password_hash=_hasher.hash(password) if password else None)
+    db.session.add(user)
+    db.session.flush()
+    ledger.open_user_accounts(user)
+    return user
+
+
+def ensure_platform_user(*, email: str, name: str = "") -> tuple[User, bool]:
+    """The platform's OnUserCreated: idempotent by email. A new user gets a link to set a
+    password. Returns (user, created)."""
+    email = normalize_email(email)
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is not None:
+        if name and name.strip() != user.name:
+            raise Conflict(f"user {email} exists with a different name",
+                           fields={"name": "differs from the existing user's"})
+        return user, False
+    user = create_user(email=email, name=name)
+    mail.queue_email(to=user.email, subject="Set your billing portal password",
+                     template="welcome", user_id=user.id,
+                     link=password_link(user), days=WELCOME_MAX_AGE.days)
+    return user, True
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The user for these credentials, or None. Takes the same time for unknown emails."""
+    try:
+        email = normalize_email(email)
+    except ValidationFailed:
+        email = ""
+    user = db.session.scalar(select(User).where(User.email == email)) if email else None
+    stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+    try:
+        _hasher.verify(stored, password or "")
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or not user.password_hash or not user.is_enabled:
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    return user
+
+
+def set_password(user: User, new_password: str) -> None:
+    _check_password_rules(new_password)
+    user.password_hash = _hasher.hash(new_password)
+    user.auth_version += 1  # signs out every other session and spends old reset links
+
+
+def change_password(user: User, current: str, new_password: str) -> None:
+    try:
+        if not user.password_hash:
+            raise VerificationError()
+        _hasher.verify(user.password_hash, current or "")
+    except (VerificationError, InvalidHashError):
+        raise ValidationFailed.field("current_password", "is not correct") from None
+    set_password(user, new_password)
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="password-link")
+
+
+def password_token(user: User) -> str:
+    # auth_version makes the link single-use: setting a password bumps it.
+    return _serializer().dumps({"u": user.id, "v": user.auth_version})
+
+
+def password_link(user: User) -> str:
+    # Built without a request (jobs, CLI): PUBLIC_URL is where users reach the portal.
+    path = current_app.url_map.bind("portal").build("auth.reset_password",
+                                                    {"token": password_token(user)})
+    return current_app.config["PUBLIC_URL"] + path
+
+
+def user_for_password_token(token: str, *, max_age: timedelta = WELCOME_MAX_AGE) -> User:
+    try:
+        data = _serializer().loads(token, max_age=int(max_age.total_seconds()))
+    except SignatureExpired:
+        raise ValidationFailed.field("token", "has expired; ask for a new link") from None
+    except BadSignature:
+        raise ValidationFailed.field("token", "is not valid") from None
+    user = db.session.get(User, data.get("u"))
+    if user is None or user.auth_version != data.get("v") or not user.is_enabled:
+        raise ValidationFailed.field("token", "has already been used; ask for a new link")
+    return user
+
+
+def request_password_reset(email: str) -> None:
+    """Email a reset link if the account exists; say nothing either way."""
+    try:
+        email = normalize_email(email)
+    except ValidationFailed:
+        return
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None or not user.is_enabled:
+        return
+    mail.queue_email(to=user.email, subject="Reset your billing portal password",
+                     template="reset_password", user_id=user.id, link=password_link(user),
+                     hours=int(RESET_MAX_AGE.total_seconds() // 3600))
+
+
+# -- API tokens ----------------------------------------------------------------------------
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_token(user: User, *, name: str, scope: str) -> tuple[ApiToken, str]:
+    """A new token; the plain text is returned once and never stored."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed.field("name", "is required")
+    if len(name) > 100:
+        raise ValidationFailed.field("name", "must be at most 100 characters")
+    try:
+        scope = TokenScope(scope)
+    except ValueError:
+        raise ValidationFailed.field("scope", "must be user, admin or platform") from None
+    if scope != TokenScope.USER and not user.is_admin:
+        raise PermissionDenied("only admins can create admin or platform tokens")
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(user_id=user.id, name=name, scope=str(scope), prefix=plain[:10],
+                     token_hash=_hash_token(plain))
+    db.session.add(token)
+    db.session.flush()
+    return token, plain
+
+
+def token_for(plain: str) -> ApiToken | None:
+    if not plain or not plain.startswith(TOKEN_PREFIX):
+        return None
+    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(plain)))
+    if token is None or token.revoked_at is not None or not token.user.is_enabled:
+        return None
+    if token.scope == TokenScope.ADMIN and not token.user.is_admin:
+        return None  # an admin who lost the role loses their admin tokens too
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=5):
+        token.last_used_at = now  # coarse, so reads do not write on every call
+    return token
+
+
+def list_tokens(user: User) -> list[ApiToken]:
+    return list(db.session.scalars(select(ApiToken).where(
+        ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.id.desc())))
+
+
+def revoke_token(user: User, token_id: int) -> None:
+    token = db.session.scalar(select(ApiToken).where(ApiToken.id == token_id,
+                                                     ApiToken.user_id == user.id))
+    if token is None:
+        raise NotFound("no such token")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+
+
+def list_users(*, query: str = "", page: int = 1, per_page: int = 25):
+    """Users for the admin area, newest first, with a simple email/name search."""
+    from .ledger import Page
+
+    stmt = select(User)
+    if query:
+        like = f"%{query.strip().lower()}%"
+        stmt = stmt.where((User.email.like(like)) | (db.func.lower(User.name).like(like)))
+    total = db.session.scalar(select(db.func.count()).select_from(stmt.subquery()))
+    items = list(db.session.scalars(stmt.order_by(User.id.desc())
+                                    .limit(per_page).offset((page - 1) * per_page)))
+    return Page(items, page, per_page, total)

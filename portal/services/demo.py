@@ -1,0 +1,60 @@
+"""Demo data for `make run`: one admin, three users with different histories.
+Running it again changes nothing (users by email, money by idempotency key)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import LedgerTransaction, User, utcnow
+from ..money import Money
+from . import accounts, credits
+
+DEMO_PASSWORD = "demo-password"
+ADMIN_EMAIL = "admin@example.com"
+
+
+def _user(email: str, name: str, *, password: str | None = DEMO_PASSWORD,
+          is_admin: bool = False) -> User:
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None:
+        if password is None:
+            user, _ = accounts.ensure_platform_user(email=email, name=name)
+        else:
+            user = accounts.create_user(email=email, password=password, name=name,
+                                        is_admin=is_admin)
+    return user
+
+
+def seed() -> list[str]:
+    now = utcnow()
+    admin = _user(ADMIN_EMAIL, "Ada Admin", is_admin=True)
+    alice = _user("alice@example.com", "Alice Example")
+    bob = _user("bob@example.com", "Bob Example")
+    carol = _user("carol@example.com", "Carol Example", password=None)
+
+    def grant(user: User, key: str, amount: str, reason: str, **kwargs) -> None:
+        if db.session.scalar(select(LedgerTransaction.id).where(
+                LedgerTransaction.idempotency_key == f"credit-grant:demo:{key}")):
+            return  # seeded on an earlier run
+        credits.grant_credit(user=user, amount=Money.from_decimal(amount, user.currency),
+                             reason=reason, idempotency_key=f"demo:{key}", granted_by=admin,
+                             **kwargs)
+
+    # Alice: a long-standing customer with a goodwill credit that never expires.
+    grant(alice, "alice-welcome", "50.00", "Welcome credit")
+    # Bob: a credit that expires next month, and an older one that already ran out.
+    grant(bob, "bob-trial", "25.00", "Trial credit", expires_at=now + timedelta(days=30))
+    grant(bob, "bob-outage", "10.00", "Service credit for downtime",
+          expires_at=now + timedelta(seconds=1), now=now)
+    credits.expire_credits(now=now + timedelta(seconds=2))  # as if a month had passed
+    # Carol: created by the platform; she has not set a password yet (see the outbox).
+    db.session.flush()
+    return [
+        "demo data ready:",
+        f"  admin  {admin.email} / {DEMO_PASSWORD}",
+        f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit)",
+        f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired)",
+        f"  user   {carol.email}  (created by the platform; set-password link in Admin > Outbox)",
+    ]

@@ -1,0 +1,95 @@
+"""Proves the ledger's invariants. Every check returns human-readable differences;
+`flask billing reconcile` prints them and exits non-zero when there are any."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import case, func, select
+
+from ..extensions import db
+from ..models import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+from ..models.ledger import CREDIT_NORMAL, WALLET_KINDS
+
+Check = Callable[[], list[str]]
+CHECKS: list[tuple[str, Check]] = []
+
+
+def check(name: str):
+    def register(fn: Check) -> Check:
+        CHECKS.append((name, fn))
+        return fn
+    return register
+
+
+def _derived_balance():
+    """Normal-side balance per account, from the entries."""
+    sign = case((LedgerAccount.kind.in_([str(k) for k in CREDIT_NORMAL]), 1), else_=-1)
+    return (select(LedgerAccount.id, LedgerAccount.user_id, LedgerAccount.kind,
+                   LedgerAccount.balance_minor,
+                   (sign * func.coalesce(func.sum(LedgerEntry.amount_minor), 0)).label("derived"))
+            .outerjoin(LedgerEntry, LedgerEntry.account_id == LedgerAccount.id)
+            .group_by(LedgerAccount.id, LedgerAccount.user_id, LedgerAccount.kind,
+                      LedgerAccount.balance_minor))
+
+
+@check("transactions sum to zero")
+def zero_sum() -> list[str]:
+    rows = db.session.execute(
+        select(LedgerEntry.transaction_id, LedgerEntry.currency, func.sum(LedgerEntry.amount_minor))
+        .group_by(LedgerEntry.transaction_id, LedgerEntry.currency)
+        .having(func.sum(LedgerEntry.amount_minor) != 0)).all()
+    problems = [f"transaction {t} sums to {s} {c}, not 0" for t, c, s in rows]
+    empty = db.session.scalars(
+        select(LedgerTransaction.id).where(~select(LedgerEntry.id).where(
+            LedgerEntry.transaction_id == LedgerTransaction.id).exists())).all()
+    problems += [f"transaction {t} has no entries" for t in empty]
+    return problems
+
+
+@check("entries match their account's currency")
+def entry_currency() -> list[str]:
+    rows = db.session.execute(
+        select(LedgerEntry.id, LedgerEntry.currency, LedgerAccount.currency)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .where(LedgerEntry.currency != LedgerAccount.currency)).all()
+    return [f"entry {e} is {c} on a {a} account" for e, c, a in rows]
+
+
+@check("cached balances equal the entries")
+def cached_equals_derived() -> list[str]:
+    derived = _derived_balance().subquery()
+    rows = db.session.execute(select(derived).where(
+        derived.c.balance_minor.is_not(None),
+        derived.c.balance_minor != derived.c.derived)).all()
+    return [f"account {r.id} ({r.kind}, user {r.user_id}) caches {r.balance_minor}, "
+            f"entries give {r.derived}" for r in rows]
+
+
+@check("no wallet is negative")
+def no_negative_wallet() -> list[str]:
+    derived = _derived_balance().subquery()
+    rows = db.session.execute(select(derived).where(
+        derived.c.kind.in_([str(k) for k in WALLET_KINDS]), derived.c.derived < 0)).all()
+    return [f"account {r.id} ({r.kind}, user {r.user_id}) is negative: {r.derived}"
+            for r in rows]
+
+
+@check("credit lots add up to the credit balance")
+def credit_lots() -> list[str]:
+    lots = (select(CreditLot.account_id, func.sum(CreditLot.remaining_minor).label("remaining"))
+            .group_by(CreditLot.account_id).subquery())
+    rows = db.session.execute(
+        select(LedgerAccount.id, LedgerAccount.user_id, LedgerAccount.balance_minor,
+               func.coalesce(lots.c.remaining, 0))
+        .outerjoin(lots, lots.c.account_id == LedgerAccount.id)
+        .where(LedgerAccount.kind == str(AccountKind.CREDIT),
+               LedgerAccount.balance_minor != func.coalesce(lots.c.remaining, 0))).all()
+    return [f"credit account {a} (user {u}) holds {b} but its lots hold {r}"
+            for a, u, b, r in rows]
+
+
+def find_discrepancies() -> list[str]:
+    problems: list[str] = []
+    for name, fn in CHECKS:
+        problems += [f"{name}: {p}" for p in fn()]
+    return problems

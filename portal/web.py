@@ -1,0 +1,123 @@
+"""Cross-cutting web wiring: sessions, error pages, security headers, template filters."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, generate_csrf
+from werkzeug.exceptions import HTTPException
+
+from . import htmx as hx
+from .extensions import db, login_manager
+from .models import User
+from .money import Money, format_micros, format_money
+from .services.errors import ServiceError
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'self'; object-src 'none'")
+
+API_PREFIX = "/api/"
+
+
+def wants_json() -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def json_error(status: int, code: str, message: str, fields: dict[str, str] | None = None):
+    body: dict = {"error": {"code": code, "message": message}}
+    if fields:
+        body["error"]["fields"] = fields
+    return jsonify(body), status
+
+
+def init_web(app: Flask) -> None:
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to continue."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "strong"
+
+    @login_manager.user_loader
+    def load_user(session_id: str) -> User | None:
+        user_id, _, version = session_id.partition(":")
+        if not user_id.isdigit() or not version.isdigit():
+            return None
+        user = db.session.get(User, int(user_id))
+        if user is None or user.auth_version != int(version):
+            return None  # the password changed since this session logged in
+        return user
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("Content-Security-Policy", app.config.get("CSP", CSP))
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if app.config.get("SESSION_COOKIE_SECURE"):
+            response.headers.setdefault("Strict-Transport-Security", "max-age=63072000")
+        if request.endpoint and not request.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return hx.vary_on_htmx(response)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc: CSRFError):
+        if wants_json():
+            return json_error(400, "csrf_failed", exc.description)
+        return render_template("errors/error.html", code=400, title="Form expired",
+                               message="The form was out of date or incomplete. "
+                                       "Go back, reload the page and try again."), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if wants_json():
+            code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                    405: "method_not_allowed", 429: "rate_limited"}.get(exc.code, "http_error")
+            response, status = json_error(exc.code or 500, code, exc.description or exc.name)
+            if exc.code == 429:
+                response.headers["Retry-After"] = "60"
+            return response, status
+        titles = {403: "Not allowed", 404: "Page not found", 429: "Too many attempts"}
+        return render_template("errors/error.html", code=exc.code,
+                               title=titles.get(exc.code, exc.name),
+                               message=exc.description), exc.code
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        db.session.rollback()
+        if wants_json():
+            return json_error(exc.http_status, exc.code, exc.message, exc.fields)
+        return render_template("errors/error.html", code=exc.http_status,
+                               title="Page not found" if exc.http_status == 404 else "Not done",
+                               message=exc.message), exc.http_status
+
+    @app.errorhandler(Exception)
+    def server_error(exc: Exception):
+        if isinstance(exc, HTTPException):
+            return http_error(exc)
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        db.session.rollback()
+        if wants_json():
+            return json_error(500, "server_error", "Something went wrong on our side.")
+        return render_template("errors/error.html", code=500, title="Something went wrong",
+                               message="The error has been logged. Please try again."), 500
+
+    @app.context_processor
+    def template_globals():
+        return {"csrf_headers": lambda: hx.csrf_headers(generate_csrf()),
+                "billing": app.config["BILLING"], "money_of": Money}
+
+    @app.template_filter("money")
+    def money_filter(value: Money | None) -> str:
+        return "" if value is None else format_money(value, app.config["BABEL_DEFAULT_LOCALE"])
+
+    @app.template_filter("micros")
+    def micros_filter(micros: int, currency: str) -> str:
+        return format_micros(micros, currency, app.config["BABEL_DEFAULT_LOCALE"])
+
+    @app.template_filter("dt")
+    def datetime_filter(value: datetime | None, with_time: bool = True) -> str:
+        if value is None:
+            return ""
+        return value.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make run`: migrate, load demo data, then run everything in the foreground.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p instance
+# SECRET_KEY comes from the environment; for the local demo one is made once and kept
+# (mode 600) so sessions survive restarts.
+if [ -z "${SECRET_KEY:-}" ]; then
+  if [ ! -s instance/secret_key ]; then
+    (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_hex(32))' > instance/secret_key)
+  fi
+  SECRET_KEY="$(cat instance/secret_key)"
+  export SECRET_KEY
+fi
+export FLASK_APP=wsgi
+export PUBLIC_URL="${PUBLIC_URL:-http://127.0.0.1:${PORT:-5000}}"
+.venv/bin/flask db upgrade
+.venv/bin/flask billing seed-demo
+exec .venv/bin/flask billing serve --port "${PORT:-5000}"
