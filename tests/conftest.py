@@ -77,7 +77,7 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def make_app(database_url, redis_url):
     """Build an app on the test database with extra config (migrated once)."""
-    migrated = []
+    migrated, built = [], []
 
     def build(**overrides):
         app = create_app({**BASE_CONFIG, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
@@ -89,8 +89,12 @@ def make_app(database_url, redis_url):
             with app.app_context():
                 flask_migrate.upgrade()
             migrated.append(True)
+        built.append(app)
         return app
-    return build
+    yield build
+    for app in built:  # close pooled connections before the interpreter does
+        with app.app_context():
+            db.engine.dispose()
 
 
 @pytest.fixture(scope="session")
