@@ -5,7 +5,8 @@ import re
 
 from flask.testing import FlaskClient
 
-CSRF_RE = re.compile(r'"X-CSRFToken": "([^"]+)"')
+# base.html puts the token in <body hx-headers='{"X-CSRFToken": "..."}'> (entity-escaped).
+CSRF_RE = re.compile(r'X-CSRFToken(?:"|&#34;|&quot;): (?:"|&#34;|&quot;)([^"&]+)')
 
 
 class PortalClient(FlaskClient):
