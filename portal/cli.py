@@ -99,11 +99,12 @@ def seed_demo() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--web-workers", default=2, show_default=True)
-def serve(host: str, port: int, web_workers: int) -> None:
+@click.option("--banner", default="", help="Printed once everything has started.")
+def serve(host: str, port: int, web_workers: int, banner: str) -> None:
     """Run the web server, an RQ worker and the periodic processes in the foreground."""
     from .supervisor import run_all
 
-    sys.exit(run_all(host=host, port=port, web_workers=web_workers))
+    sys.exit(run_all(host=host, port=port, web_workers=web_workers, banner=banner))
 
 
 def register_cli(app: Flask) -> None:

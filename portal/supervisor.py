@@ -20,7 +20,7 @@ def _embedded_redis_url() -> tuple[str, object]:
     return "unix://" + server.socket_file, server  # keep the object: it owns the server
 
 
-def run_all(*, host: str, port: int, web_workers: int) -> int:
+def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
     env = dict(os.environ)
     keepalive = None
     if not env.get("REDIS_URL"):
@@ -46,7 +46,9 @@ def run_all(*, host: str, port: int, web_workers: int) -> int:
         # Each child in its own process group: Ctrl+C reaches only us, and we stop them
         # in order, so none is killed mid-job.
         children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
-    print(f"portal running at http://{host}:{port}/  (Ctrl+C stops everything)", flush=True)
+    time.sleep(2)  # let the children log their start-up before the banner
+    print(f"\n{banner}\n" if banner else "", flush=True)
+    print(f"portal running at http://{host}:{port}/  (Ctrl+C stops everything)\n", flush=True)
     exit_code = 0
     while not stopping:
         for name, child in children.items():

@@ -15,5 +15,5 @@ fi
 export FLASK_APP=wsgi
 export PUBLIC_URL="${PUBLIC_URL:-http://127.0.0.1:${PORT:-5000}}"
 .venv/bin/flask db upgrade
-.venv/bin/flask billing seed-demo
-exec .venv/bin/flask billing serve --port "${PORT:-5000}"
+banner="$(.venv/bin/flask billing seed-demo)"
+exec .venv/bin/flask billing serve --port "${PORT:-5000}" --banner "$banner"
