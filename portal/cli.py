@@ -85,6 +85,40 @@ def expire_credits() -> None:
     click.echo(f"expired {count} credit lot(s)")
 
 
+@billing.command("meter")
+@click.option("--hour", help="Meter up to and including this hour (2026-11-21T14); "
+                            "default: every complete hour not yet metered.")
+def meter(hour: str | None) -> None:
+    """Meter deployments' usage into the rollups (safe to run any number of times)."""
+    from datetime import timedelta
+
+    from .services import metering
+
+    try:
+        upto = (metering.parse_hour(hour) + timedelta(hours=1)) if hour \
+            else metering.last_complete_hour()
+    except ValueError as exc:
+        fail(str(exc))
+    if upto > metering.last_complete_hour():
+        fail(f"hour {hour} is not complete yet")
+    result = metering.meter_all(upto)
+    click.echo(f"metered up to {upto:%Y-%m-%dT%H:%M}Z: {result.chunks} chunk(s), "
+               f"{result.hours} chunk-hour(s), {result.rows} rollup row(s)")
+
+
+@billing.command("usage-audit")
+def usage_audit() -> None:
+    """Prove the usage rollups equal a recomputation from the deployment intervals."""
+    from .services import metering
+
+    problems = metering.audit_usage()
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        fail(f"{len(problems)} rollup row(s) differ from the intervals")
+    click.echo(f"ok: {metering.rollup_count()} rollup rows match the intervals")
+
+
 @billing.command("seed-demo")
 def seed_demo() -> None:
     """Load demo data: one admin and three users with different histories (idempotent)."""

@@ -50,19 +50,28 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory) -> str:
-    if TEST_DB == "postgresql":
-        import psycopg
+def database_url(tmp_path_factory):
+    if TEST_DB != "postgresql":
+        yield "sqlite:///" + str(tmp_path_factory.mktemp("db") / "portal.sqlite3")
+        return
+    import psycopg
 
-        name = "portal_test"
-        try:
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-                conn.execute(f"CREATE DATABASE {name}")
-        except psycopg.OperationalError as exc:
-            need(False, f"PostgreSQL at {PG_ADMIN_URL}: {exc}")
-        return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "portal.sqlite3")
+    # One database per test process, so parallel runs on one server do not collide.
+    name = f"portal_test_{os.getpid()}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            for (stale,) in conn.execute("SELECT datname FROM pg_database "
+                                         "WHERE datname LIKE 'portal_test_%'").fetchall():
+                pid = stale.rsplit("_", 1)[-1]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        need(False, f"PostgreSQL at {PG_ADMIN_URL}: {exc}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,57 @@
+"""Usage rollups that metering maintains and invoicing reads.
+
+One row per deployment and UTC day. For each resource it holds the quantity and the exact
+cost numerator (quantity times rate, integers), so nothing is rounded before the invoice
+line:
+- cpu_ms: milli-core-seconds; cpu_cost / 3_600_000 = micro-units (rate per core-hour)
+- memory_ms: milli-GB-seconds; memory_cost / 3_600_000 = micro-units (rate per GB-hour)
+- storage_ms: milli-GB-seconds; storage_cost / (1000 * seconds in the day's month) = micro-units
+  (rate per GB-month, so a whole month costs the rate whatever its length)
+- instance_s, ip_s: seconds; *_cost / 3600 = micro-units (rates per hour)
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, PrimaryKeyConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..extensions import db
+from .types import UTCDateTime
+
+USAGE_COLUMNS = ("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
+                 "storage_cost", "instance_s", "instance_cost", "ip_s", "ip_cost")
+
+
+class UsageDaily(db.Model):
+    __tablename__ = "usage_daily"
+    __table_args__ = (
+        PrimaryKeyConstraint("deployment_id", "day"),
+        Index("ix_usage_daily_user_id_day", "user_id", "day"),
+    )
+
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    day: Mapped[date] = mapped_column(Date)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MeterMark(db.Model):
+    """How far the deployments of one chunk of users are metered. A metering run claims
+    [metered_through, upto) by a conditional UPDATE of this row, so two runs can never both
+    count an hour; changes that reach back before the mark adjust the rollups themselves."""
+
+    __tablename__ = "meter_marks"
+
+    chunk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    metered_through: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
