@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError, generate_csrf
@@ -10,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from . import htmx as hx
 from .extensions import db, login_manager
 from .models import User
-from .money import Money, format_micros, format_money
+from .money import Money, decimal_to_micros, format_micros, format_money
 from .services.errors import ServiceError
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -115,6 +116,22 @@ def init_web(app: Flask) -> None:
     @app.template_filter("micros")
     def micros_filter(micros: int, currency: str) -> str:
         return format_micros(micros, currency, app.config["BABEL_DEFAULT_LOCALE"])
+
+    @app.template_filter("qty")
+    def quantity_filter(milli: int) -> str:
+        """Integer thousandths (cpu_milli, memory_mgb) as a plain decimal: 1500 -> 1.5."""
+        value = Decimal(milli).scaleb(-3).normalize()
+        return f"{value:f}"
+
+    @app.template_filter("dec")
+    def decimal_filter(value: Decimal) -> str:
+        """A Decimal without exponent or trailing zeros: 20.000000 -> 20."""
+        return f"{value.normalize():f}" if value else "0"
+
+    @app.template_filter("unit_price")
+    def unit_price_filter(value: Decimal, currency: str) -> str:
+        return format_micros(decimal_to_micros(value), currency,
+                             app.config["BABEL_DEFAULT_LOCALE"])
 
     @app.template_filter("dt")
     def datetime_filter(value: datetime | None, with_time: bool = True) -> str:

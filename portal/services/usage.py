@@ -210,3 +210,25 @@ def hourly_burn_micros(user: User, at: datetime) -> Fraction:
         burn += Fraction(i.storage_mgb * i.storage_rate_micros, 1000) / hours_in_month
         burn += i.instances * i.instance_rate_micros + i.public_ips * i.ip_rate_micros
     return burn
+
+
+@dataclass(frozen=True)
+class Bar:
+    day: date
+    amount: Money
+    x: int
+    y: int
+    height: int
+
+
+def daily_chart(daily: list[tuple[date, Money]], height: int = 120, bar: int = 14,
+                gap: int = 4) -> dict:
+    """Plain numbers for the server-rendered SVG bar chart of the period's days."""
+    top = max((m.amount_minor for _, m in daily), default=0)
+    bars = []
+    for n, (day, money) in enumerate(daily):
+        h = 0 if top == 0 else max(1 if money.amount_minor else 0,
+                                   money.amount_minor * height // top)
+        bars.append(Bar(day, money, n * (bar + gap), height - h, h))
+    return {"bars": bars, "width": max(1, len(daily) * (bar + gap) - gap), "height": height,
+            "bar": bar, "max": Money(top, daily[0][1].currency) if daily else None}
