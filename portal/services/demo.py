@@ -2,14 +2,14 @@
 Running it again changes nothing (users by email, money by idempotency key)."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from ..extensions import db
 from ..models import LedgerTransaction, User, utcnow
 from ..money import Money
-from . import accounts, credits
+from . import accounts, catalog, credits, deployments, metering
 
 DEMO_PASSWORD = "demo-password"
 ADMIN_EMAIL = "admin@example.com"
@@ -50,11 +50,33 @@ def seed() -> list[str]:
           expires_at=now + timedelta(seconds=1), now=now)
     credits.expire_credits(now=now + timedelta(seconds=2))  # as if a month had passed
     # Carol: created by the platform; she has not set a password yet (see the outbox).
+
+    # The catalog (the configured rates and twelve sizes) and what the platform runs.
+    catalog.ensure_catalog()
+    anchor = metering.floor_hour(alice.created_at) - timedelta(days=10)
+
+    def run(user: User, external_id: str, started: datetime, ended: datetime | None = None,
+            **spec) -> None:
+        dep, _ = deployments.create_deployment(external_id=external_id, user=user,
+                                               started_at=started, **spec)
+        if ended is not None:
+            deployments.delete_deployment(dep, ended_at=ended)
+
+    run(alice, "demo-alice-web", anchor, kind="vm", sku="vm-medium-ip", name="web",
+        labels={"project": "shop"})
+    run(alice, "demo-alice-db", anchor + timedelta(hours=5), kind="vm", cpu_cores=2,
+        memory_gb=8, storage_gb=100, name="database", labels={"project": "shop"})
+    run(alice, "demo-alice-k8s", anchor + timedelta(days=1), anchor + timedelta(days=4),
+        kind="k8s", sku="k8s-small", name="staging cluster", labels={"project": "staging"})
+    run(bob, "demo-bob-desktop", anchor + timedelta(days=8, hours=9),
+        anchor + timedelta(days=8, hours=17, minutes=20), kind="session", cpu_cores=2,
+        memory_gb=4, storage_gb=10, name="desktop session")
     db.session.flush()
+    metering.meter_all(metering.last_complete_hour())
     return [
         "demo data ready:",
         f"  admin  {admin.email} / {DEMO_PASSWORD}",
-        f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit)",
-        f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired)",
+        f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit, three deployments)",
+        f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired, one session)",
         f"  user   {carol.email}  (created by the platform; set-password link in Admin > Outbox)",
     ]
