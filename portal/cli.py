@@ -119,6 +119,23 @@ def usage_audit() -> None:
     click.echo(f"ok: {metering.rollup_count()} rollup rows match the intervals")
 
 
+@billing.command("daemon")
+@click.option("--now", help="Schedule as if the time were this ISO time, e.g. "
+                            "2026-11-21T18:30Z (tests, replays); leases use the real time.")
+@click.option("--once", is_flag=True, help="Run one cycle, then stop.")
+def daemon(now: str | None, once: bool) -> None:
+    """Run the billing daemon: it owns the schedule until SIGTERM or SIGINT."""
+    from flask import current_app
+
+    from jobs import daemon as billing_daemon
+
+    try:
+        billing_daemon.parse_now(now)
+    except ValueError:
+        fail(f"--now must be an ISO 8601 time, not {now!r}")
+    sys.exit(billing_daemon.run(current_app._get_current_object(), now=now, once=once))
+
+
 @billing.command("seed-demo")
 def seed_demo() -> None:
     """Load demo data: one admin and three users with different histories (idempotent)."""

@@ -233,6 +233,13 @@ def _env_bool(environ: dict[str, str], name: str, default: bool) -> bool:
     return _parse_bool(name, environ[name])
 
 
+def _env_positive(environ: dict[str, str], name: str, default: str) -> Decimal:
+    value = _parse_decimal(name, environ.get(name, default))
+    if value <= 0:
+        raise ConfigError(name, f"must be greater than 0, not {value}")
+    return value
+
+
 def _default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
 
@@ -284,6 +291,20 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["REMEMBER_COOKIE_SAMESITE"] = "Lax"
     cfg["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session instead of a clock
     cfg["RQ_ASYNC"] = _env_bool(env, "RQ_ASYNC", True)
+    # Metering splits users into chunks of this many ids (fixed for an installation's life).
+    cfg["METER_CHUNK_USERS"] = _parse_int("METER_CHUNK_USERS",
+                                          env.get("METER_CHUNK_USERS", "1000"), 1, 10_000_000)
+    cfg["SESSION_HEARTBEAT_TIMEOUT_MINUTES"] = _parse_int(
+        "SESSION_HEARTBEAT_TIMEOUT_MINUTES", env.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", "15"),
+        1, 100_000)
+    # The billing daemon (jobs/daemon.py); seconds and minutes may be decimals (tests).
+    cfg["DAEMON_HEARTBEAT_SECONDS"] = _env_positive(env, "DAEMON_HEARTBEAT_SECONDS", "60")
+    cfg["DAEMON_LEASE_SECONDS"] = _env_positive(env, "DAEMON_LEASE_SECONDS", "180")
+    if cfg["DAEMON_LEASE_SECONDS"] <= cfg["DAEMON_HEARTBEAT_SECONDS"]:
+        raise ConfigError("DAEMON_LEASE_SECONDS", "must be longer than DAEMON_HEARTBEAT_SECONDS "
+                          "(the leader renews the lease on every heartbeat)")
+    cfg["BUILTIN_BILLING"] = _env_bool(env, "BUILTIN_BILLING", True)
+    cfg["BUILTIN_BILLING_AFTER_MINUTES"] = _env_positive(env, "BUILTIN_BILLING_AFTER_MINUTES", "90")
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
         raise ConfigError("LOG_LEVEL", f"must be error, warn, info or debug, not {cfg['LOG_LEVEL']!r}")

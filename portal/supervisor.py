@@ -1,4 +1,4 @@
-"""`flask billing serve`: the web server, an RQ worker and the periodic processes as one
+"""`flask billing serve`: the web server, an RQ worker and the billing daemon as one
 foreground command. Ctrl+C (SIGINT) or SIGTERM stops them all and waits for them."""
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
                 f"{host}:{port}", "--access-logfile", "-", "--graceful-timeout", "10",
                 "wsgi:app"],
         "worker": [python, "-m", "jobs.worker"],
+        "daemon": [python, "-m", "flask", "--app", "wsgi", "billing", "daemon"],
     }
     children: dict[str, subprocess.Popen] = {}
     stopping = False

@@ -1,0 +1,63 @@
+"""Admin: the billing daemon, job runs, queues and failed jobs."""
+from __future__ import annotations
+
+import uuid
+
+from flask import abort, flash, redirect, render_template, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import HiddenField
+
+from ... import htmx as hx
+from ...extensions import db
+from ...models import utcnow
+from ...services import scheduler
+from .. import helpers
+from . import bp
+
+
+class RunNowForm(FlaskForm):
+    # One run per rendered page and job, however often the button is pressed.
+    request_id = HiddenField()
+
+
+class RetryForm(FlaskForm):
+    pass
+
+
+@bp.get("/jobs")
+def jobs():
+    form = RunNowForm(formdata=None, request_id=uuid.uuid4().hex)
+    return render_template("admin/jobs.html", overview=scheduler.overview(now=utcnow()),
+                           run_form=form, retry_form=RetryForm(formdata=None))
+
+
+@bp.post("/jobs/<name>/run")
+def run_job(name: str):
+    form = RunNowForm()
+    if not form.validate_on_submit():
+        abort(400)
+    run, created = scheduler.request_run(name, requested_by=current_user,
+                                         request_key=form.request_id.data or None, now=utcnow())
+    db.session.commit()  # the run is enqueued once this commits
+    flash(f"Started {run.job_name} ({run.job_id})." if created
+          else f"{run.job_name} was already started from this page ({run.job_id}).", "success")
+    return redirect(url_for("admin.jobs", _anchor=f"job-{run.job_name}"), code=303)
+
+
+@bp.get("/jobs/runs/<int:run_id>")
+def job_run(run_id: int):
+    view = scheduler.show_run(run_id)
+    if hx.is_fragment_request(f"job-run-{run_id}"):
+        return render_template("admin/_job_run.html", view=view)
+    return render_template("admin/job_run.html", view=view)
+
+
+@bp.post("/jobs/failed/<job_id>/retry")
+def retry_job(job_id: str):
+    if not RetryForm().validate_on_submit():
+        abort(400)
+    queue = scheduler.retry_failed(job_id, now=utcnow())
+    db.session.commit()
+    flash(f"{job_id} is back on the {queue} queue.", "success")
+    return helpers.see_other("admin.jobs")
