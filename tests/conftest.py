@@ -43,10 +43,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "postgres" in item.keywords and TEST_DB != "postgresql":
-            item.add_marker(pytest.mark.skip(reason="PostgreSQL-only (concurrency); "
-                                             "runs in the PostgreSQL pass"))
+    """PostgreSQL-only tests (concurrency) belong to the PostgreSQL pass: the SQLite pass
+    deselects them rather than skipping them."""
+    if TEST_DB == "postgresql":
+        return
+    postgres_only = [item for item in items if "postgres" in item.keywords]
+    if postgres_only:
+        config.hook.pytest_deselected(items=postgres_only)
+        items[:] = [item for item in items if "postgres" not in item.keywords]
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ HOUR = 3600
 
 
 def chunk_size() -> int:
+    # Fixed for the life of an installation: the marks are per chunk.
     return int(current_app.config.get("METER_CHUNK_USERS", 1000))
 
 
@@ -192,6 +193,7 @@ def meter_all(upto: datetime) -> MeterResult:
     for chunk in due_chunks(upto):
         totals.add(meter_chunk(chunk, upto))
         db.session.commit()
+    db.session.commit()  # end the look-up's transaction too (SQLite holds its lock until then)
     return totals
 
 
