@@ -10,6 +10,7 @@ from rq import Worker
 from portal import create_app
 from portal.extensions import db
 
+from .daemon import start_builtin, stop_builtin
 from .queues import QUEUES, redis_connection
 
 
@@ -36,7 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     AppWorker.parent_pid = os.getpid()
     with app.app_context():
         worker = AppWorker(queues, connection=redis_connection(app))
-    worker.work(with_scheduler=False)
+    # Beside the worker, the built-in failover scheduler (jobs/daemon.py).
+    builtin = start_builtin(app)
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        stop_builtin(builtin)
 
 
 if __name__ == "__main__":

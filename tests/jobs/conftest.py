@@ -127,6 +127,8 @@ class Process:
     def wait(self, timeout: float = 60) -> int:
         code = self.popen.wait(timeout=timeout)
         self._reader.join(timeout=5)
+        if not self._reader.is_alive():
+            self.popen.stdout.close()
         return code
 
     def kill(self) -> None:
