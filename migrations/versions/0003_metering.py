@@ -109,9 +109,9 @@ def upgrade():
         batch_op.create_index('ix_deployment_intervals_user_id_start_epoch', ['user_id', 'start_epoch'], unique=False)
 
     op.create_table('usage_daily',
-    sa.Column('deployment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('deployment_id', sa.BigInteger(), nullable=False),
     sa.Column('day', sa.Date(), nullable=False),
-    sa.Column('user_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('user_id', sa.BigInteger(), nullable=False),
     sa.Column('cpu_ms', sa.BigInteger(), nullable=False),
     sa.Column('cpu_cost', sa.BigInteger(), nullable=False),
     sa.Column('memory_ms', sa.BigInteger(), nullable=False),
@@ -122,8 +122,6 @@ def upgrade():
     sa.Column('instance_cost', sa.BigInteger(), nullable=False),
     sa.Column('ip_s', sa.BigInteger(), nullable=False),
     sa.Column('ip_cost', sa.BigInteger(), nullable=False),
-    sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_usage_daily_deployment_id_deployments')),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_usage_daily_user_id_users')),
     sa.PrimaryKeyConstraint('deployment_id', 'day', name=op.f('pk_usage_daily'))
     )
     with op.batch_alter_table('usage_daily', schema=None) as batch_op:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, PrimaryKeyConstraint
+from sqlalchemy import BigInteger, Date, Index, PrimaryKeyConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -24,15 +24,18 @@ USAGE_COLUMNS = ("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
 
 
 class UsageDaily(db.Model):
+    """Derived data, written only by metering from intervals (whose foreign keys hold), so
+    it carries no foreign keys itself: checking two per row would double metering's cost."""
+
     __tablename__ = "usage_daily"
     __table_args__ = (
         PrimaryKeyConstraint("deployment_id", "day"),
         Index("ix_usage_daily_user_id_day", "user_id", "day"),
     )
 
-    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    deployment_id: Mapped[int] = mapped_column(BigInteger)
     day: Mapped[date] = mapped_column(Date)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[int] = mapped_column(BigInteger)
     cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
     memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -153,6 +153,9 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
         .values(metered_through=upto, updated_at=utcnow())).rowcount
     if claimed != 1:  # another run moved it first (cannot happen under the lock; cheap guard)
         return result
+    if db.engine.dialect.name == "postgresql":
+        # Room for the aggregation in memory: a chunk is ~10 deployments per user.
+        db.session.execute(text("SET LOCAL work_mem = '64MB'"))
     size = chunk_size()
     result.rows = _roll_up(_WHERE_CHUNK, {"user_lo": chunk * size, "user_hi": (chunk + 1) * size},
                            epoch(since), epoch(upto), +1)
