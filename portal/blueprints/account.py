@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, render_template
 from flask_login import current_user, login_required, login_user
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectField, StringField
+from wtforms import PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..extensions import db
@@ -30,7 +30,7 @@ class PasswordForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=100)])
-    scope = SelectField("Scope", choices=[("user", "user: my own data")])
+    scope = SelectField("Scope", choices=[SelectChoice("user", "user: my own data")])
 
 
 class RevokeForm(FlaskForm):
@@ -56,8 +56,8 @@ def password():
 def _token_form() -> TokenForm:
     form = TokenForm()
     if current_user.is_admin:
-        form.scope.choices += [("admin", "admin: everything"),
-                               ("platform", "platform: users and deployments")]
+        form.scope.choices += [SelectChoice("admin", "admin: everything"),
+                               SelectChoice("platform", "platform: users and deployments")]
     return form
 
 

@@ -16,8 +16,6 @@ bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 def index():
     history = ledger.wallet_history(current_user, page=page_arg())
     context = {"balances": ledger.balances(current_user), "history": history}
-    if hx.is_fragment_request("wallet-history"):
-        return render_template("wallet/_history.html", **context)
     if hx.is_fragment_request("wallet-panel"):
         return render_template("wallet/_panel.html", **context)
     return render_template("wallet/index.html", **context)

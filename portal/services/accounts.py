@@ -9,7 +9,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 
 from ..extensions import db
@@ -125,25 +125,29 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="password-link")
 
 
-def password_token(user: User) -> str:
-    # auth_version makes the link single-use: setting a password bumps it.
-    return _serializer().dumps({"u": user.id, "v": user.auth_version})
+def password_token(user: User, purpose: str = "welcome") -> str:
+    # auth_version makes the link single-use: setting a password bumps it. The purpose
+    # sets how long the link lasts (a reset link a day, a welcome link a week).
+    return _serializer().dumps({"u": user.id, "v": user.auth_version, "p": purpose})
 
 
-def password_link(user: User) -> str:
+def password_link(user: User, purpose: str = "welcome") -> str:
     # Built without a request (jobs, CLI): PUBLIC_URL is where users reach the portal.
     path = current_app.url_map.bind("portal").build("auth.reset_password",
-                                                    {"token": password_token(user)})
+                                                    {"token": password_token(user, purpose)})
     return current_app.config["PUBLIC_URL"] + path
 
 
-def user_for_password_token(token: str, *, max_age: timedelta = WELCOME_MAX_AGE) -> User:
+LINK_MAX_AGE = {"welcome": WELCOME_MAX_AGE, "reset": RESET_MAX_AGE}
+
+
+def user_for_password_token(token: str) -> User:
     try:
-        data = _serializer().loads(token, max_age=int(max_age.total_seconds()))
-    except SignatureExpired:
-        raise ValidationFailed.field("token", "has expired; ask for a new link") from None
+        data, signed_at = _serializer().loads(token, return_timestamp=True)
     except BadSignature:
         raise ValidationFailed.field("token", "is not valid") from None
+    if utcnow() - signed_at > LINK_MAX_AGE.get(data.get("p"), RESET_MAX_AGE):
+        raise ValidationFailed.field("token", "has expired; ask for a new link")
     user = db.session.get(User, data.get("u"))
     if user is None or user.auth_version != data.get("v") or not user.is_enabled:
         raise ValidationFailed.field("token", "has already been used; ask for a new link")
@@ -160,7 +164,8 @@ def request_password_reset(email: str) -> None:
     if user is None or not user.is_enabled:
         return
     mail.queue_email(to=user.email, subject="Reset your billing portal password",
-                     template="reset_password", user_id=user.id, link=password_link(user),
+                     template="reset_password", user_id=user.id,
+                     link=password_link(user, "reset"),
                      hours=int(RESET_MAX_AGE.total_seconds() // 3600))
 
 

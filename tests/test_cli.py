@@ -1,0 +1,139 @@
+"""`flask billing ...` commands: create-token, create-admin, seed-demo, reconcile."""
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+
+from portal.extensions import db
+from portal.models import CreditLot, LedgerAccount, LedgerTransaction, OutboundEmail, User
+from portal.services.demo import ADMIN_EMAIL, DEMO_PASSWORD
+from tests.conftest import AuthActions
+
+
+def counts(app) -> dict[str, int]:
+    with app.app_context():
+        return {model.__name__: db.session.scalar(select(func.count()).select_from(model))
+                for model in (User, LedgerTransaction, CreditLot, OutboundEmail)}
+
+
+def test_create_token_prints_a_working_platform_token(runner, api, make_user):
+    admin = make_user(admin=True)
+    result = runner.invoke(args=["billing", "create-token", admin.email, "--scope", "platform"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    token = lines[-1]
+    assert token.startswith("bp_") and " " not in token
+    assert all(token not in line for line in lines[:-1])  # alone on its last line
+
+    response = api.post("/users", token=token, json={"email": "from-cli@example.com"})
+    assert response.status_code == 201
+
+
+def test_create_token_for_a_user_scope_reads_only_their_wallet(runner, api, make_user):
+    user = make_user()
+    result = runner.invoke(args=["billing", "create-token", user.email])
+    assert result.exit_code == 0
+    token = result.stdout.strip().splitlines()[-1]
+    assert api.get("/wallet", token=token).json["user_id"] == user.id
+    assert api.post("/users", token=token, json={"email": "x@example.com"}).status_code == 403
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_create_token_for_an_unknown_email_fails_in_one_line(app, runner):
+    result = runner.invoke(args=["billing", "create-token", "nobody@example.com",
+                                 "--scope", "platform"])
+    assert "nobody@example.com" in one_line_error(result)
+    assert "bp_" not in result.output
+
+
+def test_a_platform_token_for_a_non_admin_is_refused(app, runner, make_user):
+    user = make_user()
+    result = runner.invoke(args=["billing", "create-token", user.email, "--scope", "admin"])
+    assert "admin" in one_line_error(result)
+    assert "bp_" not in result.output
+
+
+def test_create_admin_makes_an_admin_who_can_log_in(app, runner):
+    result = runner.invoke(args=["billing", "create-admin", "Boss@Example.com",
+                                 "--password", "boss-password-123"])
+    assert result.exit_code == 0, result.output
+    assert "boss@example.com created" in result.stdout
+
+    client = app.test_client()
+    response = AuthActions(client).login("boss@example.com", "boss-password-123")
+    assert response.status_code == 303
+    admin_page = client.get("/admin/")
+    assert admin_page.status_code == 200
+    assert "boss@example.com" in admin_page.get_data(as_text=True)
+
+
+def test_create_admin_promotes_an_existing_user(app, runner, auth, client, make_user):
+    user = make_user()
+    auth.login(user)
+    assert client.get("/admin/").status_code == 403
+    result = runner.invoke(args=["billing", "create-admin", user.email])
+    assert result.exit_code == 0
+    assert f"{user.email} is now an admin" in result.stdout
+    assert client.get("/admin/").status_code == 200
+    # The password did not change.
+    assert AuthActions(app.test_client()).login(user).status_code == 303
+
+
+def test_create_admin_with_a_short_password_fails_in_one_line(app, runner):
+    result = runner.invoke(args=["billing", "create-admin", "boss@example.com",
+                                 "--password", "short"])
+    assert "10 characters" in one_line_error(result)
+    assert counts(app)["User"] == 0
+
+
+def test_create_admin_with_a_bad_email_fails_in_one_line(app, runner):
+    result = runner.invoke(args=["billing", "create-admin", "not-an-email",
+                                 "--password", "long-enough-password"])
+    one_line_error(result)
+    assert counts(app)["User"] == 0
+
+
+def test_seed_demo_is_idempotent_and_reconciles(app, runner):
+    first = runner.invoke(args=["billing", "seed-demo"])
+    assert first.exit_code == 0, first.output
+    after_first = counts(app)
+    assert after_first["User"] == 4
+    assert after_first["CreditLot"] == 3
+    assert after_first["LedgerTransaction"] == 4  # three grants and one expiry
+    assert after_first["OutboundEmail"] == 1  # Carol's set-password link
+
+    second = runner.invoke(args=["billing", "seed-demo"])
+    assert second.exit_code == 0, second.output
+    assert counts(app) == after_first
+
+    result = runner.invoke(args=["billing", "reconcile"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ok: ")
+
+    # The demo accounts work as printed.
+    client = app.test_client()
+    assert AuthActions(client).login(ADMIN_EMAIL, DEMO_PASSWORD).status_code == 303
+    assert client.get("/admin/").status_code == 200
+
+
+def test_reconcile_fails_on_a_broken_ledger(app, runner, make_user):
+    """A hand-written balance that entries do not back is found and exits non-zero."""
+    runner.invoke(args=["billing", "seed-demo"])
+    with app.app_context():
+        db.session.execute(update(LedgerAccount).where(LedgerAccount.kind == "credit")
+                           .values(balance_minor=LedgerAccount.balance_minor + 1))
+        db.session.commit()
+    result = runner.invoke(args=["billing", "reconcile"])
+    assert one_line_error(result).startswith("error: ")
+    assert result.stdout.strip()  # the differences are listed
+    with app.app_context():  # put it back, so the after-test reconcile passes
+        db.session.execute(update(LedgerAccount).where(LedgerAccount.kind == "credit")
+                           .values(balance_minor=LedgerAccount.balance_minor - 1))
+        db.session.commit()
