@@ -172,6 +172,10 @@ def processes(database_url, redis_url, tmp_path):
         def worker(self, *queues: str, name: str = "worker", **env: str) -> Process:
             return self._start([sys.executable, "-m", "jobs.worker", *queues], name, env)
 
+        def serve(self, port: int, name: str = "serve", **env: str) -> Process:
+            return self._start([sys.executable, "-m", "flask", "--app", "wsgi", "billing",
+                                "serve", "--port", str(port), "--web-workers", "1"], name, env)
+
         def _start(self, args, name, env) -> Process:
             process = Process(args, {**base_env, **env}, name)
             started.append(process)

@@ -271,3 +271,26 @@ def test_a_bad_now_is_refused(app, processes):
     daemon = processes.daemon("--now", "yesterday")
     assert daemon.wait() == 1
     assert "error: --now must be an ISO 8601 time, not 'yesterday'" in daemon.output
+
+
+def test_serve_runs_the_daemon_beside_the_web_server_and_the_worker(app, processes):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = processes.serve(port)
+    serve.wait_for_line(r"portal running at http://127\.0\.0\.1:\d+/")
+
+    def kinds() -> dict[str, str]:
+        return {kind: role for kind, _, role in statuses(app).values()}
+    wait_until(lambda: kinds().get("daemon") == "leader", message="the daemon leads")
+    wait_until(lambda: kinds().get("builtin") == "paused", message="built-in billing pauses")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/auth/login", timeout=30) as page:
+        assert page.status == 200
+
+    serve.signal(signal.SIGINT)  # Ctrl+C
+    assert serve.wait() == 0, serve.output
+    assert {state for _, state, _ in statuses(app).values()} == {"stopped"}
+
