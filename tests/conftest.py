@@ -27,6 +27,8 @@ BASE_CONFIG = {
     "CURRENCY": "USD",
     "PUBLIC_URL": "http://portal.test",
     "LOGIN_RATE_LIMIT": "1000 per minute",
+    # Argon2id still, at a cost fit for a test suite (production uses the library defaults).
+    "PASSWORD_HASH_PARAMS": {"time_cost": 1, "memory_cost": 1024, "parallelism": 1},
 }
 
 

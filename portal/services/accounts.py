@@ -17,8 +17,20 @@ from ..models import ApiToken, TokenScope, User, utcnow
 from . import ledger, mail
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 
-_hasher = PasswordHasher()  # Argon2id with the library's current recommended parameters
-_DUMMY_HASH = _hasher.hash("not a real password")
+def _hasher() -> PasswordHasher:
+    """Argon2id with the library's recommended parameters, unless PASSWORD_HASH_PARAMS
+    (tests only) asks for cheaper ones. Kept per app, with a dummy hash for timing."""
+    cached = current_app.extensions.get("portal.hasher")
+    if cached is None:
+        hasher = PasswordHasher(**current_app.config.get("PASSWORD_HASH_PARAMS", {}))
+        cached = (hasher, hasher.hash("not a real password"))
+        current_app.extensions["portal.hasher"] = cached
+    return cached[0]
+
+
+def _dummy_hash() -> str:
+    _hasher()
+    return current_app.extensions["portal.hasher"][1]
 MIN_PASSWORD = 10
 RESET_MAX_AGE = timedelta(hours=24)
 WELCOME_MAX_AGE = timedelta(days=7)
@@ -62,7 +74,7 @@ def create_user(*, email: str, password: str | None = None, name: str = "",
                        fields={"email": "is already registered"})
     user = User(email=email, name=(name or "").strip()[:200], is_admin=is_admin,
                 currency=current_app.config["CURRENCY"],
-                password_hash=_hasher.hash(password) if password else None)
+                password_hash=_hasher().hash(password) if password else None)
     db.session.add(user)
     db.session.flush()
     ledger.open_user_accounts(user)
@@ -93,21 +105,21 @@ def authenticate(email: str, password: str) -> User | None:
     except ValidationFailed:
         email = ""
     user = db.session.scalar(select(User).where(User.email == email)) if email else None
-    stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+    stored = user.password_hash if user is not None and user.password_hash else _dummy_hash()
     try:
-        _hasher.verify(stored, password or "")
+        _hasher().verify(stored, password or "")
     except (VerificationError, InvalidHashError):
         return None
     if user is None or not user.password_hash or not user.is_enabled:
         return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
     return user
 
 
 def set_password(user: User, new_password: str) -> None:
     _check_password_rules(new_password)
-    user.password_hash = _hasher.hash(new_password)
+    user.password_hash = _hasher().hash(new_password)
     user.auth_version += 1  # signs out every other session and spends old reset links
 
 
@@ -115,7 +127,7 @@ def change_password(user: User, current: str, new_password: str) -> None:
     try:
         if not user.password_hash:
             raise VerificationError()
-        _hasher.verify(user.password_hash, current or "")
+        _hasher().verify(user.password_hash, current or "")
     except (VerificationError, InvalidHashError):
         raise ValidationFailed.field("current_password", "is not correct") from None
     set_password(user, new_password)
