@@ -1,6 +1,8 @@
 """Models, one module per aggregate. Importing this package registers every table."""
 from .catalog import PriceVersion, SkuPrice
 from .deployments import Deployment, DeploymentInterval, DeploymentKind, DeploymentState
+from .invoices import (Event, Invoice, InvoiceCounter, InvoiceKind, InvoiceLine, InvoicePayment,
+                       InvoicePdf, InvoiceStatus, PaymentTender, UsageAdjustment)
 from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
 from .ops import EmailStatus, OutboundEmail
 from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus, ScheduledJob,
@@ -10,9 +12,11 @@ from .usage import MeterMark, UsageDaily
 from .users import ApiToken, TokenScope, User
 
 __all__ = [
-    "AccountKind", "ApiToken", "Deployment", "DeploymentInterval", "DeploymentKind",
-    "DeploymentState", "MeterMark", "PriceVersion", "SkuPrice", "UsageDaily", "CreditLot", "EmailStatus", "LedgerAccount", "LedgerEntry",
-    "LedgerTransaction", "OutboundEmail", "TokenScope", "User", "utcnow",
-    "DaemonState", "DaemonStatus", "JobRun", "RunOrigin", "RunStatus", "ScheduledJob",
-    "SchedulerKind", "SchedulerLease", "SchedulerRole",
+    "AccountKind", "ApiToken", "CreditLot", "DaemonState", "DaemonStatus", "Deployment",
+    "DeploymentInterval", "DeploymentKind", "DeploymentState", "EmailStatus", "Event",
+    "Invoice", "InvoiceCounter", "InvoiceKind", "InvoiceLine", "InvoicePayment", "InvoicePdf",
+    "InvoiceStatus", "JobRun", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "MeterMark",
+    "OutboundEmail", "PaymentTender", "PriceVersion", "RunOrigin", "RunStatus", "ScheduledJob",
+    "SchedulerKind", "SchedulerLease", "SchedulerRole", "SkuPrice", "TokenScope", "UsageAdjustment",
+    "UsageDaily", "User", "utcnow",
 ]

@@ -26,6 +26,7 @@ class AccountKind(enum.StrEnum):
     RECEIVABLE = "receivable"          # what the user owes on invoices
     # system
     STRIPE_CLEARING = "stripe_clearing"
+    OFFLINE_CLEARING = "offline_clearing"  # bank transfers and other payments made outside
     VOUCHER_ISSUANCE = "voucher_issuance"
     CREDIT_GRANTS = "credit_grants"
     REVENUE = "revenue"

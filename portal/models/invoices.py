@@ -1,0 +1,224 @@
+"""Invoices, their lines, payments, PDFs, numbering, late-usage adjustments and events."""
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+
+from sqlalchemy import (JSON, BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer,
+                        LargeBinary, String, Text, text)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ..extensions import db
+from ..money import Money
+from .types import BigIntPK, UTCDateTime, utcnow
+
+
+class InvoiceStatus(enum.StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"        # finalized and sent; the API and pages call it "sent"
+    PAID = "paid"
+    OVERDUE = "overdue"
+    VOID = "void"
+
+    @property
+    def label(self) -> str:
+        return "sent" if self is InvoiceStatus.OPEN else self.value
+
+
+class InvoiceKind(enum.StrEnum):
+    USAGE = "usage"
+
+
+class Invoice(db.Model):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        # One live invoice per user, period and kind; a voided one may be reissued.
+        Index("uq_invoices_user_period_kind", "user_id", "period_start", "kind", unique=True,
+              sqlite_where=text("status <> 'void'"), postgresql_where=text("status <> 'void'")),
+        Index("ix_invoices_status_due_at", "status", "due_at"),
+        CheckConstraint("total_minor >= 0 AND credits_minor >= 0 AND amount_paid_minor >= 0",
+                        name="amounts_not_negative"),
+        CheckConstraint("status IN ('draft', 'open', 'paid', 'overdue', 'void')",
+                        name="status_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default=InvoiceKind.USAGE)
+    status: Mapped[str] = mapped_column(String(16), default=InvoiceStatus.DRAFT)
+    # Gap-free per year, assigned at finalization: INV-2026-000123.
+    number: Mapped[str | None] = mapped_column(String(32), unique=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    currency: Mapped[str] = mapped_column(String(3))
+    subtotal_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_minor: Mapped[int] = mapped_column(BigInteger, default=0)  # due after credits
+    amount_paid_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finalized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    void_reason: Mapped[str | None] = mapped_column(String(500))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The plain data the PDF is rendered from, frozen at finalization.
+    snapshot: Mapped[dict | None] = mapped_column(JSON)
+    pdf_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|ready|failed
+    pdf_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    lines: Mapped[list[InvoiceLine]] = relationship(back_populates="invoice",
+                                                    order_by="InvoiceLine.position",
+                                                    lazy="selectin")
+    payments: Mapped[list[InvoicePayment]] = relationship(back_populates="invoice",
+                                                          order_by="InvoicePayment.id",
+                                                          lazy="selectin")
+
+    @property
+    def invoice_status(self) -> InvoiceStatus:
+        return InvoiceStatus(self.status)
+
+    def money(self, minor: int) -> Money:
+        return Money(minor, self.currency)
+
+    @property
+    def subtotal(self) -> Money:
+        return Money(self.subtotal_minor, self.currency)
+
+    @property
+    def credits(self) -> Money:
+        return Money(self.credits_minor, self.currency)
+
+    @property
+    def total(self) -> Money:
+        return Money(self.total_minor, self.currency)
+
+    @property
+    def amount_paid(self) -> Money:
+        return Money(self.amount_paid_minor, self.currency)
+
+    @property
+    def amount_due(self) -> Money:
+        return Money(self.total_minor - self.amount_paid_minor, self.currency)
+
+
+class InvoiceLine(db.Model):
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # usage | adjustment | fee
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
+    resource: Mapped[str | None] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[str] = mapped_column(String(40))     # exact decimal text
+    unit: Mapped[str] = mapped_column(String(20))
+    unit_price: Mapped[str] = mapped_column(String(40))   # major units, exact decimal text
+    amount_minor: Mapped[int] = mapped_column(BigInteger)  # rounded once, ROUND_HALF_UP
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class PaymentTender(enum.StrEnum):
+    CREDIT = "credit"
+    VOUCHER = "voucher"
+    CASH = "cash"
+    CARD = "card"
+    OFFLINE = "offline"
+
+
+class InvoicePayment(db.Model):
+    """One tender's part of paying an invoice, each with its ledger transaction."""
+
+    __tablename__ = "invoice_payments"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
+    tender: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    ledger_transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"),
+                                                       unique=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="payments")
+
+    @property
+    def amount(self) -> Money:
+        return Money(self.amount_minor, self.currency)
+
+
+class InvoicePdf(db.Model):
+    """The rendered PDF of a finalized invoice and its SHA-256."""
+
+    __tablename__ = "invoice_pdfs"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), primary_key=True,
+                                            autoincrement=False)
+    template_version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    rendered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class InvoiceCounter(db.Model):
+    """The last invoice number used in a year; incremented under its row lock."""
+
+    __tablename__ = "invoice_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageAdjustment(db.Model):
+    """Usage that changed after its period was invoiced (a deletion or deployment reported
+    late): the difference, carried to the user's next invoice as adjustment lines. Same
+    columns as the rollups; pending rows have no invoice yet."""
+
+    __tablename__ = "usage_adjustments"
+    __table_args__ = (
+        Index("uq_usage_adjustments_pending", "deployment_id", "day", unique=True,
+              sqlite_where=text("invoice_id IS NULL"),
+              postgresql_where=text("invoice_id IS NULL")),
+        Index("ix_usage_adjustments_user_id_invoice_id", "user_id", "invoice_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(BigInteger)
+    day: Mapped[date] = mapped_column(Date)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Event(db.Model):
+    """The event outbox: written in the transaction that caused the event, delivered to the
+    platform after commit (signed webhooks)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_delivered_at_id", "delivered_at", "id"),
+                      Index("uq_events_name_subject", "name", "subject", unique=True))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # What the event is about, unique per name: the same fact is recorded once.
+    subject: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
