@@ -145,10 +145,15 @@ def upgrade():
     )
     with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_lines_invoice_id'), ['invoice_id'], unique=False)
-
+    with op.batch_alter_table('outbound_emails', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('attachment_invoice_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
+        batch_op.create_foreign_key(batch_op.f('fk_outbound_emails_attachment_invoice_id_invoices'), 'invoices', ['attachment_invoice_id'], ['id'])
 
 
 def downgrade():
+    with op.batch_alter_table('outbound_emails', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('fk_outbound_emails_attachment_invoice_id_invoices'), type_='foreignkey')
+        batch_op.drop_column('attachment_invoice_id')
     with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_invoice_lines_invoice_id'))
 

@@ -31,6 +31,8 @@ class OutboundEmail(db.Model):
     body_text: Mapped[str] = mapped_column(Text)
     body_html: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
+    # The invoice whose PDF goes with the message, attached when it is sent.
+    attachment_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
     error: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
