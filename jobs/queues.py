@@ -6,6 +6,7 @@ worker never looks for rows that do not exist yet; a rollback drops them.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from flask import Flask, current_app
@@ -16,6 +17,12 @@ from sqlalchemy import event
 
 QUEUES = ("default", "metering", "invoicing", "settlement")
 _PENDING = "after_commit_jobs"
+_NOT_IN_RQ_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def rq_job_id(job_id: str) -> str:
+    """RQ 2 accepts only letters, digits, _ and - in a job id: ``mail:7`` is ``mail_7``."""
+    return _NOT_IN_RQ_ID.sub("_", job_id)
 
 
 def redis_connection(app: Flask | None = None) -> Redis:
@@ -46,6 +53,8 @@ def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
             **kwargs: Any) -> Job | None:
     """Enqueue now. A job id that is already waiting or running is not enqueued twice."""
     queue = get_queue(queue_name)
+    if job_id is not None:
+        job_id = rq_job_id(job_id)
     if job_id is not None and queue.is_async:
         try:
             status = Job.fetch(job_id, connection=queue.connection).get_status()

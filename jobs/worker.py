@@ -2,8 +2,8 @@
 (and so its own database session)."""
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 from rq import Worker
 
@@ -19,10 +19,10 @@ class AppWorker(Worker):
     parent_pid = os.getpid()
 
     def perform_job(self, job, queue):
-        if os.getpid() != self.parent_pid:
-            # A forked work horse must not reuse the parent's pooled connections.
-            db.engine.dispose(close=False)
-        with self.app.app_context():
+        with self.app.app_context():  # db.engine is the app's: look it up inside the context
+            if os.getpid() != self.parent_pid:
+                # A forked work horse must not reuse the parent's pooled connections.
+                db.engine.dispose(close=False)
             try:
                 return super().perform_job(job, queue)
             finally:
@@ -30,17 +30,22 @@ class AppWorker(Worker):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    queues = argv or list(QUEUES)
+    parser = argparse.ArgumentParser(prog="python -m jobs.worker")
+    parser.add_argument("--burst", action="store_true",
+                        help="run the jobs waiting now, then exit")
+    parser.add_argument("queues", nargs="*", metavar="QUEUE",
+                        help=f"queues to work on (default: all of {', '.join(QUEUES)})")
+    args = parser.parse_args(argv)
+    queues = args.queues or list(QUEUES)
     app = create_app()
     AppWorker.app = app
     AppWorker.parent_pid = os.getpid()
     with app.app_context():
         worker = AppWorker(queues, connection=redis_connection(app))
-    # Beside the worker, the built-in failover scheduler (jobs/daemon.py).
-    builtin = start_builtin(app)
+    # Beside a long-running worker, the built-in failover scheduler (jobs/daemon.py).
+    builtin = None if args.burst else start_builtin(app)
     try:
-        worker.work(with_scheduler=False)
+        worker.work(burst=args.burst, with_scheduler=False)
     finally:
         stop_builtin(builtin)
 

@@ -1,0 +1,116 @@
+"""Browser tests: the test app served over real HTTP on loopback (werkzeug, one thread per
+request) and driven by Debian's chromium through Playwright's sync API.
+
+Every page opened through ``open_page`` reports console errors, uncaught exceptions,
+Content-Security-Policy violations and 4xx/5xx responses into ``BrowserProblems``; a test
+ends with ``problems.assert_none()``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import need
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# Runs in every document before the page's own scripts (injected by the browser, so the
+# CSP does not apply to it) and reports each violation to Python.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__reportCspViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}` +
+                              ` on ${e.documentURI}`);
+});
+"""
+
+
+def _require_chromium() -> None:
+    need(os.access(CHROMIUM, os.X_OK),
+         f"{CHROMIUM} is missing: apt-get install chromium (browsers are never downloaded)")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    """pytest-playwright's launch options, should a test use its ``page`` fixture."""
+    _require_chromium()
+    return {"executable_path": CHROMIUM, "args": CHROMIUM_ARGS, "headless": True}
+
+
+@pytest.fixture(scope="session")
+def live_server(make_app):
+    """The portal on http://127.0.0.1:<free port>, requests served in their own threads.
+    The wallet panel polls every second instead of every 15."""
+    app = make_app(WALLET_POLL_SECONDS=1)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    url = f"http://127.0.0.1:{server.server_port}"
+    app.config["PUBLIC_URL"] = url
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=url, app=app)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    # Module scope: Playwright's sync API keeps an event loop on this thread while it runs.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class BrowserProblems:
+    items: list[str] = field(default_factory=list)
+
+    def watch(self, page, label: str) -> None:
+        page.on("console", lambda msg: self.items.append(f"{label} console {msg.type}: "
+                                                         f"{msg.text} ({msg.location})")
+                if msg.type in ("error", "warning") else None)
+        page.on("pageerror", lambda exc: self.items.append(f"{label} uncaught: {exc}"))
+        page.on("response", lambda r: self.items.append(f"{label} HTTP {r.status}: "
+                                                        f"{r.request.method} {r.url}")
+                if r.status >= 400 else None)
+
+    def assert_none(self) -> None:
+        assert not self.items, "the browser reported problems:\n" + "\n".join(self.items)
+
+
+@pytest.fixture
+def browser_problems() -> BrowserProblems:
+    return BrowserProblems()
+
+
+@pytest.fixture
+def open_page(app, chromium, live_server, browser_problems):
+    """open_page(label, **context_options): a page in a fresh browser context (its own
+    cookies: one user each), with base_url set to the live server. ``app`` has reset the
+    database; the ledger is checked after the test."""
+    contexts = []
+
+    def open_(label: str = "page", **options):
+        context = chromium.new_context(base_url=live_server.url, **options)
+        contexts.append(context)
+        context.set_default_timeout(10_000)
+        context.expose_function("__reportCspViolation",
+                                lambda text: browser_problems.items.append(f"{label} CSP: {text}"))
+        context.add_init_script(CSP_LISTENER)
+        page = context.new_page()
+        browser_problems.watch(page, label)
+        return page
+    yield open_
+    for context in contexts:
+        context.close()
