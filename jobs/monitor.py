@@ -26,7 +26,10 @@ def _fetch(job_id: str) -> Job | None:
 def job_status(queue: str, job_id: str) -> str | None:
     """"queued", "started", "finished", "failed"... or None when Redis has no such job."""
     job = _fetch(job_id)
-    return None if job is None else str(job.get_status())
+    if job is None:
+        return None
+    status = job.get_status()
+    return getattr(status, "value", status)
 
 
 def job_meta(queue: str, job_id: str) -> dict:

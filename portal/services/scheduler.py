@@ -135,8 +135,9 @@ def _renew(holder: str, epoch: int, now: datetime, ttl: timedelta) -> bool:
 
 
 def hold_lease(*, holder: str, epoch: int | None, now: datetime, ttl: timedelta) -> int | None:
-    """Renew the caller's lease, or take it over when it is free or expired (epoch + 1).
-    Returns the epoch the caller now holds, or None (another scheduler leads)."""
+    """Renew the caller's lease, or take it over when it is free, expired or the caller's
+    own under an epoch it lost track of (epoch + 1 in every case). Returns the epoch the
+    caller now holds, or None (another scheduler leads)."""
     if epoch is not None and _renew(holder, epoch, now, ttl):
         return epoch
     db.session.execute(_insert(SchedulerLease).values(
@@ -144,7 +145,8 @@ def hold_lease(*, holder: str, epoch: int | None, now: datetime, ttl: timedelta)
     taken = db.session.execute(
         update(SchedulerLease)
         .where(SchedulerLease.name == LEASE_NAME,
-               or_(SchedulerLease.holder.is_(None), SchedulerLease.expires_at <= now))
+               or_(SchedulerLease.holder.is_(None), SchedulerLease.expires_at <= now,
+                   SchedulerLease.holder == holder))
         .values(holder=holder, epoch=SchedulerLease.epoch + 1, acquired_at=now,
                 expires_at=now + ttl)).rowcount
     if not taken:

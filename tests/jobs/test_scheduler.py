@@ -277,3 +277,32 @@ def test_built_in_billing_runs_without_a_daemon_and_pauses_while_one_is_alive(
         ("count:2026-03-02T14", "succeeded", "worker-1"),
         ("count:2026-03-02T15", "succeeded", "daemon-1")]
     assert executions(fast_app) == [f"2026-03-02T{h}" for h in (12, 13, 14, 15)]
+
+
+def test_the_sweep_enqueues_a_lost_run_again_and_fails_a_run_whose_worker_died(
+        app, async_app, counting_job, clock):
+    from rq.job import Job, JobStatus
+
+    later, grace = clock() + timedelta(minutes=2), timedelta(minutes=1)
+    with async_app.app_context():
+        lost, _ = scheduler.request_run("count", requested_by=None, request_key="a", now=clock())
+        dead, _ = scheduler.request_run("count", requested_by=None, request_key="b", now=clock())
+        db.session.commit()  # both wait in Redis now
+        scheduler.mark_enqueued([lost.id, dead.id], now=clock())
+        db.session.commit()
+        connection = queues.redis_connection()
+        # Redis lost one job; the work horse running the other died and RQ gave up on it.
+        Job.fetch(queues.rq_job_id(lost.job_id), connection=connection).delete()
+        db.session.execute(update(JobRun).where(JobRun.id == dead.id).values(status="running"))
+        db.session.commit()
+        Job.fetch(queues.rq_job_id(dead.job_id), connection=connection).set_status(
+            JobStatus.FAILED)
+
+        again = scheduler.sweep_runs(now=later, grace=grace)
+        assert [r.id for r in again] == [lost.id]
+        db.session.commit()
+        assert queues.get_queue("default").job_ids.count(queues.rq_job_id(lost.job_id)) == 1
+        failed = scheduler.get_run(dead.id)
+        assert failed.status == "failed"
+        assert failed.error == "the worker running it was lost (RQ status failed)"
+        db.session.remove()
