@@ -31,7 +31,7 @@ from portal.models import DaemonState, SchedulerKind, SchedulerRole, utcnow
 from portal.services import scheduler
 
 log = logging.getLogger("jobs.daemon")
-MIN_WAIT = timedelta(seconds=0.2)
+MIN_WAIT = timedelta(milliseconds=200)
 
 
 class Scheduler:
@@ -73,7 +73,8 @@ class Scheduler:
         except Exception as exc:
             # Not rollback(): an enqueue that fails after commit leaves the session committed.
             db.session.remove()
-            log.exception("cycle failed (the daemon keeps running): %s", exc)
+            log.error("cycle failed (the daemon keeps running): %s", exc)
+            log.debug("the failed cycle's traceback", exc_info=exc)
             self._record_error(now, exc)
         return self._wait_after(now)
 

@@ -20,7 +20,9 @@ Services flush; the caller commits.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -111,8 +113,6 @@ def duration(value: Any, unit: str = "seconds") -> timedelta:
 
 
 def instance_id() -> str:
-    import os
-
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -277,8 +277,6 @@ def request_run(name: str, *, requested_by: User | None, request_key: str | None
                 now: datetime) -> tuple[JobRun, bool]:
     """"Run now": a manual run of a job, enqueued after commit. The same request key (a
     form's request id, an API Idempotency-Key) gives the same run. Returns (run, created)."""
-    import uuid
-
     job = find_job(name)
     who = requested_by.email if requested_by is not None else "manual"
     digest = hashlib.sha256(f"{who}:{request_key or uuid.uuid4().hex}".encode()).hexdigest()
