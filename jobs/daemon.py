@@ -213,10 +213,17 @@ def parse_now(value: str | None) -> timedelta:
     on from there); the offset to the real time."""
     if not value:
         return timedelta(0)
-    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"must be an ISO 8601 time, not {value!r}") from None
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    return at - utcnow()
+    offset = at - utcnow()
+    if offset > timedelta(0):
+        # Jobs would process hours that have not happened yet.
+        raise ValueError(f"must not be in the future, not {value!r}")
+    return offset
 
 
 def run(app: Flask, *, kind: SchedulerKind = SchedulerKind.DAEMON, now: str | None = None,

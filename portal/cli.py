@@ -131,8 +131,8 @@ def daemon(now: str | None, once: bool) -> None:
 
     try:
         billing_daemon.parse_now(now)
-    except ValueError:
-        fail(f"--now must be an ISO 8601 time, not {now!r}")
+    except ValueError as exc:
+        fail(f"--now {exc}")
     sys.exit(billing_daemon.run(current_app._get_current_object(), now=now, once=once))
 
 

@@ -268,9 +268,12 @@ def test_built_in_billing_runs_when_no_daemon_beats_and_pauses_when_one_is_back(
 
 
 def test_a_bad_now_is_refused(app, processes):
-    daemon = processes.daemon("--now", "yesterday")
-    assert daemon.wait() == 1
-    assert "error: --now must be an ISO 8601 time, not 'yesterday'" in daemon.output
+    bad = processes.daemon("--now", "yesterday")
+    future = processes.daemon("--now", "2999-01-01T00:00Z")
+    assert (bad.wait(), future.wait()) == (1, 1)
+    assert "error: --now must be an ISO 8601 time, not 'yesterday'" in bad.output
+    assert "error: --now must not be in the future, not '2999-01-01T00:00Z'" in future.output
+    assert runs(app) == []
 
 
 def test_serve_runs_the_daemon_beside_the_web_server_and_the_worker(app, processes):
