@@ -57,3 +57,18 @@ def _meter_upto(due: datetime) -> tuple:
 register("calculate-usage", cron=lambda config: config["BILLING"].usage_calculation_interval,
          func="jobs.metering.meter_due", queue="metering", id_prefix="meter", args=_meter_upto,
          enabled=lambda config: config["BILLING"].enabled)
+
+
+def _invoice_period(due: datetime) -> tuple:
+    from .invoicing import period_ending_at
+
+    return period_ending_at(due)
+
+
+# On the invoice day, just after midnight UTC, the period that ended is invoiced.
+register("generate-invoices",
+         cron=lambda config: f"5 0 {config['BILLING'].invoice_day} * *",
+         func="jobs.invoicing.generate_invoices", queue="invoicing", id_prefix="invoices",
+         args=_invoice_period, enabled=lambda config: config["BILLING"].enabled)
+register("mark-overdue", cron="15 0 * * *", func="jobs.invoicing.mark_overdue",
+         queue="invoicing", id_prefix="overdue", enabled=lambda config: config["BILLING"].enabled)

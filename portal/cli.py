@@ -136,6 +136,37 @@ def daemon(now: str | None, once: bool) -> None:
     sys.exit(billing_daemon.run(current_app._get_current_object(), now=now, once=once))
 
 
+@billing.command("invoice")
+@click.option("--period", help="The billing period starting in this month (2026-10); "
+                               "default: the last one that has ended.")
+def invoice(period: str | None) -> None:
+    """Invoice every user with usage in a billing period (safe to run any number of times)."""
+    from flask import current_app
+
+    from .services import invoicing, usage
+
+    try:
+        start, end = (usage.parse_period(period, current_app.config["BILLING"].invoice_day)
+                      if period else invoicing.last_complete_period())
+        result = invoicing.generate_period(start, end)
+    except ValueError as exc:
+        fail(str(exc))
+    except ServiceError as exc:
+        fail(exc.message)
+    click.echo(f"period {start:%Y-%m-%d} to {end:%Y-%m-%d}: {result.invoices} invoice(s) "
+               f"issued, {result.skipped} already existed")
+
+
+@billing.command("mark-overdue")
+def mark_overdue() -> None:
+    """Open invoices past their due date become overdue."""
+    from .services import invoicing
+
+    count = invoicing.mark_overdue()
+    db.session.commit()
+    click.echo(f"{count} invoice(s) now overdue")
+
+
 @billing.command("seed-demo")
 def seed_demo() -> None:
     """Load demo data: one admin and three users with different histories (idempotent)."""

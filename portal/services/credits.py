@@ -16,7 +16,8 @@ MAX_REASON = 500
 
 def grant_credit(*, user: User, amount: Money, reason: str, idempotency_key: str,
                  expires_at: datetime | None = None, granted_by: User | None = None,
-                 now: datetime | None = None) -> tuple[CreditLot, bool]:
+                 now: datetime | None = None,
+                 source: AccountKind = AccountKind.CREDIT_GRANTS) -> tuple[CreditLot, bool]:
     """Grant ``amount`` of credit to ``user``. The same key twice grants once.
     Returns the lot and whether this call created it."""
     now = now or utcnow()
@@ -33,10 +34,10 @@ def grant_credit(*, user: User, amount: Money, reason: str, idempotency_key: str
         raise ValidationFailed.field("expires_at", "must be in the future")
 
     credit = ledger.user_account(user, AccountKind.CREDIT)
-    source = ledger.system_account(AccountKind.CREDIT_GRANTS, user.currency)
+    source_account = ledger.system_account(source, user.currency)
     txn = ledger.post_transaction(
         idempotency_key=f"credit-grant:{idempotency_key}", kind="credit_grant",
-        legs=[(source, -amount.amount_minor), (credit, amount.amount_minor)],
+        legs=[(source_account, -amount.amount_minor), (credit, amount.amount_minor)],
         description=reason, user_id=user.id,
         created_by_id=granted_by.id if granted_by else None,
         fingerprint={"reason": reason, "expires_at": expires_at.isoformat() if expires_at else None,

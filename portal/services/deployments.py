@@ -227,6 +227,10 @@ def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
     if not resize and target == current:
         return deployment  # nothing to change
     _check_not_before_last_change(deployment, at, "effective_at")
+    invoiced = metering.invoiced_through(deployment.user_id)
+    if invoiced is not None and at < invoiced:
+        raise ValidationFailed.field("effective_at", f"is inside an invoiced period (invoiced "
+                                                     f"through {invoiced:%Y-%m-%d})")
     with metering.adjust_window(deployment, at):
         if resize:
             _apply_resize(deployment, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb,

@@ -8,6 +8,7 @@ request or job commits.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -164,6 +165,66 @@ def post_transaction(*, idempotency_key: str, kind: str, legs: Sequence[Leg],
     return txn
 
 
+@dataclass(frozen=True)
+class Posting:
+    """One transaction for post_many: legs as (account id, account kind, amount_minor)."""
+    idempotency_key: str
+    kind: str
+    user_id: int | None
+    description: str
+    currency: str
+    legs: tuple[tuple[int, str, int], ...]
+
+
+def post_many(postings: Sequence[Posting]) -> dict[str, int]:
+    """Post many new transactions at once (bulk jobs such as an invoice run): the same
+    invariants as post_transaction, set-based. Every key must be new; cached balances move
+    under row locks taken in id order. Returns {idempotency_key: transaction id}."""
+    if not postings:
+        return {}
+    deltas: dict[int, int] = defaultdict(int)
+    kinds: dict[int, str] = {}
+    rows = []
+    for p in postings:
+        if sum(amount for _, _, amount in p.legs) != 0:
+            raise ValueError(f"unbalanced transaction {p.idempotency_key}")
+        legs = {aid: amount for aid, _, amount in p.legs}
+        rows.append({"idempotency_key": p.idempotency_key, "kind": p.kind, "user_id": p.user_id,
+                     "description": p.description[:500], "created_at": utcnow(),
+                     "content_hash": _content_hash(p.kind, legs, None)})
+        for aid, akind, amount in p.legs:
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
+                raise TypeError("ledger amounts are non-zero ints of minor units")
+            kinds[aid] = akind
+            if AccountKind(akind) in USER_KINDS:
+                deltas[aid] += AccountKind(akind).normal_sign * amount
+    locked = {a.id: a for a in db.session.scalars(
+        select(LedgerAccount).where(LedgerAccount.id.in_(sorted(deltas)))
+        .order_by(LedgerAccount.id).with_for_update()
+        .execution_options(populate_existing=True))} if deltas else {}
+    for aid, delta in deltas.items():
+        if AccountKind(kinds[aid]) in WALLET_KINDS and locked[aid].balance_minor + delta < 0:
+            raise InsufficientFunds(f"account {aid} would go below zero")
+    ids = {}
+    for batch in range(0, len(rows), 2000):
+        chunk = rows[batch:batch + 2000]
+        for key, txn_id in db.session.execute(
+                insert(LedgerTransaction).returning(LedgerTransaction.idempotency_key,
+                                                    LedgerTransaction.id), chunk):
+            ids[key] = txn_id
+    db.session.execute(insert(LedgerEntry), [
+        {"transaction_id": ids[p.idempotency_key], "account_id": aid, "amount_minor": amount,
+         "currency": p.currency} for p in postings for aid, _, amount in p.legs])
+    if deltas:
+        # Relative updates under the locks above: never an absolute balance.
+        db.session.execute(text("UPDATE ledger_accounts SET balance_minor = balance_minor + :delta "
+                                "WHERE id = :id"),
+                           [{"id": aid, "delta": delta} for aid, delta in sorted(deltas.items())])
+        for aid in deltas:
+            db.session.expire(locked[aid], ["balance_minor"])
+    return ids
+
+
 def _same_or_conflict(existing: LedgerTransaction, content_hash: str) -> LedgerTransaction:
     if existing.content_hash != content_hash:
         raise IdempotencyConflict(
@@ -187,11 +248,14 @@ class Balances:
         return self.cash + self.voucher + self.credit
 
 
+_BALANCES = select(LedgerAccount.kind, LedgerAccount.balance_minor).where(
+    LedgerAccount.user_id == bindparam("user_id"),
+    LedgerAccount.currency == bindparam("currency"))
+
+
 def balances(user: User) -> Balances:
     """The user's balances from the cached columns (no scan of entries)."""
-    rows = db.session.execute(
-        select(LedgerAccount.kind, LedgerAccount.balance_minor).where(
-            LedgerAccount.user_id == user.id, LedgerAccount.currency == user.currency)).all()
+    rows = db.session.execute(_BALANCES, {"user_id": user.id, "currency": user.currency}).all()
     found = {kind: bal for kind, bal in rows}
     cur = user.currency
     return Balances(
@@ -229,25 +293,56 @@ class Page:
         return self.page > 1
 
 
+# The user's wallet accounts with the number of entries on each (an index-only count per
+# account), in one round trip.
+_WALLET_ACCOUNTS = select(
+    LedgerAccount.id,
+    select(func.count()).select_from(LedgerEntry)
+    .where(LedgerEntry.account_id == LedgerAccount.id).correlate(LedgerAccount)
+    .scalar_subquery(),
+).where(LedgerAccount.user_id == bindparam("user_id"),
+        LedgerAccount.kind.in_(sorted(str(k) for k in WALLET_KINDS))).order_by(LedgerAccount.id)
+
+
+@functools.cache
+def _history_page(accounts: int):
+    """The page query for a user with ``accounts`` wallet accounts, built once (the page
+    is read on every wallet view; building the statement costs more than running it).
+
+    The page's entry ids come first, from each account's newest ``depth`` (offset +
+    per_page) entries, an index range on (account_id, id) each, merged: the work is bounded
+    by the page's depth, whatever the planner knows of the table and however old the user's
+    entries are. "account_id IN (...) ORDER BY id DESC" instead either sorts all the user's
+    entries or walks the whole table's primary key backwards looking for them.
+    """
+    newest = [select(LedgerEntry.id.label("id"))
+              .where(LedgerEntry.account_id == bindparam(f"account_{i}"))
+              .order_by(LedgerEntry.id.desc()).limit(bindparam("depth")).subquery()
+              for i in range(accounts)]
+    merged = union_all(*(select(q.c.id) for q in newest)).subquery()
+    page_ids = (select(merged.c.id).order_by(merged.c.id.desc())
+                .limit(bindparam("per_page")).offset(bindparam("offset")).subquery())
+    return (select(LedgerEntry.id, LedgerEntry.amount_minor, LedgerEntry.currency,
+                   LedgerAccount.kind, LedgerTransaction.kind, LedgerTransaction.description,
+                   LedgerTransaction.created_at)
+            .join(page_ids, page_ids.c.id == LedgerEntry.id)
+            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+            .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+            .order_by(LedgerEntry.id.desc()))
+
+
 def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
     """Entries on the user's wallets (cash, voucher, credit), newest first, one page."""
     page, per_page = max(1, page), min(max(1, per_page), 200)
-    account_ids = list(db.session.scalars(select(LedgerAccount.id).where(
-        LedgerAccount.user_id == user.id,
-        LedgerAccount.kind.in_([str(k) for k in WALLET_KINDS]))))
-    if not account_ids:
-        return Page([], page, per_page, 0)
-    total = db.session.scalar(select(func.count()).select_from(LedgerEntry).where(
-        LedgerEntry.account_id.in_(account_ids)))
-    rows = db.session.execute(
-        select(LedgerEntry.id, LedgerEntry.amount_minor, LedgerEntry.currency,
-               LedgerAccount.kind, LedgerTransaction.kind, LedgerTransaction.description,
-               LedgerTransaction.created_at)
-        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
-        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
-        .where(LedgerEntry.account_id.in_(account_ids))
-        .order_by(LedgerEntry.id.desc())
-        .limit(per_page).offset((page - 1) * per_page)).all()
+    offset = (page - 1) * per_page
+    counts = db.session.execute(_WALLET_ACCOUNTS, {"user_id": user.id}).all()
+    total = sum(n for _, n in counts)
+    if offset >= total:
+        return Page([], page, per_page, total)
+    account_ids = [aid for aid, n in counts if n]
+    rows = db.session.execute(_history_page(len(account_ids)), {
+        **{f"account_{i}": aid for i, aid in enumerate(account_ids)},
+        "depth": offset + per_page, "per_page": per_page, "offset": offset}).all()
     items = [HistoryRow(entry_id=r[0], amount=Money(r[1], r[2]), account_kind=r[3],
                         transaction_kind=r[4], description=r[5], created_at=r[6])
              for r in rows]

@@ -20,7 +20,8 @@ from flask import current_app
 from sqlalchemy import func, select, text, update
 
 from ..extensions import db
-from ..models import Deployment, DeploymentInterval, MeterMark, UsageDaily, utcnow
+from ..models import (Deployment, DeploymentInterval, Invoice, MeterMark, UsageAdjustment,
+                      UsageDaily, utcnow)
 from ..models.usage import USAGE_COLUMNS
 
 HOUR = 3600
@@ -62,7 +63,7 @@ _SECONDS = ("(CASE WHEN i.end_epoch IS NULL OR i.end_epoch > :until THEN :until 
             "ELSE i.start_epoch END)")
 
 _ROLLUP_SQL = f"""
-INSERT INTO usage_daily (deployment_id, day, user_id, {", ".join(USAGE_COLUMNS)})
+INSERT INTO {{table}} (deployment_id, day, user_id, {", ".join(USAGE_COLUMNS)})
 SELECT s.deployment_id, :day, s.user_id,
        :sign * SUM(s.secs * s.cpu_milli), :sign * SUM(s.secs * s.cpu_milli * s.cpu_rate_micros),
        :sign * SUM(s.secs * s.memory_mgb),
@@ -80,9 +81,12 @@ FROM (
     WHERE {{where}} AND i.start_epoch < :until AND (i.end_epoch IS NULL OR i.end_epoch > :since)
 ) s
 GROUP BY s.deployment_id, s.user_id
-ON CONFLICT (deployment_id, day) DO UPDATE SET
-    {", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in USAGE_COLUMNS)}
+ON CONFLICT {{conflict}} DO UPDATE SET
+    {", ".join(f"{c} = {{table}}.{c} + excluded.{c}" for c in USAGE_COLUMNS)}
 """
+ROLLUPS = ("usage_daily", "(deployment_id, day)")
+# Late changes to invoiced periods: the pending (not yet invoiced) adjustment rows.
+ADJUSTMENTS = ("usage_adjustments", "(deployment_id, day) WHERE invoice_id IS NULL")
 
 _WHERE_CHUNK = "i.user_id >= :user_lo AND i.user_id < :user_hi"
 _WHERE_DEPLOYMENT = "i.deployment_id = :deployment_id"
@@ -99,9 +103,11 @@ def _days(since: int, until: int) -> Iterator[tuple[date, int, int]]:
         start = end
 
 
-def _roll_up(where: str, params: dict, since: int, until: int, sign: int) -> int:
+def _roll_up(where: str, params: dict, since: int, until: int, sign: int,
+             target: tuple[str, str] = ROLLUPS) -> int:
     """Add (sign=1) or take away (sign=-1) the usage of [since, until) to the rollups."""
-    statement = text(_ROLLUP_SQL.format(where=where))
+    table, conflict = target
+    statement = text(_ROLLUP_SQL.format(where=where, table=table, conflict=conflict))
     rows = 0
     for day, seg_since, seg_until in _days(since, until):
         result = db.session.execute(statement, {**params, "day": day, "since": seg_since,
@@ -212,22 +218,43 @@ def prepare_run(upto: datetime) -> None:
 def adjust_window(deployment: Deployment, since: datetime) -> Iterator[None]:
     """Wrap a change to a deployment's intervals that takes effect at ``since``: when that is
     before the chunk's mark, the already-metered part [since, mark) is taken out of the
-    rollups before the change and metered again after it, in the same transaction."""
+    rollups before the change and metered again after it, in the same transaction. The part
+    that falls in an invoiced period is also recorded as a pending adjustment, which the
+    next invoice bills (or credits)."""
     mark = lock_mark(chunk_of(deployment.user_id))
     start = epoch(since)
-    window = (mark is not None and start < epoch(mark.metered_through))
+    end = epoch(mark.metered_through) if mark is not None else start
+    cutoff = invoiced_through(deployment.user_id)
+    late_end = min(end, epoch(cutoff)) if cutoff is not None else start
     params = {"deployment_id": deployment.id}
-    if window:
+    steps = []
+    if start < end:
+        steps.append((start, end, ROLLUPS))
+    if start < late_end:
+        steps.append((start, late_end, ADJUSTMENTS))
+    if steps:
         db.session.flush()
-        _roll_up(_WHERE_DEPLOYMENT, params, start, epoch(mark.metered_through), -1)
+    for since_s, until_s, target in steps:
+        _roll_up(_WHERE_DEPLOYMENT, params, since_s, until_s, -1, target)
     yield
-    if window:
-        db.session.flush()
-        _roll_up(_WHERE_DEPLOYMENT, params, start, epoch(mark.metered_through), +1)
-        # Keep no all-zero rows behind (a deployment that turned out not to have run).
-        db.session.execute(UsageDaily.__table__.delete().where(
-            UsageDaily.deployment_id == deployment.id,
-            *[getattr(UsageDaily, c) == 0 for c in USAGE_COLUMNS]))
+    if not steps:
+        return
+    db.session.flush()
+    for since_s, until_s, target in steps:
+        _roll_up(_WHERE_DEPLOYMENT, params, since_s, until_s, +1, target)
+    # Keep no all-zero rows behind (a deployment that turned out not to have run).
+    zero = [getattr(UsageDaily, c) == 0 for c in USAGE_COLUMNS]
+    db.session.execute(UsageDaily.__table__.delete().where(
+        UsageDaily.deployment_id == deployment.id, *zero))
+    db.session.execute(UsageAdjustment.__table__.delete().where(
+        UsageAdjustment.deployment_id == deployment.id, UsageAdjustment.invoice_id.is_(None),
+        *[getattr(UsageAdjustment, c) == 0 for c in USAGE_COLUMNS]))
+
+
+def invoiced_through(user_id: int) -> datetime | None:
+    """The end of the user's last invoiced period: usage before it is already billed."""
+    return db.session.scalar(select(func.max(Invoice.period_end)).where(
+        Invoice.user_id == user_id, Invoice.status != "void"))
 
 
 def metered_through(user_id: int) -> datetime | None:

@@ -93,3 +93,59 @@ def find_discrepancies() -> list[str]:
     for name, fn in CHECKS:
         problems += [f"{name}: {p}" for p in fn()]
     return problems
+
+
+@check("invoices add up")
+def invoices_add_up() -> list[str]:
+    from ..models import Invoice, InvoiceLine, InvoicePayment
+
+    lines = (select(InvoiceLine.invoice_id, func.sum(InvoiceLine.amount_minor).label("lines"))
+             .group_by(InvoiceLine.invoice_id).subquery())
+    paid = (select(InvoicePayment.invoice_id,
+                   func.sum(case((InvoicePayment.tender == "credit", 0),
+                                 else_=InvoicePayment.amount_minor)).label("paid"),
+                   func.sum(case((InvoicePayment.tender == "credit", InvoicePayment.amount_minor),
+                                 else_=0)).label("credits"))
+            .group_by(InvoicePayment.invoice_id).subquery())
+    rows = db.session.execute(
+        select(Invoice.id, Invoice.number, Invoice.status, Invoice.subtotal_minor,
+               Invoice.credits_minor, Invoice.total_minor, Invoice.amount_paid_minor,
+               func.coalesce(lines.c.lines, 0), func.coalesce(paid.c.paid, 0),
+               func.coalesce(paid.c.credits, 0))
+        .outerjoin(lines, lines.c.invoice_id == Invoice.id)
+        .outerjoin(paid, paid.c.invoice_id == Invoice.id)).all()
+    problems = []
+    for (iid, number, status, subtotal, credits, total, amount_paid, line_sum, paid_sum,
+         credit_sum) in rows:
+        name = number or f"draft {iid}"
+        if subtotal != line_sum:
+            problems.append(f"invoice {name}: subtotal {subtotal} != lines {line_sum}")
+        if status != "draft" and total != max(0, subtotal) - credits:
+            problems.append(f"invoice {name}: total {total} != subtotal - credits")
+        if credits != credit_sum:
+            problems.append(f"invoice {name}: credits {credits} != credit payments {credit_sum}")
+        if amount_paid != paid_sum:
+            problems.append(f"invoice {name}: amount paid {amount_paid} != payments {paid_sum}")
+        if status == "paid" and paid_sum != total:
+            problems.append(f"invoice {name} is paid but its payments sum to {paid_sum}, not {total}")
+        if status != "paid" and total and paid_sum >= total:
+            problems.append(f"invoice {name} is {status} but fully paid")
+    return problems
+
+
+@check("receivables equal what unpaid invoices owe")
+def receivables() -> list[str]:
+    from ..models import Invoice
+
+    owed = (select(Invoice.user_id, Invoice.currency,
+                   func.sum(Invoice.total_minor - Invoice.amount_paid_minor).label("owed"))
+            .where(Invoice.status.in_(["open", "overdue"]))
+            .group_by(Invoice.user_id, Invoice.currency).subquery())
+    rows = db.session.execute(
+        select(LedgerAccount.user_id, LedgerAccount.currency, LedgerAccount.balance_minor,
+               func.coalesce(owed.c.owed, 0))
+        .outerjoin(owed, (owed.c.user_id == LedgerAccount.user_id)
+                   & (owed.c.currency == LedgerAccount.currency))
+        .where(LedgerAccount.kind == str(AccountKind.RECEIVABLE),
+               LedgerAccount.balance_minor != func.coalesce(owed.c.owed, 0))).all()
+    return [f"user {u} receivable {b} {c} != unpaid invoices {o}" for u, c, b, o in rows]

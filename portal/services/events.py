@@ -1,0 +1,27 @@
+"""The event outbox: facts for the platform, recorded in the transaction that made them
+true, delivered after commit. The same fact (name, subject) is recorded once."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import Event, utcnow
+from .ledger import _dialect_insert
+
+
+def record(name: str, subject: str, payload: dict, user_id: int | None = None) -> None:
+    record_many([(name, subject, payload, user_id)])
+
+
+def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
+    if not events:
+        return
+    now = utcnow()
+    db.session.execute(_dialect_insert(Event.__table__).values([
+        {"name": n, "subject": s, "payload": p, "user_id": u, "created_at": now, "attempts": 0}
+        for n, s, p, u in events]).on_conflict_do_nothing())
+
+
+def pending(limit: int = 100) -> list[Event]:
+    return list(db.session.scalars(select(Event).where(Event.delivered_at.is_(None))
+                                   .order_by(Event.id).limit(limit)))
