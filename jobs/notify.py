@@ -4,9 +4,10 @@ from portal.services import mail
 
 
 def send_email(message_id: int) -> None:
-    message = mail.claim_email(message_id)
+    outgoing = mail.claim_email(message_id)
     db.session.commit()  # the claim is durable before the SMTP server sees the message
-    if message is None:
+    if outgoing is None:
         return
-    mail.deliver_email(message)
+    error = mail.send_message(outgoing)
+    mail.record_delivery(message_id, error)
     db.session.commit()

@@ -17,7 +17,9 @@ from tests.support.client import PortalClient
 TEST_DB = os.environ.get("TEST_DB", "sqlite")
 REQUIRE_ALL = os.environ.get("REQUIRE_ALL") == "1" or os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+# `make test` passes TEST_REDIS_URL (db 15). A bare pytest run picks a database from its
+# pid, so test runs side by side on one Redis do not flush each other's queues.
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or f"redis://127.0.0.1:6379/{1 + os.getpid() % 14}"
 PASSWORD = "correct-horse-battery"
 
 BASE_CONFIG = {

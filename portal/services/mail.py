@@ -6,18 +6,20 @@ from flask_mail import Message
 from sqlalchemy import update
 
 from ..extensions import db, mail as mail_ext
-from ..models import EmailStatus, OutboundEmail, utcnow
+from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
 
 
 def queue_email(*, to: str, subject: str, template: str, user_id: int | None = None,
-                **context) -> OutboundEmail:
+                attachment_invoice_id: int | None = None, **context) -> OutboundEmail:
     """Render ``email/<template>.txt`` and keep it; the send job runs after commit.
-    With no SMTP server configured the message stays in the outbox for admins to read."""
+    With no SMTP server configured the message stays in the outbox for admins to read.
+    ``attachment_invoice_id``: that invoice's stored PDF is attached when the mail is sent."""
     from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
 
     body = render_template(f"email/{template}.txt", **context)
     smtp = bool(current_app.config.get("MAIL_SERVER"))
     message = OutboundEmail(user_id=user_id, to_addr=to, subject=subject, body_text=body,
+                            attachment_invoice_id=attachment_invoice_id,
                             status=EmailStatus.PENDING if smtp else EmailStatus.OUTBOX)
     db.session.add(message)
     db.session.flush()
@@ -27,24 +29,48 @@ def queue_email(*, to: str, subject: str, template: str, user_id: int | None = N
     return message
 
 
-def claim_email(message_id: int) -> OutboundEmail | None:
-    """Mark a pending message as being sent; None if another worker has it or it is done."""
+def claim_email(message_id: int) -> Message | None:
+    """Mark a pending message as being sent and build it (attachment included); None if
+    another worker has it or it is done."""
     claimed = db.session.execute(
         update(OutboundEmail).where(OutboundEmail.id == message_id,
                                     OutboundEmail.status == EmailStatus.PENDING)
         .values(status="sending")).rowcount
-    return db.session.get(OutboundEmail, message_id) if claimed else None
+    if not claimed:
+        return None
+    message = db.session.get(OutboundEmail, message_id)
+    outgoing = Message(subject=message.subject, recipients=[message.to_addr],
+                       body=message.body_text, html=message.body_html)
+    if message.attachment_invoice_id is not None:
+        filename, content = invoice_attachment(message.attachment_invoice_id)
+        outgoing.attach(filename, "application/pdf", content)
+    return outgoing
 
 
-def deliver_email(message: OutboundEmail) -> None:
-    """Hand a claimed message to the SMTP server and record the outcome (caller commits)."""
+def send_message(outgoing: Message) -> str | None:
+    """Hand a built message to the SMTP server; the error text, or None when sent. Touches
+    no database, so no transaction (or SQLite write lock) is held while SMTP talks."""
     try:
-        mail_ext.send(Message(subject=message.subject, recipients=[message.to_addr],
-                              body=message.body_text, html=message.body_html))
+        mail_ext.send(outgoing)
     except Exception as exc:  # SMTP errors vary; keep the reason for the admin
-        message.status, message.error = EmailStatus.FAILED, str(exc)[:1000]
-        return
-    message.status, message.sent_at = EmailStatus.SENT, utcnow()
+        return str(exc)[:1000] or exc.__class__.__name__
+    return None
+
+
+def record_delivery(message_id: int, error: str | None) -> None:
+    message = db.session.get(OutboundEmail, message_id)
+    if error is None:
+        message.status, message.sent_at = EmailStatus.SENT, utcnow()
+    else:
+        message.status, message.error = EmailStatus.FAILED, error
+
+
+def invoice_attachment(invoice_id: int) -> tuple[str, bytes]:
+    """The stored PDF of an invoice as (``<number>.pdf``, bytes)."""
+    invoice, pdf = db.session.get(Invoice, invoice_id), db.session.get(InvoicePdf, invoice_id)
+    if invoice is None or pdf is None:
+        raise LookupError(f"invoice {invoice_id} has no stored PDF to attach")
+    return f"{invoice.number}.pdf", pdf.content
 
 
 def list_outbox(*, page: int = 1, per_page: int = 50):
