@@ -72,3 +72,5 @@ register("generate-invoices",
          args=_invoice_period, enabled=lambda config: config["BILLING"].enabled)
 register("mark-overdue", cron="15 0 * * *", func="jobs.invoicing.mark_overdue",
          queue="invoicing", id_prefix="overdue", enabled=lambda config: config["BILLING"].enabled)
+register("settle-invoices", cron="30 1 * * *", func="jobs.settlement.settle_due",
+         queue="settlement", id_prefix="settle", enabled=lambda config: config["BILLING"].enabled)

@@ -10,6 +10,7 @@ from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus
 from .types import utcnow
 from .usage import MeterMark, UsageDaily
 from .users import ApiToken, TokenScope, User
+from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 
 __all__ = [
     "AccountKind", "ApiToken", "CreditLot", "DaemonState", "DaemonStatus", "Deployment",
@@ -18,5 +19,5 @@ __all__ = [
     "InvoiceStatus", "JobRun", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "MeterMark",
     "OutboundEmail", "PaymentTender", "PriceVersion", "RunOrigin", "RunStatus", "ScheduledJob",
     "SchedulerKind", "SchedulerLease", "SchedulerRole", "SkuPrice", "TokenScope", "UsageAdjustment",
-    "UsageDaily", "User", "utcnow",
+    "UsageDaily", "User", "Voucher", "VoucherRedemption", "VoucherRequest", "utcnow",
 ]

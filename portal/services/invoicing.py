@@ -358,6 +358,15 @@ def _finalize_many(invoice_ids: list[int], users: dict[int, User], now: datetime
     events.record_many([("billing.invoice.paid", f"invoice:{i.id}", invoice_event(i), i.user_id)
                         for i in invoices if i.status == S.PAID])
     db.session.flush()
+    # Open invoices of users with money in a wallet are settled once this commits.
+    from .settlement import request_settlement
+
+    funded = set(db.session.scalars(select(LedgerAccount.user_id).where(
+        LedgerAccount.user_id.in_([i.user_id for i in invoices if i.status == S.OPEN]),
+        LedgerAccount.kind.in_([str(AccountKind.VOUCHER), str(AccountKind.CASH)]),
+        LedgerAccount.balance_minor > 0)))
+    for user_id in sorted(funded):
+        request_settlement(user_id)
 
 
 def _receivable_accounts(user_ids: set[int]) -> dict[int, int]:
