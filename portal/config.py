@@ -273,6 +273,10 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["BABEL_DEFAULT_LOCALE"] = env.get("LOCALE", "en_US")
     cfg["PUBLIC_URL"] = env.get("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
     cfg["SELLER_NAME"] = env.get("SELLER_NAME", "Example Cloud Ltd.")
+    # The seller as printed on invoices; the address's lines are separated by "|" or newlines.
+    cfg["SELLER_ADDRESS"] = env.get("SELLER_ADDRESS", "")
+    cfg["SELLER_EMAIL"] = env.get("SELLER_EMAIL", "")
+    cfg["SELLER_TAX_ID"] = env.get("SELLER_TAX_ID", "")
 
     # Mail: with no MAIL_SERVER, messages stay in the outbox table (admin area).
     cfg["MAIL_SERVER"] = env.get("MAIL_SERVER", "")
@@ -283,7 +287,23 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["MAIL_PASSWORD"] = env.get("MAIL_PASSWORD") or None
     cfg["MAIL_DEFAULT_SENDER"] = env.get("MAIL_DEFAULT_SENDER", "billing@localhost")
 
+    # Stripe (portal/gateways): secrets from the environment only. With no key set,
+    # `flask billing serve` starts the local stand-in and passes all four to its children.
+    cfg["STRIPE_SECRET_KEY"] = env.get("STRIPE_SECRET_KEY", "")
+    if cfg["STRIPE_SECRET_KEY"] and not cfg["STRIPE_SECRET_KEY"].startswith(("sk_", "rk_")):
+        raise ConfigError("STRIPE_SECRET_KEY", "must be a secret key (sk_...) or a restricted "
+                          "key (rk_...)")
+    cfg["STRIPE_WEBHOOK_SECRET"] = env.get("STRIPE_WEBHOOK_SECRET", "")
+    cfg["STRIPE_PUBLISHABLE_KEY"] = env.get("STRIPE_PUBLISHABLE_KEY", "")
+    cfg["STRIPE_API_BASE"] = env.get("STRIPE_API_BASE", "https://api.stripe.com").rstrip("/")
+    if not cfg["STRIPE_API_BASE"].startswith(("https://", "http://127.0.0.1:",
+                                              "http://localhost:")):
+        raise ConfigError("STRIPE_API_BASE", "must be an https:// URL (or http:// on loopback "
+                          f"for the local stand-in), not {cfg['STRIPE_API_BASE']!r}")
+    cfg["STRIPE_TIMEOUT_SECONDS"] = _env_positive(env, "STRIPE_TIMEOUT_SECONDS", "10")
+
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
+    cfg["VOUCHER_RATE_LIMIT"] = env.get("VOUCHER_RATE_LIMIT", "5 per minute;30 per day")
     cfg["SESSION_COOKIE_SECURE"] = _env_bool(env, "SESSION_COOKIE_SECURE", False)
     cfg["SESSION_COOKIE_HTTPONLY"] = True
     cfg["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -311,9 +331,16 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["TESTING"] = testing
     cfg["BILLING"] = load_billing_settings(env, env.get("BILLING_CONFIG"))
     cfg.update(overrides)
+    cfg["SELLER_ADDRESS_LINES"] = address_lines(cfg["SELLER_ADDRESS"])
     if "DATABASE_URL" in overrides:
         cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(overrides["DATABASE_URL"])
     return cfg
+
+
+def address_lines(value: str | list | tuple) -> list[str]:
+    """An address as its non-empty lines: "1 Main St|Springfield" or one line per row."""
+    lines = value if isinstance(value, (list, tuple)) else str(value).replace("|", "\n").splitlines()
+    return [line.strip() for line in lines if line.strip()]
 
 
 def normalize_database_url(url: str) -> str:

@@ -3,4 +3,4 @@ from flask import Blueprint
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-from . import catalog, jobs, routes  # noqa: E402,F401
+from . import catalog, invoices, jobs, routes, vouchers  # noqa: E402,F401
