@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import abort, flash, redirect, request, url_for
+from flask import Response, abort, flash, redirect, request, url_for
 from flask_login import current_user, login_required
 from wtforms import Form
 
@@ -44,6 +44,15 @@ def safe_next(default: str) -> str:
 
 def see_other(endpoint: str, **values):
     return redirect(url_for(endpoint, **values), code=303)
+
+
+def pdf_response(invoice, pdf) -> Response:
+    """An invoice's stored PDF as a download named after its number."""
+    response = Response(pdf.content, mimetype="application/pdf")
+    response.headers.set("Content-Disposition", "attachment", filename=f"{invoice.number}.pdf")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.set_etag(pdf.sha256)
+    return response
 
 
 def page_arg() -> int:

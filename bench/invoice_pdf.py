@@ -1,0 +1,94 @@
+"""Invoice PDF benchmark: our render against a bare WeasyPrint render of the same HTML.
+
+Prints one JSON line:
+{"bench": "invoice_pdf", "lines": ..., "renders": 20, "pdf_median_ms": ...,
+ "bare_pdf_median_ms": ..., "pdf_ratio": ...}
+
+- pdf_median_ms: `render_pdf_bytes(snapshot)`: the template rendered from the snapshot, then
+  WeasyPrint with our static-only URL fetcher (which serves the stylesheet).
+- bare_pdf_median_ms: `weasyprint.HTML(string=html, base_url=...).write_pdf()` of the very
+  HTML our template produced, with WeasyPrint's default fetcher loading the same stylesheet.
+- The two are timed alternately in one process after warm-up renders; the script stops if
+  the two PDFs differ (then they would not be the same work). Goal: pdf_ratio <= 1.3.
+
+A typical invoice: 5 deployments x 3 resources, an adjustment, a plan fee, two payments.
+Needs no database. Usage: .venv/bin/python bench/invoice_pdf.py  (BENCH_RENDERS=20)
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RENDERS = int(os.environ.get("BENCH_RENDERS", 20))
+WARMUP = 3
+
+
+def snapshot() -> dict:
+    lines = []
+    for n in range(1, 6):
+        for resource, qty, unit, price, amount in (
+                ("CPU", "1488", "core-hours", "$0.05", "$74.40"),
+                ("Memory", "5952", "GB-hours", "$0.01", "$59.52"),
+                ("Storage", "50", "GB-months", "$0.10", "$5.00")):
+            lines.append({"kind": "usage", "description": f"web-{n} (vm-{n}) · {resource}",
+                          "quantity": qty, "unit": unit, "unit_price": price,
+                          "amount": amount})
+    lines.append({"kind": "adjustment", "description": "Late usage: web-1 (vm-1) · CPU",
+                  "quantity": "3", "unit": "core-hours", "unit_price": "$0.05",
+                  "amount": "$0.15"})
+    lines.append({"kind": "fee", "description": "Standard plan", "quantity": "1",
+                  "unit": "month", "unit_price": "$25.00", "amount": "$25.00"})
+    return {
+        "template_version": 1, "number": "INV-2026-000123", "status": "sent",
+        "issued_at": "2026-11-01", "due_at": "2026-11-15",
+        "period_start": "2026-10-01", "period_end": "2026-10-31",
+        "seller": {"name": "Example Cloud Ltd.", "address": ["1 Harbour Street", "Dublin"],
+                   "email": "billing@example.cloud", "tax_id": "IE1234567X"},
+        "customer": {"name": "Alice Liddell", "email": "alice@example.com", "account": "12"},
+        "currency": "USD", "lines": lines,
+        "subtotal": "$719.75", "credits": "$50.00", "total": "$669.75",
+        "amount_paid": "$100.00", "amount_due": "$569.75",
+        "payments": [{"date": "2026-11-01", "tender": "credit", "amount": "$50.00",
+                      "reference": ""},
+                     {"date": "2026-11-02", "tender": "card", "amount": "$100.00",
+                      "reference": "pi_3Q0example"}],
+    }
+
+
+def main() -> None:
+    import weasyprint
+
+    from portal.documents.invoice_pdf import BASE_URL, render_html, render_pdf_bytes
+
+    snap = snapshot()
+    html = render_html(snap)
+
+    def ours() -> bytes:
+        return render_pdf_bytes(snap)
+
+    def bare() -> bytes:
+        return weasyprint.HTML(string=html, base_url=BASE_URL).write_pdf()
+
+    if ours() != bare():
+        raise SystemExit("the two renders differ: they are not the same work")
+    for _ in range(WARMUP):
+        ours(), bare()
+    timings: dict[str, list[float]] = {"ours": [], "bare": []}
+    for _ in range(RENDERS):
+        for name, render in (("ours", ours), ("bare", bare)):
+            start = time.perf_counter()
+            render()
+            timings[name].append((time.perf_counter() - start) * 1000)
+    ours_ms, bare_ms = (statistics.median(timings[k]) for k in ("ours", "bare"))
+    print(json.dumps({"bench": "invoice_pdf", "lines": len(snap["lines"]), "renders": RENDERS,
+                      "pdf_median_ms": round(ours_ms, 1), "bare_pdf_median_ms": round(bare_ms, 1),
+                      "pdf_ratio": round(ours_ms / bare_ms, 3)}))
+
+
+if __name__ == "__main__":
+    main()
