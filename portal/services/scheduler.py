@@ -43,6 +43,7 @@ LEASE_NAME = "billing-schedule"
 RUNNER = "jobs.runs.execute"  # the RQ job every run goes through
 MAX_SLOTS_PER_CYCLE = 500     # catch-up after a long outage continues in the next cycle
 RECENT_INSTANCES = 20
+WAITING = ("queued", "started", "deferred", "scheduled")  # RQ statuses of a job not done
 
 
 def _no_args(_due: datetime) -> tuple:
@@ -260,13 +261,15 @@ def sweep_runs(*, now: datetime, grace: timedelta, limit: int = 100) -> list[Job
     again: list[JobRun] = []
     for run in stale:
         rq_status = monitor.job_status(run.queue, run.job_id)
-        if run.status == RunStatus.PENDING or (run.status == RunStatus.QUEUED and rq_status is None):
-            _enqueue(run)
-            again.append(run)
-        elif rq_status in ("failed", "stopped", "canceled") or (
+        if rq_status in ("failed", "stopped", "canceled") or (
                 run.status == RunStatus.RUNNING and rq_status is None):
             run.status, run.finished_at = RunStatus.FAILED, now
             run.error = run.error or f"the worker running it was lost (RQ status {rq_status})"
+        elif rq_status is None:
+            _enqueue(run)
+            again.append(run)
+        elif run.status == RunStatus.PENDING and rq_status in WAITING:
+            run.status, run.enqueued_at = RunStatus.QUEUED, run.enqueued_at or now
     db.session.flush()
     return again
 

@@ -55,8 +55,10 @@ def set_mark(app, through: datetime) -> None:
 
 
 def runs(app) -> list[tuple[str, str, str]]:
+    """The runs of calculate-usage (other capabilities schedule their own jobs too)."""
     return query(app, lambda: [(r.job_id, r.status, r.scheduled_by) for r in db.session.scalars(
-        select(JobRun).order_by(JobRun.due_at, JobRun.id))])
+        select(JobRun).where(JobRun.job_name == "calculate-usage")
+        .order_by(JobRun.due_at, JobRun.id))])
 
 
 def statuses(app) -> dict[str, tuple[str, str, str]]:
