@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
 
 import pytest
 from pypdf import PdfReader
@@ -89,6 +90,21 @@ def test_paid_invoice_and_long_invoice(snapshot):
     assert all(f"node-{i} · CPU" in text for i in range(1, 90))
     assert text.count("DESCRIPTION") >= pages - 1  # the table head repeats on each page
     assert f"Page {pages} of {pages}" in text
+
+
+def test_long_words_wrap_inside_the_page(snapshot):
+    """Free text (names, addresses, descriptions, references) never runs off the page."""
+    snap = snapshot()
+    snap["seller"]["address"] = ["Z" * 120]
+    snap["customer"]["name"] = "Y" * 90
+    snap["lines"][0]["description"] = "x" * 150
+    snap["payments"][1]["reference"] = "R" * 80
+    content = invoice_pdf.render_pdf_bytes(snap)
+    assert "x" * 20 in pdf_text(content)
+    boxes = subprocess.run(["pdftotext", "-bbox", "-", "-"], input=content, capture_output=True,
+                           check=True).stdout.decode()
+    right_edges = [float(x) for x in re.findall(r'xMax="([0-9.]+)"', boxes)]
+    assert right_edges and max(right_edges) <= 595.28 - 45.35 + 0.5  # A4 less the 16 mm margin
 
 
 def test_snapshot_markup_is_text_and_fetches_nothing(snapshot, fetched):
