@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (JSON, BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer,
                         LargeBinary, String, Text, text)
@@ -11,6 +12,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ..extensions import db
 from ..money import Money
 from .types import BigIntPK, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from .users import User
 
 
 class InvoiceStatus(enum.StrEnum):
@@ -73,10 +77,17 @@ class Invoice(db.Model):
     payments: Mapped[list[InvoicePayment]] = relationship(back_populates="invoice",
                                                           order_by="InvoicePayment.id",
                                                           lazy="selectin")
+    # Loaded on access only (pages that list invoices with their users' emails).
+    user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="select", viewonly=True)
 
     @property
     def invoice_status(self) -> InvoiceStatus:
         return InvoiceStatus(self.status)
+
+    @property
+    def period_last_day(self) -> date:
+        """The period's last day, for showing it inclusively (the period is half-open)."""
+        return (self.period_end - timedelta(days=1)).date()
 
     def money(self, minor: int) -> Money:
         return Money(minor, self.currency)

@@ -11,7 +11,9 @@ from ...services.errors import ValidationFailed
 
 
 def json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    # Whatever the Content-Type says: the seed's documented `curl -d '{...}'` sends JSON as
+    # application/x-www-form-urlencoded.
+    data = request.get_json(force=True, silent=True)
     if not isinstance(data, dict):
         raise ValidationFailed("the request body must be a JSON object")
     return data

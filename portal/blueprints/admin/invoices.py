@@ -1,0 +1,164 @@
+"""Admin: every user's invoices (filtered by user, status and period), one invoice with its
+void and offline-payment forms, and generating a user's invoice for a period by hand."""
+from __future__ import annotations
+
+from flask import current_app, flash, render_template, request
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import StringField, TextAreaField
+from wtforms.validators import DataRequired, Length
+
+from ...extensions import db
+from ...models import Invoice
+from ...money import AmountError, Money
+from ...services import accounts, invoicing, usage
+from ...services.errors import NotFound, ServiceError
+from .. import helpers
+from . import bp
+
+# Statuses as admins and users see them ("open" is shown as "sent").
+STATUSES = ("draft", "sent", "paid", "overdue", "void")
+PERIOD_FIELDS = {"period_start": "period", "period_end": "period", "user_id": "email"}
+
+
+class GenerateInvoiceForm(FlaskForm):
+    email = StringField("User email", validators=[DataRequired(), Length(max=254)])
+    period = StringField("Billing period (YYYY-MM)", validators=[DataRequired(), Length(max=7)])
+
+
+class VoidInvoiceForm(FlaskForm):
+    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+
+
+class OfflinePaymentForm(FlaskForm):
+    amount = StringField("Amount", validators=[DataRequired()])
+    reference = StringField("Reference", validators=[DataRequired(), Length(max=200)])
+
+
+class Filters:
+    """The list's query arguments, parsed: the user by email, a status, a period YYYY-MM."""
+
+    def __init__(self, args):
+        self.email = args.get("user", "").strip()
+        self.status = args.get("status", "")
+        self.period = args.get("period", "").strip()
+        self.user = self.period_start = self.error = None
+        if self.status not in ("", *STATUSES):
+            self.error, self.status = f"Unknown status {self.status!r}.", ""
+        if self.period:
+            try:
+                self.period_start, _ = usage.parse_period(
+                    self.period, current_app.config["BILLING"].invoice_day)
+            except ValueError as exc:
+                self.error = f"The {exc}."
+        if self.email:
+            try:
+                self.user = accounts.find_user(self.email)
+            except NotFound:
+                self.error = f"No user with the email {self.email}."
+
+    def query(self) -> dict:
+        return {"user": self.email or None, "status": self.status or None,
+                "period": self.period or None}
+
+
+def _place_errors(form: FlaskForm, exc: ServiceError) -> None:
+    """A service's field errors on this form's fields (period_start -> period, ...)."""
+    exc.fields = {PERIOD_FIELDS.get(name, name): problem for name, problem in exc.fields.items()}
+    helpers.form_errors_from(form, exc)
+
+
+def _render_list(form: GenerateInvoiceForm, status: int = 200):
+    f = Filters(request.args)
+    invoices = None
+    if f.error is None:
+        invoices = invoicing.list_invoices(user=f.user, status=f.status or None,
+                                           period_start=f.period_start, page=helpers.page_arg())
+    return render_template("admin/invoices.html", f=f, invoices=invoices, form=form,
+                           statuses=STATUSES), status
+
+
+def _render_invoice(invoice: Invoice, *, void_form: VoidInvoiceForm | None = None,
+                    payment_form: OfflinePaymentForm | None = None, status: int = 200):
+    return render_template(
+        "admin/invoice.html", invoice=invoice,
+        void_form=void_form or VoidInvoiceForm(formdata=None),
+        payment_form=payment_form or OfflinePaymentForm(formdata=None)), status
+
+
+@bp.get("/invoices")
+def invoices():
+    return _render_list(GenerateInvoiceForm(formdata=None))
+
+
+@bp.post("/invoices")
+def generate_invoice():
+    form = GenerateInvoiceForm()
+    if not form.validate_on_submit():
+        return _render_list(form, 422)
+    try:
+        start, end = usage.parse_period(form.period.data.strip(),
+                                        current_app.config["BILLING"].invoice_day)
+    except ValueError as exc:
+        form.period.errors.append(f"The {exc}.")
+        return _render_list(form, 422)
+    try:
+        user = accounts.find_user(form.email.data.strip())
+        invoice, created = invoicing.generate_for_user(user, start, end, created_by=current_user)
+    except NotFound:
+        form.email.errors.append("No user has this email.")
+        return _render_list(form, 422)
+    except ServiceError as exc:
+        db.session.rollback()
+        _place_errors(form, exc)
+        return _render_list(form, exc.http_status)
+    db.session.commit()
+    flash(f"Issued invoice {invoice.number} to {user.email}." if created else
+          f"{user.email} already has invoice {invoice.number} for this period.", "success")
+    return helpers.see_other("admin.invoice", invoice_id=invoice.id)
+
+
+@bp.get("/invoices/<int:invoice_id>")
+def invoice(invoice_id: int):
+    return _render_invoice(invoicing.get_invoice(invoice_id))
+
+
+@bp.post("/invoices/<int:invoice_id>/void")
+def void_invoice(invoice_id: int):
+    invoice = invoicing.get_invoice(invoice_id)
+    form = VoidInvoiceForm()
+    if not form.validate_on_submit():
+        return _render_invoice(invoice, void_form=form, status=422)
+    try:
+        invoicing.void_invoice(invoice, reason=form.reason.data, voided_by=current_user)
+    except ServiceError as exc:
+        db.session.rollback()
+        helpers.form_errors_from(form, exc)
+        return _render_invoice(invoicing.get_invoice(invoice_id), void_form=form,
+                               status=exc.http_status)
+    db.session.commit()
+    flash(f"Voided invoice {invoice.number}.", "success")
+    return helpers.see_other("admin.invoice", invoice_id=invoice_id)
+
+
+@bp.post("/invoices/<int:invoice_id>/payments")
+def record_payment(invoice_id: int):
+    invoice = invoicing.get_invoice(invoice_id)
+    form = OfflinePaymentForm()
+    if not form.validate_on_submit():
+        return _render_invoice(invoice, payment_form=form, status=422)
+    try:
+        amount = Money.from_decimal(form.amount.data, invoice.currency)
+        invoicing.record_offline_payment(invoice, amount=amount, reference=form.reference.data,
+                                         recorded_by=current_user)
+    except AmountError as exc:
+        form.amount.errors.append(f"The amount {exc}.")
+        return _render_invoice(invoice, payment_form=form, status=422)
+    except ServiceError as exc:
+        db.session.rollback()
+        helpers.form_errors_from(form, exc)
+        return _render_invoice(invoicing.get_invoice(invoice_id), payment_form=form,
+                               status=exc.http_status)
+    db.session.commit()
+    flash(f"Recorded a payment of {amount.format()} on {invoice.number}.", "success")
+    return helpers.see_other("admin.invoice", invoice_id=invoice_id)
