@@ -1,9 +1,10 @@
-"""Settlement jobs: one user's unpaid invoices, and the daily sweep over everyone's."""
+"""Settlement jobs: one user's unpaid invoices, the daily sweep over everyone's, and the
+gateway's webhook events (stored by the web request, processed here)."""
 from __future__ import annotations
 
 from portal.extensions import db
 from portal.models import User
-from portal.services import settlement
+from portal.services import settlement, webhooks
 
 from .queues import enqueue, get_queue
 
@@ -25,3 +26,23 @@ def settle_due() -> dict:
     for user_id in user_ids:
         enqueue("settlement", "jobs.settlement.settle_user", user_id, job_id=f"settle:{user_id}")
     return {"users": len(user_ids)}
+
+
+class WebhookFailed(Exception):
+    """A webhook handler failed: the job fails (RQ keeps it, with Retry on the Jobs page);
+    the inbox row stays unprocessed with the error."""
+
+
+def process_webhook(inbox_id: int) -> dict:
+    result = webhooks.process_event(inbox_id)
+    db.session.commit()
+    if result.failed:
+        raise WebhookFailed(f"webhook event {inbox_id}: {result.error}")
+    return {"inbox_id": inbox_id, "outcome": result.outcome}
+
+
+def requeue_webhooks() -> dict:
+    """Events still unprocessed after a few minutes (a failed handler, a lost enqueue)."""
+    count = webhooks.requeue_unprocessed()
+    db.session.commit()
+    return {"requeued": count}

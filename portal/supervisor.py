@@ -3,7 +3,9 @@ foreground command. Ctrl+C (SIGINT) or SIGTERM stops them all and waits for them
 from __future__ import annotations
 
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,8 @@ import time
 from flask import current_app
 
 GRACE_SECONDS = 20
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN_DEFAULT_PORT = 8420
 
 
 def _embedded_redis_url() -> tuple[str, object]:
@@ -20,6 +24,32 @@ def _embedded_redis_url() -> tuple[str, object]:
     return "unix://" + server.socket_file, server  # keep the object: it owns the server
 
 
+def _free_loopback_port(preferred: int) -> int:
+    for candidate in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _standin(env: dict[str, str], host: str, port: int) -> list[str]:
+    """No Stripe key: the local stand-in (standin/, 127.0.0.1 only) plays Stripe. Its keys
+    and webhook secret are made up here and reach every child through the environment."""
+    standin_port = _free_loopback_port(int(env.get("STANDIN_PORT") or STANDIN_DEFAULT_PORT))
+    env["STRIPE_SECRET_KEY"] = "sk_test_" + secrets.token_hex(16)
+    env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_" + secrets.token_hex(16)
+    env["STRIPE_WEBHOOK_SECRET"] = "whsec_" + secrets.token_hex(24)
+    env["STRIPE_API_BASE"] = f"http://127.0.0.1:{standin_port}"
+    portal_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return [sys.executable, "-m", "standin", "--port", str(standin_port),
+            "--webhook-url", f"http://{portal_host}:{port}/api/plugins/billing/webhook",
+            "--webhook-secret", env["STRIPE_WEBHOOK_SECRET"],
+            "--state-file", os.path.join(current_app.instance_path, "standin.pickle")]
+
+
 def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
     env = dict(os.environ)
     keepalive = None
@@ -27,13 +57,18 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
         env["REDIS_URL"], keepalive = _embedded_redis_url()
         print(f"embedded Redis at {env['REDIS_URL']}", flush=True)
     python = sys.executable
-    commands = {
+    commands: dict[str, list[str]] = {}
+    if not env.get("STRIPE_SECRET_KEY"):
+        commands["standin"] = _standin(env, host, port)
+        print(f"Stripe stand-in at {env['STRIPE_API_BASE']} (card payments use its sandbox "
+              "pages; test card 4242 4242 4242 4242)", flush=True)
+    commands.update({
         "web": [python, "-m", "gunicorn", "--workers", str(web_workers), "--bind",
                 f"{host}:{port}", "--access-logfile", "-", "--graceful-timeout", "10",
                 "wsgi:app"],
         "worker": [python, "-m", "jobs.worker"],
         "daemon": [python, "-m", "flask", "--app", "wsgi", "billing", "daemon"],
-    }
+    })
     children: dict[str, subprocess.Popen] = {}
     stopping = False
 
@@ -46,7 +81,8 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
     for name, cmd in commands.items():
         # Each child in its own process group: Ctrl+C reaches only us, and we stop them
         # in order, so none is killed mid-job.
-        children[name] = subprocess.Popen(cmd, env=env, start_new_session=True)
+        children[name] = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                          cwd=ROOT if name == "standin" else None)
     time.sleep(2)  # let the children log their start-up before the banner
     print(f"\n{banner}\n" if banner else "", flush=True)
     print(f"portal running at http://{host}:{port}/  (Ctrl+C stops everything)\n", flush=True)

@@ -3,7 +3,8 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import account, auth, invoices, payment_methods, subscription, usage, wallet
+    from . import (account, auth, invoices, payment_methods, subscription, usage, wallet,
+                   webhooks)
     from .admin import bp as admin_bp
     from .api import bp as api_bp
 
@@ -11,6 +12,7 @@ def register_blueprints(app: Flask) -> None:
         app.register_blueprint(module.bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(webhooks.bp)
     app.add_url_rule("/", endpoint="index", view_func=_index)
 
 

@@ -5,6 +5,7 @@ from .invoices import (Event, Invoice, InvoiceCounter, InvoiceKind, InvoiceLine,
                        InvoicePdf, InvoiceStatus, PaymentTender, UsageAdjustment)
 from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
 from .ops import EmailStatus, OutboundEmail
+from .payments import WebhookEvent, WebhookOutcome
 from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus, ScheduledJob,
                          SchedulerKind, SchedulerLease, SchedulerRole)
 from .types import utcnow
@@ -19,5 +20,6 @@ __all__ = [
     "InvoiceStatus", "JobRun", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "MeterMark",
     "OutboundEmail", "PaymentTender", "PriceVersion", "RunOrigin", "RunStatus", "ScheduledJob",
     "SchedulerKind", "SchedulerLease", "SchedulerRole", "SkuPrice", "TokenScope", "UsageAdjustment",
-    "UsageDaily", "User", "Voucher", "VoucherRedemption", "VoucherRequest", "utcnow",
+    "UsageDaily", "User", "Voucher", "VoucherRedemption", "VoucherRequest", "WebhookEvent",
+    "WebhookOutcome", "utcnow",
 ]

@@ -132,6 +132,10 @@ class UsageReport:
     def is_current(self) -> bool:
         return self.period_start <= utcnow() < self.period_end
 
+    @property
+    def period_last_day(self) -> date:
+        return (self.period_end - timedelta(days=1)).date()
+
 
 def usage_report(user: User, period_start: datetime, period_end: datetime,
                  now: datetime | None = None) -> UsageReport:
@@ -163,11 +167,12 @@ def usage_report(user: User, period_start: datetime, period_end: datetime,
         costs.append(DeploymentCost(deployments[dep_id],
                                     sum(lines.values(), Money.zero(currency)), lines))
     costs.sort(key=lambda c: (-c.total_cost.amount_minor, c.deployment.external_id))
-    # Deployments without usage in the period still show (with nothing to pay) if running.
-    listed = {c.deployment.id for c in costs}
-    for dep in deployments.values():
-        if dep.id not in listed and dep.state in ("active", "suspended", "pending", "removing"):
-            costs.append(DeploymentCost(dep, Money.zero(currency)))
+    # In the current period, running deployments with nothing metered yet show too.
+    if period_start <= now < period_end:
+        listed = {c.deployment.id for c in costs}
+        for dep in deployments.values():
+            if dep.id not in listed and dep.state in ("active", "suspended", "pending", "removing"):
+                costs.append(DeploymentCost(dep, Money.zero(currency)))
 
     items = []
     for r in RESOURCES:

@@ -1,0 +1,42 @@
+"""POST /api/plugins/billing/webhook: the gateway's events in.
+
+No session and no bearer token: the signature over the raw body is the authentication
+(checked through the gateway), so the blueprint is CSRF-exempt. A verified event is stored
+once and processed by a job; the answer is 200 at once. A bad signature is 400 and stores
+nothing; an event of the other mode (live vs test) is acknowledged and ignored.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, jsonify, request
+
+from ..extensions import csrf, db
+from ..gateways import GatewayNotConfigured, LivemodeMismatch, SignatureError, get_gateway
+from ..services import webhooks
+from ..web import json_error
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+
+bp = Blueprint("webhooks", __name__, url_prefix="/api/plugins/billing")
+csrf.exempt(bp)
+
+
+@bp.post("/webhook")
+def receive():
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return json_error(413, "too_large", "webhook body too large")
+    try:
+        received = webhooks.record_event(get_gateway(), request.get_data(cache=False),
+                                         request.headers.get("Stripe-Signature"))
+    except SignatureError as exc:
+        log.warning("webhook refused: %s", exc)
+        return json_error(400, "bad_signature", "signature verification failed")
+    except LivemodeMismatch as exc:
+        log.warning("webhook ignored: %s", exc)
+        return jsonify({"received": False, "ignored": "livemode"}), 200
+    except GatewayNotConfigured:
+        return json_error(503, "not_configured", "payments are not configured")
+    db.session.commit()
+    return jsonify({"received": True, "duplicate": not received.created}), 200

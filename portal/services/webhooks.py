@@ -1,0 +1,161 @@
+"""The webhook inbox: store each verified gateway event once, then process it in a job.
+
+``record_event`` (the web request) verifies through the gateway and inserts the event,
+UNIQUE by its id, so a replay stores nothing new; it asks for processing after commit.
+``process_event`` (the job) dispatches through ``EVENT_HANDLERS`` and marks the row
+processed in the same transaction as the handler's changes: a failed handler leaves the row
+unprocessed with its error, to be retried; a processed row is never dispatched again.
+
+Handlers receive a plain ``GatewayEvent`` and must act only on legal transitions of our own
+rows, so that duplicates and out-of-order deliveries are harmless (the payment services'
+concern). Services flush; the caller commits.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from jobs.queues import enqueue_after_commit
+
+from ..extensions import db
+from ..gateways.base import GatewayEvent, PaymentGateway
+from ..models import WebhookEvent, WebhookOutcome, utcnow
+from .errors import NotFound
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[GatewayEvent], None]
+
+
+def _log_only(event: GatewayEvent) -> None:
+    """Placeholder until the payment services handle this type: logged, nothing changes."""
+    log.info("webhook %s %s (object %s) received; no action yet", event.type, event.id,
+             event.object.get("id"))
+
+
+# event type -> handler. A type without a handler is stored and marked "unhandled".
+EVENT_HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": _log_only,
+    "payment_intent.succeeded": _log_only,
+    "payment_intent.payment_failed": _log_only,
+    "setup_intent.succeeded": _log_only,
+    "charge.refunded": _log_only,
+    "charge.dispute.created": _log_only,
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    inbox_id: int
+    event_id: str
+    created: bool  # False: a replay of an event already stored
+
+
+def record_event(gateway: PaymentGateway, payload: bytes, signature: str | None) -> Received:
+    """Verify (SignatureError, LivemodeMismatch propagate) and store the event once.
+
+    A new event, or a stored one not processed yet (a redelivery after our enqueue failed),
+    is enqueued for processing after commit; the job id makes repeats collapse.
+    """
+    event = gateway.construct_event(payload, signature)
+    existing = _by_event_id(event.id)
+    created = False
+    if existing is None:
+        # The verified body itself; floats (none carry money) keep their exact text.
+        row = WebhookEvent(event_id=event.id, type=event.type, livemode=event.livemode,
+                           payload=json.loads(payload.decode("utf-8"), parse_float=str),
+                           received_at=utcnow(),
+                           attempts=0)
+        try:
+            with db.session.begin_nested():
+                db.session.add(row)
+                db.session.flush()
+            existing, created = row, True
+        except IntegrityError:  # the same event arrived twice at once
+            existing = _by_event_id(event.id)
+    if existing.processed_at is None:
+        enqueue_after_commit("settlement", "jobs.settlement.process_webhook", existing.id,
+                             job_id=f"webhook:{event.id}")
+    return Received(existing.id, event.id, created)
+
+
+def _by_event_id(event_id: str) -> WebhookEvent | None:
+    return db.session.scalar(select(WebhookEvent).where(WebhookEvent.event_id == event_id))
+
+
+@dataclass(frozen=True)
+class Processed:
+    inbox_id: int
+    outcome: str           # handled, unhandled, ignored, already, failed
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "failed"
+
+
+def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
+    """Dispatch one stored event to its handler, once.
+
+    ``livemode`` is our key's mode (from the gateway when not given): an event of the other
+    mode is marked ignored without reaching a handler.
+    """
+    row = db.session.scalar(select(WebhookEvent).where(WebhookEvent.id == inbox_id)
+                            .with_for_update())
+    if row is None:
+        raise NotFound(f"no webhook event {inbox_id}")
+    if row.processed_at is not None:
+        return Processed(row.id, "already")
+    row.attempts += 1
+    if livemode is None:
+        from ..gateways import get_gateway
+
+        livemode = get_gateway().livemode
+    if row.livemode != livemode:
+        log.warning("webhook %s (%s) has livemode=%s, ours is %s: ignored", row.event_id,
+                    row.type, row.livemode, livemode)
+        return _done(row, WebhookOutcome.IGNORED, error="livemode differs from ours")
+    handler = EVENT_HANDLERS.get(row.type)
+    if handler is None:
+        return _done(row, WebhookOutcome.UNHANDLED)
+    event = GatewayEvent.from_payload(row.payload)
+    try:
+        with db.session.begin_nested():
+            handler(event)
+            db.session.flush()
+    except Exception as exc:  # the handler's changes are rolled back; the row keeps the error
+        row.error = f"{type(exc).__name__}: {exc}"[:2000]
+        log.exception("webhook %s (%s) failed (attempt %d)", row.event_id, row.type,
+                      row.attempts)
+        db.session.flush()
+        return Processed(row.id, "failed", row.error)
+    return _done(row, WebhookOutcome.HANDLED)
+
+
+def _done(row: WebhookEvent, outcome: WebhookOutcome, *, error: str | None = None) -> Processed:
+    row.processed_at = utcnow()
+    row.outcome = outcome.value
+    row.error = error
+    db.session.flush()
+    return Processed(row.id, outcome.value, error)
+
+
+def requeue_unprocessed(*, older_than: timedelta = timedelta(minutes=5),
+                        now: datetime | None = None, limit: int = 1000) -> int:
+    """Enqueue (after commit) every stored event still unprocessed after ``older_than``:
+    a failed handler, or an enqueue lost with Redis. Returns how many."""
+    cutoff = (now or utcnow()) - older_than
+    rows = db.session.execute(
+        select(WebhookEvent.id, WebhookEvent.event_id)
+        .where(WebhookEvent.processed_at.is_(None), WebhookEvent.received_at < cutoff)
+        .order_by(WebhookEvent.id).limit(limit)).all()
+    for inbox_id, event_id in rows:
+        enqueue_after_commit("settlement", "jobs.settlement.process_webhook", inbox_id,
+                             job_id=f"webhook:{event_id}")
+    return len(rows)

@@ -1,0 +1,72 @@
+"""`flask billing serve` with no Stripe key: the stand-in starts on 127.0.0.1, the portal is
+pointed at it, and a card payment on its sandbox page reaches the portal as webhooks."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+
+import requests
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.gateways.stripe import StripeGateway
+from portal.models import WebhookEvent
+from portal.money import Money
+from tests.conftest import BASE_CONFIG
+from tests.gateways.conftest import TEST_CARDS
+from tests.jobs.conftest import Process, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_starts_the_stand_in_and_its_webhooks_reach_the_portal(app, database_url,
+                                                                        redis_url, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STRIPE_") and k not in ("TESTING", "BILLING_CONFIG", "FLASK_APP",
+                                                        "RQ_ASYNC")}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
+               SECRET_KEY=BASE_CONFIG["SECRET_KEY"], INSTANCE_PATH=str(tmp_path / "instance"),
+               STANDIN_PORT="0", BUILTIN_BILLING="false")
+    port = _free_port()
+    serve = Process([sys.executable, "-m", "flask", "--app", "wsgi", "billing", "serve",
+                     "--port", str(port), "--web-workers", "1"], env, "serve")
+    try:
+        line = serve.wait_for_line(r"Stripe stand-in at http://127\.0\.0\.1:\d+")
+        base = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)
+        serve.wait_for_line(r"portal running at http://127\.0\.0\.1:\d+/")
+        serve.wait_for_line(r"standin listening on " + re.escape(base))
+        # Only loopback: nothing answers for this port on another address of the machine.
+        with open("/proc/net/tcp") as table:
+            listening = table.read()
+        standin_port = int(base.rsplit(":", 1)[1])
+        assert f"0100007F:{standin_port:04X}" in listening
+        assert f"00000000:{standin_port:04X}" not in listening
+
+        gateway = StripeGateway(secret_key="sk_test_demo", api_base=base)
+        customer = gateway.ensure_customer(1, "demo@example.com", "Demo")
+        session = gateway.create_checkout_session(
+            customer, Money(1500, "USD"), success_url=f"http://127.0.0.1:{port}/wallet",
+            cancel_url=f"http://127.0.0.1:{port}/wallet", metadata={"topup": "demo"})
+        paid = requests.post(session.url, data={"number": TEST_CARDS["ok"], "exp": "12/34",
+                                                "cvc": "123"}, allow_redirects=False, timeout=10)
+        assert paid.headers["Location"] == f"http://127.0.0.1:{port}/wallet"
+
+        def processed() -> dict[str, str | None]:
+            with app.app_context():
+                rows = db.session.execute(select(WebhookEvent.type, WebhookEvent.outcome)).all()
+                db.session.remove()
+            return dict(rows)
+        wait_until(lambda: processed().get("checkout.session.completed") == "handled"
+                   and processed().get("payment_intent.succeeded") == "handled",
+                   timeout=60, message="the webhooks stored and processed by the worker")
+    finally:
+        serve.signal(signal.SIGINT)
+        code = serve.wait()
+    assert code == 0, serve.output
