@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 
+from babel import Locale
 from babel.numbers import format_currency, get_currency_precision
 
 MICROS_PER_UNIT = 1_000_000
@@ -178,9 +180,22 @@ def decimal_to_micros(value: object) -> int:
 
 
 def format_money(value: Money, locale: str = "en_US") -> str:
+    return _format_minor(value.amount_minor, value.currency, locale)
+
+
+@lru_cache(maxsize=4096)
+def _format_minor(amount_minor: int, currency: str, locale: str) -> str:
+    # Pages show the same amounts again and again (the wallet polls every 15 s) and Babel
+    # takes tens of microseconds an amount, so the text is kept per (amount, currency, locale).
     # Babel rounds with the ambient context (HALF_EVEN); the value is already exact at the
     # currency's digits, so nothing is rounded here.
-    return format_currency(value.amount, value.currency, locale=locale)
+    return format_currency(Money(amount_minor, currency).amount, currency,
+                           locale=_babel_locale(locale))
+
+
+@lru_cache(maxsize=16)
+def _babel_locale(locale: str) -> Locale:
+    return Locale.parse(locale)
 
 
 def format_micros(micros: int, currency: str, locale: str = "en_US") -> str:

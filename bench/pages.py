@@ -1,0 +1,283 @@
+#!/usr/bin/env python
+"""Benchmark: server time of the Wallet page for a user with 10,000 ledger entries.
+
+Builds a fresh database (PostgreSQL ``portal_bench`` by default, or a temporary SQLite file),
+seeds one user whose wallets carry 10,000 entries (credit grants, card top-ups, charges) and a
+few other users, checks that the ledger reconciles, logs the user in with the Flask test
+client and times ``GET /wallet/``. The test client calls the WSGI app in-process, so the time
+around ``client.get`` is server time (routing, session, login, queries, template).
+
+Prints one JSON line on stdout:
+    {"bench": "pages", "db": "postgresql", "entries": 10000, "median_ms": ..., "p99_ms": ...}
+
+Environment:
+    DATABASE_URL   postgresql://... (the database named there is dropped and re-created,
+                   so its name must start with "portal_bench") or any sqlite URL (a fresh
+                   temporary file is used). Default: portal_bench on
+                   postgresql://postgres@127.0.0.1:5432.
+    REDIS_URL      default redis://127.0.0.1:6379/14 (rate-limit storage only).
+    BENCH_REQUESTS timed requests (default 500).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ENTRIES = 10_000           # wallet entries of the measured user
+OTHER_USERS = 5
+OTHER_TRANSACTIONS = 1_000  # per other user
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "500"))
+WARMUP = 50
+PASSWORD = "bench-password-0123"
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/portal_bench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
+CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def fail(message: str) -> None:
+    print(f"bench/pages.py: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
+    """A fresh, empty database for ``url``; returns the URL to give the app."""
+    if url.startswith("sqlite"):
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="portal-bench-"))
+        return "sqlite:///" + os.path.join(tmp, "bench.sqlite3")
+    if not url.startswith(("postgresql", "postgres:")):
+        fail(f"unsupported DATABASE_URL {url!r} (postgresql://... or sqlite://...)")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if not re.fullmatch(r"portal_bench\w*", name):
+        fail(f"refusing to drop database {name!r}: its name must start with portal_bench")
+    admin = parsed.set(drivername="postgresql", database="postgres")
+    try:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
+                             connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        fail(f"PostgreSQL at {admin.render_as_string(hide_password=True)}: {exc}")
+    return url
+
+
+def build_app(database_url: str, redis_url: str):
+    import flask_migrate
+
+    from portal import create_app
+
+    app = create_app({
+        "TESTING": False,
+        "SECRET_KEY": "bench-secret-key-0123456789abcdef",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "RQ_ASYNC": False,
+        "CURRENCY": "USD",
+        "LOG_LEVEL": "error",
+        "LOGIN_RATE_LIMIT": "100000 per minute",
+    })
+    with app.app_context():
+        flask_migrate.upgrade()
+    return app
+
+
+def seed(app) -> str:
+    """Seed the users and their ledger; returns the measured user's email."""
+    from sqlalchemy import func, insert, select, update
+
+    from portal.extensions import db
+    from portal.models import (AccountKind, CreditLot, LedgerAccount, LedgerEntry,
+                               LedgerTransaction, User, utcnow)
+    from portal.money import Money
+    from portal.services import accounts, credits, ledger
+    from portal.services.reconcile import find_discrepancies
+
+    rng = random.Random(20240611)
+    with app.app_context():
+        main = accounts.create_user(email="bench@example.com", password=PASSWORD,
+                                    name="Bench User")
+        others = [accounts.create_user(email=f"other{i}@example.com", name=f"Other {i}")
+                  for i in range(OTHER_USERS)]
+        db.session.flush()
+        currency = main.currency
+        clearing = ledger.system_account(AccountKind.STRIPE_CLEARING, currency)
+        revenue = ledger.system_account(AccountKind.REVENUE, currency)
+        grants = ledger.system_account(AccountKind.CREDIT_GRANTS, currency)
+
+        # Most in bulk, over the last year: transactions, then their entries and credit lots,
+        # then the cached balances, tracked here exactly as post_transaction would move them.
+        wallet = {u.id: {k: ledger.user_account(u, k) for k in
+                         (AccountKind.CASH, AccountKind.CREDIT)} for u in [main, *others]}
+        balance = {a.id: a.balance_minor for w in wallet.values() for a in w.values()}
+        start = utcnow() - timedelta(days=365)
+        plan = []  # (user, kind, wallet account, counter account, amount, description)
+        for user, count in [(main, ENTRIES - 3), *[(o, OTHER_TRANSACTIONS) for o in others]]:
+            cash, credit = wallet[user.id][AccountKind.CASH], wallet[user.id][AccountKind.CREDIT]
+            for i in range(count):
+                roll = rng.random()
+                charge = rng.randrange(100, 5_000)
+                if roll < 0.1:
+                    plan.append((user, "credit_grant", credit, grants, rng.randrange(500, 10_000),
+                                 rng.choice(["Goodwill credit", "Outage compensation",
+                                             "Referral bonus"])))
+                elif roll < 0.55 or balance[cash.id] < charge:
+                    amount = rng.randrange(1_000, 20_000)
+                    plan.append((user, "topup", cash, clearing, amount, "Card top-up"))
+                    balance[cash.id] += amount
+                else:
+                    plan.append((user, "charge", cash, revenue, -charge,
+                                 rng.choice(["", f"Invoice INV-{i:05d}"])))
+                    balance[cash.id] -= charge
+                if plan[-1][1] == "credit_grant":
+                    balance[credit.id] += plan[-1][4]
+        # Interleave the users' postings at random, keeping each user's own order (the
+        # balances above were tracked in that order, so no wallet ever goes negative).
+        queues: dict[int, list[int]] = {}
+        for idx, item in enumerate(plan):
+            queues.setdefault(item[0].id, []).append(idx)
+        owners = [item[0].id for item in plan]
+        rng.shuffle(owners)
+        cursors = {uid: iter(idxs) for uid, idxs in queues.items()}
+        ordered = [next(cursors[uid]) for uid in owners]
+
+        step = timedelta(days=360) / len(ordered)
+        txn_rows = []
+        for seq, idx in enumerate(ordered):
+            user, kind, account, counter, amount, description = plan[idx]
+            legs = {account.id: amount, counter.id: -amount}
+            fingerprint = ({"reason": description, "expires_at": None, "user": user.id}
+                           if kind == "credit_grant" else None)
+            txn_rows.append({
+                "idempotency_key": f"bench:{user.id}:{idx}", "kind": kind,
+                "content_hash": ledger._content_hash(kind, legs, fingerprint),
+                "user_id": user.id, "created_by_id": None, "description": description,
+                "created_at": start + step * seq})
+        ids = db.session.scalars(
+            insert(LedgerTransaction).returning(LedgerTransaction.id,
+                                                sort_by_parameter_order=True),
+            txn_rows).all()
+        entry_rows, lot_rows = [], []
+        for txn_id, idx, row in zip(ids, ordered, txn_rows, strict=True):
+            user, kind, account, counter, amount, description = plan[idx]
+            for aid, amt in sorted({account.id: amount, counter.id: -amount}.items()):
+                entry_rows.append({"transaction_id": txn_id, "account_id": aid,
+                                   "amount_minor": amt, "currency": currency})
+            if kind == "credit_grant":
+                lot_rows.append({"user_id": user.id, "account_id": account.id,
+                                 "currency": currency, "amount_minor": amount,
+                                 "remaining_minor": amount, "reason": description,
+                                 "expires_at": None, "expired_at": None, "granted_by_id": None,
+                                 "transaction_id": txn_id, "created_at": row["created_at"]})
+        db.session.execute(insert(LedgerEntry), entry_rows)
+        db.session.execute(insert(CreditLot), lot_rows)
+        for aid, value in balance.items():
+            db.session.execute(update(LedgerAccount).where(LedgerAccount.id == aid)
+                               .values(balance_minor=value))
+        db.session.commit()
+
+        # The newest few through the real services, beside the bulk rows.
+        credits.grant_credit(user=main, amount=Money(2500, currency), reason="Welcome credit",
+                             idempotency_key="bench-welcome")
+        for legs, kind, key in (
+                ([(clearing, -10_000), (ledger.user_account(main, AccountKind.CASH), 10_000)],
+                 "topup", "bench-topup-0"),
+                ([(ledger.user_account(main, AccountKind.CASH), -1_234), (revenue, 1_234)],
+                 "charge", "bench-charge-0")):
+            ledger.post_transaction(idempotency_key=key, kind=kind, legs=legs, user_id=main.id,
+                                    description="")
+        db.session.commit()
+
+        problems = find_discrepancies()
+        if problems:
+            fail("the seeded ledger does not reconcile:\n" + "\n".join(problems[:20]))
+        wallet_ids = [a.id for a in wallet[main.id].values()] + [
+            ledger.user_account(main, AccountKind.VOUCHER).id]
+        count = db.session.scalar(select(func.count()).select_from(LedgerEntry)
+                                  .where(LedgerEntry.account_id.in_(wallet_ids)))
+        if count != ENTRIES:
+            fail(f"seeded {count} wallet entries, expected {ENTRIES}")
+        email = db.session.get(User, main.id).email
+        db.session.remove()
+        if db.engine.dialect.name == "postgresql":
+            # What autovacuum would have done by now (it may be off on a bench server):
+            # planner statistics and the visibility map for index-only scans.
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+    return email
+
+
+def measure(app, email: str) -> list[float]:
+    client = app.test_client()
+    page = client.get("/auth/login")
+    match = CSRF_RE.search(page.get_data(as_text=True))
+    if page.status_code != 200 or not match:
+        fail(f"no CSRF token on the login page (status {page.status_code})")
+    login = client.post("/auth/login", data={"email": email, "password": PASSWORD,
+                                             "csrf_token": match.group(1)})
+    if login.status_code != 303:
+        fail(f"login failed with status {login.status_code}")
+    first = client.get("/wallet/")
+    body = first.get_data(as_text=True)
+    if first.status_code != 200 or body.count('<tr id="entry-') != 25 or "Page 1 of 400" not in body:
+        fail(f"unexpected wallet page (status {first.status_code})")
+    for _ in range(WARMUP):
+        client.get("/wallet/")
+    timings = []
+    for _ in range(REQUESTS):
+        t0 = time.perf_counter()
+        response = client.get("/wallet/")
+        timings.append((time.perf_counter() - t0) * 1000)
+        if response.status_code != 200:
+            fail(f"GET /wallet/ answered {response.status_code}")
+    return timings
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    url = os.environ.get("DATABASE_URL") or DEFAULT_PG
+    redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS
+    out = sys.stdout
+    with contextlib.ExitStack() as stack:
+        # Everything but the result line goes to stderr (the app logs to stdout).
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        database_url = prepare_database(url, stack)
+        app = build_app(database_url, redis_url)
+        try:
+            email = seed(app)
+            timings = measure(app, email)
+            from portal.extensions import db
+
+            with app.app_context():
+                dialect = db.engine.dialect.name
+        finally:
+            from portal.extensions import db
+
+            with app.app_context():
+                db.engine.dispose()
+    print(json.dumps({"bench": "pages", "db": dialect, "entries": ENTRIES,
+                      "median_ms": round(statistics.median(timings), 2),
+                      "p99_ms": round(percentile(timings, 99), 2)}), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()
