@@ -107,3 +107,6 @@ def _configure_logging(app: Flask) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     app.logger.setLevel(level)
+    # WeasyPrint narrates every render at INFO; its warnings still show.
+    logging.getLogger("weasyprint").setLevel(max(level, logging.WARNING))
+    logging.getLogger("fontTools").setLevel(max(level, logging.WARNING))

@@ -303,6 +303,8 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["STRIPE_TIMEOUT_SECONDS"] = _env_positive(env, "STRIPE_TIMEOUT_SECONDS", "10")
 
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
+    cfg["INVOICE_NET_DAYS"] = _parse_int("INVOICE_NET_DAYS", env.get("INVOICE_NET_DAYS", "14"),
+                                         0, 365)
     cfg["VOUCHER_RATE_LIMIT"] = env.get("VOUCHER_RATE_LIMIT", "5 per minute;30 per day")
     cfg["SESSION_COOKIE_SECURE"] = _env_bool(env, "SESSION_COOKIE_SECURE", False)
     cfg["SESSION_COOKIE_HTTPONLY"] = True
