@@ -42,6 +42,14 @@ def test_serve_starts_the_stand_in_and_its_webhooks_reach_the_portal(app, databa
         base = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)
         serve.wait_for_line(r"portal running at http://127\.0\.0\.1:\d+/")
         serve.wait_for_line(r"standin listening on " + re.escape(base))
+
+        def portal_answers() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/auth/login",
+                                    timeout=5).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_until(portal_answers, timeout=60, message="the portal answers")
         # Only loopback: nothing answers for this port on another address of the machine.
         with open("/proc/net/tcp") as table:
             listening = table.read()
@@ -63,9 +71,12 @@ def test_serve_starts_the_stand_in_and_its_webhooks_reach_the_portal(app, databa
                 rows = db.session.execute(select(WebhookEvent.type, WebhookEvent.outcome)).all()
                 db.session.remove()
             return dict(rows)
-        wait_until(lambda: processed().get("checkout.session.completed") == "handled"
-                   and processed().get("payment_intent.succeeded") == "handled",
-                   timeout=60, message="the webhooks stored and processed by the worker")
+        try:
+            wait_until(lambda: processed().get("checkout.session.completed") == "handled"
+                       and processed().get("payment_intent.succeeded") == "handled",
+                       timeout=90, message="the webhooks stored and processed by the worker")
+        except AssertionError:
+            raise AssertionError(f"{processed()}\n{serve.output[-6000:]}") from None
     finally:
         serve.signal(signal.SIGINT)
         code = serve.wait()
