@@ -74,3 +74,6 @@ register("mark-overdue", cron="15 0 * * *", func="jobs.invoicing.mark_overdue",
          queue="invoicing", id_prefix="overdue", enabled=lambda config: config["BILLING"].enabled)
 register("settle-invoices", cron="30 1 * * *", func="jobs.settlement.settle_due",
          queue="settlement", id_prefix="settle", enabled=lambda config: config["BILLING"].enabled)
+# Webhooks whose processing job was lost (a crash between commit and enqueue) go again.
+register("requeue-webhooks", cron="*/10 * * * *", func="jobs.settlement.requeue_webhooks",
+         queue="settlement", id_prefix="webhooks", enabled=lambda config: config["BILLING"].enabled)
