@@ -54,6 +54,16 @@ def database_url() -> str:
 SEQ = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < :count) "
 
 
+def sql(statement: str):
+    """A statement whose :now is bound as the models bind times (naive UTC on SQLite)."""
+    from sqlalchemy import bindparam, text
+
+    from portal.models.types import UTCDateTime
+
+    clause = text(statement)
+    return clause.bindparams(bindparam("now", type_=UTCDateTime())) if ":now" in statement else clause
+
+
 def seed(db, text) -> None:
     """Users, deployments and their open intervals, in set-based SQL."""
     from portal.services import catalog
@@ -62,12 +72,12 @@ def seed(db, text) -> None:
     db.session.commit()
     now = START
     start_epoch = int(START.timestamp())
-    db.session.execute(text(SEQ + """
+    db.session.execute(sql(SEQ + """
         INSERT INTO users (id, email, name, is_admin, is_enabled, auth_version, currency,
                            created_at)
         SELECT n, 'user' || n || '@bench.example', '', false, true, 1, 'USD', :now FROM seq"""),
         {"count": USERS, "now": now})
-    db.session.execute(text(SEQ + """
+    db.session.execute(sql(SEQ + """
         INSERT INTO deployments (id, external_id, user_id, kind, name, labels, state,
                                  price_version_id, cpu_milli, memory_mgb, storage_mgb, public_ip,
                                  started_at, created_at, updated_at)
@@ -85,9 +95,12 @@ def seed(db, text) -> None:
          "disk": version.storage_per_gb_month_micros})
     from portal.services import metering
 
-    for chunk in range(0, USERS // metering.chunk_size() + 1):
-        db.session.execute(text("INSERT INTO meter_marks (chunk, metered_through) VALUES (:c, :t)"),
-                           {"c": chunk, "t": START})
+    from sqlalchemy import insert
+
+    from portal.models import MeterMark
+
+    db.session.execute(insert(MeterMark), [{"chunk": chunk, "metered_through": START}
+                                           for chunk in range(USERS // metering.chunk_size() + 1)])
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text("SELECT setval('users_id_seq', :n)"), {"n": USERS})
         db.session.execute(text("SELECT setval('deployments_id_seq', :n)"),
