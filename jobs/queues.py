@@ -71,6 +71,35 @@ def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
     return queue.enqueue(func, *args, job_id=job_id, **kwargs)
 
 
+BATCH_AT = 50  # jobs of one queue from one commit from which they go as one batch job
+_WAITING = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
+                                      JobStatus.SCHEDULED))
+
+
+def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) -> int:
+    """The job that enqueues a commit's many jobs, (function, args, job id) each, as
+    ``enqueue`` would (a job id already waiting or running is not enqueued twice), in two
+    Redis round trips. Returns how many it enqueued."""
+    queue = get_queue(queue_name)
+    if not queue.is_async:
+        for func, args, job_id in jobs:
+            enqueue(queue_name, func, *args, job_id=job_id)
+        return len(jobs)
+    ids = [None if job_id is None else rq_job_id(job_id) for _, _, job_id in jobs]
+    with queue.connection.pipeline() as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id or "-"), "status")
+        statuses = pipe.execute()
+    todo = [Queue.prepare_data(func, args, job_id=job_id)
+            for (func, args, _), job_id, status in zip(jobs, ids, statuses)
+            if job_id is None or status is None or status.decode() not in _WAITING]
+    if todo:
+        with queue.connection.pipeline() as pipe:
+            queue.enqueue_many(todo, pipeline=pipe)
+            pipe.execute()
+    return len(todo)
+
+
 def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | None = None,
                          **kwargs: Any) -> None:
     from portal.extensions import db
@@ -86,8 +115,19 @@ def init_app(app: Flask) -> None:
     @event.listens_for(session_class, "after_commit")
     def _after_commit(session):
         pending = session.info.pop(_PENDING, [])
-        for queue_name, func, args, job_id, kwargs in pending:
-            enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
+        by_queue: dict[str, list] = {}
+        for item in pending:
+            by_queue.setdefault(item[0], []).append(item)
+        for queue_name, items in by_queue.items():
+            plain = [item for item in items if not item[4]]  # no enqueue options
+            if len(plain) >= BATCH_AT and get_queue(queue_name).is_async:
+                # Many jobs from one commit (an invoice run's PDFs): one job that enqueues
+                # them, so the commit costs one enqueue, not one per job.
+                enqueue(queue_name, "jobs.queues.enqueue_batch", queue_name,
+                        [(func, args, job_id) for _, func, args, job_id, _ in plain])
+                items = [item for item in items if item[4]]
+            for _, func, args, job_id, kwargs in items:
+                enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
 
     @event.listens_for(session_class, "after_soft_rollback")
     def _after_rollback(session, previous_transaction):

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..models import Event, utcnow
-from .ledger import _dialect_insert
+from .ledger import _dialect_insert, bulk_insert
 
 
 def record(name: str, subject: str, payload: dict, user_id: int | None = None) -> None:
@@ -20,6 +20,15 @@ def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
     db.session.execute(_dialect_insert(Event.__table__).values([
         {"name": n, "subject": s, "payload": p, "user_id": u, "created_at": now, "attempts": 0}
         for n, s, p, u in events]).on_conflict_do_nothing())
+
+
+def record_new_many(events: list[tuple[str, str, dict, int | None]]) -> None:
+    """Facts about rows this transaction created (a new invoice's id in the subject): no
+    earlier record of them can exist, so they are written in bulk without the conflict
+    check (a duplicate would still fail on the unique index)."""
+    now = utcnow()
+    bulk_insert(Event.__table__, ("name", "subject", "payload", "user_id", "created_at", "attempts"),
+                [(n, s, p, u, now, 0) for n, s, p, u in events])
 
 
 def pending(limit: int = 100) -> list[Event]:

@@ -47,15 +47,21 @@ def get_invoice_pdf(invoice_id: int, *, user: User | None) -> tuple[Invoice, Inv
 
 def request_pdf(invoice: Invoice) -> None:
     """Render the PDF on the invoicing queue once this transaction commits."""
-    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
-
     if invoice.snapshot is None:
         raise InvalidTransition(f"invoice {invoice.id} is a draft; it has no PDF")
     if invoice.pdf_status == "ready":
         return
     invoice.pdf_status = "pending"
-    enqueue_after_commit("invoicing", "jobs.invoicing.render_invoice_pdf", invoice.id,
-                         job_id=f"pdf:{invoice.id}")
+    enqueue_render(invoice.id)
+
+
+def enqueue_render(invoice_id: int) -> None:
+    """The render job of an issued invoice whose pdf_status is already "pending" (bulk
+    finalization writes it in its INSERT), enqueued once this transaction commits."""
+    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
+
+    enqueue_after_commit("invoicing", "jobs.invoicing.render_invoice_pdf", invoice_id,
+                         job_id=f"pdf:{invoice_id}")
 
 
 def render_invoice_pdf(invoice_id: int) -> InvoicePdf:

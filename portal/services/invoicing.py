@@ -12,13 +12,17 @@ invoiced (usage_adjustments) becomes adjustment lines on the next invoice.
 from __future__ import annotations
 
 import calendar
+import functools
+import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 
 from ..extensions import db
 from ..models import (AccountKind, CreditLot, Deployment, Invoice, InvoiceCounter, InvoiceKind,
@@ -29,6 +33,8 @@ from . import credits, events, ledger, metering, usage
 from .errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 
 S = InvoiceStatus
+_USAGE = str(InvoiceKind.USAGE)
+_CREDIT = str(PaymentTender.CREDIT)
 TRANSITIONS: dict[S, frozenset[S]] = {
     S.DRAFT: frozenset({S.OPEN, S.PAID, S.VOID}),
     S.OPEN: frozenset({S.PAID, S.OVERDUE, S.VOID}),
@@ -90,6 +96,50 @@ def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
     return value.normalize() if value else Decimal(0)
 
 
+# Denominators whose quotients _decimal_text may compute in integers: n/d for d dividing
+# 3,600,000 (= 2^7 3^2 5^5) has at most 7 decimals before one digit (0-8) repeats, and for d
+# dividing 10^6 it ends within 6 decimals. So Decimal's division, rounded to 28 significant
+# digits, can never carry into the 7th decimal: the exact ROUND_HALF_UP to 6 places in
+# integers gives the same text as _decimal, digit for digit.
+_INTEGER_DENOMINATORS = frozenset(
+    {2 ** a * 3 ** b * 5 ** c for a in range(8) for b in range(3) for c in range(6)}  # | 3.6M
+    | {2 ** a * 5 ** c for a in range(7) for c in range(7)})                         # | 10^6
+
+
+def _decimal_text(numerator: int, denominator: int) -> str:
+    """``f"{_decimal(numerator, denominator):f}"``: quantities and unit prices as stored."""
+    if denominator in _INTEGER_DENOMINATORS and -10 ** 15 < numerator // denominator < 10 ** 15:
+        q, r = divmod(abs(numerator) * 1_000_000, denominator)
+        if 2 * r >= denominator:
+            q += 1
+        if q == 0:
+            return "0"
+        whole, micros = divmod(q, 1_000_000)
+        sign = "-" if numerator < 0 else ""
+        return f"{sign}{whole}" if not micros else f"{sign}{whole}.{micros:06d}".rstrip("0")
+    return f"{_decimal(numerator, denominator):f}"
+
+
+def _unit_price_text(qn: int, qd: int, cn: int, cd: int) -> str:
+    """Cost per unit, ``_decimal(cn * qd, cd * qn * 10^6)``; usually one rate all period, so
+    the ratio reduces to the rate in micro-units (the same rational, so the same Decimal)."""
+    if not qn:
+        return "0"
+    if qd == cd and cn % qn == 0:
+        return _rate_text(cn // qn)
+    return f"{_decimal(cn * qd, cd * qn * 1_000_000):f}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _rate_text(micros: int) -> str:
+    return _decimal_text(micros, 1_000_000)
+
+
+@functools.lru_cache(maxsize=256)
+def _month_ms(year: int, month: int) -> int:
+    return 1000 * calendar.monthrange(year, month)[1] * 86400
+
+
 @dataclass
 class Usage:
     """Summed rollup columns of one deployment in one period. Storage is kept per calendar
@@ -112,7 +162,7 @@ class Usage:
             # Sum a/da + b/db exactly over a common denominator.
             qn, cn, den = 0, 0, 1
             for (y, m), (ms, cost) in sorted(self.storage.items()):
-                d = 1000 * calendar.monthrange(y, m)[1] * 86400
+                d = _month_ms(y, m)
                 qn, cn, den = qn * d + ms * den, cn * d + cost * den, den * d
             out.append(("storage", qn, den, cn, den))
         out += [("instance", self.instance_s, 3600, self.instance_cost, 3600),
@@ -120,15 +170,15 @@ class Usage:
         return out
 
 
-@dataclass
-class LineDraft:
+class LineDraft(NamedTuple):
+    """An invoice line as stored (its columns after invoice_id and position)."""
     kind: str
     deployment_id: int | None
     resource: str | None
-    description: str
-    quantity: Decimal
+    description: str   # at most 300 characters
+    quantity: str      # exact decimal text
     unit: str
-    unit_price: Decimal
+    unit_price: str    # major units, exact decimal text
     amount_minor: int
 
 
@@ -136,17 +186,19 @@ def build_lines(usage_by_deployment: dict[int, Usage], names: dict[int, str], cu
                 kind: str = "usage") -> list[LineDraft]:
     """One line per deployment and resource with something to bill, rounded once."""
     digits = currency_digits(currency)
+    prefix = "Adjustment: " if kind == "adjustment" else ""
+    labels, units = usage.LABELS, usage.UNITS
     lines = []
     for dep_id in sorted(usage_by_deployment, key=lambda d: (names.get(d, ""), d)):
+        name = names.get(dep_id, dep_id)
         for resource, qn, qd, cn, cd in usage_by_deployment[dep_id].resources():
             if qn == 0 and cn == 0:
                 continue
-            amount = _round_ratio(cn, cd, digits)
-            unit_price = _decimal(cn * qd, cd * qn * 1_000_000) if qn else Decimal(0)
-            label = usage.LABELS[resource]
-            prefix = "Adjustment: " if kind == "adjustment" else ""
-            lines.append(LineDraft(kind, dep_id, resource, f"{prefix}{names.get(dep_id, dep_id)} · {label}",
-                                   _decimal(qn, qd), usage.UNITS[resource], unit_price, amount))
+            lines.append(LineDraft(kind, dep_id, resource,
+                                   f"{prefix}{name} · {labels[resource]}"[:300],
+                                   _decimal_text(qn, qd), units[resource],
+                                   _unit_price_text(qn, qd, cn, cd),
+                                   _round_ratio(cn, cd, digits)))
     return lines
 
 
@@ -171,6 +223,12 @@ def _to_usage(row, first_month: tuple[int, int], second_month: tuple[int, int]) 
     return u
 
 
+# A period inside one calendar month (invoice day 1) has no second month to split off.
+_SUMS_ONE_MONTH = ("SUM(cpu_ms), SUM(cpu_cost), SUM(memory_ms), SUM(memory_cost), "
+                   "SUM(storage_ms), SUM(storage_cost), 0, 0, "
+                   "SUM(instance_s), SUM(instance_cost), SUM(ip_s), SUM(ip_cost)")
+
+
 def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
                   user_ids: list[int] | None) -> dict[int, dict[int, Usage]]:
     """Per user, per deployment: the period's summed rollups, in one query."""
@@ -181,10 +239,15 @@ def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
               "split": split}
     if user_ids is not None:
         where += " AND user_id IN (" + ", ".join(str(int(u)) for u in user_ids) + ")"
+    sums = _SUMS_ONE_MONTH if end.date() <= split else _SUMS
+    if db.engine.dialect.name == "postgresql":
+        # Room to aggregate a chunk's month (~30 rows per deployment) in memory, not in a
+        # sort spilled to disk.
+        db.session.execute(text("SET LOCAL work_mem = '64MB'"))
     result: dict[int, dict[int, Usage]] = defaultdict(dict)
     for row in db.session.execute(text(
-            f"SELECT user_id, deployment_id, {_SUMS} FROM usage_daily WHERE {where} "
-            "GROUP BY user_id, deployment_id"), params):
+            f"SELECT user_id, deployment_id, {sums} FROM usage_daily WHERE {where} "
+            "GROUP BY user_id, deployment_id"), params).all():
         result[row[0]][row[1]] = _to_usage(row[2:], *months)
     return result
 
@@ -251,7 +314,11 @@ class RunResult:
 
 def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list[int] | None = None,
                    created_by: User | None = None, now: datetime | None = None) -> RunResult:
-    """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end)."""
+    """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end).
+
+    Everything is computed in memory from a handful of queries and written set-based: the
+    invoices are inserted finalized (numbered, totalled, with their snapshot), then their
+    lines, ledger postings, credit payments and events. Flushes only; the caller commits."""
     now = now or utcnow()
     result = RunResult()
     size = metering.chunk_size()
@@ -264,142 +331,215 @@ def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list
     candidates = set(usage_by_user) | set(adjustments)
     if not candidates:
         return result
-    existing = set(db.session.scalars(select(Invoice.user_id).where(
-        Invoice.user_id.in_(candidates), Invoice.period_start == start,
-        Invoice.kind == InvoiceKind.USAGE, Invoice.status != S.VOID)))
+    inv = Invoice.__table__.c  # plain rows (no ORM entities to load) where only values are read
+    existing = set(db.session.scalars(select(inv.user_id).where(
+        inv.user_id.in_(candidates), inv.period_start == start,
+        inv.kind == InvoiceKind.USAGE, inv.status != S.VOID)))
     todo = sorted(candidates - existing)
     result.skipped = len(existing)
     if not todo:
         return result
 
-    users = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(todo)))}
-    dep_ids = {d for uid in todo for d in usage_by_user.get(uid, {})} | {
-        d for uid in todo for d in adjustments.get(uid, ({}, []))[0]}
-    names = {d.id: f"{d.name} ({d.external_id})" if d.name else d.external_id
-             for d in db.session.scalars(select(Deployment).where(Deployment.id.in_(dep_ids)))}
-
-    drafts: dict[int, list[LineDraft]] = {}
+    in_chunk = _in_chunk(lo, hi, user_ids)
+    u, dep = User.__table__.c, Deployment.__table__.c
+    users = {row.id: row for row in db.session.execute(
+        select(u.id, u.currency, u.name, u.email).where(*in_chunk(u.id))).all()}
+    names = {dep_id: f"{name} ({external_id})" if name else external_id
+             for dep_id, name, external_id in db.session.execute(
+                 select(dep.id, dep.name, dep.external_id).where(*in_chunk(dep.user_id))).all()}
+    drafts: dict[int, _Draft] = {}
     for uid in todo:
         currency = users[uid].currency
         lines = build_lines(usage_by_user.get(uid, {}), names, currency)
         lines += build_lines(adjustments.get(uid, ({}, []))[0], names, currency, "adjustment")
-        drafts[uid] = lines
+        drafts[uid] = _Draft(uid, currency, lines, sum(l.amount_minor for l in lines))
 
-    invoice_rows = [{"user_id": uid, "kind": str(InvoiceKind.USAGE), "status": str(S.DRAFT),
-                     "period_start": start, "period_end": end, "currency": users[uid].currency,
-                     "subtotal_minor": sum(l.amount_minor for l in drafts[uid]),
-                     "credits_minor": 0, "total_minor": 0, "amount_paid_minor": 0,
-                     "created_at": now, "created_by_id": created_by.id if created_by else None,
-                     "pdf_status": "none"} for uid in todo]
-    invoice_ids = {}
-    for row_user, invoice_id in db.session.execute(
-            insert(Invoice).returning(Invoice.user_id, Invoice.id), invoice_rows):
-        invoice_ids[row_user] = invoice_id
-    db.session.execute(insert(InvoiceLine), [
-        {"invoice_id": invoice_ids[uid], "position": n, "kind": l.kind,
-         "deployment_id": l.deployment_id, "resource": l.resource,
-         "description": l.description[:300], "quantity": f"{l.quantity:f}", "unit": l.unit,
-         "unit_price": f"{l.unit_price:f}", "amount_minor": l.amount_minor}
-        for uid in todo for n, l in enumerate(drafts[uid], 1)])
+    _finalize(drafts, users, start, end, now, created_by, in_chunk)
     for uid, (_, adj_ids) in adjustments.items():
-        if uid in invoice_ids and adj_ids:
+        if uid in drafts and adj_ids:
             db.session.execute(update(UsageAdjustment).where(UsageAdjustment.id.in_(adj_ids))
-                               .values(invoice_id=invoice_ids[uid]))
-
-    _finalize_many([invoice_ids[uid] for uid in todo], users, now)
+                               .values(invoice_id=drafts[uid].invoice_id))
     result.invoices = len(todo)
-    result.invoice_ids = [invoice_ids[uid] for uid in todo]
-    result.total_minor = sum(r["subtotal_minor"] for r in invoice_rows)
+    result.invoice_ids = [drafts[uid].invoice_id for uid in todo]
+    result.total_minor = sum(d.subtotal for d in drafts.values())
     return result
 
 
-def _finalize_many(invoice_ids: list[int], users: dict[int, User], now: datetime) -> None:
-    """Number, post to the ledger, apply credits, freeze the snapshot, record the event."""
-    from .invoice_documents import request_pdf
-
-    invoices = list(db.session.scalars(select(Invoice).where(Invoice.id.in_(invoice_ids))
-                                       .order_by(Invoice.id)))
-    numbers = reserve_numbers(now.year, len(invoices))
-    receivables = _receivable_accounts({i.user_id for i in invoices})
-    revenue: dict[str, LedgerAccount] = {}
-    postings = []
-    for invoice, number in zip(invoices, numbers):
-        invoice.number = number
-        invoice.finalized_at = now
-        invoice.due_at = now + timedelta(days=current_app.config.get("INVOICE_NET_DAYS", 14))
-        if invoice.currency not in revenue:
-            revenue[invoice.currency] = ledger.system_account(AccountKind.REVENUE, invoice.currency)
-        if invoice.subtotal_minor > 0:
-            postings.append(ledger.Posting(
-                f"invoice:{invoice.id}:issue", "invoice", invoice.user_id,
-                f"Invoice {number}", invoice.currency,
-                ((receivables[invoice.user_id], "receivable", -invoice.subtotal_minor),
-                 (revenue[invoice.currency].id, "revenue", invoice.subtotal_minor))))
-    ledger.post_many(postings)
-
-    credit_holders = set(db.session.scalars(select(LedgerAccount.user_id).where(
-        LedgerAccount.user_id.in_([i.user_id for i in invoices]),
-        LedgerAccount.kind == str(AccountKind.CREDIT), LedgerAccount.balance_minor > 0)))
-    for invoice in invoices:
-        if invoice.subtotal_minor < 0:
-            _credit_back(invoice, users[invoice.user_id])
-        elif invoice.subtotal_minor > 0 and invoice.user_id in credit_holders:
-            _apply_credits(invoice, users[invoice.user_id], now)
-        invoice.total_minor = max(0, invoice.subtotal_minor) - invoice.credits_minor
-        transition(invoice, S.PAID if invoice.total_minor == 0 else S.OPEN)
-        if invoice.total_minor == 0:
-            invoice.paid_at = now
-    db.session.flush()
-    for invoice in invoices:
-        invoice.snapshot = build_snapshot(invoice, users[invoice.user_id])
-        request_pdf(invoice)
-    events.record_many([("billing.invoice.created", f"invoice:{i.id}", invoice_event(i), i.user_id)
-                        for i in invoices])
-    events.record_many([("billing.invoice.paid", f"invoice:{i.id}", invoice_event(i), i.user_id)
-                        for i in invoices if i.status == S.PAID])
-    db.session.flush()
-    # Open invoices of users with money in a wallet are settled once this commits.
-    from .settlement import request_settlement
-
-    funded = set(db.session.scalars(select(LedgerAccount.user_id).where(
-        LedgerAccount.user_id.in_([i.user_id for i in invoices if i.status == S.OPEN]),
-        LedgerAccount.kind.in_([str(AccountKind.VOUCHER), str(AccountKind.CASH)]),
-        LedgerAccount.balance_minor > 0)))
-    for user_id in sorted(funded):
-        request_settlement(user_id)
+def _in_chunk(lo: int, hi: int, user_ids: list[int] | None):
+    """WHERE clauses for rows of the chunk's users (or just ``user_ids``) by a user id column."""
+    def clauses(column):
+        where = [column >= lo, column < hi]
+        if user_ids is not None:
+            where.append(column.in_(user_ids))
+        return where
+    return clauses
 
 
-def _receivable_accounts(user_ids: set[int]) -> dict[int, int]:
-    found = dict(db.session.execute(select(LedgerAccount.user_id, LedgerAccount.id).where(
-        LedgerAccount.user_id.in_(user_ids), LedgerAccount.kind == str(AccountKind.RECEIVABLE))).all())
-    for uid in user_ids - set(found):
-        found[uid] = ledger.user_account(uid, AccountKind.RECEIVABLE).id
-    return found
+@dataclass
+class _Draft:
+    """One invoice being made: computed in memory, then written in bulk."""
+    user_id: int
+    currency: str
+    lines: list[LineDraft]
+    subtotal: int
+    credits: int = 0
+    draws: list[tuple[int, int]] = field(default_factory=list)  # (credit lot id, amount)
+    invoice_id: int = 0
+    number: str = ""
+
+    @property
+    def total(self) -> int:
+        return max(0, self.subtotal) - self.credits
 
 
-def _apply_credits(invoice: Invoice, user: User, now: datetime) -> None:
-    """Credits pay first, oldest expiry first, as far as they reach."""
-    available = credits.available_credit(user, now).amount_minor
-    amount = min(available, invoice.subtotal_minor)
-    if amount <= 0:
+def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: datetime,
+              now: datetime, created_by: User | None, in_chunk) -> None:
+    """Credits, numbers, then the invoices (already finalized), their lines, the ledger
+    postings, credit payments, late-usage credit-backs, events and PDF requests."""
+    from .invoice_documents import enqueue_render
+
+    todo = sorted(drafts)
+    billed = {uid for uid in todo if drafts[uid].subtotal > 0}
+    a = LedgerAccount.__table__.c
+    accounts = [(uid, aid, kind, balance) for uid, aid, kind, currency, balance in db.session.execute(
+        select(a.user_id, a.id, a.kind, a.currency, a.balance_minor)
+        .where(*in_chunk(a.user_id), a.kind.in_([str(AccountKind.RECEIVABLE),
+                                                  str(AccountKind.CREDIT)]))).all()
+        if uid in billed and currency == drafts[uid].currency]
+    receivables = {uid: aid for uid, aid, kind, _ in accounts if kind == AccountKind.RECEIVABLE}
+    for uid in sorted(billed - set(receivables)):
+        receivables[uid] = ledger.user_account(uid, AccountKind.RECEIVABLE).id
+    holders = {uid: aid for uid, aid, kind, balance in accounts
+               if kind == AccountKind.CREDIT and balance > 0}
+    # The user accounts this run moves, locked in id order (as every posting locks them):
+    # credit lots are read and drawn under their account's lock.
+    locked = ledger.lock_account_ids([*receivables.values(), *holders.values()])
+    _draw_credits(drafts, holders, now)
+
+    # Everything but the numbers is built first: the year's counter row, locked from
+    # reserve_numbers to commit, orders concurrent chunk runs, so each holds it only to write.
+    ids = ledger.allocate_ids(Invoice.__table__, len(todo))
+    due_at = now + timedelta(days=current_app.config.get("INVOICE_NET_DAYS", 14))
+    paid_at = utcnow()  # the credit payments' time, as their rows record it
+    seller = _seller()
+    locale = current_app.config["BABEL_DEFAULT_LOCALE"]
+    created_by_id = created_by.id if created_by else None
+    statuses: dict[int, S] = {}
+    rows = []
+    for uid, invoice_id in zip(todo, ids):
+        d = drafts[uid]
+        d.invoice_id = invoice_id
+        status = statuses[uid] = S.PAID if d.total == 0 else S.OPEN
+        rows.append([
+            invoice_id, uid, _USAGE, str(status), None, start, end, d.currency, d.subtotal,
+            d.credits, d.total, 0, due_at, now, now if status == S.PAID else None, now,
+            created_by_id, "pending",
+            snapshot_data(
+                number=None, status=status, issued_at=now, due_at=due_at, period_start=start,
+                period_end=end, seller=seller, user=users[uid], currency=d.currency,
+                lines=d.lines,
+                subtotal=d.subtotal, credits=d.credits, total=d.total, amount_paid=0,
+                payments=[(paid_at, _CREDIT, d.credits, "")] if d.credits else [],
+                locale=locale)])
+    lines = [(d.invoice_id, n, *line)
+             for d in (drafts[uid] for uid in todo) for n, line in enumerate(d.lines, 1)]
+
+    for row, uid, number in zip(rows, todo, reserve_numbers(now.year, len(todo))):
+        drafts[uid].number = row[4] = row[-1]["number"] = number
+    ledger.bulk_insert(Invoice.__table__, (
+        "id", "user_id", "kind", "status", "number", "period_start", "period_end", "currency",
+        "subtotal_minor", "credits_minor", "total_minor", "amount_paid_minor", "due_at",
+        "finalized_at", "paid_at", "created_at", "created_by_id", "pdf_status", "snapshot"), rows)
+    ledger.bulk_insert(InvoiceLine.__table__, (
+        "invoice_id", "position", "kind", "deployment_id", "resource", "description",
+        "quantity", "unit", "unit_price", "amount_minor"), lines)
+
+    revenue: dict[str, int] = {}
+    postings, credit_postings = [], []
+    for uid in todo:
+        d = drafts[uid]
+        if d.subtotal <= 0:
+            continue
+        if d.currency not in revenue:
+            revenue[d.currency] = ledger.system_account(AccountKind.REVENUE, d.currency).id
+        postings.append(ledger.Posting(
+            f"invoice:{d.invoice_id}:issue", "invoice", uid, f"Invoice {d.number}", d.currency,
+            ((receivables[uid], "receivable", -d.subtotal),
+             (revenue[d.currency], "revenue", d.subtotal))))
+        if d.credits:
+            credit_postings.append(ledger.Posting(
+                f"invoice:{d.invoice_id}:credit", "invoice_credit", uid,
+                f"Credits applied to {d.number}", d.currency,
+                ((holders[uid], "credit", -d.credits), (receivables[uid], "receivable", d.credits))))
+    txn_ids = ledger.post_many(postings + credit_postings, locked=locked)
+
+    credited = [drafts[uid] for uid in todo if drafts[uid].credits]
+    if credited:
+        lots = CreditLot.__table__
+        db.session.execute(
+            update(lots).where(lots.c.id == bindparam("lot_id"))
+            .values(remaining_minor=lots.c.remaining_minor - bindparam("take")),
+            [{"lot_id": lot_id, "take": take} for d in credited for lot_id, take in d.draws])
+        identity = db.session.identity_map
+        for d in credited:  # lots loaded in this session re-read what remains
+            for lot_id, _ in d.draws:
+                lot = identity.get(db.session.identity_key(CreditLot, lot_id))
+                if lot is not None:
+                    db.session.expire(lot, ["remaining_minor"])
+        db.session.execute(insert(InvoicePayment), [
+            {"invoice_id": d.invoice_id, "tender": str(PaymentTender.CREDIT),
+             "amount_minor": d.credits, "currency": d.currency, "reference": "",
+             "ledger_transaction_id": txn_ids[f"invoice:{d.invoice_id}:credit"],
+             "created_by_id": None, "created_at": paid_at} for d in credited])
+    for uid in todo:
+        if drafts[uid].subtotal < 0:
+            _credit_back(drafts[uid], db.session.get(User, uid))
+
+    created, paid = [], []
+    period = (start.isoformat(), end.isoformat())
+    for uid in todo:
+        d = drafts[uid]
+        payload = _event_payload(d.invoice_id, d.number, uid, d.currency, d.total, *period,
+                                 statuses[uid])
+        created.append(("billing.invoice.created", f"invoice:{d.invoice_id}", payload, uid))
+        if statuses[uid] == S.PAID:
+            paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
+        enqueue_render(d.invoice_id)
+    events.record_new_many(created + paid)
+
+
+def _draw_credits(drafts: dict[int, _Draft], holders: dict[int, int], now: datetime) -> None:
+    """Credits pay first, as far as they reach: each holder's unexpired lots, oldest expiry
+    first (lots that never expire last, then in grant order). Their accounts are locked."""
+    if not holders:
         return
-    receivable = ledger.user_account(user, AccountKind.RECEIVABLE)
-    txn = credits.spend_credit(user=user, amount=Money(amount, invoice.currency),
-                               counter_account=receivable,
-                               idempotency_key=f"invoice:{invoice.id}:credit", kind="invoice_credit",
-                               description=f"Credits applied to {invoice.number}", now=now)
-    db.session.add(InvoicePayment(invoice_id=invoice.id, tender=str(PaymentTender.CREDIT),
-                                  amount_minor=amount, currency=invoice.currency,
-                                  ledger_transaction_id=txn.id))
-    invoice.credits_minor = amount
+    lots: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for lot_id, account_id, remaining in db.session.execute(
+            select(CreditLot.id, CreditLot.account_id, CreditLot.remaining_minor).where(
+                CreditLot.account_id.in_(holders.values()), CreditLot.remaining_minor > 0,
+                (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now))
+            .order_by(CreditLot.account_id, CreditLot.expires_at.is_(None),
+                      CreditLot.expires_at, CreditLot.id)):
+        lots[account_id].append((lot_id, remaining))
+    for uid, account_id in holders.items():
+        d = drafts[uid]
+        needed = min(sum(remaining for _, remaining in lots[account_id]), d.subtotal)
+        if needed <= 0:
+            continue
+        d.credits = needed
+        for lot_id, remaining in lots[account_id]:
+            if needed == 0:
+                break
+            take = min(remaining, needed)
+            d.draws.append((lot_id, take))
+            needed -= take
 
 
-def _credit_back(invoice: Invoice, user: User) -> None:
+def _credit_back(draft: _Draft, user: User) -> CreditLot:
     """Adjustments larger than the period's usage: the difference becomes a credit."""
-    amount = -invoice.subtotal_minor
-    lot, _ = credits.grant_credit(user=user, amount=Money(amount, invoice.currency),
-                                  reason=f"Usage adjustment on {invoice.number}",
-                                  idempotency_key=f"invoice:{invoice.id}:credit-back",
+    lot, _ = credits.grant_credit(user=user, amount=Money(-draft.subtotal, draft.currency),
+                                  reason=f"Usage adjustment on {draft.number}",
+                                  idempotency_key=f"invoice:{draft.invoice_id}:credit-back",
                                   source=AccountKind.REVENUE)
     return lot
 
@@ -545,51 +685,178 @@ def mark_overdue(now: datetime | None = None) -> int:
 # -- plain data for the PDF and the events ---------------------------------------------------
 
 def _fmt(minor: int, currency: str) -> str:
-    return format_money(Money(minor, currency), current_app.config["BABEL_DEFAULT_LOCALE"])
+    return _money_formatter(currency, current_app.config["BABEL_DEFAULT_LOCALE"])(minor)
 
 
-def build_snapshot(invoice: Invoice, user: User) -> dict:
+@functools.lru_cache(maxsize=64)
+def _money_formatter(currency: str, locale: str) -> Callable[[int], str]:
+    """``format_money`` for amounts in minor units, without Babel's cost per call (an invoice
+    run formats every line): the prefix, suffix, separators and grouping are read off Babel's
+    own output once, and used only if they give Babel's text for a spread of amounts;
+    otherwise (a pattern this does not model) Babel formats every amount."""
+    def babel(minor: int) -> str:
+        return format_money(Money(minor, currency), locale)
+
+    try:
+        fast = _derive_money_formatter(babel, currency_digits(currency))
+    except ValueError:
+        return babel
+    rng = random.Random(20261101)
+    samples = [0, 1, -1, 5, -5, 50, 99, 100, 101, -100, 999, 1000, 1001]
+    samples += [sign * (10 ** k + delta) for k in range(1, 17) for delta in (-1, 0, 7)
+                for sign in (1, -1)]
+    samples += [rng.randrange(-10 ** rng.randrange(1, 16), 10 ** rng.randrange(1, 16))
+                for _ in range(300)]
+    return fast if all(fast(m) == babel(m) for m in samples) else babel
+
+
+def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callable[[int], str]:
+    whole_digits = "9876543210987"
+    probe = int(whole_digits + "123456789"[:digits])
+
+    def parts(text: str) -> tuple[str, str, list[str], list[str]]:
+        at = [i for i, c in enumerate(text) if c in "0123456789"]
+        if not at:
+            raise ValueError(text)
+        body = text[at[0]:at[-1] + 1]
+        runs, seps, current, sep = [], [], "", ""
+        for c in body:
+            if c in "0123456789":
+                if sep:
+                    seps.append(sep)
+                    runs.append(current)
+                    current, sep = "", ""
+                current += c
+            else:
+                sep += c
+        runs.append(current)
+        return text[:at[0]], text[at[-1] + 1:], runs, seps
+
+    pos_prefix, pos_suffix, runs, seps = parts(babel(probe))
+    neg_prefix, neg_suffix, neg_runs, neg_seps = parts(babel(-probe))
+    if (runs, seps) != (neg_runs, neg_seps) or "".join(runs) != str(probe):
+        raise ValueError("unexpected layout")
+    decimal_symbol = ""
+    if digits:
+        if len(runs) < 2 or len(runs[-1]) != digits:
+            raise ValueError("unexpected fraction")
+        decimal_symbol = seps.pop()
+        runs.pop()
+    group_symbol = seps[0] if seps else ""
+    if any(sep != group_symbol for sep in seps):
+        raise ValueError("mixed group separators")
+    primary = len(runs[-1])
+    secondary = len(runs[-2]) if len(runs) > 2 else primary
+    scale = 10 ** digits
+
+    def group(number: int) -> str:
+        text = str(number)
+        if not group_symbol or len(text) <= primary:
+            return text
+        out = [text[-primary:]]
+        text = text[:-primary]
+        while len(text) > secondary:
+            out.append(text[-secondary:])
+            text = text[:-secondary]
+        out.append(text)
+        return group_symbol.join(reversed(out))
+
+    def fast(minor: int) -> str:
+        value = -minor if minor < 0 else minor
+        if digits:
+            whole, fraction = divmod(value, scale)
+            body = f"{group(whole)}{decimal_symbol}{fraction:0{digits}d}"
+        else:
+            body = group(value)
+        if minor < 0:
+            return f"{neg_prefix}{body}{neg_suffix}"
+        return f"{pos_prefix}{body}{pos_suffix}"
+    return fast
+
+
+def _major_text(minor: int, currency: str) -> str:
+    """``str(Money(minor, currency).amount)``: "27.20"."""
+    digits = currency_digits(currency)
+    if not digits:
+        return str(minor)
+    whole, fraction = divmod(abs(minor), 10 ** digits)
+    return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{digits}d}"
+
+
+def _seller() -> dict:
     cfg = current_app.config
-    cur = invoice.currency
+    return {"name": cfg.get("SELLER_NAME", ""),
+            "address": list(cfg.get("SELLER_ADDRESS_LINES", [])),
+            "email": cfg.get("SELLER_EMAIL", ""), "tax_id": cfg.get("SELLER_TAX_ID", "")}
+
+
+def snapshot_data(*, number: str | None, status: S, issued_at: datetime, due_at: datetime | None,
+                  period_start: datetime, period_end: datetime, seller: dict, user,
+                  currency: str, lines: list[LineDraft],
+                  subtotal: int, credits: int, total: int, amount_paid: int,
+                  payments: list[tuple[datetime, str, int, str]], locale: str | None = None
+                  ) -> dict:
+    """The plain data a PDF is rendered from. ``lines`` as stored; ``payments``: (created
+    at, tender, amount in minor units, reference)."""
+    locale = locale or current_app.config["BABEL_DEFAULT_LOCALE"]
+    fmt = _money_formatter(currency, locale)
     return {
-        "template_version": 1, "number": invoice.number,
-        "status": S(invoice.status).label,
-        "issued_at": invoice.finalized_at.date().isoformat(),
-        "due_at": invoice.due_at.date().isoformat() if invoice.due_at else None,
-        "period_start": invoice.period_start.date().isoformat(),
-        "period_end": (invoice.period_end - timedelta(days=1)).date().isoformat(),
-        "seller": {"name": cfg.get("SELLER_NAME", ""),
-                   "address": list(cfg.get("SELLER_ADDRESS_LINES", [])),
-                   "email": cfg.get("SELLER_EMAIL", ""), "tax_id": cfg.get("SELLER_TAX_ID", "")},
+        "template_version": 1, "number": number, "status": status.label,
+        "issued_at": issued_at.date().isoformat(),
+        "due_at": due_at.date().isoformat() if due_at else None,
+        "period_start": period_start.date().isoformat(),
+        "period_end": (period_end - timedelta(days=1)).date().isoformat(),
+        "seller": {**seller, "address": list(seller["address"])},
         "customer": {"name": user.name or user.email, "email": user.email, "account": str(user.id)},
-        "currency": cur,
-        "lines": [{"kind": l.kind, "description": l.description, "quantity": l.quantity,
-                   "unit": l.unit,
-                   "unit_price": usage_price(l.unit_price, cur),
-                   "amount": _fmt(l.amount_minor, cur)} for l in invoice.lines],
-        "subtotal": _fmt(invoice.subtotal_minor, cur), "credits": _fmt(invoice.credits_minor, cur),
-        "total": _fmt(invoice.total_minor, cur),
-        "amount_paid": _fmt(invoice.amount_paid_minor, cur),
-        "amount_due": _fmt(invoice.total_minor - invoice.amount_paid_minor, cur),
-        "payments": [{"date": p.created_at.date().isoformat(), "tender": p.tender,
-                      "amount": _fmt(p.amount_minor, cur), "reference": p.reference}
-                     for p in invoice.payments],
+        "currency": currency,
+        "lines": [{"kind": kind, "description": description, "quantity": quantity, "unit": unit,
+                   "unit_price": _usage_price(unit_price, currency, locale), "amount": fmt(amount)}
+                  for kind, _, _, description, quantity, unit, unit_price, amount in lines],
+        "subtotal": fmt(subtotal), "credits": fmt(credits), "total": fmt(total),
+        "amount_paid": fmt(amount_paid), "amount_due": fmt(total - amount_paid),
+        "payments": [{"date": created_at.date().isoformat(), "tender": tender,
+                      "amount": fmt(amount), "reference": reference}
+                     for created_at, tender, amount, reference in payments],
     }
 
 
+def build_snapshot(invoice: Invoice, user: User) -> dict:
+    return snapshot_data(
+        number=invoice.number, status=S(invoice.status), issued_at=invoice.finalized_at,
+        due_at=invoice.due_at, period_start=invoice.period_start, period_end=invoice.period_end,
+        seller=_seller(), user=user, currency=invoice.currency,
+        lines=[LineDraft(l.kind, l.deployment_id, l.resource, l.description, l.quantity, l.unit,
+                         l.unit_price, l.amount_minor) for l in invoice.lines],
+        subtotal=invoice.subtotal_minor, credits=invoice.credits_minor,
+        total=invoice.total_minor, amount_paid=invoice.amount_paid_minor,
+        payments=[(p.created_at, p.tender, p.amount_minor, p.reference) for p in invoice.payments])
+
+
 def usage_price(unit_price: str, currency: str) -> str:
+    return _usage_price(unit_price, currency, current_app.config["BABEL_DEFAULT_LOCALE"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _usage_price(unit_price: str, currency: str, locale: str) -> str:
+    # Unit prices are the price versions' rates (or their blends): few, and formatted for
+    # every line of every invoice.
     from ..money import decimal_to_micros, format_micros
 
-    return format_micros(decimal_to_micros(Decimal(unit_price)), currency,
-                         current_app.config["BABEL_DEFAULT_LOCALE"])
+    return format_micros(decimal_to_micros(Decimal(unit_price)), currency, locale)
+
+
+def _event_payload(invoice_id: int, number: str, user_id: int, currency: str, total_minor: int,
+                   period_start: str, period_end: str, status: S) -> dict:
+    return {"invoice_id": invoice_id, "invoice_number": number, "user_id": user_id,
+            "currency": currency, "total": _major_text(total_minor, currency),
+            "total_minor": total_minor, "period_start": period_start,
+            "period_end": period_end, "status": status.label}
 
 
 def invoice_event(invoice: Invoice) -> dict:
-    return {"invoice_id": invoice.id, "invoice_number": invoice.number,
-            "user_id": invoice.user_id, "currency": invoice.currency,
-            "total": str(invoice.total.amount), "total_minor": invoice.total_minor,
-            "period_start": invoice.period_start.isoformat(),
-            "period_end": invoice.period_end.isoformat(), "status": S(invoice.status).label}
+    return _event_payload(invoice.id, invoice.number, invoice.user_id, invoice.currency,
+                          invoice.total_minor, invoice.period_start.isoformat(),
+                          invoice.period_end.isoformat(), S(invoice.status))
 
 
 def list_invoices(*, user: User | None = None, status: str | None = None,

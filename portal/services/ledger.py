@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, text, union_all
+from sqlalchemy import JSON, bindparam, func, insert, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -176,53 +176,119 @@ class Posting:
     legs: tuple[tuple[int, str, int], ...]
 
 
-def post_many(postings: Sequence[Posting]) -> dict[str, int]:
+def post_many(postings: Sequence[Posting], *,
+              locked: dict[int, int | None] | None = None) -> dict[str, int]:
     """Post many new transactions at once (bulk jobs such as an invoice run): the same
     invariants as post_transaction, set-based. Every key must be new; cached balances move
-    under row locks taken in id order. Returns {idempotency_key: transaction id}."""
+    under row locks taken in id order. ``locked``: what ``lock_account_ids`` returned for
+    accounts the caller already locked in this transaction (not locked again).
+    Returns {idempotency_key: transaction id}."""
     if not postings:
         return {}
     deltas: dict[int, int] = defaultdict(int)
-    kinds: dict[int, str] = {}
+    kinds: dict[int, AccountKind] = {}
     rows = []
+    now = utcnow()
     for p in postings:
         if sum(amount for _, _, amount in p.legs) != 0:
             raise ValueError(f"unbalanced transaction {p.idempotency_key}")
         legs = {aid: amount for aid, _, amount in p.legs}
         rows.append({"idempotency_key": p.idempotency_key, "kind": p.kind, "user_id": p.user_id,
-                     "description": p.description[:500], "created_at": utcnow(),
+                     "description": p.description[:500], "created_at": now,
                      "content_hash": _content_hash(p.kind, legs, None)})
         for aid, akind, amount in p.legs:
             if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
                 raise TypeError("ledger amounts are non-zero ints of minor units")
-            kinds[aid] = akind
-            if AccountKind(akind) in USER_KINDS:
-                deltas[aid] += AccountKind(akind).normal_sign * amount
-    locked = {a.id: a for a in db.session.scalars(
-        select(LedgerAccount).where(LedgerAccount.id.in_(sorted(deltas)))
-        .order_by(LedgerAccount.id).with_for_update()
-        .execution_options(populate_existing=True))} if deltas else {}
+            kind = kinds.get(aid) or kinds.setdefault(aid, AccountKind(akind))
+            if kind in USER_KINDS:
+                deltas[aid] += kind.normal_sign * amount
+    locked = locked or {}
+    balances = {**locked, **lock_account_ids(aid for aid in deltas if aid not in locked)}
     for aid, delta in deltas.items():
-        if AccountKind(kinds[aid]) in WALLET_KINDS and locked[aid].balance_minor + delta < 0:
+        if kinds[aid] in WALLET_KINDS and balances[aid] + delta < 0:
             raise InsufficientFunds(f"account {aid} would go below zero")
-    ids = {}
-    for batch in range(0, len(rows), 2000):
-        chunk = rows[batch:batch + 2000]
-        for key, txn_id in db.session.execute(
-                insert(LedgerTransaction).returning(LedgerTransaction.idempotency_key,
-                                                    LedgerTransaction.id), chunk):
-            ids[key] = txn_id
-    db.session.execute(insert(LedgerEntry), [
-        {"transaction_id": ids[p.idempotency_key], "account_id": aid, "amount_minor": amount,
-         "currency": p.currency} for p in postings for aid, _, amount in p.legs])
+    columns = ("id", "idempotency_key", "kind", "user_id", "description", "created_at",
+               "content_hash")
+    txn_ids = allocate_ids(LedgerTransaction.__table__, len(rows))
+    bulk_insert(LedgerTransaction.__table__, columns,
+                [(txn_id, *(row[c] for c in columns[1:])) for txn_id, row in zip(txn_ids, rows)])
+    ids = {row["idempotency_key"]: txn_id for row, txn_id in zip(rows, txn_ids)}
+    # Entries in account order within each transaction, as post_transaction writes them.
+    bulk_insert(LedgerEntry.__table__, ("transaction_id", "account_id", "amount_minor", "currency"),
+                [(ids[p.idempotency_key], aid, amount, p.currency)
+                 for p in postings for aid, _, amount in sorted(p.legs)])
     if deltas:
         # Relative updates under the locks above: never an absolute balance.
-        db.session.execute(text("UPDATE ledger_accounts SET balance_minor = balance_minor + :delta "
-                                "WHERE id = :id"),
-                           [{"id": aid, "delta": delta} for aid, delta in sorted(deltas.items())])
-        for aid in deltas:
-            db.session.expire(locked[aid], ["balance_minor"])
+        _add_to_balances(sorted(deltas.items()))
+        identity = db.session.identity_map
+        for aid in deltas:  # loaded accounts re-read their balance on next access
+            account = identity.get(db.session.identity_key(LedgerAccount, aid))
+            if account is not None:
+                db.session.expire(account, ["balance_minor"])
     return ids
+
+
+def lock_account_ids(account_ids: Iterable[int]) -> dict[int, int | None]:
+    """SELECT ... FOR UPDATE the accounts (by id, in id order) without loading them as
+    objects; returns {id: cached balance}. The bulk counterpart of lock_accounts."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    accounts = LedgerAccount.__table__.c
+    return dict(db.session.execute(
+        select(accounts.id, accounts.balance_minor).where(accounts.id.in_(ids))
+        .order_by(accounts.id).with_for_update()).all())
+
+
+def _add_to_balances(deltas: list[tuple[int, int]]) -> None:
+    if db.engine.dialect.name == "postgresql":
+        # One statement for all accounts (an executemany would be a round of work per row).
+        for batch in range(0, len(deltas), 5000):
+            part = deltas[batch:batch + 5000]
+            db.session.execute(text(
+                "UPDATE ledger_accounts AS a SET balance_minor = a.balance_minor + d.delta "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
+                "WHERE a.id = d.id"), {"ids": [aid for aid, _ in part],
+                                       "deltas": [delta for _, delta in part]})
+        return
+    db.session.execute(text("UPDATE ledger_accounts SET balance_minor = balance_minor + :delta "
+                            "WHERE id = :id"), [{"id": aid, "delta": delta} for aid, delta in deltas])
+
+
+def allocate_ids(table, count: int) -> list[int]:
+    """``count`` new ids for ``table``, ascending, to insert rows with (bulk_insert). On
+    PostgreSQL from the table's id sequence; on SQLite after the largest id, which is safe
+    because every SQLite transaction holds the write lock from its start."""
+    if count <= 0:
+        return []
+    if db.engine.dialect.name == "postgresql":
+        return sorted(db.session.scalars(text(
+            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+            "FROM generate_series(1, :n)"), {"n": count}))
+    db.session.flush()
+    last = db.session.scalar(select(func.coalesce(func.max(table.c.id), 0)))
+    return list(range(last + 1, last + count + 1))
+
+
+def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Insert many rows (tuples in ``columns`` order) in the session's transaction: COPY on
+    PostgreSQL, an executemany elsewhere. Columns left out take their defaults."""
+    if not rows:
+        return
+    if db.engine.dialect.name != "postgresql":
+        db.session.execute(insert(table), [dict(zip(columns, row)) for row in rows])
+        return
+    db.session.flush()  # the rows may refer to objects still pending in the session
+    as_json = [n for n, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+    connection = db.session.connection().connection.driver_connection
+    with connection.cursor() as cursor, cursor.copy(
+            f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            if as_json:
+                row = list(row)
+                for n in as_json:
+                    row[n] = None if row[n] is None else json.dumps(row[n])
+            copy.write_row(row)
 
 
 def _same_or_conflict(existing: LedgerTransaction, content_hash: str) -> LedgerTransaction:

@@ -51,6 +51,17 @@ def generate(period=OCT, now=NOW):
     return result
 
 
+def assert_issued_as_stored(invoice: Invoice) -> None:
+    """The snapshot and the "created" event written in bulk at finalization say what the
+    stored invoice, its lines and payments say."""
+    user = db.session.get(User, invoice.user_id)
+    assert invoice.snapshot == invoicing.build_snapshot(invoice, user)
+    event = db.session.scalars(select(Event).where(Event.name == "billing.invoice.created",
+                                                   Event.subject == f"invoice:{invoice.id}")).one()
+    assert event.payload == invoicing.invoice_event(invoice)
+    assert invoice.pdf_status in ("pending", "ready")
+
+
 def test_a_month_of_usage_gives_lines_that_add_up(user):
     run(user, "web", OCT[0])
     run(user, "db", OCT[0] + timedelta(days=3, hours=7), cpu_cores=1, memory_gb=2, storage_gb=50)
@@ -73,6 +84,8 @@ def test_a_month_of_usage_gives_lines_that_add_up(user):
     assert find_discrepancies() == []
     event = db.session.scalars(select(Event).where(Event.name == "billing.invoice.created")).one()
     assert event.payload["total_minor"] == invoice.total_minor
+    assert event.payload["total"] == str(invoice.total.amount)
+    assert_issued_as_stored(invoice)
 
 
 def test_rerun_changes_nothing(user):
@@ -149,6 +162,12 @@ def test_credits_apply_oldest_expiry_first(user):
     assert invoice.status == "paid"
     db.session.refresh(soon), db.session.refresh(later), db.session.refresh(late)
     assert (soon.remaining_minor, later.remaining_minor, late.remaining_minor) == (0, 0, 780)
+    # The credit payment is on the PDF's snapshot, and a paid invoice has its event too.
+    assert [p["tender"] for p in invoice.snapshot["payments"]] == ["credit"]
+    assert invoice.snapshot["payments"][0]["amount"] == "$37.20"
+    assert invoice.snapshot["amount_due"] == "$0.00" and invoice.snapshot["status"] == "paid"
+    assert_issued_as_stored(invoice)
+    assert db.session.scalars(select(Event.name).where(Event.name == "billing.invoice.paid")).all()
     assert find_discrepancies() == []
 
 
@@ -180,6 +199,7 @@ def test_late_usage_appears_on_the_next_invoice_as_an_adjustment(user):
     adjustments = {l.description: l.amount_minor for l in second.lines if l.kind == "adjustment"}
     assert adjustments == {"Adjustment: web · CPU": -60, "Adjustment: forgotten · CPU": 100}
     assert second.subtotal_minor == 40
+    assert_issued_as_stored(second)
     assert find_discrepancies() == []
 
 
@@ -259,3 +279,41 @@ def test_numbers_are_gap_free_and_per_year(ctx, make_user):
     assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 6)]
     assert invoicing.reserve_numbers(2027, 2) == ["INV-2027-000001", "INV-2027-000002"]
     db.session.rollback()
+
+
+@pytest.mark.parametrize("denominator", [3_600_000, 3600, 1_000_000, 1000, 9, 7,
+                                         1000 * 31 * 86400, 1000 * 30 * 86400 * 1000 * 31 * 86400])
+def test_quantity_text_is_the_decimal_rounded_once(denominator):
+    """Quantities and unit prices are computed in integers where that is exact; the text is
+    always the Decimal's (28 digits, then ROUND_HALF_UP to 6 places, normalized)."""
+    import random
+
+    rng = random.Random(denominator)
+    numerators = [0, 1, -1, denominator // 2, -(denominator // 2), denominator * 744,
+                  denominator * 10 ** 14 + denominator // 2]
+    numerators += [rng.randrange(-10 ** rng.randrange(1, 22), 10 ** rng.randrange(1, 22))
+                   for _ in range(3000)]
+    for n in numerators:
+        assert invoicing._decimal_text(n, denominator) == f"{invoicing._decimal(n, denominator):f}"
+    for qn in numerators[:300]:
+        for rate in (0, 50_000, 123_456, 7):
+            cn = qn * rate + (rng.randrange(0, 2) if rate == 7 else 0)  # blends too
+            assert invoicing._unit_price_text(qn, denominator, cn, denominator) == (
+                f"{invoicing._decimal(cn * denominator, denominator * qn * 1_000_000):f}"
+                if qn else "0")
+
+
+@pytest.mark.parametrize("currency, locale", [
+    ("USD", "en_US"), ("EUR", "de_DE"), ("EUR", "fr_FR"), ("JPY", "ja_JP"), ("INR", "en_IN"),
+    ("CHF", "de_CH"), ("EUR", "es_ES"), ("KWD", "ar_KW"), ("USD", "nl_NL")])
+def test_invoice_amounts_format_as_babel_does(currency, locale):
+    import random
+
+    from portal.money import format_money
+
+    fmt = invoicing._money_formatter(currency, locale)
+    rng = random.Random(7)
+    for minor in [0, 1, -1, 999, 1000, -1234567, 10 ** 15] + [
+            rng.randrange(-10 ** rng.randrange(1, 14), 10 ** rng.randrange(1, 14))
+            for _ in range(2000)]:
+        assert fmt(minor) == format_money(Money(minor, currency), locale)
