@@ -26,8 +26,8 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 
 from ..extensions import db
 from ..models import (AccountKind, CreditLot, Deployment, Invoice, InvoiceCounter, InvoiceKind,
-                      InvoiceLine, InvoicePayment, InvoiceStatus, LedgerAccount, PaymentTender,
-                      UsageAdjustment, User, utcnow)
+                      InvoiceLine, InvoicePayment, InvoiceStatus, LedgerAccount,
+                      LedgerTransaction, PaymentTender, UsageAdjustment, User, utcnow)
 from ..money import Money, currency_digits, format_money
 from . import credits, events, ledger, metering, usage
 from .errors import Conflict, InvalidTransition, NotFound, ValidationFailed
@@ -612,9 +612,22 @@ def record_payment(invoice: Invoice, *, tender: PaymentTender, amount: Money, tx
 
 
 def record_offline_payment(invoice: Invoice, *, amount: Money, reference: str,
-                           recorded_by: User | None = None) -> InvoicePayment:
-    """A payment made outside the portal (bank transfer), booked through the ledger."""
+                           recorded_by: User | None = None,
+                           idempotency_key: str | None = None) -> InvoicePayment:
+    """A payment made outside the portal (bank transfer), booked through the ledger. With an
+    ``idempotency_key`` (a rendered form, a client's header) a repeat records nothing."""
     invoice = lock_invoice(invoice)
+    key = (f"invoice:{invoice.id}:offline:{idempotency_key}" if idempotency_key
+           else f"invoice:{invoice.id}:offline:{len(invoice.payments) + 1}")
+    if idempotency_key:
+        earlier = db.session.scalar(
+            select(InvoicePayment).join(LedgerTransaction,
+                                        LedgerTransaction.id == InvoicePayment.ledger_transaction_id)
+            .where(LedgerTransaction.idempotency_key == key))
+        if earlier is not None:
+            if earlier.amount_minor != amount.amount_minor:
+                raise Conflict("this request was already used for a different payment")
+            return earlier
     if S(invoice.status) not in UNPAID:
         raise InvalidTransition(f"a {S(invoice.status).label} invoice takes no payments")
     if amount.currency != invoice.currency:
@@ -627,10 +640,9 @@ def record_offline_payment(invoice: Invoice, *, amount: Money, reference: str,
     reference = (reference or "").strip()
     if not reference:
         raise ValidationFailed.field("reference", "is required")
-    count = len(invoice.payments)
     user = db.session.get(User, invoice.user_id)
     txn = ledger.post_transaction(
-        idempotency_key=f"invoice:{invoice.id}:offline:{count + 1}", kind="offline_payment",
+        idempotency_key=key, kind="offline_payment",
         user_id=invoice.user_id, created_by_id=recorded_by.id if recorded_by else None,
         description=f"Payment for {invoice.number}: {reference}",
         legs=[(ledger.system_account(AccountKind.OFFLINE_CLEARING, invoice.currency),

@@ -2,10 +2,12 @@
 void and offline-payment forms, and generating a user's invoice for a period by hand."""
 from __future__ import annotations
 
+import uuid
+
 from flask import current_app, flash, render_template, request
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import StringField, TextAreaField
+from wtforms import HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from ...extensions import db
@@ -33,6 +35,8 @@ class VoidInvoiceForm(FlaskForm):
 class OfflinePaymentForm(FlaskForm):
     amount = StringField("Amount", validators=[DataRequired()])
     reference = StringField("Reference", validators=[DataRequired(), Length(max=200)])
+    # One payment per rendered form, however often it is submitted.
+    request_id = HiddenField()
 
 
 class Filters:
@@ -80,10 +84,12 @@ def _render_list(form: GenerateInvoiceForm, status: int = 200):
 
 def _render_invoice(invoice: Invoice, *, void_form: VoidInvoiceForm | None = None,
                     payment_form: OfflinePaymentForm | None = None, status: int = 200):
+    payment_form = payment_form or OfflinePaymentForm(formdata=None)
+    if not payment_form.request_id.data:
+        payment_form.request_id.data = uuid.uuid4().hex
     return render_template(
         "admin/invoice.html", invoice=invoice,
-        void_form=void_form or VoidInvoiceForm(formdata=None),
-        payment_form=payment_form or OfflinePaymentForm(formdata=None)), status
+        void_form=void_form or VoidInvoiceForm(formdata=None), payment_form=payment_form), status
 
 
 @bp.get("/invoices")
@@ -150,7 +156,9 @@ def record_payment(invoice_id: int):
     try:
         amount = Money.from_decimal(form.amount.data, invoice.currency)
         invoicing.record_offline_payment(invoice, amount=amount, reference=form.reference.data,
-                                         recorded_by=current_user)
+                                         recorded_by=current_user,
+                                         idempotency_key=f"form:{form.request_id.data}"
+                                         if form.request_id.data else None)
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
         return _render_invoice(invoice, payment_form=form, status=422)

@@ -132,9 +132,12 @@ def record_payment(invoice_id: int):
     """An offline payment (bank transfer): {amount, reference}, booked through the ledger."""
     data = json_body()
     invoice = invoicing.get_invoice(invoice_id)
+    client_key = request.headers.get("Idempotency-Key", "").strip()
     invoicing.record_offline_payment(invoice, amount=money_field(data, "amount", invoice.currency),
                                      reference=str(data.get("reference") or ""),
-                                     recorded_by=g.api_user)
+                                     recorded_by=g.api_user,
+                                     idempotency_key=f"api:{g.api_user.id}:{client_key}"
+                                     if client_key else None)
     db.session.commit()
     return jsonify(invoice_json(invoice, detail=True))
 
