@@ -36,7 +36,7 @@ def get_gateway(app: Flask | None = None) -> PaymentGateway:
             webhook_secret=app.config.get("STRIPE_WEBHOOK_SECRET") or "",
             publishable_key=app.config.get("STRIPE_PUBLISHABLE_KEY") or "",
             api_base=app.config.get("STRIPE_API_BASE") or "https://api.stripe.com",
-            timeout_seconds=float(app.config.get("STRIPE_TIMEOUT_SECONDS") or 10),
+            timeout_seconds=int(app.config.get("STRIPE_TIMEOUT_SECONDS") or 10),
         )
         app.extensions[_EXTENSION] = gateway
     return gateway

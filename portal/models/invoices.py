@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ..extensions import db
 from ..money import Money
 from .types import BigIntPK, UTCDateTime, utcnow
+from .usage import UsageColumns
 
 if TYPE_CHECKING:
     from .users import User
@@ -185,7 +186,7 @@ class InvoiceCounter(db.Model):
     last_number: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class UsageAdjustment(db.Model):
+class UsageAdjustment(UsageColumns, db.Model):
     """Usage that changed after its period was invoiced (a deletion or deployment reported
     late): the difference, carried to the user's next invoice as adjustment lines. Same
     columns as the rollups; pending rows have no invoice yet."""
@@ -203,16 +204,6 @@ class UsageAdjustment(db.Model):
     day: Mapped[date] = mapped_column(Date)
     user_id: Mapped[int] = mapped_column(BigInteger)
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
-    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    memory_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    storage_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    storage_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    instance_s: Mapped[int] = mapped_column(BigInteger, default=0)
-    instance_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    ip_s: Mapped[int] = mapped_column(BigInteger, default=0)
-    ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Event(db.Model):

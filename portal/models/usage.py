@@ -23,7 +23,22 @@ USAGE_COLUMNS = ("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
                  "storage_cost", "instance_s", "instance_cost", "ip_s", "ip_cost")
 
 
-class UsageDaily(db.Model):
+class UsageColumns:
+    """The quantities and exact cost numerators of USAGE_COLUMNS (rollups and adjustments)."""
+
+    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    storage_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    instance_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageDaily(UsageColumns, db.Model):
     """Derived data, written only by metering from intervals (whose foreign keys hold), so
     it carries no foreign keys itself: checking two per row would double metering's cost."""
 
@@ -36,16 +51,6 @@ class UsageDaily(db.Model):
     deployment_id: Mapped[int] = mapped_column(BigInteger)
     day: Mapped[date] = mapped_column(Date)
     user_id: Mapped[int] = mapped_column(BigInteger)
-    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    cpu_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    memory_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    memory_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    storage_ms: Mapped[int] = mapped_column(BigInteger, default=0)
-    storage_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    instance_s: Mapped[int] = mapped_column(BigInteger, default=0)
-    instance_cost: Mapped[int] = mapped_column(BigInteger, default=0)
-    ip_s: Mapped[int] = mapped_column(BigInteger, default=0)
-    ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class MeterMark(db.Model):
