@@ -5,7 +5,9 @@ from .invoices import (Event, Invoice, InvoiceCounter, InvoiceKind, InvoiceLine,
                        InvoicePdf, InvoiceStatus, PaymentTender, UsageAdjustment)
 from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
 from .ops import EmailStatus, OutboundEmail
-from .payments import WebhookEvent, WebhookOutcome
+from .payments import (OPEN_ATTEMPT_STATUSES, AttemptPurpose, AttemptStatus, CheckoutSession,
+                       GatewayCustomer, PaymentAttempt, PaymentMethod, PaymentReversal,
+                       ReversalKind, WebhookEvent, WebhookOutcome)
 from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus, ScheduledJob,
                          SchedulerKind, SchedulerLease, SchedulerRole)
 from .types import utcnow
@@ -14,7 +16,9 @@ from .users import ApiToken, TokenScope, User
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 
 __all__ = [
-    "AccountKind", "ApiToken", "CreditLot", "DaemonState", "DaemonStatus", "Deployment",
+    "OPEN_ATTEMPT_STATUSES", "AccountKind", "ApiToken", "AttemptPurpose", "AttemptStatus",
+    "CheckoutSession", "GatewayCustomer", "PaymentAttempt", "PaymentMethod", "PaymentReversal",
+    "ReversalKind", "CreditLot", "DaemonState", "DaemonStatus", "Deployment",
     "DeploymentInterval", "DeploymentKind", "DeploymentState", "EmailStatus", "Event",
     "Invoice", "InvoiceCounter", "InvoiceKind", "InvoiceLine", "InvoicePayment", "InvoicePdf",
     "InvoiceStatus", "JobRun", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "MeterMark",

@@ -31,6 +31,8 @@ class AccountKind(enum.StrEnum):
     CREDIT_GRANTS = "credit_grants"
     REVENUE = "revenue"
     WRITE_OFF = "write_off"
+    REFUNDS = "refunds"    # card payments given back (contra-revenue)
+    DISPUTES = "disputes"  # card payments the cardholder's bank took back
 
     @property
     def is_user_account(self) -> bool:
