@@ -121,7 +121,9 @@ class InvoiceLine(db.Model):
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))  # usage | adjustment | fee
-    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
+    # No foreign key: the line is a frozen copy of what was billed (from the rollups, which
+    # carry none either), and checking one per line was a large part of an invoice run's cost.
+    deployment_id: Mapped[int | None] = mapped_column(BigIntPK)  # the type deployments.id has
     resource: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(String(300))
     quantity: Mapped[str] = mapped_column(String(40))     # exact decimal text
