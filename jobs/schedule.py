@@ -77,3 +77,6 @@ register("settle-invoices", cron="30 1 * * *", func="jobs.settlement.settle_due"
 # Webhooks whose processing job was lost (a crash between commit and enqueue) go again.
 register("requeue-webhooks", cron="*/10 * * * *", func="jobs.settlement.requeue_webhooks",
          queue="settlement", id_prefix="webhooks", enabled=lambda config: config["BILLING"].enabled)
+# Card charges whose answer was lost (a timeout, a crash) are looked up at the gateway.
+register("recover-payments", cron="5-55/10 * * * *", func="jobs.settlement.recover_payments",
+         queue="settlement", id_prefix="recover", enabled=lambda config: config["BILLING"].enabled)

@@ -3,20 +3,28 @@ gateway's webhook events (stored by the web request, processed here)."""
 from __future__ import annotations
 
 from portal.extensions import db
-from portal.models import User
-from portal.services import settlement, webhooks
+from portal.services import card_payments, cards, settlement, webhooks
 
 from .queues import enqueue, get_queue
 
 
 def settle_user(user_id: int) -> dict:
-    result = settlement.settle_user(db.session.get(User, user_id))
-    db.session.commit()
-    return {"paid": len(result.paid), "payments": result.payments}
+    """Wallets, then cards (settlement.settle commits as it goes)."""
+    result = settlement.settle(user_id)
+    return {"paid": len(result.paid), "payments": result.payments,
+            "card_attempts": result.card_attempts, "failed": len(result.failed)}
+
+
+def recover_payments() -> dict:
+    """Card charges whose answer was never recorded, looked up at the gateway."""
+    if not cards.cards_enabled():
+        return {"resolved": 0}
+    return {"resolved": card_payments.recover()}
 
 
 def settle_due() -> dict:
     """The daily run: every user with an unpaid invoice gets a settlement job."""
+    recover_payments()
     user_ids = settlement.users_with_unpaid()
     db.session.commit()
     if not get_queue("settlement").is_async:

@@ -19,6 +19,21 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "base-uri 'self'; object-src 'none'")
 
 API_PREFIX = "/api/"
+# Forms that lead to the payment gateway's hosted pages (checkout, add a card, 3-D Secure):
+# browsers apply form-action to the redirect after a form post too.
+STRIPE_PAGE_ORIGINS = ("https://checkout.stripe.com", "https://hooks.stripe.com")
+
+
+def build_csp(config) -> str:
+    """The CSP, with the gateway's page origins allowed as form targets when cards are on."""
+    if config.get("CSP"):
+        return config["CSP"]
+    if not config.get("STRIPE_SECRET_KEY"):
+        return CSP
+    base = (config.get("STRIPE_API_BASE") or "").rstrip("/")
+    origins = STRIPE_PAGE_ORIGINS if base.startswith("https://api.stripe.com") or not base \
+        else (base,)
+    return CSP.replace("form-action 'self'", "form-action 'self' " + " ".join(origins))
 
 
 def wants_json() -> bool:
@@ -50,7 +65,7 @@ def init_web(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("Content-Security-Policy", app.config.get("CSP", CSP))
+        response.headers.setdefault("Content-Security-Policy", build_csp(app.config))
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")

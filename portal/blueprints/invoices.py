@@ -1,12 +1,16 @@
 """The Invoices pages: the user's invoices (filtered by status, paged; the table swaps with
 htmx), one invoice with its lines, payments and PDF, the PDF download and the widget that
 waits for it. Users cannot delete invoices."""
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
 
 from .. import htmx as hx
-from ..services import invoice_documents, invoicing
-from .helpers import page_arg, pdf_response
+from ..extensions import db
+from ..gateways import GatewayError
+from ..models import AttemptStatus
+from ..services import card_payments, invoice_documents, invoicing, settlement
+from .helpers import page_arg, pdf_response, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
 
@@ -27,11 +31,95 @@ def index():
     return render_template("invoices/index.html", **context)
 
 
+class PayForm(FlaskForm):
+    """The "Pay now" and "Complete payment" buttons: CSRF only."""
+
+
+def _payment_context(invoice) -> dict:
+    unpaid = invoice.invoice_status in invoicing.UNPAID
+    return {"pay_form": PayForm(),
+            "preview": settlement.preview(invoice, current_user) if unpaid else None,
+            "waiting": card_payments.open_attempt_for(current_user, invoice) if unpaid else None,
+            "tender_labels": settlement.TENDER_LABELS}
+
+
 @bp.get("/<int:invoice_id>")
 @login_required
 def show(invoice_id: int):
     invoice = invoicing.get_invoice(invoice_id, user=current_user)  # another user's: 404
-    return render_template("invoices/show.html", invoice=invoice)
+    return render_template("invoices/show.html", invoice=invoice, **_payment_context(invoice))
+
+
+@bp.post("/<int:invoice_id>/pay")
+@login_required
+def pay(invoice_id: int):
+    """Pay now: credits, vouchers, prepaid balance, then the cards, as the preview showed."""
+    invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    if not PayForm().validate_on_submit():
+        abort(400)
+    if invoice.invoice_status not in invoicing.UNPAID:
+        flash(f"This invoice is {invoice.invoice_status.label}: there is nothing to pay.", "info")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    result = settlement.settle(current_user.id, invoice_id=invoice_id)
+    invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    if invoice.invoice_status is invoicing.S.PAID:
+        flash("The invoice is paid.", "success")
+    elif invoice_id in result.needs_action:
+        flash("Your bank asks you to confirm the card payment: press “Complete payment”.",
+              "info")
+    elif invoice_id in result.failed:
+        flash("No payment method could pay the rest of this invoice. Add money to your "
+              "balance, redeem a voucher or add a card.", "error")
+    elif invoice.amount_paid_minor:
+        flash("Part of the invoice is paid; the rest is still due.", "info")
+    else:
+        flash("Nothing could pay this invoice: add money to your balance, redeem a voucher "
+              "or add a card.", "error")
+    return see_other("invoices.show", invoice_id=invoice_id)
+
+
+@bp.post("/<int:invoice_id>/complete-payment")
+@login_required
+def complete_payment(invoice_id: int):
+    """A card payment waiting for 3-D Secure: off to the bank's page, back to ``confirmed``."""
+    invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    if not PayForm().validate_on_submit():
+        abort(400)
+    attempt = card_payments.open_attempt_for(current_user, invoice)
+    if attempt is None or attempt.status != AttemptStatus.REQUIRES_ACTION:
+        flash("No card payment is waiting for you to confirm it.", "info")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    try:
+        url = card_payments.start_authentication(
+            current_user, attempt,
+            return_url=url_for(".confirmed", invoice_id=invoice_id, _external=True))
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"The card processor did not answer: {exc.message}", "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    db.session.commit()
+    if url:
+        return redirect(url, code=303)
+    return see_other("invoices.show", invoice_id=invoice_id)
+
+
+@bp.get("/<int:invoice_id>/confirmed")
+@login_required
+def confirmed(invoice_id: int):
+    """Back from the bank's page: record the payment's state now."""
+    invoicing.get_invoice(invoice_id, user=current_user)
+    try:
+        attempt = card_payments.refresh(current_user, request.args.get("payment_intent", ""))
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"We could not check the payment yet: {exc.message}", "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    db.session.commit()
+    if attempt.status == AttemptStatus.SUCCEEDED:
+        flash("Thank you: the card payment went through.", "success")
+    elif attempt.status == AttemptStatus.FAILED:
+        flash("The card payment was not completed.", "error")
+    return see_other("invoices.show", invoice_id=invoice_id)
 
 
 def _owner():

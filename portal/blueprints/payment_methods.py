@@ -1,11 +1,94 @@
-"""The Payment methods page (payments fill it in)."""
-from flask import Blueprint, render_template
-from flask_login import login_required
+"""The Payment methods page: saved cards (add on the gateway's page, set default, remove)."""
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+
+from ..extensions import db
+from ..gateways import GatewayError
+from ..services import cards
+from ..services.errors import ServiceError
+from .helpers import see_other
 
 bp = Blueprint("payment_methods", __name__, url_prefix="/payment-methods")
+
+
+class ActionForm(FlaskForm):
+    """A button: CSRF only."""
+
+
+def _render(status: int = 200):
+    saved = cards.list_cards(current_user) if cards.cards_enabled() else []
+    return render_template("payment_methods/index.html", cards=saved, form=ActionForm(),
+                           enabled=cards.cards_enabled(), rule=cards.LAST_CARD_RULE), status
 
 
 @bp.get("/")
 @login_required
 def index():
-    return render_template("payment_methods/index.html")
+    return _render()
+
+
+@bp.post("/add")
+@login_required
+def add():
+    """Off to the gateway's "add a card" page; it comes back to ``added``."""
+    if not ActionForm().validate_on_submit():
+        return _render(400)
+    try:
+        session = cards.start_adding(
+            current_user,
+            success_url=url_for(".added", _external=True) + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=url_for(".index", _external=True))
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"Cards cannot be added right now: {exc.message}", "error")
+        return see_other(".index")
+    db.session.commit()
+    return redirect(session.url, code=303)
+
+
+@bp.get("/added")
+@login_required
+def added():
+    """Back from the gateway's page: save the card it verified (the webhook may do it too)."""
+    session_id = request.args.get("session_id", "")
+    try:
+        saved = cards.finish_setup_session(current_user, session_id)
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"We could not check the new card: {exc.message}", "error")
+        return see_other(".index")
+    db.session.commit()
+    flash(saved.message, "success" if saved.card else "error")
+    return see_other(".index")
+
+
+@bp.post("/<int:card_id>/default")
+@login_required
+def make_default(card_id: int):
+    if not ActionForm().validate_on_submit():
+        return _render(400)
+    card = cards.set_default(current_user, card_id)  # another user's card: 404
+    db.session.commit()
+    flash(f"{card.label} is your default card.", "success")
+    return see_other(".index")
+
+
+@bp.post("/<int:card_id>/delete")
+@login_required
+def delete(card_id: int):
+    if not ActionForm().validate_on_submit():
+        return _render(400)
+    try:
+        card = cards.remove_card(current_user, card_id)
+    except ServiceError as exc:
+        db.session.rollback()
+        if exc.http_status == 404:
+            raise
+        flash(exc.message, "error")
+        return _render(409)
+    db.session.commit()
+    flash(f"{card.label} was removed.", "success")
+    return see_other(".index")

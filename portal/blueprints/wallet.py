@@ -1,16 +1,21 @@
-"""The Wallet page: balances, history, voucher redemption and voucher requests."""
+"""The Wallet page: balances, history, top-ups (checkout page or a saved card), voucher
+redemption and voucher requests."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, render_template
+import secrets
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import StringField, TextAreaField
+from wtforms import HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
 from ..extensions import db, limiter
+from ..gateways import GatewayError
+from ..models import AttemptStatus
 from ..money import AmountError, Money
-from ..services import ledger, vouchers
+from ..services import card_payments, cards, ledger, topups, vouchers
 from ..services.errors import ServiceError
 from .helpers import form_errors_from, page_arg, see_other
 
@@ -19,6 +24,19 @@ bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
 class RedeemForm(FlaskForm):
     code = StringField("Voucher code", validators=[DataRequired(), Length(max=64)])
+
+
+class TopUpForm(FlaskForm):
+    amount = StringField("Amount", validators=[DataRequired(), Length(max=32)])
+    method = RadioField("Pay with", default="checkout", validators=[DataRequired()])
+    nonce = HiddenField()  # one per rendered form: a double submit charges once
+
+    def fill(self, user) -> TopUpForm:
+        self.method.choices = [("checkout", "Card on the secure checkout page")] + [
+            (f"card:{c.id}", f"Saved card {c.label}") for c in cards.list_cards(user)]
+        if not self.nonce.data:
+            self.nonce.data = secrets.token_urlsafe(16)
+        return self
 
 
 class RequestForm(FlaskForm):
@@ -34,14 +52,17 @@ def per_user() -> str:
     return f"user:{current_user.get_id()}"
 
 
-def _render(redeem_form=None, request_form=None, status: int = 200):
+def _render(redeem_form=None, request_form=None, topup_form=None, status: int = 200):
     history = ledger.wallet_history(current_user, page=page_arg())
     context = {"balances": ledger.balances(current_user), "history": history}
     if hx.is_fragment_request("wallet-panel"):
         return render_template("wallet/_panel.html", **context)
+    enabled = cards.cards_enabled()
     return render_template("wallet/index.html", **context,
                            redeem_form=redeem_form or RedeemForm(formdata=None),
                            request_form=request_form or RequestForm(formdata=None),
+                           topup_form=(topup_form or TopUpForm(formdata=None)).fill(current_user)
+                           if enabled else None,
                            requests=vouchers.list_requests(status=None, user=current_user)), status
 
 
@@ -87,3 +108,89 @@ def request_voucher():
             flash("Your request was sent; you will get an email with the answer.", "success")
             return see_other("wallet.index")
     return _render(request_form=form, status=422)
+
+
+@bp.post("/top-up")
+@login_required
+def top_up():
+    """Add to the prepaid balance: on the card processor's checkout page, or from a saved
+    card. The balance grows when the processor confirms the payment."""
+    if not cards.cards_enabled():
+        flash("Card payments are not set up on this portal.", "error")
+        return see_other("wallet.index")
+    form = TopUpForm().fill(current_user)
+    if not form.validate_on_submit():
+        return _render(topup_form=form, status=422)
+    try:
+        amount = Money.from_decimal(form.amount.data.strip(), current_user.currency)
+        if form.method.data == "checkout":
+            session = topups.start_checkout(
+                current_user, amount,
+                success_url=url_for(".top_up_done", _external=True)
+                + "?session_id={CHECKOUT_SESSION_ID}",
+                cancel_url=url_for(".index", _external=True), idempotency_key=form.nonce.data)
+            db.session.commit()
+            return redirect(session.url, code=303)
+        card_id = int(form.method.data.removeprefix("card:"))
+        attempt, url = card_payments.top_up_with_card(
+            current_user, card_id, amount, nonce=form.nonce.data,
+            return_url=url_for(".top_up_card_return", _external=True))
+    except AmountError as exc:
+        form.amount.errors.append(f"The amount {exc}.")
+    except ServiceError as exc:
+        db.session.rollback()
+        form_errors_from(form, exc)
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"The card processor did not take the payment: {exc.message}", "error")
+    else:
+        if url:
+            return redirect(url, code=303)
+        _flash_attempt(attempt)
+        return see_other("wallet.index")
+    return _render(topup_form=form, status=422)
+
+
+def _flash_attempt(attempt) -> None:
+    status = AttemptStatus(attempt.status)
+    if status is AttemptStatus.SUCCEEDED:
+        flash(f"{attempt.amount.format()} added to your prepaid balance.", "success")
+    elif status is AttemptStatus.FAILED:
+        flash(f"{attempt.payment_method.label} was declined"
+              f"{': ' + attempt.message if attempt.message else '.'}", "error")
+    else:
+        flash("The payment is being confirmed; your balance grows when it is.", "info")
+
+
+@bp.get("/top-up/done")
+@login_required
+def top_up_done():
+    """Back from the checkout page."""
+    try:
+        outcome = topups.return_from_checkout(current_user, request.args.get("session_id", ""))
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"We could not check the payment yet: {exc.message}", "error")
+        return see_other("wallet.index")
+    db.session.commit()
+    if outcome.credited:
+        amount = Money(outcome.session.amount_minor or 0, outcome.session.currency)
+        flash(f"{amount.format()} added to your prepaid balance.", "success")
+    else:
+        flash("The payment is not complete.", "error")
+    return see_other("wallet.index")
+
+
+@bp.get("/top-up/confirmed")
+@login_required
+def top_up_card_return():
+    """Back from the bank's 3-D Secure page for a saved-card top-up."""
+    try:
+        attempt = card_payments.refresh(current_user, request.args.get("payment_intent", ""))
+    except GatewayError as exc:
+        db.session.rollback()
+        flash(f"We could not check the payment yet: {exc.message}", "error")
+        return see_other("wallet.index")
+    db.session.commit()
+    _flash_attempt(attempt)
+    return see_other("wallet.index")

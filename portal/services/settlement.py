@@ -1,10 +1,15 @@
 """Settlement: unpaid invoices paid from what the user has, smallest total first.
 
 Each invoice draws from credits (oldest expiry first), then the voucher balance, then the
-prepaid (cash) balance, mixing tenders; each tender's part is one payment row and one ledger
-transaction. Settlement of one user is serialized by the lock on their receivable account,
-and every payment re-reads the invoice under its lock, so two settlement runs at once pay
-each invoice once. Cards follow these tenders once the card gateway takes part.
+prepaid (cash) balance, then the default card, then the other cards, mixing tenders; each
+tender's part is one payment row and one ledger transaction. Settlement of one user is
+serialized by the lock on their receivable account, and every payment re-reads the invoice
+under its lock, so two settlement runs at once pay each invoice once.
+
+``settle_user`` and ``pay_now`` pay from the wallets inside the caller's transaction.
+``settle`` is the whole run, cards included, and owns its transactions: a card charge is an
+attempt row committed before the gateway is called (see card_payments), and the database
+allows one charge in flight per invoice.
 """
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ from datetime import datetime
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import AccountKind, Invoice, InvoiceStatus, PaymentTender, User, utcnow
+from ..models import (AccountKind, Invoice, InvoiceStatus, PaymentAttempt,
+                      PaymentTender, User, utcnow)
 from ..money import Money
 from . import credits, invoicing, ledger
-from .errors import InvalidTransition
+from .errors import InvalidTransition, NotFound
 
 WALLET_TENDERS = (PaymentTender.CREDIT, PaymentTender.VOUCHER, PaymentTender.CASH)
 TENDER_LABELS = {PaymentTender.CREDIT: "Credits", PaymentTender.VOUCHER: "Voucher balance",
@@ -29,22 +35,26 @@ TENDER_LABELS = {PaymentTender.CREDIT: "Credits", PaymentTender.VOUCHER: "Vouche
 class TenderPart:
     tender: PaymentTender
     amount: Money
+    card: str | None = None  # the card's label for the card's part
 
     @property
     def label(self) -> str:
-        return TENDER_LABELS[self.tender]
+        return f"Card {self.card}" if self.card else TENDER_LABELS[self.tender]
 
 
 @dataclass
 class Preview:
     parts: list[TenderPart]
-    remaining: Money  # what the wallets do not cover (the card's part, once cards pay)
+    remaining: Money  # what neither the wallets nor a card would cover
 
 
 @dataclass
 class SettleResult:
     paid: list[int] = field(default_factory=list)
     payments: int = 0
+    card_attempts: int = 0
+    needs_action: list[int] = field(default_factory=list)  # invoices waiting on 3-D Secure
+    failed: list[int] = field(default_factory=list)        # invoices no tender could pay
 
 
 def _available(user: User, now: datetime) -> dict[PaymentTender, int]:
@@ -66,12 +76,21 @@ def _split(due: int, available: dict[PaymentTender, int]) -> list[tuple[PaymentT
 
 
 def preview(invoice: Invoice, user: User, now: datetime | None = None) -> Preview:
-    """Which tender would pay what of this invoice now (nothing is written)."""
+    """Which tender would pay what of this invoice now (nothing is written): the wallets,
+    then the default card for the rest."""
+    from . import cards
+
     due = invoice.total_minor - invoice.amount_paid_minor
     parts = _split(due, _available(user, now or utcnow())) if due > 0 else []
     covered = sum(amount for _, amount in parts)
-    return Preview([TenderPart(t, Money(a, invoice.currency)) for t, a in parts],
-                   Money(due - covered, invoice.currency))
+    tenders = [TenderPart(t, Money(a, invoice.currency)) for t, a in parts]
+    rest = due - covered
+    saved = cards.list_cards(user) if rest > 0 and cards.cards_enabled() else []
+    if saved:
+        tenders.append(TenderPart(PaymentTender.CARD, Money(rest, invoice.currency),
+                                  card=saved[0].label))
+        rest = 0
+    return Preview(tenders, Money(rest, invoice.currency))
 
 
 def _pay(invoice: Invoice, user: User, tender: PaymentTender, amount: int, now: datetime) -> None:
@@ -135,6 +154,111 @@ def pay_now(invoice: Invoice, user: User, now: datetime | None = None) -> Invoic
     settle_invoice(invoice, user, now)
     db.session.flush()
     return invoice
+
+
+def settle(user_id: int, *, invoice_id: int | None = None, now: datetime | None = None
+           ) -> SettleResult:
+    """The whole settlement of a user (or of one of their invoices): COMMITS.
+
+    Unanswered card charges are resolved first; then the wallets pay what they can; then,
+    smallest invoice first, the default card and then the other cards are charged for the
+    rest, one attempt at a time: a decline moves on to the next card, a card that needs
+    3-D Secure waits for the customer, and when no card works the invoice stays open,
+    ``billing.payment.failed`` is recorded and the user is emailed.
+    """
+    from . import card_payments, cards
+
+    now = now or utcnow()
+    result = SettleResult()
+    if cards.cards_enabled():
+        card_payments.recover(user_id=user_id, now=now)
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    if invoice_id is None:
+        done = settle_user(user, now)
+        result.paid += done.paid
+        result.payments += done.payments
+        targets = [i.id for i in _unpaid(user)]
+    else:
+        invoice = _own_invoice(user, invoice_id)
+        _lock_user(user)
+        result.payments += settle_invoice(invoice, user, now)
+        if invoice.status == InvoiceStatus.PAID:
+            result.paid.append(invoice.id)
+        targets = [invoice.id] if invoice.status != InvoiceStatus.PAID else []
+    db.session.commit()
+    if not targets or not cards.cards_enabled():
+        return result
+    for target in targets:
+        _charge_cards(user_id, target, now, result)
+    return result
+
+
+def _own_invoice(user: User, invoice_id: int) -> Invoice:
+    invoice = db.session.scalar(select(Invoice).where(Invoice.id == invoice_id,
+                                                      Invoice.user_id == user.id))
+    if invoice is None:
+        raise NotFound("no such invoice")
+    return invoice
+
+
+def _unpaid(user: User) -> list[Invoice]:
+    return list(db.session.scalars(select(Invoice).where(
+        Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID]))
+        .order_by(Invoice.total_minor, Invoice.id)))
+
+
+def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleResult) -> None:
+    """Charge the user's cards, default first, for what the wallets left of one invoice."""
+    from . import card_payments, cards
+    from ..gateways import PaymentStatus
+
+    tried: list[int] = []
+    failed_attempts: list[PaymentAttempt] = []
+    while True:
+        user = db.session.get(User, user_id)
+        _lock_user(user)
+        invoice = invoicing.lock_invoice(db.session.get(Invoice, invoice_id))
+        if InvoiceStatus(invoice.status) not in invoicing.UNPAID:
+            db.session.commit()
+            return
+        if card_payments.open_attempt_for(user, invoice) is not None:
+            db.session.commit()  # a charge is in flight or waits for the customer
+            return
+        result.payments += settle_invoice(invoice, user, now)  # money may have arrived
+        due = invoice.total_minor - invoice.amount_paid_minor
+        card = next((c for c in cards.list_cards(user) if c.id not in tried), None)
+        if due <= 0 or card is None:
+            if due > 0 and failed_attempts:
+                card_payments.payment_failed(invoice, failed_attempts)
+                result.failed.append(invoice.id)
+            elif due <= 0:
+                result.paid.append(invoice.id)
+            db.session.commit()
+            return
+        attempt = card_payments.open_invoice_attempt(invoice, card, Money(due, invoice.currency))
+        if attempt is None:  # another run started a charge a moment ago
+            db.session.commit()
+            return
+        attempt_id = attempt.id
+        db.session.commit()  # the attempt exists before the gateway hears of it
+        result.card_attempts += 1
+        answer = card_payments.charge(attempt_id)
+        if answer is None:  # outcome unknown: recovery looks it up, nothing is resent
+            return
+        attempt = card_payments.apply_result(attempt_id, answer)
+        db.session.commit()
+        if answer.status is PaymentStatus.SUCCEEDED:
+            result.payments += 1
+            if db.session.get(Invoice, invoice_id).status == InvoiceStatus.PAID:
+                result.paid.append(invoice_id)
+            return
+        if answer.status is not PaymentStatus.FAILED:
+            result.needs_action.append(invoice_id)
+            return
+        tried.append(card.id)
+        failed_attempts.append(attempt)
 
 
 def request_settlement(user_id: int) -> None:

@@ -26,6 +26,7 @@ from jobs.queues import enqueue_after_commit
 from ..extensions import db
 from ..gateways.base import GatewayEvent, PaymentGateway
 from ..models import WebhookEvent, WebhookOutcome, utcnow
+from . import payment_events
 from .errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -33,21 +34,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[GatewayEvent], None]
 
 
-def _log_only(event: GatewayEvent) -> None:
-    """Placeholder until the payment services handle this type: logged, nothing changes."""
-    log.info("webhook %s %s (object %s) received; no action yet", event.type, event.id,
-             event.object.get("id"))
-
-
-# event type -> handler. A type without a handler is stored and marked "unhandled".
-EVENT_HANDLERS: dict[str, Handler] = {
-    "checkout.session.completed": _log_only,
-    "payment_intent.succeeded": _log_only,
-    "payment_intent.payment_failed": _log_only,
-    "setup_intent.succeeded": _log_only,
-    "charge.refunded": _log_only,
-    "charge.dispute.created": _log_only,
-}
+# event type -> handler (payment_events). A type without one is stored and marked
+# "unhandled".
+EVENT_HANDLERS: dict[str, Handler] = dict(payment_events.HANDLERS)
 
 
 @dataclass(frozen=True)

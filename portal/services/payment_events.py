@@ -1,0 +1,157 @@
+"""What each gateway event does. Handlers run in the webhook job (see webhooks).
+
+Each handler reads the object's state now from the gateway rather than trusting the event's
+snapshot, and acts only through idempotent, legal moves of our own rows (an attempt that
+succeeded stays succeeded, money is booked under one ledger key per payment, a card is kept
+once per payment method and fingerprint). So a replay, a duplicate or an event that arrives
+before an older one leaves the same state as one delivery in order.
+
+An event about something we have not recorded yet (a refund of a payment whose success has
+not been processed) raises NotYet: the inbox row stays unprocessed and is retried.
+"""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+
+from ..extensions import db
+from ..gateways import GatewayEvent, PaymentStatus, get_gateway
+from ..gateways.base import from_stripe_amount
+from ..models import (AccountKind, AttemptPurpose, LedgerTransaction, PaymentAttempt,
+                      PaymentReversal, ReversalKind, User)
+from ..money import Money
+from . import card_payments, cards, events, ledger, topups
+
+log = logging.getLogger(__name__)
+
+
+class NotYet(Exception):
+    """The event is about a payment we have not recorded yet: retried later."""
+
+
+def checkout_session_completed(event: GatewayEvent) -> None:
+    info = get_gateway().retrieve_checkout_session(event.object["id"])
+    if info.mode == "setup":
+        if info.setup_intent:
+            cards.save_from_setup_intent(info.setup_intent)
+        return
+    if (info.metadata or {}).get("purpose") != "topup":
+        log.info("checkout session %s is not a top-up; nothing to do", info.id)
+        return
+    topups.finish_checkout(info)
+
+
+def payment_intent_changed(event: GatewayEvent) -> None:
+    """payment_intent.succeeded / payment_failed / requires_action / processing."""
+    result = get_gateway().retrieve_payment_intent(event.object["id"])
+    attempt = card_payments.attempt_for_payment(result)
+    if attempt is not None:
+        card_payments.apply_result(attempt.id, result)
+        return
+    if result.metadata.get("purpose") == "topup" and result.status is PaymentStatus.SUCCEEDED:
+        user = cards.user_for_customer(result.customer)
+        if user is None:
+            raise NotYet(f"payment {result.id}: customer {result.customer} unknown")
+        topups.credit_top_up(user, result.amount, reference=result.id,
+                             description="Top-up by card (checkout)")
+        return
+    log.info("payment %s (%s) is none of ours", result.id, result.status)
+
+
+def setup_intent_succeeded(event: GatewayEvent) -> None:
+    cards.save_from_setup_intent(event.object["id"])
+
+
+# -- money taken back -------------------------------------------------------------------------
+def _payer(payment_intent: str) -> tuple[User, str]:
+    """Who paid with ``payment_intent`` and what for ("invoice" or "topup")."""
+    attempt = db.session.scalar(select(PaymentAttempt).where(
+        PaymentAttempt.gateway_payment_id == payment_intent))
+    if attempt is not None and attempt.status == "succeeded":
+        return db.session.get(User, attempt.user_id), attempt.purpose
+    topup = db.session.scalar(select(LedgerTransaction).where(
+        LedgerTransaction.idempotency_key == f"topup:{payment_intent}"))
+    if topup is not None:
+        return db.session.get(User, topup.user_id), AttemptPurpose.TOPUP.value
+    raise NotYet(f"payment {payment_intent} is not recorded as paid yet")
+
+
+def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Money,
+             reason: str) -> PaymentReversal | None:
+    """Book money the gateway gave back or took back, once per ``reference``. A top-up's
+    refund comes out of the prepaid balance as far as it goes; the rest, and refunds or
+    disputes of invoice payments, are a loss (the invoice stays paid)."""
+    if db.session.scalar(select(PaymentReversal).where(PaymentReversal.reference == reference)):
+        return None
+    user, purpose = _payer(payment_intent)
+    clearing = ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency)
+    loss_kind = AccountKind.REFUNDS if kind is ReversalKind.REFUND else AccountKind.DISPUTES
+    legs = [(clearing, amount.amount_minor)]
+    from_balance = 0
+    if kind is ReversalKind.REFUND and purpose == AttemptPurpose.TOPUP:
+        cash = ledger.lock_accounts([ledger.user_account(user, AccountKind.CASH)])[0]
+        from_balance = min(amount.amount_minor, cash.balance_minor)
+        if from_balance:
+            legs.append((cash, -from_balance))
+    if amount.amount_minor - from_balance:
+        legs.append((ledger.system_account(loss_kind, amount.currency),
+                     -(amount.amount_minor - from_balance)))
+    txn = ledger.post_transaction(
+        idempotency_key=f"{kind.value}:{reference}", kind=f"card_{kind.value}", user_id=user.id,
+        description=f"Card payment {kind.value} ({reason})" if reason else
+        f"Card payment {kind.value}", legs=legs)
+    row = PaymentReversal(kind=kind.value, reference=reference, user_id=user.id,
+                          gateway_payment_id=payment_intent, amount_minor=amount.amount_minor,
+                          currency=amount.currency, reason=reason[:200],
+                          ledger_transaction_id=txn.id)
+    db.session.add(row)
+    db.session.flush()
+    return row
+
+
+def charge_refunded(event: GatewayEvent) -> None:
+    """A refund (made here or in the gateway's dashboard). ``amount_refunded`` is the running
+    total, so out-of-order events book only what is new."""
+    charge = event.object
+    payment_intent = charge.get("payment_intent")
+    if not payment_intent:
+        log.info("refund of charge %s without a payment intent: none of ours", charge.get("id"))
+        return
+    total = from_stripe_amount(int(charge.get("amount_refunded") or 0), charge["currency"])
+    booked = db.session.scalar(select(func.coalesce(func.sum(PaymentReversal.amount_minor), 0))
+                               .where(PaymentReversal.gateway_payment_id == payment_intent,
+                                      PaymentReversal.kind == ReversalKind.REFUND.value)) or 0
+    new = total.amount_minor - int(booked)
+    if new <= 0:
+        return
+    _reverse(ReversalKind.REFUND, f"{charge['id']}:{total.amount_minor}", payment_intent,
+             Money(new, total.currency), "refunded")
+
+
+def dispute_created(event: GatewayEvent) -> None:
+    dispute = event.object
+    payment_intent = dispute.get("payment_intent")
+    if not payment_intent:
+        log.info("dispute %s without a payment intent: none of ours", dispute.get("id"))
+        return
+    amount = from_stripe_amount(int(dispute["amount"]), dispute["currency"])
+    row = _reverse(ReversalKind.DISPUTE, dispute["id"], payment_intent, amount,
+                   str(dispute.get("reason") or "disputed"))
+    if row is not None:
+        events.record("billing.payment.disputed", f"dispute:{dispute['id']}", {
+            "user_id": row.user_id, "payment_intent": payment_intent,
+            "amount": str(amount.amount), "amount_minor": amount.amount_minor,
+            "currency": amount.currency, "reason": row.reason}, row.user_id)
+
+
+HANDLERS = {
+    "checkout.session.completed": checkout_session_completed,
+    "payment_intent.succeeded": payment_intent_changed,
+    "payment_intent.payment_failed": payment_intent_changed,
+    "payment_intent.requires_action": payment_intent_changed,
+    "payment_intent.processing": payment_intent_changed,
+    "setup_intent.succeeded": setup_intent_succeeded,
+    "charge.refunded": charge_refunded,
+    "charge.dispute.created": dispute_created,
+}

@@ -1,0 +1,114 @@
+"""Payments against the Stripe stand-in over HTTP: the test app talks to a real stand-in
+process, cards are typed on its sandbox pages, and the webhooks it signs are delivered to the
+portal's endpoint (``deliver_events``) as Stripe would deliver them."""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from portal.extensions import db
+from portal.models import Invoice, User
+from portal.services import cards, deployments, invoicing
+from tests.gateways.conftest import (SECRET_KEY, TEST_CARDS, customer, gateway,  # noqa: F401
+                                     receiver, standin)
+
+SEP = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))
+OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+
+
+@pytest.fixture
+def pay_app(app, standin, receiver):
+    """The shared test app with card payments on, talking to the stand-in; the stand-in's
+    webhooks are signed with the receiver's secret, which the app verifies."""
+    keys = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE",
+            "PAYMENT_ATTEMPT_STALE_SECONDS")
+    saved = {k: app.config.get(k) for k in keys}
+    app.config.update(STRIPE_SECRET_KEY=SECRET_KEY, STRIPE_WEBHOOK_SECRET=receiver.secret,
+                      STRIPE_API_BASE=standin.base_url)
+    app.extensions.pop("portal.gateway", None)
+    yield app
+    app.config.update(saved)
+    app.extensions.pop("portal.gateway", None)
+
+
+@pytest.fixture
+def pctx(pay_app):
+    with pay_app.app_context():
+        yield pay_app
+        db.session.remove()
+
+
+def type_card(url: str, number: str, *, authenticate: bool = True) -> requests.Response:
+    """A person on the stand-in's page: types ``number``, completes 3-D Secure if asked.
+    Returns the final redirect (303 to the success URL)."""
+    answer = requests.post(url, data={"number": number, "exp": "12 / 34", "cvc": "123"},
+                           allow_redirects=False, timeout=10)
+    if answer.status_code == 303 and "/sandbox/authenticate/" in answer.headers["Location"]:
+        answer = requests.post(answer.headers["Location"],
+                               data={"result": "complete" if authenticate else "fail"},
+                               allow_redirects=False, timeout=10)
+    return answer
+
+
+def add_card(user: User, number: str = TEST_CARDS["ok"]) -> cards.Saved:
+    """Add a card the way the Payment methods page does, back on the success page."""
+    row = cards.start_adding(user, success_url="http://portal.test/payment-methods/added"
+                             "?session_id={CHECKOUT_SESSION_ID}",
+                             cancel_url="http://portal.test/payment-methods/")
+    db.session.commit()
+    answer = type_card(row.url, number)
+    assert answer.status_code == 303, answer.text
+    saved = cards.finish_setup_session(user, row.gateway_session_id)
+    db.session.commit()
+    return saved
+
+
+def invoice_of(user: User, cents_per_hour_hours: dict[str, int], period=OCT) -> Invoice:
+    """An issued invoice with one CPU line per deployment (1 core x hours x $0.05)."""
+    for name, hours in cents_per_hour_hours.items():
+        dep, _ = deployments.create_deployment(
+            external_id=f"{name}-{user.id}", user=user, kind="vm", cpu_cores=1, memory_gb=0,
+            storage_gb=0, started_at=period[0])
+        deployments.delete_deployment(dep, ended_at=period[0] + timedelta(hours=hours))
+    db.session.commit()
+    invoice, _ = invoicing.generate_for_user(user, *period)
+    db.session.commit()
+    return invoice
+
+
+def deliver_events(client, receiver, *, since: int = 0, types=None) -> list[dict]:
+    """POST every event the stand-in delivered (after index ``since``) to the portal's
+    webhook endpoint, as received (signature included)."""
+    sent = []
+    for headers, body in list(receiver.deliveries)[since:]:
+        import json
+
+        event = json.loads(body)
+        if types and event["type"] not in types:
+            continue
+        answer = client.post("/api/plugins/billing/webhook", data=body,
+                             headers={"Stripe-Signature": headers["Stripe-Signature"]},
+                             content_type="application/json")
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        sent.append(event)
+    return sent
+
+
+def wait_for_events(receiver, predicate, timeout: float = 15) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in receiver.events() if predicate(e)]
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no such event arrived; got "
+                         f"{[(e['type'], e['data']['object'].get('id')) for e in receiver.events()]}")
+
+
+def unpaid(user: User) -> list[Invoice]:
+    return list(db.session.scalars(select(Invoice).where(
+        Invoice.user_id == user.id, Invoice.status.in_(["open", "overdue"]))))
