@@ -133,7 +133,7 @@ def test_the_invoice_page_shows_lines_totals_payments_and_the_pdf(app, client, a
     assert f'id="invoice-subtotal">{SEP_TOTAL}<' in page
     assert 'id="invoice-credits">$0.00<' in page
     assert re.search(r'id="invoice-due"><h2>Amount due</h2><p class="amount">\$0.00<', page)
-    payment = re.search(r'<tr id="payment-\d+"><td>[^<]+</td><td>offline</td>'
+    payment = re.search(r'<tr id="payment-\d+"><td>[^<]+</td><td>Bank transfer</td>'
                         r'<td>BANK-0042</td><td class="num">([^<]+)</td></tr>', page)
     assert payment and payment.group(1) == SEP_TOTAL
     # The PDF block: rendered after the invoice was issued (jobs run synchronously here).
@@ -154,7 +154,7 @@ def test_credits_show_on_the_invoice(app, client, auth, make_user, api):
     page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)
     assert 'id="invoice-credits">-$10.00<' in page
     assert re.search(r'id="invoice-total"><h2>Total</h2><p class="amount">\$26.00<', page)
-    assert re.search(r"<td>[^<]+</td><td>credit</td><td></td><td class=\"num\">\$10.00</td>", page)
+    assert re.search(r"<td>[^<]+</td><td>Credits</td><td></td><td class=\"num\">\$10.00</td>", page)
 
 
 def test_another_users_invoice_is_404(app, client, auth, customer, make_user):

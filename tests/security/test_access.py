@@ -347,6 +347,10 @@ def site(app, client, auth, make_user, api):
 
 
 PAGE_RULES = [r for r in WEB_RULES if r[2] == "GET" and r[0] != "index"]
+# Pages the card processor sends people back to: without the query it adds (a checkout
+# session, a payment), there is nothing to show.
+RETURN_PAGES = {"payment_methods.added", "wallet.top_up_done", "wallet.top_up_card_return",
+                "invoices.confirmed"}
 
 
 @pytest.mark.parametrize("rule", PAGE_RULES, ids=rule_id)
@@ -355,7 +359,7 @@ def test_pages_send_security_headers_and_no_inline_code(app, client, site, rule)
     # The auth pages are for visitors who are not logged in.
     browser = app.test_client() if endpoint.startswith("auth.") else client
     response = browser.get(fill(path, **site))
-    if set(re.findall(r"<(?:\w+:)?(\w+)>", path)) <= set(site):
+    if set(re.findall(r"<(?:\w+:)?(\w+)>", path)) <= set(site) and endpoint not in RETURN_PAGES:
         assert response.status_code == 200, endpoint
     else:  # an object this fixture does not make: its 404 page is checked instead
         assert response.status_code in (200, 404), endpoint
