@@ -101,11 +101,13 @@ def invoices_add_up() -> list[str]:
 
     lines = (select(InvoiceLine.invoice_id, func.sum(InvoiceLine.amount_minor).label("lines"))
              .group_by(InvoiceLine.invoice_id).subquery())
+    # Credits applied when the invoice was issued (an "invoice_credit" posting) are its
+    # credits; credits spent on it later by settlement are payments like any other tender.
+    applied = (InvoicePayment.tender == "credit") & (LedgerTransaction.kind == "invoice_credit")
     paid = (select(InvoicePayment.invoice_id,
-                   func.sum(case((InvoicePayment.tender == "credit", 0),
-                                 else_=InvoicePayment.amount_minor)).label("paid"),
-                   func.sum(case((InvoicePayment.tender == "credit", InvoicePayment.amount_minor),
-                                 else_=0)).label("credits"))
+                   func.sum(case((applied, 0), else_=InvoicePayment.amount_minor)).label("paid"),
+                   func.sum(case((applied, InvoicePayment.amount_minor), else_=0)).label("credits"))
+            .join(LedgerTransaction, LedgerTransaction.id == InvoicePayment.ledger_transaction_id)
             .group_by(InvoicePayment.invoice_id).subquery())
     rows = db.session.execute(
         select(Invoice.id, Invoice.number, Invoice.status, Invoice.subtotal_minor,
@@ -149,3 +151,28 @@ def receivables() -> list[str]:
         .where(LedgerAccount.kind == str(AccountKind.RECEIVABLE),
                LedgerAccount.balance_minor != func.coalesce(owed.c.owed, 0))).all()
     return [f"user {u} receivable {b} {c} != unpaid invoices {o}" for u, c, b, o in rows]
+
+
+@check("every successful card charge is booked, once")
+def card_charges_booked() -> list[str]:
+    """A succeeded attempt has its ledger transaction (card:{key} for invoices,
+    topup:{payment} for top-ups); a card payment row points at one of those."""
+    from ..models import PaymentAttempt
+
+    expected = case((PaymentAttempt.purpose == "topup",
+                     "topup:" + func.coalesce(PaymentAttempt.gateway_payment_id,
+                                              PaymentAttempt.idempotency_key)),
+                    else_="card:" + PaymentAttempt.idempotency_key)
+    rows = db.session.execute(
+        select(PaymentAttempt.id, PaymentAttempt.idempotency_key)
+        .outerjoin(LedgerTransaction, LedgerTransaction.idempotency_key == expected)
+        .where(PaymentAttempt.status == "succeeded", LedgerTransaction.id.is_(None))).all()
+    problems = [f"card attempt {i} ({key}) succeeded but is not in the ledger" for i, key in rows]
+    booked = db.session.execute(
+        select(LedgerTransaction.idempotency_key)
+        .where(LedgerTransaction.kind == "card_payment",
+               ~LedgerTransaction.idempotency_key.in_(
+                   select("card:" + PaymentAttempt.idempotency_key)
+                   .where(PaymentAttempt.status == "succeeded")))).all()
+    problems += [f"ledger card payment {key} has no succeeded attempt" for (key,) in booked]
+    return problems
