@@ -11,6 +11,7 @@ worth deduplicating across attempts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -133,8 +134,11 @@ class StripeGateway:
         params = {"email": email, "metadata": {"user_id": str(user_id)}}
         if name:
             params["name"] = name
+        # The key names this exact request: a user id seen again with other details (another
+        # database on the same account, a changed email) is a new customer, not a refusal.
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
         created = self._call("create customer", lambda: self._v1.customers.create(
-            params, {"idempotency_key": f"customer:user:{user_id}"}))
+            params, {"idempotency_key": f"customer:user:{user_id}:{digest}"}))
         return _plain(created)["id"]
 
     def create_setup_intent(self, customer: str, *, metadata: dict[str, str] | None = None,

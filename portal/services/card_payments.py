@@ -1,12 +1,16 @@
 """Card charges: one attempt row per charge, committed before the gateway is called.
 
-The attempt's idempotency key (``inv:{invoice}:att:{n}``, ``topup:{user}:{nonce}``) goes with
-the request and into the payment's metadata, so:
+The attempt's idempotency key (``inv:{invoice}:att:{n}:{token}``, ``topup:{user}:{nonce}``) goes
+with the request and into the payment's metadata, so:
 
 - the same request sent again is answered with the same payment, never a second charge;
 - an answer lost to a timeout or a crash is found again by that key (``recover``), never by
   charging again;
 - the gateway's webhook for the payment finds its attempt even when no answer was recorded.
+
+The random token makes the key the attempt's own: the gateway keeps keys for a day per
+account, and another database on the same account (a restored backup, a test run, staging)
+has its own invoice 1, attempt 1.
 
 The money is booked once per attempt (ledger key ``card:{idempotency key}``) by whichever
 sees the success first: the answer, a webhook, the customer's return from 3-D Secure, or
@@ -42,7 +46,7 @@ ACTION_EXPIRES = timedelta(days=7)  # an unauthenticated charge stops blocking r
 def stale_after() -> timedelta:
     """How long an unanswered attempt may still be in flight: well over the gateway timeout,
     so recovery never races a live request."""
-    return timedelta(seconds=int(current_app.config.get("PAYMENT_ATTEMPT_STALE_SECONDS", 300)))
+    return timedelta(seconds=int(current_app.config.get("PAYMENT_ATTEMPT_STALE_SECONDS") or 300))
 
 
 # -- attempts --------------------------------------------------------------------------------
@@ -56,7 +60,8 @@ def open_invoice_attempt(invoice: Invoice, card: PaymentMethod, amount: Money
         user_id=invoice.user_id, invoice_id=invoice.id, payment_method_id=card.id,
         purpose=AttemptPurpose.INVOICE.value, number=number,
         amount_minor=amount.amount_minor, currency=amount.currency,
-        idempotency_key=f"inv:{invoice.id}:att:{number}", status=AttemptStatus.PENDING.value,
+        idempotency_key=f"inv:{invoice.id}:att:{number}:{uuid.uuid4().hex[:12]}",
+        status=AttemptStatus.PENDING.value,
         created_at=utcnow(), updated_at=utcnow())
     try:
         with db.session.begin_nested():
@@ -124,8 +129,10 @@ def charge(attempt_id: int) -> PaymentResult | None:
 
 
 def _lock(attempt_id: int) -> PaymentAttempt:
+    # of=: the card is joined in eagerly, and PostgreSQL locks no outer join's nullable side
     return db.session.scalar(select(PaymentAttempt).where(PaymentAttempt.id == attempt_id)
-                             .with_for_update().execution_options(populate_existing=True))
+                             .with_for_update(of=PaymentAttempt)
+                             .execution_options(populate_existing=True))
 
 
 def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
