@@ -49,6 +49,8 @@ def format_amount(amount: int, currency: str) -> str:
 def page(title: str, body: str, *, status: int = 200) -> web.Response:
     html = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+            # No icon: browsers would otherwise ask for /favicon.ico (an API path: 401).
+            "<link rel=icon href='data:,'>"
             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>"
             f"<div class=banner>{escape(TEST_MODE_BANNER)}</div>{body}</main></body></html>")
     return web.Response(text=html, content_type="text/html", status=status,

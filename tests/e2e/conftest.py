@@ -114,3 +114,107 @@ def open_page(app, chromium, live_server, browser_problems):
     yield open_
     for context in contexts:
         context.close()
+
+
+# -- card payments against the Stripe stand-in ------------------------------------------------
+WEBHOOK_PATH = "/api/plugins/billing/webhook"
+PAYMENT_KEYS = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")
+
+
+@pytest.fixture(scope="module")
+def live_standin(live_server, tmp_path_factory):
+    """The Stripe stand-in as its own process (``python -m standin``), delivering the events
+    it signs to the live server's webhook endpoint, as ``make run`` wires them."""
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from tests.gateways.conftest import READY, ROOT
+
+    secret = "whsec_" + uuid.uuid4().hex
+    log_path = tmp_path_factory.mktemp("live-standin") / "standin.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "standin", "--port", "0",
+             "--webhook-url", live_server.url + WEBHOOK_PATH, "--webhook-secret", secret],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT)
+    match = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and process.poll() is None:
+        match = READY.search(log_path.read_text(errors="replace"))
+        if match:
+            break
+        time.sleep(0.05)
+    if not match:
+        process.kill()
+        process.wait()
+    need(match is not None, "the Stripe stand-in did not start: "
+         + log_path.read_text(errors="replace")[-2000:])
+    yield SimpleNamespace(base_url=match.group(1), webhook_secret=secret, log_path=log_path,
+                          log=lambda: log_path.read_text(errors="replace"))
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def live_payments(app, live_server, live_standin):
+    """Card payments on in the live server for one test: its gateway talks to the stand-in
+    and verifies the stand-in's webhook signatures; the CSP lets forms lead to the stand-in's
+    pages. The settings (and the gateway built from them) are put back afterwards.
+
+    Each test gets its own secret key: the stand-in keeps idempotency keys per API key, and
+    user ids start again from 1 after the database is reset. ``wait_for_webhooks()`` waits
+    until the stand-in has delivered every event of this test (the portal answered 2xx, so
+    nothing is still being processed); the fixture does so before the database is reset."""
+    import time
+    import uuid
+
+    import requests
+
+    from standin.server import DEFAULT_EVENTS
+
+    config = live_server.app.config
+    saved = {key: config.get(key) for key in PAYMENT_KEYS}
+    secret_key = "sk_test_" + uuid.uuid4().hex
+    config.update(STRIPE_SECRET_KEY=secret_key,
+                  STRIPE_WEBHOOK_SECRET=live_standin.webhook_secret,
+                  STRIPE_API_BASE=live_standin.base_url)
+    live_server.app.extensions.pop("portal.gateway", None)
+
+    def events() -> list[dict]:
+        answer = requests.get(live_standin.base_url + "/v1/events", params={"limit": 100},
+                              auth=(secret_key, ""), timeout=10)
+        answer.raise_for_status()
+        return [e for e in answer.json()["data"] if e["type"] in DEFAULT_EVENTS]
+
+    before = {e["id"] for e in events()}
+
+    def wait_for_webhooks(timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            log = live_standin.log()
+            mine = [e for e in events() if e["id"] not in before]
+            waiting = [e for e in mine if f"webhook {e['type']} {e['id']} delivered" not in log]
+            if not waiting:
+                return mine
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    "the stand-in has not delivered "
+                    + ", ".join(f"{e['type']} {e['id']}" for e in waiting)
+                    + f" within {timeout}s; its deliveries:\n"
+                    + "\n".join(line for line in log.splitlines() if "webhook" in line)[-4000:])
+            time.sleep(0.2)
+
+    yield SimpleNamespace(app=live_server.app, url=live_server.url, standin=live_standin,
+                          wait_for_webhooks=wait_for_webhooks)
+    try:
+        wait_for_webhooks()
+    finally:
+        config.update(saved)
+        live_server.app.extensions.pop("portal.gateway", None)
