@@ -22,6 +22,7 @@ from ..models import (AccountKind, AttemptPurpose, LedgerTransaction, PaymentAtt
                       PaymentReversal, ReversalKind, User)
 from ..money import Money
 from . import card_payments, cards, events, ledger, topups
+from .errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,17 @@ def checkout_session_completed(event: GatewayEvent) -> None:
     info = get_gateway().retrieve_checkout_session(event.object["id"])
     if info.mode == "setup":
         if info.setup_intent:
-            cards.save_from_setup_intent(info.setup_intent)
+            _save_card(info.setup_intent)
+        if info.status == "complete":
+            topups.mark_complete(info.id)
         return
     if (info.metadata or {}).get("purpose") != "topup":
         log.info("checkout session %s is not a top-up; nothing to do", info.id)
         return
-    topups.finish_checkout(info)
+    try:
+        topups.finish_checkout(info)
+    except NotFound:  # not opened by this portal: its payment_intent.succeeded credits it
+        log.warning("checkout session %s is not one of ours; nothing to do", info.id)
 
 
 def payment_intent_changed(event: GatewayEvent) -> None:
@@ -60,7 +66,14 @@ def payment_intent_changed(event: GatewayEvent) -> None:
 
 
 def setup_intent_succeeded(event: GatewayEvent) -> None:
-    cards.save_from_setup_intent(event.object["id"])
+    _save_card(event.object["id"])
+
+
+def _save_card(setup_intent: str) -> None:
+    try:
+        cards.save_from_setup_intent(setup_intent)
+    except NotFound:  # another customer's (another portal on the same gateway account)
+        log.warning("setup intent %s is not one of ours; nothing to do", setup_intent)
 
 
 # -- money taken back -------------------------------------------------------------------------
@@ -77,12 +90,16 @@ def _payer(payment_intent: str) -> tuple[User, str]:
     raise NotYet(f"payment {payment_intent} is not recorded as paid yet")
 
 
+def _reversal(reference: str) -> PaymentReversal | None:
+    return db.session.scalar(select(PaymentReversal).where(PaymentReversal.reference == reference))
+
+
 def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Money,
              reason: str) -> PaymentReversal | None:
     """Book money the gateway gave back or took back, once per ``reference``. A top-up's
     refund comes out of the prepaid balance as far as it goes; the rest, and refunds or
     disputes of invoice payments, are a loss (the invoice stays paid)."""
-    if db.session.scalar(select(PaymentReversal).where(PaymentReversal.reference == reference)):
+    if _reversal(reference) is not None:
         return None
     user, purpose = _payer(payment_intent)
     clearing = ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency)
@@ -111,22 +128,42 @@ def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Mo
 
 
 def charge_refunded(event: GatewayEvent) -> None:
-    """A refund (made here or in the gateway's dashboard). ``amount_refunded`` is the running
-    total, so out-of-order events book only what is new."""
+    """A refund (made here or in the gateway's dashboard).
+
+    Each refund the charge lists is booked once under its own id, so an event that arrives
+    after a later one (which lists both refunds) books nothing new, and the rows are the same
+    whatever the order. ``amount_refunded`` (the running total) caps what is booked; a part
+    the event does not list (an API version that leaves ``refunds`` out, a truncated list)
+    is booked as the difference, keyed by the total it brings us to."""
     charge = event.object
     payment_intent = charge.get("payment_intent")
     if not payment_intent:
         log.info("refund of charge %s without a payment intent: none of ours", charge.get("id"))
         return
-    total = from_stripe_amount(int(charge.get("amount_refunded") or 0), charge["currency"])
-    booked = db.session.scalar(select(func.coalesce(func.sum(PaymentReversal.amount_minor), 0))
-                               .where(PaymentReversal.gateway_payment_id == payment_intent,
-                                      PaymentReversal.kind == ReversalKind.REFUND.value)) or 0
-    new = total.amount_minor - int(booked)
-    if new <= 0:
-        return
-    _reverse(ReversalKind.REFUND, f"{charge['id']}:{total.amount_minor}", payment_intent,
-             Money(new, total.currency), "refunded")
+    currency = charge["currency"]
+    total = from_stripe_amount(int(charge.get("amount_refunded") or 0), currency).amount_minor
+    booked = _refunded(payment_intent)
+    listed = sorted((r for r in ((charge.get("refunds") or {}).get("data") or [])
+                     if r.get("status") not in ("failed", "canceled")),
+                    key=lambda r: (int(r.get("created") or 0), str(r["id"])))
+    for refund in listed:
+        if _reversal(str(refund["id"])) is not None:
+            continue
+        amount = from_stripe_amount(int(refund["amount"]), refund.get("currency") or currency)
+        if booked + amount.amount_minor > total:
+            break
+        _reverse(ReversalKind.REFUND, str(refund["id"]), payment_intent, amount, "refunded")
+        booked += amount.amount_minor
+    if total > booked:
+        _reverse(ReversalKind.REFUND, f"{charge['id']}:{total}", payment_intent,
+                 Money(total - booked, currency.upper()), "refunded")
+
+
+def _refunded(payment_intent: str) -> int:
+    return int(db.session.scalar(
+        select(func.coalesce(func.sum(PaymentReversal.amount_minor), 0))
+        .where(PaymentReversal.gateway_payment_id == payment_intent,
+               PaymentReversal.kind == ReversalKind.REFUND.value)) or 0)
 
 
 def dispute_created(event: GatewayEvent) -> None:

@@ -97,6 +97,16 @@ def finish_checkout(info: CheckoutSessionInfo, *, user: User | None = None) -> C
     return CheckoutOutcome(row, paid and row.purpose == "topup")
 
 
+def mark_complete(gateway_session_id: str) -> None:
+    """The gateway reports a hosted page completed (an "add a card" page: the card itself
+    is saved by cards)."""
+    row = db.session.scalar(select(CheckoutSession).where(
+        CheckoutSession.gateway_session_id == gateway_session_id))
+    if row is not None and row.status != "complete":
+        row.status, row.completed_at = "complete", utcnow()
+        db.session.flush()
+
+
 def return_from_checkout(user: User, gateway_session_id: str) -> CheckoutOutcome:
     """GATEWAY CALL. The customer is back from the checkout page."""
     row = db.session.scalar(select(CheckoutSession).where(

@@ -3,8 +3,10 @@
 ``record_event`` (the web request) verifies through the gateway and inserts the event,
 UNIQUE by its id, so a replay stores nothing new; it asks for processing after commit.
 ``process_event`` (the job) dispatches through ``EVENT_HANDLERS`` and marks the row
-processed in the same transaction as the handler's changes: a failed handler leaves the row
-unprocessed with its error, to be retried; a processed row is never dispatched again.
+processed in the same transaction as the handler's changes: a failed handler's transaction
+is rolled back and the row is left unprocessed with its error, to be retried (a refund that
+arrives before its payment waits this way: ``payment_events.NotYet``); a processed row is
+never dispatched again.
 
 Handlers receive a plain ``GatewayEvent`` and must act only on legal transitions of our own
 rows, so that duplicates and out-of-order deliveries are harmless (the payment services'
@@ -93,10 +95,10 @@ def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
     """Dispatch one stored event to its handler, once.
 
     ``livemode`` is our key's mode (from the gateway when not given): an event of the other
-    mode is marked ignored without reaching a handler.
+    mode is marked ignored without reaching a handler. A failing handler rolls the session's
+    transaction back, so call this with nothing else pending (the job's own transaction).
     """
-    row = db.session.scalar(select(WebhookEvent).where(WebhookEvent.id == inbox_id)
-                            .with_for_update())
+    row = _lock(inbox_id)
     if row is None:
         raise NotFound(f"no webhook event {inbox_id}")
     if row.processed_at is not None:
@@ -114,17 +116,34 @@ def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
     if handler is None:
         return _done(row, WebhookOutcome.UNHANDLED)
     event = GatewayEvent.from_payload(row.payload)
+    attempts = row.attempts
     try:
-        with db.session.begin_nested():
-            handler(event)
-            db.session.flush()
-    except Exception as exc:  # the handler's changes are rolled back; the row keeps the error
-        row.error = f"{type(exc).__name__}: {exc}"[:2000]
-        log.exception("webhook %s (%s) failed (attempt %d)", row.event_id, row.type,
-                      row.attempts)
+        handler(event)
         db.session.flush()
-        return Processed(row.id, "failed", row.error)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if isinstance(exc, payment_events.NotYet):
+            log.info("webhook %s (%s) waits (attempt %d): %s", row.event_id, row.type,
+                     attempts, exc)
+        else:
+            log.exception("webhook %s (%s) failed (attempt %d)", row.event_id, row.type,
+                          attempts)
+        # The whole transaction goes, not a savepoint: the handler's changes and the jobs it
+        # asked for (they run after the outermost commit only). The row keeps the error.
+        db.session.rollback()
+        row = _lock(inbox_id)
+        if row is None or row.processed_at is not None:  # done meanwhile by another worker
+            return Processed(inbox_id, "already")
+        row.attempts += 1
+        row.error = error
+        db.session.flush()
+        return Processed(row.id, "failed", error)
     return _done(row, WebhookOutcome.HANDLED)
+
+
+def _lock(inbox_id: int) -> WebhookEvent | None:
+    return db.session.scalar(select(WebhookEvent).where(WebhookEvent.id == inbox_id)
+                             .with_for_update().execution_options(populate_existing=True))
 
 
 def _done(row: WebhookEvent, outcome: WebhookOutcome, *, error: str | None = None) -> Processed:
