@@ -301,6 +301,19 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
         raise ConfigError("STRIPE_API_BASE", "must be an https:// URL (or http:// on loopback "
                           f"for the local stand-in), not {cfg['STRIPE_API_BASE']!r}")
     cfg["STRIPE_TIMEOUT_SECONDS"] = _env_positive(env, "STRIPE_TIMEOUT_SECONDS", "10")
+    # A card charge still unanswered after this long is looked up at the gateway by its
+    # idempotency key (recovery); well over the timeout, so recovery never races a request.
+    cfg["PAYMENT_ATTEMPT_STALE_SECONDS"] = _parse_int(
+        "PAYMENT_ATTEMPT_STALE_SECONDS", env.get("PAYMENT_ATTEMPT_STALE_SECONDS", "300"), 1,
+        7 * 86400)
+    if cfg["PAYMENT_ATTEMPT_STALE_SECONDS"] <= cfg["STRIPE_TIMEOUT_SECONDS"]:
+        raise ConfigError("PAYMENT_ATTEMPT_STALE_SECONDS", "must be longer than "
+                          "STRIPE_TIMEOUT_SECONDS (a charge may still be in flight until then)")
+    # Top-ups, in the user's currency (exact decimals).
+    cfg["TOPUP_MIN"] = _env_positive(env, "TOPUP_MIN", "1")
+    cfg["TOPUP_MAX"] = _env_positive(env, "TOPUP_MAX", "10000")
+    if cfg["TOPUP_MAX"] < cfg["TOPUP_MIN"]:
+        raise ConfigError("TOPUP_MAX", f"must be at least TOPUP_MIN ({cfg['TOPUP_MIN']})")
 
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
     cfg["INVOICE_NET_DAYS"] = _parse_int("INVOICE_NET_DAYS", env.get("INVOICE_NET_DAYS", "14"),

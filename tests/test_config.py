@@ -78,6 +78,22 @@ def test_secret_key_comes_from_the_environment(tmp_path):
     assert cfg["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u@h/db"
 
 
+def test_payment_settings_come_from_the_environment(tmp_path):
+    env = {"SECRET_KEY": "x" * 32}
+    cfg = build_config(str(tmp_path), environ=env)
+    assert (cfg["TOPUP_MIN"], cfg["TOPUP_MAX"], cfg["PAYMENT_ATTEMPT_STALE_SECONDS"]) \
+        == (Decimal("1"), Decimal("10000"), 300)
+    cfg = build_config(str(tmp_path), environ={**env, "TOPUP_MIN": "2.50", "TOPUP_MAX": "500",
+                                               "PAYMENT_ATTEMPT_STALE_SECONDS": "600"})
+    assert (cfg["TOPUP_MIN"], cfg["TOPUP_MAX"], cfg["PAYMENT_ATTEMPT_STALE_SECONDS"]) \
+        == (Decimal("2.50"), Decimal("500"), 600)
+    for bad, key in (({"TOPUP_MIN": "0"}, "TOPUP_MIN"),
+                     ({"TOPUP_MIN": "50", "TOPUP_MAX": "20"}, "TOPUP_MAX"),
+                     ({"PAYMENT_ATTEMPT_STALE_SECONDS": "10"}, "PAYMENT_ATTEMPT_STALE_SECONDS")):
+        with pytest.raises(ConfigError, match=f"^{key}:"):
+            build_config(str(tmp_path), environ={**env, **bad})
+
+
 def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
     from portal import create_app
 
