@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import LedgerTransaction, User, utcnow
+from ..models import LedgerTransaction, User, Voucher, utcnow
 from ..money import Money
-from . import accounts, catalog, credits, deployments, metering
+from . import accounts, catalog, credits, deployments, metering, vouchers
 
 DEMO_PASSWORD = "demo-password"
 ADMIN_EMAIL = "admin@example.com"
+DEMO_VOUCHER_NOTE = "Demo voucher (printed by seed-demo)"
 
 
 def _user(email: str, name: str, *, password: str | None = DEMO_PASSWORD,
@@ -73,10 +74,18 @@ def seed() -> list[str]:
         memory_gb=4, storage_gb=10, name="desktop session")
     db.session.flush()
     metering.meter_all(metering.last_complete_hour())
+
+    # A code anyone may redeem once on Wallet > Redeem a voucher (the same code every run).
+    voucher = db.session.scalar(select(Voucher).where(Voucher.note == DEMO_VOUCHER_NOTE))
+    if voucher is None:
+        [voucher] = vouchers.create_vouchers(value=Money.from_decimal("20.00", alice.currency),
+                                             note=DEMO_VOUCHER_NOTE, created_by=admin)
     return [
         "demo data ready:",
         f"  admin  {admin.email} / {DEMO_PASSWORD}",
         f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit, three deployments)",
         f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired, one session)",
         f"  user   {carol.email}  (created by the platform; set-password link in Admin > Outbox)",
+        f"  voucher {voucher.display_code}  ({voucher.value.format()}, "
+        f"{voucher.redemptions}/{voucher.max_redemptions} redeemed)",
     ]
