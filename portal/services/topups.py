@@ -12,11 +12,11 @@ from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
-from ..gateways import CheckoutSessionInfo, get_gateway
+from ..gateways import CheckoutSessionInfo, GatewayError, get_gateway
 from ..models import AccountKind, CheckoutSession, User, utcnow
 from ..money import Money
 from . import ledger, settlement
-from .errors import NotFound, ValidationFailed
+from .errors import IdempotencyConflict, NotFound, ValidationFailed
 
 
 def credit_top_up(user: User, amount: Money, *, reference: str, description: str = "Top-up"
@@ -57,11 +57,17 @@ def start_checkout(user: User, amount: Money, *, success_url: str, cancel_url: s
     from . import cards
 
     check_amount(user, amount)
-    session = get_gateway().create_checkout_session(
-        cards.customer_id(user), amount, success_url=success_url, cancel_url=cancel_url,
-        description="Prepaid balance top-up",
-        metadata={"purpose": "topup", "user_id": str(user.id)},
-        idempotency_key=f"checkout:{user.id}:{idempotency_key}" if idempotency_key else None)
+    try:
+        session = get_gateway().create_checkout_session(
+            cards.customer_id(user), amount, success_url=success_url, cancel_url=cancel_url,
+            description="Prepaid balance top-up",
+            metadata={"purpose": "topup", "user_id": str(user.id)},
+            idempotency_key=f"checkout:{user.id}:{idempotency_key}" if idempotency_key else None)
+    except GatewayError as exc:
+        if exc.code == "idempotency_error":  # the same key, other details
+            raise IdempotencyConflict("this top-up was already requested with other details "
+                                      "(another amount) under the same key") from None
+        raise
     row = db.session.scalar(select(CheckoutSession).where(
         CheckoutSession.gateway_session_id == session.id))
     if row is None:
