@@ -137,7 +137,14 @@ def _lock(attempt_id: int) -> PaymentAttempt:
 
 def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
     """Record what the gateway says about an attempt's payment. Legal moves only: a
-    succeeded attempt never changes again; a success is booked exactly once."""
+    succeeded attempt never changes again; a success is booked exactly once.
+
+    Locks in settlement's order: the user's settlement lock (their receivable account),
+    then the attempt, then the invoice and the wallets (a booking that took the invoice
+    first and the user's accounts after deadlocked with a settlement run)."""
+    user_id = db.session.scalar(select(PaymentAttempt.user_id).where(
+        PaymentAttempt.id == attempt_id))
+    ledger.lock_accounts([ledger.user_account(user_id, AccountKind.RECEIVABLE)])
     attempt = _lock(attempt_id)
     if attempt.status == AttemptStatus.SUCCEEDED:
         return attempt

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import (AccountKind, Invoice, InvoiceStatus, PaymentAttempt,
+from ..models import (AccountKind, AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt,
                       PaymentTender, User, utcnow)
 from ..money import Money
 from . import credits, invoicing, ledger
@@ -223,8 +223,11 @@ def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleRe
         if InvoiceStatus(invoice.status) not in invoicing.UNPAID:
             db.session.commit()
             return
-        if card_payments.open_attempt_for(user, invoice) is not None:
-            db.session.commit()  # a charge is in flight or waits for the customer
+        waiting = card_payments.open_attempt_for(user, invoice)
+        if waiting is not None:  # a charge is in flight or waits for the customer
+            if waiting.status == AttemptStatus.REQUIRES_ACTION:
+                result.needs_action.append(invoice_id)
+            db.session.commit()
             return
         result.payments += settle_invoice(invoice, user, now)  # money may have arrived
         due = invoice.total_minor - invoice.amount_paid_minor

@@ -119,6 +119,11 @@ def test_credit_voucher_cash_and_card_pay_one_invoice_in_that_order(user, standi
                              idempotency_key=f"mixed:{user.id}")
         db.session.commit()
     assert invoice.total_minor == 500 and invoice.status == "open"
+    preview = settlement.preview(invoice, user)
+    assert [(p.label, p.amount.amount_minor) for p in preview.parts] == [
+        ("Credits", 100), ("Voucher balance", 150), ("Prepaid balance", 50),
+        (f"Card {card.label}", 200)]
+    assert preview.remaining == USD(0)
 
     result = settlement.settle(user.id)
 
@@ -215,8 +220,10 @@ def test_a_card_that_needs_3d_secure_waits_for_the_customer_then_pays(user, stan
     mail, = mails(user, "Confirm your payment")
     assert f"/invoices/{invoice.id}" in mail.body_text
     assert events("billing.payment.failed", user) == []
-    # Settling again (the daily run) neither charges again nor mails again.
+    # Settling again (the daily run, Pay now) neither charges again nor mails again, and
+    # Pay now says the payment waits for the customer.
     settlement.settle(user.id)
+    assert settlement.settle(user.id, invoice_id=invoice.id).needs_action == [invoice.id]
     assert len(attempts(invoice)) == 1 and len(mails(user, "Confirm your payment")) == 1
     assert len(charges(standin, user)) == 1
 
