@@ -12,7 +12,9 @@ invoiced (usage_adjustments) becomes adjustment lines on the next invoice.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import functools
+import gc
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -83,9 +85,9 @@ def _round_ratio(numerator: int, denominator: int, digits: int) -> int:
     """numerator/denominator micro-units in minor units, ROUND_HALF_UP, in integers."""
     num = numerator * 10 ** digits
     den = denominator * 1_000_000
-    sign = -1 if num < 0 else 1
-    q, r = divmod(abs(num), den)
-    return sign * (q + (1 if 2 * r >= den else 0))
+    if num >= 0:
+        return (2 * num + den) // (2 * den)  # floor(x + 1/2): halves go up
+    return -((-2 * num + den) // (2 * den))  # and away from zero below it
 
 
 def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
@@ -96,11 +98,17 @@ def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
     return value.normalize() if value else Decimal(0)
 
 
-# Denominators whose quotients _decimal_text may compute in integers: n/d for d dividing
-# 3,600,000 (= 2^7 3^2 5^5) has at most 7 decimals before one digit (0-8) repeats, and for d
-# dividing 10^6 it ends within 6 decimals. So Decimal's division, rounded to 28 significant
-# digits, can never carry into the 7th decimal: the exact ROUND_HALF_UP to 6 places in
-# integers gives the same text as _decimal, digit for digit.
+# When _decimal_text may compute in integers: the exact ROUND_HALF_UP of n/d to 6 places in
+# integers gives the same text as _decimal (Decimal's division rounded to 28 significant
+# digits, then ROUND_HALF_UP to 6 places, normalized), digit for digit, when either
+# - |n| < 10^21 (d > 0): Decimal's division is off by at most |n/d| * 10^-27 / 2, while an
+#   n/d that is not itself a half-way point (k + 1/2) * 10^-6 is at least 1 / (2 * 10^6 * d)
+#   away from one; |n/d| * 10^-27 / 2 < 1 / (2 * 10^6 * d) is |n| < 10^21, so the division
+#   never reaches or crosses a half-way point, and one itself (7 decimals) divides exactly; or
+# - d divides 3,600,000 (= 2^7 3^2 5^5) or 10^6 and |n/d| < 10^15: then n/d has at most 7
+#   decimals before one digit (0-8) repeats, or ends within 6 decimals, so the division,
+#   rounded to 28 significant digits, can never carry into the 7th decimal.
+_EXACT_NUMERATORS = 10 ** 21
 _INTEGER_DENOMINATORS = frozenset(
     {2 ** a * 3 ** b * 5 ** c for a in range(8) for b in range(3) for c in range(6)}  # | 3.6M
     | {2 ** a * 5 ** c for a in range(7) for c in range(7)})                         # | 10^6
@@ -108,16 +116,24 @@ _INTEGER_DENOMINATORS = frozenset(
 
 def _decimal_text(numerator: int, denominator: int) -> str:
     """``f"{_decimal(numerator, denominator):f}"``: quantities and unit prices as stored."""
-    if denominator in _INTEGER_DENOMINATORS and -10 ** 15 < numerator // denominator < 10 ** 15:
-        q, r = divmod(abs(numerator) * 1_000_000, denominator)
-        if 2 * r >= denominator:
-            q += 1
-        if q == 0:
-            return "0"
-        whole, micros = divmod(q, 1_000_000)
-        sign = "-" if numerator < 0 else ""
-        return f"{sign}{whole}" if not micros else f"{sign}{whole}.{micros:06d}".rstrip("0")
-    return f"{_decimal(numerator, denominator):f}"
+    if denominator < 0:
+        numerator, denominator = -numerator, -denominator
+    if not denominator:
+        return "0"
+    if numerator % denominator == 0:  # whole hours, whole months
+        return str(numerator // denominator)
+    if not (-_EXACT_NUMERATORS < numerator < _EXACT_NUMERATORS
+            or (denominator in _INTEGER_DENOMINATORS
+                and -10 ** 15 < numerator // denominator < 10 ** 15)):
+        return f"{_decimal(numerator, denominator):f}"
+    q, r = divmod(abs(numerator) * 1_000_000, denominator)  # |n/d| in micro-units
+    if 2 * r >= denominator:
+        q += 1
+    if q == 0:
+        return "0"
+    whole, micros = divmod(q, 1_000_000)
+    sign = "-" if numerator < 0 else ""
+    return f"{sign}{whole}" if not micros else f"{sign}{whole}.{micros:06d}".rstrip("0")
 
 
 def _unit_price_text(qn: int, qd: int, cn: int, cd: int) -> str:
@@ -125,9 +141,11 @@ def _unit_price_text(qn: int, qd: int, cn: int, cd: int) -> str:
     the ratio reduces to the rate in micro-units (the same rational, so the same Decimal)."""
     if not qn:
         return "0"
-    if qd == cd and cn % qn == 0:
-        return _rate_text(cn // qn)
-    return f"{_decimal(cn * qd, cd * qn * 1_000_000):f}"
+    if qd == cd:
+        if cn % qn == 0:
+            return _rate_text(cn // qn)
+        return _decimal_text(cn, qn * 1_000_000)  # the same rational, with smaller terms
+    return _decimal_text(cn * qd, cd * qn * 1_000_000)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -140,7 +158,7 @@ def _month_ms(year: int, month: int) -> int:
     return 1000 * calendar.monthrange(year, month)[1] * 86400
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """Summed rollup columns of one deployment in one period. Storage is kept per calendar
     month, because a GB-month is priced against the length of its month."""
@@ -185,48 +203,52 @@ class LineDraft(NamedTuple):
 def build_lines(usage_by_deployment: dict[int, Usage], names: dict[int, str], currency: str,
                 kind: str = "usage") -> list[LineDraft]:
     """One line per deployment and resource with something to bill, rounded once."""
+    if not usage_by_deployment:
+        return []
     digits = currency_digits(currency)
     prefix = "Adjustment: " if kind == "adjustment" else ""
     labels, units = usage.LABELS, usage.UNITS
     lines = []
     for dep_id in sorted(usage_by_deployment, key=lambda d: (names.get(d, ""), d)):
-        name = names.get(dep_id, dep_id)
+        head = f"{prefix}{names.get(dep_id, dep_id)} · "
         for resource, qn, qd, cn, cd in usage_by_deployment[dep_id].resources():
-            if qn == 0 and cn == 0:
-                continue
-            lines.append(LineDraft(kind, dep_id, resource,
-                                   f"{prefix}{name} · {labels[resource]}"[:300],
-                                   _decimal_text(qn, qd), units[resource],
-                                   _unit_price_text(qn, qd, cn, cd),
-                                   _round_ratio(cn, cd, digits)))
+            if qn or cn:
+                lines.append(LineDraft(kind, dep_id, resource, (head + labels[resource])[:300],
+                                       _decimal_text(qn, qd), units[resource],
+                                       _unit_price_text(qn, qd, cn, cd),
+                                       _round_ratio(cn, cd, digits)))
     return lines
 
 
 # -- aggregation -----------------------------------------------------------------------------
 
-_SUMS = ("SUM(cpu_ms), SUM(cpu_cost), SUM(memory_ms), SUM(memory_cost), "
-         "SUM(CASE WHEN day < :split THEN storage_ms ELSE 0 END), "
-         "SUM(CASE WHEN day < :split THEN storage_cost ELSE 0 END), "
-         "SUM(CASE WHEN day >= :split THEN storage_ms ELSE 0 END), "
-         "SUM(CASE WHEN day >= :split THEN storage_cost ELSE 0 END), "
-         "SUM(instance_s), SUM(instance_cost), SUM(ip_s), SUM(ip_cost)")
+def _sums(*terms: str) -> str:
+    # As integers: PostgreSQL's SUM(bigint) is a numeric, which would arrive as Decimals.
+    return ", ".join(f"CAST(SUM({term}) AS BIGINT)" for term in terms)
+
+
+_SUMS = _sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost",
+              "CASE WHEN day < :split THEN storage_ms ELSE 0 END",
+              "CASE WHEN day < :split THEN storage_cost ELSE 0 END",
+              "CASE WHEN day >= :split THEN storage_ms ELSE 0 END",
+              "CASE WHEN day >= :split THEN storage_cost ELSE 0 END",
+              "instance_s", "instance_cost", "ip_s", "ip_cost")
+# A period inside one calendar month (invoice day 1) has no second month to split off.
+_SUMS_ONE_MONTH = (_sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
+                         "storage_cost") + ", 0, 0, "
+                   + _sums("instance_s", "instance_cost", "ip_s", "ip_cost"))
 
 
 def _to_usage(row, first_month: tuple[int, int], second_month: tuple[int, int]) -> Usage:
-    u = Usage(cpu_ms=int(row[0]), cpu_cost=int(row[1]), memory_ms=int(row[2]),
-              memory_cost=int(row[3]), instance_s=int(row[8]), instance_cost=int(row[9]),
-              ip_s=int(row[10]), ip_cost=int(row[11]))
-    if row[4] or row[5]:
-        u.storage[first_month] = [int(row[4]), int(row[5])]
-    if row[6] or row[7]:
-        u.storage[second_month] = [int(row[6]), int(row[7])]
-    return u
-
-
-# A period inside one calendar month (invoice day 1) has no second month to split off.
-_SUMS_ONE_MONTH = ("SUM(cpu_ms), SUM(cpu_cost), SUM(memory_ms), SUM(memory_cost), "
-                   "SUM(storage_ms), SUM(storage_cost), 0, 0, "
-                   "SUM(instance_s), SUM(instance_cost), SUM(ip_s), SUM(ip_cost)")
+    (cpu_ms, cpu_cost, memory_ms, memory_cost, storage1_ms, storage1_cost, storage2_ms,
+     storage2_cost, instance_s, instance_cost, ip_s, ip_cost) = row
+    storage = {}
+    if storage1_ms or storage1_cost:
+        storage[first_month] = [storage1_ms, storage1_cost]
+    if storage2_ms or storage2_cost:
+        storage[second_month] = [storage2_ms, storage2_cost]
+    return Usage(cpu_ms, cpu_cost, memory_ms, memory_cost, storage, instance_s, instance_cost,
+                 ip_s, ip_cost)
 
 
 def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
@@ -241,9 +263,13 @@ def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
         where += " AND user_id IN (" + ", ".join(str(int(u)) for u in user_ids) + ")"
     sums = _SUMS_ONE_MONTH if end.date() <= split else _SUMS
     if db.engine.dialect.name == "postgresql":
-        # Room to aggregate a chunk's month (~30 rows per deployment) in memory, not in a
-        # sort spilled to disk.
-        db.session.execute(text("SET LOCAL work_mem = '64MB'"))
+        # For this transaction: room to aggregate a chunk's month (~30 rows per deployment) in
+        # memory, not in a sort spilled to disk; and the snapshots, which TOAST compresses,
+        # compressed with lz4 where the server has it (a fraction of pglz's CPU).
+        db.session.execute(text(
+            "SELECT set_config('work_mem', '64MB', true), "
+            "(SELECT set_config(name, 'lz4', true) FROM pg_settings "
+            " WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))"))
     result: dict[int, dict[int, Usage]] = defaultdict(dict)
     for row in db.session.execute(text(
             f"SELECT user_id, deployment_id, {sums} FROM usage_daily WHERE {where} "
@@ -312,6 +338,20 @@ class RunResult:
                 "total_minor": self.total_minor}
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+    """A chunk holds a few hundred thousand small containers (lines, snapshots, rows) until
+    it is written, none of them in a reference cycle; the cyclic collector would scan them
+    again and again (a fifth of a run's CPU). Collection resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list[int] | None = None,
                    created_by: User | None = None, now: datetime | None = None) -> RunResult:
     """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end).
@@ -319,7 +359,12 @@ def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list
     Everything is computed in memory from a handful of queries and written set-based: the
     invoices are inserted finalized (numbered, totalled, with their snapshot), then their
     lines, ledger postings, credit payments and events. Flushes only; the caller commits."""
-    now = now or utcnow()
+    with _cyclic_gc_paused():
+        return _generate_chunk(chunk, start, end, user_ids, created_by, now or utcnow())
+
+
+def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[int] | None,
+                    created_by: User | None, now: datetime) -> RunResult:
     result = RunResult()
     size = metering.chunk_size()
     lo, hi = chunk * size, (chunk + 1) * size
@@ -331,16 +376,16 @@ def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list
     candidates = set(usage_by_user) | set(adjustments)
     if not candidates:
         return result
+    in_chunk = _in_chunk(lo, hi, user_ids)
     inv = Invoice.__table__.c  # plain rows (no ORM entities to load) where only values are read
-    existing = set(db.session.scalars(select(inv.user_id).where(
-        inv.user_id.in_(candidates), inv.period_start == start,
+    existing = candidates.intersection(db.session.scalars(select(inv.user_id).where(
+        *in_chunk(inv.user_id), inv.period_start == start,
         inv.kind == InvoiceKind.USAGE, inv.status != S.VOID)))
     todo = sorted(candidates - existing)
     result.skipped = len(existing)
     if not todo:
         return result
 
-    in_chunk = _in_chunk(lo, hi, user_ids)
     u, dep = User.__table__.c, Deployment.__table__.c
     users = {row.id: row for row in db.session.execute(
         select(u.id, u.currency, u.name, u.email).where(*in_chunk(u.id))).all()}
@@ -760,10 +805,11 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
     primary = len(runs[-1])
     secondary = len(runs[-2]) if len(runs) > 2 else primary
     scale = 10 ** digits
+    fractions = [f"{decimal_symbol}{n:0{digits}d}" for n in range(scale)] if digits else [""]
 
     def group(number: int) -> str:
         text = str(number)
-        if not group_symbol or len(text) <= primary:
+        if len(text) <= primary:
             return text
         out = [text[-primary:]]
         text = text[:-primary]
@@ -773,16 +819,18 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
         out.append(text)
         return group_symbol.join(reversed(out))
 
+    if not group_symbol:
+        group = str
+    elif primary == secondary == 3:  # as Python groups: "{:,}"
+        group = "{:,}".format if group_symbol == "," else (
+            lambda number: f"{number:,}".replace(",", group_symbol))
+
     def fast(minor: int) -> str:
-        value = -minor if minor < 0 else minor
-        if digits:
-            whole, fraction = divmod(value, scale)
-            body = f"{group(whole)}{decimal_symbol}{fraction:0{digits}d}"
-        else:
-            body = group(value)
         if minor < 0:
-            return f"{neg_prefix}{body}{neg_suffix}"
-        return f"{pos_prefix}{body}{pos_suffix}"
+            whole, fraction = divmod(-minor, scale)
+            return f"{neg_prefix}{group(whole)}{fractions[fraction]}{neg_suffix}"
+        whole, fraction = divmod(minor, scale)
+        return f"{pos_prefix}{group(whole)}{fractions[fraction]}{pos_suffix}"
     return fast
 
 

@@ -303,6 +303,21 @@ def test_quantity_text_is_the_decimal_rounded_once(denominator):
                 if qn else "0")
 
 
+def test_quantity_text_next_to_half_way_points():
+    """Where ROUND_HALF_UP is closest to going the other way (n/d one unit off a half-way
+    point of the 6th decimal), the integers still give the Decimal's text."""
+    import random
+
+    rng = random.Random(20261101)
+    for _ in range(3000):
+        d = rng.randrange(1, 10 ** rng.randrange(1, 19))
+        k = rng.randrange(0, 10 ** rng.randrange(1, 15))
+        half_way = (2 * k + 1) * d // 2_000_000
+        for n in (half_way - 1, half_way, half_way + 1, -half_way, -half_way - 1):
+            assert invoicing._decimal_text(n, d) == f"{invoicing._decimal(n, d):f}"
+            assert invoicing._decimal_text(n, -d) == f"{invoicing._decimal(n, -d):f}"
+
+
 @pytest.mark.parametrize("currency, locale", [
     ("USD", "en_US"), ("EUR", "de_DE"), ("EUR", "fr_FR"), ("JPY", "ja_JP"), ("INR", "en_IN"),
     ("CHF", "de_CH"), ("EUR", "es_ES"), ("KWD", "ar_KW"), ("USD", "nl_NL")])
