@@ -1,13 +1,16 @@
 """What each gateway event does. Handlers run in the webhook job (see webhooks).
 
 Each handler reads the object's state now from the gateway rather than trusting the event's
-snapshot, and acts only through idempotent, legal moves of our own rows (an attempt that
-succeeded stays succeeded, money is booked under one ledger key per payment, a card is kept
+snapshot (refunds and disputes, facts that do not change, are read from the event), and acts
+only through idempotent, legal moves of our own rows (an attempt that succeeded stays
+succeeded, money is booked under one ledger key per payment and per refund, a card is kept
 once per payment method and fingerprint). So a replay, a duplicate or an event that arrives
 before an older one leaves the same state as one delivery in order.
 
 An event about something we have not recorded yet (a refund of a payment whose success has
-not been processed) raises NotYet: the inbox row stays unprocessed and is retried.
+not been processed) raises NotYet: the inbox row stays unprocessed and is retried. An event
+about what the portal did not make (another portal's customer on the same gateway account,
+a payment taken in the gateway's dashboard) is logged and left alone.
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 
 class NotYet(Exception):
     """The event is about a payment we have not recorded yet: retried later."""
+
+
+class _NotOurs(Exception):
+    """The event is about a payment this portal did not make: nothing to do."""
 
 
 def checkout_session_completed(event: GatewayEvent) -> None:
@@ -57,8 +64,9 @@ def payment_intent_changed(event: GatewayEvent) -> None:
         return
     if result.metadata.get("purpose") == "topup" and result.status is PaymentStatus.SUCCEEDED:
         user = cards.user_for_customer(result.customer)
-        if user is None:
-            raise NotYet(f"payment {result.id}: customer {result.customer} unknown")
+        if user is None:  # another portal's on the same gateway account
+            log.info("top-up %s of customer %s is none of ours", result.id, result.customer)
+            return
         topups.credit_top_up(user, result.amount, reference=result.id,
                              description="Top-up by card (checkout)")
         return
@@ -87,6 +95,12 @@ def _payer(payment_intent: str) -> tuple[User, str]:
         LedgerTransaction.idempotency_key == f"topup:{payment_intent}"))
     if topup is not None:
         return db.session.get(User, topup.user_id), AttemptPurpose.TOPUP.value
+    # Ours (our customer, our purpose) but not recorded yet: wait for it. Anything else was
+    # paid without the portal (another portal on the same gateway account, the dashboard).
+    payment = get_gateway().retrieve_payment_intent(payment_intent)
+    if cards.user_for_customer(payment.customer) is None \
+            or payment.metadata.get("purpose") not in {p.value for p in AttemptPurpose}:
+        raise _NotOurs(payment_intent)
     raise NotYet(f"payment {payment_intent} is not recorded as paid yet")
 
 
@@ -140,6 +154,13 @@ def charge_refunded(event: GatewayEvent) -> None:
     if not payment_intent:
         log.info("refund of charge %s without a payment intent: none of ours", charge.get("id"))
         return
+    try:
+        _book_refunds(charge, payment_intent)
+    except _NotOurs:
+        log.info("refund of payment %s: none of ours", payment_intent)
+
+
+def _book_refunds(charge: dict, payment_intent: str) -> None:
     currency = charge["currency"]
     total = from_stripe_amount(int(charge.get("amount_refunded") or 0), currency).amount_minor
     booked = _refunded(payment_intent)
@@ -173,8 +194,12 @@ def dispute_created(event: GatewayEvent) -> None:
         log.info("dispute %s without a payment intent: none of ours", dispute.get("id"))
         return
     amount = from_stripe_amount(int(dispute["amount"]), dispute["currency"])
-    row = _reverse(ReversalKind.DISPUTE, dispute["id"], payment_intent, amount,
-                   str(dispute.get("reason") or "disputed"))
+    try:
+        row = _reverse(ReversalKind.DISPUTE, dispute["id"], payment_intent, amount,
+                       str(dispute.get("reason") or "disputed"))
+    except _NotOurs:
+        log.info("dispute %s of payment %s: none of ours", dispute["id"], payment_intent)
+        return
     if row is not None:
         events.record("billing.payment.disputed", f"dispute:{dispute['id']}", {
             "user_id": row.user_id, "payment_intent": payment_intent,

@@ -198,3 +198,50 @@ def test_a_disputed_payment_is_booked_once_and_told_once(pctx, make_user, receiv
     invoice = db.session.get(Invoice, invoice.id)
     assert (invoice.status, invoice.amount_paid_minor) == ("paid", 500)
     db.session.commit()
+
+
+def test_refunds_and_disputes_of_payments_the_portal_did_not_make_are_left_alone(
+        pctx, make_user, receiver):
+    """Another portal's customer on the same gateway account, and a payment of our own
+    customer taken in the gateway's dashboard (no purpose of ours): acknowledged, handled,
+    nothing booked, nothing waiting."""
+    from tests.gateways.conftest import save_card as save_card_at_gateway
+
+    gateway = get_gateway()
+    stranger = gateway.ensure_customer(987654, "stranger@example.com", "Someone Else")
+    ours = customer_of(make_user().id)
+    payments = []
+    for customer, metadata in ((stranger, {"purpose": "topup", "user_id": "1"}), (ours, {})):
+        card = save_card_at_gateway(gateway, customer, TEST_CARDS["disputed"])
+        paid = gateway.create_payment_intent(customer, card, Money(700, "USD"),
+                                             idempotency_key=f"elsewhere:{customer}",
+                                             metadata=metadata)
+        assert paid.status.value == "succeeded"
+        refund(paid.id, 200)
+        payments.append((customer, paid.id))
+
+    client = pctx.test_client()
+    deliveries = []
+    for customer, payment in payments:
+        deliveries += refund_events(receiver, customer, payment, 1)
+        deadline = time.monotonic() + 20
+        disputes = []
+        while not disputes and time.monotonic() < deadline:
+            disputes = [d for d in events_of(receiver, customer)
+                        if json.loads(d[1])["type"] == "charge.dispute.created"]
+            time.sleep(0.05)
+        deliveries += disputes
+    assert len(deliveries) == 4
+    for delivery in deliveries:
+        assert post_event(client, *delivery).status_code == 200
+
+    db.session.commit()
+    rows = db.session.scalars(select(WebhookEvent)).all()
+    assert sorted((row.type, row.outcome, row.error) for row in rows) == [
+        ("charge.dispute.created", "handled", None)] * 2 + [
+        ("charge.refunded", "handled", None)] * 2
+    assert reversals() == []
+    assert system_balance(AccountKind.REFUNDS) == system_balance(AccountKind.DISPUTES) == 0
+    assert db.session.scalars(select(Event).where(
+        Event.name == "billing.payment.disputed")).all() == []
+    db.session.commit()
