@@ -129,6 +129,13 @@ def charge(attempt_id: int) -> PaymentResult | None:
 
 
 def _lock(attempt_id: int) -> PaymentAttempt:
+    """The attempt, locked in settlement's order: the user's settlement lock (their
+    receivable account) first, then the attempt; the invoice and the wallets after. (A
+    booking that took the invoice first and the user's accounts after deadlocked with a
+    settlement run.)"""
+    user_id = db.session.scalar(select(PaymentAttempt.user_id).where(
+        PaymentAttempt.id == attempt_id))
+    ledger.lock_accounts([ledger.user_account(user_id, AccountKind.RECEIVABLE)])
     # of=: the card is joined in eagerly, and PostgreSQL locks no outer join's nullable side
     return db.session.scalar(select(PaymentAttempt).where(PaymentAttempt.id == attempt_id)
                              .with_for_update(of=PaymentAttempt)
@@ -137,14 +144,7 @@ def _lock(attempt_id: int) -> PaymentAttempt:
 
 def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
     """Record what the gateway says about an attempt's payment. Legal moves only: a
-    succeeded attempt never changes again; a success is booked exactly once.
-
-    Locks in settlement's order: the user's settlement lock (their receivable account),
-    then the attempt, then the invoice and the wallets (a booking that took the invoice
-    first and the user's accounts after deadlocked with a settlement run)."""
-    user_id = db.session.scalar(select(PaymentAttempt.user_id).where(
-        PaymentAttempt.id == attempt_id))
-    ledger.lock_accounts([ledger.user_account(user_id, AccountKind.RECEIVABLE)])
+    succeeded attempt never changes again; a success is booked exactly once."""
     attempt = _lock(attempt_id)
     if attempt.status == AttemptStatus.SUCCEEDED:
         return attempt
@@ -243,6 +243,19 @@ def start_authentication(user: User, attempt: PaymentAttempt, return_url: str) -
     to, or None when it was settled without one (the result is applied)."""
     if attempt.user_id != user.id or attempt.status != AttemptStatus.REQUIRES_ACTION:
         raise NotFound("no payment waits for you to confirm it")
+    if attempt.purpose == AttemptPurpose.INVOICE:
+        invoice = db.session.get(Invoice, attempt.invoice_id)
+        if InvoiceStatus(invoice.status) not in invoicing.UNPAID:
+            # Paid meanwhile by other means (a top-up, a voucher): the waiting charge is
+            # not needed any more, and is never confirmed.
+            attempt = _lock(attempt.id)
+            if attempt.status == AttemptStatus.REQUIRES_ACTION:
+                attempt.status = AttemptStatus.FAILED.value
+                attempt.decline_code = "not_needed"
+                attempt.message = f"Invoice {invoice.number} was paid by other means."
+                attempt.updated_at = utcnow()
+            db.session.flush()
+            return None
     pi, pm = attempt.gateway_payment_id, attempt.payment_method.gateway_id
     key = f"{attempt.idempotency_key}:confirm:{uuid.uuid4().hex[:12]}"
     attempt_id = attempt.id

@@ -248,6 +248,29 @@ def test_a_card_that_needs_3d_secure_waits_for_the_customer_then_pays(user, stan
     assert len(events("billing.invoice.paid", user)) == 1
 
 
+def test_a_charge_waiting_for_3d_secure_is_not_needed_once_a_top_up_paid(user, standin):
+    with settlement_held():
+        the_card(add_card(user, TEST_CARDS["three_d_secure"]))
+        invoice = invoice_of(user, {"web": 100})
+    settlement.settle(user.id)
+    attempt, = attempts(invoice)
+    assert attempt.status == AttemptStatus.REQUIRES_ACTION
+
+    top_up(user, 500, reference="pi_while_waiting")  # settles after commit: cash pays
+
+    assert fresh(invoice).status == "paid" and tenders(invoice) == [("cash", 500)]
+    # The customer follows the old "Complete payment" link: nothing is confirmed or charged.
+    url = card_payments.start_authentication(
+        user, db.session.get(PaymentAttempt, attempt.id),
+        f"http://portal.test/invoices/{invoice.id}/confirmed")
+    db.session.commit()
+    assert url is None
+    attempt, = attempts(invoice)
+    assert (attempt.status, attempt.decline_code) == (AttemptStatus.FAILED, "not_needed")
+    assert collected(standin, user) == []
+    assert tenders(invoice) == [("cash", 500)] and wallets(user) == (0, 0, 0)
+
+
 # -- new money settles what is pending -------------------------------------------------------
 def test_adding_a_card_settles_pending_invoices(user, standin):
     second = invoice_of(user, {"db": 40}, period=SEP)
