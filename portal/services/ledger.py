@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, any_, bindparam, func, insert, select, text, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -292,6 +293,7 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
     connection = db.session.connection().connection.driver_connection
     with connection.cursor() as cursor, cursor.copy(
             f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.set_types(_copy_types(table, tuple(columns)))
         for row in rows:
             if as_json:
                 row = list(row)
@@ -300,6 +302,16 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
             copy.write_row(row)
 
 
+@functools.lru_cache(maxsize=64)
+def _copy_types(table, columns: tuple[str, ...]) -> list[str]:
+    """Each column's PostgreSQL type, so that COPY dumps values by it rather than by looking
+    up each value's Python type; JSON columns get the text it was encoded to."""
+    return ["text" if isinstance(table.c[c].type, JSON)
+            else table.c[c].type.compile(dialect=_POSTGRESQL).split("(")[0].lower()
+            for c in columns]
+
+
+_POSTGRESQL = postgresql.dialect()
 # PostgreSQL's json keeps the text as given: without spaces after the separators, a smaller
 # document to parse, compress and write to the WAL.
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
