@@ -66,33 +66,41 @@ def enqueue_render(invoice_id: int) -> None:
 
 def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
     """Render and store the invoice's PDF; an invoice that has one gets it back unchanged.
-    A failed render leaves pdf_status "failed" (flushed) and raises PdfRenderFailed."""
+
+    The render (a few hundred milliseconds of WeasyPrint) happens between transactions, so
+    it holds no lock (on SQLite a transaction holds the write lock from its start): the
+    snapshot is read and that transaction committed, the PDF rendered, then stored by a
+    short transaction that the caller commits; if two renders race, the first stored
+    stands. A failed render leaves pdf_status "failed" (flushed) and raises PdfRenderFailed.
+    """
     invoice = get_invoice(invoice_id, user=None)
     pdf = db.session.get(InvoicePdf, invoice.id)
     if pdf is None:
-        if invoice.snapshot is None:
+        snapshot = invoice.snapshot
+        if snapshot is None:
             raise InvalidTransition(f"invoice {invoice.id} is a draft; it has no PDF")
+        db.session.commit()
         try:
-            content = invoice_pdf.render_pdf_bytes(invoice.snapshot)
+            content = invoice_pdf.render_pdf_bytes(snapshot)
         except Exception as exc:  # template, snapshot or WeasyPrint errors alike
             invoice.pdf_status = "failed"
             db.session.flush()
             raise PdfRenderFailed(f"invoice {invoice.id}: {type(exc).__name__}: {exc}") from exc
-        pdf = _store(invoice, content)
+        pdf = _store(invoice.id, snapshot, content)
     invoice.pdf_status, invoice.pdf_sha256 = "ready", pdf.sha256
     db.session.flush()
     return pdf
 
 
-def _store(invoice: Invoice, content: bytes) -> InvoicePdf:
-    pdf = InvoicePdf(invoice_id=invoice.id,
-                     template_version=invoice_pdf.template_version(invoice.snapshot),
+def _store(invoice_id: int, snapshot: dict, content: bytes) -> InvoicePdf:
+    pdf = InvoicePdf(invoice_id=invoice_id,
+                     template_version=invoice_pdf.template_version(snapshot),
                      sha256=hashlib.sha256(content).hexdigest(), content=content)
     try:
         with db.session.begin_nested():
             db.session.add(pdf)
     except IntegrityError:  # a concurrent render stored it first: theirs stands
-        pdf = db.session.scalars(select(InvoicePdf).where(InvoicePdf.invoice_id == invoice.id)
+        pdf = db.session.scalars(select(InvoicePdf).where(InvoicePdf.invoice_id == invoice_id)
                                  .execution_options(populate_existing=True)).one()
     return pdf
 

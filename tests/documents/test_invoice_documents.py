@@ -73,6 +73,34 @@ def test_render_stores_the_pdf_with_its_sha256_once(ctx, make_user, make_invoice
     assert db.session.scalar(select(func.count()).select_from(InvoicePdf)) == 1
 
 
+def test_the_render_holds_no_transaction_and_no_lock(ctx, make_user, make_invoice, monkeypatch):
+    """While WeasyPrint works the session is between transactions: another connection can
+    take SQLite's write lock at once (no waiting), and the PDF is stored afterwards."""
+    import sqlite3
+
+    from portal.documents import invoice_pdf
+
+    invoice_id = make_invoice(make_user().id)
+    real_render, seen = invoice_pdf.render_pdf_bytes, []
+
+    def render(snapshot):
+        seen.append(db.session().in_transaction())
+        if db.engine.dialect.name == "sqlite":
+            other = sqlite3.connect(db.engine.url.database, timeout=0)
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if the lock were held
+            other.rollback()
+            other.close()
+        return real_render(snapshot)
+
+    monkeypatch.setattr(invoice_pdf, "render_pdf_bytes", render)
+    pdf = invoice_documents.render_invoice_pdf(invoice_id)
+    db.session.commit()
+    assert seen == [False]
+    status, sha, (pdf_sha, content, _, _) = stored(invoice_id)
+    assert status == "ready" and sha == pdf_sha == pdf.sha256
+    assert "INV-2026-" in pdf_text(content)
+
+
 def test_a_draft_has_no_pdf(ctx, make_user, make_invoice):
     invoice_id = make_invoice(make_user().id, draft=True)
     with pytest.raises(InvalidTransition):
