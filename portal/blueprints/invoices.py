@@ -62,11 +62,16 @@ def pay(invoice_id: int):
         return see_other("invoices.show", invoice_id=invoice_id)
     result = settlement.settle(current_user.id, invoice_id=invoice_id)
     invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    waiting = (card_payments.open_attempt_for(current_user, invoice)
+               if invoice.invoice_status is not invoicing.S.PAID else None)
     if invoice.invoice_status is invoicing.S.PAID:
         flash("The invoice is paid.", "success")
-    elif invoice_id in result.needs_action:
+    elif invoice_id in result.needs_action or (
+            waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION):
         flash("Your bank asks you to confirm the card payment: press “Complete payment”.",
               "info")
+    elif waiting is not None:  # a charge made a moment ago is not answered yet
+        flash("A card payment for this invoice is being processed.", "info")
     elif invoice_id in result.failed:
         flash("No payment method could pay the rest of this invoice. Add money to your "
               "balance, redeem a voucher or add a card.", "error")

@@ -10,7 +10,7 @@ import requests
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import CheckoutSession, Invoice, PaymentMethod, User
+from portal.models import CheckoutSession, Invoice, PaymentAttempt, PaymentMethod, User
 from portal.money import Money
 from portal.services import card_payments, cards, deployments
 from tests.payments.conftest import (TEST_CARDS, add_card, invoice_of, pay_app,  # noqa: F401
@@ -243,7 +243,22 @@ def test_without_a_tender_the_invoice_stays_open(pay_app, api, make_user, in_app
     answer = api.post(f"/invoices/{invoice}/pay", token=token)
     assert answer.status_code == 200
     assert (answer.json["status"], answer.json["payments"]) == ("sent", [])
-    assert answer.json["payment_outcome"] != "paid"
+    assert answer.json["payment_outcome"] == "unpaid"
+
+
+def test_a_card_payment_waiting_for_3d_secure_says_so(pay_app, api, make_user, in_app):
+    user = make_user()
+    in_app(saved_card, user.id, TEST_CARDS["three_d_secure"])
+    invoice = in_app(issued_invoice, user.id)
+    token = api.token(user)
+    for _ in range(2):  # pressed again while the bank waits: still waiting, no new charge
+        answer = api.post(f"/invoices/{invoice}/pay", token=token)
+        assert answer.status_code == 200
+        assert (answer.json["status"], answer.json["payment_outcome"]) == (
+            "sent", "requires_action")
+    with pay_app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1
+        db.session.remove()
 
 
 def test_a_declined_card_leaves_the_invoice_open_and_says_so(pay_app, api, make_user, in_app):

@@ -6,8 +6,8 @@ from flask import current_app, g, jsonify, request
 
 from ...extensions import db
 from ...gateways import GatewayError
-from ...models import TokenScope
-from ...services import cards, invoicing, settlement, topups
+from ...models import AttemptStatus, TokenScope
+from ...services import card_payments, cards, invoicing, settlement, topups
 from ...services.errors import ServiceError, ValidationFailed
 from ...web import json_error
 from . import bp
@@ -119,7 +119,22 @@ def pay_invoice(invoice_id: int):
     result = settlement.settle(g.api_user.id, invoice_id=invoice_id)
     invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
     body = invoice_json(invoice, detail=True)
-    body["payment_outcome"] = ("paid" if invoice.invoice_status is invoicing.S.PAID
-                               else "requires_action" if invoice_id in result.needs_action
-                               else "failed" if invoice_id in result.failed else "partial")
+    body["payment_outcome"] = _outcome(invoice, result)
     return jsonify(body)
+
+
+def _outcome(invoice, result) -> str:
+    """paid; requires_action (a card payment waits for 3-D Secure: the invoice page's
+    "Complete payment"); processing (a card charge not answered yet); failed (every card was
+    declined); partial (some of it is paid); unpaid (nothing could pay any of it)."""
+    if invoice.invoice_status is invoicing.S.PAID:
+        return "paid"
+    waiting = card_payments.open_attempt_for(g.api_user, invoice)
+    if invoice.id in result.needs_action or (
+            waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION):
+        return "requires_action"
+    if waiting is not None:
+        return "processing"
+    if invoice.id in result.failed:
+        return "failed"
+    return "partial" if invoice.amount_paid_minor else "unpaid"
