@@ -215,6 +215,42 @@ def test_a_top_up_on_the_checkout_page_credits_the_balance(pay_app, client, auth
     assert cash_shown(text(client.get("/wallet/"))) == "$25.00"
 
 
+def test_the_same_top_up_form_twice_opens_one_checkout(pay_app, client, auth, make_user):
+    auth.login(make_user())
+    nonce, _ = top_up_form(client)
+    form = {"amount": "25.00", "method": "checkout", "nonce": nonce}
+    first = client.submit("/wallet/top-up", form)
+    again = client.submit("/wallet/top-up", form)
+    assert first.status_code == again.status_code == 303
+    assert again.headers["Location"] == first.headers["Location"]
+    changed = client.submit("/wallet/top-up", {**form, "amount": "30.00"})
+    assert changed.status_code == 422
+    assert "already requested with other details" in text(changed)
+
+
+def test_return_pages_of_another_users_payments_are_not_found(pay_app, client, auth,
+                                                              make_user, in_app):
+    user, other = make_user(), make_user()
+    auth.login(other)
+    nonce, _ = top_up_form(client)
+    checkout = client.submit("/wallet/top-up", {"amount": "25.00", "method": "checkout",
+                                                "nonce": nonce}).headers["Location"]
+    back = type_card(checkout, TEST_CARDS["ok"]).headers["Location"]
+    setup = client.submit("/payment-methods/add").headers["Location"]
+    added = type_card(setup, TEST_CARDS["ok"]).headers["Location"]
+    auth.logout()
+    client.csrf_token = None
+
+    auth.login(user)
+    assert client.get(local(back)).status_code == 404
+    assert client.get(local(added)).status_code == 404
+    with pay_app.app_context():
+        assert cards.list_cards(db.session.get(User, other.id)) == []
+        assert cards.list_cards(db.session.get(User, user.id)) == []
+        db.session.remove()
+    assert cash_shown(text(client.get("/wallet/"))) == "$0.00"
+
+
 def test_a_top_up_from_a_saved_card_once_per_form(pay_app, client, auth, make_user, in_app):
     user = make_user()
     card = in_app(saved_card, user.id)
