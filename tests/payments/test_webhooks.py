@@ -416,3 +416,49 @@ def test_a_checkout_top_up_is_credited_once_whichever_comes_first(pctx, make_use
     page = client.get("/wallet/").get_data(as_text=True)
     assert page.count("Top-up by card (checkout)") == 1  # one line in the wallet's history
     assert '<div class="balance" id="balance-cash"><h2>Prepaid balance</h2><p class="amount">$25.00</p>' in page
+
+
+@pytest.mark.postgres
+def test_deliveries_at_the_same_moment_credit_a_top_up_once(pctx, make_app, make_user,
+                                                            receiver, standin):
+    """Both events of a checkout top-up, four copies each, sent at once by eight threads
+    (eight requests, each processing its event as a worker would): stored once each,
+    credited once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.payments.conftest import SECRET_KEY
+
+    user_id = make_user().id
+    customer = customer_of(user_id)
+    session, payment = pay_checkout_on_sandbox(user_id, 4000)
+    wait_for_all(receiver, [("checkout.session.completed", session),
+                            ("payment_intent.succeeded", payment)])
+    deliveries = [d for d in events_of(receiver, customer) if json.loads(d[1])["type"] in
+                  ("checkout.session.completed", "payment_intent.succeeded")]
+    assert len(deliveries) == 2
+    sent = [d for d in deliveries for _ in range(4)]
+    # Two connections a request: its own, and the job's (run synchronously after commit).
+    wide = make_app(STRIPE_SECRET_KEY=SECRET_KEY, STRIPE_WEBHOOK_SECRET=receiver.secret,
+                    STRIPE_API_BASE=standin.base_url,
+                    SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2 * len(sent) + 2,
+                                               "max_overflow": 0})
+    barrier = threading.Barrier(len(sent))
+
+    def post(delivery):
+        client = wide.test_client()
+        barrier.wait()
+        return post_event(client, *delivery).status_code
+
+    with ThreadPoolExecutor(len(sent)) as pool:
+        answers = list(pool.map(post, sent))
+    with wide.app_context():
+        db.engine.dispose()
+    assert answers == [200] * len(sent)
+    process_unprocessed()
+    state = state_of(user_id)
+    assert state["balances"]["cash"] == 4000
+    assert state["ledger"] == [("topup", (("cash", 4000), ("stripe_clearing", -4000)))]
+    assert state["checkouts"] == [("topup", "complete")]
+    assert inbox_of(deliveries) == Counter({("checkout.session.completed", "handled"): 1,
+                                            ("payment_intent.succeeded", "handled"): 1})
