@@ -13,7 +13,9 @@ Prints one JSON line on stdout (everything else goes to stderr):
   as the metering job leaves a month, and (PostgreSQL) VACUUM ANALYZE runs, as autovacuum
   would have.
 - wall_s: `invoicing.generate_period` for October 2026, the real code path, one committed
-  transaction per chunk of 1,000 users: rollups aggregated into lines, invoices and lines
+  transaction per chunk of 1,000 users (on PostgreSQL the next chunk is read and built on a
+  second connection while the one before is written; they commit in order): rollups
+  aggregated into lines, invoices and lines
   written, numbers reserved, ledger postings, credits applied, snapshots, events, PDF
   requests. PDFs are excluded: the app runs with RQ_ASYNC on a Redis database reserved for
   the bench, so the invoices are written with their PDF pending and the render jobs are

@@ -16,8 +16,10 @@ import contextlib
 import functools
 import gc
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -353,18 +355,23 @@ def _cyclic_gc_paused():
 
 
 def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list[int] | None = None,
-                   created_by: User | None = None, now: datetime | None = None) -> RunResult:
+                   created_by: User | None = None, now: datetime | None = None,
+                   before_numbers: Callable[[], None] | None = None) -> RunResult:
     """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end).
 
     Everything is computed in memory from a handful of queries and written set-based: the
     invoices are inserted finalized (numbered, totalled, with their snapshot), then their
-    lines, ledger postings, credit payments and events. Flushes only; the caller commits."""
+    lines, ledger postings, credit payments and events. ``before_numbers`` is called once
+    all is built, before the numbers are taken (it may wait, or raise to give up). Flushes
+    only; the caller commits."""
     with _cyclic_gc_paused():
-        return _generate_chunk(chunk, start, end, user_ids, created_by, now or utcnow())
+        return _generate_chunk(chunk, start, end, user_ids, created_by, now or utcnow(),
+                               before_numbers)
 
 
 def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[int] | None,
-                    created_by: User | None, now: datetime) -> RunResult:
+                    created_by: User | None, now: datetime,
+                    before_numbers: Callable[[], None] | None) -> RunResult:
     result = RunResult()
     size = metering.chunk_size()
     lo, hi = chunk * size, (chunk + 1) * size
@@ -399,7 +406,7 @@ def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[i
         lines += build_lines(adjustments.get(uid, ({}, []))[0], names, currency, "adjustment")
         drafts[uid] = _Draft(uid, currency, lines, sum(l.amount_minor for l in lines))
 
-    _finalize(drafts, users, start, end, now, created_by, in_chunk)
+    _finalize(drafts, users, start, end, now, created_by, in_chunk, before_numbers)
     for uid, (_, adj_ids) in adjustments.items():
         if uid in drafts and adj_ids:
             db.session.execute(update(UsageAdjustment).where(UsageAdjustment.id.in_(adj_ids))
@@ -438,7 +445,8 @@ class _Draft:
 
 
 def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: datetime,
-              now: datetime, created_by: User | None, in_chunk) -> None:
+              now: datetime, created_by: User | None, in_chunk,
+              before_numbers: Callable[[], None] | None = None) -> None:
     """Credits, numbers, then the invoices (already finalized), their lines, the ledger
     postings, credit payments, late-usage credit-backs, events and PDF requests."""
     from .invoice_documents import enqueue_render
@@ -489,6 +497,8 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
     lines = [(d.invoice_id, n, *line)
              for d in (drafts[uid] for uid in todo) for n, line in enumerate(d.lines, 1)]
 
+    if before_numbers is not None:
+        before_numbers()
     for row, uid, number in zip(rows, todo, reserve_numbers(now.year, len(todo))):
         drafts[uid].number = row[4] = row[-1]["number"] = number
     ledger.bulk_insert(Invoice.__table__, (
@@ -608,12 +618,59 @@ def generate_for_user(user: User, start: datetime, end: datetime, *,
 
 
 def generate_period(start: datetime, end: datetime, now: datetime | None = None) -> RunResult:
-    """Every chunk in this process, one transaction per chunk (the CLI)."""
+    """Every chunk in this process, one transaction per chunk, committed in chunk order (the
+    CLI). A chunk that fails stops the run: the chunks before it stay committed."""
     check_period(start, end, now)
+    chunks = chunks_with_users()
+    if db.engine.dialect.name == "postgresql" and len(chunks) > 1:
+        db.session.commit()
+        return _generate_overlapped(chunks, start, end, now)
     totals = RunResult()
-    for chunk in chunks_with_users():
+    for chunk in chunks:
         totals.add(generate_chunk(chunk, start, end, now=now))
         db.session.commit()
+    return totals
+
+
+class _RunStopped(Exception):
+    """An earlier chunk of the run failed; this one gives up uncommitted."""
+
+
+def _generate_overlapped(chunks: list[int], start: datetime, end: datetime,
+                         now: datetime | None) -> RunResult:
+    """generate_period's chunks with the next one read and built (on a second connection)
+    while the one before it is written: a chunk waits for the previous one's commit before
+    it takes its numbers, and commits after it, so numbers, commits and a failure's outcome
+    are those of one chunk at a time; only the waiting for the database overlaps."""
+    app = current_app._get_current_object()
+    over = [threading.Event() for _ in chunks]  # chunk i's transaction has ended
+    committed = [False] * len(chunks)
+
+    def after_previous(i: int) -> None:
+        if i:
+            over[i - 1].wait()
+            if not committed[i - 1]:
+                raise _RunStopped()
+
+    def run(i: int) -> RunResult:
+        with app.app_context():
+            try:
+                if i and over[i - 1].is_set() and not committed[i - 1]:
+                    raise _RunStopped()
+                result = generate_chunk(chunks[i], start, end, now=now,
+                                        before_numbers=lambda: after_previous(i))
+                after_previous(i)
+                db.session.commit()
+                committed[i] = True
+                return result
+            finally:
+                db.session.remove()  # rolls back what was not committed
+                over[i].set()
+
+    totals = RunResult()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="invoice-run") as pool:
+        for future in [pool.submit(run, i) for i in range(len(chunks))]:
+            totals.add(future.result())  # the first failure, in chunk order, is raised
     return totals
 
 

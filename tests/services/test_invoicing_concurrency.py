@@ -198,3 +198,49 @@ def test_a_run_that_died_halfway_is_completed_by_the_next(app, wide, monkeypatch
     with wide.app_context():
         assert invoicing.generate_period(*OCT, now=NOW).invoices == 0
         db.session.remove()
+
+
+def test_one_run_numbers_and_commits_its_chunks_in_order(app, wide):
+    """A run builds its next chunk while the one before is written, yet numbers follow the
+    chunks: in user order (the chunks' order) they ascend without a gap."""
+    users = scenario(wide, users=10)
+    with wide.app_context():
+        result = invoicing.generate_period(*OCT, now=NOW)
+        db.session.remove()
+    assert (result.invoices, result.skipped) == (len(users), 0)
+    numbers = check_invoices(wide, users)
+    with wide.app_context():
+        by_user = dict(db.session.execute(select(Invoice.user_id, Invoice.number)).all())
+        db.session.remove()
+    assert [by_user[uid] for uid in sorted(users)] == numbers
+
+
+def test_a_chunk_that_fails_while_being_built_stops_the_run_there(app, wide, monkeypatch):
+    """The third chunk fails before it takes numbers (the second is being written then): the
+    first two chunks are committed, nothing after them, and the next run does the rest."""
+    users = scenario(wide, users=10)
+    with wide.app_context():
+        chunk_of = {uid: metering.chunk_of(uid) for uid in users}
+    third = sorted(set(chunk_of.values()))[2]
+    real_usage = invoicing._period_usage
+
+    def fails_in_the_third_chunk(user_lo, *args):
+        if user_lo == third * CHUNK:  # the chunk's first user id
+            raise RuntimeError("unreadable rollups")
+        return real_usage(user_lo, *args)
+
+    monkeypatch.setattr(invoicing, "_period_usage", fails_in_the_third_chunk)
+    with wide.app_context():
+        with pytest.raises(RuntimeError, match="unreadable rollups"):
+            invoicing.generate_period(*OCT, now=NOW)
+        db.session.remove()
+        done = sorted(db.session.scalars(select(Invoice.user_id)))
+        db.session.remove()
+    assert done == sorted(uid for uid in users if chunk_of[uid] < third)
+
+    monkeypatch.undo()
+    with wide.app_context():
+        again = invoicing.generate_period(*OCT, now=NOW)
+        db.session.remove()
+    assert (again.invoices, again.skipped) == (len(users) - len(done), len(done))
+    check_invoices(wide, users)
