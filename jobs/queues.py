@@ -114,6 +114,10 @@ def init_app(app: Flask) -> None:
 
     @event.listens_for(session_class, "after_commit")
     def _after_commit(session):
+        # SQLAlchemy 2 fires after_commit when a savepoint is released too: only the
+        # outermost commit makes the rows visible to a job.
+        if session.in_nested_transaction():
+            return
         pending = session.info.pop(_PENDING, [])
         by_queue: dict[str, list] = {}
         for item in pending:

@@ -47,3 +47,19 @@ def test_many_jobs_from_one_commit_go_to_redis_as_one_batch_job(app, make_app, r
     assert queue.fetch_job("rec_7").args == ("slot-7",)
     assert queue.fetch_job("rec_7").func_name == FUNC
     connection.close()
+
+
+def test_a_released_savepoint_enqueues_nothing_until_the_commit(app, make_app, redis_url):
+    """SQLAlchemy signals after_commit for a savepoint too; a job must wait for the real
+    commit, or it would read rows that are not visible yet (or wait on our own locks)."""
+    async_app = make_app(RQ_ASYNC=True)
+    connection = Redis.from_url(redis_url)
+    queue = Queue("default", connection=connection)
+    with async_app.app_context():
+        db.session.execute(text("SELECT 1"))
+        with db.session.begin_nested():
+            queues.enqueue_after_commit("default", FUNC, "inner", job_id="rec:inner")
+        assert queue.job_ids == []
+        db.session.commit()
+        assert queue.job_ids == ["rec_inner"]
+        db.session.remove()
