@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
@@ -188,11 +189,39 @@ def settle(user_id: int, *, invoice_id: int | None = None, now: datetime | None 
             result.paid.append(invoice.id)
         targets = [invoice.id] if invoice.status != InvoiceStatus.PAID else []
     db.session.commit()
-    if not targets or not cards.cards_enabled():
+    if not targets:
+        return result
+    if not (cards.cards_enabled() and cards.list_cards(user)):
+        for target in targets:  # (Pay now shows the user what is missing instead)
+            if invoice_id is None and _nothing_can_pay(db.session.get(Invoice, target)):
+                result.failed.append(target)
+        db.session.commit()
         return result
     for target in targets:
         _charge_cards(user_id, target, now, result)
     return result
+
+
+def _nothing_can_pay(invoice: Invoice) -> bool:
+    """The wallets left part of the invoice unpaid and the user has no card: the platform
+    and the user are told, once per invoice (later runs stay quiet until money arrives)."""
+    from . import events, mail
+    from ..models import Event
+
+    subject = f"invoice:{invoice.id}:no-payment-method"
+    if db.session.scalar(select(Event.id).where(Event.name == "billing.payment.failed",
+                                                Event.subject == subject)):
+        return False
+    user = db.session.get(User, invoice.user_id)
+    due = Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency)
+    events.record("billing.payment.failed", subject, {
+        "invoice_id": invoice.id, "invoice_number": invoice.number, "user_id": user.id,
+        "amount_due": str(due.amount), "amount_due_minor": due.amount_minor,
+        "currency": due.currency, "attempts": []}, user.id)
+    mail.queue_email(to=user.email, subject=f"We could not collect payment for {invoice.number}",
+                     template="payment_failed", user_id=user.id, invoice=invoice, due=due,
+                     attempts=[], link=f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}")
+    return True
 
 
 def _own_invoice(user: User, invoice_id: int) -> Invoice:

@@ -26,11 +26,13 @@ def pay_app(app, standin, receiver):
     webhooks are signed with the receiver's secret, which the app verifies."""
     keys = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE",
             "PAYMENT_ATTEMPT_STALE_SECONDS")
-    saved = {k: app.config.get(k) for k in keys}
+    saved = {k: app.config[k] for k in keys if k in app.config}
     app.config.update(STRIPE_SECRET_KEY=SECRET_KEY, STRIPE_WEBHOOK_SECRET=receiver.secret,
                       STRIPE_API_BASE=standin.base_url)
     app.extensions.pop("portal.gateway", None)
     yield app
+    for key in keys:
+        app.config.pop(key, None)
     app.config.update(saved)
     app.extensions.pop("portal.gateway", None)
 

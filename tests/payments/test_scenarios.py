@@ -476,3 +476,19 @@ def test_the_same_card_twice_is_refused_with_a_clear_message(user, standin):
     assert "already saved" in again.message
     assert db.session.scalar(select(func.count()).select_from(PaymentMethod).where(
         PaymentMethod.user_id == user.id)) == 1
+
+
+def test_with_no_card_and_no_money_the_user_is_told_once(pctx, make_user):
+    """Nothing can pay: billing.payment.failed and one email, not one per daily run."""
+    user = db.session.get(User, make_user().id)
+    invoice = invoice_of(user, {"web": 100})
+    for _ in range(3):
+        result = settlement.settle(user.id)
+    assert result.failed == []  # the later runs stay quiet
+    events = db.session.scalars(select(Event).where(Event.name == "billing.payment.failed")).all()
+    assert [(e.subject, e.payload["amount_due_minor"]) for e in events] == [
+        (f"invoice:{invoice.id}:no-payment-method", 500)]
+    mails = db.session.scalars(select(OutboundEmail).where(
+        OutboundEmail.subject.like("We could not collect%"))).all()
+    assert len(mails) == 1 and invoice.number in mails[0].body_text
+    assert db.session.get(Invoice, invoice.id).status == "open"
