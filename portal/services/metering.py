@@ -224,14 +224,17 @@ def adjust_window(deployment: Deployment, since: datetime) -> Iterator[None]:
     mark = lock_mark(chunk_of(deployment.user_id))
     start = epoch(since)
     end = epoch(mark.metered_through) if mark is not None else start
-    cutoff = invoiced_through(deployment.user_id)
-    late_end = min(end, epoch(cutoff)) if cutoff is not None else start
     params = {"deployment_id": deployment.id}
     steps = []
     if start < end:
         steps.append((start, end, ROLLUPS))
-    if start < late_end:
-        steps.append((start, late_end, ADJUSTMENTS))
+        # Late only where an invoice already billed the time: a period not invoiced yet
+        # (even one before an invoiced period) bills the corrected rollups itself.
+        for period_start, period_end in invoiced_periods(deployment.user_id, since,
+                                                         mark.metered_through):
+            late_start, late_end = max(start, epoch(period_start)), min(end, epoch(period_end))
+            if late_start < late_end:
+                steps.append((late_start, late_end, ADJUSTMENTS))
     if steps:
         db.session.flush()
     for since_s, until_s, target in steps:
@@ -249,6 +252,16 @@ def adjust_window(deployment: Deployment, since: datetime) -> Iterator[None]:
     db.session.execute(UsageAdjustment.__table__.delete().where(
         UsageAdjustment.deployment_id == deployment.id, UsageAdjustment.invoice_id.is_(None),
         *[getattr(UsageAdjustment, c) == 0 for c in USAGE_COLUMNS]))
+
+
+def invoiced_periods(user_id: int, start: datetime, end: datetime
+                     ) -> list[tuple[datetime, datetime]]:
+    """The user's invoiced (non-void) periods that overlap [start, end)."""
+    return [tuple(row) for row in db.session.execute(
+        select(Invoice.period_start, Invoice.period_end).distinct().where(
+            Invoice.user_id == user_id, Invoice.status != "void",
+            Invoice.period_end > start, Invoice.period_start < end)
+        .order_by(Invoice.period_start)).all()]
 
 
 def invoiced_through(user_id: int) -> datetime | None:

@@ -203,6 +203,32 @@ def test_late_usage_appears_on_the_next_invoice_as_an_adjustment(user):
     assert find_discrepancies() == []
 
 
+def test_usage_reported_late_for_a_period_not_invoiced_yet_is_billed_once(user):
+    """October is invoiced first; the platform then reports a deployment that ran from
+    September 30 to October 1 (12 h each side). September, not invoiced yet, bills its 12 h
+    as an ordinary line; only October's 12 h are late, an adjustment on the next invoice
+    made (here September's). Each hour is billed once."""
+    run(user, "web", OCT[0], cpu_cores=1, memory_gb=0, storage_gb=0)
+    generate()
+    run(user, "late", datetime(2026, 9, 30, 12, tzinfo=UTC), datetime(2026, 10, 1, 12, tzinfo=UTC),
+        cpu_cores=1, memory_gb=0, storage_gb=0)
+    db.session.commit()
+    sep = (datetime(2026, 9, 1, tzinfo=UTC), OCT[0])
+    invoicing.generate_period(*sep, now=NOW)
+    db.session.commit()
+    september = db.session.scalars(select(Invoice).where(Invoice.period_start == sep[0])).one()
+    assert sorted((l.kind, l.description, l.amount_minor) for l in september.lines) == [
+        ("adjustment", "Adjustment: late · CPU", 60), ("usage", "late · CPU", 60)]
+    october = db.session.scalars(select(Invoice).where(Invoice.period_start == OCT[0])).one()
+    assert october.subtotal_minor == 3720  # never edited
+    nov = (OCT[1], datetime(2026, 12, 1, tzinfo=UTC))
+    invoicing.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
+    db.session.commit()
+    november = db.session.scalars(select(Invoice).where(Invoice.period_start == nov[0])).one()
+    assert [l.kind for l in november.lines] == ["usage"]  # web's November; nothing late left
+    assert find_discrepancies() == []
+
+
 def test_a_change_dated_inside_an_invoiced_period_is_refused(user):
     dep = run(user, "web", OCT[0])
     generate()
