@@ -561,6 +561,25 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
         enqueue_render(d.invoice_id)
     events.record_new_many(created + paid)
+    _settle_where_money_waits({uid for uid in todo if statuses[uid] == S.OPEN}, in_chunk)
+
+
+def _settle_where_money_waits(open_users: set[int], in_chunk) -> None:
+    """Issued invoices are settled at once (after commit) for the users who have something
+    to pay with: a voucher or prepaid balance, or a saved card. The others wait for money
+    (settlement runs again when it arrives, and daily)."""
+    from ..models import PaymentMethod
+    from . import settlement
+
+    if not open_users:
+        return
+    a = LedgerAccount.__table__.c
+    funded = select(a.user_id).where(*in_chunk(a.user_id), a.balance_minor > 0,
+                                     a.kind.in_([str(AccountKind.CASH), str(AccountKind.VOUCHER)]))
+    carded = select(PaymentMethod.user_id).where(*in_chunk(PaymentMethod.user_id),
+                                                 PaymentMethod.removed_at.is_(None))
+    for uid in sorted(open_users & set(db.session.scalars(funded.union(carded)))):
+        settlement.request_settlement(uid)
 
 
 def _draw_credits(drafts: dict[int, _Draft], holders: dict[int, int], now: datetime) -> None:

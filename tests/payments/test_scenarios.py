@@ -286,6 +286,25 @@ def test_adding_a_card_settles_pending_invoices(user, standin):
         == [(200, card.gateway_id), (500, card.gateway_id)]
 
 
+def test_an_invoice_is_settled_when_it_is_issued(user, standin, make_user):
+    """Issuing settles at once for whoever has something to pay with: the card holder and
+    the user with a prepaid balance are paid; the user with nothing waits (no charge)."""
+    card = the_card(add_card(user))
+    topped = db.session.get(User, make_user().id)
+    top_up(topped, 700, reference="pi_before_the_invoice")
+    broke = db.session.get(User, make_user().id)
+
+    paid_by_card = invoice_of(user, {"web": 100})
+    paid_by_balance = invoice_of(topped, {"web": 100})
+    waiting = invoice_of(broke, {"web": 100})
+
+    assert tenders(paid_by_card) == [("card", 500)] and fresh(paid_by_card).status == "paid"
+    assert [(i["amount"], i["payment_method"]) for i in charges(standin, user)] == [
+        (500, card.gateway_id)]
+    assert tenders(paid_by_balance) == [("cash", 500)] and fresh(paid_by_balance).status == "paid"
+    assert fresh(waiting).status == "open" and tenders(waiting) == []
+
+
 def test_a_top_up_settles_pending_invoices(user, standin):
     invoice = invoice_of(user, {"web": 100})
 
