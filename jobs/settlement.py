@@ -54,3 +54,9 @@ def requeue_webhooks() -> dict:
     count = webhooks.requeue_unprocessed()
     db.session.commit()
     return {"requeued": count}
+
+
+def detach_card(gateway_id: str) -> dict:
+    """A removed card taken off the gateway's customer (after the removal committed)."""
+    cards.detach(gateway_id)
+    return {"detached": gateway_id}

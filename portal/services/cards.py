@@ -151,7 +151,7 @@ def save_card(user: User, info: CardInfo) -> Saved:
         return Saved(known)
     duplicate = _active_with_fingerprint(user, info.fingerprint)
     if duplicate is not None:
-        _detach(info.id)
+        detach(info.id)
         return Saved(None, duplicate_of=duplicate)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
     first = not list_cards(user)
@@ -168,7 +168,7 @@ def save_card(user: User, info: CardInfo) -> Saved:
             return Saved(again)
         duplicate = _active_with_fingerprint(user, info.fingerprint)
         if duplicate is not None:
-            _detach(info.id)
+            detach(info.id)
             return Saved(None, duplicate_of=duplicate)
         raise
     settlement.request_settlement(user.id)
@@ -181,7 +181,7 @@ def _active_with_fingerprint(user: User, fingerprint: str) -> PaymentMethod | No
         PaymentMethod.removed_at.is_(None)))
 
 
-def _detach(gateway_id: str) -> None:
+def detach(gateway_id: str) -> None:
     """Take a card off the gateway's customer; a card already detached is fine."""
     try:
         get_gateway().detach_payment_method(gateway_id, idempotency_key=f"detach:{gateway_id}")
@@ -258,7 +258,12 @@ def remove_card(user: User, card_id: int, now: datetime | None = None) -> Paymen
         if remaining:
             remaining[0].is_default = True
             db.session.flush()
-    _detach(card.gateway_id)
+    # Taken off the gateway's customer once the removal is committed (never before: a
+    # rollback would leave us a card the gateway no longer has).
+    from jobs.queues import enqueue_after_commit
+
+    enqueue_after_commit("settlement", "jobs.settlement.detach_card", card.gateway_id,
+                         job_id=f"detach:{card.gateway_id}")
     return card
 
 

@@ -15,6 +15,7 @@ from portal.money import Money
 from portal.services import card_payments, cards, deployments
 from tests.payments.conftest import (TEST_CARDS, add_card, invoice_of, pay_app,  # noqa: F401
                                      receiver, standin)
+from tests.payments.test_scenarios import settlement_held
 
 CARD_FIELDS = {"id", "brand", "last4", "exp_month", "exp_year", "is_default"}
 
@@ -51,7 +52,10 @@ def running_deployment(user_id: int) -> None:
 
 
 def issued_invoice(user_id: int, hours: int = 100) -> int:
-    return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
+    """Issued while the user's settlement waits (as if its job had not run yet), so the
+    test's own Pay now is what pays."""
+    with settlement_held():
+        return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
 
 
 def topped_up(user_id: int, card_id: int, amount_minor: int) -> None:

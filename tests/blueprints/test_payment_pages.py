@@ -19,6 +19,7 @@ from portal.money import Money
 from portal.services import card_payments, cards, deployments
 from tests.payments.conftest import (TEST_CARDS, add_card, invoice_of, pay_app,  # noqa: F401
                                      receiver, standin, type_card)
+from tests.payments.test_scenarios import settlement_held
 
 
 @pytest.fixture
@@ -56,7 +57,10 @@ def topped_up(user_id: int, card_id: int, amount_minor: int) -> None:
 
 
 def issued_invoice(user_id: int, hours: int = 100) -> int:
-    return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
+    """Issued while the user's settlement waits (as if its job had not run yet), so the
+    test's own Pay now is what pays."""
+    with settlement_held():
+        return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
 
 
 def text(response) -> str:

@@ -436,10 +436,17 @@ def test_the_last_card_may_go_when_the_voucher_balance_covers_the_deployments(us
 def test_the_last_card_may_go_when_nothing_runs(user, standin):
     card = the_card(add_card(user))
     invoice_of(user, {"gone": 10})  # deployments that ended do not count
+    from portal.gateways import get_gateway
+
+    cards.remove_card(user, card.id)
+    db.session.rollback()  # a removal that does not commit leaves the card where it was
+    assert get_gateway().get_payment_method(card.gateway_id).customer is not None
     cards.remove_card(user, card.id)
     db.session.commit()
     assert cards.list_cards(user) == []
     assert db.session.get(PaymentMethod, card.id).removed_at is not None
+    # taken off the gateway's customer after the commit
+    assert get_gateway().get_payment_method(card.gateway_id).customer is None
 
 
 def test_with_two_cards_either_may_go_and_the_default_moves(user, standin):
