@@ -4,6 +4,7 @@ portal's endpoint (``deliver_events``) as Stripe would deliver them."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Invoice, User
-from portal.services import cards, deployments, invoicing
+from portal.services import cards, deployments, invoicing, settlement
 from tests.gateways.conftest import (SECRET_KEY, TEST_CARDS, customer, gateway,  # noqa: F401
                                      receiver, standin)
 
@@ -69,8 +70,26 @@ def add_card(user: User, number: str = TEST_CARDS["ok"]) -> cards.Saved:
     return saved
 
 
-def invoice_of(user: User, cents_per_hour_hours: dict[str, int], period=OCT) -> Invoice:
-    """An issued invoice with one CPU line per deployment (1 core x hours x $0.05)."""
+@contextmanager
+def settlement_held():
+    """Set a scenario up without the settlement that new money, a new card or a new invoice
+    starts after commit, so the test's own ``settle`` is the run under test."""
+    original = settlement.request_settlement
+    settlement.request_settlement = lambda user_id: None
+    try:
+        yield
+    finally:
+        settlement.request_settlement = original
+
+
+def invoice_of(user: User, cents_per_hour_hours: dict[str, int], period=OCT, *,
+               settle: bool = False) -> Invoice:
+    """An issued invoice with one CPU line per deployment (1 core x hours x $0.05). Issuing
+    settles at once for users who can pay; with ``settle=False`` (the default) that waits, as
+    if the settlement job had not run yet."""
+    if not settle:
+        with settlement_held():
+            return invoice_of(user, cents_per_hour_hours, period, settle=True)
     for name, hours in cents_per_hour_hours.items():
         dep, _ = deployments.create_deployment(
             external_id=f"{name}-{user.id}", user=user, kind="vm", cpu_cores=1, memory_gb=0,

@@ -5,7 +5,6 @@ what the ledger holds (the wallets' balances) and what the card processor actual
 (the stand-in's payment intents for the user's customer)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,7 +18,8 @@ from portal.money import Money
 from portal.services import (card_payments, cards, credits, deployments, ledger, settlement,
                              topups, vouchers)
 from portal.services.errors import Conflict, NotFound
-from tests.payments.conftest import SECRET_KEY, TEST_CARDS, add_card, invoice_of
+from tests.payments.conftest import (SECRET_KEY, TEST_CARDS, add_card, invoice_of,
+                                     settlement_held)
 
 AUG = (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC))
 SEP = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))
@@ -30,18 +30,6 @@ USD = lambda minor: Money(minor, "USD")  # noqa: E731
 @pytest.fixture
 def user(pctx, make_user) -> User:
     return db.session.get(User, make_user().id)
-
-
-@contextmanager
-def settlement_held():
-    """Set a scenario up without the settlement that new money or a new card starts after
-    commit, so the test's own ``settle`` is the run under test."""
-    original = settlement.request_settlement
-    settlement.request_settlement = lambda user_id: None
-    try:
-        yield
-    finally:
-        settlement.request_settlement = original
 
 
 def charges(standin, user: User) -> list[dict]:
@@ -294,9 +282,9 @@ def test_an_invoice_is_settled_when_it_is_issued(user, standin, make_user):
     top_up(topped, 700, reference="pi_before_the_invoice")
     broke = db.session.get(User, make_user().id)
 
-    paid_by_card = invoice_of(user, {"web": 100})
-    paid_by_balance = invoice_of(topped, {"web": 100})
-    waiting = invoice_of(broke, {"web": 100})
+    paid_by_card = invoice_of(user, {"web": 100}, settle=True)
+    paid_by_balance = invoice_of(topped, {"web": 100}, settle=True)
+    waiting = invoice_of(broke, {"web": 100}, settle=True)
 
     assert tenders(paid_by_card) == [("card", 500)] and fresh(paid_by_card).status == "paid"
     assert [(i["amount"], i["payment_method"]) for i in charges(standin, user)] == [
