@@ -104,7 +104,9 @@ def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | N
                          **kwargs: Any) -> None:
     from portal.extensions import db
 
-    db.session.info.setdefault(_PENDING, []).append((queue_name, func, args, job_id, kwargs))
+    # Tagged with the savepoint it was asked for in: a rolled-back savepoint takes it along.
+    db.session.info.setdefault(_PENDING, []).append(
+        (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction()))
 
 
 def init_app(app: Flask) -> None:
@@ -117,8 +119,14 @@ def init_app(app: Flask) -> None:
         # SQLAlchemy 2 fires after_commit when a savepoint is released too: only the
         # outermost commit makes the rows visible to a job.
         if session.in_nested_transaction():
+            # A released savepoint's jobs now belong to the transaction around it.
+            released = session.get_nested_transaction()
+            parent = released.parent if released.parent is not None \
+                and released.parent.nested else None
+            session.info[_PENDING] = [item[:5] + (parent,) if item[5] is released else item
+                                      for item in session.info.get(_PENDING, [])]
             return
-        pending = session.info.pop(_PENDING, [])
+        pending = [item[:5] for item in session.info.pop(_PENDING, [])]
         by_queue: dict[str, list] = {}
         for item in pending:
             by_queue.setdefault(item[0], []).append(item)
@@ -135,5 +143,8 @@ def init_app(app: Flask) -> None:
 
     @event.listens_for(session_class, "after_soft_rollback")
     def _after_rollback(session, previous_transaction):
-        if previous_transaction.parent is None:  # the outermost transaction, not a savepoint
+        if previous_transaction.nested:  # a savepoint: the jobs asked for inside it go
+            session.info[_PENDING] = [item for item in session.info.get(_PENDING, [])
+                                      if item[5] is not previous_transaction]
+        elif previous_transaction.parent is None:  # the outermost transaction
             session.info.pop(_PENDING, None)

@@ -59,7 +59,18 @@ def test_a_released_savepoint_enqueues_nothing_until_the_commit(app, make_app, r
         db.session.execute(text("SELECT 1"))
         with db.session.begin_nested():
             queues.enqueue_after_commit("default", FUNC, "inner", job_id="rec:inner")
+            with db.session.begin_nested():
+                queues.enqueue_after_commit("default", FUNC, "deeper", job_id="rec:deeper")
         assert queue.job_ids == []
+        # A savepoint rolled back takes its jobs along, nested ones included.
+        try:
+            with db.session.begin_nested():
+                queues.enqueue_after_commit("default", FUNC, "undone", job_id="rec:undone")
+                with db.session.begin_nested():
+                    queues.enqueue_after_commit("default", FUNC, "undone2", job_id="rec:undone2")
+                raise ValueError("roll this savepoint back")
+        except ValueError:
+            pass
         db.session.commit()
-        assert queue.job_ids == ["rec_inner"]
+        assert sorted(queue.job_ids) == ["rec_deeper", "rec_inner"]
         db.session.remove()
