@@ -213,13 +213,15 @@ def _ask_for_authentication(attempt: PaymentAttempt) -> None:
                      attempt=attempt, link=link)
 
 
-def payment_failed(invoice: Invoice, attempts: list[PaymentAttempt]) -> None:
-    """No tender could pay the invoice: the platform is told (once per failed round) and
-    the user is emailed."""
+def payment_failed(invoice: Invoice, attempts: list[PaymentAttempt], *,
+                   subject: str | None = None) -> None:
+    """No tender could pay the invoice: the platform is told and the user is emailed.
+    ``subject`` names the failure (the event is recorded once per subject): by default the
+    round's last attempt, so each failed round of card charges is told."""
     user = db.session.get(User, invoice.user_id)
-    last = attempts[-1]
+    subject = subject or f"invoice:{invoice.id}:attempt:{attempts[-1].id}"
     due = Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency)
-    events.record("billing.payment.failed", f"invoice:{invoice.id}:attempt:{last.id}", {
+    events.record("billing.payment.failed", subject, {
         "invoice_id": invoice.id, "invoice_number": invoice.number, "user_id": user.id,
         "amount_due": str(due.amount), "amount_due_minor": due.amount_minor,
         "currency": due.currency, "attempts": [

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -269,7 +270,5 @@ def remove_card(user: User, card_id: int, now: datetime | None = None) -> Paymen
 
 def cards_enabled() -> bool:
     """Whether card payments are configured (a gateway key)."""
-    from flask import current_app
-
     return bool(current_app.config.get("STRIPE_SECRET_KEY")) or \
         "portal.gateway" in current_app.extensions

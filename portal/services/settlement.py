@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
@@ -136,10 +135,7 @@ def settle_user(user: User, now: datetime | None = None) -> SettleResult:
     now = now or utcnow()
     _lock_user(user)
     result = SettleResult()
-    unpaid = list(db.session.scalars(select(Invoice).where(
-        Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID]))
-        .order_by(Invoice.total_minor, Invoice.id)))
-    for invoice in unpaid:
+    for invoice in _unpaid(user):
         result.payments += settle_invoice(invoice, user, now)
         if invoice.status == InvoiceStatus.PAID:
             result.paid.append(invoice.id)
@@ -205,22 +201,14 @@ def settle(user_id: int, *, invoice_id: int | None = None, now: datetime | None 
 def _nothing_can_pay(invoice: Invoice) -> bool:
     """The wallets left part of the invoice unpaid and the user has no card: the platform
     and the user are told, once per invoice (later runs stay quiet until money arrives)."""
-    from . import events, mail
+    from . import card_payments
     from ..models import Event
 
     subject = f"invoice:{invoice.id}:no-payment-method"
     if db.session.scalar(select(Event.id).where(Event.name == "billing.payment.failed",
                                                 Event.subject == subject)):
         return False
-    user = db.session.get(User, invoice.user_id)
-    due = Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency)
-    events.record("billing.payment.failed", subject, {
-        "invoice_id": invoice.id, "invoice_number": invoice.number, "user_id": user.id,
-        "amount_due": str(due.amount), "amount_due_minor": due.amount_minor,
-        "currency": due.currency, "attempts": []}, user.id)
-    mail.queue_email(to=user.email, subject=f"We could not collect payment for {invoice.number}",
-                     template="payment_failed", user_id=user.id, invoice=invoice, due=due,
-                     attempts=[], link=f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}")
+    card_payments.payment_failed(invoice, [], subject=subject)
     return True
 
 
@@ -233,6 +221,7 @@ def _own_invoice(user: User, invoice_id: int) -> Invoice:
 
 
 def _unpaid(user: User) -> list[Invoice]:
+    """The user's unpaid invoices, smallest total first."""
     return list(db.session.scalars(select(Invoice).where(
         Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID]))
         .order_by(Invoice.total_minor, Invoice.id)))
