@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -15,52 +14,10 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import LedgerTransaction, PaymentAttempt, User
-from portal.money import Money
-from portal.services import card_payments, cards, deployments
-from tests.payments.conftest import (TEST_CARDS, add_card, invoice_of, pay_app,  # noqa: F401
-                                     receiver, standin, type_card)
-from tests.payments.test_scenarios import settlement_held
-
-
-@pytest.fixture
-def in_app(pay_app):
-    """Run ``fn`` in its own app context and commit (nothing stays open while pages load)."""
-    def run(fn, *args, **kwargs):
-        with pay_app.app_context():
-            try:
-                result = fn(*args, **kwargs)
-                db.session.commit()
-                return result
-            finally:
-                db.session.remove()
-    return run
-
-
-def saved_card(user_id: int, number: str = TEST_CARDS["ok"]) -> int:
-    saved = add_card(db.session.get(User, user_id), number)
-    assert saved.created
-    return saved.card.id
-
-
-def running_deployment(user_id: int) -> None:
-    deployments.create_deployment(external_id=f"vm-live-{user_id}",
-                                  user=db.session.get(User, user_id), kind="vm", cpu_cores=1,
-                                  memory_gb=0, storage_gb=0,
-                                  started_at=datetime(2026, 1, 1, tzinfo=UTC))
-
-
-def topped_up(user_id: int, card_id: int, amount_minor: int) -> None:
-    attempt, _ = card_payments.top_up_with_card(
-        db.session.get(User, user_id), card_id, Money(amount_minor, "USD"), nonce="setup",
-        return_url="http://portal.test/wallet/")
-    assert attempt.status == "succeeded"
-
-
-def issued_invoice(user_id: int, hours: int = 100) -> int:
-    """Issued while the user's settlement waits (as if its job had not run yet), so the
-    test's own Pay now is what pays."""
-    with settlement_held():
-        return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
+from portal.services import cards
+from tests.payments.conftest import (TEST_CARDS, in_app,  # noqa: F401
+                                     issued_invoice, pay_app, receiver, running_deployment,
+                                     saved_card, standin, topped_up, type_card)
 
 
 def text(response) -> str:

@@ -125,41 +125,16 @@ PAYMENT_KEYS = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")
 def live_standin(live_server, tmp_path_factory):
     """The Stripe stand-in as its own process (``python -m standin``), delivering the events
     it signs to the live server's webhook endpoint, as ``make run`` wires them."""
-    import subprocess
-    import sys
-    import time
     import uuid
 
-    from tests.gateways.conftest import READY, ROOT
+    from tests.gateways.conftest import running_standin
 
     secret = "whsec_" + uuid.uuid4().hex
     log_path = tmp_path_factory.mktemp("live-standin") / "standin.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "standin", "--port", "0",
-             "--webhook-url", live_server.url + WEBHOOK_PATH, "--webhook-secret", secret],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=log, stderr=subprocess.STDOUT)
-    match = None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and process.poll() is None:
-        match = READY.search(log_path.read_text(errors="replace"))
-        if match:
-            break
-        time.sleep(0.05)
-    if not match:
-        process.kill()
-        process.wait()
-    need(match is not None, "the Stripe stand-in did not start: "
-         + log_path.read_text(errors="replace")[-2000:])
-    yield SimpleNamespace(base_url=match.group(1), webhook_secret=secret, log_path=log_path,
-                          log=lambda: log_path.read_text(errors="replace"))
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with running_standin(log_path, "--webhook-url", live_server.url + WEBHOOK_PATH,
+                         "--webhook-secret", secret) as server:
+        yield SimpleNamespace(base_url=server.base_url, webhook_secret=secret,
+                              log_path=log_path, log=server.log)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +42,13 @@ class Standin:
         return requests.post(self.base_url + path, timeout=10, **kwargs)
 
 
-@pytest.fixture(scope="session")
-def standin(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("standin") / "standin.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+@contextmanager
+def running_standin(log_path: Path, *args: str) -> Iterator[Standin]:
+    """``python -m standin --port 0 *args`` as its own process, until the block ends."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "standin", "--port", "0"], cwd=ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "standin", "--port", "0", *args],
+                                   cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   stdout=log, stderr=subprocess.STDOUT)
     match = None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and process.poll() is None:
@@ -59,14 +61,21 @@ def standin(tmp_path_factory):
         process.wait()
     need(match is not None, "the Stripe stand-in did not start: "
          + log_path.read_text(errors="replace")[-2000:])
-    server = Standin(match.group(1), int(match.group(2)), log_path, process)
-    yield server
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        yield Standin(match.group(1), int(match.group(2)), log_path, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    with running_standin(tmp_path_factory.mktemp("standin") / "standin.log") as server:
+        yield server
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ process, cards are typed on its sandbox pages, and the webhooks it signs are del
 portal's endpoint (``deliver_events``) as Stripe would deliver them."""
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,8 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Invoice, User
-from portal.services import cards, deployments, invoicing, settlement
+from portal.money import Money
+from portal.services import card_payments, cards, deployments, invoicing, settlement
 from tests.gateways.conftest import (SECRET_KEY, TEST_CARDS, customer, gateway,  # noqa: F401
                                      receiver, standin)
 
@@ -101,13 +103,23 @@ def invoice_of(user: User, cents_per_hour_hours: dict[str, int], period=OCT, *,
     return invoice
 
 
+def charges(standin, user: User) -> list[dict]:
+    """The payment intents the stand-in holds for the user's customer, oldest first."""
+    customer = cards.customer_id(user)
+    db.session.commit()
+    answer = requests.get(f"{standin.base_url}/v1/payment_intents",
+                          params={"customer": customer, "limit": 100},
+                          auth=(SECRET_KEY, ""), timeout=10)
+    assert answer.status_code == 200, answer.text
+    # In the order they were made: our attempts' ids (in their metadata) grow.
+    return sorted(answer.json()["data"], key=lambda i: int(i["metadata"]["attempt_id"]))
+
+
 def deliver_events(client, receiver, *, since: int = 0, types=None) -> list[dict]:
     """POST every event the stand-in delivered (after index ``since``) to the portal's
     webhook endpoint, as received (signature included)."""
     sent = []
     for headers, body in list(receiver.deliveries)[since:]:
-        import json
-
         event = json.loads(body)
         if types and event["type"] not in types:
             continue
@@ -133,3 +145,45 @@ def wait_for_events(receiver, predicate, timeout: float = 15) -> list[dict]:
 def unpaid(user: User) -> list[Invoice]:
     return list(db.session.scalars(select(Invoice).where(
         Invoice.user_id == user.id, Invoice.status.in_(["open", "overdue"]))))
+
+
+# -- for tests that drive the portal through its client: each step in its own app context --
+@pytest.fixture
+def in_app(pay_app):
+    """Run ``fn`` in its own app context and commit (nothing stays open while the client
+    calls the portal)."""
+    def run(fn, *args, **kwargs):
+        with pay_app.app_context():
+            try:
+                result = fn(*args, **kwargs)
+                db.session.commit()
+                return result
+            finally:
+                db.session.remove()
+    return run
+
+
+def saved_card(user_id: int, number: str = TEST_CARDS["ok"]) -> int:
+    saved = add_card(db.session.get(User, user_id), number)
+    assert saved.created
+    return saved.card.id
+
+
+def running_deployment(user_id: int) -> None:
+    deployments.create_deployment(external_id=f"vm-live-{user_id}",
+                                  user=db.session.get(User, user_id), kind="vm", cpu_cores=1,
+                                  memory_gb=0, storage_gb=0,
+                                  started_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def issued_invoice(user_id: int, hours: int = 100) -> int:
+    """Issued with settlement held (as if its job had not run yet), so the test's own Pay
+    now is what pays."""
+    return invoice_of(db.session.get(User, user_id), {f"web{user_id}": hours}).id
+
+
+def topped_up(user_id: int, card_id: int, amount_minor: int) -> None:
+    attempt, _ = card_payments.top_up_with_card(
+        db.session.get(User, user_id), card_id, Money(amount_minor, "USD"), nonce="setup",
+        return_url="http://portal.test/wallet/")
+    assert attempt.status == "succeeded"

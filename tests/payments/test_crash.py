@@ -22,8 +22,7 @@ from portal.money import Money
 from portal.services import card_payments, cards, ledger, settlement
 from tests.conftest import BASE_CONFIG
 from tests.gateways.conftest import ROOT
-from tests.payments.conftest import add_card, invoice_of
-from tests.payments.test_scenarios import charges, settlement_held
+from tests.payments.conftest import add_card, charges, invoice_of, settlement_held
 
 
 def settle_and_die(app, database_url: str, redis_url: str, user_id: int, when: str) -> None:

@@ -14,8 +14,8 @@ from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, User
 from portal.money import Money
 from portal.services import ledger, settlement, topups
-from tests.payments.conftest import TEST_CARDS, add_card, invoice_of
-from tests.payments.test_scenarios import charges, settlement_held
+from tests.payments.conftest import (TEST_CARDS, add_card, charges, invoice_of,
+                                     settlement_held)
 
 pytestmark = pytest.mark.postgres
 

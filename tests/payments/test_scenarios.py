@@ -18,7 +18,7 @@ from portal.money import Money
 from portal.services import (card_payments, cards, credits, deployments, ledger, settlement,
                              topups, vouchers)
 from portal.services.errors import Conflict, NotFound
-from tests.payments.conftest import (SECRET_KEY, TEST_CARDS, add_card, invoice_of,
+from tests.payments.conftest import (TEST_CARDS, add_card, charges, invoice_of,
                                      settlement_held)
 
 AUG = (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC))
@@ -30,18 +30,6 @@ USD = lambda minor: Money(minor, "USD")  # noqa: E731
 @pytest.fixture
 def user(pctx, make_user) -> User:
     return db.session.get(User, make_user().id)
-
-
-def charges(standin, user: User) -> list[dict]:
-    """The payment intents the stand-in holds for the user's customer, oldest first."""
-    customer = cards.customer_id(user)
-    db.session.commit()
-    answer = requests.get(f"{standin.base_url}/v1/payment_intents",
-                          params={"customer": customer, "limit": 100},
-                          auth=(SECRET_KEY, ""), timeout=10)
-    assert answer.status_code == 200, answer.text
-    # In the order they were made: our attempts' ids (in their metadata) grow.
-    return sorted(answer.json()["data"], key=lambda i: int(i["metadata"]["attempt_id"]))
 
 
 def collected(standin, user: User) -> list[int]:
