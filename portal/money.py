@@ -10,18 +10,17 @@ currency's digits.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
 from babel import Locale
-from babel.numbers import format_currency, get_currency_precision
+from babel.numbers import format_currency
+
+from .currencies import ISO_4217_DIGITS
 
 MICROS_PER_UNIT = 1_000_000
-
-# CLDR (through Babel) gives most currencies' digits; a few are pinned here so the project's
-# rounding does not move with a Babel upgrade. Payment gateways keep their own exceptions.
-_DIGITS_OVERRIDES = {"USD": 2, "EUR": 2, "GBP": 2, "JPY": 0, "KWD": 3, "BHD": 3, "KRW": 0}
 
 
 class CurrencyMismatch(ValueError):
@@ -33,12 +32,12 @@ class AmountError(ValueError):
 
 
 def currency_digits(currency: str) -> int:
-    currency = currency.upper()
-    if currency in _DIGITS_OVERRIDES:
-        return _DIGITS_OVERRIDES[currency]
-    if len(currency) != 3 or not currency.isalpha():
-        raise ValueError(f"not an ISO 4217 currency code: {currency!r}")
-    return get_currency_precision(currency)
+    """The currency's ISO 4217 minor units, from the project's own table (never from Babel:
+    a library upgrade must not change what stored amounts mean)."""
+    try:
+        return ISO_4217_DIGITS[currency.upper()]
+    except KeyError:
+        raise ValueError(f"not an ISO 4217 currency code with minor units: {currency!r}") from None
 
 
 def _check_not_float(value: object) -> None:
@@ -187,15 +186,23 @@ def format_money(value: Money, locale: str = "en_US") -> str:
 def _format_minor(amount_minor: int, currency: str, locale: str) -> str:
     # Pages show the same amounts again and again (the wallet polls every 15 s) and Babel
     # takes tens of microseconds an amount, so the text is kept per (amount, currency, locale).
-    # Babel rounds with the ambient context (HALF_EVEN); the value is already exact at the
-    # currency's digits, so nothing is rounded here.
+    # The value is already exact at the currency's digits and the pattern shows exactly
+    # those digits, so Babel rounds nothing (CLDR's own digits may differ: HUF, ISK).
     return format_currency(Money(amount_minor, currency).amount, currency,
-                           locale=_babel_locale(locale))
+                           format=_currency_pattern(locale, currency_digits(currency)),
+                           locale=_babel_locale(locale), currency_digits=False)
 
 
 @lru_cache(maxsize=16)
 def _babel_locale(locale: str) -> Locale:
     return Locale.parse(locale)
+
+
+@lru_cache(maxsize=64)
+def _currency_pattern(locale: str, digits: int) -> str:
+    """The locale's standard currency pattern with exactly ``digits`` fraction digits."""
+    pattern = _babel_locale(locale).currency_formats["standard"].pattern
+    return re.sub(r"(?<=0)\.0+", "." + "0" * digits if digits else "", pattern)
 
 
 def format_micros(micros: int, currency: str, locale: str = "en_US") -> str:
