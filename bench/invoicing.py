@@ -131,7 +131,7 @@ def seed(app) -> None:
     from portal.extensions import db
     from portal.models import MeterMark, User
     from portal.money import Money
-    from portal.services import catalog, credits, metering
+    from portal.services import catalog, credits, ledger, metering
 
     with app.app_context():
         version = catalog.ensure_catalog()
@@ -143,6 +143,7 @@ def seed(app) -> None:
                                created_at)
             SELECT n, 'user' || n || '@bench.example', 'Customer ' || n, false, true, 1, 'USD',
                    :now FROM seq"""), {"count": USERS, **params})
+        ledger.pin_currency("USD")  # as open_user_accounts does
         # The four accounts open_user_accounts gives every user, in the same order.
         db.session.execute(sql("""
             INSERT INTO ledger_accounts (user_id, kind, currency, balance_minor, created_at)

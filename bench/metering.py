@@ -66,7 +66,7 @@ def sql(statement: str):
 
 def seed(db, text) -> None:
     """Users, deployments and their open intervals, in set-based SQL."""
-    from portal.services import catalog
+    from portal.services import catalog, ledger
 
     version = catalog.ensure_catalog()
     db.session.commit()
@@ -77,6 +77,7 @@ def seed(db, text) -> None:
                            created_at)
         SELECT n, 'user' || n || '@bench.example', '', false, true, 1, 'USD', :now FROM seq"""),
         {"count": USERS, "now": now})
+    ledger.pin_currency("USD")  # as open_user_accounts does
     db.session.execute(sql(SEQ + """
         INSERT INTO deployments (id, external_id, user_id, kind, name, labels, state,
                                  price_version_id, cpu_milli, memory_mgb, storage_mgb, public_ip,

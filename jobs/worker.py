@@ -9,6 +9,7 @@ from rq import Worker
 
 from portal import create_app
 from portal.extensions import db
+from portal.services.reconcile import refuse_changed_currency_digits
 
 from .daemon import start_builtin, stop_builtin
 from .queues import QUEUES, redis_connection
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     AppWorker.app = app
     AppWorker.parent_pid = os.getpid()
     with app.app_context():
+        refuse_changed_currency_digits()
         worker = AppWorker(queues, connection=redis_connection(app))
     # Beside a long-running worker, the built-in failover scheduler (jobs/daemon.py).
     builtin = None if args.burst else start_builtin(app)

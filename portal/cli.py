@@ -129,10 +129,13 @@ def daemon(now: str | None, once: bool) -> None:
 
     from jobs import daemon as billing_daemon
 
+    from .services.reconcile import refuse_changed_currency_digits
+
     try:
         billing_daemon.parse_now(now)
     except ValueError as exc:
         fail(f"--now {exc}")
+    refuse_changed_currency_digits()
     sys.exit(billing_daemon.run(current_app._get_current_object(), now=now, once=once))
 
 
@@ -184,8 +187,10 @@ def seed_demo() -> None:
 @click.option("--banner", default="", help="Printed once everything has started.")
 def serve(host: str, port: int, web_workers: int, banner: str) -> None:
     """Run the web server, an RQ worker and the periodic processes in the foreground."""
+    from .services.reconcile import refuse_changed_currency_digits
     from .supervisor import run_all
 
+    refuse_changed_currency_digits()
     sys.exit(run_all(host=host, port=port, web_workers=web_workers, banner=banner))
 
 

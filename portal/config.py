@@ -240,6 +240,17 @@ def _env_positive(environ: dict[str, str], name: str, default: str) -> Decimal:
     return value
 
 
+SECRET_KEY_FILE = "secret_key"
+
+
+def _instance_secret(instance_path: str) -> str:
+    try:
+        with open(os.path.join(instance_path, SECRET_KEY_FILE), encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
 
@@ -254,9 +265,13 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     testing = bool(overrides.get("TESTING")) or _env_bool(env, "TESTING", False)
     debug = _env_bool(env, "FLASK_DEBUG", False)
 
-    secret = overrides.get("SECRET_KEY") or env.get("SECRET_KEY", "")
+    # The environment wins; else the key `make run` keeps in the instance folder, so the CLI
+    # in a new shell signs and reads what the running portal does.
+    secret = (overrides.get("SECRET_KEY") or env.get("SECRET_KEY", "")
+              or _instance_secret(instance_path))
     if not secret and not (testing or debug):
-        raise ConfigError("SECRET_KEY", "must be set in the environment "
+        raise ConfigError("SECRET_KEY", "must be set in the environment or in "
+                          f"{os.path.join(instance_path, SECRET_KEY_FILE)} "
                           "(python -c 'import secrets; print(secrets.token_hex(32))')")
     if secret and len(secret) < 16:
         raise ConfigError("SECRET_KEY", "must be at least 16 characters")

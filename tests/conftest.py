@@ -47,14 +47,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """PostgreSQL-only tests (concurrency) belong to the PostgreSQL pass: the SQLite pass
-    deselects them rather than skipping them."""
-    if TEST_DB == "postgresql":
-        return
-    postgres_only = [item for item in items if "postgres" in item.keywords]
-    if postgres_only:
-        config.hook.pytest_deselected(items=postgres_only)
-        items[:] = [item for item in items if "postgres" not in item.keywords]
+    """PostgreSQL-only tests (concurrency) belong to the PostgreSQL pass, tests marked
+    `once` (nothing to do with the database) to the SQLite pass: the other pass deselects
+    them rather than skipping them."""
+    other = "once" if TEST_DB == "postgresql" else "postgres"
+    elsewhere = [item for item in items if other in item.keywords]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if other not in item.keywords]
 
 
 @pytest.fixture(scope="session")

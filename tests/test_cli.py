@@ -1,12 +1,18 @@
 """`flask billing ...` commands: create-token, create-admin, seed-demo, reconcile."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from sqlalchemy import func, select, update
 
 from portal.extensions import db
 from portal.models import CreditLot, LedgerAccount, LedgerTransaction, OutboundEmail, User
 from portal.services.demo import ADMIN_EMAIL, DEMO_PASSWORD
 from tests.conftest import AuthActions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def counts(app) -> dict[str, int]:
@@ -137,3 +143,48 @@ def test_reconcile_fails_on_a_broken_ledger(app, runner, make_user):
         db.session.execute(update(LedgerAccount).where(LedgerAccount.kind == "credit")
                            .values(balance_minor=LedgerAccount.balance_minor - 1))
         db.session.commit()
+
+
+def _shell(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    """A `flask` command as a new terminal runs it: only PATH and what is given."""
+    flask = os.path.join(os.path.dirname(sys.executable), "flask")
+    return subprocess.run([flask, *args], env={"PATH": "/usr/bin:/bin", **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_billing_help_works_with_no_configuration_at_all(tmp_path):
+    result = _shell(["billing", "--help"], {"INSTANCE_PATH": str(tmp_path / "empty")}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "create-token" in result.stdout and "reconcile" in result.stdout
+    result = _shell(["--app", ROOT + "/wsgi.py", "billing", "--help"],
+                    {"INSTANCE_PATH": str(tmp_path / "empty")}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_fresh_shell_uses_the_secret_key_make_run_keeps(app, make_user, tmp_path):
+    """`make run` keeps its SECRET_KEY in instance/secret_key; the README's create-token in
+    a new terminal (no SECRET_KEY in the environment) must find it, not fail."""
+    admin = make_user(admin=True)
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "secret_key").write_text("k" * 64 + "\n")
+    env = {"INSTANCE_PATH": str(instance), "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "REDIS_URL": app.config["REDIS_URL"]}
+    result = _shell(["--app", "wsgi", "billing", "create-token", admin.email, "--scope", "admin"],
+                    env, ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("bp_")
+
+    (instance / "secret_key").unlink()  # neither the environment nor the file: one line
+    result = _shell(["--app", "wsgi", "billing", "reconcile"], env, ROOT)
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_secret_key_in_the_environment_wins_over_the_file(tmp_path):
+    from portal.config import build_config
+
+    (tmp_path / "secret_key").write_text("from-the-file-0123456789")
+    assert build_config(str(tmp_path), environ={})["SECRET_KEY"] == "from-the-file-0123456789"
+    cfg = build_config(str(tmp_path), environ={"SECRET_KEY": "from-the-environment-0123"})
+    assert cfg["SECRET_KEY"] == "from-the-environment-0123"

@@ -12,12 +12,12 @@ from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus
                          SchedulerKind, SchedulerLease, SchedulerRole)
 from .types import utcnow
 from .usage import MeterMark, UsageDaily
-from .users import ApiToken, TokenScope, User
+from .users import ApiToken, CurrencyPin, TokenScope, User
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 
 __all__ = [
     "OPEN_ATTEMPT_STATUSES", "AccountKind", "ApiToken", "AttemptPurpose", "AttemptStatus",
-    "CheckoutSession", "GatewayCustomer", "PaymentAttempt", "PaymentMethod", "PaymentReversal",
+    "CheckoutSession", "CurrencyPin", "GatewayCustomer", "PaymentAttempt", "PaymentMethod", "PaymentReversal",
     "ReversalKind", "CreditLot", "DaemonState", "DaemonStatus", "Deployment",
     "DeploymentInterval", "DeploymentKind", "DeploymentState", "EmailStatus", "Event",
     "Invoice", "InvoiceCounter", "InvoiceKind", "InvoiceLine", "InvoicePayment", "InvoicePdf",

@@ -5,7 +5,7 @@ import enum
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -68,3 +68,14 @@ class ApiToken(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="tokens", lazy="joined")
+
+
+class CurrencyPin(db.Model):
+    """The digits each currency in use had when its first account was opened. Stored
+    ``*_minor`` amounts mean ``amount / 10**digits``; reconcile and the long-running
+    processes refuse to go on if the code's ISO 4217 table ever disagrees with a pin."""
+    __tablename__ = "currency_pins"
+
+    code: Mapped[str] = mapped_column(String(3), primary_key=True)
+    digits: Mapped[int] = mapped_column(SmallInteger)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

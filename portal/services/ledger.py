@@ -24,9 +24,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
-from ..models import AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction, User, utcnow
+from ..models import (AccountKind, CurrencyPin, LedgerAccount, LedgerEntry, LedgerTransaction,
+                      User, utcnow)
 from ..models.ledger import USER_KINDS, WALLET_KINDS
-from ..money import Money
+from ..money import Money, currency_digits
 from .errors import IdempotencyConflict, InsufficientFunds, ValidationFailed
 
 Leg = tuple[LedgerAccount, int]  # (account, amount_minor: > 0 credits, < 0 debits)
@@ -52,8 +53,17 @@ def user_account(user: User | int, kind: AccountKind, currency: str | None = Non
     return _get_or_create_account(user_id, kind, currency)
 
 
+def pin_currency(currency: str) -> None:
+    """Record the digits ``currency``'s amounts are stored with, once (the first account in
+    it). Reconcile compares the pins with the code's table ever after."""
+    db.session.execute(_dialect_insert(CurrencyPin.__table__).values(
+        code=currency, digits=currency_digits(currency), pinned_at=utcnow()
+    ).on_conflict_do_nothing())
+
+
 def open_user_accounts(user: User) -> None:
     """Create the user's wallet and receivable accounts in the user's currency."""
+    pin_currency(user.currency)
     for kind in (AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT,
                  AccountKind.RECEIVABLE):
         _get_or_create_account(user.id, kind, user.currency)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from sqlalchemy import case, func, select
 
 from ..extensions import db
-from ..models import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+from ..models import (AccountKind, CreditLot, CurrencyPin, LedgerAccount, LedgerEntry,
+                      LedgerTransaction, User)
 from ..models.ledger import CREDIT_NORMAL, WALLET_KINDS
+from ..money import currency_digits
 
 Check = Callable[[], list[str]]
 CHECKS: list[tuple[str, Check]] = []
@@ -175,4 +177,30 @@ def card_charges_booked() -> list[str]:
                    select("card:" + PaymentAttempt.idempotency_key)
                    .where(PaymentAttempt.status == "succeeded")))).all()
     problems += [f"ledger card payment {key} has no succeeded attempt" for (key,) in booked]
+    return problems
+
+
+def refuse_changed_currency_digits() -> None:
+    """Long-running processes call this at start: they never run on amounts whose meaning the
+    code would change. Raises SystemExit with a one-line reason."""
+    problems = currency_pins()
+    if problems:
+        raise SystemExit(f"error: {problems[0]}")
+
+
+@check("currency digits are pinned")
+def currency_pins() -> list[str]:
+    pins = {p.code: p.digits for p in db.session.scalars(select(CurrencyPin))}
+    used = set(db.session.scalars(select(User.currency).distinct()))
+    used |= set(db.session.scalars(select(LedgerAccount.currency).distinct()))
+    problems = [f"{code} is in use but its digits were never pinned"
+                for code in sorted(used - set(pins))]
+    for code, digits in sorted(pins.items()):
+        try:
+            now = currency_digits(code)
+        except ValueError:
+            now = None
+        if now != digits:
+            problems.append(f"{code} amounts are stored with {digits} digits but the code now "
+                            f"says {now}: a currency's digits must never change")
     return problems
