@@ -183,7 +183,10 @@ def card_charges_booked() -> list[str]:
 def refuse_changed_currency_digits() -> None:
     """Long-running processes call this at start: they never run on amounts whose meaning the
     code would change. Raises SystemExit with a one-line reason."""
-    problems = currency_pins()
+    try:
+        problems = currency_pins()
+    finally:
+        db.session.rollback()  # a read on SQLite holds the write lock (BEGIN IMMEDIATE)
     if problems:
         raise SystemExit(f"error: {problems[0]}")
 
