@@ -237,9 +237,7 @@ def user_for_password_token(token: str) -> User:
 
 def request_registration(*, email: str, name: str = "") -> str:
     """Sign-up: queue the job that mails ``email`` (see ``register``). Returns the address."""
-    from jobs.queues import (
-        enqueue_after_commit,  # jobs import services, not the reverse
-    )
+    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
 
     email = normalize_email(email)
     name = (name or "").strip()
