@@ -143,6 +143,18 @@ def test_registration_is_rate_limited_per_client_address(app, make_app):
     assert register(other, email="new9@example.com").status_code == 303
 
 
+def test_the_registration_limit_setting_is_checked_at_start(tmp_path):
+    from portal.config import ConfigError, build_config
+
+    env = {"SECRET_KEY": "x" * 32}
+    assert build_config(str(tmp_path), environ=env)["REGISTRATION_RATE_LIMIT"] == \
+        "5 per hour;20 per day"
+    assert build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "3 per day"}
+                        )["REGISTRATION_RATE_LIMIT"] == "3 per day"
+    with pytest.raises(ConfigError, match="^REGISTRATION_RATE_LIMIT: "):
+        build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "lots"})
+
+
 def test_passwords_are_stored_as_argon2id(app, client, make_user):
     made = stored_user(app, make_user().email)
     assert made.password_hash.startswith("$argon2id$")
