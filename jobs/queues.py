@@ -104,6 +104,11 @@ def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | N
                          **kwargs: Any) -> None:
     from portal.extensions import db
 
+    session = db.session()
+    if not session.in_transaction():
+        # Asked for before any SQL: begin the transaction now (no connection is taken yet),
+        # so that a rollback drops the job here too.
+        session.begin()
     # Tagged with the savepoint it was asked for in: a rolled-back savepoint takes it along.
     db.session.info.setdefault(_PENDING, []).append(
         (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction()))

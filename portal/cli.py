@@ -44,6 +44,23 @@ def create_admin(email: str, password: str | None) -> None:
     click.echo(f"{user.email} {action}")
 
 
+@billing.command("revoke-admin")
+@click.argument("email")
+def revoke_admin(email: str) -> None:
+    """Take the admin role away from EMAIL and revoke their admin and platform tokens
+    (refused for the last admin)."""
+    from .services import accounts
+
+    try:
+        user = accounts.find_user(accounts.normalize_email(email))
+        revoked = accounts.revoke_admin(user)
+        db.session.commit()
+    except ServiceError as exc:
+        fail(exc.message)
+    click.echo(f"{user.email} is no longer an admin; {revoked} admin or platform "
+               f"token{'' if revoked == 1 else 's'} revoked")
+
+
 @billing.command("create-token")
 @click.argument("email")
 @click.option("--scope", type=click.Choice(["user", "admin", "platform"]), default="user")

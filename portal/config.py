@@ -251,6 +251,19 @@ def _instance_secret(instance_path: str) -> str:
         return ""
 
 
+def _parse_rate_limit(key: str, value: str) -> str:
+    """A Flask-Limiter limit such as "5 per hour;20 per day"."""
+    from limits import parse_many
+
+    try:
+        if not parse_many(value):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(key, f"must be limits such as '5 per hour;20 per day', not {value!r}"
+                          ) from None
+    return value
+
+
 def _default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
 
@@ -331,6 +344,9 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
         raise ConfigError("TOPUP_MAX", f"must be at least TOPUP_MIN ({cfg['TOPUP_MIN']})")
 
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
+    # Sign-ups per client address (each one mails the address typed in).
+    cfg["REGISTRATION_RATE_LIMIT"] = _parse_rate_limit(
+        "REGISTRATION_RATE_LIMIT", env.get("REGISTRATION_RATE_LIMIT", "5 per hour;20 per day"))
     cfg["INVOICE_NET_DAYS"] = _parse_int("INVOICE_NET_DAYS", env.get("INVOICE_NET_DAYS", "14"),
                                          0, 365)
     cfg["VOUCHER_RATE_LIMIT"] = env.get("VOUCHER_RATE_LIMIT", "5 per minute;30 per day")

@@ -12,6 +12,7 @@ from . import htmx as hx
 from .extensions import db, login_manager
 from .models import User
 from .money import Money, decimal_to_micros, format_micros, format_money
+from .services import accounts
 from .services.errors import ServiceError
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -55,13 +56,9 @@ def init_web(app: Flask) -> None:
 
     @login_manager.user_loader
     def load_user(session_id: str) -> User | None:
-        user_id, _, version = session_id.partition(":")
-        if not user_id.isdigit() or not version.isdigit():
-            return None
-        user = db.session.get(User, int(user_id))
-        if user is None or user.auth_version != int(version):
-            return None  # the password changed since this session logged in
-        return user
+        # None (logged out) once the login's row is gone: logout, a password change
+        # elsewhere, or its age past PERMANENT_SESSION_LIFETIME.
+        return accounts.user_for_session(session_id)
 
     @app.after_request
     def security_headers(response):

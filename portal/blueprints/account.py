@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, render_template
-from flask_login import current_user, login_required, login_user
+from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
@@ -46,8 +46,7 @@ def password():
         except ServiceError as exc:
             form_errors_from(form, exc)
         else:
-            db.session.commit()
-            login_user(current_user)  # this session carries the new auth version
+            db.session.commit()  # every other login of the account has ended; this one stays
             flash("Password changed. Other sessions have been signed out.", "success")
             return see_other("account.password")
     return render_template("account/password.html", form=form)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Response, abort, flash, redirect, request, url_for
+from flask import Response, abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user, login_required
 from wtforms import Form
 
@@ -40,6 +40,14 @@ def safe_next(default: str) -> str:
     if target.startswith("/") and not target.startswith("//") and not parts.netloc:
         return target
     return default
+
+
+def public_url(endpoint: str, **values) -> str:
+    """An absolute URL on PUBLIC_URL, for pages the payment gateway sends the user back to:
+    never built from the request's Host header, which the client chooses."""
+    from ..services.accounts import url_path
+
+    return current_app.config["PUBLIC_URL"] + url_path(endpoint, **values)
 
 
 def see_other(endpoint: str, **values):

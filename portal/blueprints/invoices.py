@@ -1,7 +1,7 @@
 """The Invoices pages: the user's invoices (filtered by status, paged; the table swaps with
 htmx), one invoice with its lines, payments and PDF, the PDF download and the widget that
 waits for it. Users cannot delete invoices."""
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
@@ -10,7 +10,7 @@ from ..extensions import db
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..services import card_payments, invoice_documents, invoicing, settlement
-from .helpers import page_arg, pdf_response, see_other
+from .helpers import page_arg, pdf_response, public_url, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
 
@@ -97,7 +97,7 @@ def complete_payment(invoice_id: int):
     try:
         url = card_payments.start_authentication(
             current_user, attempt,
-            return_url=url_for(".confirmed", invoice_id=invoice_id, _external=True))
+            return_url=public_url("invoices.confirmed", invoice_id=invoice_id))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"The card processor did not answer: {exc.message}", "error")

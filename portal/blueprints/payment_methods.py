@@ -1,7 +1,7 @@
 """The Payment methods page: saved cards (add on the gateway's page, set default, remove)."""
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
@@ -9,7 +9,7 @@ from ..extensions import db
 from ..gateways import GatewayError
 from ..services import cards
 from ..services.errors import ServiceError
-from .helpers import see_other
+from .helpers import public_url, see_other
 
 bp = Blueprint("payment_methods", __name__, url_prefix="/payment-methods")
 
@@ -39,8 +39,8 @@ def add():
     try:
         session = cards.start_adding(
             current_user,
-            success_url=url_for(".added", _external=True) + "?session_id={CHECKOUT_SESSION_ID}",
-            cancel_url=url_for(".index", _external=True))
+            success_url=public_url("payment_methods.added") + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=public_url("payment_methods.index"))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"Cards cannot be added right now: {exc.message}", "error")

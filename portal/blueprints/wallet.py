@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
-from ..extensions import db, limiter
+from ..extensions import db
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
 from ..services import card_payments, cards, ledger, topups, vouchers
 from ..services.errors import ServiceError
-from .helpers import form_errors_from, page_arg, see_other
+from .helpers import form_errors_from, page_arg, public_url, see_other
+from .limits import voucher_redeem_limit
 
 bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
@@ -44,14 +45,6 @@ class RequestForm(FlaskForm):
     reason = TextAreaField("Why you need it", validators=[DataRequired(), Length(max=1000)])
 
 
-def voucher_limit() -> str:
-    return current_app.config["VOUCHER_RATE_LIMIT"]
-
-
-def per_user() -> str:
-    return f"user:{current_user.get_id()}"
-
-
 def _render(redeem_form=None, request_form=None, topup_form=None, status: int = 200):
     history = ledger.wallet_history(current_user, page=page_arg())
     context = {"balances": ledger.balances(current_user), "history": history}
@@ -74,7 +67,7 @@ def index():
 
 @bp.post("/vouchers")
 @login_required
-@limiter.limit(voucher_limit, key_func=per_user)
+@voucher_redeem_limit
 def redeem():
     form = RedeemForm()
     if form.validate_on_submit():
@@ -126,15 +119,14 @@ def top_up():
         if form.method.data == "checkout":
             session = topups.start_checkout(
                 current_user, amount,
-                success_url=url_for(".top_up_done", _external=True)
-                + "?session_id={CHECKOUT_SESSION_ID}",
-                cancel_url=url_for(".index", _external=True), idempotency_key=form.nonce.data)
+                success_url=public_url("wallet.top_up_done") + "?session_id={CHECKOUT_SESSION_ID}",
+                cancel_url=public_url("wallet.index"), idempotency_key=form.nonce.data)
             db.session.commit()
             return redirect(session.url, code=303)
         card_id = int(form.method.data.removeprefix("card:"))
         attempt, url = card_payments.top_up_with_card(
             current_user, card_id, amount, nonce=form.nonce.data,
-            return_url=url_for(".top_up_card_return", _external=True))
+            return_url=public_url("wallet.top_up_card_return"))
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
     except ServiceError as exc:

@@ -12,7 +12,7 @@ from .scheduling import (DaemonState, DaemonStatus, JobRun, RunOrigin, RunStatus
                          SchedulerKind, SchedulerLease, SchedulerRole)
 from .types import utcnow
 from .usage import MeterMark, UsageDaily
-from .users import ApiToken, CurrencyPin, TokenScope, User
+from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "InvoiceStatus", "JobRun", "LedgerAccount", "LedgerEntry", "LedgerTransaction", "MeterMark",
     "OutboundEmail", "PaymentTender", "PriceVersion", "RunOrigin", "RunStatus", "ScheduledJob",
     "SchedulerKind", "SchedulerLease", "SchedulerRole", "SkuPrice", "TokenScope", "UsageAdjustment",
-    "UsageDaily", "User", "Voucher", "VoucherRedemption", "VoucherRequest", "WebhookEvent",
+    "UsageDaily", "User", "UserSession", "Voucher", "VoucherRedemption", "VoucherRequest", "WebhookEvent",
     "WebhookOutcome", "utcnow",
 ]

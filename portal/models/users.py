@@ -27,15 +27,19 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Bumped on password change: every other session's cookie stops working.
+    # Bumped when the password is set: spends every password link sent before.
     auth_version: Mapped[int] = mapped_column(Integer, default=1)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", lazy="raise")
 
+    # The login (a user_sessions row's key) this object was loaded for or logged in with;
+    # not a column. Flask-Login keeps get_id() in the session cookie.
+    session_key = None
+
     def get_id(self) -> str:
-        return f"{self.id}:{self.auth_version}"
+        return f"{self.id}:{self.session_key}" if self.session_key else str(self.id)
 
     @property
     def is_active(self) -> bool:  # Flask-Login: disabled users cannot log in
@@ -47,6 +51,18 @@ class User(UserMixin, db.Model):
 
     def __repr__(self) -> str:
         return f"<User {self.id} {self.email}>"
+
+
+class UserSession(db.Model):
+    """One login in one browser. The cookie carries the key; only its SHA-256 is stored.
+    Logging out deletes the row, so a copy of the cookie is worthless afterwards."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiToken(db.Model):

@@ -10,12 +10,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
-from ..models import ApiToken, TokenScope, User, utcnow
+from ..models import ApiToken, TokenScope, User, UserSession, utcnow
 from . import ledger, mail
 from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+
 
 def _hasher() -> PasswordHasher:
     """Argon2id with the library's recommended parameters, unless PASSWORD_HASH_PARAMS
@@ -31,6 +33,8 @@ def _hasher() -> PasswordHasher:
 def _dummy_hash() -> str:
     _hasher()
     return current_app.extensions["portal.hasher"][1]
+
+
 MIN_PASSWORD = 10
 RESET_MAX_AGE = timedelta(hours=24)
 WELCOME_MAX_AGE = timedelta(days=7)
@@ -117,20 +121,76 @@ def authenticate(email: str, password: str) -> User | None:
     return user
 
 
-def set_password(user: User, new_password: str) -> None:
+def set_password(user: User, new_password: str, *, keep_session: str | None = None) -> None:
+    """Set the password, spend every password link sent before and end every login of the
+    account but ``keep_session`` (the key of the session that changed it)."""
     _check_password_rules(new_password)
     user.password_hash = _hasher().hash(new_password)
-    user.auth_version += 1  # signs out every other session and spends old reset links
+    user.auth_version += 1
+    end_sessions(user, keep=keep_session)
 
 
 def change_password(user: User, current: str, new_password: str) -> None:
+    """From a logged-in session (``user.session_key``): that session carries on."""
     try:
         if not user.password_hash:
             raise VerificationError()
         _hasher().verify(user.password_hash, current or "")
     except (VerificationError, InvalidHashError):
         raise ValidationFailed.field("current_password", "is not correct") from None
-    set_password(user, new_password)
+    set_password(user, new_password, keep_session=user.session_key)
+
+
+# -- login sessions ------------------------------------------------------------------------
+# Flask's session cookie is signed but lives in the browser: a copy stays valid as long as
+# the server accepts it. So every login is a row; the cookie carries its random key (as
+# Flask-Login's user id, "<user id>:<key>"), the row only its SHA-256, and logging out
+# deletes the row. Rows live in the database, so logins survive a restart of the server.
+
+def session_max_age() -> timedelta:
+    """A login lasts at most PERMANENT_SESSION_LIFETIME (Flask's setting, 31 days)."""
+    return current_app.permanent_session_lifetime
+
+
+def start_session(user: User) -> str:
+    """A new login for ``user``; sets and returns ``user.session_key``."""
+    key = secrets.token_urlsafe(32)
+    db.session.execute(delete(UserSession).where(  # tidy this user's expired logins
+        UserSession.user_id == user.id, UserSession.created_at < utcnow() - session_max_age()))
+    db.session.add(UserSession(user_id=user.id, key_hash=_hash_token(key)))
+    db.session.flush()
+    user.session_key = key
+    return key
+
+
+def user_for_session(session_id: str) -> User | None:
+    """The user of a live login, from the id Flask-Login kept in the cookie; else None."""
+    user_id, _, key = (session_id or "").partition(":")
+    if not user_id.isdigit() or not key:
+        return None
+    user = db.session.scalar(select(User).join(UserSession, UserSession.user_id == User.id).where(
+        UserSession.key_hash == _hash_token(key), User.id == int(user_id),
+        UserSession.created_at >= utcnow() - session_max_age()))
+    if user is None or not user.is_enabled:
+        return None
+    user.session_key = key
+    return user
+
+
+def end_session(user: User) -> None:
+    """Log this login out: its cookie is refused from now on, wherever a copy of it is."""
+    if user.session_key:
+        db.session.execute(delete(UserSession).where(
+            UserSession.key_hash == _hash_token(user.session_key)))
+        user.session_key = None
+
+
+def end_sessions(user: User, *, keep: str | None = None) -> None:
+    """End every login of ``user`` but ``keep`` (a session key)."""
+    stmt = delete(UserSession).where(UserSession.user_id == user.id)
+    if keep:
+        stmt = stmt.where(UserSession.key_hash != _hash_token(keep))
+    db.session.execute(stmt)
 
 
 def _serializer() -> URLSafeTimedSerializer:
@@ -143,11 +203,15 @@ def password_token(user: User, purpose: str = "welcome") -> str:
     return _serializer().dumps({"u": user.id, "v": user.auth_version, "p": purpose})
 
 
+def url_path(endpoint: str, **values) -> str:
+    """A page's path, built without a request (jobs, CLI) and so without its Host header."""
+    return current_app.url_map.bind("portal").build(endpoint, values)
+
+
 def password_link(user: User, purpose: str = "welcome") -> str:
-    # Built without a request (jobs, CLI): PUBLIC_URL is where users reach the portal.
-    path = current_app.url_map.bind("portal").build("auth.reset_password",
-                                                    {"token": password_token(user, purpose)})
-    return current_app.config["PUBLIC_URL"] + path
+    # PUBLIC_URL is where users reach the portal.
+    return current_app.config["PUBLIC_URL"] + url_path(
+        "auth.reset_password", token=password_token(user, purpose))
 
 
 LINK_MAX_AGE = {"welcome": WELCOME_MAX_AGE, "reset": RESET_MAX_AGE}
@@ -166,12 +230,60 @@ def user_for_password_token(token: str) -> User:
     return user
 
 
+# Registering and asking for a reset link must not tell whether an address has an account:
+# the request only checks the form and queues one job, the same job for every address, after
+# commit; the job (in a worker) looks the address up and writes the mail. So the page, the
+# work done while answering, and its time are the same for known and unknown addresses.
+
+def request_registration(*, email: str, name: str = "") -> str:
+    """Sign-up: queue the job that mails ``email`` (see ``register``). Returns the address."""
+    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
+
+    email = normalize_email(email)
+    name = (name or "").strip()
+    if len(name) > 200:
+        raise ValidationFailed.field("name", "must be at most 200 characters")
+    enqueue_after_commit("default", "jobs.accounts.register", email, name)
+    return email
+
+
+def register(email: str, name: str = "") -> None:
+    """The sign-up job. A new address gets an account without a password and a link to set
+    one (proving the address is theirs); a registered one a notice that someone tried."""
+    user = db.session.scalar(select(User).where(User.email == email))
+    if user is None:
+        try:
+            with db.session.begin_nested():
+                user = create_user(email=email, name=name)
+        except (Conflict, IntegrityError):  # registered meanwhile, by a concurrent job
+            user = db.session.scalar(select(User).where(User.email == email))
+        else:
+            mail.queue_email(to=user.email, subject="Finish creating your billing portal account",
+                             template="register_new", user_id=user.id,
+                             link=password_link(user), days=WELCOME_MAX_AGE.days)
+            return
+    if user.is_enabled:
+        public = current_app.config["PUBLIC_URL"]
+        mail.queue_email(to=user.email, subject="Someone tried to register with your address",
+                         template="register_existing", user_id=user.id,
+                         login_link=public + url_path("auth.login"),
+                         forgot_link=public + url_path("auth.forgot"))
+
+
 def request_password_reset(email: str) -> None:
-    """Email a reset link if the account exists; say nothing either way."""
+    """Forgot-password: queue the job that mails a reset link if the account exists; say
+    nothing either way."""
+    from jobs.queues import enqueue_after_commit
+
     try:
         email = normalize_email(email)
     except ValidationFailed:
-        return
+        return  # not an address at all: nothing to hide, nothing to send
+    enqueue_after_commit("default", "jobs.accounts.send_password_reset", email)
+
+
+def send_password_reset(email: str) -> None:
+    """The forgot-password job: a reset link for an enabled account with this address."""
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None or not user.is_enabled:
         return
@@ -214,8 +326,8 @@ def token_for(plain: str) -> ApiToken | None:
     token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == _hash_token(plain)))
     if token is None or token.revoked_at is not None or not token.user.is_enabled:
         return None
-    if token.scope == TokenScope.ADMIN and not token.user.is_admin:
-        return None  # an admin who lost the role loses their admin tokens too
+    if token.scope != TokenScope.USER and not token.user.is_admin:
+        return None  # admin and platform tokens work only while their owner is an admin
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=5):
         token.last_used_at = now  # coarse, so reads do not write on every call
@@ -234,6 +346,30 @@ def revoke_token(user: User, token_id: int) -> None:
         raise NotFound("no such token")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+
+
+def revoke_admin(user: User, *, by: User | None = None) -> int:
+    """Take the admin role away from ``user`` (``by``: the admin doing it, None from the
+    command line) and revoke their admin and platform tokens. Refuses to demote oneself and
+    the last admin. Returns how many tokens were revoked."""
+    if by is not None and by.id == user.id:
+        raise PermissionDenied("you cannot take the admin role away from yourself")
+    # Every admin row locked (PostgreSQL; SQLite writes one at a time): two admins demoting
+    # each other at once cannot leave the portal without one.
+    admins = list(db.session.scalars(select(User.id).where(User.is_admin.is_(True))
+                                     .order_by(User.id).with_for_update()))
+    if user.id not in admins:
+        raise Conflict(f"{user.email} is not an admin", fields={"user": "is not an admin"})
+    if len(admins) == 1:
+        raise Conflict(f"{user.email} is the last admin; make another admin first",
+                       fields={"user": "is the last admin"})
+    user.is_admin = False
+    revoked = db.session.execute(
+        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None),
+                               ApiToken.scope != str(TokenScope.USER))
+        .values(revoked_at=utcnow())).rowcount
+    db.session.flush()
+    return revoked
 
 
 def list_users(*, query: str = "", page: int = 1, per_page: int = 25):

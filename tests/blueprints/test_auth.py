@@ -1,6 +1,7 @@
 """Register, log in, log out, change password, forgot and reset password, login rate limit."""
 from __future__ import annotations
 
+import html
 import re
 from urllib.parse import urlsplit
 
@@ -48,45 +49,76 @@ def outbox(app) -> list[OutboundEmail]:
         return rows
 
 
-def register(client, email="new@example.com", password=PASSWORD, confirm=None, name="Nia New"):
-    return client.submit("/auth/register", {"name": name, "email": email, "password": password,
-                                            "confirm": password if confirm is None else confirm})
+def register(client, email="new@example.com", name="Nia New"):
+    return client.submit("/auth/register", {"name": name, "email": email})
+
+
+def registered_flash(email: str) -> str:
+    return (f"Thank you. We have sent a message to {email}: follow it to go on. "
+            "Nothing arrived? Look in the spam folder, or ask again later.")
+
+
+def flashes(page: str) -> list[str]:
+    return [html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)]
+
+
+def user_count(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(User))
 
 
 # -- register ----------------------------------------------------------------------------
 
-def test_register_logs_in_and_lands_on_the_wallet(app, client):
+def test_register_mails_a_link_that_sets_the_password_and_logs_in(app, client):
     response = register(client, email="New@Example.com")
     assert response.status_code == 303
-    assert path_of(response) == "/wallet/"
-    page = client.get("/wallet/")
-    assert page.status_code == 200
-    assert "Welcome! Your account is ready." in text_of(page)
-    assert "Nia New" in text_of(page)  # the account menu names the user
-    user = stored_user(app, "new@example.com")  # stored lower-case
+    assert path_of(response) == "/auth/login"
+    assert flashes(text_of(client.get("/auth/login"))) == [registered_flash("new@example.com")]
+    assert not is_logged_in(client)
+    user = stored_user(app, "new@example.com")  # stored lower-case, no password yet
     assert user is not None and not user.is_admin and user.currency == "USD"
+    assert user.password_hash is None and user.name == "Nia New"
+
+    [message] = outbox(app)
+    assert (message.to_addr, message.user_id) == ("new@example.com", user.id)
+    assert message.subject == "Finish creating your billing portal account"
+    assert "7 days" in message.body_text
+    link = reset_link(message)
+    response = client.submit(link, {"password": PASSWORD, "confirm": PASSWORD + "x"})
+    assert response.status_code == 200 and "Passwords differ." in text_of(response)
+    response = client.submit(link, {"password": PASSWORD, "confirm": PASSWORD})
+    assert response.status_code == 303
+    assert path_of(response) == "/wallet/"
+    page = text_of(client.get("/wallet/"))
+    assert "Your password is set." in page
+    assert "Nia New" in page  # the account menu names the user
+    assert stored_user(app, "new@example.com").password_hash.startswith("$argon2id$")
+    assert AuthActions(app.test_client()).login("new@example.com", PASSWORD).status_code == 303
 
 
-def test_register_with_a_taken_email_shows_a_form_error(app, client, make_user):
+def test_register_does_not_tell_whether_an_address_is_registered(app, make_user):
+    """The same page for a new and a registered address; the mail tells the owner."""
     make_user("taken@example.com")
-    response = register(client, email="taken@example.com")
-    assert response.status_code == 200
-    assert "is already registered" in text_of(response)
-    assert not is_logged_in(client)
-    with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(User)) == 1
+    answers = {}
+    for email in ("taken@example.com", "fresh@example.com"):
+        browser = app.test_client()
+        response = register(browser, email=email)
+        page = text_of(browser.get("/auth/login")).replace(email, "EMAIL")
+        answers[email] = (response.status_code, response.headers["Location"], flashes(page),
+                          is_logged_in(browser))
+    assert answers["taken@example.com"] == answers["fresh@example.com"] == (
+        303, "/auth/login", [registered_flash("EMAIL")], False)
 
-
-@pytest.mark.parametrize("password,confirm,error", [
-    ("short", None, "Field must be between 10 and 256 characters long."),
-    (PASSWORD, PASSWORD + "x", "Passwords differ."),
-])
-def test_register_refuses_bad_passwords(app, client, password, confirm, error):
-    response = register(client, password=password, confirm=confirm)
-    assert response.status_code == 200
-    assert error in text_of(response)
-    assert stored_user(app, "new@example.com") is None
-    assert not is_logged_in(client)
+    assert user_count(app) == 2
+    assert AuthActions(app.test_client()).login("taken@example.com", PASSWORD).status_code == 303
+    taken, fresh = sorted(outbox(app), key=lambda m: m.to_addr != "taken@example.com")
+    assert taken.to_addr == "taken@example.com"
+    assert taken.subject == "Someone tried to register with your address"
+    assert "http://portal.test/auth/login" in taken.body_text
+    assert "http://portal.test/auth/forgot" in taken.body_text
+    assert "/auth/reset/" not in taken.body_text  # a notice, no link that sets a password
+    assert fresh.to_addr == "fresh@example.com"
+    assert fresh.subject == "Finish creating your billing portal account"
 
 
 def test_register_refuses_a_bad_email(app, client):
@@ -94,15 +126,39 @@ def test_register_refuses_a_bad_email(app, client):
     assert response.status_code == 200
     assert 'class="error"' in text_of(response)
     assert stored_user(app, "not-an-email") is None
+    assert outbox(app) == []
+
+
+def test_registration_is_rate_limited_per_client_address(app, make_app):
+    limited = make_app(REGISTRATION_RATE_LIMIT="2 per minute")
+    client = limited.test_client()
+    assert client.get("/auth/register").status_code == 200
+    statuses = [register(client, email=f"new{i}@example.com").status_code for i in range(3)]
+    assert statuses == [303, 303, 429]
+    assert user_count(limited) == 2
+    # Reading the page is not limited; another address (client) has its own count.
+    assert client.get("/auth/register").status_code == 200
+    other = limited.test_client()
+    other.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    assert register(other, email="new9@example.com").status_code == 303
+
+
+def test_the_registration_limit_setting_is_checked_at_start(tmp_path):
+    from portal.config import ConfigError, build_config
+
+    env = {"SECRET_KEY": "x" * 32}
+    assert build_config(str(tmp_path), environ=env)["REGISTRATION_RATE_LIMIT"] == \
+        "5 per hour;20 per day"
+    assert build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "3 per day"}
+                        )["REGISTRATION_RATE_LIMIT"] == "3 per day"
+    with pytest.raises(ConfigError, match="^REGISTRATION_RATE_LIMIT: "):
+        build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "lots"})
 
 
 def test_passwords_are_stored_as_argon2id(app, client, make_user):
-    register(client)
-    user = stored_user(app, "new@example.com")
-    assert user.password_hash.startswith("$argon2id$")
-    assert PASSWORD not in user.password_hash
     made = stored_user(app, make_user().email)
     assert made.password_hash.startswith("$argon2id$")
+    assert PASSWORD not in made.password_hash
 
 
 # -- log in and out ----------------------------------------------------------------------
@@ -149,6 +205,88 @@ def test_logout_is_post_only(client, auth, make_user):
     assert response.status_code == 303
     assert path_of(response) == "/auth/login"
     assert not is_logged_in(client)
+
+
+def session_cookie(client) -> str:
+    return client.get_cookie("session").value
+
+
+def test_a_cookie_saved_before_logout_is_refused_after_it(app, client, auth, make_user):
+    user = make_user()
+    other_device = app.test_client()
+    AuthActions(other_device).login(user)
+    auth.login(user)
+    saved = session_cookie(client)
+    assert is_logged_in(client)
+
+    assert auth.logout().status_code == 303
+    assert not is_logged_in(client)
+    client.set_cookie("session", saved)  # replayed, as someone who copied it would
+    assert not is_logged_in(client)
+    assert client.get("/account/tokens").status_code == 302
+    # Only that login ended: the other device's carries on, and a new login works.
+    assert is_logged_in(other_device)
+    auth.login(user)
+    assert is_logged_in(client)
+
+
+def test_each_login_is_a_row_that_logout_deletes(app, client, auth, make_user):
+    from portal.models import UserSession
+
+    def rows() -> int:
+        with app.app_context():
+            return db.session.scalar(select(func.count()).select_from(UserSession))
+
+    user = make_user()
+    auth.login(user)
+    AuthActions(app.test_client()).login(user)
+    assert rows() == 2
+    with app.app_context():  # the cookie's key is not stored, only its SHA-256
+        hashes = set(db.session.scalars(select(UserSession.key_hash)))
+    assert not any(h in session_cookie(client) for h in hashes)
+    auth.logout()
+    assert rows() == 1
+
+
+def test_a_login_is_remembered_across_a_server_restart(app, make_app, client, auth, make_user):
+    auth.login(make_user())
+    saved = session_cookie(client)
+    restarted = make_app()  # a new process: same SECRET_KEY and database, nothing in memory
+    browser = restarted.test_client()
+    browser.set_cookie("session", saved)
+    assert is_logged_in(browser)
+
+
+def test_a_login_older_than_the_session_lifetime_is_refused(app, client, auth, make_user):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from portal.models import UserSession, utcnow
+
+    auth.login(make_user())
+    with app.app_context():
+        db.session.execute(update(UserSession).values(
+            created_at=utcnow() - app.permanent_session_lifetime - timedelta(minutes=1)))
+        db.session.commit()
+    assert not is_logged_in(client)
+
+
+def test_the_csrf_token_changes_at_login(app, client, auth, make_user):
+    """A token seen before logging in (a page an attacker planted or read) is refused after."""
+    client.get("/auth/login")
+    before = client.csrf_token
+    assert auth.login(make_user()).status_code == 303
+    refused = client.post("/account/tokens", data={"name": "ci", "scope": "user",
+                                                   "csrf_token": before})
+    assert refused.status_code == 400
+    assert "Form expired" in text_of(refused)
+    page = client.get("/account/tokens")
+    assert client.csrf_token != before
+    accepted = client.post("/account/tokens", data={"name": "ci", "scope": "user",
+                                                    "csrf_token": client.csrf_token})
+    assert accepted.status_code == 200 and "it is shown only once" in text_of(accepted)
+    assert page.status_code == 200
 
 
 # -- change password ---------------------------------------------------------------------
@@ -224,6 +362,74 @@ def test_forgot_password_for_an_unknown_email_looks_the_same_and_sends_nothing(a
     assert outbox(app) == []
     assert FORGOT_FLASH in forgot(client, "known@example.com")
     assert len(outbox(app)) == 1
+
+
+def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
+        app, client, make_user, monkeypatch):
+    """No timing oracle: answering takes the same operations for an address with an account
+    and one without (the same SQL, signing, hashing and job queued, in the same order); the
+    lookup and the mail happen in that job, away from the request."""
+    from argon2 import PasswordHasher
+    from itsdangerous import URLSafeTimedSerializer
+    from sqlalchemy import event
+
+    import jobs.accounts
+    from jobs import queues
+    from portal.services import accounts
+
+    make_user("known@example.com")
+    client.fetch_csrf()
+    work: list[tuple] = []
+
+    def spy(kind, real):
+        def wrapper(*args, **kwargs):
+            work.append((kind,))
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in ("hash", "verify"):
+        monkeypatch.setattr(PasswordHasher, name, spy(f"argon2.{name}",
+                                                      getattr(PasswordHasher, name)))
+    monkeypatch.setattr(URLSafeTimedSerializer, "dumps",  # cookies, CSRF and password links
+                        spy("sign", URLSafeTimedSerializer.dumps))
+    monkeypatch.setattr(accounts, "password_token", spy("password link",
+                                                        accounts.password_token))
+    monkeypatch.setattr(queues, "enqueue", lambda queue, func, *args, **kwargs:
+                        work.append(("job", queue, func, len(args))) or jobs_asked.append(
+                            (func, args)))
+
+    def statement(conn, cursor, sql, params, context, executemany):
+        work.append(("sql", " ".join(sql.split())))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", statement)
+    done = {}
+    try:
+        for email in ("known@example.com", "unknown@example.com"):
+            work, jobs_asked = [], []
+            response = client.submit("/auth/forgot", {"email": email})
+            assert response.status_code == 303 and path_of(response) == "/auth/login"
+            done[email] = (work, jobs_asked)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    known, unknown = done["known@example.com"], done["unknown@example.com"]
+    assert known[0] == unknown[0]
+    assert [w for w in known[0] if w[0] == "job"] == [
+        ("job", "default", "jobs.accounts.send_password_reset", 1)]
+    assert not [w for w in known[0] if w[0].startswith("argon2") or w[0] == "password link"]
+    assert [args for _, args in known[1]] == [("known@example.com",)]
+    assert [args for _, args in unknown[1]] == [("unknown@example.com",)]
+    assert outbox(app) == []
+
+    # The jobs, run as a worker would: only the account's address gets a link.
+    monkeypatch.undo()
+    for email in ("known@example.com", "unknown@example.com"):
+        with app.app_context():
+            jobs.accounts.send_password_reset(email)
+            db.session.remove()
+    [message] = outbox(app)
+    assert message.to_addr == "known@example.com" and "/auth/reset/" in message.body_text
 
 
 def test_reset_link_sets_a_password_once(app, client, make_user):

@@ -43,6 +43,28 @@ def test_redemption_is_rate_limited(app, make_app, make_user, auth):
     assert codes == [422, 422, 429]
 
 
+def test_one_redemption_limit_per_user_across_the_page_and_the_api(app, client, auth, api,
+                                                                   make_user):
+    """VOUCHER_RATE_LIMIT (5 a minute by default) counts a user's attempts on the Wallet
+    form and POST /vouchers/redeem together."""
+    assert app.config["VOUCHER_RATE_LIMIT"] == "5 per minute;30 per day"
+    user, other = make_user(), make_user()
+    auth.login(user)
+    token = api.token(user)
+
+    def web() -> int:
+        return client.submit("/wallet/vouchers", {"code": "Z" * 20}).status_code
+
+    def via_api(bearer: str = token) -> int:
+        return api.post("/vouchers/redeem", json={"code": "Z" * 20}, token=bearer).status_code
+
+    assert [web(), via_api(), web(), via_api(), web()] == [422, 404, 422, 404, 422]
+    assert via_api() == 429
+    assert web() == 429
+    # Counted per user: another user's attempts are their own.
+    assert via_api(api.token(other)) == 404
+
+
 def test_voucher_requests_flow_through_the_admin(app, client, auth, make_user):
     user, admin = make_user(), make_user(admin=True)
     auth.login(user)

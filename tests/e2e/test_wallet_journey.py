@@ -1,12 +1,16 @@
-"""A visitor registers and watches the Wallet page; an admin grants a credit; the open page
-shows it without a reload. And the same forms work with JavaScript turned off."""
+"""A visitor registers (and sets a password from the mailed link) and watches the Wallet
+page; an admin grants a credit; the open page shows it without a reload. And the same forms
+work with JavaScript turned off."""
 from __future__ import annotations
 
 import re
 
 import pytest
 from playwright.sync_api import Page, expect
+from sqlalchemy import select
 
+from portal.extensions import db
+from portal.models import OutboundEmail
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.browser
@@ -42,6 +46,14 @@ def grant_credit(page: Page, email: str, amount: str, reason: str) -> None:
     expect(page.locator("#admin-credit-balance")).to_have_text(f"${amount}")
 
 
+def mailed_link(app, email: str) -> str:
+    """The set-password link mailed to ``email`` (the outbox: no SMTP server in tests)."""
+    with app.app_context(), db.engine.connect() as conn:
+        body = conn.execute(select(OutboundEmail.body_text).where(
+            OutboundEmail.to_addr == email)).scalar_one()
+    return re.search(r"https?://\S+/auth/reset/\S+", body).group(0)
+
+
 def history_row(page: Page, text: str):
     return page.locator("#wallet-panel table.history tbody tr").filter(has_text=text)
 
@@ -54,13 +66,22 @@ def test_open_wallet_page_shows_a_new_credit_without_reload(app, live_server, op
     expect(visitor.get_by_role("heading", level=1, name="Create an account")).to_be_visible()
     visitor.get_by_label("Name").fill("Vera Visitor")
     visitor.get_by_label("Email").fill("vera@example.com")
-    visitor.get_by_label("Password", exact=True).fill(PASSWORD)
-    visitor.get_by_label("Repeat password").fill(PASSWORD)
     visitor.get_by_role("button", name="Create account").click()
+    expect(visitor).to_have_url(f"{live_server.url}/auth/login")
+    expect(visitor.locator(".flash-info")).to_contain_text(
+        "We have sent a message to vera@example.com")
+
+    # The link in the mail sets the password and logs in.
+    link = mailed_link(live_server.app, "vera@example.com")
+    assert link.startswith(f"{live_server.url}/auth/reset/")
+    visitor.goto(link)
+    visitor.get_by_label("New password", exact=True).fill(PASSWORD)
+    visitor.get_by_label("Repeat new password").fill(PASSWORD)
+    visitor.get_by_role("button", name="Set password").click()
 
     expect(visitor).to_have_url(f"{live_server.url}/wallet/")
     expect(visitor.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
-    expect(visitor.locator(".flash-success")).to_have_text("Welcome! Your account is ready.")
+    expect(visitor.locator(".flash-success")).to_have_text("Your password is set.")
     expect(visitor.locator("#balance-credit .amount")).to_have_text("$0.00")
     expect(visitor.locator("#balance-cash .amount")).to_have_text("$0.00")
     expect(visitor.get_by_text("No money has moved yet.")).to_be_visible()

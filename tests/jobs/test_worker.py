@@ -49,22 +49,27 @@ def mail_row(app) -> tuple[int, str]:
             db.session.remove()
 
 
-def run_simple_worker(app, queue: Queue) -> None:
+def run_simple_worker(app, queue: Queue, max_jobs: int | None = None) -> None:
     """Run what waits in ``queue`` in this process (burst), in an app context of its own."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with app.app_context():
-            assert SimpleWorker([queue], connection=queue.connection).work(burst=True)
+            assert SimpleWorker([queue], connection=queue.connection).work(burst=True,
+                                                                           max_jobs=max_jobs)
             db.session.remove()
     finally:  # the worker installs its own; give pytest back Ctrl+C
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
 
-def request_reset(app, email: str) -> int:
-    """Ask for a reset link through the web; the mail job is now waiting in Redis."""
+def request_reset(app, queue: Queue, email: str) -> int:
+    """Ask for a reset link through the web, and let a worker run the look-up job that
+    queued (it writes the mail); the mail job is now waiting in Redis."""
     client = app.test_client()
     assert client.submit("/auth/forgot", {"email": email}).status_code == 303
+    [lookup] = queue.jobs
+    assert (lookup.func_name, lookup.args) == ("jobs.accounts.send_password_reset", (email,))
+    run_simple_worker(app, queue, max_jobs=1)
     message_id, status = mail_row(app)
     assert status == "pending"
     return message_id
@@ -73,7 +78,7 @@ def request_reset(app, email: str) -> int:
 def test_mail_job_waits_in_redis_until_a_simple_worker_runs_it(app, mailing_app, default_queue,
                                                                smtp_sink, make_user):  # noqa: F811
     user = make_user()
-    message_id = request_reset(mailing_app, user.email)
+    message_id = request_reset(mailing_app, default_queue, user.email)
     job_id = queues.rq_job_id(f"mail:{message_id}")
     assert default_queue.job_ids == [job_id]
     assert smtp_sink.messages == []
@@ -93,7 +98,7 @@ def test_forking_worker_process_sends_the_mail(
         app, mailing_app, default_queue, smtp_sink,  # noqa: F811
         make_user, database_url, redis_url, tmp_path):
     user = make_user()
-    message_id = request_reset(mailing_app, user.email)
+    message_id = request_reset(mailing_app, default_queue, user.email)
     job_id = queues.rq_job_id(f"mail:{message_id}")
     assert default_queue.job_ids == [job_id]
 

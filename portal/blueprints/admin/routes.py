@@ -32,6 +32,10 @@ class GrantCreditForm(FlaskForm):
     request_id = HiddenField()
 
 
+class RevokeAdminForm(FlaskForm):
+    pass
+
+
 @bp.get("/")
 def index():
     users = accounts.list_users(page=1, per_page=10)
@@ -54,7 +58,8 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
     if not form.request_id.data:
         form.request_id.data = uuid.uuid4().hex
     return render_template(
-        "admin/user.html", user=user, form=form, balances=ledger.balances(user),
+        "admin/user.html", user=user, form=form, revoke_admin_form=RevokeAdminForm(),
+        balances=ledger.balances(user),
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg())), status
 
@@ -88,6 +93,24 @@ def grant_credit(user_id: int):
     db.session.commit()
     flash(f"Granted {amount.format()} of credit to {user.email}.", "success")
     return helpers.see_other("admin.user", user_id=user.id)
+
+
+@bp.post("/users/<int:user_id>/revoke-admin")
+def revoke_admin(user_id: int):
+    """Take the admin role away; the user's admin and platform tokens are revoked with it."""
+    user = _user_or_404(user_id)
+    if not RevokeAdminForm().validate_on_submit():
+        abort(400)
+    try:
+        revoked = accounts.revoke_admin(user, by=current_user)
+    except ServiceError as exc:
+        db.session.rollback()
+        flash(f"Not done: {exc.message}.", "error")
+    else:
+        db.session.commit()
+        flash(f"{user.email} is no longer an admin; {revoked} admin or platform "
+              f"token{'' if revoked == 1 else 's'} revoked.", "success")
+    return helpers.see_other("admin.user", user_id=user_id)
 
 
 @bp.get("/outbox")

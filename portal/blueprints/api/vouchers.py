@@ -3,24 +3,17 @@ from __future__ import annotations
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
-from ...extensions import db, limiter
+from ...extensions import db
 from ...models import TokenScope
 
 from ...services import ledger, vouchers
 from ...services.errors import ValidationFailed
+from ..limits import voucher_redeem_limit
 from . import bp
 from .auth import require_token
 from .parsing import datetime_field, iso, json_body, money_field, page_args, required
 
 USER, ADMIN = TokenScope.USER, TokenScope.ADMIN
-
-
-def _voucher_limit() -> str:
-    return current_app.config["VOUCHER_RATE_LIMIT"]
-
-
-def _token_user() -> str:
-    return f"api-user:{g.api_user.id}"
 
 
 def _int(data: dict, name: str, default: int) -> int:
@@ -32,7 +25,7 @@ def _int(data: dict, name: str, default: int) -> int:
 
 @bp.post("/vouchers/redeem")
 @require_token(USER)
-@limiter.limit(_voucher_limit, key_func=_token_user)
+@voucher_redeem_limit  # one counter with the Wallet form's
 def redeem_voucher():
     data = json_body()
     value = vouchers.redeem(g.api_user, str(required(data, "code")))
