@@ -1,6 +1,7 @@
 """Bearer-token authentication and scopes for the API."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import wraps
 
 from flask import abort, g, request
@@ -10,28 +11,33 @@ from ...models import TokenScope, User
 from ...services import accounts
 
 
-def require_token(*scopes: TokenScope):
-    """401 without a valid token, 403 when its scope is not one of ``scopes``."""
+def authenticate(scopes: Iterable[TokenScope | str]) -> None:
+    """401 without a valid token, 403 when its scope is not one of ``scopes``; sets
+    g.api_token and g.api_user."""
     allowed = {str(s) for s in scopes}
+    header = request.headers.get("Authorization", "")
+    kind, _, plain = header.partition(" ")
+    token = accounts.token_for(plain.strip()) if kind.lower() == "bearer" else None
+    if token is None:
+        abort(401, "A valid bearer token is required.")
+    if token.scope not in allowed:
+        abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
+    g.api_token, g.api_user = token, token.user
+    db.session.commit()  # last_used_at, if it moved
 
+
+def require_token(*scopes: TokenScope):
+    """The view needs a token of one of ``scopes`` (see ``authenticate``)."""
     def decorator(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
-            kind, _, plain = header.partition(" ")
-            token = accounts.token_for(plain.strip()) if kind.lower() == "bearer" else None
-            if token is None:
-                abort(401, "A valid bearer token is required.")
-            if token.scope not in allowed:
-                abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
-            g.api_token, g.api_user = token, token.user
-            db.session.commit()  # last_used_at, if it moved
+            authenticate(scopes)
             return view(*args, **kwargs)
         return wrapped
     return decorator
 
 
-def acting_user(user_ref: object | None) -> User:
+def acting_user(user_ref: int | str | None) -> User:
     """The user a call is about: the caller, or for admin tokens any ``user_id``."""
     if user_ref in (None, ""):
         return g.api_user
@@ -39,4 +45,4 @@ def acting_user(user_ref: object | None) -> User:
         if str(user_ref) in (str(g.api_user.id), g.api_user.email):
             return g.api_user
         abort(403, "Only admin tokens may act for another user.")
-    return accounts.find_user(str(user_ref))
+    return accounts.find_user(user_ref)
