@@ -9,6 +9,7 @@ from flask import abort, g, request
 from ...extensions import db
 from ...models import TokenScope, User
 from ...services import accounts
+from ...services.errors import NotFound
 
 
 def authenticate(scopes: Iterable[TokenScope | str]) -> None:
@@ -37,6 +38,13 @@ def require_token(*scopes: TokenScope):
     return decorator
 
 
+def find_user(ref: int | str) -> User:
+    """A user by id or email (a ``UserRef``); anything else names nobody."""
+    if isinstance(ref, str) and "@" not in ref:
+        raise NotFound(f"no user {ref!r}")
+    return accounts.find_user(ref)
+
+
 def acting_user(user_ref: int | str | None) -> User:
     """The user a call is about: the caller, or for admin tokens any ``user_id``."""
     if user_ref in (None, ""):
@@ -45,4 +53,4 @@ def acting_user(user_ref: int | str | None) -> User:
         if str(user_ref) in (str(g.api_user.id), g.api_user.email):
             return g.api_user
         abort(403, "Only admin tokens may act for another user.")
-    return accounts.find_user(user_ref)
+    return find_user(user_ref)

@@ -9,10 +9,10 @@ from flask import Response, current_app, g, stream_with_context
 from ...extensions import db
 from ...models import Deployment, PriceVersion, TokenScope, User
 from ...money import Money, micros_to_decimal
-from ...services import accounts, catalog, deployments, reports, usage
+from ...services import catalog, deployments, reports, usage
 from ...services.errors import NotFound, ValidationFailed
 from . import bp
-from .auth import acting_user
+from .auth import acting_user, find_user
 from .fields import iso
 from .models import (CreateDeployment, DeleteDeployment, DeploymentOut, PricesOut,
                      PriceVersionOut, Rates, ReportPage, ReportQuery, ReportRow, SkuOut,
@@ -70,7 +70,7 @@ def prices():
 
 def _platform_user(ref: int | str) -> User:
     try:
-        return accounts.find_user(ref)
+        return find_user(ref)
     except NotFound:
         raise ValidationFailed.field("user_id", f"no user {ref!r}") from None
 
@@ -186,7 +186,7 @@ def _report_filter(query: ReportQuery) -> reports.ReportFilter:
         raise ValidationFailed.field("to", "must not be before from")
     return reports.ReportFilter(
         day_from=day_from, day_to=day_to,
-        user=accounts.find_user(query.user_id) if query.user_id else None,
+        user=find_user(query.user_id) if query.user_id else None,
         kind=query.kind, label=query.label)
 
 

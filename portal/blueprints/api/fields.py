@@ -279,7 +279,9 @@ def _user_ref(value: Any) -> int | str:
         raise _fail("is required", "missing")
     if isinstance(value, bool):
         raise _fail("must be a user id or an email address")
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        if len(value.strip().lstrip("0")) > len(str(MAX_ID)):
+            raise _fail(f"must be a user id from 1 to {MAX_ID} or an email address")
         value = int(value.strip())
     if isinstance(value, int):
         if not 1 <= value <= MAX_ID:

@@ -8,11 +8,11 @@ from flask import current_app, g
 
 from ...extensions import db
 from ...models import Invoice, TokenScope
-from ...services import accounts, invoice_documents, invoicing, usage
+from ...services import invoice_documents, invoicing, usage
 from ...services.errors import NotFound, ValidationFailed
 from ..helpers import pdf_response
 from . import bp
-from .auth import acting_user
+from .auth import acting_user, find_user
 from .fields import idempotency_key, iso, to_money
 from .models import (AdminInvoiceQuery, CreateInvoice, InvoiceDetail, InvoiceLineOut,
                      InvoiceOut, InvoicePage, InvoicePaymentOut, InvoiceQuery, OfflinePayment,
@@ -96,7 +96,7 @@ def create_invoice(body: CreateInvoice):
     period that has ended. 201 when made now, 200 when it existed, 409 when there is
     nothing to invoice."""
     try:
-        user = accounts.find_user(body.user_id)
+        user = find_user(body.user_id)
     except NotFound:
         raise ValidationFailed.field("user_id", f"no user {body.user_id!r}") from None
     invoice, created = invoicing.generate_for_user(user, body.period_start, body.period_end,
@@ -109,7 +109,7 @@ def create_invoice(body: CreateInvoice):
 @operation(summary="Every user's invoices", tag="Invoices", scopes=(ADMIN,),
            query=AdminInvoiceQuery, responses={200: InvoicePage}, errors=(404,))
 def admin_list_invoices(query: AdminInvoiceQuery):
-    user = accounts.find_user(query.user_id) if query.user_id else None
+    user = find_user(query.user_id) if query.user_id else None
     period_start = None
     if query.period:
         try:

@@ -76,8 +76,8 @@ def delete_payment_method(card_id: int):
 def create_checkout(body: CreateCheckout):
     """``{purpose: "topup", amount}`` -> the checkout page's URL: open it in a browser. An
     amount outside TOPUP_MIN..TOPUP_MAX is 422."""
-    _require_cards()
     amount = to_money(body.amount, g.api_user.currency, "amount")
+    _require_cards()
     base = current_app.config["PUBLIC_URL"]
     session = topups.start_checkout(
         g.api_user, amount, success_url=f"{base}/wallet/top-up/done?session_id="

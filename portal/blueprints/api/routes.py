@@ -10,7 +10,7 @@ from ...models import TokenScope
 from ...money import Money
 from ...services import accounts, credits, ledger
 from . import bp
-from .auth import acting_user
+from .auth import acting_user, find_user
 from .fields import idempotency_key, iso, to_money
 from .models import (CreateUser, CreditOut, GrantCredit, UserOut, WalletEntry, WalletOut,
                      WalletPage, WalletQuery, ForUser)
@@ -53,7 +53,7 @@ def credit_json(lot) -> CreditOut:
 def grant_credit(body: GrantCredit):
     """A credit in the user's currency; ``expires_at`` as a bare date is valid through
     that day. Without an Idempotency-Key every call is a new grant."""
-    user = accounts.find_user(body.user_id)
+    user = find_user(body.user_id)
     client_key = idempotency_key()
     key = f"api:{g.api_user.id}:{client_key}" if client_key else f"api:{uuid.uuid4().hex}"
     lot, created = credits.grant_credit(
