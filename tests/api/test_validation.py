@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from jobs import queues
 from portal.extensions import db
 from portal.models import (CheckoutSession, CreditLot, Deployment, DeploymentInterval,
-                           InvoicePayment, LedgerTransaction, MeterMark, User, UsageDaily,
+                           InvoicePayment, LedgerTransaction, MeterMark, UsageDaily,
                            Voucher)
 from portal.services import metering
 from tests.support.invoices import empty_invoices

@@ -64,8 +64,7 @@ def default_payment_method(card_id: int):
 def delete_payment_method(card_id: int):
     """409 conflict when the last-card rule forbids it."""
     cards.remove_card(g.api_user, card_id)
-    db.session.commit()
-    return None
+    db.session.commit()  # no content: 204
 
 
 @bp.post("/create-checkout")

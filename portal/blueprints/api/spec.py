@@ -237,7 +237,7 @@ def _operation(rule: Rule, op: Operation, operation_id: str,
                schemas: dict[str, Any]) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = []
     for name in sorted(rule.arguments):
-        converter = rule._converters[name]  # noqa: SLF001 (werkzeug keeps them here)
+        converter = rule._converters[name]  # werkzeug keeps them here
         if isinstance(converter, IntegerConverter):
             schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         elif name == "external_id":
