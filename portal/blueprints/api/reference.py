@@ -77,7 +77,7 @@ def type_parts(schema: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(text, None)]
 
 
-_NOTES = (("minLength", "at least {} characters"), ("maxLength", "at most {} characters"),
+_NOTES = (("minLength", "at least {} character(s)"), ("maxLength", "at most {} characters"),
           ("minimum", "from {}"), ("exclusiveMinimum", "more than {}"), ("maximum", "up to {}"),
           ("maxProperties", "at most {} keys"), ("pattern", "matches {}"),
           ("default", "default {}"))
@@ -94,9 +94,16 @@ def notes(schema: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _description(schema: dict[str, Any]) -> str:
+    """The schema's description, or its first option's (an optional field's)."""
+    return schema.get("description") or next(
+        (option["description"] for option in schema.get("anyOf", []) if "description" in option),
+        "")
+
+
 def _row(name: str, schema: dict[str, Any], required: bool) -> dict[str, Any]:
     return {"name": name, "type": type_parts(schema), "required": required,
-            "notes": notes(schema), "description": schema.get("description", "")}
+            "notes": notes(schema), "description": _description(schema)}
 
 
 def page(doc: dict[str, Any]) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def operation(*, summary: str, tag: str, scopes: Iterable[TokenScope | str],
                        body=body, body_optional=body_optional, query=query,
                        errors=tuple(errors), idempotency_key=idempotency_key,
                        media=media or {}, path=path or {},
-                       description=inspect.cleandoc(view.__doc__ or ""))
+                       description=inspect.cleandoc(view.__doc__ or "").replace("``", "`"))
 
         @wraps(view)
         def wrapped(**kwargs: Any):
