@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import wraps
 
 from flask import abort, g, request
 
@@ -25,17 +24,6 @@ def authenticate(scopes: Iterable[TokenScope | str]) -> None:
         abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
     g.api_token, g.api_user = token, token.user
     db.session.commit()  # last_used_at, if it moved
-
-
-def require_token(*scopes: TokenScope):
-    """The view needs a token of one of ``scopes`` (see ``authenticate``)."""
-    def decorator(view):
-        @wraps(view)
-        def wrapped(*args, **kwargs):
-            authenticate(scopes)
-            return view(*args, **kwargs)
-        return wrapped
-    return decorator
 
 
 def find_user(ref: int | str) -> User:
