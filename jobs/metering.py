@@ -1,5 +1,6 @@
 """Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
-`meter_chunk` meters one chunk of users and commits."""
+`meter_chunk` meters one chunk of users and commits; `backfill_deployment` meters one
+deployment's past days again after a change dated before its chunk's mark."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -35,5 +36,11 @@ def meter_due(upto_iso: str | None = None) -> dict:
 
 def meter_chunk(chunk: int, upto_iso: str) -> dict:
     result = metering.meter_chunk(chunk, metering.parse_hour(upto_iso))
+    db.session.commit()
+    return result.figures()
+
+
+def backfill_deployment(deployment_id: int, since_iso: str) -> dict:
+    result = metering.rebuild_deployment(deployment_id, datetime.fromisoformat(since_iso))
     db.session.commit()
     return result.figures()

@@ -363,6 +363,10 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["SESSION_HEARTBEAT_TIMEOUT_MINUTES"] = _parse_int(
         "SESSION_HEARTBEAT_TIMEOUT_MINUTES", env.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", "15"),
         1, 100_000)
+    # How far back the platform may date a deployment's start, change or end through the
+    # API (started_at, effective_at, ended_at); the past part is metered by a job.
+    cfg["DEPLOYMENT_BACKDATE_MAX_DAYS"] = _parse_int(
+        "DEPLOYMENT_BACKDATE_MAX_DAYS", env.get("DEPLOYMENT_BACKDATE_MAX_DAYS", "31"), 1, 366)
     # The billing daemon (jobs/daemon.py); seconds and minutes may be decimals (tests).
     cfg["DAEMON_HEARTBEAT_SECONDS"] = _env_positive(env, "DAEMON_HEARTBEAT_SECONDS", "60")
     cfg["DAEMON_LEASE_SECONDS"] = _env_positive(env, "DAEMON_LEASE_SECONDS", "180")

@@ -2,11 +2,17 @@
 
 Every change closes the open interval at its effective time and opens the next one with
 the quantities the new state bills, at the rates of the deployment's own price version.
-A change that takes effect before the chunk's metered-through mark corrects the rollups in
-the same transaction (metering.adjust_window).
+A change that takes effect before the chunk's metered-through mark has its already-metered
+days metered again by a job after the change commits (metering.backfill_later), so a
+report dated in the past costs the request no more than one in the present.
+
+External ids are 1 to 128 ASCII letters, digits and ``. _ : -`` starting with a letter or
+digit: every id can be put in a URL path segment as it is, so every deployment can be
+read, changed and ended through the API.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +39,14 @@ TRANSITIONS: dict[S, frozenset[S]] = {
 BILLS_ALL = frozenset({S.ACTIVE})
 BILLS_STORAGE = frozenset({S.SUSPENDED, S.REMOVING})
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+EXTERNAL_ID_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+LABEL_KEY_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,62}$")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
+MAX_NAME = 200
+# Sizes: the largest keep a day's exact cost numerator (seconds x thousandths x micros)
+# inside a 64-bit integer at rates up to 1.00 a unit-hour.
+MAX_SIZE = {"cpu_cores": 1024, "memory_gb": 65536, "storage_gb": 100_000}
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,46 @@ def _when(value: datetime | None, field: str, now: datetime) -> datetime:
     if value > now + MAX_CLOCK_SKEW:
         raise ValidationFailed.field(field, "must not be in the future")
     return value
+
+
+def _within_backdate(value: datetime, field: str, now: datetime,
+                     max_backdate: timedelta | None) -> None:
+    """With ``max_backdate`` (what the platform may report through the API), a change may
+    reach no further back than that. A repeat of a recorded change is checked before this,
+    so a retry answers the same later too."""
+    if max_backdate is not None and value < now - max_backdate:
+        raise ValidationFailed.field(field, f"must not be more than {max_backdate.days} days "
+                                            f"in the past")
+
+
+def _milli(value: object, field: str) -> int:
+    milli = catalog.to_milli(value, field)
+    if milli > MAX_SIZE[field] * 1000:
+        raise ValidationFailed.field(field, f"must be at most {MAX_SIZE[field]}")
+    return milli
+
+
+def check_external_id(external_id: object) -> str:
+    if not isinstance(external_id, str) or not EXTERNAL_ID_RULE.fullmatch(external_id):
+        raise ValidationFailed.field("external_id", "must be 1 to 128 letters, digits and "
+                                                    ". _ : - starting with a letter or digit")
+    return external_id
+
+
+def check_labels(labels: object) -> dict[str, str]:
+    if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ValidationFailed.field("labels", "must be an object of strings")
+    if len(labels) > MAX_LABELS:
+        raise ValidationFailed.field("labels", f"must have at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not LABEL_KEY_RULE.fullmatch(key):
+            raise ValidationFailed.field("labels", "keys must be 1 to 63 letters, digits and "
+                                                   ". _ / - : starting with a letter or digit")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValidationFailed.field("labels", f"{key} must be at most {MAX_LABEL_VALUE} "
+                                                   f"characters")
+    return labels
 
 
 def get_deployment(external_id: str, *, user: User | None = None) -> Deployment:
@@ -80,9 +134,8 @@ def resolve_spec(version: PriceVersion, *, kind: str, sku: str | None, cpu_cores
     if cpu_cores is None and memory_gb is None and storage_gb is None:
         raise ValidationFailed("give a sku or cpu_cores/memory_gb/storage_gb",
                                fields={"sku": "or cpu_cores, memory_gb, storage_gb is required"})
-    return Spec(catalog.to_milli(cpu_cores or 0, "cpu_cores"),
-                catalog.to_milli(memory_gb or 0, "memory_gb"),
-                catalog.to_milli(storage_gb or 0, "storage_gb"), bool(public_ip), None)
+    return Spec(_milli(cpu_cores or 0, "cpu_cores"), _milli(memory_gb or 0, "memory_gb"),
+                _milli(storage_gb or 0, "storage_gb"), bool(public_ip), None)
 
 
 def _interval_values(deployment: Deployment, state: S, version: PriceVersion) -> dict:
@@ -158,21 +211,21 @@ def _content(deployment: Deployment) -> dict:
 def create_deployment(*, external_id: str, user: User, kind: str, sku: str | None = None,
                       cpu_cores=None, memory_gb=None, storage_gb=None, public_ip=None,
                       name: str = "", labels: dict | None = None, state: str = "active",
-                      started_at: datetime | None = None) -> tuple[Deployment, bool]:
-    """Record a deployment (idempotent by external id). Returns (deployment, created)."""
-    external_id = (external_id or "").strip()
-    if not external_id or len(external_id) > 200:
-        raise ValidationFailed.field("external_id", "is required (at most 200 characters)")
+                      started_at: datetime | None = None,
+                      max_backdate: timedelta | None = None) -> tuple[Deployment, bool]:
+    """Record a deployment (idempotent by external id). Returns (deployment, created).
+    ``max_backdate`` bounds how far back ``started_at`` may be."""
+    check_external_id(external_id)
+    name = (name or "").strip()
+    if len(name) > MAX_NAME:
+        raise ValidationFailed.field("name", f"must be at most {MAX_NAME} characters")
     try:
         kind = DeploymentKind(kind)
     except ValueError:
         raise ValidationFailed.field("kind", "must be vm, k8s or session") from None
     if state not in (S.PENDING, S.ACTIVE):
         raise ValidationFailed.field("state", "must be pending or active")
-    labels = labels or {}
-    if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-        raise ValidationFailed.field("labels", "must be an object of strings")
+    labels = check_labels(labels or {})
     now = _now()
     start = _when(started_at, "started_at", now)
     version = catalog.version_at(start)
@@ -183,12 +236,13 @@ def create_deployment(*, external_id: str, user: User, kind: str, sku: str | Non
     wanted = {"user_id": user.id, "kind": str(kind), "sku": spec.sku_code,
               "cpu_milli": spec.cpu_milli, "memory_mgb": spec.memory_mgb,
               "storage_mgb": spec.storage_mgb, "public_ip": spec.public_ip,
-              "name": (name or "").strip()[:200], "labels": labels}
+              "name": name, "labels": labels}
     if existing is not None:
         if _content(existing) != wanted or (started_at is not None
                                             and existing.started_at != start):
             raise Conflict(f"deployment {external_id!r} exists with different content")
         return existing, False
+    _within_backdate(start, "started_at", now, max_backdate)
 
     deployment = Deployment(
         external_id=external_id, user_id=user.id, kind=str(kind), name=wanted["name"],
@@ -199,14 +253,15 @@ def create_deployment(*, external_id: str, user: User, kind: str, sku: str | Non
     db.session.flush()
     metering.ensure_mark(user.id, start)
     if state == S.ACTIVE:
-        with metering.adjust_window(deployment, start):
-            _reshape(deployment, start, S.ACTIVE)
+        _reshape(deployment, start, S.ACTIVE)
+        metering.backfill_later(deployment, start)
     return deployment, True
 
 
 def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
                       storage_gb=None, sku: str | None = None, state: str | None = None,
-                      effective_at: datetime | None = None) -> Deployment:
+                      effective_at: datetime | None = None,
+                      max_backdate: timedelta | None = None) -> Deployment:
     """Resize and/or change state at ``effective_at`` (default now), at the deployment's
     own price version."""
     now = _now()
@@ -226,18 +281,19 @@ def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
         raise InvalidTransition(f"a {current} deployment cannot be resized")
     if not resize and target == current:
         return deployment  # nothing to change
+    _within_backdate(at, "effective_at", now, max_backdate)
     _check_not_before_last_change(deployment, at, "effective_at")
     invoiced = metering.invoiced_through(deployment.user_id)
     if invoiced is not None and at < invoiced:
         raise ValidationFailed.field("effective_at", f"is inside an invoiced period (invoiced "
                                                      f"through {invoiced:%Y-%m-%d})")
-    with metering.adjust_window(deployment, at):
-        if resize:
-            _apply_resize(deployment, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb,
-                          storage_gb=storage_gb)
-        _reshape(deployment, at, target)
-        if target in (S.REMOVED, S.TERMINATED, S.FAILED):
-            deployment.ended_at = at
+    if resize:
+        _apply_resize(deployment, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb,
+                      storage_gb=storage_gb)
+    _reshape(deployment, at, target)
+    if target in (S.REMOVED, S.TERMINATED, S.FAILED):
+        deployment.ended_at = at
+    metering.backfill_later(deployment, at)
     return deployment
 
 
@@ -250,7 +306,7 @@ def _apply_resize(deployment: Deployment, *, sku, cpu_cores, memory_gb, storage_
         raise ValidationFailed.field("sku", "a deployment sized by SKU is resized to another sku")
     else:
         def milli(value, current: int, field: str) -> int:
-            return current if value is None else catalog.to_milli(value, field)
+            return current if value is None else _milli(value, field)
         spec = Spec(milli(cpu_cores, deployment.cpu_milli, "cpu_cores"),
                     milli(memory_gb, deployment.memory_mgb, "memory_gb"),
                     milli(storage_gb, deployment.storage_mgb, "storage_gb"), deployment.public_ip)
@@ -258,7 +314,8 @@ def _apply_resize(deployment: Deployment, *, sku, cpu_cores, memory_gb, storage_
     deployment.storage_mgb, deployment.sku_code = spec.storage_mgb, spec.sku_code
 
 
-def delete_deployment(deployment: Deployment, *, ended_at: datetime | None = None) -> Deployment:
+def delete_deployment(deployment: Deployment, *, ended_at: datetime | None = None,
+                      max_backdate: timedelta | None = None) -> Deployment:
     """The platform deleted it. Billed up to ``ended_at``; kept as history. Idempotent."""
     now = _now()
     at = _when(ended_at, "ended_at", now)
@@ -269,10 +326,11 @@ def delete_deployment(deployment: Deployment, *, ended_at: datetime | None = Non
         return deployment
     if deployment.state == S.REMOVED:
         return deployment
+    _within_backdate(at, "ended_at", now, max_backdate)
     _check_not_before_last_change(deployment, at, "ended_at")
-    with metering.adjust_window(deployment, at):
-        _reshape(deployment, at, S.TERMINATED)
-        deployment.ended_at = at
+    _reshape(deployment, at, S.TERMINATED)
+    deployment.ended_at = at
+    metering.backfill_later(deployment, at)
     return deployment
 
 

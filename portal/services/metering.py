@@ -5,14 +5,14 @@ metered-through mark. Metering a chunk up to an hour claims ``[mark, upto)`` und
 row lock with a conditional UPDATE (a second or concurrent run finds nothing to claim) and
 adds that window's usage to the rollups with one set-based INSERT ... SELECT per UTC day in
 the window. Changes that reach back before a chunk's mark (a deletion reported late, a
-deployment reported with a past start) adjust the rollups in the same transaction
-(``adjust_window``), so the rollups always equal a recomputation from the intervals, which
-`flask billing usage-audit` proves with an independent Python computation.
+deployment reported with a past start) have those days metered again by a job after they
+commit (``backfill_later``, ``rebuild_deployment``), so once it ran the rollups equal a
+recomputation from the intervals, which `flask billing usage-audit` proves with an
+independent Python computation.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -214,37 +214,68 @@ def prepare_run(upto: datetime) -> None:
     end_silent_sessions(timeout, now=upto)
 
 
-@contextmanager
-def adjust_window(deployment: Deployment, since: datetime) -> Iterator[None]:
-    """Wrap a change to a deployment's intervals that takes effect at ``since``: when that is
-    before the chunk's mark, the already-metered part [since, mark) is taken out of the
-    rollups before the change and metered again after it, in the same transaction. The part
-    that falls in an invoiced period is also recorded as a pending adjustment, which the
-    next invoice bills (or credits)."""
+def backfill_later(deployment: Deployment, since: datetime) -> None:
+    """After a change to a deployment's intervals that takes effect at ``since``: when that
+    is before the chunk's mark, the already-metered days from ``since`` on are metered
+    again by a job (``rebuild_deployment``) once the change commits. The mark's row lock,
+    held to the commit, orders the change against a concurrent metering run: a run either
+    sees the change, or moved the mark first and the job covers its hours."""
     mark = lock_mark(chunk_of(deployment.user_id))
-    start = epoch(since)
-    end = epoch(mark.metered_through) if mark is not None else start
-    params = {"deployment_id": deployment.id}
-    steps = []
-    if start < end:
-        steps.append((start, end, ROLLUPS))
-        # Late only where an invoice already billed the time: a period not invoiced yet
-        # (even one before an invoiced period) bills the corrected rollups itself.
-        for period_start, period_end in invoiced_periods(deployment.user_id, since,
-                                                         mark.metered_through):
-            late_start, late_end = max(start, epoch(period_start)), min(end, epoch(period_end))
-            if late_start < late_end:
-                steps.append((late_start, late_end, ADJUSTMENTS))
-    if steps:
-        db.session.flush()
-    for since_s, until_s, target in steps:
-        _roll_up(_WHERE_DEPLOYMENT, params, since_s, until_s, -1, target)
-    yield
-    if not steps:
+    if mark is None or since >= mark.metered_through:
         return
+    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
+
+    enqueue_after_commit("metering", "jobs.metering.backfill_deployment", deployment.id,
+                         since.astimezone(UTC).isoformat(),
+                         job_id=f"backfill:{deployment.id}:{epoch(since)}")
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+_ROLLUPS_TO_ADJUSTMENTS = f"""
+INSERT INTO usage_adjustments (deployment_id, day, user_id, {", ".join(USAGE_COLUMNS)})
+SELECT deployment_id, day, user_id, {", ".join(f"-{c}" for c in USAGE_COLUMNS)}
+FROM usage_daily WHERE deployment_id = :deployment_id AND day >= :first AND day < :last
+ON CONFLICT (deployment_id, day) WHERE invoice_id IS NULL DO UPDATE SET
+    {", ".join(f"{c} = usage_adjustments.{c} + excluded.{c}" for c in USAGE_COLUMNS)}
+"""
+
+
+def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
+    """Meter one deployment's days again, from ``since``'s day up to its chunk's mark, from
+    its intervals as they are now (the backfill job). Idempotent: the rollup rows of those
+    days are replaced by a recomputation. Where an invoice already billed a day, what the
+    intervals say now minus what the rollups held is added to the pending adjustments, which
+    the user's next invoice bills (or credits)."""
+    result = MeterResult()
+    deployment = db.session.get(Deployment, deployment_id)
+    if deployment is None:
+        return result
+    mark = lock_mark(chunk_of(deployment.user_id))
+    if mark is None:
+        return result
+    first_day = since.astimezone(UTC).date()
+    start, end = epoch(_midnight(first_day)), epoch(mark.metered_through)
+    if start >= end:
+        return result
+    params = {"deployment_id": deployment.id}
     db.session.flush()
-    for since_s, until_s, target in steps:
-        _roll_up(_WHERE_DEPLOYMENT, params, since_s, until_s, +1, target)
+    # Invoiced periods begin and end at midnight, so whole rollup days line up with them.
+    for period_start, period_end in invoiced_periods(deployment.user_id, _midnight(first_day),
+                                                     mark.metered_through):
+        lo, hi = max(start, epoch(period_start)), min(end, epoch(period_end))
+        if lo >= hi:
+            continue
+        last = from_epoch(hi - 1).date() + timedelta(days=1)
+        db.session.execute(text(_ROLLUPS_TO_ADJUSTMENTS), {**params, "first": from_epoch(lo).date(),
+                                                           "last": last})
+        _roll_up(_WHERE_DEPLOYMENT, params, lo, hi, +1, ADJUSTMENTS)
+    db.session.execute(UsageDaily.__table__.delete().where(
+        UsageDaily.deployment_id == deployment.id, UsageDaily.day >= first_day))
+    result.rows = _roll_up(_WHERE_DEPLOYMENT, params, start, end, +1)
+    result.hours = (end - start) // HOUR
     # Keep no all-zero rows behind (a deployment that turned out not to have run).
     zero = [getattr(UsageDaily, c) == 0 for c in USAGE_COLUMNS]
     db.session.execute(UsageDaily.__table__.delete().where(
@@ -252,6 +283,8 @@ def adjust_window(deployment: Deployment, since: datetime) -> Iterator[None]:
     db.session.execute(UsageAdjustment.__table__.delete().where(
         UsageAdjustment.deployment_id == deployment.id, UsageAdjustment.invoice_id.is_(None),
         *[getattr(UsageAdjustment, c) == 0 for c in USAGE_COLUMNS]))
+    db.session.flush()
+    return result
 
 
 def invoiced_periods(user_id: int, start: datetime, end: datetime

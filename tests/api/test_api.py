@@ -1,4 +1,4 @@
-"""The JSON API's accounts endpoints: credits, users, wallet (see API.md)."""
+"""The JSON API's accounts endpoints: credits, users, wallet."""
 from __future__ import annotations
 
 import re

@@ -13,6 +13,14 @@ from portal.models import Deployment, DeploymentInterval
 START = "2026-10-01T10:00:00Z"
 
 
+@pytest.fixture(autouse=True)
+def backdating_allowed(app, monkeypatch):
+    """These tests report deployments in October 2026 (fixed figures), further back than
+    DEPLOYMENT_BACKDATE_MAX_DAYS allows by default (tests/api/test_validation.py covers
+    the bound)."""
+    monkeypatch.setitem(app.config, "DEPLOYMENT_BACKDATE_MAX_DAYS", 36500)
+
+
 @pytest.fixture
 def platform(api, make_user):
     return api.token(make_user(admin=True), "platform")

@@ -1,4 +1,4 @@
-"""Invoices in the JSON API (API.md "Invoices"): the seed's Invoice fields, lines and
+"""Invoices in the JSON API: the seed's Invoice fields, lines and
 payments, owner scoping, the seed's manual-invoice curl example, admin listing, void and
 offline payments through the ledger."""
 from __future__ import annotations

@@ -23,6 +23,8 @@ PUBLIC_ENDPOINTS = {"static", "index", "auth.login", "auth.register", "auth.forg
 # API routes authenticated by a signature over the body instead of a bearer token (the
 # gateway's webhooks: tests/webhooks prove a bad signature is 400 and stores nothing).
 SIGNED_ENDPOINTS = {"webhooks.receive"}
+# The API's reference (its OpenAPI document and the page made from it) is public.
+PUBLIC_API_ENDPOINTS = {"api.openapi_document", "api.reference"}
 
 
 def _url_map():
@@ -51,7 +53,8 @@ def _table(url_map) -> list[tuple[str, str, str]]:
 ALL_RULES = _table(_url_map())
 WEB_RULES = [r for r in ALL_RULES if not r[1].startswith(API_PREFIX) and r[0] != "static"]
 API_RULES = [r for r in ALL_RULES
-             if r[1].startswith(API_PREFIX) and r[0] not in SIGNED_ENDPOINTS]
+             if r[1].startswith(API_PREFIX)
+             and r[0] not in SIGNED_ENDPOINTS | PUBLIC_API_ENDPOINTS]
 PROTECTED_RULES = [r for r in WEB_RULES if r[0] not in PUBLIC_ENDPOINTS]
 ADMIN_RULES = [r for r in WEB_RULES if r[1].startswith("/admin/")]
 # Every web route and method that changes something (GET+POST pages, POST-only actions).

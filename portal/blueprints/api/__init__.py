@@ -1,4 +1,5 @@
-"""The JSON API under /api/plugins/billing (bearer tokens; see API.md)."""
+"""The JSON API under /api/plugins/billing (bearer tokens). Its reference is the OpenAPI
+document at /api/plugins/billing/openapi.json, shown at /api/plugins/billing/docs."""
 from flask import Blueprint
 
 from ...extensions import csrf
@@ -23,4 +24,4 @@ def _amount_error(exc: AmountError):
     return json_error(422, "validation_failed", f"amount {exc}", {"amount": str(exc)})
 
 
-from . import deployments, invoices, jobs, payments, routes, vouchers  # noqa: E402,F401
+from . import deployments, invoices, jobs, payments, reference, routes, vouchers  # noqa: E402,F401

@@ -1,37 +1,39 @@
 """Bearer-token authentication and scopes for the API."""
 from __future__ import annotations
 
-from functools import wraps
+from collections.abc import Iterable
 
 from flask import abort, g, request
 
 from ...extensions import db
 from ...models import TokenScope, User
 from ...services import accounts
+from ...services.errors import NotFound
 
 
-def require_token(*scopes: TokenScope):
-    """401 without a valid token, 403 when its scope is not one of ``scopes``."""
+def authenticate(scopes: Iterable[TokenScope | str]) -> None:
+    """401 without a valid token, 403 when its scope is not one of ``scopes``; sets
+    g.api_token and g.api_user."""
     allowed = {str(s) for s in scopes}
-
-    def decorator(view):
-        @wraps(view)
-        def wrapped(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
-            kind, _, plain = header.partition(" ")
-            token = accounts.token_for(plain.strip()) if kind.lower() == "bearer" else None
-            if token is None:
-                abort(401, "A valid bearer token is required.")
-            if token.scope not in allowed:
-                abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
-            g.api_token, g.api_user = token, token.user
-            db.session.commit()  # last_used_at, if it moved
-            return view(*args, **kwargs)
-        return wrapped
-    return decorator
+    header = request.headers.get("Authorization", "")
+    kind, _, plain = header.partition(" ")
+    token = accounts.token_for(plain.strip()) if kind.lower() == "bearer" else None
+    if token is None:
+        abort(401, "A valid bearer token is required.")
+    if token.scope not in allowed:
+        abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
+    g.api_token, g.api_user = token, token.user
+    db.session.commit()  # last_used_at, if it moved
 
 
-def acting_user(user_ref: object | None) -> User:
+def find_user(ref: int | str) -> User:
+    """A user by id or email (a ``UserRef``); anything else names nobody."""
+    if isinstance(ref, str) and "@" not in ref:
+        raise NotFound(f"no user {ref!r}")
+    return accounts.find_user(ref)
+
+
+def acting_user(user_ref: int | str | None) -> User:
     """The user a call is about: the caller, or for admin tokens any ``user_id``."""
     if user_ref in (None, ""):
         return g.api_user
@@ -39,4 +41,4 @@ def acting_user(user_ref: object | None) -> User:
         if str(user_ref) in (str(g.api_user.id), g.api_user.email):
             return g.api_user
         abort(403, "Only admin tokens may act for another user.")
-    return accounts.find_user(str(user_ref))
+    return find_user(user_ref)

@@ -1,19 +1,24 @@
-"""Catalog, deployments and usage in the JSON API."""
+"""Catalog, deployments, usage and usage reports in the JSON API."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from flask import Response, current_app, g, jsonify, request, stream_with_context
+from flask import Response, current_app, g, stream_with_context
 
 from ...extensions import db
 from ...models import Deployment, PriceVersion, TokenScope, User
 from ...money import Money, micros_to_decimal
-from ...services import accounts, catalog, deployments, reports, usage
+from ...services import catalog, deployments, reports, usage
 from ...services.errors import NotFound, ValidationFailed
 from . import bp
-from .auth import acting_user, require_token
-from .parsing import datetime_field, iso, json_body, page_args, required
+from .auth import acting_user, find_user
+from .fields import iso
+from .models import (CreateDeployment, DeleteDeployment, DeploymentOut, PricesOut,
+                     PriceVersionOut, Rates, ReportPage, ReportQuery, ReportRow, SkuOut,
+                     UpdateDeployment, UsageDay, UsageDeployment, UsageItem, UsageOut,
+                     UsageQuery)
+from .spec import operation
 
 USER, ADMIN, PLATFORM = TokenScope.USER, TokenScope.ADMIN, TokenScope.PLATFORM
 
@@ -26,44 +31,46 @@ def _rate(micros: int) -> str:
     return str(micros_to_decimal(micros).normalize()) if micros else "0"
 
 
-def deployment_json(dep: Deployment) -> dict:
-    return {"external_id": dep.external_id, "user_id": dep.user_id, "kind": dep.kind,
-            "name": dep.name, "labels": dep.labels or {}, "state": dep.state,
-            "sku": dep.sku_code, "cpu_cores": _qty(dep.cpu_milli),
-            "memory_gb": _qty(dep.memory_mgb), "storage_gb": _qty(dep.storage_mgb),
-            "public_ip": dep.public_ip,
-            "price_version": db.session.get(PriceVersion, dep.price_version_id).version,
-            "started_at": iso(dep.started_at), "ended_at": iso(dep.ended_at),
-            "last_heartbeat_at": iso(dep.last_heartbeat_at), "created_at": iso(dep.created_at)}
+def deployment_json(dep: Deployment) -> DeploymentOut:
+    return DeploymentOut(
+        external_id=dep.external_id, user_id=dep.user_id, kind=dep.kind, name=dep.name,
+        labels=dep.labels or {}, state=dep.state, sku=dep.sku_code,
+        cpu_cores=_qty(dep.cpu_milli), memory_gb=_qty(dep.memory_mgb),
+        storage_gb=_qty(dep.storage_mgb), public_ip=dep.public_ip,
+        price_version=db.session.get(PriceVersion, dep.price_version_id).version,
+        started_at=iso(dep.started_at), ended_at=iso(dep.ended_at),
+        last_heartbeat_at=iso(dep.last_heartbeat_at), created_at=iso(dep.created_at))
 
 
 def version_json(version: PriceVersion) -> dict:
-    return {"version": version.version, "effective_from": iso(version.effective_from),
-            "currency": version.currency,
-            "rates": {"cpu_per_core_hour": _rate(version.cpu_per_core_hour_micros),
-                      "memory_per_gb_hour": _rate(version.memory_per_gb_hour_micros),
-                      "storage_per_gb_month": _rate(version.storage_per_gb_month_micros),
-                      "public_ip_per_hour": _rate(version.public_ip_per_hour_micros)},
-            "skus": [{"code": s.code, "kind": s.kind, "name": s.name,
-                      "cpu_cores": _qty(s.cpu_milli), "memory_gb": _qty(s.memory_mgb),
-                      "storage_gb": _qty(s.storage_mgb), "public_ip": s.public_ip,
-                      "hourly_price": _rate(s.hourly_micros)} for s in version.skus]}
+    return dict(
+        version=version.version, effective_from=iso(version.effective_from),
+        currency=version.currency,
+        rates=Rates(cpu_per_core_hour=_rate(version.cpu_per_core_hour_micros),
+                    memory_per_gb_hour=_rate(version.memory_per_gb_hour_micros),
+                    storage_per_gb_month=_rate(version.storage_per_gb_month_micros),
+                    public_ip_per_hour=_rate(version.public_ip_per_hour_micros)),
+        skus=[SkuOut(code=s.code, kind=s.kind, name=s.name, cpu_cores=_qty(s.cpu_milli),
+                     memory_gb=_qty(s.memory_mgb), storage_gb=_qty(s.storage_mgb),
+                     public_ip=s.public_ip, hourly_price=_rate(s.hourly_micros))
+              for s in version.skus])
 
 
 @bp.get("/prices")
-@require_token(USER, ADMIN, PLATFORM)
+@operation(summary="The prices in force and any scheduled change", tag="Deployments",
+           scopes=(USER, ADMIN, PLATFORM), responses={200: PricesOut})
 def prices():
     now = datetime.now(UTC)
     current = catalog.version_at(now)
     db.session.commit()  # the first version, if this created it
     scheduled = [v for v in catalog.list_versions() if v.effective_from > now]
-    return jsonify({**version_json(current),
-                    "scheduled": [version_json(v) for v in reversed(scheduled)]})
+    return PricesOut(**version_json(current),
+                     scheduled=[PriceVersionOut(**version_json(v)) for v in reversed(scheduled)])
 
 
-def _platform_user(ref) -> User:
+def _platform_user(ref: int | str) -> User:
     try:
-        return accounts.find_user(str(ref))
+        return find_user(ref)
     except NotFound:
         raise ValidationFailed.field("user_id", f"no user {ref!r}") from None
 
@@ -74,127 +81,129 @@ def _lookup(external_id: str) -> Deployment:
     return deployments.get_deployment(external_id, user=own)
 
 
+def _backdate() -> timedelta:
+    return timedelta(days=current_app.config["DEPLOYMENT_BACKDATE_MAX_DAYS"])
+
+
 @bp.post("/deployments")
-@require_token(PLATFORM, ADMIN)
-def create_deployment():
-    data = json_body()
+@operation(summary="Report a deployment", tag="Deployments", scopes=(PLATFORM, ADMIN),
+           body=CreateDeployment, responses={201: DeploymentOut, 200: DeploymentOut},
+           errors=(409,))
+def create_deployment(body: CreateDeployment):
+    """Idempotent by external_id: 201 new, 200 the same again, 409 the same id with other
+    content. A start in the past is metered back to it by a job after the answer."""
     dep, created = deployments.create_deployment(
-        external_id=str(required(data, "external_id")), user=_platform_user(required(data, "user_id")),
-        kind=str(required(data, "kind")), sku=data.get("sku"), cpu_cores=data.get("cpu_cores"),
-        memory_gb=data.get("memory_gb"), storage_gb=data.get("storage_gb"),
-        public_ip=data.get("public_ip"), name=str(data.get("name") or ""),
-        labels=data.get("labels"), state=str(data.get("state") or "active"),
-        started_at=datetime_field(data, "started_at"))
+        external_id=body.external_id, user=_platform_user(body.user_id), kind=body.kind,
+        sku=body.sku, cpu_cores=body.cpu_cores, memory_gb=body.memory_gb,
+        storage_gb=body.storage_gb, public_ip=body.public_ip, name=body.name or "",
+        labels=body.labels, state=body.state or "active", started_at=body.started_at,
+        max_backdate=_backdate())
     db.session.commit()
-    return jsonify(deployment_json(dep)), 201 if created else 200
+    return deployment_json(dep), 201 if created else 200
 
 
 @bp.get("/deployments/<external_id>")
-@require_token(PLATFORM, ADMIN, USER)
+@operation(summary="A deployment", tag="Deployments", scopes=(PLATFORM, ADMIN, USER),
+           responses={200: DeploymentOut})
 def show_deployment(external_id: str):
-    return jsonify(deployment_json(_lookup(external_id)))
+    """User tokens see their own deployments only (another's is 404)."""
+    return deployment_json(_lookup(external_id))
 
 
 @bp.patch("/deployments/<external_id>")
-@require_token(PLATFORM, ADMIN)
-def update_deployment(external_id: str):
-    data = json_body()
+@operation(summary="Resize a deployment or change its state", tag="Deployments",
+           scopes=(PLATFORM, ADMIN), body=UpdateDeployment, responses={200: DeploymentOut},
+           errors=(409,))
+def update_deployment(external_id: str, body: UpdateDeployment):
     dep = deployments.update_deployment(
-        _lookup(external_id), cpu_cores=data.get("cpu_cores"), memory_gb=data.get("memory_gb"),
-        storage_gb=data.get("storage_gb"), sku=data.get("sku"), state=data.get("state"),
-        effective_at=datetime_field(data, "effective_at"))
+        _lookup(external_id), cpu_cores=body.cpu_cores, memory_gb=body.memory_gb,
+        storage_gb=body.storage_gb, sku=body.sku, state=body.state,
+        effective_at=body.effective_at, max_backdate=_backdate())
     db.session.commit()
-    return jsonify(deployment_json(dep))
+    return deployment_json(dep)
 
 
 @bp.delete("/deployments/<external_id>")
-@require_token(PLATFORM, ADMIN)
-def delete_deployment(external_id: str):
-    data = request.get_json(silent=True) or {}
-    dep = deployments.delete_deployment(_lookup(external_id),
-                                        ended_at=datetime_field(data, "ended_at"))
+@operation(summary="Delete a deployment (billed up to ended_at, kept as history)",
+           tag="Deployments", scopes=(PLATFORM, ADMIN), body=DeleteDeployment,
+           body_optional=True, responses={200: DeploymentOut}, errors=(409,))
+def delete_deployment(external_id: str, body: DeleteDeployment):
+    dep = deployments.delete_deployment(_lookup(external_id), ended_at=body.ended_at,
+                                        max_backdate=_backdate())
     db.session.commit()
-    return jsonify(deployment_json(dep))
+    return deployment_json(dep)
 
 
 @bp.post("/deployments/<external_id>/heartbeat")
-@require_token(PLATFORM, ADMIN)
+@operation(summary="A session is alive", tag="Deployments", scopes=(PLATFORM, ADMIN),
+           responses={200: DeploymentOut}, errors=(409,))
 def heartbeat(external_id: str):
+    """Sessions silent for SESSION_HEARTBEAT_TIMEOUT_MINUTES end at their last heartbeat."""
     dep = deployments.heartbeat(_lookup(external_id))
     db.session.commit()
-    return jsonify(deployment_json(dep))
+    return deployment_json(dep)
 
 
-def usage_json(rep: usage.UsageReport) -> dict:
+def usage_json(rep: usage.UsageReport) -> UsageOut:
     def money(m: Money, prefix: str) -> dict:
         return m.to_json(prefix)
 
-    return {
-        "user_id": rep.user.id, "period_start": iso(rep.period_start),
-        "period_end": iso(rep.period_end), "currency": rep.currency,
-        "metered_through": iso(rep.metered_through),
+    return UsageOut(
+        user_id=rep.user.id, period_start=iso(rep.period_start),
+        period_end=iso(rep.period_end), currency=rep.currency,
+        metered_through=iso(rep.metered_through),
         **money(rep.total_cost, "total_cost"), **money(rep.projected_total, "projected_total"),
-        "items": [{"resource_type": i.resource_type, "quantity": str(i.quantity),
-                   "unit": i.unit, "unit_price": str(i.unit_price),
-                   **money(i.total_cost, "total_cost")} for i in rep.items],
-        "deployments": [{"external_id": c.deployment.external_id, "name": c.deployment.name,
-                         "kind": c.deployment.kind, "state": c.deployment.state,
-                         "labels": c.deployment.labels or {},
-                         **money(c.total_cost, "total_cost")} for c in rep.deployments],
-        "daily": [{"date": d.isoformat(), **money(m, "total_cost")} for d, m in rep.daily],
-    }
+        items=[UsageItem(resource_type=i.resource_type, quantity=str(i.quantity), unit=i.unit,
+                         unit_price=str(i.unit_price), **money(i.total_cost, "total_cost"))
+               for i in rep.items],
+        deployments=[UsageDeployment(external_id=c.deployment.external_id,
+                                     name=c.deployment.name, kind=c.deployment.kind,
+                                     state=c.deployment.state,
+                                     labels=c.deployment.labels or {},
+                                     **money(c.total_cost, "total_cost"))
+                     for c in rep.deployments],
+        daily=[UsageDay(date=d.isoformat(), **money(m, "total_cost")) for d, m in rep.daily])
 
 
 @bp.get("/usage")
-@require_token(USER, ADMIN)
-def usage_view():
-    user = acting_user(request.args.get("user_id"))
+@operation(summary="A billing period's usage and cost", tag="Usage", scopes=(USER, ADMIN),
+           query=UsageQuery, responses={200: UsageOut}, errors=(404,))
+def usage_view(query: UsageQuery):
+    user = acting_user(query.user_id)
     invoice_day = current_app.config["BILLING"].invoice_day
-    period = request.args.get("period")
     try:
-        start, end = (usage.parse_period(period, invoice_day) if period
+        start, end = (usage.parse_period(query.period, invoice_day) if query.period
                       else usage.period_containing(datetime.now(UTC), invoice_day))
     except ValueError as exc:
         raise ValidationFailed.field("period", str(exc)) from None
-    return jsonify(usage_json(usage.usage_report(user, start, end)))
+    return usage_json(usage.usage_report(user, start, end))
 
 
-def _report_filter() -> reports.ReportFilter:
-    def day(name: str, default):
-        value = request.args.get(name)
-        if not value:
-            return default
-        try:
-            return datetime.fromisoformat(value).date()
-        except ValueError:
-            raise ValidationFailed.field(name, "must be a date like 2026-11-01") from None
-
+def _report_filter(query: ReportQuery) -> reports.ReportFilter:
     today = datetime.now(UTC).date()
-    user_ref = request.args.get("user_id")
+    day_from, day_to = query.from_ or today.replace(day=1), query.to or today
+    if day_to < day_from:  # here, not while a CSV streams
+        raise ValidationFailed.field("to", "must not be before from")
     return reports.ReportFilter(
-        day_from=day("from", today.replace(day=1)), day_to=day("to", today),
-        user=accounts.find_user(user_ref) if user_ref else None,
-        kind=request.args.get("kind") or None, label=reports.parse_label(request.args.get("label")))
+        day_from=day_from, day_to=day_to,
+        user=find_user(query.user_id) if query.user_id else None,
+        kind=query.kind, label=query.label)
 
 
 @bp.get("/admin/reports")
-@require_token(ADMIN)
-def admin_reports():
-    f = _report_filter()
-    fmt = request.args.get("format", "json")
-    if fmt == "csv":
+@operation(summary="Usage per deployment and day", tag="Usage", scopes=(ADMIN,),
+           query=ReportQuery, responses={200: ReportPage}, errors=(404,),
+           media={200: {"text/csv": "with format=csv: every row, streamed"}})
+def admin_reports(query: ReportQuery):
+    f = _report_filter(query)
+    if query.format == "csv":
         name = f"usage-{f.day_from}-{f.day_to}.csv"
         return Response(stream_with_context(reports.csv_lines(f)), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
-    if fmt != "json":
-        raise ValidationFailed.field("format", "must be csv or json")
-    page, per_page = page_args()
+    page, per_page = query.page, query.per_page
     rows = list(reports.report_rows(f))
     items = rows[(page - 1) * per_page: page * per_page]
-    return jsonify({"from": f.day_from.isoformat(), "to": f.day_to.isoformat(),
-                    "items": [{k: (str(v) if isinstance(v, Decimal) else v) for k, v in r.items()}
-                              for r in items],
-                    "page": page, "per_page": per_page, "total": len(rows)})
-
-
-
+    return ReportPage(**{"from": f.day_from.isoformat()}, to=f.day_to.isoformat(),
+                      items=[ReportRow(**{k: (str(v) if isinstance(v, Decimal) else v)
+                                          for k, v in r.items()}) for r in items],
+                      page=page, per_page=per_page, total=len(rows))

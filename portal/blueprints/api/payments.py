@@ -2,18 +2,21 @@
 preview. Cards are added on the gateway's page only (the portal's Payment methods page)."""
 from __future__ import annotations
 
-from flask import current_app, g, jsonify, request
+from flask import current_app, g
 
 from ...extensions import db
 from ...gateways import GatewayError
 from ...models import AttemptStatus, TokenScope
+from ...money import Money
 from ...services import card_payments, cards, invoicing, settlement, topups
-from ...services.errors import ServiceError, ValidationFailed
+from ...services.errors import InvalidTransition, ServiceError
 from ...web import json_error
 from . import bp
-from .auth import require_token
-from .invoices import invoice_json
-from .parsing import json_body, money_field, required
+from .fields import idempotency_key, to_money
+from .invoices import detail_fields
+from .models import (CardList, CardOut, CheckoutOut, CreateCheckout, InvoicePaid,
+                     PaymentPreview, PreviewPart)
+from .spec import operation
 
 USER = TokenScope.USER
 
@@ -28,10 +31,9 @@ def _require_cards() -> None:
         raise PaymentsUnavailable("card payments are not configured on this portal")
 
 
-def card_json(card) -> dict:
-    return {"id": card.id, "brand": card.brand, "last4": card.last4,
-            "exp_month": card.exp_month, "exp_year": card.exp_year,
-            "is_default": card.is_default}
+def card_json(card) -> CardOut:
+    return CardOut(id=card.id, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
+                   exp_year=card.exp_year, is_default=card.is_default)
 
 
 @bp.errorhandler(GatewayError)
@@ -41,86 +43,85 @@ def _gateway_error(exc: GatewayError):
 
 
 @bp.get("/payment-methods")
-@require_token(USER)
+@operation(summary="The saved cards, default first", tag="Payments", scopes=(USER,),
+           responses={200: CardList})
 def list_payment_methods():
-    return jsonify([card_json(c) for c in cards.list_cards(g.api_user)])
+    return CardList([card_json(c) for c in cards.list_cards(g.api_user)])
 
 
 @bp.post("/payment-methods/<int:card_id>/default")
-@require_token(USER)
+@operation(summary="Make a card the default", tag="Payments", scopes=(USER,),
+           responses={200: CardOut})
 def default_payment_method(card_id: int):
     card = cards.set_default(g.api_user, card_id)
     db.session.commit()
-    return jsonify(card_json(card))
+    return card_json(card)
 
 
 @bp.delete("/payment-methods/<int:card_id>")
-@require_token(USER)
+@operation(summary="Remove a card", tag="Payments", scopes=(USER,), responses={204: None},
+           errors=(409,))
 def delete_payment_method(card_id: int):
+    """409 conflict when the last-card rule forbids it."""
     cards.remove_card(g.api_user, card_id)
-    db.session.commit()
-    return "", 204
+    db.session.commit()  # no content: 204
 
 
 @bp.post("/create-checkout")
-@require_token(USER)
-def create_checkout():
-    """``{purpose: "topup", amount}`` -> the checkout page's URL. With an Idempotency-Key
-    header a repeat returns the same page."""
+@operation(summary="Open a checkout page for a top-up", tag="Payments", scopes=(USER,),
+           body=CreateCheckout, responses={201: CheckoutOut}, errors=(409, 502, 503),
+           idempotency_key="a repeat returns the same page; with another amount it is 409 "
+                           "idempotency_conflict")
+def create_checkout(body: CreateCheckout):
+    """``{purpose: "topup", amount}`` -> the checkout page's URL: open it in a browser. An
+    amount outside TOPUP_MIN..TOPUP_MAX is 422."""
+    amount = to_money(body.amount, g.api_user.currency, "amount")
     _require_cards()
-    data = json_body()
-    purpose = required(data, "purpose")
-    if purpose == "subscription":
-        raise ValidationFailed.field("purpose", "subscriptions are not offered yet")
-    if purpose != "topup":
-        raise ValidationFailed.field("purpose", "must be topup")
-    amount = money_field(data, "amount", g.api_user.currency)
     base = current_app.config["PUBLIC_URL"]
     session = topups.start_checkout(
         g.api_user, amount, success_url=f"{base}/wallet/top-up/done?session_id="
         "{CHECKOUT_SESSION_ID}", cancel_url=f"{base}/wallet/",
-        idempotency_key=request.headers.get("Idempotency-Key") or None)
+        idempotency_key=idempotency_key())
     db.session.commit()
-    return jsonify({"checkout_url": session.url, "session_id": session.gateway_session_id,
-                    "purpose": "topup", **session_amount(session)}), 201
+    return CheckoutOut(checkout_url=session.url, session_id=session.gateway_session_id,
+                       purpose="topup", **session_amount(session)), 201
 
 
 def session_amount(session) -> dict:
-    from ...money import Money
-
     return Money(session.amount_minor or 0, session.currency).to_json("amount") | {
         "currency": session.currency}
 
 
 @bp.get("/invoices/<int:invoice_id>/payment-preview")
-@require_token(USER)
+@operation(summary="How Pay now would pay an invoice", tag="Payments", scopes=(USER,),
+           responses={200: PaymentPreview})
 def payment_preview(invoice_id: int):
     invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
     if invoice.invoice_status not in invoicing.UNPAID:
-        return jsonify({"invoice_id": invoice.id, "status": invoice.invoice_status.label,
-                        "parts": [], **invoice.amount_due.to_json("remaining"),
-                        "currency": invoice.currency})
+        return PaymentPreview(invoice_id=invoice.id, status=invoice.invoice_status.label,
+                              parts=[], **invoice.amount_due.to_json("remaining"),
+                              currency=invoice.currency)
     preview = settlement.preview(invoice, g.api_user)
-    return jsonify({"invoice_id": invoice.id, "status": invoice.invoice_status.label,
-                    "currency": invoice.currency,
-                    "parts": [{"tender": str(p.tender), "label": p.label,
-                               **p.amount.to_json("amount")} for p in preview.parts],
-                    **preview.remaining.to_json("remaining")})
+    return PaymentPreview(invoice_id=invoice.id, status=invoice.invoice_status.label,
+                          currency=invoice.currency,
+                          parts=[PreviewPart(tender=str(p.tender), label=p.label,
+                                             **p.amount.to_json("amount"))
+                                 for p in preview.parts],
+                          **preview.remaining.to_json("remaining"))
 
 
 @bp.post("/invoices/<int:invoice_id>/pay")
-@require_token(USER)
+@operation(summary="Pay now", tag="Payments", scopes=(USER,), responses={200: InvoicePaid},
+           errors=(409, 502))
 def pay_invoice(invoice_id: int):
-    """Pay now; answers with the invoice and its payments. A paid invoice answers 409."""
+    """Pay now; answers with the invoice, its payments and the payment_outcome. A paid
+    invoice is 409 invalid_transition."""
     invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
     if invoice.invoice_status not in invoicing.UNPAID:
-        return json_error(409, "invalid_transition",
-                          f"a {invoice.invoice_status.label} invoice needs no payment")
+        raise InvalidTransition(f"a {invoice.invoice_status.label} invoice needs no payment")
     result = settlement.settle(g.api_user.id, invoice_id=invoice_id)
     invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
-    body = invoice_json(invoice, detail=True)
-    body["payment_outcome"] = _outcome(invoice, result)
-    return jsonify(body)
+    return InvoicePaid(**detail_fields(invoice), payment_outcome=_outcome(invoice, result))
 
 
 def _outcome(invoice, result) -> str:
