@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, RadioField, StringField, TextAreaField
@@ -12,12 +12,13 @@ from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
 from ..extensions import db, limiter
+from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
 from ..services import card_payments, cards, ledger, topups, vouchers
 from ..services.errors import ServiceError
-from .helpers import form_errors_from, page_arg, see_other
+from .helpers import form_errors_from, page_arg, query_arg, see_other
 
 bp = Blueprint("wallet", __name__, url_prefix="/wallet")
 
@@ -27,9 +28,10 @@ class RedeemForm(FlaskForm):
 
 
 class TopUpForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired(), Length(max=32)])
+    amount = AmountField("Amount")
     method = RadioField("Pay with", default="checkout", validators=[DataRequired()])
-    nonce = HiddenField()  # one per rendered form: a double submit charges once
+    # One per rendered form: a double submit charges once.
+    nonce = HiddenField(validators=[Length(max=64)])
 
     def fill(self, user) -> TopUpForm:
         self.method.choices = [("checkout", "Card on the secure checkout page")] + [
@@ -40,7 +42,7 @@ class TopUpForm(FlaskForm):
 
 
 class RequestForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired(), Length(max=32)])
+    amount = AmountField("Amount")
     reason = TextAreaField("Why you need it", validators=[DataRequired(), Length(max=1000)])
 
 
@@ -96,7 +98,7 @@ def request_voucher():
     form = RequestForm()
     if form.validate_on_submit():
         try:
-            amount = Money.from_decimal(form.amount.data, current_user.currency)
+            amount = Money.from_decimal(form.amount.decimal, current_user.currency)
             vouchers.request_voucher(current_user, amount=amount, reason=form.reason.data)
         except AmountError as exc:
             form.amount.errors.append(f"The amount {exc}.")
@@ -122,7 +124,7 @@ def top_up():
     if not form.validate_on_submit():
         return _render(topup_form=form, status=422)
     try:
-        amount = Money.from_decimal(form.amount.data.strip(), current_user.currency)
+        amount = Money.from_decimal(form.amount.decimal, current_user.currency)
         if form.method.data == "checkout":
             session = topups.start_checkout(
                 current_user, amount,
@@ -167,7 +169,7 @@ def _flash_attempt(attempt) -> None:
 def top_up_done():
     """Back from the checkout page."""
     try:
-        outcome = topups.return_from_checkout(current_user, request.args.get("session_id", ""))
+        outcome = topups.return_from_checkout(current_user, query_arg("session_id", 255))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")
@@ -186,7 +188,7 @@ def top_up_done():
 def top_up_card_return():
     """Back from the bank's 3-D Secure page for a saved-card top-up."""
     try:
-        attempt = card_payments.refresh(current_user, request.args.get("payment_intent", ""))
+        attempt = card_payments.refresh(current_user, query_arg("payment_intent", 255))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")
