@@ -50,7 +50,8 @@ def chunked(client, url: str, body: bytes, content_type: str, **headers):
                        environ_overrides={"wsgi.input_terminated": True})
 
 
-def test_a_body_over_the_limit_with_a_length_is_413(app, client, stripe_app):
+@pytest.mark.usefixtures("stripe_app")
+def test_a_body_over_the_limit_with_a_length_is_413(app, client):
     big = b"x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
     page = client.post("/auth/login", data=big, content_type="application/x-www-form-urlencoded")
     assert page.status_code == 413 and page.mimetype == "text/html"
@@ -69,7 +70,8 @@ def test_a_body_over_the_limit_with_a_length_is_413(app, client, stripe_app):
     assert count(app, WebhookEvent) == 0
 
 
-def test_a_signed_chunked_webhook_over_its_limit_is_413_and_not_stored(app, client, stripe_app):
+@pytest.mark.usefixtures("stripe_app")
+def test_a_signed_chunked_webhook_over_its_limit_is_413_and_not_stored(app, client):
     for size in (app.config["WEBHOOK_MAX_CONTENT_LENGTH"] + 1, 3 * 1024 * 1024):
         body = padded_event(size)
         answer = chunked(client, WEBHOOK, body, "application/json",
