@@ -54,6 +54,9 @@ def check_request() -> None:
     _check_size()
     if request.path.startswith((API_PREFIX, "/static/")):
         return
+    if "\x00" in request.path or "\ufffd" in request.path:
+        raise BadRequest(description="The address holds a NUL character or bytes that are not "
+                                     "UTF-8 text. Nothing was changed.")
     problem = _query_problem() or _form_problem()
     if problem:
         raise BadRequest(description=problem + " Nothing was changed.")

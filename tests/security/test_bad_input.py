@@ -228,6 +228,16 @@ def test_a_nul_or_non_utf8_query_value_is_400_naming_it(app, client, site, path,
     assert written(app) == before
 
 
+@pytest.mark.parametrize("path", ["/admin/jobs/calculate%00usage/run",
+                                  "/admin/jobs/failed/job%ED%A0%80/retry"])
+def test_a_nul_or_non_utf8_path_is_400(app, client, site, path):
+    before = written(app)
+    answer = client.submit(path)
+    assert answer.status_code == 400
+    assert "The address holds a NUL character or bytes that are not UTF-8 text." in text(answer)
+    assert written(app) == before
+
+
 def test_the_guard_covers_every_html_form_even_the_login_page(app, client):
     answer = client.submit("/auth/login", {"email": "a\x00@example.com", "password": "x"})
     assert answer.status_code == 400
