@@ -9,7 +9,9 @@ import io
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -133,8 +135,14 @@ def gunicorn(app, database_url, redis_url, tmp_path):
         server.wait_for_line(r"Booting worker")
         yield int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
     finally:
-        server.kill()
-        print(server.output[-5000:])
+        # TERM: gunicorn stops its worker too (killing the master alone would leave the worker
+        # holding the output pipe open).
+        server.signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        print(server.output[-5000:])  # shown when the test fails
 
 
 def raw_post(port: int, path: str, body: bytes, *, chunked: bool = True,
