@@ -355,7 +355,8 @@ class StripeGateway:
         return DisputeInfo(id=data["id"], charge=_ref(data.get("charge")),
                            payment_intent=_ref(data.get("payment_intent")),
                            amount=from_stripe_amount(int(data["amount"]), data["currency"]),
-                           reason=str(data.get("reason") or ""), status=str(data.get("status") or ""))
+                           reason=str(data.get("reason") or ""),
+                           status=str(data.get("status") or ""))
 
     # -- Checkout (the hosted pages) --------------------------------------------------------
     def create_checkout_session(self, customer: str, amount: Money, *, success_url: str,

@@ -100,16 +100,13 @@ def _payer(payment_intent: str) -> _Paid:
     attempt = db.session.scalar(select(PaymentAttempt).where(
         PaymentAttempt.gateway_payment_id == payment_intent))
     if attempt is not None and attempt.status == "succeeded":
-        key = (f"topup:{attempt.gateway_payment_id}" if attempt.purpose == AttemptPurpose.TOPUP
-               else f"card:{attempt.idempotency_key}")
-        received = _received(key)
-        return _Paid(db.session.get(User, attempt.user_id), attempt.purpose,
-                     attempt.amount_minor if received is None else received)
-    received = _received(f"topup:{payment_intent}")
-    if received is not None:
-        topup = db.session.scalar(select(LedgerTransaction).where(
-            LedgerTransaction.idempotency_key == f"topup:{payment_intent}"))
-        return _Paid(db.session.get(User, topup.user_id), AttemptPurpose.TOPUP.value, received)
+        txn = _booked(f"topup:{payment_intent}" if attempt.purpose == AttemptPurpose.TOPUP
+                      else f"card:{attempt.idempotency_key}")
+        return _Paid(_user(attempt.user_id), attempt.purpose,
+                     attempt.amount_minor if txn is None else _received(txn))
+    topup = _booked(f"topup:{payment_intent}")
+    if topup is not None and topup.user_id is not None:
+        return _Paid(_user(topup.user_id), AttemptPurpose.TOPUP.value, _received(topup))
     # Ours (our customer, our purpose) but not recorded yet: wait for it. Anything else was
     # paid without the portal (another portal on the same gateway account, the dashboard).
     payment = get_gateway().retrieve_payment_intent(payment_intent)
@@ -119,13 +116,21 @@ def _payer(payment_intent: str) -> _Paid:
     raise NotYet(f"payment {payment_intent} is not recorded as paid yet")
 
 
-def _received(ledger_key: str) -> int | None:
-    """What the ledger transaction ``ledger_key`` booked as received from the gateway (its
-    clearing account's side), or None without such a transaction."""
-    txn = db.session.scalar(select(LedgerTransaction).where(
+def _user(user_id: int) -> User:
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+def _booked(ledger_key: str) -> LedgerTransaction | None:
+    return db.session.scalar(select(LedgerTransaction).where(
         LedgerTransaction.idempotency_key == ledger_key))
-    if txn is None:
-        return None
+
+
+def _received(txn: LedgerTransaction) -> int:
+    """What a payment's ledger transaction booked as received from the gateway (its clearing
+    account's side)."""
     return -sum(entry.amount_minor for entry in txn.entries
                 if entry.account.kind == AccountKind.STRIPE_CLEARING.value)
 
@@ -168,7 +173,7 @@ def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Mo
     from_balance = 0
     if kind is ReversalKind.REFUND and paid.purpose == AttemptPurpose.TOPUP:
         cash = ledger.lock_accounts([ledger.user_account(user, AccountKind.CASH)])[0]
-        from_balance = min(amount.amount_minor, cash.balance_minor)
+        from_balance = min(amount.amount_minor, cash.balance_minor or 0)
         if from_balance:
             legs.append((cash, -from_balance))
     if amount.amount_minor - from_balance:
@@ -205,13 +210,13 @@ def charge_refunded(event: GatewayEvent) -> None:
         log.info("refund of charge %s without a payment intent: none of ours", charge.id)
         return
     try:
-        _book_refunds(charge)
+        _book_refunds(charge, charge.payment_intent)
     except _NotOurs:
         log.info("refund of payment %s: none of ours", charge.payment_intent)
 
 
-def _book_refunds(charge: ChargeInfo) -> None:
-    payment_intent, currency = charge.payment_intent, charge.amount.currency
+def _book_refunds(charge: ChargeInfo, payment_intent: str) -> None:
+    currency = charge.amount.currency
     total = min(charge.amount_refunded.amount_minor, charge.amount.amount_minor)
     booked = _reversed(payment_intent, ReversalKind.REFUND)
     listed = sorted((r for r in charge.refunds if r.status not in ("failed", "canceled")),

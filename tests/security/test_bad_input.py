@@ -215,7 +215,8 @@ def test_bytes_that_are_not_utf8_in_a_form_field_are_400(app, client, site, form
 
 @pytest.mark.parametrize("path, name", [
     ("/admin/users?q=a%00b", "q"), ("/invoices/?status=%00", "status"),
-    ("/admin/reports?label=project%3D%ED%A0%80", "label"), ("/admin/vouchers?batch=%ED%A0%80", "batch"),
+    ("/admin/reports?label=project%3D%ED%A0%80", "label"),
+    ("/admin/vouchers?batch=%ED%A0%80", "batch"),
     ("/admin/invoices?user=%FF", "user"), ("/wallet/?page=1%00", "page"),
     ("/usage/?period=2026-11%00", "period"), ("/admin/reports.csv?kind=vm%00", "kind"),
 ])

@@ -31,7 +31,8 @@ class PriceVersionForm(FlaskForm):
 
 def _sku_prices(skus) -> tuple[dict[str, object], dict[str, str]]:
     """The hourly prices typed per size (only those filled in), and what is wrong with any."""
-    prices, errors = {}, {}
+    prices: dict[str, object] = {}
+    errors: dict[str, str] = {}
     for sku in skus:
         typed = request.form.get(f"sku-{sku.code}", "").strip()
         if not typed:
