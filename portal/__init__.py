@@ -39,6 +39,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.config.setdefault("RATELIMIT_STORAGE_URI", _limiter_storage(app.config["REDIS_URL"]))
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # First of the request hooks: the body's size and the forms' text are checked before
+    # CSRF, the rate limiter or a view reads anything.
+    from . import request_guard
+
+    request_guard.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)),
                                                      "migrations"),

@@ -264,6 +264,14 @@ def _parse_rate_limit(key: str, value: str) -> str:
     return value
 
 
+# Request body limits, in bytes: at least 1 KiB (a login form must fit), at most 1 GiB.
+MIN_BODY_LIMIT, MAX_BODY_LIMIT = 1024, 1024 ** 3
+
+
+def _parse_size(environ: dict[str, str], name: str, default: str) -> int:
+    return _parse_int(name, environ.get(name, default), MIN_BODY_LIMIT, MAX_BODY_LIMIT)
+
+
 def _default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
 
@@ -342,6 +350,11 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["TOPUP_MAX"] = _env_positive(env, "TOPUP_MAX", "10000")
     if cfg["TOPUP_MAX"] < cfg["TOPUP_MIN"]:
         raise ConfigError("TOPUP_MAX", f"must be at least TOPUP_MIN ({cfg['TOPUP_MIN']})")
+
+    # Every request body, chunked ones included, is refused with 413 beyond this many bytes
+    # (portal/request_guard.py); the gateway's webhook endpoint has its own, smaller limit.
+    cfg["MAX_CONTENT_LENGTH"] = _parse_size(env, "MAX_CONTENT_LENGTH", "1048576")
+    cfg["WEBHOOK_MAX_CONTENT_LENGTH"] = _parse_size(env, "WEBHOOK_MAX_CONTENT_LENGTH", "262144")
 
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
     # Sign-ups per client address (each one mails the address typed in).

@@ -21,6 +21,8 @@ from babel.numbers import format_currency
 from .currencies import ISO_4217_DIGITS
 
 MICROS_PER_UNIT = 1_000_000
+# What the database's BIGINT columns hold: no Money outside this range exists.
+MAX_MINOR = 2**63 - 1
 
 
 class CurrencyMismatch(ValueError):
@@ -79,6 +81,8 @@ class Money:
         _check_not_float(self.amount_minor)
         if not isinstance(self.amount_minor, int) or isinstance(self.amount_minor, bool):
             raise TypeError("Money.amount_minor must be an int of minor units")
+        if not -MAX_MINOR <= self.amount_minor <= MAX_MINOR:
+            raise AmountError("is too large")
         code = self.currency.upper()
         currency_digits(code)  # validates the code
         object.__setattr__(self, "currency", code)
@@ -97,7 +101,10 @@ class Money:
         """
         amount = to_decimal(value)
         digits = currency_digits(currency)
-        rounded = round_half_up(amount, digits)
+        try:
+            rounded = round_half_up(amount, digits)
+        except InvalidOperation:  # more digits than the decimal context holds ("1e30")
+            raise AmountError("is too large") from None
         if exact and rounded != amount:
             raise AmountError(f"has more than {digits} decimal places for {currency.upper()}")
         return cls(int(rounded.scaleb(digits)), currency)

@@ -37,16 +37,18 @@ def _free_loopback_port(preferred: int) -> int:
 
 def _standin(env: dict[str, str], host: str, port: int) -> list[str]:
     """No Stripe key: the local stand-in (standin/, 127.0.0.1 only) plays Stripe. Its keys
-    and webhook secret are made up here and reach every child through the environment."""
+    and webhook secret are made up here and reach every child through the environment, never
+    on a command line (which `ps` shows to every user of the machine): the stand-in reads the
+    secret from STANDIN_WEBHOOK_SECRET."""
     standin_port = _free_loopback_port(int(env.get("STANDIN_PORT") or STANDIN_DEFAULT_PORT))
     env["STRIPE_SECRET_KEY"] = "sk_test_" + secrets.token_hex(16)
     env["STRIPE_PUBLISHABLE_KEY"] = "pk_test_" + secrets.token_hex(16)
     env["STRIPE_WEBHOOK_SECRET"] = "whsec_" + secrets.token_hex(24)
     env["STRIPE_API_BASE"] = f"http://127.0.0.1:{standin_port}"
     portal_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    env["STANDIN_WEBHOOK_SECRET"] = env["STRIPE_WEBHOOK_SECRET"]
     return [sys.executable, "-m", "standin", "--port", str(standin_port),
             "--webhook-url", f"http://{portal_host}:{port}/api/plugins/billing/webhook",
-            "--webhook-secret", env["STRIPE_WEBHOOK_SECRET"],
             "--state-file", os.path.join(current_app.instance_path, "standin.pickle")]
 
 

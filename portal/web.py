@@ -85,13 +85,15 @@ def init_web(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if wants_json():
-            code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    405: "method_not_allowed", 429: "rate_limited"}.get(exc.code, "http_error")
+            code = {400: "bad_request", 401: "unauthorized", 403: "forbidden",
+                    404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                    429: "rate_limited"}.get(exc.code, "http_error")
             response, status = json_error(exc.code or 500, code, exc.description or exc.name)
             if exc.code == 429:
                 response.headers["Retry-After"] = "60"
             return response, status
-        titles = {403: "Not allowed", 404: "Page not found", 429: "Too many attempts"}
+        titles = {400: "Not accepted", 403: "Not allowed", 404: "Page not found",
+                  413: "Too large", 429: "Too many attempts"}
         return render_template("errors/error.html", code=exc.code,
                                title=titles.get(exc.code, exc.name),
                                message=exc.description), exc.code

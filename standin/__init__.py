@@ -7,5 +7,6 @@ a person types a Stripe test card number, a sandbox "add card" page for SetupInt
 refund and dispute events, and webhook delivery signed like Stripe's (with retries).
 
 It listens on 127.0.0.1 only. Run it with ``python -m standin --port 8420 --webhook-url
-http://127.0.0.1:5000/api/plugins/billing/webhook --webhook-secret whsec_...``.
+http://127.0.0.1:5000/api/plugins/billing/webhook --webhook-secret whsec_...`` (or the secret
+in ``STANDIN_WEBHOOK_SECRET`` rather than on the command line).
 """

@@ -246,12 +246,36 @@ def retrieve_intent(intent_id: str):
 
 # -- refunds and disputes -------------------------------------------------------------------
 def create_refund(data: dict) -> ls.Refund:
+    """POST /v1/refunds, refusing more than the charge has left, as Stripe does (localstripe
+    would refund any amount, and a missing amount as the whole charge again)."""
+    charge = _charge_to_refund(data)
+    left = charge.amount - charge.amount_refunded
+    amount = ls.try_convert_to_int(data.get("amount")) if data.get("amount") is not None \
+        else left
+    if left <= 0:
+        raise UserError(400, f"Charge {charge.id} has already been refunded.",
+                        {"code": "charge_already_refunded"})
+    if type(amount) is int and amount > left:
+        raise UserError(400, f"Refund amount ({amount}) is greater than unrefunded amount on "
+                        f"charge ({left})", {"code": "amount_too_large"})
+    data["amount"] = amount
     refund = ls.Refund._api_create(**data)
     charge = ls.Charge._api_retrieve(refund.charge)
     if refund.payment_intent is None:
         refund.payment_intent = charge.payment_intent
     schedule_webhook(ls.Event("charge.refunded", charge))
     return refund
+
+
+def _charge_to_refund(data: dict) -> ls.Charge:
+    if data.get("charge"):
+        return ls.Charge._api_retrieve(data["charge"])
+    if data.get("payment_intent"):
+        intent = ls.PaymentIntent._api_retrieve(data["payment_intent"])
+        if intent.latest_charge is None:
+            raise UserError(400, "This PaymentIntent has no charge to refund.")
+        return intent.latest_charge
+    raise UserError(400, "Expected charge or payment_intent")
 
 
 class Dispute(ls.StripeObject):

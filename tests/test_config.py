@@ -94,6 +94,21 @@ def test_payment_settings_come_from_the_environment(tmp_path):
             build_config(str(tmp_path), environ={**env, **bad})
 
 
+def test_request_body_limits_come_from_the_environment(tmp_path):
+    env = {"SECRET_KEY": "x" * 32}
+    cfg = build_config(str(tmp_path), environ=env)
+    assert (cfg["MAX_CONTENT_LENGTH"], cfg["WEBHOOK_MAX_CONTENT_LENGTH"]) == (1048576, 262144)
+    cfg = build_config(str(tmp_path), environ={**env, "MAX_CONTENT_LENGTH": "65536",
+                                               "WEBHOOK_MAX_CONTENT_LENGTH": "16384"})
+    assert (cfg["MAX_CONTENT_LENGTH"], cfg["WEBHOOK_MAX_CONTENT_LENGTH"]) == (65536, 16384)
+    for key, bad, problem in (("MAX_CONTENT_LENGTH", "1MB", "must be a whole number"),
+                              ("MAX_CONTENT_LENGTH", "100", "must be between 1024 and"),
+                              ("WEBHOOK_MAX_CONTENT_LENGTH", "-1", "must be between 1024 and"),
+                              ("MAX_CONTENT_LENGTH", str(2 * 1024 ** 3), "must be between")):
+        with pytest.raises(ConfigError, match=f"^{key}: {problem}"):
+            build_config(str(tmp_path), environ={**env, key: bad})
+
+
 def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
     from portal import create_app
 

@@ -1,6 +1,8 @@
 """Small helpers the views share."""
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from functools import wraps
 from urllib.parse import urlsplit
 
@@ -8,7 +10,10 @@ from flask import Response, abort, current_app, flash, redirect, request, url_fo
 from flask_login import current_user, login_required
 from wtforms import Form
 
-from ..services.errors import ServiceError
+from ..forms import check_date
+from ..models import User
+from ..services import accounts, usage
+from ..services.errors import NotFound, ServiceError
 
 
 def admin_required(view):
@@ -63,8 +68,51 @@ def pdf_response(invoice, pdf) -> Response:
     return response
 
 
+# Pages past this are refused (a page number stays far from overflowing an SQL OFFSET).
+MAX_PAGE = 1_000_000
+# The largest id a row can have (BIGINT): a bigger "id" names nobody.
+MAX_ROW_ID = 2**63 - 1
+
+
 def page_arg() -> int:
-    try:
-        return max(1, int(request.args.get("page", "1")))
-    except ValueError:
+    """``?page=``: 1 when absent; a whole number from 1 to MAX_PAGE, else 400."""
+    raw = request.args.get("page", "").strip()
+    if not raw:
         return 1
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
+        abort(400, description=f"The page must be a whole number from 1 to {MAX_PAGE:,}, "
+                               f"not “{raw[:20]}”.")
+    return int(raw)
+
+
+def query_arg(name: str, max_length: int = 200) -> str:
+    """A query-string value, stripped; a longer one is 400 naming it (never truncated)."""
+    value = request.args.get(name, "").strip()
+    if len(value) > max_length:
+        abort(400, description=f"The parameter “{name}” must be at most {max_length} "
+                               "characters.")
+    return value
+
+
+_PERIOD = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
+def billing_period(text: str) -> tuple[datetime, datetime]:
+    """A billing period typed as YYYY-MM: [start, end). ValueError says what is wrong
+    (phrased to follow "The")."""
+    if not _PERIOD.fullmatch(text.strip()):
+        raise ValueError("period must look like 2026-11")
+    start, end = usage.parse_period(text.strip(), current_app.config["BILLING"].invoice_day)
+    problem = check_date(start.date())
+    if problem:
+        raise ValueError(f"period {problem}")
+    return start, end
+
+
+def find_user(ref: str) -> User:
+    """A user by email or id, as typed into a filter or form (NotFound otherwise): an "id"
+    too big for the database, or in other digits than 0-9, names nobody."""
+    ref = ref.strip()
+    if ref.isdigit() and (not ref.isascii() or int(ref) > MAX_ROW_ID):
+        raise NotFound(f"no user {ref[:40]!r}")
+    return accounts.find_user(ref)

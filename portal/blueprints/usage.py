@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template
 from flask_login import current_user, login_required
 
 from .. import htmx as hx
 from ..services import deployments, usage
+from .helpers import billing_period, query_arg
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
 
@@ -30,9 +31,9 @@ def _periods(invoice_day: int) -> list[tuple[str, datetime]]:
 def index():
     invoice_day = current_app.config["BILLING"].invoice_day
     periods = _periods(invoice_day)
-    selected = request.args.get("period") or periods[0][0]
+    selected = query_arg("period", 20) or periods[0][0]
     try:
-        start, end = usage.parse_period(selected, invoice_day)
+        start, end = billing_period(selected)
     except ValueError:
         abort(404)
     report = usage.usage_report(current_user, start, end)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, flash, redirect, render_template, request
+from flask import Blueprint, flash, redirect, render_template
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, RadioField, StringField, TextAreaField
@@ -12,12 +12,13 @@ from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
 from ..extensions import db
+from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
 from ..services import card_payments, cards, ledger, topups, vouchers
 from ..services.errors import ServiceError
-from .helpers import form_errors_from, page_arg, public_url, see_other
+from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
 from .limits import voucher_redeem_limit
 
 bp = Blueprint("wallet", __name__, url_prefix="/wallet")
@@ -28,9 +29,10 @@ class RedeemForm(FlaskForm):
 
 
 class TopUpForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired(), Length(max=32)])
+    amount = AmountField("Amount")
     method = RadioField("Pay with", default="checkout", validators=[DataRequired()])
-    nonce = HiddenField()  # one per rendered form: a double submit charges once
+    # One per rendered form: a double submit charges once.
+    nonce = HiddenField(validators=[Length(max=64)])
 
     def fill(self, user) -> TopUpForm:
         self.method.choices = [("checkout", "Card on the secure checkout page")] + [
@@ -41,7 +43,7 @@ class TopUpForm(FlaskForm):
 
 
 class RequestForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired(), Length(max=32)])
+    amount = AmountField("Amount")
     reason = TextAreaField("Why you need it", validators=[DataRequired(), Length(max=1000)])
 
 
@@ -89,7 +91,7 @@ def request_voucher():
     form = RequestForm()
     if form.validate_on_submit():
         try:
-            amount = Money.from_decimal(form.amount.data, current_user.currency)
+            amount = Money.from_decimal(form.amount.decimal, current_user.currency)
             vouchers.request_voucher(current_user, amount=amount, reason=form.reason.data)
         except AmountError as exc:
             form.amount.errors.append(f"The amount {exc}.")
@@ -115,7 +117,7 @@ def top_up():
     if not form.validate_on_submit():
         return _render(topup_form=form, status=422)
     try:
-        amount = Money.from_decimal(form.amount.data.strip(), current_user.currency)
+        amount = Money.from_decimal(form.amount.decimal, current_user.currency)
         if form.method.data == "checkout":
             session = topups.start_checkout(
                 current_user, amount,
@@ -159,7 +161,7 @@ def _flash_attempt(attempt) -> None:
 def top_up_done():
     """Back from the checkout page."""
     try:
-        outcome = topups.return_from_checkout(current_user, request.args.get("session_id", ""))
+        outcome = topups.return_from_checkout(current_user, query_arg("session_id", 255))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")
@@ -178,7 +180,7 @@ def top_up_done():
 def top_up_card_return():
     """Back from the bank's 3-D Secure page for a saved-card top-up."""
     try:
-        attempt = card_payments.refresh(current_user, request.args.get("payment_intent", ""))
+        attempt = card_payments.refresh(current_user, query_arg("payment_intent", 255))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from .base import (CardDeclined, CardInfo, CheckoutSessionInfo, GatewayError, GatewayEvent,
-                   GatewayNotConfigured, LivemodeMismatch, PaymentGateway, PaymentResult,
-                   PaymentStatus, RefundResult, SetupIntentInfo, SignatureError)
+from .base import (CardDeclined, CardInfo, ChargeInfo, CheckoutSessionInfo, DisputeInfo,
+                   GatewayError, GatewayEvent, GatewayNotConfigured, LivemodeMismatch,
+                   PaymentGateway, PaymentResult, PaymentStatus, RefundResult, SetupIntentInfo,
+                   SignatureError)
 
 __all__ = [
-    "CardDeclined", "CardInfo", "CheckoutSessionInfo", "GatewayError", "GatewayEvent",
+    "CardDeclined", "CardInfo", "ChargeInfo", "CheckoutSessionInfo", "DisputeInfo",
+    "GatewayError", "GatewayEvent",
     "GatewayNotConfigured", "LivemodeMismatch", "PaymentGateway", "PaymentResult",
     "PaymentStatus", "RefundResult", "SetupIntentInfo", "SignatureError", "get_gateway",
 ]

@@ -134,10 +134,32 @@ class CheckoutSessionInfo:
 @dataclass(frozen=True)
 class RefundResult:
     id: str
-    status: str
+    status: str  # pending, succeeded, failed, canceled, requires_action
     amount: Money
     payment_intent: str | None = None
     charge: str | None = None
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class ChargeInfo:
+    """A charge as the gateway holds it now: what it took and what it gave back."""
+
+    id: str
+    payment_intent: str | None
+    amount: Money           # captured
+    amount_refunded: Money  # the running total of its refunds
+    refunds: tuple[RefundResult, ...] = ()  # every refund of the charge
+
+
+@dataclass(frozen=True)
+class DisputeInfo:
+    id: str
+    charge: str | None
+    payment_intent: str | None
+    amount: Money  # what the cardholder's bank takes back
+    reason: str
+    status: str
 
 
 @dataclass(frozen=True)
@@ -258,3 +280,7 @@ class PaymentGateway(Protocol):
 
     def refund(self, payment_intent: str, amount: Money | None = None, *,
                idempotency_key: str) -> RefundResult: ...
+
+    def retrieve_charge(self, charge: str) -> ChargeInfo: ...
+
+    def retrieve_dispute(self, dispute: str) -> DisputeInfo: ...

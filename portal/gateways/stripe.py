@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import stripe
 
 from ..money import Money
-from .base import (CardDeclined, CardInfo, CheckoutSessionInfo, GatewayError, GatewayEvent,
-                   LivemodeMismatch, PaymentResult, PaymentStatus, RefundResult,
-                   SetupIntentInfo, SignatureError, from_stripe_amount, to_stripe_amount)
+from .base import (CardDeclined, CardInfo, ChargeInfo, CheckoutSessionInfo, DisputeInfo,
+                   GatewayError, GatewayEvent, LivemodeMismatch, PaymentResult, PaymentStatus,
+                   RefundResult, SetupIntentInfo, SignatureError, from_stripe_amount,
+                   to_stripe_amount)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -314,10 +315,48 @@ class StripeGateway:
             params["amount"] = to_stripe_amount(amount)
         refund = _plain(self._call("create refund", lambda: self._v1.refunds.create(
             params, {"idempotency_key": idempotency_key})))
+        return self._refund(refund)
+
+    @staticmethod
+    def _refund(refund) -> RefundResult:
+        refund = _plain(refund)
         return RefundResult(id=refund["id"], status=refund.get("status") or "",
-                            amount=from_stripe_amount(refund["amount"], refund["currency"]),
-                            payment_intent=refund.get("payment_intent"),
-                            charge=refund.get("charge"))
+                            amount=from_stripe_amount(int(refund["amount"]), refund["currency"]),
+                            payment_intent=_ref(refund.get("payment_intent")),
+                            charge=_ref(refund.get("charge")),
+                            created=int(refund.get("created") or 0))
+
+    def retrieve_charge(self, charge: str) -> ChargeInfo:
+        """The charge now, with every refund it has (listed apart: recent API versions leave
+        ``refunds`` off the charge)."""
+        data = _plain(self._call("retrieve charge", lambda: self._v1.charges.retrieve(charge)))
+        currency = data["currency"]
+        captured = data.get("amount_captured")
+        refunds: list[RefundResult] = []
+        params: dict[str, Any] = {"charge": data["id"], "limit": 100}
+        while True:
+            page = _plain(self._call("list refunds",
+                                     lambda: self._v1.refunds.list(dict(params))))
+            items = page.get("data") or []
+            refunds += [self._refund(item) for item in items]
+            if not page.get("has_more") or not items:
+                break
+            params["starting_after"] = items[-1]["id"]
+        return ChargeInfo(
+            id=data["id"], payment_intent=_ref(data.get("payment_intent")),
+            amount=from_stripe_amount(int(data["amount"] if captured is None else captured),
+                                      currency),
+            amount_refunded=from_stripe_amount(int(data.get("amount_refunded") or 0), currency),
+            refunds=tuple(refunds))
+
+    def retrieve_dispute(self, dispute: str) -> DisputeInfo:
+        data = _plain(self._call("retrieve dispute",
+                                 lambda: self._v1.disputes.retrieve(dispute)))
+        return DisputeInfo(id=data["id"], charge=_ref(data.get("charge")),
+                           payment_intent=_ref(data.get("payment_intent")),
+                           amount=from_stripe_amount(int(data["amount"]), data["currency"]),
+                           reason=str(data.get("reason") or ""),
+                           status=str(data.get("status") or ""))
 
     # -- Checkout (the hosted pages) --------------------------------------------------------
     def create_checkout_session(self, customer: str, amount: Money, *, success_url: str,

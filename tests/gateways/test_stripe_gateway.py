@@ -197,6 +197,44 @@ def test_setup_refund_and_dispute_events(gateway, customer, receiver, standin):
     assert disputes and disputes[0]["data"]["object"]["amount"] == 900
 
 
+def test_charges_their_refunds_and_disputes_are_read_from_the_gateway(gateway, customer,
+                                                                     receiver, standin):
+    """What the webhook handlers book comes from these reads, never from an event's body."""
+    card = save_card(gateway, customer, TEST_CARDS["ok"])
+    paid = gateway.create_payment_intent(customer, card, Money(2500, "USD"),
+                                         idempotency_key=f"inv:{customer}:att:1")
+    first = gateway.refund(paid.id, Money(1000, "USD"), idempotency_key=f"r:{customer}:1")
+    second = gateway.refund(paid.id, Money(500, "USD"), idempotency_key=f"r:{customer}:2")
+    charge = gateway.retrieve_charge(first.charge)
+    assert (charge.id, charge.payment_intent, charge.amount, charge.amount_refunded) == (
+        first.charge, paid.id, Money(2500, "USD"), Money(1500, "USD"))
+    assert sorted((r.id, r.amount, r.status) for r in charge.refunds) == sorted([
+        (first.id, Money(1000, "USD"), "succeeded"), (second.id, Money(500, "USD"), "succeeded")])
+    # Like Stripe, the stand-in refunds no more than the charge has left.
+    with pytest.raises(GatewayError, match="greater than unrefunded amount on charge"):
+        gateway.refund(paid.id, Money(1001, "USD"), idempotency_key=f"r:{customer}:3")
+    rest = gateway.refund(paid.id, None, idempotency_key=f"r:{customer}:4")
+    assert rest.amount == Money(1000, "USD")
+    with pytest.raises(GatewayError, match="already been refunded"):
+        gateway.refund(paid.id, None, idempotency_key=f"r:{customer}:5")
+    assert gateway.retrieve_charge(first.charge).amount_refunded == Money(2500, "USD")
+
+    disputed_card = save_card(gateway, customer, TEST_CARDS["disputed"])
+    disputed = gateway.create_payment_intent(customer, disputed_card, Money(900, "USD"),
+                                             idempotency_key=f"inv:{customer}:att:2")
+    deadline = time.monotonic() + 10
+    found = []
+    while not found and time.monotonic() < deadline:
+        found = [e["data"]["object"]["id"] for e in receiver.events()
+                 if e["type"] == "charge.dispute.created"
+                 and e["data"]["object"]["payment_intent"] == disputed.id]
+        time.sleep(0.05)
+    dispute = gateway.retrieve_dispute(found[0])
+    assert (dispute.payment_intent, dispute.amount, dispute.reason, dispute.status) == (
+        disputed.id, Money(900, "USD"), "fraudulent", "needs_response")
+    assert dispute.charge and dispute.charge.startswith("ch_")
+
+
 def test_events_from_the_other_mode_are_refused(gateway, standin):
     import hashlib
     import hmac

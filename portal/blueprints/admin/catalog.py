@@ -1,7 +1,8 @@
 """Admin: the price catalog (versions by effective date) and usage reports."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, date, datetime, timedelta
 
 from flask import Response, flash, render_template, request, stream_with_context, url_for
 from flask_login import current_user
@@ -10,8 +11,9 @@ from wtforms import DateTimeLocalField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from ...extensions import db
-from ...money import micros_to_decimal
-from ...services import accounts, catalog, reports
+from ...forms import AmountField, PlausibleDate, check_date, parse_amount
+from ...money import AmountError, micros_to_decimal
+from ...services import catalog, reports
 from ...services.errors import NotFound, ServiceError
 from .. import helpers
 from . import bp
@@ -19,12 +21,29 @@ from . import bp
 
 class PriceVersionForm(FlaskForm):
     effective_from = DateTimeLocalField("Effective from (UTC)", format="%Y-%m-%dT%H:%M",
-                                        validators=[DataRequired()])
-    cpu_per_core_hour = StringField("CPU per core-hour", validators=[DataRequired()])
-    memory_per_gb_hour = StringField("Memory per GB-hour", validators=[DataRequired()])
-    storage_per_gb_month = StringField("Storage per GB-month", validators=[DataRequired()])
-    public_ip_per_hour = StringField("Public IP per hour", validators=[DataRequired()])
+                                        validators=[DataRequired(), PlausibleDate()])
+    cpu_per_core_hour = AmountField("CPU per core-hour", noun="price", positive=False)
+    memory_per_gb_hour = AmountField("Memory per GB-hour", noun="price", positive=False)
+    storage_per_gb_month = AmountField("Storage per GB-month", noun="price", positive=False)
+    public_ip_per_hour = AmountField("Public IP per hour", noun="price", positive=False)
     note = StringField("Note", validators=[Optional(), Length(max=500)])
+
+
+def _sku_prices(skus) -> tuple[dict[str, object], dict[str, str]]:
+    """The hourly prices typed per size (only those filled in), and what is wrong with any."""
+    prices: dict[str, object] = {}
+    errors: dict[str, str] = {}
+    for sku in skus:
+        typed = request.form.get(f"sku-{sku.code}", "").strip()
+        if not typed:
+            continue
+        try:
+            if len(typed) > 32:
+                raise AmountError("must be at most 32 characters")
+            prices[sku.code] = parse_amount(typed, positive=False)
+        except AmountError as exc:
+            errors[sku.code] = f"The price {exc}."
+    return prices, errors
 
 
 def _prefill(form: PriceVersionForm, version) -> None:
@@ -35,14 +54,15 @@ def _prefill(form: PriceVersionForm, version) -> None:
         getattr(form, name).data = str(micros_to_decimal(getattr(version, f"{name}_micros")).normalize())
 
 
-def _render_prices(form: PriceVersionForm, status: int = 200):
+def _render_prices(form: PriceVersionForm, status: int = 200,
+                   sku_errors: dict[str, str] | None = None):
     current = catalog.version_at(datetime.now(UTC))
     sku_values = {s.code: request.form.get(f"sku-{s.code}",
                                            str(micros_to_decimal(s.hourly_micros).normalize()))
                   for s in current.skus}
     return render_template("admin/prices.html", form=form, current=current,
                            versions=catalog.list_versions(), sku_values=sku_values,
-                           now=datetime.now(UTC)), status
+                           sku_errors=sku_errors or {}, now=datetime.now(UTC)), status
 
 
 @bp.get("/prices")
@@ -57,18 +77,17 @@ def prices():
 @bp.post("/prices")
 def create_price_version():
     form = PriceVersionForm()
-    if not form.validate_on_submit():
-        return _render_prices(form, 422)
     current = catalog.version_at(datetime.now(UTC))
+    sku_hourly, sku_errors = _sku_prices(current.skus)
+    if not form.validate_on_submit() or sku_errors:
+        return _render_prices(form, 422, sku_errors)
     change = catalog.PriceChange(
         effective_from=form.effective_from.data.replace(tzinfo=UTC),
-        cpu_per_core_hour=form.cpu_per_core_hour.data.strip(),
-        memory_per_gb_hour=form.memory_per_gb_hour.data.strip(),
-        storage_per_gb_month=form.storage_per_gb_month.data.strip(),
-        public_ip_per_hour=form.public_ip_per_hour.data.strip(),
-        sku_hourly={s.code: request.form.get(f"sku-{s.code}", "").strip()
-                    for s in current.skus if request.form.get(f"sku-{s.code}", "").strip()},
-        note=form.note.data or "")
+        cpu_per_core_hour=form.cpu_per_core_hour.decimal,
+        memory_per_gb_hour=form.memory_per_gb_hour.decimal,
+        storage_per_gb_month=form.storage_per_gb_month.decimal,
+        public_ip_per_hour=form.public_ip_per_hour.decimal,
+        sku_hourly=sku_hourly, note=form.note.data or "")
     try:
         version = catalog.create_version(change, created_by=current_user)
     except ServiceError as exc:
@@ -85,18 +104,29 @@ def _report_filter() -> reports.ReportFilter:
     today = datetime.now(UTC).date()
 
     def day(name: str, default):
+        typed = helpers.query_arg(name, 10)
+        if not typed:
+            return default
         try:
-            return datetime.fromisoformat(request.args[name]).date() if request.args.get(name) else default
+            value = date.fromisoformat(typed) if DAY.fullmatch(typed) else None
         except ValueError:
-            raise ServiceError(f"{name} must be a date like 2026-11-01") from None
+            value = None
+        if value is None:
+            raise ServiceError(f"{name} must be a date like 2026-11-01")
+        problem = check_date(value)
+        if problem:
+            raise ServiceError(f"{name} {problem}")
+        return value
 
-    email = request.args.get("user", "").strip()
+    email = helpers.query_arg("user", 254)
     return reports.ReportFilter(
         day_from=day("from", today.replace(day=1)), day_to=day("to", today),
-        user=accounts.find_user(email) if email else None, kind=request.args.get("kind") or None,
-        label=reports.parse_label(request.args.get("label")))
+        user=helpers.find_user(email) if email else None,
+        kind=helpers.query_arg("kind", 20) or None,
+        label=reports.parse_label(helpers.query_arg("label", 200) or None))
 
 
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 REPORT_ROWS_SHOWN = 200
 
 
@@ -120,6 +150,7 @@ def usage_reports():
 @bp.get("/reports.csv")
 def usage_reports_csv():
     f = _report_filter()
-    return Response(stream_with_context(reports.csv_lines(f)), mimetype="text/csv",
-                    headers={"Content-Disposition":
-                             f'attachment; filename="usage-{f.day_from}-{f.day_to}.csv"'})
+    response = Response(stream_with_context(reports.csv_lines(f)), mimetype="text/csv")
+    response.headers.set("Content-Disposition", "attachment",
+                         filename=f"usage-{f.day_from}-{f.day_to}.csv")
+    return response

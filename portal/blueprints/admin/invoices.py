@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 
-from flask import current_app, flash, render_template, request
+from flask import flash, render_template
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from ...extensions import db
+from ...forms import AmountField
 from ...models import Invoice
 from ...money import AmountError, Money
-from ...services import accounts, invoicing, usage
+from ...services import invoicing
 from ...services.errors import NotFound, ServiceError
 from .. import helpers
 from . import bp
@@ -33,31 +34,30 @@ class VoidInvoiceForm(FlaskForm):
 
 
 class OfflinePaymentForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired()])
+    amount = AmountField("Amount")
     reference = StringField("Reference", validators=[DataRequired(), Length(max=200)])
     # One payment per rendered form, however often it is submitted.
-    request_id = HiddenField()
+    request_id = HiddenField(validators=[Length(max=64)])
 
 
 class Filters:
     """The list's query arguments, parsed: the user by email, a status, a period YYYY-MM."""
 
-    def __init__(self, args):
-        self.email = args.get("user", "").strip()
-        self.status = args.get("status", "")
-        self.period = args.get("period", "").strip()
+    def __init__(self):
+        self.email = helpers.query_arg("user", 254)
+        self.status = helpers.query_arg("status", 20)
+        self.period = helpers.query_arg("period", 20)
         self.user = self.period_start = self.error = None
         if self.status not in ("", *STATUSES):
             self.error, self.status = f"Unknown status {self.status!r}.", ""
         if self.period:
             try:
-                self.period_start, _ = usage.parse_period(
-                    self.period, current_app.config["BILLING"].invoice_day)
+                self.period_start, _ = helpers.billing_period(self.period)
             except ValueError as exc:
                 self.error = f"The {exc}."
         if self.email:
             try:
-                self.user = accounts.find_user(self.email)
+                self.user = helpers.find_user(self.email)
             except NotFound:
                 self.error = f"No user with the email {self.email}."
 
@@ -73,7 +73,7 @@ def _place_errors(form: FlaskForm, exc: ServiceError) -> None:
 
 
 def _render_list(form: GenerateInvoiceForm, status: int = 200):
-    f = Filters(request.args)
+    f = Filters()
     invoices = None
     if f.error is None:
         invoices = invoicing.list_invoices(user=f.user, status=f.status or None,
@@ -103,13 +103,12 @@ def generate_invoice():
     if not form.validate_on_submit():
         return _render_list(form, 422)
     try:
-        start, end = usage.parse_period(form.period.data.strip(),
-                                        current_app.config["BILLING"].invoice_day)
+        start, end = helpers.billing_period(form.period.data)
     except ValueError as exc:
         form.period.errors.append(f"The {exc}.")
         return _render_list(form, 422)
     try:
-        user = accounts.find_user(form.email.data.strip())
+        user = helpers.find_user(form.email.data)
         invoice, created = invoicing.generate_for_user(user, start, end, created_by=current_user)
     except NotFound:
         form.email.errors.append("No user has this email.")
@@ -154,7 +153,7 @@ def record_payment(invoice_id: int):
     if not form.validate_on_submit():
         return _render_invoice(invoice, payment_form=form, status=422)
     try:
-        amount = Money.from_decimal(form.amount.data, invoice.currency)
+        amount = Money.from_decimal(form.amount.decimal, invoice.currency)
         invoicing.record_offline_payment(invoice, amount=amount, reference=form.reference.data,
                                          recorded_by=current_user,
                                          idempotency_key=f"form:{form.request_id.data}"

@@ -7,6 +7,7 @@ from flask import abort, flash, redirect, render_template, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField
+from wtforms.validators import Length
 
 from ... import htmx as hx
 from ...extensions import db
@@ -18,7 +19,7 @@ from . import bp
 
 class RunNowForm(FlaskForm):
     # One run per rendered page and job, however often the button is pressed.
-    request_id = HiddenField()
+    request_id = HiddenField(validators=[Length(max=64)])
 
 
 class RetryForm(FlaskForm):

@@ -3,13 +3,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, time, timedelta
 
-from flask import abort, flash, render_template, request
+from flask import abort, flash, render_template
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import DateField, HiddenField, StringField, TextAreaField
+from wtforms import DateField, HiddenField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
 from ...extensions import db
+from ...forms import AmountField, PlausibleDate
 from ...models import OutboundEmail, User
 from ...money import AmountError, Money
 from ...services import accounts, credits, ledger, mail
@@ -25,11 +26,11 @@ def _require_admin():
 
 
 class GrantCreditForm(FlaskForm):
-    amount = StringField("Amount", validators=[DataRequired()])
+    amount = AmountField("Amount")
     reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
-    expires_on = DateField("Valid through (optional)", validators=[Optional()])
+    expires_on = DateField("Valid through (optional)", validators=[Optional(), PlausibleDate()])
     # One grant per rendered form, however often it is submitted.
-    request_id = HiddenField()
+    request_id = HiddenField(validators=[Length(max=64)])
 
 
 class RevokeAdminForm(FlaskForm):
@@ -45,7 +46,7 @@ def index():
 
 @bp.get("/users")
 def users():
-    q = request.args.get("q", "").strip()
+    q = helpers.query_arg("q", 254)
     page = accounts.list_users(query=q, page=helpers.page_arg())
     return render_template("admin/users.html", users=page, q=q)
 
@@ -79,7 +80,7 @@ def grant_credit(user_id: int):
     if form.expires_on.data:  # valid through that whole day (UTC)
         expires_at = datetime.combine(form.expires_on.data + timedelta(days=1), time(), UTC)
     try:
-        amount = Money.from_decimal(form.amount.data, user.currency)
+        amount = Money.from_decimal(form.amount.decimal, user.currency)
         credits.grant_credit(user=user, amount=amount, reason=form.reason.data,
                              expires_at=expires_at, granted_by=current_user,
                              idempotency_key=f"form:{form.request_id.data}")

@@ -1,15 +1,17 @@
 """Admin: vouchers (single or batch, CSV export) and users' voucher requests."""
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time, timedelta
 
-from flask import Response, current_app, flash, render_template, request, stream_with_context
+from flask import Response, abort, current_app, flash, render_template, stream_with_context
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import DateField, IntegerField, StringField
+from wtforms import DateField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from ...extensions import db
+from ...forms import AmountField, PlausibleDate, WholeNumberField
 from ...money import AmountError, Money
 from ...services import vouchers
 from ...services.errors import ServiceError
@@ -17,13 +19,18 @@ from .. import helpers
 from . import bp
 
 
+# A batch name as the portal makes them (20261121-a1b2c3); anything else names no batch, and
+# never reaches a Content-Disposition header.
+BATCH = re.compile(r"[0-9A-Za-z-]{1,40}")
+
+
 class VoucherForm(FlaskForm):
-    value = StringField("Value", validators=[DataRequired(), Length(max=32)])
-    count = IntegerField("How many codes", default=1,
-                         validators=[DataRequired(), NumberRange(1, vouchers.MAX_BATCH)])
-    max_redemptions = IntegerField("Redemptions per code", default=1,
-                                   validators=[DataRequired(), NumberRange(1, 1_000_000)])
-    expires_on = DateField("Valid through (optional)", validators=[Optional()])
+    value = AmountField("Value", noun="value")
+    count = WholeNumberField("How many codes", default=1,
+                             validators=[DataRequired(), NumberRange(1, vouchers.MAX_BATCH)])
+    max_redemptions = WholeNumberField("Redemptions per code", default=1,
+                                       validators=[DataRequired(), NumberRange(1, 1_000_000)])
+    expires_on = DateField("Valid through (optional)", validators=[Optional(), PlausibleDate()])
     note = StringField("Note", validators=[Optional(), Length(max=500)])
 
 
@@ -31,8 +38,16 @@ class DecisionForm(FlaskForm):
     note = StringField("Note to the user", validators=[Optional(), Length(max=500)])
 
 
+def _batch_arg() -> str | None:
+    batch = helpers.query_arg("batch", 40)
+    if batch and not BATCH.fullmatch(batch):
+        abort(400, description="The batch must be a batch name like 20261121-a1b2c3 "
+                               "(letters, digits and dashes).")
+    return batch or None
+
+
 def _page(form: VoucherForm, status: int = 200, created=None):
-    batch = request.args.get("batch") or None
+    batch = _batch_arg()
     return render_template("admin/vouchers.html", form=form, created=created or [],
                            vouchers=vouchers.list_vouchers(batch=batch, page=helpers.page_arg()),
                            batch=batch, requests=vouchers.list_requests(status="pending"),
@@ -52,7 +67,7 @@ def create_vouchers():
     expires_at = (datetime.combine(form.expires_on.data + timedelta(days=1), time(), UTC)
                   if form.expires_on.data else None)
     try:
-        value = Money.from_decimal(form.value.data, current_app.config["CURRENCY"])
+        value = Money.from_decimal(form.value.decimal, current_app.config["CURRENCY"])
         created = vouchers.create_vouchers(value=value, count=form.count.data,
                                            max_redemptions=form.max_redemptions.data,
                                            expires_at=expires_at, note=form.note.data or "",
@@ -71,10 +86,11 @@ def create_vouchers():
 
 @bp.get("/vouchers.csv")
 def vouchers_csv():
-    batch = request.args.get("batch") or None
-    name = f"vouchers-{batch or 'all'}.csv"
-    return Response(stream_with_context(vouchers.vouchers_csv(batch)), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    batch = _batch_arg()
+    response = Response(stream_with_context(vouchers.vouchers_csv(batch)), mimetype="text/csv")
+    response.headers.set("Content-Disposition", "attachment",
+                         filename=f"vouchers-{batch or 'all'}.csv")
+    return response
 
 
 @bp.post("/voucher-requests/<int:request_id>/approve")
