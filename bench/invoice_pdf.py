@@ -17,6 +17,7 @@ Prints one JSON line:
 A typical invoice: 5 deployments x 3 resources, an adjustment, a plan fee, two payments.
 Needs no database. Usage: .venv/bin/python bench/invoice_pdf.py  (BENCH_RENDERS=20)
 """
+
 from __future__ import annotations
 
 import gc
@@ -36,31 +37,71 @@ def snapshot() -> dict:
     lines = []
     for n in range(1, 6):
         for resource, qty, unit, price, amount in (
-                ("CPU", "1488", "core-hours", "$0.05", "$74.40"),
-                ("Memory", "5952", "GB-hours", "$0.01", "$59.52"),
-                ("Storage", "50", "GB-months", "$0.10", "$5.00")):
-            lines.append({"kind": "usage", "description": f"web-{n} (vm-{n}) · {resource}",
-                          "quantity": qty, "unit": unit, "unit_price": price,
-                          "amount": amount})
-    lines.append({"kind": "adjustment", "description": "Late usage: web-1 (vm-1) · CPU",
-                  "quantity": "3", "unit": "core-hours", "unit_price": "$0.05",
-                  "amount": "$0.15"})
-    lines.append({"kind": "fee", "description": "Standard plan", "quantity": "1",
-                  "unit": "month", "unit_price": "$25.00", "amount": "$25.00"})
+            ("CPU", "1488", "core-hours", "$0.05", "$74.40"),
+            ("Memory", "5952", "GB-hours", "$0.01", "$59.52"),
+            ("Storage", "50", "GB-months", "$0.10", "$5.00"),
+        ):
+            lines.append(
+                {
+                    "kind": "usage",
+                    "description": f"web-{n} (vm-{n}) · {resource}",
+                    "quantity": qty,
+                    "unit": unit,
+                    "unit_price": price,
+                    "amount": amount,
+                }
+            )
+    lines.append(
+        {
+            "kind": "adjustment",
+            "description": "Late usage: web-1 (vm-1) · CPU",
+            "quantity": "3",
+            "unit": "core-hours",
+            "unit_price": "$0.05",
+            "amount": "$0.15",
+        }
+    )
+    lines.append(
+        {
+            "kind": "fee",
+            "description": "Standard plan",
+            "quantity": "1",
+            "unit": "month",
+            "unit_price": "$25.00",
+            "amount": "$25.00",
+        }
+    )
     return {
-        "template_version": 1, "number": "INV-2026-000123", "status": "sent",
-        "issued_at": "2026-11-01", "due_at": "2026-11-15",
-        "period_start": "2026-10-01", "period_end": "2026-10-31",
-        "seller": {"name": "Example Cloud Ltd.", "address": ["1 Harbour Street", "Dublin"],
-                   "email": "billing@example.cloud", "tax_id": "IE1234567X"},
+        "template_version": 1,
+        "number": "INV-2026-000123",
+        "status": "sent",
+        "issued_at": "2026-11-01",
+        "due_at": "2026-11-15",
+        "period_start": "2026-10-01",
+        "period_end": "2026-10-31",
+        "seller": {
+            "name": "Example Cloud Ltd.",
+            "address": ["1 Harbour Street", "Dublin"],
+            "email": "billing@example.cloud",
+            "tax_id": "IE1234567X",
+        },
         "customer": {"name": "Alice Liddell", "email": "alice@example.com", "account": "12"},
-        "currency": "USD", "lines": lines,
-        "subtotal": "$719.75", "credits": "$50.00", "total": "$669.75",
-        "amount_paid": "$100.00", "amount_due": "$569.75",
-        "payments": [{"date": "2026-11-01", "tender": "credit", "amount": "$50.00",
-                      "reference": ""},
-                     {"date": "2026-11-02", "tender": "card", "amount": "$100.00",
-                      "reference": "pi_3Q0example"}],
+        "currency": "USD",
+        "lines": lines,
+        "subtotal": "$719.75",
+        "credits": "$50.00",
+        "total": "$669.75",
+        "amount_paid": "$100.00",
+        "amount_due": "$569.75",
+        "payments": [
+            {"date": "2026-11-01", "tender": "credit", "amount": "$50.00", "reference": ""},
+            {
+                "date": "2026-11-02",
+                "tender": "card",
+                "amount": "$100.00",
+                "reference": "pi_3Q0example",
+            },
+        ],
     }
 
 
@@ -94,13 +135,22 @@ def main() -> None:
             cpu[name].append((time.process_time() - start_cpu) * 1000)
     ours_ms, bare_ms = (statistics.median(wall[k]) for k in ("ours", "bare"))
     ours_cpu, bare_cpu = (statistics.median(cpu[k]) for k in ("ours", "bare"))
-    print(json.dumps({"bench": "invoice_pdf", "lines": len(snap["lines"]), "renders": RENDERS,
-                      "pdf_median_ms": round(ours_ms, 1), "bare_pdf_median_ms": round(bare_ms, 1),
-                      "pdf_ratio": round(ours_ms / bare_ms, 3),
-                      # CPU time of the same renders: steadier than wall time on a busy machine
-                      "pdf_cpu_median_ms": round(ours_cpu, 1),
-                      "bare_pdf_cpu_median_ms": round(bare_cpu, 1),
-                      "pdf_cpu_ratio": round(ours_cpu / bare_cpu, 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "invoice_pdf",
+                "lines": len(snap["lines"]),
+                "renders": RENDERS,
+                "pdf_median_ms": round(ours_ms, 1),
+                "bare_pdf_median_ms": round(bare_ms, 1),
+                "pdf_ratio": round(ours_ms / bare_ms, 3),
+                # CPU time of the same renders: steadier than wall time on a busy machine
+                "pdf_cpu_median_ms": round(ours_cpu, 1),
+                "bare_pdf_cpu_median_ms": round(bare_cpu, 1),
+                "pdf_cpu_ratio": round(ours_cpu / bare_cpu, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ Environment:
 
 Usage: .venv/bin/python bench/invoicing.py
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,8 +90,9 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
     if not re.fullmatch(r"portal_bench\w*", name):
         fail(f"refusing to drop database {name!r}: its name must start with portal_bench")
     admin = parsed.set(drivername="postgresql", database="postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
-                         connect_timeout=5) as conn:
+    with psycopg.connect(
+        admin.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+    ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return url
@@ -100,16 +102,19 @@ SEQ = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE 
 
 # Per deployment k of a user (0..4): cpu_milli, memory_mgb, storage_mgb, public IPs,
 # start offset in hours, end offset in hours (NULL: still running).
-SHAPES = [(2000, 4000, 20000, 1, 0, None),
-          (1000, 2000, 50000, 0, 0, None),
-          (4000, 16000, 100000, 0, 9 * 24 + 7, None),      # started on Oct 10
-          (500, 1000, 10000, 0, 0, 19 * 24 + 13),          # deleted on Oct 20
-          (8000, 32000, 200000, 0, 0, None)]
+SHAPES = [
+    (2000, 4000, 20000, 1, 0, None),
+    (1000, 2000, 50000, 0, 0, None),
+    (4000, 16000, 100000, 0, 9 * 24 + 7, None),  # started on Oct 10
+    (500, 1000, 10000, 0, 0, 19 * 24 + 13),  # deleted on Oct 20
+    (8000, 32000, 200000, 0, 0, None),
+]
 
 
 def _shape_case(column: int) -> str:
-    cases = " ".join(f"WHEN {k} THEN {'NULL' if s[column] is None else s[column]}"
-                     for k, s in enumerate(SHAPES))
+    cases = " ".join(
+        f"WHEN {k} THEN {'NULL' if s[column] is None else s[column]}" for k, s in enumerate(SHAPES)
+    )
     return f"(CASE (n - 1) % {PER_USER} {cases} END)"
 
 
@@ -121,8 +126,13 @@ def sql(statement: str):
     from portal.models.types import UTCDateTime
 
     clause = text(statement)
-    return clause.bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "ended")
-                               if f":{name}" in statement))
+    return clause.bindparams(
+        *(
+            bindparam(name, type_=UTCDateTime())
+            for name in ("now", "ended")
+            if f":{name}" in statement
+        )
+    )
 
 
 def seed(app) -> None:
@@ -138,24 +148,36 @@ def seed(app) -> None:
         db.session.commit()
         start_epoch = int(START.timestamp())
         params = {"now": START - timedelta(days=30)}
-        db.session.execute(sql(SEQ + """
+        db.session.execute(
+            sql(
+                SEQ
+                + """
             INSERT INTO users (id, email, name, is_admin, is_enabled, auth_version, currency,
                                created_at)
             SELECT n, 'user' || n || '@bench.example', 'Customer ' || n, false, true, 1, 'USD',
-                   :now FROM seq"""), {"count": USERS, **params})
+                   :now FROM seq"""
+            ),
+            {"count": USERS, **params},
+        )
         ledger.pin_currency("USD")  # as open_user_accounts does
         # The four accounts open_user_accounts gives every user, in the same order.
-        db.session.execute(sql("""
+        db.session.execute(
+            sql("""
             INSERT INTO ledger_accounts (user_id, kind, currency, balance_minor, created_at)
             SELECT u.id, k.kind, u.currency, 0, :now
             FROM users u CROSS JOIN (SELECT 1 AS pos, 'cash' AS kind UNION ALL
                                      SELECT 2, 'voucher' UNION ALL SELECT 3, 'credit' UNION ALL
                                      SELECT 4, 'receivable') k
-            ORDER BY u.id, k.pos"""), params)
+            ORDER BY u.id, k.pos"""),
+            params,
+        )
         dep_user = f"(n - 1) / {PER_USER} + 1"
         start = f"{start_epoch} + 3600 * {_shape_case(4)}"
         end = f"{start_epoch} + 3600 * {_shape_case(5)}"
-        db.session.execute(sql(SEQ + f"""
+        db.session.execute(
+            sql(
+                SEQ
+                + f"""
             INSERT INTO deployments (id, external_id, user_id, kind, name, labels, state,
                                      price_version_id, cpu_milli, memory_mgb, storage_mgb,
                                      public_ip, started_at, ended_at, created_at, updated_at)
@@ -164,22 +186,41 @@ def seed(app) -> None:
                    :version, {_shape_case(0)}, {_shape_case(1)}, {_shape_case(2)},
                    {_shape_case(3)} = 1, :now,
                    CASE WHEN {_shape_case(5)} IS NULL THEN NULL ELSE :ended END, :now, :now
-            FROM seq"""),
-            {"count": USERS * PER_USER, "version": version.id,
-             "ended": START + timedelta(hours=SHAPES[3][5]), **params})
-        db.session.execute(text(SEQ + f"""
+            FROM seq"""
+            ),
+            {
+                "count": USERS * PER_USER,
+                "version": version.id,
+                "ended": START + timedelta(hours=SHAPES[3][5]),
+                **params,
+            },
+        )
+        db.session.execute(
+            text(
+                SEQ
+                + f"""
             INSERT INTO deployment_intervals (deployment_id, user_id, start_epoch, end_epoch,
                 state, cpu_milli, memory_mgb, storage_mgb, instances, public_ips,
                 cpu_rate_micros, memory_rate_micros, storage_rate_micros, instance_rate_micros,
                 ip_rate_micros)
             SELECT n, {dep_user}, {start}, {end}, 'active', {_shape_case(0)}, {_shape_case(1)},
-                   {_shape_case(2)}, 0, {_shape_case(3)}, :cpu, :mem, :disk, 0, :ip FROM seq"""),
-            {"count": USERS * PER_USER, "cpu": version.cpu_per_core_hour_micros,
-             "mem": version.memory_per_gb_hour_micros,
-             "disk": version.storage_per_gb_month_micros,
-             "ip": version.public_ip_per_hour_micros})
-        db.session.execute(insert(MeterMark), [{"chunk": chunk, "metered_through": START}
-                                               for chunk in range(USERS // metering.chunk_size() + 1)])
+                   {_shape_case(2)}, 0, {_shape_case(3)}, :cpu, :mem, :disk, 0, :ip FROM seq"""
+            ),
+            {
+                "count": USERS * PER_USER,
+                "cpu": version.cpu_per_core_hour_micros,
+                "mem": version.memory_per_gb_hour_micros,
+                "disk": version.storage_per_gb_month_micros,
+                "ip": version.public_ip_per_hour_micros,
+            },
+        )
+        db.session.execute(
+            insert(MeterMark),
+            [
+                {"chunk": chunk, "metered_through": START}
+                for chunk in range(USERS // metering.chunk_size() + 1)
+            ],
+        )
         if db.engine.dialect.name == "postgresql":
             for table, value in (("users", USERS), ("deployments", USERS * PER_USER)):
                 db.session.execute(text(f"SELECT setval('{table}_id_seq', :n)"), {"n": value})
@@ -193,12 +234,22 @@ def seed(app) -> None:
                 break
             user = db.session.get(User, uid)
             kind = i % 3
-            grants = ([(500_000, None)] if kind == 0 else [(2_500, None)] if kind == 1 else
-                      [(4_000, NOW + timedelta(days=20)), (3_000, NOW + timedelta(days=90))])
+            grants = (
+                [(500_000, None)]
+                if kind == 0
+                else [(2_500, None)]
+                if kind == 1
+                else [(4_000, NOW + timedelta(days=20)), (3_000, NOW + timedelta(days=90))]
+            )
             for n, (amount, expires) in enumerate(grants):
-                credits.grant_credit(user=user, amount=Money(amount, "USD"),
-                                     reason="Goodwill credit", idempotency_key=f"bench:{uid}:{n}",
-                                     expires_at=expires, now=START)
+                credits.grant_credit(
+                    user=user,
+                    amount=Money(amount, "USD"),
+                    reason="Goodwill credit",
+                    idempotency_key=f"bench:{uid}:{n}",
+                    expires_at=expires,
+                    now=START,
+                )
         db.session.commit()
 
         upto = START
@@ -220,9 +271,12 @@ def server_state(app) -> tuple:
     with app.app_context():
         if db.engine.dialect.name != "postgresql":
             return None
-        state = db.session.execute(text(
-            "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req "
-            "FROM pg_stat_bgwriter")).one()
+        state = db.session.execute(
+            text(
+                "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req "
+                "FROM pg_stat_bgwriter"
+            )
+        ).one()
         db.session.remove()
         return tuple(state)
 
@@ -258,10 +312,14 @@ def run_invoices(app) -> tuple[float, int]:
         invoices = db.session.scalar(select(func.count()).select_from(Invoice))
         if before is not None:
             lsn, checkpoints = server_state(app)
-            wal_mb = db.session.scalar(text("SELECT (CAST(:a AS pg_lsn) - CAST(:b AS pg_lsn)) "
-                                            "/ 1e6"), {"a": lsn, "b": before[0]})
-            print(f"timed run: {wal_mb:.0f} MB of WAL, {checkpoints - before[1]} checkpoint(s)",
-                  file=sys.stderr)
+            wal_mb = db.session.scalar(
+                text("SELECT (CAST(:a AS pg_lsn) - CAST(:b AS pg_lsn)) / 1e6"),
+                {"a": lsn, "b": before[0]},
+            )
+            print(
+                f"timed run: {wal_mb:.0f} MB of WAL, {checkpoints - before[1]} checkpoint(s)",
+                file=sys.stderr,
+            )
         db.session.remove()
     if made != invoices:
         fail(f"the run made {made} invoices but {invoices} exist")
@@ -288,8 +346,10 @@ def run_in_workers(app) -> tuple[float, int]:
         todo.put(chunk)
     ready = ctx.Barrier(WORKERS + 1)
     url = app.config["SQLALCHEMY_DATABASE_URI"]
-    procs = [ctx.Process(target=_chunk_worker, args=(url, app.config["REDIS_URL"], todo, results,
-                                                     ready)) for _ in range(WORKERS)]
+    procs = [
+        ctx.Process(target=_chunk_worker, args=(url, app.config["REDIS_URL"], todo, results, ready))
+        for _ in range(WORKERS)
+    ]
     for proc in procs:
         proc.start()
     ready.wait()
@@ -347,10 +407,17 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
 def build_app(database_url: str, redis_url: str):
     from portal import create_app
 
-    app = create_app({"SECRET_KEY": "bench-secret-key-0123456789abcdef",
-                      "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                      "RQ_ASYNC": True, "CURRENCY": "USD", "LOG_LEVEL": "error",
-                      "METER_CHUNK_USERS": 1000})
+    app = create_app(
+        {
+            "SECRET_KEY": "bench-secret-key-0123456789abcdef",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "RQ_ASYNC": True,
+            "CURRENCY": "USD",
+            "LOG_LEVEL": "error",
+            "METER_CHUNK_USERS": 1000,
+        }
+    )
     app.config["BILLING"] = dataclasses.replace(app.config["BILLING"], invoice_day=1)
     return app
 
@@ -374,8 +441,10 @@ def check(app, invoices: int) -> None:
         if numbered != USERS or paid_by_credit != CREDIT_USERS:
             fail(f"{numbered} numbers, {paid_by_credit} credit payments")
         queued = Redis.from_url(app.config["REDIS_URL"]).llen("rq:queue:invoicing")
-        print(f"invoices {invoices}, credit payments {paid_by_credit}, PDF jobs queued "
-              f"{queued}", file=sys.stderr)
+        print(
+            f"invoices {invoices}, credit payments {paid_by_credit}, PDF jobs queued {queued}",
+            file=sys.stderr,
+        )
         db.session.remove()
 
 
@@ -386,8 +455,12 @@ def pdf_timings(app) -> tuple[float, float]:
     from portal.models import Invoice, InvoicePayment
 
     with app.app_context():
-        snapshot = db.session.scalar(select(Invoice.snapshot).join(
-            InvoicePayment, InvoicePayment.invoice_id == Invoice.id).order_by(Invoice.id).limit(1))
+        snapshot = db.session.scalar(
+            select(Invoice.snapshot)
+            .join(InvoicePayment, InvoicePayment.invoice_id == Invoice.id)
+            .order_by(Invoice.id)
+            .limit(1)
+        )
         db.session.remove()
     try:
         from bench import invoice_pdf as helper  # another bench's measurement, if present
@@ -433,8 +506,10 @@ def main() -> None:
     out = sys.stdout
     with contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        os.environ.setdefault("INSTANCE_PATH", stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="bench-invoicing-")))
+        os.environ.setdefault(
+            "INSTANCE_PATH",
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-invoicing-")),
+        )
         database_url = prepare_database(url, stack)
         import flask_migrate
         from redis import Redis
@@ -460,10 +535,16 @@ def main() -> None:
             with app.app_context():
                 db.engine.dispose()
     figures = {
-        "bench": "invoicing", "db": dialect, "users": USERS, "invoices": invoices,
-        "wall_s": round(wall, 3), "invoices_per_s": round(invoices / wall, 1),
-        "pdf_median_ms": round(pdf_ms, 1), "bare_pdf_median_ms": round(bare_ms, 1),
-        "pdf_ratio": round(pdf_ms / bare_ms, 2)}
+        "bench": "invoicing",
+        "db": dialect,
+        "users": USERS,
+        "invoices": invoices,
+        "wall_s": round(wall, 3),
+        "invoices_per_s": round(invoices / wall, 1),
+        "pdf_median_ms": round(pdf_ms, 1),
+        "bare_pdf_median_ms": round(bare_ms, 1),
+        "pdf_ratio": round(pdf_ms / bare_ms, 2),
+    }
     if WORKERS > 1:
         figures["workers"] = WORKERS
     print(json.dumps(figures), file=out, flush=True)

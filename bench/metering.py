@@ -17,6 +17,7 @@ Prints one JSON line:
 DATABASE_URL selects the database (default: PostgreSQL at 127.0.0.1:5432, database
 `portal_bench_metering`, created afresh). Usage: .venv/bin/python bench/metering.py
 """
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,9 @@ def sql(statement: str):
     from portal.models.types import UTCDateTime
 
     clause = text(statement)
-    return clause.bindparams(bindparam("now", type_=UTCDateTime())) if ":now" in statement else clause
+    return (
+        clause.bindparams(bindparam("now", type_=UTCDateTime())) if ":now" in statement else clause
+    )
 
 
 def seed(db, text) -> None:
@@ -72,40 +75,63 @@ def seed(db, text) -> None:
     db.session.commit()
     now = START
     start_epoch = int(START.timestamp())
-    db.session.execute(sql(SEQ + """
+    db.session.execute(
+        sql(
+            SEQ
+            + """
         INSERT INTO users (id, email, name, is_admin, is_enabled, auth_version, currency,
                            created_at)
-        SELECT n, 'user' || n || '@bench.example', '', false, true, 1, 'USD', :now FROM seq"""),
-        {"count": USERS, "now": now})
+        SELECT n, 'user' || n || '@bench.example', '', false, true, 1, 'USD', :now FROM seq"""
+        ),
+        {"count": USERS, "now": now},
+    )
     ledger.pin_currency("USD")  # as open_user_accounts does
-    db.session.execute(sql(SEQ + """
+    db.session.execute(
+        sql(
+            SEQ
+            + """
         INSERT INTO deployments (id, external_id, user_id, kind, name, labels, state,
                                  price_version_id, cpu_milli, memory_mgb, storage_mgb, public_ip,
                                  started_at, created_at, updated_at)
         SELECT n, 'dep-' || n, (n - 1) / :per_user + 1, 'vm', '', '{}', 'active', :version,
-               2000, 4000, 20000, false, :now, :now, :now FROM seq"""),
-        {"count": USERS * PER_USER, "per_user": PER_USER, "version": version.id, "now": now})
-    db.session.execute(text(SEQ + """
+               2000, 4000, 20000, false, :now, :now, :now FROM seq"""
+        ),
+        {"count": USERS * PER_USER, "per_user": PER_USER, "version": version.id, "now": now},
+    )
+    db.session.execute(
+        text(
+            SEQ
+            + """
         INSERT INTO deployment_intervals (deployment_id, user_id, start_epoch, end_epoch, state,
             cpu_milli, memory_mgb, storage_mgb, instances, public_ips, cpu_rate_micros,
             memory_rate_micros, storage_rate_micros, instance_rate_micros, ip_rate_micros)
         SELECT n, (n - 1) / :per_user + 1, :start, NULL, 'active', 2000, 4000, 20000, 0, 0,
-               :cpu, :mem, :disk, 0, 0 FROM seq"""),
-        {"count": USERS * PER_USER, "per_user": PER_USER, "start": start_epoch,
-         "cpu": version.cpu_per_core_hour_micros, "mem": version.memory_per_gb_hour_micros,
-         "disk": version.storage_per_gb_month_micros})
-    from portal.services import metering
-
+               :cpu, :mem, :disk, 0, 0 FROM seq"""
+        ),
+        {
+            "count": USERS * PER_USER,
+            "per_user": PER_USER,
+            "start": start_epoch,
+            "cpu": version.cpu_per_core_hour_micros,
+            "mem": version.memory_per_gb_hour_micros,
+            "disk": version.storage_per_gb_month_micros,
+        },
+    )
     from sqlalchemy import insert
 
     from portal.models import MeterMark
+    from portal.services import metering
 
-    db.session.execute(insert(MeterMark), [{"chunk": chunk, "metered_through": START}
-                                           for chunk in range(USERS // metering.chunk_size() + 1)])
+    db.session.execute(
+        insert(MeterMark),
+        [
+            {"chunk": chunk, "metered_through": START}
+            for chunk in range(USERS // metering.chunk_size() + 1)
+        ],
+    )
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text("SELECT setval('users_id_seq', :n)"), {"n": USERS})
-        db.session.execute(text("SELECT setval('deployments_id_seq', :n)"),
-                           {"n": USERS * PER_USER})
+        db.session.execute(text("SELECT setval('deployments_id_seq', :n)"), {"n": USERS * PER_USER})
     db.session.commit()
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -117,13 +143,16 @@ def floor(db, text) -> float:
     from portal.services.metering import _SECONDS
 
     db.session.execute(text("CREATE TABLE usage_floor AS SELECT * FROM usage_daily WHERE 1 = 0"))
-    db.session.execute(text("ALTER TABLE usage_floor ADD PRIMARY KEY (deployment_id, day)")
-                       if db.engine.dialect.name == "postgresql" else
-                       text("CREATE UNIQUE INDEX usage_floor_pk ON usage_floor (deployment_id, day)"))
+    db.session.execute(
+        text("ALTER TABLE usage_floor ADD PRIMARY KEY (deployment_id, day)")
+        if db.engine.dialect.name == "postgresql"
+        else text("CREATE UNIQUE INDEX usage_floor_pk ON usage_floor (deployment_id, day)")
+    )
     db.session.commit()
     since = int(START.timestamp())
     started = time.perf_counter()
-    db.session.execute(text(f"""
+    db.session.execute(
+        text(f"""
         INSERT INTO usage_floor (deployment_id, day, user_id, cpu_ms, cpu_cost, memory_ms,
             memory_cost, storage_ms, storage_cost, instance_s, instance_cost, ip_s, ip_cost)
         SELECT s.deployment_id, :day, s.user_id, SUM(s.secs * s.cpu_milli),
@@ -136,28 +165,35 @@ def floor(db, text) -> float:
               WHERE i.start_epoch < :until AND (i.end_epoch IS NULL OR i.end_epoch > :since)) s
         GROUP BY s.deployment_id, s.user_id
         ON CONFLICT (deployment_id, day) DO UPDATE SET cpu_ms = usage_floor.cpu_ms + excluded.cpu_ms
-        """), {"day": START.date(), "since": since, "until": since + 3600})
+        """),
+        {"day": START.date(), "since": since, "until": since + 3600},
+    )
     db.session.commit()
     return time.perf_counter() - started
 
 
 def table_mb(db, text) -> float:
     if db.engine.dialect.name == "postgresql":
-        size = db.session.scalar(text(
-            "SELECT pg_total_relation_size('usage_daily') + pg_total_relation_size('meter_marks')"))
+        size = db.session.scalar(
+            text(
+                "SELECT pg_total_relation_size('usage_daily') + pg_total_relation_size('meter_marks')"
+            )
+        )
     else:
-        size = db.session.scalar(text(
-            "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('usage_daily', 'meter_marks') "
-            "OR name LIKE 'sqlite_autoindex_usage_daily%' OR name LIKE 'ix_usage_daily%'"))
+        size = db.session.scalar(
+            text(
+                "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('usage_daily', 'meter_marks') "
+                "OR name LIKE 'sqlite_autoindex_usage_daily%' OR name LIKE 'ix_usage_daily%'"
+            )
+        )
     return round((size or 0) / 1024 / 1024, 1)
 
 
 def main() -> None:
     url = database_url()
     os.environ.setdefault("SECRET_KEY", "bench-secret-key-0123456789")
-    from sqlalchemy import text
-
     import flask_migrate
+    from sqlalchemy import text
 
     from portal import create_app
     from portal.extensions import db
@@ -165,8 +201,13 @@ def main() -> None:
 
     instance = tempfile.mkdtemp(prefix="bench-metering-")
     os.environ["INSTANCE_PATH"] = instance
-    app = create_app({"DATABASE_URL": url, "REDIS_URL": os.environ.get(
-        "REDIS_URL", "redis://127.0.0.1:6379/14"), "LOG_LEVEL": "warn"})
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+            "LOG_LEVEL": "warn",
+        }
+    )
     with app.app_context():
         flask_migrate.upgrade()
         seed(db, text)
@@ -190,11 +231,21 @@ def main() -> None:
         month_mb = table_mb(db, text)
         db.session.remove()
         db.engine.dispose()
-    print(json.dumps({
-        "bench": "metering", "db": app.config["SQLALCHEMY_DATABASE_URI"].split(":")[0].split("+")[0],
-        "deployments": USERS * PER_USER, "rows": rows, "wall_s": round(wall_s, 3),
-        "floor_s": round(floor_s, 3), "ratio": round(wall_s / floor_s, 2),
-        "peak_rss_mb": round(peak_rss_mb, 1), "table_mb_per_month": month_mb}))
+    print(
+        json.dumps(
+            {
+                "bench": "metering",
+                "db": app.config["SQLALCHEMY_DATABASE_URI"].split(":")[0].split("+")[0],
+                "deployments": USERS * PER_USER,
+                "rows": rows,
+                "wall_s": round(wall_s, 3),
+                "floor_s": round(floor_s, 3),
+                "ratio": round(wall_s / floor_s, 2),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+                "table_mb_per_month": month_mb,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

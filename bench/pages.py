@@ -18,6 +18,7 @@ Environment:
     REDIS_URL      default redis://127.0.0.1:6379/14 (rate-limit storage only).
     BENCH_REQUESTS timed requests (default 500).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ENTRIES = 10_000           # wallet entries of the measured user
+ENTRIES = 10_000  # wallet entries of the measured user
 OTHER_USERS = 5
 OTHER_TRANSACTIONS = 1_000  # per other user
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "500"))
@@ -68,8 +69,9 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
         fail(f"refusing to drop database {name!r}: its name must start with portal_bench")
     admin = parsed.set(drivername="postgresql", database="postgres")
     try:
-        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
-                             connect_timeout=5) as conn:
+        with psycopg.connect(
+            admin.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
@@ -82,16 +84,18 @@ def build_app(database_url: str, redis_url: str):
 
     from portal import create_app
 
-    app = create_app({
-        "TESTING": False,
-        "SECRET_KEY": "bench-secret-key-0123456789abcdef",
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "RQ_ASYNC": False,
-        "CURRENCY": "USD",
-        "LOG_LEVEL": "error",
-        "LOGIN_RATE_LIMIT": "100000 per minute",
-    })
+    app = create_app(
+        {
+            "TESTING": False,
+            "SECRET_KEY": "bench-secret-key-0123456789abcdef",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "RQ_ASYNC": False,
+            "CURRENCY": "USD",
+            "LOG_LEVEL": "error",
+            "LOGIN_RATE_LIMIT": "100000 per minute",
+        }
+    )
     with app.app_context():
         flask_migrate.upgrade()
     return app
@@ -102,18 +106,26 @@ def seed(app) -> str:
     from sqlalchemy import func, insert, select, update
 
     from portal.extensions import db
-    from portal.models import (AccountKind, CreditLot, LedgerAccount, LedgerEntry,
-                               LedgerTransaction, User, utcnow)
+    from portal.models import (
+        AccountKind,
+        CreditLot,
+        LedgerAccount,
+        LedgerEntry,
+        LedgerTransaction,
+        User,
+        utcnow,
+    )
     from portal.money import Money
     from portal.services import accounts, credits, ledger
     from portal.services.reconcile import find_discrepancies
 
     rng = random.Random(20240611)
     with app.app_context():
-        main = accounts.create_user(email="bench@example.com", password=PASSWORD,
-                                    name="Bench User")
-        others = [accounts.create_user(email=f"other{i}@example.com", name=f"Other {i}")
-                  for i in range(OTHER_USERS)]
+        main = accounts.create_user(email="bench@example.com", password=PASSWORD, name="Bench User")
+        others = [
+            accounts.create_user(email=f"other{i}@example.com", name=f"Other {i}")
+            for i in range(OTHER_USERS)
+        ]
         db.session.flush()
         currency = main.currency
         clearing = ledger.system_account(AccountKind.STRIPE_CLEARING, currency)
@@ -122,8 +134,10 @@ def seed(app) -> str:
 
         # Most in bulk, over the last year: transactions, then their entries and credit lots,
         # then the cached balances, tracked here exactly as post_transaction would move them.
-        wallet = {u.id: {k: ledger.user_account(u, k) for k in
-                         (AccountKind.CASH, AccountKind.CREDIT)} for u in [main, *others]}
+        wallet = {
+            u.id: {k: ledger.user_account(u, k) for k in (AccountKind.CASH, AccountKind.CREDIT)}
+            for u in [main, *others]
+        }
         balance = {a.id: a.balance_minor for w in wallet.values() for a in w.values()}
         start = utcnow() - timedelta(days=365)
         plan = []  # (user, kind, wallet account, counter account, amount, description)
@@ -133,16 +147,33 @@ def seed(app) -> str:
                 roll = rng.random()
                 charge = rng.randrange(100, 5_000)
                 if roll < 0.1:
-                    plan.append((user, "credit_grant", credit, grants, rng.randrange(500, 10_000),
-                                 rng.choice(["Goodwill credit", "Outage compensation",
-                                             "Referral bonus"])))
+                    plan.append(
+                        (
+                            user,
+                            "credit_grant",
+                            credit,
+                            grants,
+                            rng.randrange(500, 10_000),
+                            rng.choice(
+                                ["Goodwill credit", "Outage compensation", "Referral bonus"]
+                            ),
+                        )
+                    )
                 elif roll < 0.55 or balance[cash.id] < charge:
                     amount = rng.randrange(1_000, 20_000)
                     plan.append((user, "topup", cash, clearing, amount, "Card top-up"))
                     balance[cash.id] += amount
                 else:
-                    plan.append((user, "charge", cash, revenue, -charge,
-                                 rng.choice(["", f"Invoice INV-{i:05d}"])))
+                    plan.append(
+                        (
+                            user,
+                            "charge",
+                            cash,
+                            revenue,
+                            -charge,
+                            rng.choice(["", f"Invoice INV-{i:05d}"]),
+                        )
+                    )
                     balance[cash.id] -= charge
                 if plan[-1][1] == "credit_grant":
                     balance[credit.id] += plan[-1][4]
@@ -161,55 +192,97 @@ def seed(app) -> str:
         for seq, idx in enumerate(ordered):
             user, kind, account, counter, amount, description = plan[idx]
             legs = {account.id: amount, counter.id: -amount}
-            fingerprint = ({"reason": description, "expires_at": None, "user": user.id}
-                           if kind == "credit_grant" else None)
-            txn_rows.append({
-                "idempotency_key": f"bench:{user.id}:{idx}", "kind": kind,
-                "content_hash": ledger._content_hash(kind, legs, fingerprint),
-                "user_id": user.id, "created_by_id": None, "description": description,
-                "created_at": start + step * seq})
+            fingerprint = (
+                {"reason": description, "expires_at": None, "user": user.id}
+                if kind == "credit_grant"
+                else None
+            )
+            txn_rows.append(
+                {
+                    "idempotency_key": f"bench:{user.id}:{idx}",
+                    "kind": kind,
+                    "content_hash": ledger._content_hash(kind, legs, fingerprint),
+                    "user_id": user.id,
+                    "created_by_id": None,
+                    "description": description,
+                    "created_at": start + step * seq,
+                }
+            )
         ids = db.session.scalars(
-            insert(LedgerTransaction).returning(LedgerTransaction.id,
-                                                sort_by_parameter_order=True),
-            txn_rows).all()
+            insert(LedgerTransaction).returning(LedgerTransaction.id, sort_by_parameter_order=True),
+            txn_rows,
+        ).all()
         entry_rows, lot_rows = [], []
         for txn_id, idx, row in zip(ids, ordered, txn_rows, strict=True):
             user, kind, account, counter, amount, description = plan[idx]
             for aid, amt in sorted({account.id: amount, counter.id: -amount}.items()):
-                entry_rows.append({"transaction_id": txn_id, "account_id": aid,
-                                   "amount_minor": amt, "currency": currency})
+                entry_rows.append(
+                    {
+                        "transaction_id": txn_id,
+                        "account_id": aid,
+                        "amount_minor": amt,
+                        "currency": currency,
+                    }
+                )
             if kind == "credit_grant":
-                lot_rows.append({"user_id": user.id, "account_id": account.id,
-                                 "currency": currency, "amount_minor": amount,
-                                 "remaining_minor": amount, "reason": description,
-                                 "expires_at": None, "expired_at": None, "granted_by_id": None,
-                                 "transaction_id": txn_id, "created_at": row["created_at"]})
+                lot_rows.append(
+                    {
+                        "user_id": user.id,
+                        "account_id": account.id,
+                        "currency": currency,
+                        "amount_minor": amount,
+                        "remaining_minor": amount,
+                        "reason": description,
+                        "expires_at": None,
+                        "expired_at": None,
+                        "granted_by_id": None,
+                        "transaction_id": txn_id,
+                        "created_at": row["created_at"],
+                    }
+                )
         db.session.execute(insert(LedgerEntry), entry_rows)
         db.session.execute(insert(CreditLot), lot_rows)
         for aid, value in balance.items():
-            db.session.execute(update(LedgerAccount).where(LedgerAccount.id == aid)
-                               .values(balance_minor=value))
+            db.session.execute(
+                update(LedgerAccount).where(LedgerAccount.id == aid).values(balance_minor=value)
+            )
         db.session.commit()
 
         # The newest few through the real services, beside the bulk rows.
-        credits.grant_credit(user=main, amount=Money(2500, currency), reason="Welcome credit",
-                             idempotency_key="bench-welcome")
+        credits.grant_credit(
+            user=main,
+            amount=Money(2500, currency),
+            reason="Welcome credit",
+            idempotency_key="bench-welcome",
+        )
         for legs, kind, key in (
-                ([(clearing, -10_000), (ledger.user_account(main, AccountKind.CASH), 10_000)],
-                 "topup", "bench-topup-0"),
-                ([(ledger.user_account(main, AccountKind.CASH), -1_234), (revenue, 1_234)],
-                 "charge", "bench-charge-0")):
-            ledger.post_transaction(idempotency_key=key, kind=kind, legs=legs, user_id=main.id,
-                                    description="")
+            (
+                [(clearing, -10_000), (ledger.user_account(main, AccountKind.CASH), 10_000)],
+                "topup",
+                "bench-topup-0",
+            ),
+            (
+                [(ledger.user_account(main, AccountKind.CASH), -1_234), (revenue, 1_234)],
+                "charge",
+                "bench-charge-0",
+            ),
+        ):
+            ledger.post_transaction(
+                idempotency_key=key, kind=kind, legs=legs, user_id=main.id, description=""
+            )
         db.session.commit()
 
         problems = find_discrepancies()
         if problems:
             fail("the seeded ledger does not reconcile:\n" + "\n".join(problems[:20]))
         wallet_ids = [a.id for a in wallet[main.id].values()] + [
-            ledger.user_account(main, AccountKind.VOUCHER).id]
-        count = db.session.scalar(select(func.count()).select_from(LedgerEntry)
-                                  .where(LedgerEntry.account_id.in_(wallet_ids)))
+            ledger.user_account(main, AccountKind.VOUCHER).id
+        ]
+        count = db.session.scalar(
+            select(func.count())
+            .select_from(LedgerEntry)
+            .where(LedgerEntry.account_id.in_(wallet_ids))
+        )
         if count != ENTRIES:
             fail(f"seeded {count} wallet entries, expected {ENTRIES}")
         email = db.session.get(User, main.id).email
@@ -228,13 +301,18 @@ def measure(app, email: str) -> list[float]:
     match = CSRF_RE.search(page.get_data(as_text=True))
     if page.status_code != 200 or not match:
         fail(f"no CSRF token on the login page (status {page.status_code})")
-    login = client.post("/auth/login", data={"email": email, "password": PASSWORD,
-                                             "csrf_token": match.group(1)})
+    login = client.post(
+        "/auth/login", data={"email": email, "password": PASSWORD, "csrf_token": match.group(1)}
+    )
     if login.status_code != 303:
         fail(f"login failed with status {login.status_code}")
     first = client.get("/wallet/")
     body = first.get_data(as_text=True)
-    if first.status_code != 200 or body.count('<tr id="entry-') != 25 or "Page 1 of 400" not in body:
+    if (
+        first.status_code != 200
+        or body.count('<tr id="entry-') != 25
+        or "Page 1 of 400" not in body
+    ):
         fail(f"unexpected wallet page (status {first.status_code})")
     for _ in range(WARMUP):
         client.get("/wallet/")
@@ -274,9 +352,19 @@ def main() -> None:
 
             with app.app_context():
                 db.engine.dispose()
-    print(json.dumps({"bench": "pages", "db": dialect, "entries": ENTRIES,
-                      "median_ms": round(statistics.median(timings), 2),
-                      "p99_ms": round(percentile(timings, 99), 2)}), file=out, flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "pages",
+                "db": dialect,
+                "entries": ENTRIES,
+                "median_ms": round(statistics.median(timings), 2),
+                "p99_ms": round(percentile(timings, 99), 2),
+            }
+        ),
+        file=out,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

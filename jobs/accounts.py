@@ -1,5 +1,6 @@
 """Account jobs: sign-up and forgot-password mail, looked up away from the request so that
 answering it takes the same work for every address."""
+
 from portal.extensions import db
 from portal.services import accounts
 

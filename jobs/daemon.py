@@ -12,6 +12,7 @@ BUILTIN_BILLING_AFTER_MINUTES and schedules, through the same lease, when none i
 SIGTERM or SIGINT: no new cycle starts, the current one finishes, the lease is released,
 the status becomes stopped, database connections are closed, exit 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,16 +39,21 @@ class Scheduler:
     """One scheduler process. ``clock`` is the real time (lease, heartbeat); the schedule
     reads ``clock() + schedule_offset``, which ``--now`` sets for tests and replays."""
 
-    def __init__(self, app: Flask, *, kind: SchedulerKind = SchedulerKind.DAEMON,
-                 clock: Callable[[], datetime] = utcnow,
-                 schedule_offset: timedelta = timedelta(0), instance: str | None = None,
-                 parent_pid: int | None = None):
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        kind: SchedulerKind = SchedulerKind.DAEMON,
+        clock: Callable[[], datetime] = utcnow,
+        schedule_offset: timedelta = timedelta(0),
+        instance: str | None = None,
+        parent_pid: int | None = None,
+    ):
         config = app.config
         self.app, self.kind, self.clock, self.offset = app, kind, clock, schedule_offset
         self.heartbeat = scheduler.duration(config["DAEMON_HEARTBEAT_SECONDS"])
         self.lease_ttl = scheduler.duration(config["DAEMON_LEASE_SECONDS"])
-        self.builtin_after = scheduler.duration(config["BUILTIN_BILLING_AFTER_MINUTES"],
-                                                "minutes")
+        self.builtin_after = scheduler.duration(config["BUILTIN_BILLING_AFTER_MINUTES"], "minutes")
         self.instance = instance or scheduler.instance_id()
         self.parent_pid = parent_pid
         self.epoch: int | None = None
@@ -65,7 +71,8 @@ class Scheduler:
                 self._beat(now)
                 self.registered = True
             if self.kind == SchedulerKind.BUILTIN and scheduler.daemon_alive(
-                    now=now, within=self.builtin_after):
+                now=now, within=self.builtin_after
+            ):
                 self._pause(now)
             else:
                 self._lead_or_stand_by(now)
@@ -79,8 +86,14 @@ class Scheduler:
         return self._wait_after(now)
 
     def _beat(self, now: datetime) -> None:
-        scheduler.heartbeat(self.instance, kind=self.kind, role=self.role, epoch=self.epoch,
-                            state=DaemonState.RUNNING, now=now)
+        scheduler.heartbeat(
+            self.instance,
+            kind=self.kind,
+            role=self.role,
+            epoch=self.epoch,
+            state=DaemonState.RUNNING,
+            now=now,
+        )
         db.session.commit()
 
     def _pause(self, now: datetime) -> None:
@@ -91,10 +104,13 @@ class Scheduler:
 
     def _lead_or_stand_by(self, now: datetime) -> None:
         if self.role == SchedulerRole.PAUSED:
-            log.warning("no billing daemon heartbeat for %s: built-in billing takes over",
-                        self.builtin_after)
-        epoch = scheduler.hold_lease(holder=self.instance, epoch=self.epoch, now=now,
-                                     ttl=self.lease_ttl)
+            log.warning(
+                "no billing daemon heartbeat for %s: built-in billing takes over",
+                self.builtin_after,
+            )
+        epoch = scheduler.hold_lease(
+            holder=self.instance, epoch=self.epoch, now=now, ttl=self.lease_ttl
+        )
         db.session.commit()
         if epoch != self.epoch:
             if epoch is None:
@@ -109,9 +125,14 @@ class Scheduler:
     def _schedule(self, now: datetime, epoch: int) -> None:
         log.debug("cycle: scheduling up to %s", self.schedule_now(now).isoformat())
         try:
-            runs = scheduler.claim_due_runs(scheduler.periodic_jobs(), holder=self.instance,
-                                            epoch=epoch, now=now, ttl=self.lease_ttl,
-                                            until=self.schedule_now(now))
+            runs = scheduler.claim_due_runs(
+                scheduler.periodic_jobs(),
+                holder=self.instance,
+                epoch=epoch,
+                now=now,
+                ttl=self.lease_ttl,
+                until=self.schedule_now(now),
+            )
             ids, names = [r.id for r in runs], [r.job_id for r in runs]
             db.session.commit()  # the runs are enqueued once this commits
         except scheduler.LeaseLost as exc:
@@ -127,13 +148,19 @@ class Scheduler:
         again_names = [r.job_id for r in again]
         db.session.commit()
         if again_names:
-            log.warning("enqueued again (the first enqueue was lost): %s",
-                        ", ".join(again_names))
+            log.warning("enqueued again (the first enqueue was lost): %s", ", ".join(again_names))
 
     def _record_error(self, now: datetime, exc: Exception) -> None:
         try:
-            scheduler.heartbeat(self.instance, kind=self.kind, role=self.role, epoch=self.epoch,
-                                state=DaemonState.ERROR, now=now, error=str(exc))
+            scheduler.heartbeat(
+                self.instance,
+                kind=self.kind,
+                role=self.role,
+                epoch=self.epoch,
+                state=DaemonState.ERROR,
+                now=now,
+                error=str(exc),
+            )
             db.session.commit()
         except Exception:  # the database itself may be what failed
             db.session.rollback()
@@ -155,8 +182,7 @@ class Scheduler:
             # Wake for the next due time if it comes before the next heartbeat.
             at = self.schedule_now(now)
             try:
-                soonest = min((job.next_due(at) for job in scheduler.periodic_jobs()),
-                              default=None)
+                soonest = min((job.next_due(at) for job in scheduler.periodic_jobs()), default=None)
             except Exception:
                 soonest = None
             if soonest is not None:
@@ -168,9 +194,14 @@ class Scheduler:
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def run(self) -> None:
-        log.info("%s %s started (heartbeat %ss, lease %ss%s)", self._label(), self.instance,
-                 self.heartbeat.total_seconds(), self.lease_ttl.total_seconds(),
-                 f", schedule clock shifted by {self.offset}" if self.offset else "")
+        log.info(
+            "%s %s started (heartbeat %ss, lease %ss%s)",
+            self._label(),
+            self.instance,
+            self.heartbeat.total_seconds(),
+            self.lease_ttl.total_seconds(),
+            f", schedule clock shifted by {self.offset}" if self.offset else "",
+        )
         if self.kind == SchedulerKind.BUILTIN:
             # Give a daemon started alongside (make run) the time to beat first.
             self.stopping.wait(self.heartbeat.total_seconds())
@@ -187,8 +218,14 @@ class Scheduler:
         try:
             self._release(now)
             self.role = SchedulerRole.STANDBY
-            scheduler.heartbeat(self.instance, kind=self.kind, role=self.role, epoch=None,
-                                state=DaemonState.STOPPED, now=now)
+            scheduler.heartbeat(
+                self.instance,
+                kind=self.kind,
+                role=self.role,
+                epoch=None,
+                state=DaemonState.STOPPED,
+                now=now,
+            )
             db.session.commit()
         except Exception:
             db.session.rollback()
@@ -200,8 +237,10 @@ class Scheduler:
 
     def stop(self, signum: int | None = None, _frame=None) -> None:
         if signum is not None:
-            log.info("%s received: finishing the current cycle, then stopping",
-                     signal.Signals(signum).name)
+            log.info(
+                "%s received: finishing the current cycle, then stopping",
+                signal.Signals(signum).name,
+            )
         self.stopping.set()
 
     def _label(self) -> str:
@@ -226,8 +265,14 @@ def parse_now(value: str | None) -> timedelta:
     return offset
 
 
-def run(app: Flask, *, kind: SchedulerKind = SchedulerKind.DAEMON, now: str | None = None,
-        once: bool = False, parent_pid: int | None = None) -> int:
+def run(
+    app: Flask,
+    *,
+    kind: SchedulerKind = SchedulerKind.DAEMON,
+    now: str | None = None,
+    once: bool = False,
+    parent_pid: int | None = None,
+) -> int:
     """Run a scheduler in this process until SIGTERM/SIGINT (or one cycle with ``once``)."""
     sched = Scheduler(app, kind=kind, schedule_offset=parse_now(now), parent_pid=parent_pid)
     signal.signal(signal.SIGTERM, sched.stop)
@@ -246,8 +291,9 @@ def start_builtin(app: Flask) -> subprocess.Popen | None:
     off). It stops on SIGTERM and when the worker goes away."""
     if not app.config.get("BUILTIN_BILLING", True):
         return None
-    return subprocess.Popen([sys.executable, "-m", "jobs.daemon", "--builtin",
-                             "--parent-pid", str(os.getpid())])
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.daemon", "--builtin", "--parent-pid", str(os.getpid())]
+    )
 
 
 def stop_builtin(process: subprocess.Popen | None, timeout: float = 30) -> None:
@@ -263,8 +309,11 @@ def stop_builtin(process: subprocess.Popen | None, timeout: float = 30) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.daemon")
-    parser.add_argument("--builtin", action="store_true",
-                        help="run as the built-in failover scheduler (what workers start)")
+    parser.add_argument(
+        "--builtin",
+        action="store_true",
+        help="run as the built-in failover scheduler (what workers start)",
+    )
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
     parser.add_argument("--now", help="shift the schedule's clock to this ISO time (tests)")
     parser.add_argument("--once", action="store_true", help="run one cycle, then stop")
@@ -272,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     from portal import create_app
 
     app = create_app()
-    return run(app, kind=SchedulerKind.BUILTIN if args.builtin else SchedulerKind.DAEMON,
-               now=args.now, once=args.once, parent_pid=args.parent_pid)
+    return run(
+        app,
+        kind=SchedulerKind.BUILTIN if args.builtin else SchedulerKind.DAEMON,
+        now=args.now,
+        once=args.once,
+        parent_pid=args.parent_pid,
+    )
 
 
 if __name__ == "__main__":

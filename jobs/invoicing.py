@@ -1,4 +1,5 @@
 """Invoicing jobs: the period run fans out one job per chunk of users; overdue marking."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -33,8 +34,13 @@ def generate_invoices(period_start_iso: str | None = None) -> dict:
         return totals.figures()
     stamp = start.strftime("%Y-%m-%d")
     for chunk in chunks:
-        enqueue("invoicing", "jobs.invoicing.generate_chunk", chunk, stamp,
-                job_id=f"invoice:{chunk}:{stamp}")
+        enqueue(
+            "invoicing",
+            "jobs.invoicing.generate_chunk",
+            chunk,
+            stamp,
+            job_id=f"invoice:{chunk}:{stamp}",
+        )
     return {"chunks": len(chunks), "period_start": stamp}
 
 

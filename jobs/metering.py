@@ -1,6 +1,7 @@
 """Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
 `meter_chunk` meters one chunk of users and commits; `backfill_deployment` meters one
 deployment's past days again after a change dated before its chunk's mark."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -29,8 +30,9 @@ def meter_due(upto_iso: str | None = None) -> dict:
             db.session.commit()
         return totals.figures()
     for chunk in chunks:
-        enqueue("metering", "jobs.metering.meter_chunk", chunk, stamp,
-                job_id=f"meter:{chunk}:{stamp}")
+        enqueue(
+            "metering", "jobs.metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}"
+        )
     return {"chunks": len(chunks), "upto": stamp}
 
 

@@ -1,5 +1,6 @@
 """What RQ knows about jobs: status, progress, queue depths, failed jobs and their retry.
 Job ids here are ours ("meter:2026-11-21T18"); RQ stores them as rq_job_id() spells them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def _fetch(job_id: str) -> Job | None:
 
 
 def job_status(queue: str, job_id: str) -> str | None:
-    """"queued", "started", "finished", "failed"... or None when Redis has no such job."""
+    """ "queued", "started", "finished", "failed"... or None when Redis has no such job."""
     job = _fetch(job_id)
     if job is None:
         return None
@@ -49,8 +50,14 @@ def depths() -> list[Depth]:
     rows = []
     for name in QUEUES:
         queue = get_queue(name)
-        rows.append(Depth(name, queue.count, StartedJobRegistry(queue=queue).count,
-                          FailedJobRegistry(queue=queue).count))
+        rows.append(
+            Depth(
+                name,
+                queue.count,
+                StartedJobRegistry(queue=queue).count,
+                FailedJobRegistry(queue=queue).count,
+            )
+        )
     return rows
 
 
@@ -92,8 +99,9 @@ def failed_jobs(limit: int = FAILED_SHOWN) -> list[Failed]:
         for job in Job.fetch_many(ids, connection=registry.connection):
             if job is None:
                 continue
-            found.append(Failed(job.id, name, job.func_name or "", _error(job), job.ended_at,
-                                _run_id(job)))
+            found.append(
+                Failed(job.id, name, job.func_name or "", _error(job), job.ended_at, _run_id(job))
+            )
     found.sort(key=lambda f: f.ended_at or datetime.min.replace(tzinfo=UTC), reverse=True)
     return found[:limit]
 

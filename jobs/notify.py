@@ -1,4 +1,5 @@
 """Mail jobs."""
+
 from portal.extensions import db
 from portal.services import mail
 

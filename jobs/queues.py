@@ -3,6 +3,7 @@
 Jobs are enqueued only after the transaction that made their work visible commits, so a
 worker never looks for rows that do not exist yet; a rollback drops them.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,9 @@ def get_queue(name: str = "default", app: Flask | None = None) -> Queue:
     return Queue(name, connection=redis_connection(app), is_async=app.config["RQ_ASYNC"])
 
 
-def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
-            **kwargs: Any) -> Job | None:
+def enqueue(
+    queue_name: str, func: str, *args: Any, job_id: str | None = None, **kwargs: Any
+) -> Job | None:
     """Enqueue now. A job id that is already waiting or running is not enqueued twice."""
     queue = get_queue(queue_name)
     if job_id is not None:
@@ -60,8 +62,7 @@ def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
             status = Job.fetch(job_id, connection=queue.connection).get_status()
         except Exception:  # no such job (or expired): enqueue it
             status = None
-        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
-                      JobStatus.SCHEDULED):
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return None
     if not queue.is_async:
         # Synchronous mode (tests, one-off commands): run in a fresh app context, so the
@@ -72,8 +73,9 @@ def enqueue(queue_name: str, func: str, *args: Any, job_id: str | None = None,
 
 
 BATCH_AT = 50  # jobs of one queue from one commit from which they go as one batch job
-_WAITING = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
-                                      JobStatus.SCHEDULED))
+_WAITING = frozenset(
+    s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+)
 
 
 def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) -> int:
@@ -90,9 +92,11 @@ def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) ->
         for job_id in ids:
             pipe.hget(Job.key_for(job_id or "-"), "status")
         statuses = pipe.execute()
-    todo = [Queue.prepare_data(func, args, job_id=job_id)
-            for (func, args, _), job_id, status in zip(jobs, ids, statuses)
-            if job_id is None or status is None or status.decode() not in _WAITING]
+    todo = [
+        Queue.prepare_data(func, args, job_id=job_id)
+        for (func, args, _), job_id, status in zip(jobs, ids, statuses, strict=False)
+        if job_id is None or status is None or status.decode() not in _WAITING
+    ]
     if todo:
         with queue.connection.pipeline() as pipe:
             queue.enqueue_many(todo, pipeline=pipe)
@@ -100,8 +104,9 @@ def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) ->
     return len(todo)
 
 
-def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | None = None,
-                         **kwargs: Any) -> None:
+def enqueue_after_commit(
+    queue_name: str, func: str, *args: Any, job_id: str | None = None, **kwargs: Any
+) -> None:
     from portal.extensions import db
 
     session = db.session()
@@ -111,7 +116,8 @@ def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | N
         session.begin()
     # Tagged with the savepoint it was asked for in: a rolled-back savepoint takes it along.
     db.session.info.setdefault(_PENDING, []).append(
-        (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction()))
+        (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction())
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -126,10 +132,13 @@ def init_app(app: Flask) -> None:
         if session.in_nested_transaction():
             # A released savepoint's jobs now belong to the transaction around it.
             released = session.get_nested_transaction()
-            parent = released.parent if released.parent is not None \
-                and released.parent.nested else None
-            session.info[_PENDING] = [item[:5] + (parent,) if item[5] is released else item
-                                      for item in session.info.get(_PENDING, [])]
+            parent = (
+                released.parent if released.parent is not None and released.parent.nested else None
+            )
+            session.info[_PENDING] = [
+                item[:5] + (parent,) if item[5] is released else item
+                for item in session.info.get(_PENDING, [])
+            ]
             return
         pending = [item[:5] for item in session.info.pop(_PENDING, [])]
         by_queue: dict[str, list] = {}
@@ -140,8 +149,12 @@ def init_app(app: Flask) -> None:
             if len(plain) >= BATCH_AT and get_queue(queue_name).is_async:
                 # Many jobs from one commit (an invoice run's PDFs): one job that enqueues
                 # them, so the commit costs one enqueue, not one per job.
-                enqueue(queue_name, "jobs.queues.enqueue_batch", queue_name,
-                        [(func, args, job_id) for _, func, args, job_id, _ in plain])
+                enqueue(
+                    queue_name,
+                    "jobs.queues.enqueue_batch",
+                    queue_name,
+                    [(func, args, job_id) for _, func, args, job_id, _ in plain],
+                )
                 items = [item for item in items if item[4]]
             for _, func, args, job_id, kwargs in items:
                 enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
@@ -149,7 +162,10 @@ def init_app(app: Flask) -> None:
     @event.listens_for(session_class, "after_soft_rollback")
     def _after_rollback(session, previous_transaction):
         if previous_transaction.nested:  # a savepoint: the jobs asked for inside it go
-            session.info[_PENDING] = [item for item in session.info.get(_PENDING, [])
-                                      if item[5] is not previous_transaction]
+            session.info[_PENDING] = [
+                item
+                for item in session.info.get(_PENDING, [])
+                if item[5] is not previous_transaction
+            ]
         elif previous_transaction.parent is None:  # the outermost transaction
             session.info.pop(_PENDING, None)

@@ -1,5 +1,6 @@
 """The RQ job every scheduled or manual run goes through: it marks the run started, calls
 the job function (which commits its own work) and records outcome, duration and figures."""
+
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ from portal.models import utcnow
 from portal.services import scheduler
 
 log = logging.getLogger("jobs.runs")
+
 
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
@@ -31,13 +33,13 @@ def execute(run_id: int):
     except Exception as exc:
         db.session.rollback()
         error = "".join(traceback.format_exception_only(exc)).strip()
-        scheduler.finish_run(run_id, now=utcnow(), duration_ms=_elapsed_ms(started),
-                             error=error)
+        scheduler.finish_run(run_id, now=utcnow(), duration_ms=_elapsed_ms(started), error=error)
         db.session.commit()
         log.error("%s failed: %s", job_id, error)
         raise  # RQ keeps it in the failed registry, where the admin page offers a retry
-    finished = scheduler.finish_run(run_id, now=utcnow(), duration_ms=_elapsed_ms(started),
-                                    result=result)
+    finished = scheduler.finish_run(
+        run_id, now=utcnow(), duration_ms=_elapsed_ms(started), result=result
+    )
     db.session.commit()
     log.info("%s succeeded in %s ms: %s", job_id, finished.duration_ms, finished.figures)
     return result

@@ -3,6 +3,7 @@ a name (used by the admin page and ``POST /jobs/<name>``), a cron expression in 
 function of the app config that returns one), the dotted job function, its queue, the
 prefix of its deterministic job ids and how a due time becomes the function's arguments.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -33,9 +34,16 @@ class Registration:
 _REGISTRY: dict[str, Registration] = {}
 
 
-def register(name: str, *, cron: str | Callable[[Config], str], func: str, queue: str,
-             id_prefix: str, args: Callable[[datetime], tuple] = lambda due: (),
-             enabled: Callable[[Config], bool] = lambda config: True) -> Registration:
+def register(
+    name: str,
+    *,
+    cron: str | Callable[[Config], str],
+    func: str,
+    queue: str,
+    id_prefix: str,
+    args: Callable[[datetime], tuple] = lambda due: (),
+    enabled: Callable[[Config], bool] = lambda config: True,
+) -> Registration:
     registration = Registration(name, cron, func, queue, id_prefix, args, enabled)
     _REGISTRY[name] = registration
     return registration
@@ -54,9 +62,15 @@ def _meter_upto(due: datetime) -> tuple:
     return (due.astimezone(UTC).strftime("%Y-%m-%dT%H"),)
 
 
-register("calculate-usage", cron=lambda config: config["BILLING"].usage_calculation_interval,
-         func="jobs.metering.meter_due", queue="metering", id_prefix="meter", args=_meter_upto,
-         enabled=lambda config: config["BILLING"].enabled)
+register(
+    "calculate-usage",
+    cron=lambda config: config["BILLING"].usage_calculation_interval,
+    func="jobs.metering.meter_due",
+    queue="metering",
+    id_prefix="meter",
+    args=_meter_upto,
+    enabled=lambda config: config["BILLING"].enabled,
+)
 
 
 def _invoice_period(due: datetime) -> tuple:
@@ -66,17 +80,46 @@ def _invoice_period(due: datetime) -> tuple:
 
 
 # On the invoice day, just after midnight UTC, the period that ended is invoiced.
-register("generate-invoices",
-         cron=lambda config: f"5 0 {config['BILLING'].invoice_day} * *",
-         func="jobs.invoicing.generate_invoices", queue="invoicing", id_prefix="invoices",
-         args=_invoice_period, enabled=lambda config: config["BILLING"].enabled)
-register("mark-overdue", cron="15 0 * * *", func="jobs.invoicing.mark_overdue",
-         queue="invoicing", id_prefix="overdue", enabled=lambda config: config["BILLING"].enabled)
-register("settle-invoices", cron="30 1 * * *", func="jobs.settlement.settle_due",
-         queue="settlement", id_prefix="settle", enabled=lambda config: config["BILLING"].enabled)
+register(
+    "generate-invoices",
+    cron=lambda config: f"5 0 {config['BILLING'].invoice_day} * *",
+    func="jobs.invoicing.generate_invoices",
+    queue="invoicing",
+    id_prefix="invoices",
+    args=_invoice_period,
+    enabled=lambda config: config["BILLING"].enabled,
+)
+register(
+    "mark-overdue",
+    cron="15 0 * * *",
+    func="jobs.invoicing.mark_overdue",
+    queue="invoicing",
+    id_prefix="overdue",
+    enabled=lambda config: config["BILLING"].enabled,
+)
+register(
+    "settle-invoices",
+    cron="30 1 * * *",
+    func="jobs.settlement.settle_due",
+    queue="settlement",
+    id_prefix="settle",
+    enabled=lambda config: config["BILLING"].enabled,
+)
 # Webhooks whose processing job was lost (a crash between commit and enqueue) go again.
-register("requeue-webhooks", cron="*/10 * * * *", func="jobs.settlement.requeue_webhooks",
-         queue="settlement", id_prefix="webhooks", enabled=lambda config: config["BILLING"].enabled)
+register(
+    "requeue-webhooks",
+    cron="*/10 * * * *",
+    func="jobs.settlement.requeue_webhooks",
+    queue="settlement",
+    id_prefix="webhooks",
+    enabled=lambda config: config["BILLING"].enabled,
+)
 # Card charges whose answer was lost (a timeout, a crash) are looked up at the gateway.
-register("recover-payments", cron="5-55/10 * * * *", func="jobs.settlement.recover_payments",
-         queue="settlement", id_prefix="recover", enabled=lambda config: config["BILLING"].enabled)
+register(
+    "recover-payments",
+    cron="5-55/10 * * * *",
+    func="jobs.settlement.recover_payments",
+    queue="settlement",
+    id_prefix="recover",
+    enabled=lambda config: config["BILLING"].enabled,
+)

@@ -1,5 +1,6 @@
 """Settlement jobs: one user's unpaid invoices, the daily sweep over everyone's, and the
 gateway's webhook events (stored by the web request, processed here)."""
+
 from __future__ import annotations
 
 from portal.extensions import db
@@ -11,8 +12,12 @@ from .queues import enqueue, get_queue
 def settle_user(user_id: int) -> dict:
     """Wallets, then cards (settlement.settle commits as it goes)."""
     result = settlement.settle(user_id)
-    return {"paid": len(result.paid), "payments": result.payments,
-            "card_attempts": result.card_attempts, "failed": len(result.failed)}
+    return {
+        "paid": len(result.paid),
+        "payments": result.payments,
+        "card_attempts": result.card_attempts,
+        "failed": len(result.failed),
+    }
 
 
 def recover_payments() -> dict:

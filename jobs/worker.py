@@ -1,5 +1,6 @@
 """RQ worker entry point: builds the app once; every job runs in its own app context
 (and so its own database session)."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,13 @@ class AppWorker(Worker):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.worker")
-    parser.add_argument("--burst", action="store_true",
-                        help="run the jobs waiting now, then exit")
-    parser.add_argument("queues", nargs="*", metavar="QUEUE",
-                        help=f"queues to work on (default: all of {', '.join(QUEUES)})")
+    parser.add_argument("--burst", action="store_true", help="run the jobs waiting now, then exit")
+    parser.add_argument(
+        "queues",
+        nargs="*",
+        metavar="QUEUE",
+        help=f"queues to work on (default: all of {', '.join(QUEUES)})",
+    )
     args = parser.parse_args(argv)
     queues = args.queues or list(QUEUES)
     app = create_app()

@@ -1,4 +1,5 @@
 """The billing portal: create_app() builds the Flask application."""
+
 from __future__ import annotations
 
 import json as std_json
@@ -25,8 +26,12 @@ class DecimalJSONProvider(DefaultJSONProvider):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__, instance_path=os.environ.get(
-        "INSTANCE_PATH", os.path.join(os.path.dirname(os.path.dirname(__file__)), "instance")))
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get(
+            "INSTANCE_PATH", os.path.join(os.path.dirname(os.path.dirname(__file__)), "instance")
+        ),
+    )
     app.json_provider_class = DecimalJSONProvider
     app.json = DecimalJSONProvider(app)
     try:
@@ -45,9 +50,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     request_guard.init_app(app)
     db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                                                     "migrations"),
-                     render_as_batch=True, compare_type=True)
+    migrate.init_app(
+        app,
+        db,
+        directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"),
+        render_as_batch=True,
+        compare_type=True,
+    )
     login_manager.init_app(app)
     csrf.init_app(app)
     limiter.init_app(app)
@@ -57,6 +66,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         _configure_engine(db.engine)
 
     from jobs import queues
+
     queues.init_app(app)
 
     from . import models  # noqa: F401  (registers the tables)
@@ -74,7 +84,7 @@ def _limiter_storage(redis_url: str) -> str:
     if not redis_url:
         return "memory://"
     if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url[len("unix://"):]
+        return "redis+unix://" + redis_url[len("unix://") :]
     return redis_url
 
 
@@ -102,12 +112,19 @@ def _configure_engine(engine) -> None:
 
 
 def _configure_logging(app: Flask) -> None:
-    level = {"error": logging.ERROR, "warn": logging.WARNING, "warning": logging.WARNING,
-             "info": logging.INFO, "debug": logging.DEBUG}[app.config["LOG_LEVEL"]]
+    level = {
+        "error": logging.ERROR,
+        "warn": logging.WARNING,
+        "warning": logging.WARNING,
+        "info": logging.INFO,
+        "debug": logging.DEBUG,
+    }[app.config["LOG_LEVEL"]]
     root = logging.getLogger()
     if not any(getattr(h, "_portal", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+        )
         handler._portal = True
         root.addHandler(handler)
     root.setLevel(level)

@@ -1,4 +1,5 @@
 """`flask --app wsgi billing ...` commands. Each exits non-zero with a one-line reason."""
+
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ from .extensions import db
 from .services.errors import ServiceError
 
 billing = AppGroup("billing", help="Billing portal operations.")
+
 
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
@@ -57,8 +59,10 @@ def revoke_admin(email: str) -> None:
         db.session.commit()
     except ServiceError as exc:
         fail(exc.message)
-    click.echo(f"{user.email} is no longer an admin; {revoked} admin or platform "
-               f"token{'' if revoked == 1 else 's'} revoked")
+    click.echo(
+        f"{user.email} is no longer an admin; {revoked} admin or platform "
+        f"token{'' if revoked == 1 else 's'} revoked"
+    )
 
 
 @billing.command("create-token")
@@ -103,8 +107,11 @@ def expire_credits() -> None:
 
 
 @billing.command("meter")
-@click.option("--hour", help="Meter up to and including this hour (2026-11-21T14); "
-                            "default: every complete hour not yet metered.")
+@click.option(
+    "--hour",
+    help="Meter up to and including this hour (2026-11-21T14); "
+    "default: every complete hour not yet metered.",
+)
 def meter(hour: str | None) -> None:
     """Meter deployments' usage into the rollups (safe to run any number of times)."""
     from datetime import timedelta
@@ -112,15 +119,20 @@ def meter(hour: str | None) -> None:
     from .services import metering
 
     try:
-        upto = (metering.parse_hour(hour) + timedelta(hours=1)) if hour \
+        upto = (
+            (metering.parse_hour(hour) + timedelta(hours=1))
+            if hour
             else metering.last_complete_hour()
+        )
     except ValueError as exc:
         fail(str(exc))
     if upto > metering.last_complete_hour():
         fail(f"hour {hour} is not complete yet")
     result = metering.meter_all(upto)
-    click.echo(f"metered up to {upto:%Y-%m-%dT%H:%M}Z: {result.chunks} chunk(s), "
-               f"{result.hours} chunk-hour(s), {result.rows} rollup row(s)")
+    click.echo(
+        f"metered up to {upto:%Y-%m-%dT%H:%M}Z: {result.chunks} chunk(s), "
+        f"{result.hours} chunk-hour(s), {result.rows} rollup row(s)"
+    )
 
 
 @billing.command("usage-audit")
@@ -137,8 +149,11 @@ def usage_audit() -> None:
 
 
 @billing.command("daemon")
-@click.option("--now", help="Schedule as if the time were this ISO time, e.g. "
-                            "2026-11-21T18:30Z (tests, replays); leases use the real time.")
+@click.option(
+    "--now",
+    help="Schedule as if the time were this ISO time, e.g. "
+    "2026-11-21T18:30Z (tests, replays); leases use the real time.",
+)
 @click.option("--once", is_flag=True, help="Run one cycle, then stop.")
 def daemon(now: str | None, once: bool) -> None:
     """Run the billing daemon: it owns the schedule until SIGTERM or SIGINT."""
@@ -157,8 +172,11 @@ def daemon(now: str | None, once: bool) -> None:
 
 
 @billing.command("invoice")
-@click.option("--period", help="The billing period starting in this month (2026-10); "
-                               "default: the last one that has ended.")
+@click.option(
+    "--period",
+    help="The billing period starting in this month (2026-10); "
+    "default: the last one that has ended.",
+)
 def invoice(period: str | None) -> None:
     """Invoice every user with usage in a billing period (safe to run any number of times)."""
     from flask import current_app
@@ -166,15 +184,20 @@ def invoice(period: str | None) -> None:
     from .services import invoicing, usage
 
     try:
-        start, end = (usage.parse_period(period, current_app.config["BILLING"].invoice_day)
-                      if period else invoicing.last_complete_period())
+        start, end = (
+            usage.parse_period(period, current_app.config["BILLING"].invoice_day)
+            if period
+            else invoicing.last_complete_period()
+        )
         result = invoicing.generate_period(start, end)
     except ValueError as exc:
         fail(str(exc))
     except ServiceError as exc:
         fail(exc.message)
-    click.echo(f"period {start:%Y-%m-%d} to {end:%Y-%m-%d}: {result.invoices} invoice(s) "
-               f"issued, {result.skipped} already existed")
+    click.echo(
+        f"period {start:%Y-%m-%d} to {end:%Y-%m-%d}: {result.invoices} invoice(s) "
+        f"issued, {result.skipped} already existed"
+    )
 
 
 @billing.command("mark-overdue")
@@ -213,4 +236,3 @@ def serve(host: str, port: int, web_workers: int, banner: str) -> None:
 
 def register_cli(app: Flask) -> None:
     app.cli.add_command(billing)
-

@@ -6,6 +6,7 @@ them can also be set, and overridden, by an environment variable (``INVOICE_DAY=
 Secrets (``SECRET_KEY``, Stripe keys, SMTP password) are read from the environment only.
 Everything is validated at start; a bad value stops start-up with a message naming the key.
 """
+
 from __future__ import annotations
 
 import json
@@ -166,8 +167,11 @@ def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
     """Validate the seed-shaped mapping; raise ConfigError naming the first bad key."""
     for secret in SECRET_JSON_KEYS:
         if secret in raw:
-            raise ConfigError(secret, "secrets are read from the environment only "
-                              "(STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), never from the file")
+            raise ConfigError(
+                secret,
+                "secrets are read from the environment only "
+                "(STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), never from the file",
+            )
     unknown = sorted(set(raw) - set(BILLING_KEYS))
     if unknown:
         raise ConfigError(unknown[0], "unknown setting")
@@ -177,8 +181,10 @@ def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
         values["enabled"] = _parse_bool("enabled", raw["enabled"])
     if "billingMode" in raw:
         if raw["billingMode"] not in BILLING_MODES:
-            raise ConfigError("billingMode", f"must be one of {', '.join(BILLING_MODES)}, "
-                              f"not {raw['billingMode']!r}")
+            raise ConfigError(
+                "billingMode",
+                f"must be one of {', '.join(BILLING_MODES)}, not {raw['billingMode']!r}",
+            )
         values["billing_mode"] = raw["billingMode"]
     if "computeRates" in raw:
         values["compute_rates"] = _parse_rates("computeRates", raw["computeRates"])
@@ -186,14 +192,16 @@ def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
         values["subscription_plans"] = _parse_plans("subscriptionPlans", raw["subscriptionPlans"])
     if "usageCalculationInterval" in raw:
         values["usage_calculation_interval"] = _parse_cron(
-            "usageCalculationInterval", raw["usageCalculationInterval"])
+            "usageCalculationInterval", raw["usageCalculationInterval"]
+        )
     if "invoiceDay" in raw:
         values["invoice_day"] = _parse_int("invoiceDay", raw["invoiceDay"], 1, 28)
     if "alertThreshold" in raw:
         values["alert_threshold"] = _parse_int("alertThreshold", raw["alertThreshold"], 1, 100)
     if "autoSuspendOnOverage" in raw:
         values["auto_suspend_on_overage"] = _parse_bool(
-            "autoSuspendOnOverage", raw["autoSuspendOnOverage"])
+            "autoSuspendOnOverage", raw["autoSuspendOnOverage"]
+        )
     if "gracePeriodDays" in raw:
         values["grace_period_days"] = _parse_int("gracePeriodDays", raw["gracePeriodDays"], 0, 3650)
     if "stripeEnabled" in raw:
@@ -259,13 +267,14 @@ def _parse_rate_limit(key: str, value: str) -> str:
         if not parse_many(value):
             raise ValueError
     except ValueError:
-        raise ConfigError(key, f"must be limits such as '5 per hour;20 per day', not {value!r}"
-                          ) from None
+        raise ConfigError(
+            key, f"must be limits such as '5 per hour;20 per day', not {value!r}"
+        ) from None
     return value
 
 
 # Request body limits, in bytes: at least 1 KiB (a login form must fit), at most 1 GiB.
-MIN_BODY_LIMIT, MAX_BODY_LIMIT = 1024, 1024 ** 3
+MIN_BODY_LIMIT, MAX_BODY_LIMIT = 1024, 1024**3
 
 
 def _parse_size(environ: dict[str, str], name: str, default: str) -> int:
@@ -276,8 +285,11 @@ def _default_database_url(instance_path: str) -> str:
     return "sqlite:///" + os.path.join(instance_path, "portal.sqlite3")
 
 
-def build_config(instance_path: str, environ: dict[str, str] | None = None,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_config(
+    instance_path: str,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The Flask config mapping for this environment, with ``overrides`` (tests) applied
     last. Raises ConfigError on a bad value."""
     env = dict(os.environ if environ is None else environ)
@@ -288,18 +300,23 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
 
     # The environment wins; else the key `make run` keeps in the instance folder, so the CLI
     # in a new shell signs and reads what the running portal does.
-    secret = (overrides.get("SECRET_KEY") or env.get("SECRET_KEY", "")
-              or _instance_secret(instance_path))
+    secret = (
+        overrides.get("SECRET_KEY") or env.get("SECRET_KEY", "") or _instance_secret(instance_path)
+    )
     if not secret and not (testing or debug):
-        raise ConfigError("SECRET_KEY", "must be set in the environment or in "
-                          f"{os.path.join(instance_path, SECRET_KEY_FILE)} "
-                          "(python -c 'import secrets; print(secrets.token_hex(32))')")
+        raise ConfigError(
+            "SECRET_KEY",
+            "must be set in the environment or in "
+            f"{os.path.join(instance_path, SECRET_KEY_FILE)} "
+            "(python -c 'import secrets; print(secrets.token_hex(32))')",
+        )
     if secret and len(secret) < 16:
         raise ConfigError("SECRET_KEY", "must be at least 16 characters")
     cfg["SECRET_KEY"] = secret or "development-only-not-secret"
 
     cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
-        env.get("DATABASE_URL") or _default_database_url(instance_path))
+        env.get("DATABASE_URL") or _default_database_url(instance_path)
+    )
     cfg["REDIS_URL"] = env.get("REDIS_URL", "")
     cfg["CURRENCY"] = env.get("CURRENCY", "USD").upper()
     try:
@@ -327,24 +344,35 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     # `flask billing serve` starts the local stand-in and passes all four to its children.
     cfg["STRIPE_SECRET_KEY"] = env.get("STRIPE_SECRET_KEY", "")
     if cfg["STRIPE_SECRET_KEY"] and not cfg["STRIPE_SECRET_KEY"].startswith(("sk_", "rk_")):
-        raise ConfigError("STRIPE_SECRET_KEY", "must be a secret key (sk_...) or a restricted "
-                          "key (rk_...)")
+        raise ConfigError(
+            "STRIPE_SECRET_KEY", "must be a secret key (sk_...) or a restricted key (rk_...)"
+        )
     cfg["STRIPE_WEBHOOK_SECRET"] = env.get("STRIPE_WEBHOOK_SECRET", "")
     cfg["STRIPE_PUBLISHABLE_KEY"] = env.get("STRIPE_PUBLISHABLE_KEY", "")
     cfg["STRIPE_API_BASE"] = env.get("STRIPE_API_BASE", "https://api.stripe.com").rstrip("/")
-    if not cfg["STRIPE_API_BASE"].startswith(("https://", "http://127.0.0.1:",
-                                              "http://localhost:")):
-        raise ConfigError("STRIPE_API_BASE", "must be an https:// URL (or http:// on loopback "
-                          f"for the local stand-in), not {cfg['STRIPE_API_BASE']!r}")
+    if not cfg["STRIPE_API_BASE"].startswith(
+        ("https://", "http://127.0.0.1:", "http://localhost:")
+    ):
+        raise ConfigError(
+            "STRIPE_API_BASE",
+            "must be an https:// URL (or http:// on loopback "
+            f"for the local stand-in), not {cfg['STRIPE_API_BASE']!r}",
+        )
     cfg["STRIPE_TIMEOUT_SECONDS"] = _env_positive(env, "STRIPE_TIMEOUT_SECONDS", "10")
     # A card charge still unanswered after this long is looked up at the gateway by its
     # idempotency key (recovery); well over the timeout, so recovery never races a request.
     cfg["PAYMENT_ATTEMPT_STALE_SECONDS"] = _parse_int(
-        "PAYMENT_ATTEMPT_STALE_SECONDS", env.get("PAYMENT_ATTEMPT_STALE_SECONDS", "300"), 1,
-        7 * 86400)
+        "PAYMENT_ATTEMPT_STALE_SECONDS",
+        env.get("PAYMENT_ATTEMPT_STALE_SECONDS", "300"),
+        1,
+        7 * 86400,
+    )
     if cfg["PAYMENT_ATTEMPT_STALE_SECONDS"] <= cfg["STRIPE_TIMEOUT_SECONDS"]:
-        raise ConfigError("PAYMENT_ATTEMPT_STALE_SECONDS", "must be longer than "
-                          "STRIPE_TIMEOUT_SECONDS (a charge may still be in flight until then)")
+        raise ConfigError(
+            "PAYMENT_ATTEMPT_STALE_SECONDS",
+            "must be longer than "
+            "STRIPE_TIMEOUT_SECONDS (a charge may still be in flight until then)",
+        )
     # Top-ups, in the user's currency (exact decimals).
     cfg["TOPUP_MIN"] = _env_positive(env, "TOPUP_MIN", "1")
     cfg["TOPUP_MAX"] = _env_positive(env, "TOPUP_MAX", "10000")
@@ -359,9 +387,11 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["LOGIN_RATE_LIMIT"] = env.get("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
     # Sign-ups per client address (each one mails the address typed in).
     cfg["REGISTRATION_RATE_LIMIT"] = _parse_rate_limit(
-        "REGISTRATION_RATE_LIMIT", env.get("REGISTRATION_RATE_LIMIT", "5 per hour;20 per day"))
-    cfg["INVOICE_NET_DAYS"] = _parse_int("INVOICE_NET_DAYS", env.get("INVOICE_NET_DAYS", "14"),
-                                         0, 365)
+        "REGISTRATION_RATE_LIMIT", env.get("REGISTRATION_RATE_LIMIT", "5 per hour;20 per day")
+    )
+    cfg["INVOICE_NET_DAYS"] = _parse_int(
+        "INVOICE_NET_DAYS", env.get("INVOICE_NET_DAYS", "14"), 0, 365
+    )
     cfg["VOUCHER_RATE_LIMIT"] = env.get("VOUCHER_RATE_LIMIT", "5 per minute;30 per day")
     cfg["SESSION_COOKIE_SECURE"] = _env_bool(env, "SESSION_COOKIE_SECURE", False)
     cfg["SESSION_COOKIE_HTTPONLY"] = True
@@ -371,26 +401,36 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
     cfg["WTF_CSRF_TIME_LIMIT"] = None  # tied to the session instead of a clock
     cfg["RQ_ASYNC"] = _env_bool(env, "RQ_ASYNC", True)
     # Metering splits users into chunks of this many ids (fixed for an installation's life).
-    cfg["METER_CHUNK_USERS"] = _parse_int("METER_CHUNK_USERS",
-                                          env.get("METER_CHUNK_USERS", "1000"), 1, 10_000_000)
+    cfg["METER_CHUNK_USERS"] = _parse_int(
+        "METER_CHUNK_USERS", env.get("METER_CHUNK_USERS", "1000"), 1, 10_000_000
+    )
     cfg["SESSION_HEARTBEAT_TIMEOUT_MINUTES"] = _parse_int(
-        "SESSION_HEARTBEAT_TIMEOUT_MINUTES", env.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", "15"),
-        1, 100_000)
+        "SESSION_HEARTBEAT_TIMEOUT_MINUTES",
+        env.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", "15"),
+        1,
+        100_000,
+    )
     # How far back the platform may date a deployment's start, change or end through the
     # API (started_at, effective_at, ended_at); the past part is metered by a job.
     cfg["DEPLOYMENT_BACKDATE_MAX_DAYS"] = _parse_int(
-        "DEPLOYMENT_BACKDATE_MAX_DAYS", env.get("DEPLOYMENT_BACKDATE_MAX_DAYS", "31"), 1, 366)
+        "DEPLOYMENT_BACKDATE_MAX_DAYS", env.get("DEPLOYMENT_BACKDATE_MAX_DAYS", "31"), 1, 366
+    )
     # The billing daemon (jobs/daemon.py); seconds and minutes may be decimals (tests).
     cfg["DAEMON_HEARTBEAT_SECONDS"] = _env_positive(env, "DAEMON_HEARTBEAT_SECONDS", "60")
     cfg["DAEMON_LEASE_SECONDS"] = _env_positive(env, "DAEMON_LEASE_SECONDS", "180")
     if cfg["DAEMON_LEASE_SECONDS"] <= cfg["DAEMON_HEARTBEAT_SECONDS"]:
-        raise ConfigError("DAEMON_LEASE_SECONDS", "must be longer than DAEMON_HEARTBEAT_SECONDS "
-                          "(the leader renews the lease on every heartbeat)")
+        raise ConfigError(
+            "DAEMON_LEASE_SECONDS",
+            "must be longer than DAEMON_HEARTBEAT_SECONDS "
+            "(the leader renews the lease on every heartbeat)",
+        )
     cfg["BUILTIN_BILLING"] = _env_bool(env, "BUILTIN_BILLING", True)
     cfg["BUILTIN_BILLING_AFTER_MINUTES"] = _env_positive(env, "BUILTIN_BILLING_AFTER_MINUTES", "90")
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
-        raise ConfigError("LOG_LEVEL", f"must be error, warn, info or debug, not {cfg['LOG_LEVEL']!r}")
+        raise ConfigError(
+            "LOG_LEVEL", f"must be error, warn, info or debug, not {cfg['LOG_LEVEL']!r}"
+        )
     cfg["TESTING"] = testing
     cfg["BILLING"] = load_billing_settings(env, env.get("BILLING_CONFIG"))
     cfg.update(overrides)
@@ -402,7 +442,9 @@ def build_config(instance_path: str, environ: dict[str, str] | None = None,
 
 def address_lines(value: str | list | tuple) -> list[str]:
     """An address as its non-empty lines: "1 Main St|Springfield" or one line per row."""
-    lines = value if isinstance(value, (list, tuple)) else str(value).replace("|", "\n").splitlines()
+    lines = (
+        value if isinstance(value, (list, tuple)) else str(value).replace("|", "\n").splitlines()
+    )
     return [line.strip() for line in lines if line.strip()]
 
 
@@ -410,5 +452,5 @@ def normalize_database_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL whatever scheme the operator wrote."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url

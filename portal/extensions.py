@@ -1,4 +1,5 @@
 """Extensions live at module level and are bound to the app in create_app (init_app)."""
+
 from flask_htmx import HTMX
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address

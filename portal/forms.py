@@ -7,6 +7,7 @@ no digit separators ("1_000", "1,000"), no other scripts' digits ("١٢"), and a
 exceed 64-bit minor units. The currency's own digits are checked where the currency is known
 (``Money.from_decimal``).
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,9 @@ EARLIEST_DATE = date(2000, 1, 1)
 YEARS_AHEAD = 100
 
 
-def parse_amount(text: str | None, *, positive: bool = True,
-                 maximum: Decimal = MAX_AMOUNT) -> Decimal:
+def parse_amount(
+    text: str | None, *, positive: bool = True, maximum: Decimal = MAX_AMOUNT
+) -> Decimal:
     """The exact Decimal of an amount typed into a form; AmountError says what is wrong
     (phrased to follow "The amount")."""
     typed = (text or "").strip()
@@ -40,8 +42,9 @@ def parse_amount(text: str | None, *, positive: bool = True,
     elif _NEGATIVE.fullmatch(typed):
         raise AmountError("must be greater than 0" if positive else "must not be negative")
     elif any(ch.isdigit() for ch in typed):
-        raise AmountError("must be written with the digits 0-9 and at most one decimal "
-                          "point, like 1234.50")
+        raise AmountError(
+            "must be written with the digits 0-9 and at most one decimal point, like 1234.50"
+        )
     else:
         raise AmountError("is not a number")
     if positive and value == 0:
@@ -55,10 +58,12 @@ class AmountField(StringField):
     """A required amount; ``.decimal`` holds it once the form validated. ``noun`` names it in
     errors ("The value must be at most 1,000,000,000."); ``positive=False`` allows 0."""
 
-    def __init__(self, label=None, validators=None, *, noun: str = "amount",
-                 positive: bool = True, **kwargs):
-        super().__init__(label, [DataRequired(), Length(max=MAX_AMOUNT_CHARS),
-                                 *(validators or [])], **kwargs)
+    def __init__(
+        self, label=None, validators=None, *, noun: str = "amount", positive: bool = True, **kwargs
+    ):
+        super().__init__(
+            label, [DataRequired(), Length(max=MAX_AMOUNT_CHARS), *(validators or [])], **kwargs
+        )
         self.noun = noun
         self.positive = positive
         self.decimal: Decimal | None = None

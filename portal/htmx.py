@@ -1,4 +1,5 @@
 """The one module that reads HX-* request headers or writes HX-* response headers."""
+
 from __future__ import annotations
 
 import json

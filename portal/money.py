@@ -8,6 +8,7 @@ Three representations, with their units in their names:
 Rounding happens once, from micros or Decimal to minor units, ROUND_HALF_UP to the
 currency's digits.
 """
+
 from __future__ import annotations
 
 import re
@@ -122,8 +123,10 @@ class Money:
     @property
     def amount(self) -> Decimal:
         """Exact major-unit Decimal, with exactly the currency's digits."""
-        return Decimal(self.amount_minor).scaleb(-self.digits).quantize(
-            Decimal(1).scaleb(-self.digits)
+        return (
+            Decimal(self.amount_minor)
+            .scaleb(-self.digits)
+            .quantize(Decimal(1).scaleb(-self.digits))
         )
 
     def to_json(self, prefix: str) -> dict[str, object]:
@@ -195,9 +198,13 @@ def _format_minor(amount_minor: int, currency: str, locale: str) -> str:
     # takes tens of microseconds an amount, so the text is kept per (amount, currency, locale).
     # The value is already exact at the currency's digits and the pattern shows exactly
     # those digits, so Babel rounds nothing (CLDR's own digits may differ: HUF, ISK).
-    return format_currency(Money(amount_minor, currency).amount, currency,
-                           format=_currency_pattern(locale, currency_digits(currency)),
-                           locale=_babel_locale(locale), currency_digits=False)
+    return format_currency(
+        Money(amount_minor, currency).amount,
+        currency,
+        format=_currency_pattern(locale, currency_digits(currency)),
+        locale=_babel_locale(locale),
+        currency_digits=False,
+    )
 
 
 @lru_cache(maxsize=16)

@@ -19,6 +19,7 @@ store them), and not absurdly long; otherwise the answer is 400 naming the field
 has run. Werkzeug itself would decode bad bytes to U+FFFD silently, so the raw bytes are
 checked. Per-field limits are the forms' own; this is the backstop for every field.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -40,9 +41,11 @@ F = TypeVar("F", bound=Callable)
 
 def body_limit(config_key: str) -> Callable[[F], F]:
     """Give a view its own body limit, the setting ``config_key`` (bytes)."""
+
     def mark(view: F) -> F:
         view.body_limit_key = config_key  # type: ignore[attr-defined]
         return view
+
     return mark
 
 
@@ -55,8 +58,10 @@ def check_request() -> None:
     if request.path.startswith((API_PREFIX, "/static/")):
         return
     if "\x00" in request.path or "\ufffd" in request.path:
-        raise BadRequest(description="The address holds a NUL character or bytes that are not "
-                                     "UTF-8 text. Nothing was changed.")
+        raise BadRequest(
+            description="The address holds a NUL character or bytes that are not "
+            "UTF-8 text. Nothing was changed."
+        )
     problem = _query_problem() or _form_problem()
     if problem:
         raise BadRequest(description=problem + " Nothing was changed.")
@@ -90,8 +95,9 @@ def _check_size() -> None:
 
 
 def _too_large(limit: int) -> RequestEntityTooLarge:
-    return RequestEntityTooLarge(description=f"The request body is larger than the "
-                                             f"{limit:,} bytes this address accepts.")
+    return RequestEntityTooLarge(
+        description=f"The request body is larger than the {limit:,} bytes this address accepts."
+    )
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -105,8 +111,7 @@ def _query_problem() -> str | None:
 
 def _form_problem() -> str | None:
     if request.mimetype == FORM_MIMETYPE:
-        return _first_problem(_pairs(request.get_data(cache=True)), "field",
-                              MAX_FORM_VALUE_CHARS)
+        return _first_problem(_pairs(request.get_data(cache=True)), "field", MAX_FORM_VALUE_CHARS)
     if request.mimetype == "multipart/form-data":
         # Already decoded by Werkzeug, which turns bytes that are not UTF-8 into U+FFFD.
         for name, value in request.form.items(multi=True):
@@ -120,20 +125,23 @@ def _pairs(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
     for part in raw.split(b"&"):
         if part:
             name, _, value = part.partition(b"=")
-            yield (unquote_to_bytes(name.replace(b"+", b" ")),
-                   unquote_to_bytes(value.replace(b"+", b" ")))
+            yield (
+                unquote_to_bytes(name.replace(b"+", b" ")),
+                unquote_to_bytes(value.replace(b"+", b" ")),
+            )
 
 
-def _first_problem(pairs: Iterable[tuple[bytes, bytes]], what: str, max_chars: int
-                   ) -> str | None:
+def _first_problem(pairs: Iterable[tuple[bytes, bytes]], what: str, max_chars: int) -> str | None:
     for raw_name, raw_value in pairs:
         name = raw_name.decode("utf-8", "replace")
         for raw in (raw_name, raw_value):
             try:
                 text = raw.decode("utf-8")  # strict: refuses encoded surrogates too
             except UnicodeDecodeError:
-                return (f"The {what} “{_shown(name)}” is not valid UTF-8 text (it holds bytes "
-                        "that are not characters, such as an unpaired surrogate).")
+                return (
+                    f"The {what} “{_shown(name)}” is not valid UTF-8 text (it holds bytes "
+                    "that are not characters, such as an unpaired surrogate)."
+                )
             if "\x00" in text:
                 return f"The {what} “{_shown(name)}” contains a NUL character."
             if len(text) > max_chars:

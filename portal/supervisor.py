@@ -1,5 +1,6 @@
 """`flask billing serve`: the web server, an RQ worker and the billing daemon as one
 foreground command. Ctrl+C (SIGINT) or SIGTERM stops them all and waits for them."""
+
 from __future__ import annotations
 
 import os
@@ -47,9 +48,17 @@ def _standin(env: dict[str, str], host: str, port: int) -> list[str]:
     env["STRIPE_API_BASE"] = f"http://127.0.0.1:{standin_port}"
     portal_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     env["STANDIN_WEBHOOK_SECRET"] = env["STRIPE_WEBHOOK_SECRET"]
-    return [sys.executable, "-m", "standin", "--port", str(standin_port),
-            "--webhook-url", f"http://{portal_host}:{port}/api/plugins/billing/webhook",
-            "--state-file", os.path.join(current_app.instance_path, "standin.pickle")]
+    return [
+        sys.executable,
+        "-m",
+        "standin",
+        "--port",
+        str(standin_port),
+        "--webhook-url",
+        f"http://{portal_host}:{port}/api/plugins/billing/webhook",
+        "--state-file",
+        os.path.join(current_app.instance_path, "standin.pickle"),
+    ]
 
 
 def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
@@ -62,15 +71,31 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
     commands: dict[str, list[str]] = {}
     if not env.get("STRIPE_SECRET_KEY"):
         commands["standin"] = _standin(env, host, port)
-        print(f"Stripe stand-in at {env['STRIPE_API_BASE']} (card payments use its sandbox "
-              "pages; test card 4242 4242 4242 4242)", flush=True)
-    commands.update({
-        "web": [python, "-m", "gunicorn", "--workers", str(web_workers), "--bind",
-                f"{host}:{port}", "--access-logfile", "-", "--graceful-timeout", "10",
-                "wsgi:app"],
-        "worker": [python, "-m", "jobs.worker"],
-        "daemon": [python, "-m", "flask", "--app", "wsgi", "billing", "daemon"],
-    })
+        print(
+            f"Stripe stand-in at {env['STRIPE_API_BASE']} (card payments use its sandbox "
+            "pages; test card 4242 4242 4242 4242)",
+            flush=True,
+        )
+    commands.update(
+        {
+            "web": [
+                python,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(web_workers),
+                "--bind",
+                f"{host}:{port}",
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "10",
+                "wsgi:app",
+            ],
+            "worker": [python, "-m", "jobs.worker"],
+            "daemon": [python, "-m", "flask", "--app", "wsgi", "billing", "daemon"],
+        }
+    )
     children: dict[str, subprocess.Popen] = {}
     stopping = False
 
@@ -83,8 +108,9 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
     for name, cmd in commands.items():
         # Each child in its own process group: Ctrl+C reaches only us, and we stop them
         # in order, so none is killed mid-job.
-        children[name] = subprocess.Popen(cmd, env=env, start_new_session=True,
-                                          cwd=ROOT if name == "standin" else None)
+        children[name] = subprocess.Popen(
+            cmd, env=env, start_new_session=True, cwd=ROOT if name == "standin" else None
+        )
     time.sleep(2)  # let the children log their start-up before the banner
     print(f"\n{banner}\n" if banner else "", flush=True)
     print(f"portal running at http://{host}:{port}/  (Ctrl+C stops everything)\n", flush=True)

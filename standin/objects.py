@@ -6,6 +6,7 @@ here: Checkout Sessions, disputes, decline codes, Stripe's off-session behaviour
 that need authentication, a redirect-based 3-D Secure step, and the webhook events that go
 with them.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,9 +33,15 @@ class Sandbox:
     base_url = "http://127.0.0.1:8420"
 
 
-def card_error(message: str, *, code: str, decline_code: str | None = None,
-               intent: ls.StripeObject | None = None, payment_method=None,
-               charge: str | None = None) -> UserError:
+def card_error(
+    message: str,
+    *,
+    code: str,
+    decline_code: str | None = None,
+    intent: ls.StripeObject | None = None,
+    payment_method=None,
+    charge: str | None = None,
+) -> UserError:
     contents = {"code": code, "message": message}
     if decline_code:
         contents["decline_code"] = decline_code
@@ -43,8 +50,9 @@ def card_error(message: str, *, code: str, decline_code: str | None = None,
     if payment_method is not None:
         contents["payment_method"] = payment_method._export()
     if intent is not None:
-        contents["payment_intent" if intent.object == "payment_intent"
-                 else "setup_intent"] = intent._export()
+        contents["payment_intent" if intent.object == "payment_intent" else "setup_intent"] = (
+            intent._export()
+        )
     error = UserError(402, message, contents)
     error.body["error"]["type"] = "card_error"
     return error
@@ -66,8 +74,13 @@ def create_payment_intent(data: dict) -> SandboxPaymentIntent:
     off_session = ls.try_convert_to_bool(data.pop("off_session", None))
     return_url = data.pop("return_url", None)
     description = data.pop("description", None)
-    for ignored in ("error_on_requires_action", "setup_future_usage", "receipt_email",
-                    "statement_descriptor", "automatic_payment_methods"):
+    for ignored in (
+        "error_on_requires_action",
+        "setup_future_usage",
+        "receipt_email",
+        "statement_descriptor",
+        "automatic_payment_methods",
+    ):
         data.pop(ignored, None)
     if off_session not in (None, True, False) or confirm not in (None, True, False):
         raise UserError(400, "Bad request")
@@ -80,18 +93,24 @@ def create_payment_intent(data: dict) -> SandboxPaymentIntent:
     return intent
 
 
-def confirm_payment_intent(intent: SandboxPaymentIntent, *, off_session: bool = False,
-                           return_url: str | None = None, payment_method: str | None = None):
-    if intent.status not in ("requires_payment_method", "requires_confirmation",
-                             "requires_action"):
-        raise UserError(400, f"This PaymentIntent's status is {intent.status}; it cannot be "
-                        "confirmed.")
+def confirm_payment_intent(
+    intent: SandboxPaymentIntent,
+    *,
+    off_session: bool = False,
+    return_url: str | None = None,
+    payment_method: str | None = None,
+):
+    if intent.status not in ("requires_payment_method", "requires_confirmation", "requires_action"):
+        raise UserError(
+            400, f"This PaymentIntent's status is {intent.status}; it cannot be confirmed."
+        )
     if payment_method:
         ls.PaymentMethod._api_retrieve(payment_method)  # 404 if unknown
         intent.payment_method = payment_method
     if not intent.payment_method:
-        raise UserError(400, "You cannot confirm this PaymentIntent because it's missing a "
-                        "payment method.")
+        raise UserError(
+            400, "You cannot confirm this PaymentIntent because it's missing a payment method."
+        )
     pm = ls.PaymentMethod._api_retrieve(intent.payment_method)
     intent.latest_charge = None  # a new attempt after a decline
     intent.next_action = None
@@ -102,21 +121,35 @@ def confirm_payment_intent(intent: SandboxPaymentIntent, *, off_session: bool = 
             # Stripe: an off-session payment the issuer wants authenticated fails with
             # authentication_required; the customer has to come back and confirm it.
             message = "Your card was declined. This transaction requires authentication."
-            intent._last_error = {"code": "authentication_required",
-                                  "decline_code": "authentication_required",
-                                  "message": message, "payment_method": pm._export()}
+            intent._last_error = {
+                "code": "authentication_required",
+                "decline_code": "authentication_required",
+                "message": message,
+                "payment_method": pm._export(),
+            }
             intent.payment_method = None
             schedule_webhook(ls.Event("payment_intent.payment_failed", intent))
-            raise card_error(message, code="authentication_required",
-                             decline_code="authentication_required", intent=intent,
-                             payment_method=pm)
+            raise card_error(
+                message,
+                code="authentication_required",
+                decline_code="authentication_required",
+                intent=intent,
+                payment_method=pm,
+            )
         intent._return_url = return_url
         if return_url:
-            intent.next_action = {"type": "redirect_to_url", "redirect_to_url": {
-                "url": authenticate_url(intent), "return_url": return_url}}
+            intent.next_action = {
+                "type": "redirect_to_url",
+                "redirect_to_url": {"url": authenticate_url(intent), "return_url": return_url},
+            }
         else:
-            intent.next_action = {"type": "use_stripe_sdk", "use_stripe_sdk": {
-                "type": "three_d_secure_redirect", "stripe_js": authenticate_url(intent)}}
+            intent.next_action = {
+                "type": "use_stripe_sdk",
+                "use_stripe_sdk": {
+                    "type": "three_d_secure_redirect",
+                    "stripe_js": authenticate_url(intent),
+                },
+            }
         return
     charge_payment_intent(intent, pm)
 
@@ -128,11 +161,22 @@ def charge_payment_intent(intent: SandboxPaymentIntent, pm) -> None:
         charge = intent.latest_charge
         code = DECLINE_CODES.get(getattr(pm, "_card_number", ""), "generic_decline")
         message = "Your card was declined."
-        intent._last_error = {"code": "card_declined", "decline_code": code, "message": message,
-                              "charge": charge.id, "payment_method": pm._export()}
+        intent._last_error = {
+            "code": "card_declined",
+            "decline_code": code,
+            "message": message,
+            "charge": charge.id,
+            "payment_method": pm._export(),
+        }
         schedule_webhook(ls.Event("payment_intent.payment_failed", intent))
-        raise card_error(message, code="card_declined", decline_code=code, intent=intent,
-                         payment_method=pm, charge=charge.id)
+        raise card_error(
+            message,
+            code="card_declined",
+            decline_code=code,
+            intent=intent,
+            payment_method=pm,
+            charge=charge.id,
+        )
 
     intent._create_charge(on_failure_now=declined)
     if getattr(pm, "_card_number", "") == DISPUTE_CARD and intent.status == "succeeded":
@@ -140,8 +184,9 @@ def charge_payment_intent(intent: SandboxPaymentIntent, pm) -> None:
 
 
 def authenticate_url(intent) -> str:
-    return (f"{Sandbox.base_url}/sandbox/authenticate/{intent.id}?"
-            + urlencode({"client_secret": intent.client_secret}))
+    return f"{Sandbox.base_url}/sandbox/authenticate/{intent.id}?" + urlencode(
+        {"client_secret": intent.client_secret}
+    )
 
 
 def list_payment_intents(customer=None, limit=None, starting_after=None, **kwargs):
@@ -163,17 +208,29 @@ def confirm_setup_intent(intent: ls.SetupIntent, payment_method) -> None:
     intent.last_setup_error = None
     try:
         intent._attach_pm(payment_method)
-    except UserError:
+    except UserError as declined:
         intent.status = "requires_payment_method"
-        intent.last_setup_error = {"code": "card_declined", "decline_code": "generic_decline",
-                                   "message": "Your card was declined."}
+        intent.last_setup_error = {
+            "code": "card_declined",
+            "decline_code": "generic_decline",
+            "message": "Your card was declined.",
+        }
         schedule_webhook(ls.Event("setup_intent.setup_failed", intent))
-        raise card_error("Your card was declined.", code="card_declined",
-                         decline_code="generic_decline", intent=intent,
-                         payment_method=payment_method)
+        raise card_error(
+            "Your card was declined.",
+            code="card_declined",
+            decline_code="generic_decline",
+            intent=intent,
+            payment_method=payment_method,
+        ) from declined
     if intent.status == "requires_action":
-        intent.next_action = {"type": "redirect_to_url", "redirect_to_url": {
-            "url": authenticate_url(intent), "return_url": getattr(intent, "_return_url", None)}}
+        intent.next_action = {
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "url": authenticate_url(intent),
+                "return_url": getattr(intent, "_return_url", None),
+            },
+        }
     elif intent.status == "succeeded":
         setup_succeeded(intent)
 
@@ -186,14 +243,21 @@ def setup_succeeded(intent: ls.SetupIntent) -> None:
     schedule_webhook(ls.Event("setup_intent.succeeded", intent))
 
 
-def api_confirm_setup_intent(id, payment_method=None, payment_method_data=None,
-                             client_secret=None, return_url=None, **_ignored):
+def api_confirm_setup_intent(
+    id,
+    payment_method=None,
+    payment_method_data=None,
+    client_secret=None,
+    return_url=None,
+    **_ignored,
+):
     intent = ls.SetupIntent._api_retrieve(id)
     if client_secret and client_secret != intent.client_secret:
         raise UserError(401, "Unauthorized")
     if intent.status not in ("requires_payment_method", "requires_confirmation"):
-        raise UserError(400, f"This SetupIntent's status is {intent.status}; it cannot be "
-                        "confirmed.")
+        raise UserError(
+            400, f"This SetupIntent's status is {intent.status}; it cannot be confirmed."
+        )
     if payment_method:
         pm = ls.PaymentMethod._api_retrieve(payment_method)
     elif payment_method_data:
@@ -219,9 +283,10 @@ def authenticate(intent, *, succeed: bool) -> None:
             charge_payment_intent(intent, pm)  # may still be declined (UserError 402)
         else:
             intent._authentication_failed = True
-            intent._last_error = {"code": "payment_intent_authentication_failure",
-                                  "message": "The provided PaymentMethod has failed "
-                                             "authentication."}
+            intent._last_error = {
+                "code": "payment_intent_authentication_failure",
+                "message": "The provided PaymentMethod has failed authentication.",
+            }
             intent.payment_method = None
             schedule_webhook(ls.Event("payment_intent.payment_failed", intent))
     else:
@@ -230,9 +295,10 @@ def authenticate(intent, *, succeed: bool) -> None:
         else:
             intent.status = "requires_payment_method"
             intent.payment_method = None
-            intent.last_setup_error = {"code": "setup_intent_authentication_failure",
-                                       "message": "The provided PaymentMethod has failed "
-                                                  "authentication."}
+            intent.last_setup_error = {
+                "code": "setup_intent_authentication_failure",
+                "message": "The provided PaymentMethod has failed authentication.",
+            }
             schedule_webhook(ls.Event("setup_intent.setup_failed", intent))
 
 
@@ -250,14 +316,19 @@ def create_refund(data: dict) -> ls.Refund:
     would refund any amount, and a missing amount as the whole charge again)."""
     charge = _charge_to_refund(data)
     left = charge.amount - charge.amount_refunded
-    amount = ls.try_convert_to_int(data.get("amount")) if data.get("amount") is not None \
-        else left
+    amount = ls.try_convert_to_int(data.get("amount")) if data.get("amount") is not None else left
     if left <= 0:
-        raise UserError(400, f"Charge {charge.id} has already been refunded.",
-                        {"code": "charge_already_refunded"})
+        raise UserError(
+            400,
+            f"Charge {charge.id} has already been refunded.",
+            {"code": "charge_already_refunded"},
+        )
     if type(amount) is int and amount > left:
-        raise UserError(400, f"Refund amount ({amount}) is greater than unrefunded amount on "
-                        f"charge ({left})", {"code": "amount_too_large"})
+        raise UserError(
+            400,
+            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+            {"code": "amount_too_large"},
+        )
     data["amount"] = amount
     refund = ls.Refund._api_create(**data)
     charge = ls.Charge._api_retrieve(refund.charge)
@@ -292,8 +363,12 @@ class Dispute(ls.StripeObject):
         self.status = "needs_response"
         self.is_charge_refundable = False
         self.metadata = {}
-        self.evidence_details = {"due_by": self.created + 7 * 24 * 3600, "has_evidence": False,
-                                 "past_due": False, "submission_count": 0}
+        self.evidence_details = {
+            "due_by": self.created + 7 * 24 * 3600,
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        }
         charge.disputed = True
         schedule_webhook(ls.Event("charge.dispute.created", self))
 
@@ -319,15 +394,30 @@ class CheckoutSession(ls.StripeObject):
     object = "checkout.session"
     _id_prefix = "cs_test_"
 
-    def __init__(self, mode=None, customer=None, success_url=None, cancel_url=None,
-                 line_items=None, metadata=None, payment_intent_data=None,
-                 setup_intent_data=None, client_reference_id=None, currency=None,
-                 payment_method_types=None, customer_email=None, expires_at=None, **kwargs):
+    def __init__(
+        self,
+        mode=None,
+        customer=None,
+        success_url=None,
+        cancel_url=None,
+        line_items=None,
+        metadata=None,
+        payment_intent_data=None,
+        setup_intent_data=None,
+        client_reference_id=None,
+        currency=None,
+        payment_method_types=None,
+        customer_email=None,
+        expires_at=None,
+        **kwargs,
+    ):
         if kwargs:
             raise UserError(400, "Unexpected " + ", ".join(kwargs))
         if mode not in ("payment", "setup"):
-            raise UserError(400, "mode must be payment or setup (subscription is not "
-                            "supported by this stand-in)")
+            raise UserError(
+                400,
+                "mode must be payment or setup (subscription is not supported by this stand-in)",
+            )
         if not success_url or not str(success_url).startswith(("http://", "https://")):
             raise UserError(400, "success_url must be an http(s) URL")
         if cancel_url is not None and not str(cancel_url).startswith(("http://", "https://")):
@@ -375,8 +465,9 @@ class CheckoutSession(ls.StripeObject):
 
     def _expire(self) -> None:
         if self.status != "open":
-            raise UserError(400, f"This Checkout Session is {self.status}; only an open "
-                            "session can be expired.")
+            raise UserError(
+                400, f"This Checkout Session is {self.status}; only an open session can be expired."
+            )
         self.status = "expired"
         self.url = None
         schedule_webhook(ls.Event("checkout.session.expired", self))
@@ -399,10 +490,18 @@ def _line_items_total(line_items) -> tuple[int, str, str]:
         quantity = ls.try_convert_to_int(item.get("quantity", 1))
         unit = ls.try_convert_to_int(price.get("unit_amount"))
         cur = price.get("currency")
-        if type(unit) is not int or unit < 0 or type(quantity) is not int or quantity < 1 \
-                or not isinstance(cur, str):
-            raise UserError(400, "each line item needs price_data[currency], "
-                            "price_data[unit_amount] (an integer) and a quantity")
+        if (
+            type(unit) is not int
+            or unit < 0
+            or type(quantity) is not int
+            or quantity < 1
+            or not isinstance(cur, str)
+        ):
+            raise UserError(
+                400,
+                "each line item needs price_data[currency], "
+                "price_data[unit_amount] (an integer) and a quantity",
+            )
         if currency not in (None, cur.lower()):
             raise UserError(400, "all line items must have the same currency")
         currency = cur.lower()
@@ -413,8 +512,9 @@ def _line_items_total(line_items) -> tuple[int, str, str]:
     return total, currency, ", ".join(names)
 
 
-def list_checkout_sessions(payment_intent=None, customer=None, limit=None, starting_after=None,
-                           **kwargs):
+def list_checkout_sessions(
+    payment_intent=None, customer=None, limit=None, starting_after=None, **kwargs
+):
     if kwargs:
         raise UserError(400, "Unexpected " + ", ".join(kwargs))
     li = ls.List("/v1/checkout/sessions", limit=limit, starting_after=starting_after)
@@ -444,9 +544,11 @@ def card_from_form(form) -> ls.PaymentMethod:
     if not month.isdigit() or not year.isdigit():
         raise UserError(400, "Your card's expiration date is incomplete (MM / YY).")
     billing = {"name": str(form.get("name", ""))[:100]} if form.get("name") else None
-    return ls.PaymentMethod(type="card", billing_details=billing,
-                            card={"number": number, "exp_month": month, "exp_year": year,
-                                  "cvc": cvc})
+    return ls.PaymentMethod(
+        type="card",
+        billing_details=billing,
+        card={"number": number, "exp_month": month, "exp_year": year, "cvc": cvc},
+    )
 
 
 def pay_session(session: CheckoutSession, pm) -> str | None:
@@ -454,20 +556,28 @@ def pay_session(session: CheckoutSession, pm) -> str | None:
     URL, or the 3-D Secure step), or raises UserError with what to tell the customer."""
     if session.mode == "payment":
         if pm._attaching_is_declined():  # cards the issuer refuses outright
-            raise card_error("Your card was declined.", code="card_declined",
-                             decline_code="generic_decline", payment_method=pm)
+            raise card_error(
+                "Your card was declined.",
+                code="card_declined",
+                decline_code="generic_decline",
+                payment_method=pm,
+            )
         if session.payment_intent is None:
             intent = SandboxPaymentIntent(
-                amount=session.amount_total, currency=session.currency,
-                customer=session.customer, payment_method=pm.id,
-                metadata=dict(session._payment_intent_metadata))
+                amount=session.amount_total,
+                currency=session.currency,
+                customer=session.customer,
+                payment_method=pm.id,
+                metadata=dict(session._payment_intent_metadata),
+            )
             intent.description = session._line_item_name
             intent._checkout_session = session.id
             session.payment_intent = intent.id
         else:
             intent = ls.PaymentIntent._api_retrieve(session.payment_intent)
-        confirm_payment_intent(intent, payment_method=pm.id,
-                               return_url=f"{Sandbox.base_url}/checkout/{session.id}")
+        confirm_payment_intent(
+            intent, payment_method=pm.id, return_url=f"{Sandbox.base_url}/checkout/{session.id}"
+        )
         if intent.status == "requires_action":
             return intent.next_action["redirect_to_url"]["url"]
         if intent.status in ("succeeded", "processing"):

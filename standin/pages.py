@@ -1,5 +1,6 @@
 """The sandbox pages: plain HTML forms, no JavaScript. Card numbers are typed here (as on
 Stripe's hosted pages), never on the portal's."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -9,8 +10,24 @@ from aiohttp import web
 
 from .objects import TEST_MODE_BANNER
 
-ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx",
-                "vnd", "vuv", "xaf", "xof", "xpf"}
+ZERO_DECIMAL = {
+    "bif",
+    "clp",
+    "djf",
+    "gnf",
+    "jpy",
+    "kmf",
+    "krw",
+    "mga",
+    "pyg",
+    "rwf",
+    "ugx",
+    "vnd",
+    "vuv",
+    "xaf",
+    "xof",
+    "xpf",
+}
 THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
 
 TEST_CARDS = (
@@ -47,23 +64,39 @@ def format_amount(amount: int, currency: str) -> str:
 
 
 def page(title: str, body: str, *, status: int = 200) -> web.Response:
-    html = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
-            # No icon: browsers would otherwise ask for /favicon.ico (an API path: 401).
-            "<link rel=icon href='data:,'>"
-            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>"
-            f"<div class=banner>{escape(TEST_MODE_BANNER)}</div>{body}</main></body></html>")
-    return web.Response(text=html, content_type="text/html", status=status,
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-                                 "X-Frame-Options": "DENY"})
+    html = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+        # No icon: browsers would otherwise ask for /favicon.ico (an API path: 401).
+        "<link rel=icon href='data:,'>"
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>"
+        f"<div class=banner>{escape(TEST_MODE_BANNER)}</div>{body}</main></body></html>"
+    )
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        status=status,
+        headers={
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+        },
+    )
 
 
-def card_form(*, action: str, heading: str, amount_line: str, button: str, error: str = "",
-              cancel_url: str | None = None, values: dict | None = None) -> str:
+def card_form(
+    *,
+    action: str,
+    heading: str,
+    amount_line: str,
+    button: str,
+    error: str = "",
+    cancel_url: str | None = None,
+    values: dict | None = None,
+) -> str:
     values = values or {}
     cards = "".join(f"<li><code>{escape(n)}</code> {escape(what)}</li>" for n, what in TEST_CARDS)
-    cancel = (f"<p><a href='{escape(cancel_url)}'>Cancel and go back</a></p>"
-              if cancel_url else "")
+    cancel = f"<p><a href='{escape(cancel_url)}'>Cancel and go back</a></p>" if cancel_url else ""
     return f"""
 <h1>{escape(heading)}</h1>
 {f"<p class=amount>{escape(amount_line)}</p>" if amount_line else ""}
@@ -71,17 +104,17 @@ def card_form(*, action: str, heading: str, amount_line: str, button: str, error
 <form method=post action="{escape(action)}">
   <label for=number>Card number</label>
   <input id=number name=number inputmode=numeric autocomplete=cc-number
-         placeholder="4242 4242 4242 4242" value="{escape(values.get('number', ''))}" required>
+         placeholder="4242 4242 4242 4242" value="{escape(values.get("number", ""))}" required>
   <div class=row>
     <div><label for=exp>Expiry (MM / YY)</label>
-      <input id=exp name=exp autocomplete=cc-exp value="{escape(values.get('exp', '12 / 34'))}"
+      <input id=exp name=exp autocomplete=cc-exp value="{escape(values.get("exp", "12 / 34"))}"
              required></div>
     <div><label for=cvc>CVC</label>
       <input id=cvc name=cvc inputmode=numeric autocomplete=cc-csc
-             value="{escape(values.get('cvc', '123'))}" required></div>
+             value="{escape(values.get("cvc", "123"))}" required></div>
   </div>
   <label for=name>Name on card</label>
-  <input id=name name=name autocomplete=cc-name value="{escape(values.get('name', ''))}">
+  <input id=name name=name autocomplete=cc-name value="{escape(values.get("name", ""))}">
   <button type=submit>{escape(button)}</button>
 </form>
 {cancel}
@@ -100,8 +133,14 @@ def authenticate_form(*, action: str, what: str) -> str:
 """
 
 
-def message(title: str, text: str, *, link: str | None = None, link_text: str = "Continue",
-            status: int = 200) -> web.Response:
+def message(
+    title: str,
+    text: str,
+    *,
+    link: str | None = None,
+    link_text: str = "Continue",
+    status: int = 200,
+) -> web.Response:
     body = f"<h1>{escape(title)}</h1><p>{escape(text)}</p>"
     if link:
         body += f"<p><a href='{escape(link)}'>{escape(link_text)}</a></p>"

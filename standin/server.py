@@ -1,4 +1,5 @@
 """The stand-in's aiohttp application: our routes first, then every localstripe route."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,10 +30,14 @@ from . import objects, pages  # noqa: E402
 log = logging.getLogger("standin")
 LOOPBACK = "127.0.0.1"
 DEFAULT_EVENTS = (
-    "checkout.session.completed", "checkout.session.expired",
-    "payment_intent.succeeded", "payment_intent.payment_failed",
-    "setup_intent.succeeded", "setup_intent.setup_failed",
-    "charge.refunded", "charge.dispute.created",
+    "checkout.session.completed",
+    "checkout.session.expired",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "setup_intent.succeeded",
+    "setup_intent.setup_failed",
+    "charge.refunded",
+    "charge.dispute.created",
 )
 RETRY_DELAYS = (1, 2, 4, 8, 16, 32, 60, 120)  # seconds between delivery attempts
 
@@ -113,8 +118,7 @@ async def idempotency_middleware(request: web.Request, handler):
         return await handler(request)
     body = await request.read()
     params = sorted(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    fingerprint = hashlib.sha256(
-        json.dumps([request.path, params]).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([request.path, params]).encode()).hexdigest()
     slot = (ls_server.get_api_key(request) or "", key)
     now = time.time()
     for stale in [k for k, v in _IDEMPOTENCY.items() if now - v.at > IDEMPOTENCY_TTL]:
@@ -122,25 +126,38 @@ async def idempotency_middleware(request: web.Request, handler):
     saved = _IDEMPOTENCY.get(slot)
     if saved is not None:
         if saved.fingerprint != fingerprint:
-            return _error(400, "Keys for idempotent requests can only be used with the same "
-                          "parameters they were first used with. Try using a key other than "
-                          f"'{key}' if you meant to execute a different request.",
-                          type="idempotency_error")
+            return _error(
+                400,
+                "Keys for idempotent requests can only be used with the same "
+                "parameters they were first used with. Try using a key other than "
+                f"'{key}' if you meant to execute a different request.",
+                type="idempotency_error",
+            )
         if saved.status is None:
-            return _error(409, "There is currently another in-progress request using this "
-                          "idempotency key. Try again later.", type="idempotency_error",
-                          code="idempotency_key_in_use")
-        return web.Response(body=saved.body, status=saved.status,
-                            content_type="application/json",
-                            headers={"Idempotent-Replayed": "true", "Idempotency-Key": key})
+            return _error(
+                409,
+                "There is currently another in-progress request using this "
+                "idempotency key. Try again later.",
+                type="idempotency_error",
+                code="idempotency_key_in_use",
+            )
+        return web.Response(
+            body=saved.body,
+            status=saved.status,
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+        )
     _IDEMPOTENCY[slot] = _Saved(fingerprint)
     try:
         response = await handler(request)
     except BaseException:
         _IDEMPOTENCY.pop(slot, None)
         raise
-    if response.status in (401, 429) or response.status >= 500 \
-            or not isinstance(response, web.Response):
+    if (
+        response.status in (401, 429)
+        or response.status >= 500
+        or not isinstance(response, web.Response)
+    ):
         _IDEMPOTENCY.pop(slot, None)
     else:
         _IDEMPOTENCY[slot] = _Saved(fingerprint, response.status, response.body or b"")
@@ -180,14 +197,17 @@ async def _deliver_event(event) -> None:
         asyncio.ensure_future(_deliver_one(hook.url, hook.secret, event.id, event.type, payload))
 
 
-async def _deliver_one(url: str, secret: str, event_id: str, event_type: str,
-                       payload: bytes) -> None:
+async def _deliver_one(
+    url: str, secret: str, event_id: str, event_type: str, payload: bytes
+) -> None:
     delays = (0, *SETTINGS.retry_delays)
     for attempt, delay in enumerate(delays, start=1):
         await asyncio.sleep(delay)
-        headers = {"Content-Type": "application/json; charset=utf-8",
-                   "Stripe-Signature": sign(payload, secret, int(time.time())),
-                   "User-Agent": "standin-webhooks"}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": sign(payload, secret, int(time.time())),
+            "User-Agent": "standin-webhooks",
+        }
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
                 async with http.post(url, data=payload, headers=headers) as response:
@@ -195,10 +215,16 @@ async def _deliver_one(url: str, secret: str, event_id: str, event_type: str,
                         log.info("webhook %s %s delivered to %s", event_type, event_id, url)
                         return
                     problem = f"HTTP {response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
-        log.warning("webhook %s %s to %s failed (attempt %d): %s", event_type, event_id, url,
-                    attempt, problem)
+        log.warning(
+            "webhook %s %s to %s failed (attempt %d): %s",
+            event_type,
+            event_id,
+            url,
+            attempt,
+            problem,
+        )
     log.error("webhook %s %s to %s given up", event_type, event_id, url)
 
 
@@ -231,9 +257,12 @@ async def api_confirm_payment_intent(request):
     data = await _data(request)
     intent = ls.PaymentIntent._api_retrieve(request.match_info["id"])
     off_session = ls.try_convert_to_bool(data.pop("off_session", None)) is True
-    objects.confirm_payment_intent(intent, off_session=off_session,
-                                   return_url=data.pop("return_url", None),
-                                   payment_method=data.pop("payment_method", None))
+    objects.confirm_payment_intent(
+        intent,
+        off_session=off_session,
+        return_url=data.pop("return_url", None),
+        payment_method=data.pop("payment_method", None),
+    )
     return _json(intent)
 
 
@@ -293,21 +322,37 @@ def _session_form(session, *, error: str = "", values=None) -> web.Response:
         button = f"Pay {amount}"
     else:
         heading, amount, button = "Save a card", "", "Save card"
-    return pages.page(heading, pages.card_form(
-        action=f"/checkout/{session.id}", heading=heading, amount_line=amount, button=button,
-        error=error, cancel_url=session.cancel_url, values=values),
-        status=402 if error else 200)
+    return pages.page(
+        heading,
+        pages.card_form(
+            action=f"/checkout/{session.id}",
+            heading=heading,
+            amount_line=amount,
+            button=button,
+            error=error,
+            cancel_url=session.cancel_url,
+            values=values,
+        ),
+        status=402 if error else 200,
+    )
 
 
 async def checkout_page(request):
     session = _sandbox_session(request)
     if session.status == "complete":
-        return pages.message("Already done", "This checkout is complete.",
-                             link=session.success_url.replace("{CHECKOUT_SESSION_ID}",
-                                                              session.id))
+        return pages.message(
+            "Already done",
+            "This checkout is complete.",
+            link=session.success_url.replace("{CHECKOUT_SESSION_ID}", session.id),
+        )
     if session.status == "expired":
-        return pages.message("Expired", "This checkout has expired.", link=session.cancel_url,
-                             link_text="Go back", status=410)
+        return pages.message(
+            "Expired",
+            "This checkout has expired.",
+            link=session.cancel_url,
+            link_text="Go back",
+            status=410,
+        )
     return _session_form(session, error=request.query.get("error", "")[:200])
 
 
@@ -344,12 +389,21 @@ def _sandbox_setup_intent(request):
 
 
 def _setup_form(request, intent, *, error="", values=None):
-    query = urlencode({"client_secret": intent.client_secret,
-                       "return_url": request.query.get("return_url", "")})
-    return pages.page("Save a card", pages.card_form(
-        action=f"/sandbox/setup_intents/{intent.id}?{query}", heading="Save a card",
-        amount_line="", button="Save card", error=error, values=values),
-        status=402 if error else 200)
+    query = urlencode(
+        {"client_secret": intent.client_secret, "return_url": request.query.get("return_url", "")}
+    )
+    return pages.page(
+        "Save a card",
+        pages.card_form(
+            action=f"/sandbox/setup_intents/{intent.id}?{query}",
+            heading="Save a card",
+            amount_line="",
+            button="Save card",
+            error=error,
+            values=values,
+        ),
+        status=402 if error else 200,
+    )
 
 
 def _return_to(url: str | None, **params) -> str | None:
@@ -361,8 +415,9 @@ def _return_to(url: str | None, **params) -> str | None:
 async def setup_intent_page(request):
     intent = _sandbox_setup_intent(request)
     if intent.status == "succeeded":
-        return pages.message("Card saved", "This card is saved.",
-                             link=request.query.get("return_url") or None)
+        return pages.message(
+            "Card saved", "This card is saved.", link=request.query.get("return_url") or None
+        )
     return _setup_form(request, intent)
 
 
@@ -376,14 +431,22 @@ async def setup_intent_submit(request):
         objects.confirm_setup_intent(intent, pm)
     except UserError as exc:
         message = exc.body.get("error", {}).get("message") or "Your card was declined."
-        return _setup_form(request, intent, error=message,
-                           values={k: form.get(k, "") for k in ("exp", "cvc", "name")})
+        return _setup_form(
+            request,
+            intent,
+            error=message,
+            values={k: form.get(k, "") for k in ("exp", "cvc", "name")},
+        )
     if intent.status == "requires_action":
-        raise web.HTTPSeeOther(objects.authenticate_url(intent)
-                               + "&" + urlencode({"return_url": return_url or ""}))
-    target = _return_to(return_url, setup_intent=intent.id,
-                        setup_intent_client_secret=intent.client_secret,
-                        redirect_status="succeeded")
+        raise web.HTTPSeeOther(
+            objects.authenticate_url(intent) + "&" + urlencode({"return_url": return_url or ""})
+        )
+    target = _return_to(
+        return_url,
+        setup_intent=intent.id,
+        setup_intent_client_secret=intent.client_secret,
+        redirect_status="succeeded",
+    )
     if target:
         raise web.HTTPSeeOther(target)
     return pages.message("Card saved", "Your card is saved. You can close this page.")
@@ -402,12 +465,15 @@ def _sandbox_intent(request):
 async def authenticate_page(request):
     intent = _sandbox_intent(request)
     if intent.status != "requires_action":
-        return pages.message("Nothing to authenticate",
-                             "This payment does not need authentication now.")
-    what = (f"a payment of {pages.format_amount(intent.amount, intent.currency)}"
-            if intent.object == "payment_intent" else "saving this card")
-    return pages.page("Authenticate", pages.authenticate_form(
-        action=request.path_qs, what=what))
+        return pages.message(
+            "Nothing to authenticate", "This payment does not need authentication now."
+        )
+    what = (
+        f"a payment of {pages.format_amount(intent.amount, intent.currency)}"
+        if intent.object == "payment_intent"
+        else "saving this card"
+    )
+    return pages.page("Authenticate", pages.authenticate_form(action=request.path_qs, what=what))
 
 
 async def authenticate_submit(request):
@@ -427,19 +493,27 @@ async def authenticate_submit(request):
             raise web.HTTPSeeOther(session._complete())
         message = error or "Authentication failed. Try again or use another card."
         raise web.HTTPSeeOther(f"/checkout/{session.id}?" + urlencode({"error": message}))
-    return_url = (request.query.get("return_url") or getattr(intent, "_return_url", None))
+    return_url = request.query.get("return_url") or getattr(intent, "_return_url", None)
     if intent.object == "payment_intent":
-        target = _return_to(return_url, payment_intent=intent.id,
-                            payment_intent_client_secret=intent.client_secret,
-                            redirect_status="succeeded" if ok else "failed")
+        target = _return_to(
+            return_url,
+            payment_intent=intent.id,
+            payment_intent_client_secret=intent.client_secret,
+            redirect_status="succeeded" if ok else "failed",
+        )
     else:
-        target = _return_to(return_url, setup_intent=intent.id,
-                            setup_intent_client_secret=intent.client_secret,
-                            redirect_status="succeeded" if ok else "failed")
+        target = _return_to(
+            return_url,
+            setup_intent=intent.id,
+            setup_intent_client_secret=intent.client_secret,
+            redirect_status="succeeded" if ok else "failed",
+        )
     if target:
         raise web.HTTPSeeOther(target)
-    return pages.message("Done" if ok else "Not completed",
-                         "Authentication complete." if ok else (error or "Authentication failed."))
+    return pages.message(
+        "Done" if ok else "Not completed",
+        "Authentication complete." if ok else (error or "Authentication failed."),
+    )
 
 
 # -- the application ------------------------------------------------------------------------
@@ -467,8 +541,14 @@ OUR_ROUTES = (
 
 
 def build_app() -> web.Application:
-    app = web.Application(middlewares=[idempotency_middleware, ls_server.error_middleware,
-                                       auth_middleware, state_middleware])
+    app = web.Application(
+        middlewares=[
+            idempotency_middleware,
+            ls_server.error_middleware,
+            auth_middleware,
+            state_middleware,
+        ]
+    )
     taken = set()
     for method, path, handler in OUR_ROUTES:
         app.router.add_route(method, path, handler)
@@ -495,8 +575,12 @@ def configure(settings: Settings) -> None:
     if settings.webhook_url:
         if not settings.webhook_secret:
             raise SystemExit("--webhook-secret is required with --webhook-url")
-        ls_webhooks.register_webhook("portal", settings.webhook_url, settings.webhook_secret,
-                                     list(settings.events) if settings.events else None)
+        ls_webhooks.register_webhook(
+            "portal",
+            settings.webhook_url,
+            settings.webhook_secret,
+            list(settings.events) if settings.events else None,
+        )
 
 
 def bind(port: int) -> socket.socket:
@@ -514,5 +598,10 @@ def run(settings: Settings) -> None:
     configure(settings)
     app = build_app()
     print(f"standin listening on http://{LOOPBACK}:{port}", flush=True)
-    web.run_app(app, sock=sock, print=None, access_log=logging.getLogger("standin.access"),
-                access_log_format='%r %s %Tfs')
+    web.run_app(
+        app,
+        sock=sock,
+        print=None,
+        access_log=logging.getLogger("standin.access"),
+        access_log_format="%r %s %Tfs",
+    )

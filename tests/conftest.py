@@ -1,5 +1,6 @@
 """Fixtures: a real database (SQLite or PostgreSQL, from TEST_DB), a real Redis, the app,
 clients, factories. After every test that used the app, the ledger must reconcile."""
+
 from __future__ import annotations
 
 import itertools
@@ -68,8 +69,9 @@ def database_url(tmp_path_factory):
     name = f"portal_test_{os.getpid()}"
     try:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            for (stale,) in conn.execute("SELECT datname FROM pg_database "
-                                         "WHERE datname LIKE 'portal_test_%'").fetchall():
+            for (stale,) in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'portal_test_%'"
+            ).fetchall():
                 pid = stale.rsplit("_", 1)[-1]
                 if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                     conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
@@ -97,8 +99,9 @@ def make_app(database_url, redis_url):
     migrated, built = [], []
 
     def build(**overrides):
-        app = create_app({**BASE_CONFIG, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-                          **overrides})
+        app = create_app(
+            {**BASE_CONFIG, "DATABASE_URL": database_url, "REDIS_URL": redis_url, **overrides}
+        )
         app.test_client_class = PortalClient
         if not migrated:
             import flask_migrate
@@ -108,6 +111,7 @@ def make_app(database_url, redis_url):
             migrated.append(True)
         built.append(app)
         return app
+
     yield build
     for app in built:  # close pooled connections before the interpreter does
         with app.app_context():
@@ -171,14 +175,19 @@ def make_user(app):
     """Create a user; returns plain data (id, email, password), not an ORM object."""
     from portal.services import accounts
 
-    def make(email: str | None = None, *, password: str = PASSWORD, admin: bool = False,
-             name: str = "") -> SimpleNamespace:
+    def make(
+        email: str | None = None, *, password: str = PASSWORD, admin: bool = False, name: str = ""
+    ) -> SimpleNamespace:
         with app.app_context():
-            user = accounts.create_user(email=email or f"user{next(_counter)}@example.com",
-                                        password=password, name=name, is_admin=admin)
+            user = accounts.create_user(
+                email=email or f"user{next(_counter)}@example.com",
+                password=password,
+                name=name,
+                is_admin=admin,
+            )
             db.session.commit()
-            return SimpleNamespace(id=user.id, email=user.email, password=password,
-                                   is_admin=admin)
+            return SimpleNamespace(id=user.id, email=user.email, password=password, is_admin=admin)
+
     return make
 
 
@@ -227,8 +236,9 @@ class Api:
         return self.client.get(self.prefix + path, headers=self._headers(token, headers), **kwargs)
 
     def post(self, path, json=None, token=None, headers=None, **kwargs):
-        return self.client.post(self.prefix + path, json=json,
-                                headers=self._headers(token, headers), **kwargs)
+        return self.client.post(
+            self.prefix + path, json=json, headers=self._headers(token, headers), **kwargs
+        )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """`flask billing ...` commands: create-token, create-admin, seed-demo, reconcile."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def counts(app) -> dict[str, int]:
     with app.app_context():
-        return {model.__name__: db.session.scalar(select(func.count()).select_from(model))
-                for model in (User, LedgerTransaction, CreditLot, OutboundEmail)}
+        return {
+            model.__name__: db.session.scalar(select(func.count()).select_from(model))
+            for model in (User, LedgerTransaction, CreditLot, OutboundEmail)
+        }
 
 
 def test_create_token_prints_a_working_platform_token(runner, api, make_user):
@@ -53,8 +56,9 @@ def one_line_error(result) -> str:
 
 
 def test_create_token_for_an_unknown_email_fails_in_one_line(app, runner):
-    result = runner.invoke(args=["billing", "create-token", "nobody@example.com",
-                                 "--scope", "platform"])
+    result = runner.invoke(
+        args=["billing", "create-token", "nobody@example.com", "--scope", "platform"]
+    )
     assert "nobody@example.com" in one_line_error(result)
     assert "bp_" not in result.output
 
@@ -67,8 +71,9 @@ def test_a_platform_token_for_a_non_admin_is_refused(app, runner, make_user):
 
 
 def test_create_admin_makes_an_admin_who_can_log_in(app, runner):
-    result = runner.invoke(args=["billing", "create-admin", "Boss@Example.com",
-                                 "--password", "boss-password-123"])
+    result = runner.invoke(
+        args=["billing", "create-admin", "Boss@Example.com", "--password", "boss-password-123"]
+    )
     assert result.exit_code == 0, result.output
     assert "boss@example.com created" in result.stdout
 
@@ -93,15 +98,17 @@ def test_create_admin_promotes_an_existing_user(app, runner, auth, client, make_
 
 
 def test_create_admin_with_a_short_password_fails_in_one_line(app, runner):
-    result = runner.invoke(args=["billing", "create-admin", "boss@example.com",
-                                 "--password", "short"])
+    result = runner.invoke(
+        args=["billing", "create-admin", "boss@example.com", "--password", "short"]
+    )
     assert "10 characters" in one_line_error(result)
     assert counts(app)["User"] == 0
 
 
 def test_create_admin_with_a_bad_email_fails_in_one_line(app, runner):
-    result = runner.invoke(args=["billing", "create-admin", "not-an-email",
-                                 "--password", "long-enough-password"])
+    result = runner.invoke(
+        args=["billing", "create-admin", "not-an-email", "--password", "long-enough-password"]
+    )
     one_line_error(result)
     assert counts(app)["User"] == 0
 
@@ -133,31 +140,46 @@ def test_reconcile_fails_on_a_broken_ledger(app, runner, make_user):
     """A hand-written balance that entries do not back is found and exits non-zero."""
     runner.invoke(args=["billing", "seed-demo"])
     with app.app_context():
-        db.session.execute(update(LedgerAccount).where(LedgerAccount.kind == "credit")
-                           .values(balance_minor=LedgerAccount.balance_minor + 1))
+        db.session.execute(
+            update(LedgerAccount)
+            .where(LedgerAccount.kind == "credit")
+            .values(balance_minor=LedgerAccount.balance_minor + 1)
+        )
         db.session.commit()
     result = runner.invoke(args=["billing", "reconcile"])
     assert one_line_error(result).startswith("error: ")
     assert result.stdout.strip()  # the differences are listed
     with app.app_context():  # put it back, so the after-test reconcile passes
-        db.session.execute(update(LedgerAccount).where(LedgerAccount.kind == "credit")
-                           .values(balance_minor=LedgerAccount.balance_minor - 1))
+        db.session.execute(
+            update(LedgerAccount)
+            .where(LedgerAccount.kind == "credit")
+            .values(balance_minor=LedgerAccount.balance_minor - 1)
+        )
         db.session.commit()
 
 
 def _shell(args: list[str], env: dict[str, str], cwd) -> subprocess.CompletedProcess:
     """A `flask` command as a new terminal runs it: only PATH and what is given."""
     flask = os.path.join(os.path.dirname(sys.executable), "flask")
-    return subprocess.run([flask, *args], env={"PATH": "/usr/bin:/bin", **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [flask, *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_billing_help_works_with_no_configuration_at_all(tmp_path):
     result = _shell(["billing", "--help"], {"INSTANCE_PATH": str(tmp_path / "empty")}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "create-token" in result.stdout and "reconcile" in result.stdout
-    result = _shell(["--app", ROOT + "/wsgi.py", "billing", "--help"],
-                    {"INSTANCE_PATH": str(tmp_path / "empty")}, tmp_path)
+    result = _shell(
+        ["--app", ROOT + "/wsgi.py", "billing", "--help"],
+        {"INSTANCE_PATH": str(tmp_path / "empty")},
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -168,10 +190,14 @@ def test_a_fresh_shell_uses_the_secret_key_make_run_keeps(app, make_user, tmp_pa
     instance = tmp_path / "instance"
     instance.mkdir()
     (instance / "secret_key").write_text("k" * 64 + "\n")
-    env = {"INSTANCE_PATH": str(instance), "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-           "REDIS_URL": app.config["REDIS_URL"]}
-    result = _shell(["--app", "wsgi", "billing", "create-token", admin.email, "--scope", "admin"],
-                    env, ROOT)
+    env = {
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": app.config["REDIS_URL"],
+    }
+    result = _shell(
+        ["--app", "wsgi", "billing", "create-token", admin.email, "--scope", "admin"], env, ROOT
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("bp_")
 

@@ -1,5 +1,6 @@
 """The lock file: honest (it is what pyproject.toml resolves to) and installable, with
 hashes, into a fresh virtualenv that then runs the portal's CLI."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,8 @@ def pins(text: str, *, applicable: bool = False) -> dict[str, str]:
     for this interpreter (the lock is universal: some lines are for Windows or PyPy)."""
     found = {}
     for name, version, marker in re.findall(
-            r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)(?: ; ([^\\\n]+))?", text, re.M):
+        r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;\\]+)(?: ; ([^\\\n]+))?", text, re.M
+    ):
         if not applicable or not marker or Marker(marker.strip()).evaluate():
             found[name] = version
     return found
@@ -61,8 +63,23 @@ def test_the_lock_is_what_pyproject_resolves_to(tmp_path):
     assert UV, "uv is installed from the lock"
     out = tmp_path / "requirements.lock"
     shutil.copy(LOCK, out)
-    run([UV, "pip", "compile", "pyproject.toml", "--all-extras", "--generate-hashes",
-         "--universal", "--python-version", "3.11", "--quiet", "-o", str(out)], cwd=ROOT)
+    run(
+        [
+            UV,
+            "pip",
+            "compile",
+            "pyproject.toml",
+            "--all-extras",
+            "--generate-hashes",
+            "--universal",
+            "--python-version",
+            "3.11",
+            "--quiet",
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+    )
     assert pins(out.read_text()) == pins(read_lock())
 
 
@@ -71,17 +88,51 @@ def test_a_fresh_virtualenv_installs_from_the_lock_and_runs(tmp_path):
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = str(venv / "bin" / "python")
     env = {**os.environ, "UV_NO_CONFIG": "1"}
-    run([UV, "pip", "install", "--python", python, "--require-hashes", "--no-deps", "--quiet",
-         "-r", LOCK], env=env)
-    run([UV, "pip", "install", "--python", python, "--no-deps", "--no-build-isolation",
-         "--quiet", "-e", ROOT], env=env)
+    run(
+        [
+            UV,
+            "pip",
+            "install",
+            "--python",
+            python,
+            "--require-hashes",
+            "--no-deps",
+            "--quiet",
+            "-r",
+            LOCK,
+        ],
+        env=env,
+    )
+    run(
+        [
+            UV,
+            "pip",
+            "install",
+            "--python",
+            python,
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-e",
+            ROOT,
+        ],
+        env=env,
+    )
     run([UV, "pip", "check", "--python", python], env=env)
-    installed = run([python, "-c", "import importlib.metadata as m; print('\\n'.join("
-                     "f'{d.metadata[\"Name\"]}=={d.version}' for d in m.distributions()))"])
+    installed = run(
+        [
+            python,
+            "-c",
+            "import importlib.metadata as m; print('\\n'.join("
+            "f'{d.metadata[\"Name\"]}=={d.version}' for d in m.distributions()))",
+        ]
+    )
     have = {canonical(k): v for k, v in pins(installed.stdout).items()}
     for name, version in pins(read_lock(), applicable=True).items():
         assert have.get(canonical(name)) == version, name
-    result = run([str(venv / "bin" / "flask"), "billing", "--help"],
-                 env={"PATH": "/usr/bin:/bin", "INSTANCE_PATH": str(tmp_path / "instance")},
-                 cwd=str(tmp_path))
+    result = run(
+        [str(venv / "bin" / "flask"), "billing", "--help"],
+        env={"PATH": "/usr/bin:/bin", "INSTANCE_PATH": str(tmp_path / "instance")},
+        cwd=str(tmp_path),
+    )
     assert "reconcile" in result.stdout

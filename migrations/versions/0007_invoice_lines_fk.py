@@ -9,22 +9,23 @@ Revises: 0006_wallet
 Create Date: 2026-11-22 10:00:00.000000
 
 """
+
 from alembic import op
 
-
 # revision identifiers, used by Alembic.
-revision = '0007_invoice_lines_fk'
-down_revision = '0006_wallet'
+revision = "0007_invoice_lines_fk"
+down_revision = "0006_wallet"
 branch_labels = None
 depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
-        batch_op.drop_constraint('fk_invoice_lines_deployment_id_deployments', type_='foreignkey')
+    with op.batch_alter_table("invoice_lines", schema=None) as batch_op:
+        batch_op.drop_constraint("fk_invoice_lines_deployment_id_deployments", type_="foreignkey")
 
 
 def downgrade():
-    with op.batch_alter_table('invoice_lines', schema=None) as batch_op:
-        batch_op.create_foreign_key('fk_invoice_lines_deployment_id_deployments', 'deployments',
-                                    ['deployment_id'], ['id'])
+    with op.batch_alter_table("invoice_lines", schema=None) as batch_op:
+        batch_op.create_foreign_key(
+            "fk_invoice_lines_deployment_id_deployments", "deployments", ["deployment_id"], ["id"]
+        )

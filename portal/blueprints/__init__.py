@@ -1,10 +1,10 @@
 """Blueprints: thin views (parse, authorize, call one service, render or redirect)."""
+
 from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import (account, auth, invoices, payment_methods, subscription, usage, wallet,
-                   webhooks)
+    from . import account, auth, invoices, payment_methods, subscription, usage, wallet, webhooks
     from .admin import bp as admin_bp
     from .api import bp as api_bp
 

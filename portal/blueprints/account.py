@@ -1,4 +1,5 @@
 """The signed-in user's own account: password and API tokens."""
+
 from __future__ import annotations
 
 from flask import Blueprint, flash, render_template
@@ -24,8 +25,9 @@ def _require_login():
 class PasswordForm(FlaskForm):
     current_password = PasswordField("Current password", validators=[DataRequired()])
     password = PasswordField("New password", validators=[DataRequired(), Length(min=10, max=256)])
-    confirm = PasswordField("Repeat new password",
-                            validators=[DataRequired(), EqualTo("password", "Passwords differ.")])
+    confirm = PasswordField(
+        "Repeat new password", validators=[DataRequired(), EqualTo("password", "Passwords differ.")]
+    )
 
 
 class TokenForm(FlaskForm):
@@ -55,8 +57,10 @@ def password():
 def _token_form() -> TokenForm:
     form = TokenForm()
     if current_user.is_admin:
-        form.scope.choices += [SelectChoice("admin", "admin: everything"),
-                               SelectChoice("platform", "platform: users and deployments")]
+        form.scope.choices += [
+            SelectChoice("admin", "admin: everything"),
+            SelectChoice("platform", "platform: users and deployments"),
+        ]
     return form
 
 
@@ -65,16 +69,22 @@ def tokens():
     form, new_token = _token_form(), None
     if form.validate_on_submit():
         try:
-            _, new_token = accounts.create_api_token(current_user, name=form.name.data,
-                                                     scope=form.scope.data)
+            _, new_token = accounts.create_api_token(
+                current_user, name=form.name.data, scope=form.scope.data
+            )
         except ServiceError as exc:
             form_errors_from(form, exc)
         else:
             db.session.commit()
             form = _token_form()
             form.name.data = ""
-    return render_template("account/tokens.html", form=form, new_token=new_token,
-                           tokens=accounts.list_tokens(current_user), revoke_form=RevokeForm())
+    return render_template(
+        "account/tokens.html",
+        form=form,
+        new_token=new_token,
+        tokens=accounts.list_tokens(current_user),
+        revoke_form=RevokeForm(),
+    )
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

@@ -1,8 +1,8 @@
 """Register, log in, log out, forgot and reset password."""
+
 from __future__ import annotations
 
-from flask import (Blueprint, current_app, flash, g, redirect, render_template, session,
-                   url_for)
+from flask import Blueprint, current_app, flash, g, redirect, render_template, session, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField
@@ -24,6 +24,7 @@ class LoginForm(FlaskForm):
 
 class RegisterForm(FlaskForm):
     """Name and address only: the password is set from the link mailed to the address."""
+
     name = StringField("Name", validators=[Length(max=200)])
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
 
@@ -34,12 +35,15 @@ class ForgotForm(FlaskForm):
 
 class ResetForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired(), Length(min=10, max=256)])
-    confirm = PasswordField("Repeat new password",
-                            validators=[DataRequired(), EqualTo("password", "Passwords differ.")])
+    confirm = PasswordField(
+        "Repeat new password", validators=[DataRequired(), EqualTo("password", "Passwords differ.")]
+    )
 
 
-REGISTER_SENT = ("Thank you. We have sent a message to {email}: follow it to go on. "
-                 "Nothing arrived? Look in the spam folder, or ask again later.")
+REGISTER_SENT = (
+    "Thank you. We have sent a message to {email}: follow it to go on. "
+    "Nothing arrived? Look in the spam folder, or ask again later."
+)
 
 
 def _login_limit() -> str:
@@ -116,8 +120,9 @@ def forgot():
     if form.validate_on_submit():
         accounts.request_password_reset(form.email.data)
         db.session.commit()
-        flash("If an account uses that address, a link to set a new password is on its way.",
-              "info")
+        flash(
+            "If an account uses that address, a link to set a new password is on its way.", "info"
+        )
         return see_other("auth.login")
     return render_template("auth/forgot.html", form=form)
 

@@ -1,4 +1,5 @@
 """Small helpers the views share."""
+
 from __future__ import annotations
 
 import re
@@ -23,6 +24,7 @@ def admin_required(view):
         if not current_user.is_admin:
             abort(403)
         return view(*args, **kwargs)
+
     return wrapped
 
 
@@ -80,8 +82,11 @@ def page_arg() -> int:
     if not raw:
         return 1
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-        abort(400, description=f"The page must be a whole number from 1 to {MAX_PAGE:,}, "
-                               f"not “{raw[:20]}”.")
+        abort(
+            400,
+            description=f"The page must be a whole number from 1 to {MAX_PAGE:,}, "
+            f"not “{raw[:20]}”.",
+        )
     return int(raw)
 
 
@@ -89,8 +94,7 @@ def query_arg(name: str, max_length: int = 200) -> str:
     """A query-string value, stripped; a longer one is 400 naming it (never truncated)."""
     value = request.args.get(name, "").strip()
     if len(value) > max_length:
-        abort(400, description=f"The parameter “{name}” must be at most {max_length} "
-                               "characters.")
+        abort(400, description=f"The parameter “{name}” must be at most {max_length} characters.")
     return value
 
 

@@ -1,6 +1,7 @@
 """The Invoices pages: the user's invoices (filtered by status, paged; the table swaps with
 htmx), one invoice with its lines, payments and PDF, the PDF download and the widget that
 waits for it. Users cannot delete invoices."""
+
 from flask import Blueprint, abort, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
@@ -37,10 +38,12 @@ class PayForm(FlaskForm):
 
 def _payment_context(invoice) -> dict:
     unpaid = invoice.invoice_status in invoicing.UNPAID
-    return {"pay_form": PayForm(),
-            "preview": settlement.preview(invoice, current_user) if unpaid else None,
-            "waiting": card_payments.open_attempt_for(current_user, invoice) if unpaid else None,
-            "tender_labels": settlement.TENDER_LABELS}
+    return {
+        "pay_form": PayForm(),
+        "preview": settlement.preview(invoice, current_user) if unpaid else None,
+        "waiting": card_payments.open_attempt_for(current_user, invoice) if unpaid else None,
+        "tender_labels": settlement.TENDER_LABELS,
+    }
 
 
 @bp.get("/<int:invoice_id>")
@@ -62,24 +65,33 @@ def pay(invoice_id: int):
         return see_other("invoices.show", invoice_id=invoice_id)
     result = settlement.settle(current_user.id, invoice_id=invoice_id)
     invoice = invoicing.get_invoice(invoice_id, user=current_user)
-    waiting = (card_payments.open_attempt_for(current_user, invoice)
-               if invoice.invoice_status is not invoicing.S.PAID else None)
+    waiting = (
+        card_payments.open_attempt_for(current_user, invoice)
+        if invoice.invoice_status is not invoicing.S.PAID
+        else None
+    )
     if invoice.invoice_status is invoicing.S.PAID:
         flash("The invoice is paid.", "success")
     elif invoice_id in result.needs_action or (
-            waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION):
-        flash("Your bank asks you to confirm the card payment: press “Complete payment”.",
-              "info")
+        waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION
+    ):
+        flash("Your bank asks you to confirm the card payment: press “Complete payment”.", "info")
     elif waiting is not None:  # a charge made a moment ago is not answered yet
         flash("A card payment for this invoice is being processed.", "info")
     elif invoice_id in result.failed:
-        flash("No payment method could pay the rest of this invoice. Add money to your "
-              "balance, redeem a voucher or add a card.", "error")
+        flash(
+            "No payment method could pay the rest of this invoice. Add money to your "
+            "balance, redeem a voucher or add a card.",
+            "error",
+        )
     elif invoice.amount_paid_minor:
         flash("Part of the invoice is paid; the rest is still due.", "info")
     else:
-        flash("Nothing could pay this invoice: add money to your balance, redeem a voucher "
-              "or add a card.", "error")
+        flash(
+            "Nothing could pay this invoice: add money to your balance, redeem a voucher "
+            "or add a card.",
+            "error",
+        )
     return see_other("invoices.show", invoice_id=invoice_id)
 
 
@@ -96,8 +108,10 @@ def complete_payment(invoice_id: int):
         return see_other("invoices.show", invoice_id=invoice_id)
     try:
         url = card_payments.start_authentication(
-            current_user, attempt,
-            return_url=public_url("invoices.confirmed", invoice_id=invoice_id))
+            current_user,
+            attempt,
+            return_url=public_url("invoices.confirmed", invoice_id=invoice_id),
+        )
     except GatewayError as exc:
         db.session.rollback()
         flash(f"The card processor did not answer: {exc.message}", "error")

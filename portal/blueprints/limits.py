@@ -1,4 +1,5 @@
 """Rate limits that several views share."""
+
 from __future__ import annotations
 
 from flask import current_app, g
@@ -19,5 +20,6 @@ def _redeeming_user() -> str:
 
 # Code guessing: one counter per user for the Wallet form and POST /vouchers/redeem together,
 # so using both does not double the attempts.
-voucher_redeem_limit = limiter.shared_limit(_voucher_limit, scope="voucher-redeem",
-                                            key_func=_redeeming_user)
+voucher_redeem_limit = limiter.shared_limit(
+    _voucher_limit, scope="voucher-redeem", key_func=_redeeming_user
+)

@@ -1,4 +1,5 @@
 """The Payment methods page: saved cards (add on the gateway's page, set default, remove)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request
@@ -20,8 +21,13 @@ class ActionForm(FlaskForm):
 
 def _render(status: int = 200):
     saved = cards.list_cards(current_user) if cards.cards_enabled() else []
-    return render_template("payment_methods/index.html", cards=saved, form=ActionForm(),
-                           enabled=cards.cards_enabled(), rule=cards.LAST_CARD_RULE), status
+    return render_template(
+        "payment_methods/index.html",
+        cards=saved,
+        form=ActionForm(),
+        enabled=cards.cards_enabled(),
+        rule=cards.LAST_CARD_RULE,
+    ), status
 
 
 @bp.get("/")
@@ -40,7 +46,8 @@ def add():
         session = cards.start_adding(
             current_user,
             success_url=public_url("payment_methods.added") + "?session_id={CHECKOUT_SESSION_ID}",
-            cancel_url=public_url("payment_methods.index"))
+            cancel_url=public_url("payment_methods.index"),
+        )
     except GatewayError as exc:
         db.session.rollback()
         flash(f"Cards cannot be added right now: {exc.message}", "error")

@@ -1,4 +1,5 @@
 """The Subscription page: the billing mode and the plans in force."""
+
 from flask import Blueprint, current_app, render_template
 from flask_login import login_required
 
@@ -9,5 +10,6 @@ bp = Blueprint("subscription", __name__, url_prefix="/subscription")
 @login_required
 def index():
     settings = current_app.config["BILLING"]
-    return render_template("subscription/index.html", settings=settings,
-                           plans=settings.subscription_plans)
+    return render_template(
+        "subscription/index.html", settings=settings, plans=settings.subscription_plans
+    )

@@ -1,4 +1,5 @@
 """The Usage page: the period's cost so far, the projection, breakdowns and a daily chart."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -37,9 +38,14 @@ def index():
     except ValueError:
         abort(404)
     report = usage.usage_report(current_user, start, end)
-    context = {"report": report, "periods": periods, "selected": selected,
-               "chart": usage.daily_chart(report.daily)}
+    context = {
+        "report": report,
+        "periods": periods,
+        "selected": selected,
+        "chart": usage.daily_chart(report.daily),
+    }
     if hx.is_fragment_request("usage-report"):
         return render_template("usage/_report.html", **context)
-    return render_template("usage/index.html", **context,
-                           deployments=deployments.list_deployments(current_user))
+    return render_template(
+        "usage/index.html", **context, deployments=deployments.list_deployments(current_user)
+    )

@@ -1,5 +1,6 @@
 """The Wallet page: balances, history, top-ups (checkout page or a saved card), voucher
 redemption and voucher requests."""
+
 from __future__ import annotations
 
 import secrets
@@ -36,7 +37,8 @@ class TopUpForm(FlaskForm):
 
     def fill(self, user) -> TopUpForm:
         self.method.choices = [("checkout", "Card on the secure checkout page")] + [
-            (f"card:{c.id}", f"Saved card {c.label}") for c in cards.list_cards(user)]
+            (f"card:{c.id}", f"Saved card {c.label}") for c in cards.list_cards(user)
+        ]
         if not self.nonce.data:
             self.nonce.data = secrets.token_urlsafe(16)
         return self
@@ -53,12 +55,14 @@ def _render(redeem_form=None, request_form=None, topup_form=None, status: int = 
     if hx.is_fragment_request("wallet-panel"):
         return render_template("wallet/_panel.html", **context)
     enabled = cards.cards_enabled()
-    return render_template("wallet/index.html", **context,
-                           redeem_form=redeem_form or RedeemForm(formdata=None),
-                           request_form=request_form or RequestForm(formdata=None),
-                           topup_form=(topup_form or TopUpForm(formdata=None)).fill(current_user)
-                           if enabled else None,
-                           requests=vouchers.list_requests(status=None, user=current_user)), status
+    return render_template(
+        "wallet/index.html",
+        **context,
+        redeem_form=redeem_form or RedeemForm(formdata=None),
+        request_form=request_form or RequestForm(formdata=None),
+        topup_form=(topup_form or TopUpForm(formdata=None)).fill(current_user) if enabled else None,
+        requests=vouchers.list_requests(status=None, user=current_user),
+    ), status
 
 
 @bp.get("/")
@@ -120,15 +124,22 @@ def top_up():
         amount = Money.from_decimal(form.amount.decimal, current_user.currency)
         if form.method.data == "checkout":
             session = topups.start_checkout(
-                current_user, amount,
+                current_user,
+                amount,
                 success_url=public_url("wallet.top_up_done") + "?session_id={CHECKOUT_SESSION_ID}",
-                cancel_url=public_url("wallet.index"), idempotency_key=form.nonce.data)
+                cancel_url=public_url("wallet.index"),
+                idempotency_key=form.nonce.data,
+            )
             db.session.commit()
             return redirect(session.url, code=303)
         card_id = int(form.method.data.removeprefix("card:"))
         attempt, url = card_payments.top_up_with_card(
-            current_user, card_id, amount, nonce=form.nonce.data,
-            return_url=public_url("wallet.top_up_card_return"))
+            current_user,
+            card_id,
+            amount,
+            nonce=form.nonce.data,
+            return_url=public_url("wallet.top_up_card_return"),
+        )
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
     except ServiceError as exc:
@@ -150,8 +161,11 @@ def _flash_attempt(attempt) -> None:
     if status is AttemptStatus.SUCCEEDED:
         flash(f"{attempt.amount.format()} added to your prepaid balance.", "success")
     elif status is AttemptStatus.FAILED:
-        flash(f"{attempt.payment_method.label} was declined"
-              f"{': ' + attempt.message if attempt.message else '.'}", "error")
+        flash(
+            f"{attempt.payment_method.label} was declined"
+            f"{': ' + attempt.message if attempt.message else '.'}",
+            "error",
+        )
     else:
         flash("The payment is being confirmed; your balance grows when it is.", "info")
 

@@ -6,6 +6,7 @@ once and processed by a job; the answer is 200 at once. A bad signature is 400 a
 nothing; an event of the other mode (live vs test) is acknowledged and ignored. A body over
 WEBHOOK_MAX_CONTENT_LENGTH is 413 and is not read (portal/request_guard.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,9 @@ csrf.exempt(bp)
 @body_limit("WEBHOOK_MAX_CONTENT_LENGTH")  # a bigger body, chunked or not, is 413 unread
 def receive():
     try:
-        received = webhooks.record_event(get_gateway(), request.get_data(cache=False),
-                                         request.headers.get("Stripe-Signature"))
+        received = webhooks.record_event(
+            get_gateway(), request.get_data(cache=False), request.headers.get("Stripe-Signature")
+        )
     except SignatureError as exc:
         log.warning("webhook refused: %s", exc)
         return json_error(400, "bad_signature", "signature verification failed")

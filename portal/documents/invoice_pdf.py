@@ -4,6 +4,7 @@ The template sees only the snapshot (no app, request or database), autoescaped. 
 may read only files under portal/static; any other URL (file:, http:, data:, ...) stops the
 render, so a PDF never silently leaves out a resource or reaches outside.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -20,9 +21,24 @@ STATIC_DIR = PORTAL_DIR / "static"
 TEMPLATE_DIR = PORTAL_DIR / "templates" / "pdf"
 BASE_URL = path2url(STATIC_DIR / "pdf")  # a directory URL: templates link "invoice_v1.css"
 TEMPLATE_VERSIONS = (1,)
-REQUIRED_KEYS = ("template_version", "number", "status", "issued_at", "period_start",
-                 "period_end", "seller", "customer", "currency", "lines", "subtotal", "credits",
-                 "total", "amount_paid", "amount_due", "payments")
+REQUIRED_KEYS = (
+    "template_version",
+    "number",
+    "status",
+    "issued_at",
+    "period_start",
+    "period_end",
+    "seller",
+    "customer",
+    "currency",
+    "lines",
+    "subtotal",
+    "credits",
+    "total",
+    "amount_paid",
+    "amount_due",
+    "payments",
+)
 
 
 class RefusedURL(ValueError):
@@ -52,8 +68,9 @@ class StaticFetcher(URLFetcher):
     def fetch(self, url, headers=None):
         path = static_path(url)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return URLFetcherResponse(path2url(path), body=path.read_bytes(),
-                                  headers={"Content-Type": content_type})
+        return URLFetcherResponse(
+            path2url(path), body=path.read_bytes(), headers={"Content-Type": content_type}
+        )
 
 
 FETCHER = StaticFetcher()
@@ -64,8 +81,13 @@ def is_nonzero(amount_text: str | None) -> bool:
     return any(c in "123456789" for c in str(amount_text or ""))
 
 
-_env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, trim_blocks=True,
-                   lstrip_blocks=True, auto_reload=False)
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATE_DIR),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    auto_reload=False,
+)
 _env.tests["nonzero"] = is_nonzero
 
 

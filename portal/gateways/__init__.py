@@ -1,19 +1,45 @@
 """Payment gateways: ``base`` is the protocol and its plain data; ``stripe`` is the Stripe
 implementation. ``get_gateway(app)`` builds the app's gateway once from its config."""
+
 from __future__ import annotations
 
 from flask import Flask, current_app
 
-from .base import (CardDeclined, CardInfo, ChargeInfo, CheckoutSessionInfo, DisputeInfo,
-                   GatewayError, GatewayEvent, GatewayNotConfigured, LivemodeMismatch,
-                   PaymentGateway, PaymentResult, PaymentStatus, RefundResult, SetupIntentInfo,
-                   SignatureError)
+from .base import (
+    CardDeclined,
+    CardInfo,
+    ChargeInfo,
+    CheckoutSessionInfo,
+    DisputeInfo,
+    GatewayError,
+    GatewayEvent,
+    GatewayNotConfigured,
+    LivemodeMismatch,
+    PaymentGateway,
+    PaymentResult,
+    PaymentStatus,
+    RefundResult,
+    SetupIntentInfo,
+    SignatureError,
+)
 
 __all__ = [
-    "CardDeclined", "CardInfo", "ChargeInfo", "CheckoutSessionInfo", "DisputeInfo",
-    "GatewayError", "GatewayEvent",
-    "GatewayNotConfigured", "LivemodeMismatch", "PaymentGateway", "PaymentResult",
-    "PaymentStatus", "RefundResult", "SetupIntentInfo", "SignatureError", "get_gateway",
+    "CardDeclined",
+    "CardInfo",
+    "ChargeInfo",
+    "CheckoutSessionInfo",
+    "DisputeInfo",
+    "GatewayError",
+    "GatewayEvent",
+    "GatewayNotConfigured",
+    "LivemodeMismatch",
+    "PaymentGateway",
+    "PaymentResult",
+    "PaymentStatus",
+    "RefundResult",
+    "SetupIntentInfo",
+    "SignatureError",
+    "get_gateway",
 ]
 
 _EXTENSION = "portal.gateway"

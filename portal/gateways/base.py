@@ -8,6 +8,7 @@ Amounts: ``Money`` holds minor units at the project's digits for the currency (C
 Stripe has its own exponent table (``stripe_exponent``), so the conversion lives here and
 refuses an amount Stripe cannot take rather than rounding it.
 """
+
 from __future__ import annotations
 
 import enum
@@ -24,8 +25,27 @@ from ..money import AmountError, Money, currency_digits
 # to update, and tests/gateways/test_money_units.py pins it.
 STRIPE_CURRENCY_OVERRIDES: dict[str, tuple[int, int]] = {
     # zero-decimal currencies: 500 JPY is amount=500
-    **{code: (0, 1) for code in ("BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA",
-                                 "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF")},
+    **{
+        code: (0, 1)
+        for code in (
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "JPY",
+            "KMF",
+            "KRW",
+            "MGA",
+            "PYG",
+            "RWF",
+            "UGX",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        )
+    },
     # three-decimal currencies: 5.120 KWD is amount=5120, and the last digit must be 0
     **{code: (3, 10) for code in ("BHD", "JOD", "KWD", "OMR", "TND")},
     # special case: ISK stays two-decimal in the API but only whole kronur are accepted
@@ -47,17 +67,20 @@ def to_stripe_amount(amount: Money) -> int:
     whose last fils is not 0, fractional ISK): the caller must round on purpose, never here.
     """
     exponent, granularity = STRIPE_CURRENCY_OVERRIDES.get(
-        amount.currency, (STRIPE_DEFAULT_EXPONENT, 1))
+        amount.currency, (STRIPE_DEFAULT_EXPONENT, 1)
+    )
     shift = exponent - currency_digits(amount.currency)
     if shift >= 0:
-        units = amount.amount_minor * 10 ** shift
+        units = amount.amount_minor * 10**shift
     else:
-        units, rest = divmod(amount.amount_minor, 10 ** -shift)
+        units, rest = divmod(amount.amount_minor, 10**-shift)
         if rest:
             raise AmountError(f"{amount} has more digits than Stripe takes for {amount.currency}")
     if units % granularity:
-        raise AmountError(f"{amount} is not a multiple Stripe accepts for {amount.currency} "
-                          f"(amount {units} must be divisible by {granularity})")
+        raise AmountError(
+            f"{amount} is not a multiple Stripe accepts for {amount.currency} "
+            f"(amount {units} must be divisible by {granularity})"
+        )
     return units
 
 
@@ -68,8 +91,8 @@ def from_stripe_amount(units: int, currency: str) -> Money:
     code = currency.upper()
     shift = stripe_exponent(code) - currency_digits(code)
     if shift <= 0:
-        return Money(units * 10 ** -shift, code)
-    minor, rest = divmod(units, 10 ** shift)
+        return Money(units * 10**-shift, code)
+    minor, rest = divmod(units, 10**shift)
     if rest:
         raise AmountError(f"Stripe amount {units} {code} has more digits than {code} has")
     return Money(minor, code)
@@ -79,8 +102,8 @@ def from_stripe_amount(units: int, currency: str) -> Money:
 class PaymentStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     REQUIRES_ACTION = "requires_action"  # the customer must authenticate (3-D Secure)
-    FAILED = "failed"                    # declined: decline_code says why
-    PROCESSING = "processing"            # not final yet; a webhook will tell
+    FAILED = "failed"  # declined: decline_code says why
+    PROCESSING = "processing"  # not final yet; a webhook will tell
 
 
 @dataclass(frozen=True)
@@ -121,9 +144,9 @@ class PaymentResult:
 class CheckoutSessionInfo:
     id: str
     url: str | None
-    status: str | None = None          # open, complete, expired
+    status: str | None = None  # open, complete, expired
     payment_status: str | None = None  # unpaid, paid, no_payment_required
-    mode: str | None = None            # payment, setup
+    mode: str | None = None  # payment, setup
     customer: str | None = None
     payment_intent: str | None = None
     setup_intent: str | None = None
@@ -147,7 +170,7 @@ class ChargeInfo:
 
     id: str
     payment_intent: str | None
-    amount: Money           # captured
+    amount: Money  # captured
     amount_refunded: Money  # the running total of its refunds
     refunds: tuple[RefundResult, ...] = ()  # every refund of the charge
 
@@ -175,9 +198,13 @@ class GatewayEvent:
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> GatewayEvent:
         """An event's JSON (as verified, or as stored in the inbox) as a GatewayEvent."""
-        return cls(id=str(data["id"]), type=str(data["type"]),
-                   livemode=bool(data.get("livemode", False)),
-                   object=dict(data["data"]["object"]), created=data.get("created"))
+        return cls(
+            id=str(data["id"]),
+            type=str(data["type"]),
+            livemode=bool(data.get("livemode", False)),
+            object=dict(data["data"]["object"]),
+            created=data.get("created"),
+        )
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -190,8 +217,14 @@ class GatewayError(Exception):
     charge again.
     """
 
-    def __init__(self, message: str, *, outcome_unknown: bool = False, code: str | None = None,
-                 http_status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        outcome_unknown: bool = False,
+        code: str | None = None,
+        http_status: int | None = None,
+    ):
         if outcome_unknown and "outcome unknown" not in message:
             message = f"{message} (outcome unknown)"
         super().__init__(message)
@@ -204,8 +237,9 @@ class GatewayError(Exception):
 class CardDeclined(GatewayError):
     """The card was refused where no payment result carries it (attaching a card)."""
 
-    def __init__(self, message: str, *, decline_code: str | None = None,
-                 payment_method: str | None = None):
+    def __init__(
+        self, message: str, *, decline_code: str | None = None, payment_method: str | None = None
+    ):
         super().__init__(message, code="card_declined", http_status=402)
         self.decline_code = decline_code
         self.payment_method = payment_method
@@ -237,49 +271,84 @@ class PaymentGateway(Protocol):
 
     def ensure_customer(self, user_id: int, email: str, name: str = "") -> str: ...
 
-    def create_setup_intent(self, customer: str, *, metadata: dict[str, str] | None = None,
-                            idempotency_key: str | None = None) -> SetupIntentInfo: ...
+    def create_setup_intent(
+        self,
+        customer: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> SetupIntentInfo: ...
 
     def retrieve_setup_intent(self, setup_intent: str) -> SetupIntentInfo: ...
 
     def get_payment_method(self, payment_method: str) -> CardInfo: ...
 
-    def attach_payment_method(self, payment_method: str, customer: str, *,
-                              idempotency_key: str | None = None) -> CardInfo: ...
+    def attach_payment_method(
+        self, payment_method: str, customer: str, *, idempotency_key: str | None = None
+    ) -> CardInfo: ...
 
-    def detach_payment_method(self, payment_method: str, *,
-                              idempotency_key: str | None = None) -> None: ...
+    def detach_payment_method(
+        self, payment_method: str, *, idempotency_key: str | None = None
+    ) -> None: ...
 
-    def create_payment_intent(self, customer: str, payment_method: str, amount: Money, *,
-                              idempotency_key: str,
-                              metadata: dict[str, str] | None = None) -> PaymentResult: ...
+    def create_payment_intent(
+        self,
+        customer: str,
+        payment_method: str,
+        amount: Money,
+        *,
+        idempotency_key: str,
+        metadata: dict[str, str] | None = None,
+    ) -> PaymentResult: ...
 
-    def confirm_payment_intent(self, payment_intent: str, *, payment_method: str | None,
-                               return_url: str, idempotency_key: str) -> PaymentResult: ...
+    def confirm_payment_intent(
+        self,
+        payment_intent: str,
+        *,
+        payment_method: str | None,
+        return_url: str,
+        idempotency_key: str,
+    ) -> PaymentResult: ...
 
     def retrieve_payment_intent(self, payment_intent: str) -> PaymentResult: ...
 
-    def find_payment_intent_by_metadata(self, customer: str, key: str,
-                                        value: str) -> PaymentResult | None: ...
+    def find_payment_intent_by_metadata(
+        self, customer: str, key: str, value: str
+    ) -> PaymentResult | None: ...
 
-    def find_payment_intent_by_idempotency_key(self, customer: str,
-                                               idempotency_key: str) -> PaymentResult | None: ...
+    def find_payment_intent_by_idempotency_key(
+        self, customer: str, idempotency_key: str
+    ) -> PaymentResult | None: ...
 
-    def create_checkout_session(self, customer: str, amount: Money, *, success_url: str,
-                                cancel_url: str, metadata: dict[str, str] | None = None,
-                                description: str = "", idempotency_key: str | None = None
-                                ) -> CheckoutSessionInfo: ...
+    def create_checkout_session(
+        self,
+        customer: str,
+        amount: Money,
+        *,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str] | None = None,
+        description: str = "",
+        idempotency_key: str | None = None,
+    ) -> CheckoutSessionInfo: ...
 
-    def create_setup_session(self, customer: str, *, success_url: str, cancel_url: str,
-                             metadata: dict[str, str] | None = None,
-                             idempotency_key: str | None = None) -> CheckoutSessionInfo: ...
+    def create_setup_session(
+        self,
+        customer: str,
+        *,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> CheckoutSessionInfo: ...
 
     def retrieve_checkout_session(self, session: str) -> CheckoutSessionInfo: ...
 
     def construct_event(self, payload: bytes, sig_header: str | None) -> GatewayEvent: ...
 
-    def refund(self, payment_intent: str, amount: Money | None = None, *,
-               idempotency_key: str) -> RefundResult: ...
+    def refund(
+        self, payment_intent: str, amount: Money | None = None, *, idempotency_key: str
+    ) -> RefundResult: ...
 
     def retrieve_charge(self, charge: str) -> ChargeInfo: ...
 

@@ -4,6 +4,7 @@ A price change never edits a version: it adds one effective from a later instant
 deployment keeps the version in force when it was created, so price changes apply to new
 deployments only. Rates are integer micro-units of the currency (0.05 = 50_000).
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -30,8 +31,9 @@ class PriceVersion(db.Model):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    skus: Mapped[list[SkuPrice]] = relationship(back_populates="price_version",
-                                                order_by="SkuPrice.position", lazy="selectin")
+    skus: Mapped[list[SkuPrice]] = relationship(
+        back_populates="price_version", order_by="SkuPrice.position", lazy="selectin"
+    )
 
     def sku(self, code: str) -> SkuPrice | None:
         return next((s for s in self.skus if s.code == code), None)

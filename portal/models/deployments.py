@@ -4,6 +4,7 @@ Quantities are integer thousandths: ``cpu_milli`` (1000 = one core), ``memory_mg
 ``storage_mgb`` (1000 = one GB). Interval bounds are integer Unix seconds (UTC), so that
 metering is plain integer SQL that gives identical results on SQLite and PostgreSQL.
 """
+
 from __future__ import annotations
 
 import enum
@@ -21,9 +22,9 @@ class DeploymentState(enum.StrEnum):
     ACTIVE = "active"
     FAILED = "failed"
     SUSPENDED = "suspended"
-    REMOVING = "removing"        # unpaid: scheduled for deletion after the grace period
-    REMOVED = "removed"          # deleted for non-payment
-    TERMINATED = "terminated"    # deleted by the platform
+    REMOVING = "removing"  # unpaid: scheduled for deletion after the grace period
+    REMOVED = "removed"  # deleted for non-payment
+    TERMINATED = "terminated"  # deleted by the platform
 
 
 class DeploymentKind(enum.StrEnum):
@@ -55,7 +56,8 @@ class Deployment(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     intervals: Mapped[list[DeploymentInterval]] = relationship(
-        back_populates="deployment", order_by="DeploymentInterval.start_epoch", lazy="selectin")
+        back_populates="deployment", order_by="DeploymentInterval.start_epoch", lazy="selectin"
+    )
 
 
 class DeploymentInterval(db.Model):
@@ -67,8 +69,12 @@ class DeploymentInterval(db.Model):
     __tablename__ = "deployment_intervals"
     __table_args__ = (
         Index("ix_deployment_intervals_user_id_start_epoch", "user_id", "start_epoch"),
-        Index("ix_deployment_intervals_deployment_id_start_epoch", "deployment_id",
-              "start_epoch", unique=True),
+        Index(
+            "ix_deployment_intervals_deployment_id_start_epoch",
+            "deployment_id",
+            "start_epoch",
+            unique=True,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -81,7 +87,7 @@ class DeploymentInterval(db.Model):
     cpu_milli: Mapped[int] = mapped_column(BigInteger, default=0)
     memory_mgb: Mapped[int] = mapped_column(BigInteger, default=0)
     storage_mgb: Mapped[int] = mapped_column(BigInteger, default=0)
-    instances: Mapped[int] = mapped_column(Integer, default=0)   # SKU-priced: 1 while billed
+    instances: Mapped[int] = mapped_column(Integer, default=0)  # SKU-priced: 1 while billed
     public_ips: Mapped[int] = mapped_column(Integer, default=0)
     # Rates in micro-units: per core-hour, GB-hour, GB-month, instance-hour, IP-hour.
     cpu_rate_micros: Mapped[int] = mapped_column(BigInteger, default=0)

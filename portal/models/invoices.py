@@ -1,12 +1,24 @@
 """Invoices, their lines, payments, PDFs, numbering, late-usage adjustments and events."""
+
 from __future__ import annotations
 
 import enum
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import (JSON, BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer,
-                        LargeBinary, String, Text, text)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -20,7 +32,7 @@ if TYPE_CHECKING:
 
 class InvoiceStatus(enum.StrEnum):
     DRAFT = "draft"
-    OPEN = "open"        # finalized and sent; the API and pages call it "sent"
+    OPEN = "open"  # finalized and sent; the API and pages call it "sent"
     PAID = "paid"
     OVERDUE = "overdue"
     VOID = "void"
@@ -38,13 +50,23 @@ class Invoice(db.Model):
     __tablename__ = "invoices"
     __table_args__ = (
         # One live invoice per user, period and kind; a voided one may be reissued.
-        Index("uq_invoices_user_period_kind", "user_id", "period_start", "kind", unique=True,
-              sqlite_where=text("status <> 'void'"), postgresql_where=text("status <> 'void'")),
+        Index(
+            "uq_invoices_user_period_kind",
+            "user_id",
+            "period_start",
+            "kind",
+            unique=True,
+            sqlite_where=text("status <> 'void'"),
+            postgresql_where=text("status <> 'void'"),
+        ),
         Index("ix_invoices_status_due_at", "status", "due_at"),
-        CheckConstraint("total_minor >= 0 AND credits_minor >= 0 AND amount_paid_minor >= 0",
-                        name="amounts_not_negative"),
-        CheckConstraint("status IN ('draft', 'open', 'paid', 'overdue', 'void')",
-                        name="status_known"),
+        CheckConstraint(
+            "total_minor >= 0 AND credits_minor >= 0 AND amount_paid_minor >= 0",
+            name="amounts_not_negative",
+        ),
+        CheckConstraint(
+            "status IN ('draft', 'open', 'paid', 'overdue', 'void')", name="status_known"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -72,12 +94,12 @@ class Invoice(db.Model):
     pdf_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|ready|failed
     pdf_sha256: Mapped[str | None] = mapped_column(String(64))
 
-    lines: Mapped[list[InvoiceLine]] = relationship(back_populates="invoice",
-                                                    order_by="InvoiceLine.position",
-                                                    lazy="selectin")
-    payments: Mapped[list[InvoicePayment]] = relationship(back_populates="invoice",
-                                                          order_by="InvoicePayment.id",
-                                                          lazy="selectin")
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice", order_by="InvoiceLine.position", lazy="selectin"
+    )
+    payments: Mapped[list[InvoicePayment]] = relationship(
+        back_populates="invoice", order_by="InvoicePayment.id", lazy="selectin"
+    )
     # Loaded on access only (pages that list invoices with their users' emails).
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="select", viewonly=True)
 
@@ -126,9 +148,9 @@ class InvoiceLine(db.Model):
     deployment_id: Mapped[int | None] = mapped_column(BigIntPK)  # the type deployments.id has
     resource: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(String(300))
-    quantity: Mapped[str] = mapped_column(String(40))     # exact decimal text
+    quantity: Mapped[str] = mapped_column(String(40))  # exact decimal text
     unit: Mapped[str] = mapped_column(String(20))
-    unit_price: Mapped[str] = mapped_column(String(40))   # major units, exact decimal text
+    unit_price: Mapped[str] = mapped_column(String(40))  # major units, exact decimal text
     amount_minor: Mapped[int] = mapped_column(BigInteger)  # rounded once, ROUND_HALF_UP
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
@@ -154,8 +176,9 @@ class InvoicePayment(db.Model):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     reference: Mapped[str] = mapped_column(String(200), default="")
-    ledger_transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"),
-                                                       unique=True)
+    ledger_transaction_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_transactions.id"), unique=True
+    )
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -171,8 +194,9 @@ class InvoicePdf(db.Model):
 
     __tablename__ = "invoice_pdfs"
 
-    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), primary_key=True,
-                                            autoincrement=False)
+    invoice_id: Mapped[int] = mapped_column(
+        ForeignKey("invoices.id"), primary_key=True, autoincrement=False
+    )
     template_version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     content: Mapped[bytes] = mapped_column(LargeBinary)
@@ -195,9 +219,14 @@ class UsageAdjustment(UsageColumns, db.Model):
 
     __tablename__ = "usage_adjustments"
     __table_args__ = (
-        Index("uq_usage_adjustments_pending", "deployment_id", "day", unique=True,
-              sqlite_where=text("invoice_id IS NULL"),
-              postgresql_where=text("invoice_id IS NULL")),
+        Index(
+            "uq_usage_adjustments_pending",
+            "deployment_id",
+            "day",
+            unique=True,
+            sqlite_where=text("invoice_id IS NULL"),
+            postgresql_where=text("invoice_id IS NULL"),
+        ),
         Index("ix_usage_adjustments_user_id_invoice_id", "user_id", "invoice_id"),
     )
 
@@ -213,8 +242,10 @@ class Event(db.Model):
     platform after commit (signed webhooks)."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_delivered_at_id", "delivered_at", "id"),
-                      Index("uq_events_name_subject", "name", "subject", unique=True))
+    __table_args__ = (
+        Index("ix_events_delivered_at_id", "delivered_at", "id"),
+        Index("uq_events_name_subject", "name", "subject", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(64))

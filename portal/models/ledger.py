@@ -6,12 +6,13 @@ credit-normal accounts (the user wallets, revenue) hold ``+sum(entries)``, debit
 (receivable, clearing, the grant and voucher sources, write-off) hold ``-sum(entries)``.
 So a credit grant of 50.00 is ``credit_grants -5000`` and ``user credit +5000``.
 """
+
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 
-from sqlalchemy import (BigInteger, CheckConstraint, ForeignKey, Index, String, text)
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -20,10 +21,10 @@ from .types import BigIntPK, UTCDateTime, utcnow
 
 class AccountKind(enum.StrEnum):
     # per user
-    CASH = "cash"                      # prepaid balance (top-ups)
-    VOUCHER = "voucher"                # funded only by vouchers
-    CREDIT = "credit"                  # admin/grant credits, in lots with expiry
-    RECEIVABLE = "receivable"          # what the user owes on invoices
+    CASH = "cash"  # prepaid balance (top-ups)
+    VOUCHER = "voucher"  # funded only by vouchers
+    CREDIT = "credit"  # admin/grant credits, in lots with expiry
+    RECEIVABLE = "receivable"  # what the user owes on invoices
     # system
     STRIPE_CLEARING = "stripe_clearing"
     OFFLINE_CLEARING = "offline_clearing"  # bank transfers and other payments made outside
@@ -31,7 +32,7 @@ class AccountKind(enum.StrEnum):
     CREDIT_GRANTS = "credit_grants"
     REVENUE = "revenue"
     WRITE_OFF = "write_off"
-    REFUNDS = "refunds"    # card payments given back (contra-revenue)
+    REFUNDS = "refunds"  # card payments given back (contra-revenue)
     DISPUTES = "disputes"  # card payments the cardholder's bank took back
 
     @property
@@ -57,14 +58,28 @@ class LedgerAccount(db.Model):
     __tablename__ = "ledger_accounts"
     __table_args__ = (
         # One account per user, kind and currency; one system account per kind and currency.
-        Index("uq_ledger_accounts_user_kind_currency", "user_id", "kind", "currency",
-              unique=True, sqlite_where=text("user_id IS NOT NULL"),
-              postgresql_where=text("user_id IS NOT NULL")),
-        Index("uq_ledger_accounts_system_kind_currency", "kind", "currency", unique=True,
-              sqlite_where=text("user_id IS NULL"), postgresql_where=text("user_id IS NULL")),
+        Index(
+            "uq_ledger_accounts_user_kind_currency",
+            "user_id",
+            "kind",
+            "currency",
+            unique=True,
+            sqlite_where=text("user_id IS NOT NULL"),
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_ledger_accounts_system_kind_currency",
+            "kind",
+            "currency",
+            unique=True,
+            sqlite_where=text("user_id IS NULL"),
+            postgresql_where=text("user_id IS NULL"),
+        ),
         # The database itself refuses a negative wallet.
-        CheckConstraint("kind NOT IN ('cash', 'voucher', 'credit') OR balance_minor >= 0",
-                        name="wallet_not_negative"),
+        CheckConstraint(
+            "kind NOT IN ('cash', 'voucher', 'credit') OR balance_minor >= 0",
+            name="wallet_not_negative",
+        ),
         CheckConstraint("(user_id IS NULL) = (balance_minor IS NULL)", name="cached_iff_user"),
     )
 
@@ -102,8 +117,7 @@ class LedgerTransaction(db.Model):
     description: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    entries: Mapped[list[LedgerEntry]] = relationship(back_populates="transaction",
-                                                      lazy="selectin")
+    entries: Mapped[list[LedgerEntry]] = relationship(back_populates="transaction", lazy="selectin")
 
 
 class LedgerEntry(db.Model):
@@ -131,8 +145,9 @@ class CreditLot(db.Model):
     __tablename__ = "credit_lots"
     __table_args__ = (
         CheckConstraint("amount_minor > 0", name="amount_positive"),
-        CheckConstraint("remaining_minor >= 0 AND remaining_minor <= amount_minor",
-                        name="remaining_in_range"),
+        CheckConstraint(
+            "remaining_minor >= 0 AND remaining_minor <= amount_minor", name="remaining_in_range"
+        ),
         Index("ix_credit_lots_account_open", "account_id", "expires_at"),
     )
 
@@ -146,6 +161,5 @@ class CreditLot(db.Model):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"),
-                                                unique=True)
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

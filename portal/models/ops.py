@@ -1,4 +1,5 @@
 """Operational records: the mail outbox."""
+
 from __future__ import annotations
 
 import enum
@@ -12,7 +13,7 @@ from .types import BigIntPK, UTCDateTime, utcnow
 
 
 class EmailStatus(enum.StrEnum):
-    OUTBOX = "outbox"    # no SMTP server configured: kept for admins to read
+    OUTBOX = "outbox"  # no SMTP server configured: kept for admins to read
     PENDING = "pending"  # waiting for the mail job
     SENT = "sent"
     FAILED = "failed"

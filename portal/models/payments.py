@@ -1,13 +1,25 @@
 """Payments: the webhook inbox, gateway customers, saved cards, card payment attempts,
 checkout sessions and reversals (refunds, disputes)."""
+
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer,
-                        String, Text, UniqueConstraint, text)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..extensions import db
@@ -16,9 +28,9 @@ from .types import BigIntPK, UTCDateTime, utcnow
 
 
 class WebhookOutcome(enum.StrEnum):
-    HANDLED = "handled"      # its handler ran and its changes committed
+    HANDLED = "handled"  # its handler ran and its changes committed
     UNHANDLED = "unhandled"  # no handler for this type: stored, nothing to do
-    IGNORED = "ignored"      # from the other mode (livemode differs from our key's)
+    IGNORED = "ignored"  # from the other mode (livemode differs from our key's)
 
 
 class WebhookEvent(db.Model):
@@ -44,8 +56,9 @@ class GatewayCustomer(db.Model):
 
     __tablename__ = "gateway_customers"
 
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True,
-                                         autoincrement=False)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id"), primary_key=True, autoincrement=False
+    )
     customer_id: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -57,12 +70,22 @@ class PaymentMethod(db.Model):
     __tablename__ = "payment_methods"
     __table_args__ = (
         # The same card (the gateway's fingerprint of its number) once per user.
-        Index("uq_payment_methods_user_fingerprint", "user_id", "fingerprint", unique=True,
-              sqlite_where=text("removed_at IS NULL"), postgresql_where=text("removed_at IS NULL")),
+        Index(
+            "uq_payment_methods_user_fingerprint",
+            "user_id",
+            "fingerprint",
+            unique=True,
+            sqlite_where=text("removed_at IS NULL"),
+            postgresql_where=text("removed_at IS NULL"),
+        ),
         # At most one default card per user.
-        Index("uq_payment_methods_user_default", "user_id", unique=True,
-              sqlite_where=text("is_default AND removed_at IS NULL"),
-              postgresql_where=text("is_default AND removed_at IS NULL")),
+        Index(
+            "uq_payment_methods_user_default",
+            "user_id",
+            unique=True,
+            sqlite_where=text("is_default AND removed_at IS NULL"),
+            postgresql_where=text("is_default AND removed_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -85,19 +108,22 @@ class PaymentMethod(db.Model):
 
 class AttemptPurpose(enum.StrEnum):
     INVOICE = "invoice"  # a card's part of an invoice
-    TOPUP = "topup"      # a saved card charged to add to the prepaid balance
+    TOPUP = "topup"  # a saved card charged to add to the prepaid balance
 
 
 class AttemptStatus(enum.StrEnum):
-    PENDING = "pending"                  # committed; the gateway's answer not recorded yet
+    PENDING = "pending"  # committed; the gateway's answer not recorded yet
     REQUIRES_ACTION = "requires_action"  # the customer must authenticate (3-D Secure)
-    PROCESSING = "processing"            # accepted, not final: a webhook will tell
+    PROCESSING = "processing"  # accepted, not final: a webhook will tell
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
-OPEN_ATTEMPT_STATUSES = (AttemptStatus.PENDING, AttemptStatus.REQUIRES_ACTION,
-                         AttemptStatus.PROCESSING)
+OPEN_ATTEMPT_STATUSES = (
+    AttemptStatus.PENDING,
+    AttemptStatus.REQUIRES_ACTION,
+    AttemptStatus.PROCESSING,
+)
 _OPEN_SQL = "status IN ('pending', 'requires_action', 'processing')"
 
 
@@ -110,9 +136,13 @@ class PaymentAttempt(db.Model):
     __table_args__ = (
         UniqueConstraint("invoice_id", "number"),
         # One charge in flight per invoice: a second settlement run cannot start another.
-        Index("uq_payment_attempts_open_invoice", "invoice_id", unique=True,
-              sqlite_where=text(f"invoice_id IS NOT NULL AND {_OPEN_SQL}"),
-              postgresql_where=text(f"invoice_id IS NOT NULL AND {_OPEN_SQL}")),
+        Index(
+            "uq_payment_attempts_open_invoice",
+            "invoice_id",
+            unique=True,
+            sqlite_where=text(f"invoice_id IS NOT NULL AND {_OPEN_SQL}"),
+            postgresql_where=text(f"invoice_id IS NOT NULL AND {_OPEN_SQL}"),
+        ),
         Index("ix_payment_attempts_status_created_at", "status", "created_at"),
         CheckConstraint("amount_minor > 0", name="amount_positive"),
     )

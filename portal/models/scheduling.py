@@ -3,14 +3,25 @@
 Nothing here is timing-based: a slot is scheduled at most once because ``job_runs`` is
 UNIQUE on (job_name, slot), and the leader's writes are fenced by the lease epoch.
 """
+
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer,
-                        String, Text, UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -18,24 +29,24 @@ from .types import BigIntPK, UTCDateTime, utcnow
 
 
 class SchedulerKind(enum.StrEnum):
-    DAEMON = "daemon"    # `flask billing daemon`
+    DAEMON = "daemon"  # `flask billing daemon`
     BUILTIN = "builtin"  # the failover scheduler inside a worker process
 
 
 class DaemonState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
-    ERROR = "error"      # the last cycle failed; the process keeps going
+    ERROR = "error"  # the last cycle failed; the process keeps going
 
 
 class SchedulerRole(enum.StrEnum):
-    LEADER = "leader"    # holds the lease: schedules
+    LEADER = "leader"  # holds the lease: schedules
     STANDBY = "standby"  # waits for the lease
-    PAUSED = "paused"    # built-in scheduler while a daemon is alive
+    PAUSED = "paused"  # built-in scheduler while a daemon is alive
 
 
 class RunStatus(enum.StrEnum):
-    PENDING = "pending"      # claimed, not yet confirmed in the queue
+    PENDING = "pending"  # claimed, not yet confirmed in the queue
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -113,8 +124,9 @@ class JobRun(db.Model):
     __tablename__ = "job_runs"
     __table_args__ = (
         UniqueConstraint("job_name", "slot"),
-        CheckConstraint("status IN ('pending', 'queued', 'running', 'succeeded', 'failed')",
-                        name="status"),
+        CheckConstraint(
+            "status IN ('pending', 'queued', 'running', 'succeeded', 'failed')", name="status"
+        ),
         CheckConstraint("origin IN ('schedule', 'manual')", name="origin"),
         Index("ix_job_runs_job_name_id", "job_name", "id"),
         Index("ix_job_runs_status_id", "status", "id"),

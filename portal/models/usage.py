@@ -9,6 +9,7 @@ line:
   (rate per GB-month, so a whole month costs the rate whatever its length)
 - instance_s, ip_s: seconds; *_cost / 3600 = micro-units (rates per hour)
 """
+
 from __future__ import annotations
 
 from datetime import date, datetime
@@ -19,8 +20,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ..extensions import db
 from .types import UTCDateTime
 
-USAGE_COLUMNS = ("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
-                 "storage_cost", "instance_s", "instance_cost", "ip_s", "ip_cost")
+USAGE_COLUMNS = (
+    "cpu_ms",
+    "cpu_cost",
+    "memory_ms",
+    "memory_cost",
+    "storage_ms",
+    "storage_cost",
+    "instance_s",
+    "instance_cost",
+    "ip_s",
+    "ip_cost",
+)
 
 
 class UsageColumns:

@@ -1,4 +1,5 @@
 """Accounts: people who log in (users, admins) and their API tokens."""
+
 from __future__ import annotations
 
 import enum
@@ -69,9 +70,7 @@ class ApiToken(db.Model):
     """A personal API token. Only its SHA-256 is stored; the token is shown once."""
 
     __tablename__ = "api_tokens"
-    __table_args__ = (
-        CheckConstraint("scope IN ('user', 'admin', 'platform')", name="scope"),
-    )
+    __table_args__ = (CheckConstraint("scope IN ('user', 'admin', 'platform')", name="scope"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -90,6 +89,7 @@ class CurrencyPin(db.Model):
     """The digits each currency in use had when its first account was opened. Stored
     ``*_minor`` amounts mean ``amount / 10**digits``; reconcile and the long-running
     processes refuse to go on if the code's ISO 4217 table ever disagrees with a pin."""
+
     __tablename__ = "currency_pins"
 
     code: Mapped[str] = mapped_column(String(3), primary_key=True)

@@ -1,9 +1,18 @@
 """Vouchers: codes that fund the voucher wallet, and users' requests for them."""
+
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
@@ -15,8 +24,10 @@ class Voucher(db.Model):
     __tablename__ = "vouchers"
     __table_args__ = (
         CheckConstraint("value_minor > 0", name="value_positive"),
-        CheckConstraint("max_redemptions >= 1 AND redemptions >= 0 "
-                        "AND redemptions <= max_redemptions", name="redemptions_in_range"),
+        CheckConstraint(
+            "max_redemptions >= 1 AND redemptions >= 0 AND redemptions <= max_redemptions",
+            name="redemptions_in_range",
+        ),
         Index("ix_vouchers_batch", "batch"),
     )
 
@@ -41,7 +52,7 @@ class Voucher(db.Model):
 
     @property
     def display_code(self) -> str:
-        return "-".join(self.code[i:i + 5] for i in range(0, len(self.code), 5))
+        return "-".join(self.code[i : i + 5] for i in range(0, len(self.code), 5))
 
 
 class VoucherRedemption(db.Model):
@@ -52,8 +63,9 @@ class VoucherRedemption(db.Model):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     voucher_id: Mapped[int] = mapped_column(ForeignKey("vouchers.id"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    ledger_transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"),
-                                                       unique=True)
+    ledger_transaction_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_transactions.id"), unique=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

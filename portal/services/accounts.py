@@ -1,4 +1,5 @@
 """Users, passwords, password links and API tokens."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,17 +69,23 @@ def _check_password_rules(password: str, field: str = "password") -> None:
         raise ValidationFailed.field(field, "must be at most 256 characters")
 
 
-def create_user(*, email: str, password: str | None = None, name: str = "",
-                is_admin: bool = False) -> User:
+def create_user(
+    *, email: str, password: str | None = None, name: str = "", is_admin: bool = False
+) -> User:
     email = normalize_email(email)
     if password is not None:
         _check_password_rules(password)
     if db.session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise Conflict("an account with this email already exists",
-                       fields={"email": "is already registered"})
-    user = User(email=email, name=(name or "").strip()[:200], is_admin=is_admin,
-                currency=current_app.config["CURRENCY"],
-                password_hash=_hasher().hash(password) if password else None)
+        raise Conflict(
+            "an account with this email already exists", fields={"email": "is already registered"}
+        )
+    user = User(
+        email=email,
+        name=(name or "").strip()[:200],
+        is_admin=is_admin,
+        currency=current_app.config["CURRENCY"],
+        password_hash=_hasher().hash(password) if password else None,
+    )
     db.session.add(user)
     db.session.flush()
     ledger.open_user_accounts(user)
@@ -92,13 +99,20 @@ def ensure_platform_user(*, email: str, name: str = "") -> tuple[User, bool]:
     user = db.session.scalar(select(User).where(User.email == email))
     if user is not None:
         if name and name.strip() != user.name:
-            raise Conflict(f"user {email} exists with a different name",
-                           fields={"name": "differs from the existing user's"})
+            raise Conflict(
+                f"user {email} exists with a different name",
+                fields={"name": "differs from the existing user's"},
+            )
         return user, False
     user = create_user(email=email, name=name)
-    mail.queue_email(to=user.email, subject="Set your billing portal password",
-                     template="welcome", user_id=user.id,
-                     link=password_link(user), days=WELCOME_MAX_AGE.days)
+    mail.queue_email(
+        to=user.email,
+        subject="Set your billing portal password",
+        template="welcome",
+        user_id=user.id,
+        link=password_link(user),
+        days=WELCOME_MAX_AGE.days,
+    )
     return user, True
 
 
@@ -147,6 +161,7 @@ def change_password(user: User, current: str, new_password: str) -> None:
 # Flask-Login's user id, "<user id>:<key>"), the row only its SHA-256, and logging out
 # deletes the row. Rows live in the database, so logins survive a restart of the server.
 
+
 def session_max_age() -> timedelta:
     """A login lasts at most PERMANENT_SESSION_LIFETIME (Flask's setting, 31 days)."""
     return current_app.permanent_session_lifetime
@@ -155,8 +170,11 @@ def session_max_age() -> timedelta:
 def start_session(user: User) -> str:
     """A new login for ``user``; sets and returns ``user.session_key``."""
     key = secrets.token_urlsafe(32)
-    db.session.execute(delete(UserSession).where(  # tidy this user's expired logins
-        UserSession.user_id == user.id, UserSession.created_at < utcnow() - session_max_age()))
+    db.session.execute(
+        delete(UserSession).where(  # tidy this user's expired logins
+            UserSession.user_id == user.id, UserSession.created_at < utcnow() - session_max_age()
+        )
+    )
     db.session.add(UserSession(user_id=user.id, key_hash=_hash_token(key)))
     db.session.flush()
     user.session_key = key
@@ -168,9 +186,15 @@ def user_for_session(session_id: str) -> User | None:
     user_id, _, key = (session_id or "").partition(":")
     if not user_id.isdigit() or not key:
         return None
-    user = db.session.scalar(select(User).join(UserSession, UserSession.user_id == User.id).where(
-        UserSession.key_hash == _hash_token(key), User.id == int(user_id),
-        UserSession.created_at >= utcnow() - session_max_age()))
+    user = db.session.scalar(
+        select(User)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(
+            UserSession.key_hash == _hash_token(key),
+            User.id == int(user_id),
+            UserSession.created_at >= utcnow() - session_max_age(),
+        )
+    )
     if user is None or not user.is_enabled:
         return None
     user.session_key = key
@@ -180,8 +204,9 @@ def user_for_session(session_id: str) -> User | None:
 def end_session(user: User) -> None:
     """Log this login out: its cookie is refused from now on, wherever a copy of it is."""
     if user.session_key:
-        db.session.execute(delete(UserSession).where(
-            UserSession.key_hash == _hash_token(user.session_key)))
+        db.session.execute(
+            delete(UserSession).where(UserSession.key_hash == _hash_token(user.session_key))
+        )
         user.session_key = None
 
 
@@ -211,7 +236,8 @@ def url_path(endpoint: str, **values) -> str:
 def password_link(user: User, purpose: str = "welcome") -> str:
     # PUBLIC_URL is where users reach the portal.
     return current_app.config["PUBLIC_URL"] + url_path(
-        "auth.reset_password", token=password_token(user, purpose))
+        "auth.reset_password", token=password_token(user, purpose)
+    )
 
 
 LINK_MAX_AGE = {"welcome": WELCOME_MAX_AGE, "reset": RESET_MAX_AGE}
@@ -234,6 +260,7 @@ def user_for_password_token(token: str) -> User:
 # the request only checks the form and queues one job, the same job for every address, after
 # commit; the job (in a worker) looks the address up and writes the mail. So the page, the
 # work done while answering, and its time are the same for known and unknown addresses.
+
 
 def request_registration(*, email: str, name: str = "") -> str:
     """Sign-up: queue the job that mails ``email`` (see ``register``). Returns the address."""
@@ -258,16 +285,25 @@ def register(email: str, name: str = "") -> None:
         except (Conflict, IntegrityError):  # registered meanwhile, by a concurrent job
             user = db.session.scalar(select(User).where(User.email == email))
         else:
-            mail.queue_email(to=user.email, subject="Finish creating your billing portal account",
-                             template="register_new", user_id=user.id,
-                             link=password_link(user), days=WELCOME_MAX_AGE.days)
+            mail.queue_email(
+                to=user.email,
+                subject="Finish creating your billing portal account",
+                template="register_new",
+                user_id=user.id,
+                link=password_link(user),
+                days=WELCOME_MAX_AGE.days,
+            )
             return
     if user.is_enabled:
         public = current_app.config["PUBLIC_URL"]
-        mail.queue_email(to=user.email, subject="Someone tried to register with your address",
-                         template="register_existing", user_id=user.id,
-                         login_link=public + url_path("auth.login"),
-                         forgot_link=public + url_path("auth.forgot"))
+        mail.queue_email(
+            to=user.email,
+            subject="Someone tried to register with your address",
+            template="register_existing",
+            user_id=user.id,
+            login_link=public + url_path("auth.login"),
+            forgot_link=public + url_path("auth.forgot"),
+        )
 
 
 def request_password_reset(email: str) -> None:
@@ -287,13 +323,18 @@ def send_password_reset(email: str) -> None:
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None or not user.is_enabled:
         return
-    mail.queue_email(to=user.email, subject="Reset your billing portal password",
-                     template="reset_password", user_id=user.id,
-                     link=password_link(user, "reset"),
-                     hours=int(RESET_MAX_AGE.total_seconds() // 3600))
+    mail.queue_email(
+        to=user.email,
+        subject="Reset your billing portal password",
+        template="reset_password",
+        user_id=user.id,
+        link=password_link(user, "reset"),
+        hours=int(RESET_MAX_AGE.total_seconds() // 3600),
+    )
 
 
 # -- API tokens ----------------------------------------------------------------------------
+
 
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -313,8 +354,13 @@ def create_api_token(user: User, *, name: str, scope: str) -> tuple[ApiToken, st
     if scope != TokenScope.USER and not user.is_admin:
         raise PermissionDenied("only admins can create admin or platform tokens")
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(user_id=user.id, name=name, scope=str(scope), prefix=plain[:10],
-                     token_hash=_hash_token(plain))
+    token = ApiToken(
+        user_id=user.id,
+        name=name,
+        scope=str(scope),
+        prefix=plain[:10],
+        token_hash=_hash_token(plain),
+    )
     db.session.add(token)
     db.session.flush()
     return token, plain
@@ -335,13 +381,19 @@ def token_for(plain: str) -> ApiToken | None:
 
 
 def list_tokens(user: User) -> list[ApiToken]:
-    return list(db.session.scalars(select(ApiToken).where(
-        ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.id.desc())))
+    return list(
+        db.session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .order_by(ApiToken.id.desc())
+        )
+    )
 
 
 def revoke_token(user: User, token_id: int) -> None:
-    token = db.session.scalar(select(ApiToken).where(ApiToken.id == token_id,
-                                                     ApiToken.user_id == user.id))
+    token = db.session.scalar(
+        select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id)
+    )
     if token is None:
         raise NotFound("no such token")
     if token.revoked_at is None:
@@ -356,18 +408,28 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
         raise PermissionDenied("you cannot take the admin role away from yourself")
     # Every admin row locked (PostgreSQL; SQLite writes one at a time): two admins demoting
     # each other at once cannot leave the portal without one.
-    admins = list(db.session.scalars(select(User.id).where(User.is_admin.is_(True))
-                                     .order_by(User.id).with_for_update()))
+    admins = list(
+        db.session.scalars(
+            select(User.id).where(User.is_admin.is_(True)).order_by(User.id).with_for_update()
+        )
+    )
     if user.id not in admins:
         raise Conflict(f"{user.email} is not an admin", fields={"user": "is not an admin"})
     if len(admins) == 1:
-        raise Conflict(f"{user.email} is the last admin; make another admin first",
-                       fields={"user": "is the last admin"})
+        raise Conflict(
+            f"{user.email} is the last admin; make another admin first",
+            fields={"user": "is the last admin"},
+        )
     user.is_admin = False
     revoked = db.session.execute(
-        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None),
-                               ApiToken.scope != str(TokenScope.USER))
-        .values(revoked_at=utcnow())).rowcount
+        update(ApiToken)
+        .where(
+            ApiToken.user_id == user.id,
+            ApiToken.revoked_at.is_(None),
+            ApiToken.scope != str(TokenScope.USER),
+        )
+        .values(revoked_at=utcnow())
+    ).rowcount
     db.session.flush()
     return revoked
 
@@ -381,6 +443,9 @@ def list_users(*, query: str = "", page: int = 1, per_page: int = 25):
         like = f"%{query.strip().lower()}%"
         stmt = stmt.where((User.email.like(like)) | (db.func.lower(User.name).like(like)))
     total = db.session.scalar(select(db.func.count()).select_from(stmt.subquery()))
-    items = list(db.session.scalars(stmt.order_by(User.id.desc())
-                                    .limit(per_page).offset((page - 1) * per_page)))
+    items = list(
+        db.session.scalars(
+            stmt.order_by(User.id.desc()).limit(per_page).offset((page - 1) * per_page)
+        )
+    )
     return Page(items, page, per_page, total)

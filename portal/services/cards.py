@@ -10,6 +10,7 @@ and refuses a second card with the same fingerprint (the same number).
 Every lookup takes the user: another user's card is "not found". Services flush; the caller
 commits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,16 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..gateways import CardInfo, GatewayError, get_gateway
-from ..models import (AccountKind, CheckoutSession, Deployment, GatewayCustomer, Invoice,
-                      PaymentMethod, User, utcnow)
+from ..models import (
+    AccountKind,
+    CheckoutSession,
+    Deployment,
+    GatewayCustomer,
+    Invoice,
+    PaymentMethod,
+    User,
+    utcnow,
+)
 from ..money import Money
 from . import invoicing, ledger, usage
 from .errors import Conflict, NotFound
@@ -32,9 +41,11 @@ log = logging.getLogger(__name__)
 
 # Deployments that still run up a bill (the last-card rule counts them).
 LIVE_DEPLOYMENT_STATES = ("pending", "active", "suspended", "removing")
-LAST_CARD_RULE = ("Your last card can be removed only when you have no active deployments, "
-                  "or when your voucher balance covers your unpaid invoices and what your "
-                  "deployments will cost until the end of this billing period.")
+LAST_CARD_RULE = (
+    "Your last card can be removed only when you have no active deployments, "
+    "or when your voucher balance covers your unpaid invoices and what your "
+    "deployments will cost until the end of this billing period."
+)
 
 
 # -- the gateway customer --------------------------------------------------------------------
@@ -56,25 +67,37 @@ def customer_id(user: User) -> str:
 def user_for_customer(customer: str | None) -> User | None:
     if not customer:
         return None
-    return db.session.scalar(select(User).join(GatewayCustomer,
-                                               GatewayCustomer.user_id == User.id)
-                             .where(GatewayCustomer.customer_id == customer))
+    return db.session.scalar(
+        select(User)
+        .join(GatewayCustomer, GatewayCustomer.user_id == User.id)
+        .where(GatewayCustomer.customer_id == customer)
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------
 def list_cards(user: User) -> list[PaymentMethod]:
     """The user's cards, default first, then the newest."""
-    return list(db.session.scalars(
-        select(PaymentMethod).where(PaymentMethod.user_id == user.id,
-                                    PaymentMethod.removed_at.is_(None))
-        .order_by(PaymentMethod.is_default.desc(), PaymentMethod.created_at.desc(),
-                  PaymentMethod.id.desc())))
+    return list(
+        db.session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.user_id == user.id, PaymentMethod.removed_at.is_(None))
+            .order_by(
+                PaymentMethod.is_default.desc(),
+                PaymentMethod.created_at.desc(),
+                PaymentMethod.id.desc(),
+            )
+        )
+    )
 
 
 def get_card(user: User, card_id: int) -> PaymentMethod:
-    card = db.session.scalar(select(PaymentMethod).where(
-        PaymentMethod.id == card_id, PaymentMethod.user_id == user.id,
-        PaymentMethod.removed_at.is_(None)))
+    card = db.session.scalar(
+        select(PaymentMethod).where(
+            PaymentMethod.id == card_id,
+            PaymentMethod.user_id == user.id,
+            PaymentMethod.removed_at.is_(None),
+        )
+    )
     if card is None:
         raise NotFound("no such card")
     return card
@@ -85,10 +108,18 @@ def start_adding(user: User, *, success_url: str, cancel_url: str) -> CheckoutSe
     """Open the gateway's "add a card" page; returns our record of it (its ``url``).
     ``success_url`` may hold ``{CHECKOUT_SESSION_ID}``."""
     session = get_gateway().create_setup_session(
-        customer_id(user), success_url=success_url, cancel_url=cancel_url,
-        metadata={"purpose": "setup", "user_id": str(user.id)})
-    row = CheckoutSession(user_id=user.id, gateway_session_id=session.id, purpose="setup",
-                          currency=user.currency, url=session.url or "")
+        customer_id(user),
+        success_url=success_url,
+        cancel_url=cancel_url,
+        metadata={"purpose": "setup", "user_id": str(user.id)},
+    )
+    row = CheckoutSession(
+        user_id=user.id,
+        gateway_session_id=session.id,
+        purpose="setup",
+        currency=user.currency,
+        url=session.url or "",
+    )
     db.session.add(row)
     db.session.flush()
     return row
@@ -99,13 +130,15 @@ class Saved:
     card: PaymentMethod | None
     created: bool = False
     duplicate_of: PaymentMethod | None = None  # the same number is saved already
-    problem: str | None = None                 # not verified (yet)
+    problem: str | None = None  # not verified (yet)
 
     @property
     def message(self) -> str:
         if self.duplicate_of is not None:
-            return (f"This card is already saved ({self.duplicate_of.label}). "
-                    "Each card can be saved once.")
+            return (
+                f"This card is already saved ({self.duplicate_of.label}). "
+                "Each card can be saved once."
+            )
         if self.problem:
             return self.problem
         return f"{self.card.label} is saved." if self.card else ""
@@ -113,9 +146,13 @@ class Saved:
 
 def finish_setup_session(user: User, gateway_session_id: str) -> Saved:
     """The customer is back from the "add a card" page: save what it verified."""
-    row = db.session.scalar(select(CheckoutSession).where(
-        CheckoutSession.gateway_session_id == gateway_session_id,
-        CheckoutSession.user_id == user.id, CheckoutSession.purpose == "setup"))
+    row = db.session.scalar(
+        select(CheckoutSession).where(
+            CheckoutSession.gateway_session_id == gateway_session_id,
+            CheckoutSession.user_id == user.id,
+            CheckoutSession.purpose == "setup",
+        )
+    )
     if row is None:
         raise NotFound("no such card setup")
     session = get_gateway().retrieve_checkout_session(gateway_session_id)
@@ -156,9 +193,17 @@ def save_card(user: User, info: CardInfo) -> Saved:
         return Saved(None, duplicate_of=duplicate)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
     first = not list_cards(user)
-    card = PaymentMethod(user_id=user.id, gateway_id=info.id, fingerprint=info.fingerprint,
-                         brand=info.brand, last4=info.last4, exp_month=info.exp_month,
-                         exp_year=info.exp_year, is_default=first, created_at=utcnow())
+    card = PaymentMethod(
+        user_id=user.id,
+        gateway_id=info.id,
+        fingerprint=info.fingerprint,
+        brand=info.brand,
+        last4=info.last4,
+        exp_month=info.exp_month,
+        exp_year=info.exp_year,
+        is_default=first,
+        created_at=utcnow(),
+    )
     try:
         with db.session.begin_nested():
             db.session.add(card)
@@ -177,9 +222,13 @@ def save_card(user: User, info: CardInfo) -> Saved:
 
 
 def _active_with_fingerprint(user: User, fingerprint: str) -> PaymentMethod | None:
-    return db.session.scalar(select(PaymentMethod).where(
-        PaymentMethod.user_id == user.id, PaymentMethod.fingerprint == fingerprint,
-        PaymentMethod.removed_at.is_(None)))
+    return db.session.scalar(
+        select(PaymentMethod).where(
+            PaymentMethod.user_id == user.id,
+            PaymentMethod.fingerprint == fingerprint,
+            PaymentMethod.removed_at.is_(None),
+        )
+    )
 
 
 def detach(gateway_id: str) -> None:
@@ -194,9 +243,15 @@ def detach(gateway_id: str) -> None:
 def set_default(user: User, card_id: int) -> PaymentMethod:
     card = get_card(user, card_id)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
-    db.session.execute(update(PaymentMethod).where(
-        PaymentMethod.user_id == user.id, PaymentMethod.is_default.is_(True),
-        PaymentMethod.id != card.id).values(is_default=False))
+    db.session.execute(
+        update(PaymentMethod)
+        .where(
+            PaymentMethod.user_id == user.id,
+            PaymentMethod.is_default.is_(True),
+            PaymentMethod.id != card.id,
+        )
+        .values(is_default=False)
+    )
     db.session.flush()
     card.is_default = True
     db.session.flush()
@@ -210,18 +265,30 @@ class RemovalCheck:
 
 
 def live_deployments(user: User) -> int:
-    return db.session.scalar(select(func.count()).select_from(Deployment).where(
-        Deployment.user_id == user.id, Deployment.state.in_(LIVE_DEPLOYMENT_STATES))) or 0
+    return (
+        db.session.scalar(
+            select(func.count())
+            .select_from(Deployment)
+            .where(Deployment.user_id == user.id, Deployment.state.in_(LIVE_DEPLOYMENT_STATES))
+        )
+        or 0
+    )
 
 
 def voucher_need(user: User, now: datetime | None = None) -> Money:
     """What the voucher balance must cover for the last card to go: the unpaid invoices and
     the current period's projected cost."""
     now = now or utcnow()
-    unpaid = db.session.scalar(select(func.coalesce(
-        func.sum(Invoice.total_minor - Invoice.amount_paid_minor), 0)).where(
-        Invoice.user_id == user.id,
-        Invoice.status.in_([str(s) for s in invoicing.UNPAID]))) or 0
+    unpaid = (
+        db.session.scalar(
+            select(
+                func.coalesce(func.sum(Invoice.total_minor - Invoice.amount_paid_minor), 0)
+            ).where(
+                Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID])
+            )
+        )
+        or 0
+    )
     start, end = usage.period_containing(now, invoicing.invoice_day())
     projected = usage.usage_report(user, start, end, now=now).projected_total
     return Money(int(unpaid), user.currency) + projected
@@ -237,9 +304,11 @@ def can_remove(user: User, card: PaymentMethod, now: datetime | None = None) -> 
     have = ledger.balances(user).voucher
     if have.amount_minor >= need.amount_minor:
         return RemovalCheck(True)
-    return RemovalCheck(False, f"This is your last card and you have active deployments; "
-                               f"your voucher balance ({have}) does not cover {need}. "
-                               + LAST_CARD_RULE)
+    return RemovalCheck(
+        False,
+        f"This is your last card and you have active deployments; "
+        f"your voucher balance ({have}) does not cover {need}. " + LAST_CARD_RULE,
+    )
 
 
 def remove_card(user: User, card_id: int, now: datetime | None = None) -> PaymentMethod:
@@ -263,12 +332,18 @@ def remove_card(user: User, card_id: int, now: datetime | None = None) -> Paymen
     # rollback would leave us a card the gateway no longer has).
     from jobs.queues import enqueue_after_commit
 
-    enqueue_after_commit("settlement", "jobs.settlement.detach_card", card.gateway_id,
-                         job_id=f"detach:{card.gateway_id}")
+    enqueue_after_commit(
+        "settlement",
+        "jobs.settlement.detach_card",
+        card.gateway_id,
+        job_id=f"detach:{card.gateway_id}",
+    )
     return card
 
 
 def cards_enabled() -> bool:
     """Whether card payments are configured (a gateway key)."""
-    return bool(current_app.config.get("STRIPE_SECRET_KEY")) or \
-        "portal.gateway" in current_app.extensions
+    return (
+        bool(current_app.config.get("STRIPE_SECRET_KEY"))
+        or "portal.gateway" in current_app.extensions
+    )

@@ -1,5 +1,6 @@
 """Demo data for `make run`: one admin, three users with different histories.
 Running it again changes nothing (users by email, money by idempotency key)."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -16,15 +17,17 @@ ADMIN_EMAIL = "admin@example.com"
 DEMO_VOUCHER_NOTE = "Demo voucher (printed by seed-demo)"
 
 
-def _user(email: str, name: str, *, password: str | None = DEMO_PASSWORD,
-          is_admin: bool = False) -> User:
+def _user(
+    email: str, name: str, *, password: str | None = DEMO_PASSWORD, is_admin: bool = False
+) -> User:
     user = db.session.scalar(select(User).where(User.email == email))
     if user is None:
         if password is None:
             user, _ = accounts.ensure_platform_user(email=email, name=name)
         else:
-            user = accounts.create_user(email=email, password=password, name=name,
-                                        is_admin=is_admin)
+            user = accounts.create_user(
+                email=email, password=password, name=name, is_admin=is_admin
+            )
     return user
 
 
@@ -36,19 +39,33 @@ def seed() -> list[str]:
     carol = _user("carol@example.com", "Carol Example", password=None)
 
     def grant(user: User, key: str, amount: str, reason: str, **kwargs) -> None:
-        if db.session.scalar(select(LedgerTransaction.id).where(
-                LedgerTransaction.idempotency_key == f"credit-grant:demo:{key}")):
+        if db.session.scalar(
+            select(LedgerTransaction.id).where(
+                LedgerTransaction.idempotency_key == f"credit-grant:demo:{key}"
+            )
+        ):
             return  # seeded on an earlier run
-        credits.grant_credit(user=user, amount=Money.from_decimal(amount, user.currency),
-                             reason=reason, idempotency_key=f"demo:{key}", granted_by=admin,
-                             **kwargs)
+        credits.grant_credit(
+            user=user,
+            amount=Money.from_decimal(amount, user.currency),
+            reason=reason,
+            idempotency_key=f"demo:{key}",
+            granted_by=admin,
+            **kwargs,
+        )
 
     # Alice: a long-standing customer with a goodwill credit that never expires.
     grant(alice, "alice-welcome", "50.00", "Welcome credit")
     # Bob: a credit that expires next month, and an older one that already ran out.
     grant(bob, "bob-trial", "25.00", "Trial credit", expires_at=now + timedelta(days=30))
-    grant(bob, "bob-outage", "10.00", "Service credit for downtime",
-          expires_at=now + timedelta(seconds=1), now=now)
+    grant(
+        bob,
+        "bob-outage",
+        "10.00",
+        "Service credit for downtime",
+        expires_at=now + timedelta(seconds=1),
+        now=now,
+    )
     credits.expire_credits(now=now + timedelta(seconds=2))  # as if a month had passed
     # Carol: created by the platform; she has not set a password yet (see the outbox).
 
@@ -56,30 +73,67 @@ def seed() -> list[str]:
     catalog.ensure_catalog()
     anchor = metering.floor_hour(alice.created_at) - timedelta(days=10)
 
-    def run(user: User, external_id: str, started: datetime, ended: datetime | None = None,
-            **spec) -> None:
-        dep, _ = deployments.create_deployment(external_id=external_id, user=user,
-                                               started_at=started, **spec)
+    def run(
+        user: User, external_id: str, started: datetime, ended: datetime | None = None, **spec
+    ) -> None:
+        dep, _ = deployments.create_deployment(
+            external_id=external_id, user=user, started_at=started, **spec
+        )
         if ended is not None:
             deployments.delete_deployment(dep, ended_at=ended)
 
-    run(alice, "demo-alice-web", anchor, kind="vm", sku="vm-medium-ip", name="web",
-        labels={"project": "shop"})
-    run(alice, "demo-alice-db", anchor + timedelta(hours=5), kind="vm", cpu_cores=2,
-        memory_gb=8, storage_gb=100, name="database", labels={"project": "shop"})
-    run(alice, "demo-alice-k8s", anchor + timedelta(days=1), anchor + timedelta(days=4),
-        kind="k8s", sku="k8s-small", name="staging cluster", labels={"project": "staging"})
-    run(bob, "demo-bob-desktop", anchor + timedelta(days=8, hours=9),
-        anchor + timedelta(days=8, hours=17, minutes=20), kind="session", cpu_cores=2,
-        memory_gb=4, storage_gb=10, name="desktop session")
+    run(
+        alice,
+        "demo-alice-web",
+        anchor,
+        kind="vm",
+        sku="vm-medium-ip",
+        name="web",
+        labels={"project": "shop"},
+    )
+    run(
+        alice,
+        "demo-alice-db",
+        anchor + timedelta(hours=5),
+        kind="vm",
+        cpu_cores=2,
+        memory_gb=8,
+        storage_gb=100,
+        name="database",
+        labels={"project": "shop"},
+    )
+    run(
+        alice,
+        "demo-alice-k8s",
+        anchor + timedelta(days=1),
+        anchor + timedelta(days=4),
+        kind="k8s",
+        sku="k8s-small",
+        name="staging cluster",
+        labels={"project": "staging"},
+    )
+    run(
+        bob,
+        "demo-bob-desktop",
+        anchor + timedelta(days=8, hours=9),
+        anchor + timedelta(days=8, hours=17, minutes=20),
+        kind="session",
+        cpu_cores=2,
+        memory_gb=4,
+        storage_gb=10,
+        name="desktop session",
+    )
     db.session.flush()
     metering.meter_all(metering.last_complete_hour())
 
     # A code anyone may redeem once on Wallet > Redeem a voucher (the same code every run).
     voucher = db.session.scalar(select(Voucher).where(Voucher.note == DEMO_VOUCHER_NOTE))
     if voucher is None:
-        [voucher] = vouchers.create_vouchers(value=Money.from_decimal("20.00", alice.currency),
-                                             note=DEMO_VOUCHER_NOTE, created_by=admin)
+        [voucher] = vouchers.create_vouchers(
+            value=Money.from_decimal("20.00", alice.currency),
+            note=DEMO_VOUCHER_NOTE,
+            created_by=admin,
+        )
     return [
         "demo data ready:",
         f"  admin  {admin.email} / {DEMO_PASSWORD}",

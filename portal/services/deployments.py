@@ -10,6 +10,7 @@ External ids are 1 to 128 ASCII letters, digits and ``. _ : -`` starting with a 
 digit: every id can be put in a URL path segment as it is, so every deployment can be
 read, changed and ended through the API.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import (Deployment, DeploymentInterval, DeploymentKind, DeploymentState,
-                      PriceVersion, User, utcnow)
+from ..models import (
+    Deployment,
+    DeploymentInterval,
+    DeploymentKind,
+    DeploymentState,
+    PriceVersion,
+    User,
+    utcnow,
+)
 from . import catalog, metering
 from .errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 
@@ -71,14 +79,16 @@ def _when(value: datetime | None, field: str, now: datetime) -> datetime:
     return value
 
 
-def _within_backdate(value: datetime, field: str, now: datetime,
-                     max_backdate: timedelta | None) -> None:
+def _within_backdate(
+    value: datetime, field: str, now: datetime, max_backdate: timedelta | None
+) -> None:
     """With ``max_backdate`` (what the platform may report through the API), a change may
     reach no further back than that. A repeat of a recorded change is checked before this,
     so a retry answers the same later too."""
     if max_backdate is not None and value < now - max_backdate:
-        raise ValidationFailed.field(field, f"must not be more than {max_backdate.days} days "
-                                            f"in the past")
+        raise ValidationFailed.field(
+            field, f"must not be more than {max_backdate.days} days in the past"
+        )
 
 
 def _milli(value: object, field: str) -> int:
@@ -90,24 +100,31 @@ def _milli(value: object, field: str) -> int:
 
 def check_external_id(external_id: object) -> str:
     if not isinstance(external_id, str) or not EXTERNAL_ID_RULE.fullmatch(external_id):
-        raise ValidationFailed.field("external_id", "must be 1 to 128 letters, digits and "
-                                                    ". _ : - starting with a letter or digit")
+        raise ValidationFailed.field(
+            "external_id",
+            "must be 1 to 128 letters, digits and . _ : - starting with a letter or digit",
+        )
     return external_id
 
 
 def check_labels(labels: object) -> dict[str, str]:
     if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
         raise ValidationFailed.field("labels", "must be an object of strings")
     if len(labels) > MAX_LABELS:
         raise ValidationFailed.field("labels", f"must have at most {MAX_LABELS} labels")
     for key, value in labels.items():
         if not LABEL_KEY_RULE.fullmatch(key):
-            raise ValidationFailed.field("labels", "keys must be 1 to 63 letters, digits and "
-                                                   ". _ / - : starting with a letter or digit")
+            raise ValidationFailed.field(
+                "labels",
+                "keys must be 1 to 63 letters, digits and "
+                ". _ / - : starting with a letter or digit",
+            )
         if len(value) > MAX_LABEL_VALUE:
-            raise ValidationFailed.field("labels", f"{key} must be at most {MAX_LABEL_VALUE} "
-                                                   f"characters")
+            raise ValidationFailed.field(
+                "labels", f"{key} must be at most {MAX_LABEL_VALUE} characters"
+            )
     return labels
 
 
@@ -122,8 +139,16 @@ def get_deployment(external_id: str, *, user: User | None = None) -> Deployment:
     return deployment
 
 
-def resolve_spec(version: PriceVersion, *, kind: str, sku: str | None, cpu_cores=None,
-                 memory_gb=None, storage_gb=None, public_ip=None) -> Spec:
+def resolve_spec(
+    version: PriceVersion,
+    *,
+    kind: str,
+    sku: str | None,
+    cpu_cores=None,
+    memory_gb=None,
+    storage_gb=None,
+    public_ip=None,
+) -> Spec:
     if sku:
         price = version.sku(sku)
         if price is None:
@@ -132,44 +157,70 @@ def resolve_spec(version: PriceVersion, *, kind: str, sku: str | None, cpu_cores
             raise ValidationFailed.field("sku", f"{sku} is a {price.kind} size, not {kind}")
         return Spec(price.cpu_milli, price.memory_mgb, price.storage_mgb, price.public_ip, sku)
     if cpu_cores is None and memory_gb is None and storage_gb is None:
-        raise ValidationFailed("give a sku or cpu_cores/memory_gb/storage_gb",
-                               fields={"sku": "or cpu_cores, memory_gb, storage_gb is required"})
-    return Spec(_milli(cpu_cores or 0, "cpu_cores"), _milli(memory_gb or 0, "memory_gb"),
-                _milli(storage_gb or 0, "storage_gb"), bool(public_ip), None)
+        raise ValidationFailed(
+            "give a sku or cpu_cores/memory_gb/storage_gb",
+            fields={"sku": "or cpu_cores, memory_gb, storage_gb is required"},
+        )
+    return Spec(
+        _milli(cpu_cores or 0, "cpu_cores"),
+        _milli(memory_gb or 0, "memory_gb"),
+        _milli(storage_gb or 0, "storage_gb"),
+        bool(public_ip),
+        None,
+    )
 
 
 def _interval_values(deployment: Deployment, state: S, version: PriceVersion) -> dict:
     """The billable shape of ``state`` at the deployment's snapshotted prices."""
-    values = dict(state=str(state), cpu_milli=0, memory_mgb=0, storage_mgb=0, instances=0,
-                  public_ips=0, cpu_rate_micros=0, memory_rate_micros=0,
-                  storage_rate_micros=version.storage_per_gb_month_micros,
-                  instance_rate_micros=0, ip_rate_micros=0)
+    values = dict(
+        state=str(state),
+        cpu_milli=0,
+        memory_mgb=0,
+        storage_mgb=0,
+        instances=0,
+        public_ips=0,
+        cpu_rate_micros=0,
+        memory_rate_micros=0,
+        storage_rate_micros=version.storage_per_gb_month_micros,
+        instance_rate_micros=0,
+        ip_rate_micros=0,
+    )
     if state in BILLS_ALL:
         if deployment.sku_code:
-            values.update(instances=1,
-                          instance_rate_micros=version.sku(deployment.sku_code).hourly_micros)
+            values.update(
+                instances=1, instance_rate_micros=version.sku(deployment.sku_code).hourly_micros
+            )
         else:
-            values.update(cpu_milli=deployment.cpu_milli, memory_mgb=deployment.memory_mgb,
-                          storage_mgb=deployment.storage_mgb,
-                          public_ips=1 if deployment.public_ip else 0,
-                          cpu_rate_micros=version.cpu_per_core_hour_micros,
-                          memory_rate_micros=version.memory_per_gb_hour_micros,
-                          ip_rate_micros=version.public_ip_per_hour_micros)
+            values.update(
+                cpu_milli=deployment.cpu_milli,
+                memory_mgb=deployment.memory_mgb,
+                storage_mgb=deployment.storage_mgb,
+                public_ips=1 if deployment.public_ip else 0,
+                cpu_rate_micros=version.cpu_per_core_hour_micros,
+                memory_rate_micros=version.memory_per_gb_hour_micros,
+                ip_rate_micros=version.public_ip_per_hour_micros,
+            )
     elif state in BILLS_STORAGE:
         values.update(storage_mgb=deployment.storage_mgb)
     return values
 
 
 def _open_interval(deployment: Deployment) -> DeploymentInterval | None:
-    return db.session.scalar(select(DeploymentInterval).where(
-        DeploymentInterval.deployment_id == deployment.id,
-        DeploymentInterval.end_epoch.is_(None)))
+    return db.session.scalar(
+        select(DeploymentInterval).where(
+            DeploymentInterval.deployment_id == deployment.id,
+            DeploymentInterval.end_epoch.is_(None),
+        )
+    )
 
 
 def _last_change(deployment: Deployment) -> datetime | None:
-    start = db.session.scalar(select(DeploymentInterval.start_epoch).where(
-        DeploymentInterval.deployment_id == deployment.id)
-        .order_by(DeploymentInterval.start_epoch.desc()).limit(1))
+    start = db.session.scalar(
+        select(DeploymentInterval.start_epoch)
+        .where(DeploymentInterval.deployment_id == deployment.id)
+        .order_by(DeploymentInterval.start_epoch.desc())
+        .limit(1)
+    )
     return None if start is None else metering.from_epoch(start)
 
 
@@ -185,9 +236,15 @@ def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
             current.end_epoch = at_epoch
         db.session.flush()
     if state in BILLS_ALL or state in BILLS_STORAGE:
-        db.session.add(DeploymentInterval(deployment_id=deployment.id, user_id=deployment.user_id,
-                                          start_epoch=at_epoch, end_epoch=None,
-                                          **_interval_values(deployment, state, version)))
+        db.session.add(
+            DeploymentInterval(
+                deployment_id=deployment.id,
+                user_id=deployment.user_id,
+                start_epoch=at_epoch,
+                end_epoch=None,
+                **_interval_values(deployment, state, version),
+            )
+        )
     deployment.state = str(state)
     deployment.updated_at = utcnow()
 
@@ -195,24 +252,43 @@ def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
 def _check_not_before_last_change(deployment: Deployment, at: datetime, field: str) -> None:
     last = _last_change(deployment)
     if last is not None and at < last:
-        raise ValidationFailed.field(field, f"must not be before the deployment's last change "
-                                            f"({last:%Y-%m-%dT%H:%M:%SZ})")
+        raise ValidationFailed.field(
+            field, f"must not be before the deployment's last change ({last:%Y-%m-%dT%H:%M:%SZ})"
+        )
     if deployment.started_at is not None and at < deployment.started_at:
         raise ValidationFailed.field(field, "must not be before the deployment started")
 
 
 def _content(deployment: Deployment) -> dict:
-    return {"user_id": deployment.user_id, "kind": deployment.kind, "sku": deployment.sku_code,
-            "cpu_milli": deployment.cpu_milli, "memory_mgb": deployment.memory_mgb,
-            "storage_mgb": deployment.storage_mgb, "public_ip": deployment.public_ip,
-            "name": deployment.name, "labels": deployment.labels or {}}
+    return {
+        "user_id": deployment.user_id,
+        "kind": deployment.kind,
+        "sku": deployment.sku_code,
+        "cpu_milli": deployment.cpu_milli,
+        "memory_mgb": deployment.memory_mgb,
+        "storage_mgb": deployment.storage_mgb,
+        "public_ip": deployment.public_ip,
+        "name": deployment.name,
+        "labels": deployment.labels or {},
+    }
 
 
-def create_deployment(*, external_id: str, user: User, kind: str, sku: str | None = None,
-                      cpu_cores=None, memory_gb=None, storage_gb=None, public_ip=None,
-                      name: str = "", labels: dict | None = None, state: str = "active",
-                      started_at: datetime | None = None,
-                      max_backdate: timedelta | None = None) -> tuple[Deployment, bool]:
+def create_deployment(
+    *,
+    external_id: str,
+    user: User,
+    kind: str,
+    sku: str | None = None,
+    cpu_cores=None,
+    memory_gb=None,
+    storage_gb=None,
+    public_ip=None,
+    name: str = "",
+    labels: dict | None = None,
+    state: str = "active",
+    started_at: datetime | None = None,
+    max_backdate: timedelta | None = None,
+) -> tuple[Deployment, bool]:
     """Record a deployment (idempotent by external id). Returns (deployment, created).
     ``max_backdate`` bounds how far back ``started_at`` may be."""
     check_external_id(external_id)
@@ -229,26 +305,51 @@ def create_deployment(*, external_id: str, user: User, kind: str, sku: str | Non
     now = _now()
     start = _when(started_at, "started_at", now)
     version = catalog.version_at(start)
-    spec = resolve_spec(version, kind=kind, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb,
-                        storage_gb=storage_gb, public_ip=public_ip)
+    spec = resolve_spec(
+        version,
+        kind=kind,
+        sku=sku,
+        cpu_cores=cpu_cores,
+        memory_gb=memory_gb,
+        storage_gb=storage_gb,
+        public_ip=public_ip,
+    )
 
     existing = db.session.scalar(select(Deployment).where(Deployment.external_id == external_id))
-    wanted = {"user_id": user.id, "kind": str(kind), "sku": spec.sku_code,
-              "cpu_milli": spec.cpu_milli, "memory_mgb": spec.memory_mgb,
-              "storage_mgb": spec.storage_mgb, "public_ip": spec.public_ip,
-              "name": name, "labels": labels}
+    wanted = {
+        "user_id": user.id,
+        "kind": str(kind),
+        "sku": spec.sku_code,
+        "cpu_milli": spec.cpu_milli,
+        "memory_mgb": spec.memory_mgb,
+        "storage_mgb": spec.storage_mgb,
+        "public_ip": spec.public_ip,
+        "name": name,
+        "labels": labels,
+    }
     if existing is not None:
-        if _content(existing) != wanted or (started_at is not None
-                                            and existing.started_at != start):
+        if _content(existing) != wanted or (
+            started_at is not None and existing.started_at != start
+        ):
             raise Conflict(f"deployment {external_id!r} exists with different content")
         return existing, False
     _within_backdate(start, "started_at", now, max_backdate)
 
     deployment = Deployment(
-        external_id=external_id, user_id=user.id, kind=str(kind), name=wanted["name"],
-        labels=labels, state=str(S.PENDING), price_version_id=version.id,
-        sku_code=spec.sku_code, cpu_milli=spec.cpu_milli, memory_mgb=spec.memory_mgb,
-        storage_mgb=spec.storage_mgb, public_ip=spec.public_ip, started_at=start)
+        external_id=external_id,
+        user_id=user.id,
+        kind=str(kind),
+        name=wanted["name"],
+        labels=labels,
+        state=str(S.PENDING),
+        price_version_id=version.id,
+        sku_code=spec.sku_code,
+        cpu_milli=spec.cpu_milli,
+        memory_mgb=spec.memory_mgb,
+        storage_mgb=spec.storage_mgb,
+        public_ip=spec.public_ip,
+        started_at=start,
+    )
     db.session.add(deployment)
     db.session.flush()
     metering.ensure_mark(user.id, start)
@@ -258,10 +359,17 @@ def create_deployment(*, external_id: str, user: User, kind: str, sku: str | Non
     return deployment, True
 
 
-def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
-                      storage_gb=None, sku: str | None = None, state: str | None = None,
-                      effective_at: datetime | None = None,
-                      max_backdate: timedelta | None = None) -> Deployment:
+def update_deployment(
+    deployment: Deployment,
+    *,
+    cpu_cores=None,
+    memory_gb=None,
+    storage_gb=None,
+    sku: str | None = None,
+    state: str | None = None,
+    effective_at: datetime | None = None,
+    max_backdate: timedelta | None = None,
+) -> Deployment:
     """Resize and/or change state at ``effective_at`` (default now), at the deployment's
     own price version."""
     now = _now()
@@ -274,8 +382,10 @@ def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
         except ValueError:
             raise ValidationFailed.field("state", "is not a deployment state") from None
         if target != current and target not in TRANSITIONS[current]:
-            raise InvalidTransition(f"a {current} deployment cannot become {target}",
-                                    fields={"state": f"cannot go from {current} to {target}"})
+            raise InvalidTransition(
+                f"a {current} deployment cannot become {target}",
+                fields={"state": f"cannot go from {current} to {target}"},
+            )
     resize = any(v is not None for v in (cpu_cores, memory_gb, storage_gb, sku))
     if resize and current in (S.FAILED, S.REMOVED, S.TERMINATED):
         raise InvalidTransition(f"a {current} deployment cannot be resized")
@@ -285,11 +395,13 @@ def update_deployment(deployment: Deployment, *, cpu_cores=None, memory_gb=None,
     _check_not_before_last_change(deployment, at, "effective_at")
     invoiced = metering.invoiced_through(deployment.user_id)
     if invoiced is not None and at < invoiced:
-        raise ValidationFailed.field("effective_at", f"is inside an invoiced period (invoiced "
-                                                     f"through {invoiced:%Y-%m-%d})")
+        raise ValidationFailed.field(
+            "effective_at", f"is inside an invoiced period (invoiced through {invoiced:%Y-%m-%d})"
+        )
     if resize:
-        _apply_resize(deployment, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb,
-                      storage_gb=storage_gb)
+        _apply_resize(
+            deployment, sku=sku, cpu_cores=cpu_cores, memory_gb=memory_gb, storage_gb=storage_gb
+        )
     _reshape(deployment, at, target)
     if target in (S.REMOVED, S.TERMINATED, S.FAILED):
         deployment.ended_at = at
@@ -305,24 +417,35 @@ def _apply_resize(deployment: Deployment, *, sku, cpu_cores, memory_gb, storage_
     elif deployment.sku_code:
         raise ValidationFailed.field("sku", "a deployment sized by SKU is resized to another sku")
     else:
+
         def milli(value, current: int, field: str) -> int:
             return current if value is None else _milli(value, field)
-        spec = Spec(milli(cpu_cores, deployment.cpu_milli, "cpu_cores"),
-                    milli(memory_gb, deployment.memory_mgb, "memory_gb"),
-                    milli(storage_gb, deployment.storage_mgb, "storage_gb"), deployment.public_ip)
+
+        spec = Spec(
+            milli(cpu_cores, deployment.cpu_milli, "cpu_cores"),
+            milli(memory_gb, deployment.memory_mgb, "memory_gb"),
+            milli(storage_gb, deployment.storage_mgb, "storage_gb"),
+            deployment.public_ip,
+        )
     deployment.cpu_milli, deployment.memory_mgb = spec.cpu_milli, spec.memory_mgb
     deployment.storage_mgb, deployment.sku_code = spec.storage_mgb, spec.sku_code
 
 
-def delete_deployment(deployment: Deployment, *, ended_at: datetime | None = None,
-                      max_backdate: timedelta | None = None) -> Deployment:
+def delete_deployment(
+    deployment: Deployment,
+    *,
+    ended_at: datetime | None = None,
+    max_backdate: timedelta | None = None,
+) -> Deployment:
     """The platform deleted it. Billed up to ``ended_at``; kept as history. Idempotent."""
     now = _now()
     at = _when(ended_at, "ended_at", now)
     if deployment.state == S.TERMINATED:
         if ended_at is not None and deployment.ended_at != at:
-            raise Conflict("the deployment was already deleted at another time",
-                           fields={"ended_at": "differs from the recorded deletion"})
+            raise Conflict(
+                "the deployment was already deleted at another time",
+                fields={"ended_at": "differs from the recorded deletion"},
+            )
         return deployment
     if deployment.state == S.REMOVED:
         return deployment
@@ -344,14 +467,24 @@ def heartbeat(deployment: Deployment) -> Deployment:
 def end_silent_sessions(timeout: timedelta, now: datetime | None = None) -> int:
     """Sessions that stopped sending heartbeats are over: end them at their last heartbeat."""
     now = now or _now()
-    silent = list(db.session.scalars(select(Deployment).where(
-        Deployment.kind == DeploymentKind.SESSION,
-        Deployment.state.in_([S.ACTIVE, S.SUSPENDED]),
-        Deployment.last_heartbeat_at.is_not(None),
-        Deployment.last_heartbeat_at < now - timeout)))
+    silent = list(
+        db.session.scalars(
+            select(Deployment).where(
+                Deployment.kind == DeploymentKind.SESSION,
+                Deployment.state.in_([S.ACTIVE, S.SUSPENDED]),
+                Deployment.last_heartbeat_at.is_not(None),
+                Deployment.last_heartbeat_at < now - timeout,
+            )
+        )
+    )
     for deployment in silent:
-        delete_deployment(deployment, ended_at=max(deployment.last_heartbeat_at,
-                                                   _last_change(deployment) or deployment.last_heartbeat_at))
+        delete_deployment(
+            deployment,
+            ended_at=max(
+                deployment.last_heartbeat_at,
+                _last_change(deployment) or deployment.last_heartbeat_at,
+            ),
+        )
     return len(silent)
 
 
@@ -359,4 +492,6 @@ def list_deployments(user: User, *, include_ended: bool = True) -> list[Deployme
     query = select(Deployment).where(Deployment.user_id == user.id)
     if not include_ended:
         query = query.where(Deployment.state.not_in([S.TERMINATED, S.REMOVED, S.FAILED]))
-    return list(db.session.scalars(query.order_by(Deployment.created_at.desc(), Deployment.id.desc())))
+    return list(
+        db.session.scalars(query.order_by(Deployment.created_at.desc(), Deployment.id.desc()))
+    )

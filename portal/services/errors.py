@@ -1,4 +1,5 @@
 """Typed errors the services raise; the web and API layers map them to responses."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """The event outbox: facts for the platform, recorded in the transaction that made them
 true, delivered after commit. The same fact (name, subject) is recorded once."""
+
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -17,9 +18,23 @@ def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
     if not events:
         return
     now = utcnow()
-    db.session.execute(_dialect_insert(Event.__table__).values([
-        {"name": n, "subject": s, "payload": p, "user_id": u, "created_at": now, "attempts": 0}
-        for n, s, p, u in events]).on_conflict_do_nothing())
+    db.session.execute(
+        _dialect_insert(Event.__table__)
+        .values(
+            [
+                {
+                    "name": n,
+                    "subject": s,
+                    "payload": p,
+                    "user_id": u,
+                    "created_at": now,
+                    "attempts": 0,
+                }
+                for n, s, p, u in events
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 def record_new_many(events: list[tuple[str, str, dict, int | None]]) -> None:
@@ -27,10 +42,16 @@ def record_new_many(events: list[tuple[str, str, dict, int | None]]) -> None:
     earlier record of them can exist, so they are written in bulk without the conflict
     check (a duplicate would still fail on the unique index)."""
     now = utcnow()
-    bulk_insert(Event.__table__, ("name", "subject", "payload", "user_id", "created_at", "attempts"),
-                [(n, s, p, u, now, 0) for n, s, p, u in events])
+    bulk_insert(
+        Event.__table__,
+        ("name", "subject", "payload", "user_id", "created_at", "attempts"),
+        [(n, s, p, u, now, 0) for n, s, p, u in events],
+    )
 
 
 def pending(limit: int = 100) -> list[Event]:
-    return list(db.session.scalars(select(Event).where(Event.delivered_at.is_(None))
-                                   .order_by(Event.id).limit(limit)))
+    return list(
+        db.session.scalars(
+            select(Event).where(Event.delivered_at.is_(None)).order_by(Event.id).limit(limit)
+        )
+    )

@@ -4,6 +4,7 @@ A finalized invoice's PDF is rendered once, from its snapshot, on the invoicing 
 kept with its SHA-256; it is never rendered again. pdf_status: none -> pending (requested)
 -> ready | failed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,11 @@ def get_invoice_pdf(invoice_id: int, *, user: User | None) -> tuple[Invoice, Inv
     invoice = get_invoice(invoice_id, user=user)
     pdf = db.session.get(InvoicePdf, invoice.id)
     if pdf is None:
-        raise PdfNotReady("This invoice's PDF is not ready yet." if invoice.snapshot
-                          else "A draft invoice has no PDF; it is made when the invoice is issued.")
+        raise PdfNotReady(
+            "This invoice's PDF is not ready yet."
+            if invoice.snapshot
+            else "A draft invoice has no PDF; it is made when the invoice is issued."
+        )
     return invoice, pdf
 
 
@@ -60,8 +64,9 @@ def enqueue_render(invoice_id: int) -> None:
     finalization writes it in its INSERT), enqueued once this transaction commits."""
     from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
 
-    enqueue_after_commit("invoicing", "jobs.invoicing.render_invoice_pdf", invoice_id,
-                         job_id=f"pdf:{invoice_id}")
+    enqueue_after_commit(
+        "invoicing", "jobs.invoicing.render_invoice_pdf", invoice_id, job_id=f"pdf:{invoice_id}"
+    )
 
 
 def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
@@ -93,15 +98,21 @@ def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
 
 
 def _store(invoice_id: int, snapshot: dict, content: bytes) -> InvoicePdf:
-    pdf = InvoicePdf(invoice_id=invoice_id,
-                     template_version=invoice_pdf.template_version(snapshot),
-                     sha256=hashlib.sha256(content).hexdigest(), content=content)
+    pdf = InvoicePdf(
+        invoice_id=invoice_id,
+        template_version=invoice_pdf.template_version(snapshot),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content=content,
+    )
     try:
         with db.session.begin_nested():
             db.session.add(pdf)
     except IntegrityError:  # a concurrent render stored it first: theirs stands
-        pdf = db.session.scalars(select(InvoicePdf).where(InvoicePdf.invoice_id == invoice_id)
-                                 .execution_options(populate_existing=True)).one()
+        pdf = db.session.scalars(
+            select(InvoicePdf)
+            .where(InvoicePdf.invoice_id == invoice_id)
+            .execution_options(populate_existing=True)
+        ).one()
     return pdf
 
 
@@ -117,8 +128,11 @@ def queue_invoice_created_email(invoice: Invoice) -> OutboundEmail | None:
     # Serialize with a concurrent call for the same invoice before looking for its mail.
     db.session.execute(select(Invoice.id).where(Invoice.id == invoice.id).with_for_update())
     subject = invoice_created_subject(invoice)
-    existing = db.session.scalar(select(OutboundEmail).where(
-        OutboundEmail.attachment_invoice_id == invoice.id, OutboundEmail.subject == subject))
+    existing = db.session.scalar(
+        select(OutboundEmail).where(
+            OutboundEmail.attachment_invoice_id == invoice.id, OutboundEmail.subject == subject
+        )
+    )
     if existing is not None or invoice.status == InvoiceStatus.VOID:
         return existing
     if db.session.get(InvoicePdf, invoice.id) is None:
@@ -126,7 +140,13 @@ def queue_invoice_created_email(invoice: Invoice) -> OutboundEmail | None:
     user = db.session.get(User, invoice.user_id)
     snapshot = invoice.snapshot
     return mail.queue_email(
-        to=user.email, subject=subject, template="invoice_created", user_id=user.id,
-        attachment_invoice_id=invoice.id, inv=snapshot, name=user.name,
+        to=user.email,
+        subject=subject,
+        template="invoice_created",
+        user_id=user.id,
+        attachment_invoice_id=invoice.id,
+        inv=snapshot,
+        name=user.name,
         link=f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}",
-        nothing_due=not invoice_pdf.is_nonzero(snapshot["amount_due"]))
+        nothing_due=not invoice_pdf.is_nonzero(snapshot["amount_due"]),
+    )

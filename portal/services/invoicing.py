@@ -9,6 +9,7 @@ a live invoice for the period, aggregates the rollups in one query, builds the l
 events in bulk. Credits are applied oldest expiry first. Usage changed after a period was
 invoiced (usage_adjustments) becomes adjustment lines on the next invoice.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -21,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
@@ -29,9 +30,23 @@ from flask import current_app
 from sqlalchemy import bindparam, func, insert, select, text, update
 
 from ..extensions import db
-from ..models import (AccountKind, CreditLot, Deployment, Invoice, InvoiceCounter, InvoiceKind,
-                      InvoiceLine, InvoicePayment, InvoiceStatus, LedgerAccount,
-                      LedgerTransaction, PaymentTender, UsageAdjustment, User, utcnow)
+from ..models import (
+    AccountKind,
+    CreditLot,
+    Deployment,
+    Invoice,
+    InvoiceCounter,
+    InvoiceKind,
+    InvoiceLine,
+    InvoicePayment,
+    InvoiceStatus,
+    LedgerAccount,
+    LedgerTransaction,
+    PaymentTender,
+    UsageAdjustment,
+    User,
+    utcnow,
+)
 from ..money import Money, currency_digits, format_money
 from . import credits, events, ledger, metering, usage
 from .errors import Conflict, InvalidTransition, NotFound, ValidationFailed
@@ -59,6 +74,7 @@ def transition(invoice: Invoice, target: S) -> None:
 
 # -- periods ---------------------------------------------------------------------------------
 
+
 def invoice_day() -> int:
     return current_app.config["BILLING"].invoice_day
 
@@ -74,18 +90,22 @@ def check_period(start: datetime, end: datetime, now: datetime | None = None) ->
     expected = usage.period_containing(start, invoice_day())
     if (start, end) != expected:
         raise ValidationFailed(
-            "an invoice covers one billing period", fields={
+            "an invoice covers one billing period",
+            fields={
                 "period_start": f"must be a billing period: from the invoice day "
-                                f"({invoice_day()}) to the day before the next one"})
+                f"({invoice_day()}) to the day before the next one"
+            },
+        )
     if end > metering.last_complete_hour(now):
         raise ValidationFailed.field("period_end", "has not ended yet")
 
 
 # -- lines (pure) ----------------------------------------------------------------------------
 
+
 def _round_ratio(numerator: int, denominator: int, digits: int) -> int:
     """numerator/denominator micro-units in minor units, ROUND_HALF_UP, in integers."""
-    num = numerator * 10 ** digits
+    num = numerator * 10**digits
     den = denominator * 1_000_000
     if num >= 0:
         return (2 * num + den) // (2 * den)  # floor(x + 1/2): halves go up
@@ -96,7 +116,8 @@ def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
     if denominator == 0:
         return Decimal(0)
     value = (Decimal(numerator) / Decimal(denominator)).quantize(
-        Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP
+    )
     return value.normalize() if value else Decimal(0)
 
 
@@ -110,10 +131,11 @@ def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
 # - d divides 3,600,000 (= 2^7 3^2 5^5) or 10^6 and |n/d| < 10^15: then n/d has at most 7
 #   decimals before one digit (0-8) repeats, or ends within 6 decimals, so the division,
 #   rounded to 28 significant digits, can never carry into the 7th decimal.
-_EXACT_NUMERATORS = 10 ** 21
+_EXACT_NUMERATORS = 10**21
 _INTEGER_DENOMINATORS = frozenset(
-    {2 ** a * 3 ** b * 5 ** c for a in range(8) for b in range(3) for c in range(6)}  # | 3.6M
-    | {2 ** a * 5 ** c for a in range(7) for c in range(7)})                         # | 10^6
+    {2**a * 3**b * 5**c for a in range(8) for b in range(3) for c in range(6)}  # | 3.6M
+    | {2**a * 5**c for a in range(7) for c in range(7)}
+)  # | 10^6
 
 
 def _decimal_text(numerator: int, denominator: int) -> str:
@@ -124,9 +146,10 @@ def _decimal_text(numerator: int, denominator: int) -> str:
         return "0"
     if numerator % denominator == 0:  # whole hours, whole months
         return str(numerator // denominator)
-    if not (-_EXACT_NUMERATORS < numerator < _EXACT_NUMERATORS
-            or (denominator in _INTEGER_DENOMINATORS
-                and -10 ** 15 < numerator // denominator < 10 ** 15)):
+    if not (
+        -_EXACT_NUMERATORS < numerator < _EXACT_NUMERATORS
+        or (denominator in _INTEGER_DENOMINATORS and -(10**15) < numerator // denominator < 10**15)
+    ):
         return f"{_decimal(numerator, denominator):f}"
     q, r = divmod(abs(numerator) * 1_000_000, denominator)  # |n/d| in micro-units
     if 2 * r >= denominator:
@@ -164,6 +187,7 @@ def _month_ms(year: int, month: int) -> int:
 class Usage:
     """Summed rollup columns of one deployment in one period. Storage is kept per calendar
     month, because a GB-month is priced against the length of its month."""
+
     cpu_ms: int = 0
     cpu_cost: int = 0
     memory_ms: int = 0
@@ -176,8 +200,10 @@ class Usage:
 
     def resources(self) -> list[tuple[str, int, int, int, int]]:
         """(resource, quantity num, quantity den, cost num, cost den) in units and micros."""
-        out = [("cpu", self.cpu_ms, 3_600_000, self.cpu_cost, 3_600_000),
-               ("memory", self.memory_ms, 3_600_000, self.memory_cost, 3_600_000)]
+        out = [
+            ("cpu", self.cpu_ms, 3_600_000, self.cpu_cost, 3_600_000),
+            ("memory", self.memory_ms, 3_600_000, self.memory_cost, 3_600_000),
+        ]
         if self.storage:
             # Sum a/da + b/db exactly over a common denominator.
             qn, cn, den = 0, 0, 1
@@ -185,25 +211,29 @@ class Usage:
                 d = _month_ms(y, m)
                 qn, cn, den = qn * d + ms * den, cn * d + cost * den, den * d
             out.append(("storage", qn, den, cn, den))
-        out += [("instance", self.instance_s, 3600, self.instance_cost, 3600),
-                ("ip", self.ip_s, 3600, self.ip_cost, 3600)]
+        out += [
+            ("instance", self.instance_s, 3600, self.instance_cost, 3600),
+            ("ip", self.ip_s, 3600, self.ip_cost, 3600),
+        ]
         return out
 
 
 class LineDraft(NamedTuple):
     """An invoice line as stored (its columns after invoice_id and position)."""
+
     kind: str
     deployment_id: int | None
     resource: str | None
-    description: str   # at most 300 characters
-    quantity: str      # exact decimal text
+    description: str  # at most 300 characters
+    quantity: str  # exact decimal text
     unit: str
-    unit_price: str    # major units, exact decimal text
+    unit_price: str  # major units, exact decimal text
     amount_minor: int
 
 
-def build_lines(usage_by_deployment: dict[int, Usage], names: dict[int, str], currency: str,
-                kind: str = "usage") -> list[LineDraft]:
+def build_lines(
+    usage_by_deployment: dict[int, Usage], names: dict[int, str], currency: str, kind: str = "usage"
+) -> list[LineDraft]:
     """One line per deployment and resource with something to bill, rounded once."""
     if not usage_by_deployment:
         return []
@@ -215,52 +245,90 @@ def build_lines(usage_by_deployment: dict[int, Usage], names: dict[int, str], cu
         head = f"{prefix}{names.get(dep_id, dep_id)} · "
         for resource, qn, qd, cn, cd in usage_by_deployment[dep_id].resources():
             if qn or cn:
-                lines.append(LineDraft(kind, dep_id, resource, (head + labels[resource])[:300],
-                                       _decimal_text(qn, qd), units[resource],
-                                       _unit_price_text(qn, qd, cn, cd),
-                                       _round_ratio(cn, cd, digits)))
+                lines.append(
+                    LineDraft(
+                        kind,
+                        dep_id,
+                        resource,
+                        (head + labels[resource])[:300],
+                        _decimal_text(qn, qd),
+                        units[resource],
+                        _unit_price_text(qn, qd, cn, cd),
+                        _round_ratio(cn, cd, digits),
+                    )
+                )
     return lines
 
 
 # -- aggregation -----------------------------------------------------------------------------
+
 
 def _sums(*terms: str) -> str:
     # As integers: PostgreSQL's SUM(bigint) is a numeric, which would arrive as Decimals.
     return ", ".join(f"CAST(SUM({term}) AS BIGINT)" for term in terms)
 
 
-_SUMS = _sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost",
-              "CASE WHEN day < :split THEN storage_ms ELSE 0 END",
-              "CASE WHEN day < :split THEN storage_cost ELSE 0 END",
-              "CASE WHEN day >= :split THEN storage_ms ELSE 0 END",
-              "CASE WHEN day >= :split THEN storage_cost ELSE 0 END",
-              "instance_s", "instance_cost", "ip_s", "ip_cost")
+_SUMS = _sums(
+    "cpu_ms",
+    "cpu_cost",
+    "memory_ms",
+    "memory_cost",
+    "CASE WHEN day < :split THEN storage_ms ELSE 0 END",
+    "CASE WHEN day < :split THEN storage_cost ELSE 0 END",
+    "CASE WHEN day >= :split THEN storage_ms ELSE 0 END",
+    "CASE WHEN day >= :split THEN storage_cost ELSE 0 END",
+    "instance_s",
+    "instance_cost",
+    "ip_s",
+    "ip_cost",
+)
 # A period inside one calendar month (invoice day 1) has no second month to split off.
-_SUMS_ONE_MONTH = (_sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms",
-                         "storage_cost") + ", 0, 0, "
-                   + _sums("instance_s", "instance_cost", "ip_s", "ip_cost"))
+_SUMS_ONE_MONTH = (
+    _sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms", "storage_cost")
+    + ", 0, 0, "
+    + _sums("instance_s", "instance_cost", "ip_s", "ip_cost")
+)
 
 
 def _to_usage(row, first_month: tuple[int, int], second_month: tuple[int, int]) -> Usage:
-    (cpu_ms, cpu_cost, memory_ms, memory_cost, storage1_ms, storage1_cost, storage2_ms,
-     storage2_cost, instance_s, instance_cost, ip_s, ip_cost) = row
+    (
+        cpu_ms,
+        cpu_cost,
+        memory_ms,
+        memory_cost,
+        storage1_ms,
+        storage1_cost,
+        storage2_ms,
+        storage2_cost,
+        instance_s,
+        instance_cost,
+        ip_s,
+        ip_cost,
+    ) = row
     storage = {}
     if storage1_ms or storage1_cost:
         storage[first_month] = [storage1_ms, storage1_cost]
     if storage2_ms or storage2_cost:
         storage[second_month] = [storage2_ms, storage2_cost]
-    return Usage(cpu_ms, cpu_cost, memory_ms, memory_cost, storage, instance_s, instance_cost,
-                 ip_s, ip_cost)
+    return Usage(
+        cpu_ms, cpu_cost, memory_ms, memory_cost, storage, instance_s, instance_cost, ip_s, ip_cost
+    )
 
 
-def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
-                  user_ids: list[int] | None) -> dict[int, dict[int, Usage]]:
+def _period_usage(
+    user_lo: int, user_hi: int, start: datetime, end: datetime, user_ids: list[int] | None
+) -> dict[int, dict[int, Usage]]:
     """Per user, per deployment: the period's summed rollups, in one query."""
     split = date(start.year + (start.month == 12), start.month % 12 + 1, 1)
     months = ((start.year, start.month), (split.year, split.month))
     where = "user_id >= :lo AND user_id < :hi AND day >= :start AND day < :end"
-    params = {"lo": user_lo, "hi": user_hi, "start": start.date(), "end": end.date(),
-              "split": split}
+    params = {
+        "lo": user_lo,
+        "hi": user_hi,
+        "start": start.date(),
+        "end": end.date(),
+        "split": split,
+    }
     if user_ids is not None:
         where += " AND user_id IN (" + ", ".join(str(int(u)) for u in user_ids) + ")"
     sums = _SUMS_ONE_MONTH if end.date() <= split else _SUMS
@@ -268,23 +336,33 @@ def _period_usage(user_lo: int, user_hi: int, start: datetime, end: datetime,
         # For this transaction: room to aggregate a chunk's month (~30 rows per deployment) in
         # memory, not in a sort spilled to disk; and the snapshots, which TOAST compresses,
         # compressed with lz4 where the server has it (a fraction of pglz's CPU).
-        db.session.execute(text(
-            "SELECT set_config('work_mem', '64MB', true), "
-            "(SELECT set_config(name, 'lz4', true) FROM pg_settings "
-            " WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))"))
+        db.session.execute(
+            text(
+                "SELECT set_config('work_mem', '64MB', true), "
+                "(SELECT set_config(name, 'lz4', true) FROM pg_settings "
+                " WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))"
+            )
+        )
     result: dict[int, dict[int, Usage]] = defaultdict(dict)
-    for row in db.session.execute(text(
+    for row in db.session.execute(
+        text(
             f"SELECT user_id, deployment_id, {sums} FROM usage_daily WHERE {where} "
-            "GROUP BY user_id, deployment_id"), params).all():
+            "GROUP BY user_id, deployment_id"
+        ),
+        params,
+    ).all():
         result[row[0]][row[1]] = _to_usage(row[2:], *months)
     return result
 
 
-def _pending_adjustments(user_lo: int, user_hi: int, user_ids: list[int] | None
-                         ) -> dict[int, tuple[dict[int, Usage], list[int]]]:
-    query = select(UsageAdjustment).where(UsageAdjustment.invoice_id.is_(None),
-                                          UsageAdjustment.user_id >= user_lo,
-                                          UsageAdjustment.user_id < user_hi)
+def _pending_adjustments(
+    user_lo: int, user_hi: int, user_ids: list[int] | None
+) -> dict[int, tuple[dict[int, Usage], list[int]]]:
+    query = select(UsageAdjustment).where(
+        UsageAdjustment.invoice_id.is_(None),
+        UsageAdjustment.user_id >= user_lo,
+        UsageAdjustment.user_id < user_hi,
+    )
     if user_ids is not None:
         query = query.where(UsageAdjustment.user_id.in_(user_ids))
     out: dict[int, tuple[dict[int, Usage], list[int]]] = {}
@@ -308,19 +386,26 @@ def _pending_adjustments(user_lo: int, user_hi: int, user_ids: list[int] | None
 
 # -- numbers ---------------------------------------------------------------------------------
 
+
 def reserve_numbers(year: int, count: int) -> list[str]:
     """``count`` consecutive numbers for ``year``, under the counter row's lock: gap-free
     because they are taken in the transaction that finalizes the invoices."""
-    db.session.execute(ledger._dialect_insert(InvoiceCounter.__table__).values(
-        year=year, last_number=0).on_conflict_do_nothing())
+    db.session.execute(
+        ledger._dialect_insert(InvoiceCounter.__table__)
+        .values(year=year, last_number=0)
+        .on_conflict_do_nothing()
+    )
     last = db.session.execute(
-        update(InvoiceCounter).where(InvoiceCounter.year == year)
+        update(InvoiceCounter)
+        .where(InvoiceCounter.year == year)
         .values(last_number=InvoiceCounter.last_number + count)
-        .returning(InvoiceCounter.last_number)).scalar_one()
+        .returning(InvoiceCounter.last_number)
+    ).scalar_one()
     return [f"INV-{year}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
 
 # -- generation ------------------------------------------------------------------------------
+
 
 @dataclass
 class RunResult:
@@ -336,8 +421,7 @@ class RunResult:
         self.invoice_ids += other.invoice_ids
 
     def figures(self) -> dict:
-        return {"invoices": self.invoices, "skipped": self.skipped,
-                "total_minor": self.total_minor}
+        return {"invoices": self.invoices, "skipped": self.skipped, "total_minor": self.total_minor}
 
 
 @contextlib.contextmanager
@@ -354,9 +438,16 @@ def _cyclic_gc_paused():
             gc.enable()
 
 
-def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list[int] | None = None,
-                   created_by: User | None = None, now: datetime | None = None,
-                   before_numbers: Callable[[], None] | None = None) -> RunResult:
+def generate_chunk(
+    chunk: int,
+    start: datetime,
+    end: datetime,
+    *,
+    user_ids: list[int] | None = None,
+    created_by: User | None = None,
+    now: datetime | None = None,
+    before_numbers: Callable[[], None] | None = None,
+) -> RunResult:
     """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end).
 
     Everything is computed in memory from a handful of queries and written set-based: the
@@ -365,13 +456,20 @@ def generate_chunk(chunk: int, start: datetime, end: datetime, *, user_ids: list
     all is built, before the numbers are taken (it may wait, or raise to give up). Flushes
     only; the caller commits."""
     with _cyclic_gc_paused():
-        return _generate_chunk(chunk, start, end, user_ids, created_by, now or utcnow(),
-                               before_numbers)
+        return _generate_chunk(
+            chunk, start, end, user_ids, created_by, now or utcnow(), before_numbers
+        )
 
 
-def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[int] | None,
-                    created_by: User | None, now: datetime,
-                    before_numbers: Callable[[], None] | None) -> RunResult:
+def _generate_chunk(
+    chunk: int,
+    start: datetime,
+    end: datetime,
+    user_ids: list[int] | None,
+    created_by: User | None,
+    now: datetime,
+    before_numbers: Callable[[], None] | None,
+) -> RunResult:
     result = RunResult()
     size = metering.chunk_size()
     lo, hi = chunk * size, (chunk + 1) * size
@@ -385,20 +483,34 @@ def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[i
         return result
     in_chunk = _in_chunk(lo, hi, user_ids)
     inv = Invoice.__table__.c  # plain rows (no ORM entities to load) where only values are read
-    existing = candidates.intersection(db.session.scalars(select(inv.user_id).where(
-        *in_chunk(inv.user_id), inv.period_start == start,
-        inv.kind == InvoiceKind.USAGE, inv.status != S.VOID)))
+    existing = candidates.intersection(
+        db.session.scalars(
+            select(inv.user_id).where(
+                *in_chunk(inv.user_id),
+                inv.period_start == start,
+                inv.kind == InvoiceKind.USAGE,
+                inv.status != S.VOID,
+            )
+        )
+    )
     todo = sorted(candidates - existing)
     result.skipped = len(existing)
     if not todo:
         return result
 
     u, dep = User.__table__.c, Deployment.__table__.c
-    users = {row.id: row for row in db.session.execute(
-        select(u.id, u.currency, u.name, u.email).where(*in_chunk(u.id))).all()}
-    names = {dep_id: f"{name} ({external_id})" if name else external_id
-             for dep_id, name, external_id in db.session.execute(
-                 select(dep.id, dep.name, dep.external_id).where(*in_chunk(dep.user_id))).all()}
+    users = {
+        row.id: row
+        for row in db.session.execute(
+            select(u.id, u.currency, u.name, u.email).where(*in_chunk(u.id))
+        ).all()
+    }
+    names = {
+        dep_id: f"{name} ({external_id})" if name else external_id
+        for dep_id, name, external_id in db.session.execute(
+            select(dep.id, dep.name, dep.external_id).where(*in_chunk(dep.user_id))
+        ).all()
+    }
     drafts: dict[int, _Draft] = {}
     for uid in todo:
         currency = users[uid].currency
@@ -409,8 +521,11 @@ def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[i
     _finalize(drafts, users, start, end, now, created_by, in_chunk, before_numbers)
     for uid, (_, adj_ids) in adjustments.items():
         if uid in drafts and adj_ids:
-            db.session.execute(update(UsageAdjustment).where(UsageAdjustment.id.in_(adj_ids))
-                               .values(invoice_id=drafts[uid].invoice_id))
+            db.session.execute(
+                update(UsageAdjustment)
+                .where(UsageAdjustment.id.in_(adj_ids))
+                .values(invoice_id=drafts[uid].invoice_id)
+            )
     result.invoices = len(todo)
     result.invoice_ids = [drafts[uid].invoice_id for uid in todo]
     result.total_minor = sum(d.subtotal for d in drafts.values())
@@ -419,17 +534,20 @@ def _generate_chunk(chunk: int, start: datetime, end: datetime, user_ids: list[i
 
 def _in_chunk(lo: int, hi: int, user_ids: list[int] | None):
     """WHERE clauses for rows of the chunk's users (or just ``user_ids``) by a user id column."""
+
     def clauses(column):
         where = [column >= lo, column < hi]
         if user_ids is not None:
             where.append(column.in_(user_ids))
         return where
+
     return clauses
 
 
 @dataclass
 class _Draft:
     """One invoice being made: computed in memory, then written in bulk."""
+
     user_id: int
     currency: str
     lines: list[LineDraft]
@@ -444,9 +562,16 @@ class _Draft:
         return max(0, self.subtotal) - self.credits
 
 
-def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: datetime,
-              now: datetime, created_by: User | None, in_chunk,
-              before_numbers: Callable[[], None] | None = None) -> None:
+def _finalize(
+    drafts: dict[int, _Draft],
+    users: dict,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    created_by: User | None,
+    in_chunk,
+    before_numbers: Callable[[], None] | None = None,
+) -> None:
     """Credits, numbers, then the invoices (already finalized), their lines, the ledger
     postings, credit payments, late-usage credit-backs, events and PDF requests."""
     from .invoice_documents import enqueue_render
@@ -454,16 +579,24 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
     todo = sorted(drafts)
     billed = {uid for uid in todo if drafts[uid].subtotal > 0}
     a = LedgerAccount.__table__.c
-    accounts = [(uid, aid, kind, balance) for uid, aid, kind, currency, balance in db.session.execute(
-        select(a.user_id, a.id, a.kind, a.currency, a.balance_minor)
-        .where(*in_chunk(a.user_id), a.kind.in_([str(AccountKind.RECEIVABLE),
-                                                  str(AccountKind.CREDIT)]))).all()
-        if uid in billed and currency == drafts[uid].currency]
+    accounts = [
+        (uid, aid, kind, balance)
+        for uid, aid, kind, currency, balance in db.session.execute(
+            select(a.user_id, a.id, a.kind, a.currency, a.balance_minor).where(
+                *in_chunk(a.user_id),
+                a.kind.in_([str(AccountKind.RECEIVABLE), str(AccountKind.CREDIT)]),
+            )
+        ).all()
+        if uid in billed and currency == drafts[uid].currency
+    ]
     receivables = {uid: aid for uid, aid, kind, _ in accounts if kind == AccountKind.RECEIVABLE}
     for uid in sorted(billed - set(receivables)):
         receivables[uid] = ledger.user_account(uid, AccountKind.RECEIVABLE).id
-    holders = {uid: aid for uid, aid, kind, balance in accounts
-               if kind == AccountKind.CREDIT and balance > 0}
+    holders = {
+        uid: aid
+        for uid, aid, kind, balance in accounts
+        if kind == AccountKind.CREDIT and balance > 0
+    }
     # The user accounts this run moves, locked in id order (as every posting locks them):
     # credit lots are read and drawn under their account's lock.
     locked = ledger.lock_account_ids([*receivables.values(), *holders.values()])
@@ -479,35 +612,101 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
     created_by_id = created_by.id if created_by else None
     statuses: dict[int, S] = {}
     rows = []
-    for uid, invoice_id in zip(todo, ids):
+    for uid, invoice_id in zip(todo, ids, strict=False):
         d = drafts[uid]
         d.invoice_id = invoice_id
         status = statuses[uid] = S.PAID if d.total == 0 else S.OPEN
-        rows.append([
-            invoice_id, uid, _USAGE, str(status), None, start, end, d.currency, d.subtotal,
-            d.credits, d.total, 0, due_at, now, now if status == S.PAID else None, now,
-            created_by_id, "pending",
-            snapshot_data(
-                number=None, status=status, issued_at=now, due_at=due_at, period_start=start,
-                period_end=end, seller=seller, user=users[uid], currency=d.currency,
-                lines=d.lines,
-                subtotal=d.subtotal, credits=d.credits, total=d.total, amount_paid=0,
-                payments=[(paid_at, _CREDIT, d.credits, "")] if d.credits else [],
-                locale=locale)])
-    lines = [(d.invoice_id, n, *line)
-             for d in (drafts[uid] for uid in todo) for n, line in enumerate(d.lines, 1)]
+        rows.append(
+            [
+                invoice_id,
+                uid,
+                _USAGE,
+                str(status),
+                None,
+                start,
+                end,
+                d.currency,
+                d.subtotal,
+                d.credits,
+                d.total,
+                0,
+                due_at,
+                now,
+                now if status == S.PAID else None,
+                now,
+                created_by_id,
+                "pending",
+                snapshot_data(
+                    number=None,
+                    status=status,
+                    issued_at=now,
+                    due_at=due_at,
+                    period_start=start,
+                    period_end=end,
+                    seller=seller,
+                    user=users[uid],
+                    currency=d.currency,
+                    lines=d.lines,
+                    subtotal=d.subtotal,
+                    credits=d.credits,
+                    total=d.total,
+                    amount_paid=0,
+                    payments=[(paid_at, _CREDIT, d.credits, "")] if d.credits else [],
+                    locale=locale,
+                ),
+            ]
+        )
+    lines = [
+        (d.invoice_id, n, *line)
+        for d in (drafts[uid] for uid in todo)
+        for n, line in enumerate(d.lines, 1)
+    ]
 
     if before_numbers is not None:
         before_numbers()
-    for row, uid, number in zip(rows, todo, reserve_numbers(now.year, len(todo))):
+    for row, uid, number in zip(rows, todo, reserve_numbers(now.year, len(todo)), strict=False):
         drafts[uid].number = row[4] = row[-1]["number"] = number
-    ledger.bulk_insert(Invoice.__table__, (
-        "id", "user_id", "kind", "status", "number", "period_start", "period_end", "currency",
-        "subtotal_minor", "credits_minor", "total_minor", "amount_paid_minor", "due_at",
-        "finalized_at", "paid_at", "created_at", "created_by_id", "pdf_status", "snapshot"), rows)
-    ledger.bulk_insert(InvoiceLine.__table__, (
-        "invoice_id", "position", "kind", "deployment_id", "resource", "description",
-        "quantity", "unit", "unit_price", "amount_minor"), lines)
+    ledger.bulk_insert(
+        Invoice.__table__,
+        (
+            "id",
+            "user_id",
+            "kind",
+            "status",
+            "number",
+            "period_start",
+            "period_end",
+            "currency",
+            "subtotal_minor",
+            "credits_minor",
+            "total_minor",
+            "amount_paid_minor",
+            "due_at",
+            "finalized_at",
+            "paid_at",
+            "created_at",
+            "created_by_id",
+            "pdf_status",
+            "snapshot",
+        ),
+        rows,
+    )
+    ledger.bulk_insert(
+        InvoiceLine.__table__,
+        (
+            "invoice_id",
+            "position",
+            "kind",
+            "deployment_id",
+            "resource",
+            "description",
+            "quantity",
+            "unit",
+            "unit_price",
+            "amount_minor",
+        ),
+        lines,
+    )
 
     revenue: dict[str, int] = {}
     postings, credit_postings = [], []
@@ -517,35 +716,66 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
             continue
         if d.currency not in revenue:
             revenue[d.currency] = ledger.system_account(AccountKind.REVENUE, d.currency).id
-        postings.append(ledger.Posting(
-            f"invoice:{d.invoice_id}:issue", "invoice", uid, f"Invoice {d.number}", d.currency,
-            ((receivables[uid], "receivable", -d.subtotal),
-             (revenue[d.currency], "revenue", d.subtotal))))
+        postings.append(
+            ledger.Posting(
+                f"invoice:{d.invoice_id}:issue",
+                "invoice",
+                uid,
+                f"Invoice {d.number}",
+                d.currency,
+                (
+                    (receivables[uid], "receivable", -d.subtotal),
+                    (revenue[d.currency], "revenue", d.subtotal),
+                ),
+            )
+        )
         if d.credits:
-            credit_postings.append(ledger.Posting(
-                f"invoice:{d.invoice_id}:credit", "invoice_credit", uid,
-                f"Credits applied to {d.number}", d.currency,
-                ((holders[uid], "credit", -d.credits), (receivables[uid], "receivable", d.credits))))
+            credit_postings.append(
+                ledger.Posting(
+                    f"invoice:{d.invoice_id}:credit",
+                    "invoice_credit",
+                    uid,
+                    f"Credits applied to {d.number}",
+                    d.currency,
+                    (
+                        (holders[uid], "credit", -d.credits),
+                        (receivables[uid], "receivable", d.credits),
+                    ),
+                )
+            )
     txn_ids = ledger.post_many(postings + credit_postings, locked=locked)
 
     credited = [drafts[uid] for uid in todo if drafts[uid].credits]
     if credited:
         lots = CreditLot.__table__
         db.session.execute(
-            update(lots).where(lots.c.id == bindparam("lot_id"))
+            update(lots)
+            .where(lots.c.id == bindparam("lot_id"))
             .values(remaining_minor=lots.c.remaining_minor - bindparam("take")),
-            [{"lot_id": lot_id, "take": take} for d in credited for lot_id, take in d.draws])
+            [{"lot_id": lot_id, "take": take} for d in credited for lot_id, take in d.draws],
+        )
         identity = db.session.identity_map
         for d in credited:  # lots loaded in this session re-read what remains
             for lot_id, _ in d.draws:
                 lot = identity.get(db.session.identity_key(CreditLot, lot_id))
                 if lot is not None:
                     db.session.expire(lot, ["remaining_minor"])
-        db.session.execute(insert(InvoicePayment), [
-            {"invoice_id": d.invoice_id, "tender": str(PaymentTender.CREDIT),
-             "amount_minor": d.credits, "currency": d.currency, "reference": "",
-             "ledger_transaction_id": txn_ids[f"invoice:{d.invoice_id}:credit"],
-             "created_by_id": None, "created_at": paid_at} for d in credited])
+        db.session.execute(
+            insert(InvoicePayment),
+            [
+                {
+                    "invoice_id": d.invoice_id,
+                    "tender": str(PaymentTender.CREDIT),
+                    "amount_minor": d.credits,
+                    "currency": d.currency,
+                    "reference": "",
+                    "ledger_transaction_id": txn_ids[f"invoice:{d.invoice_id}:credit"],
+                    "created_by_id": None,
+                    "created_at": paid_at,
+                }
+                for d in credited
+            ],
+        )
     for uid in todo:
         if drafts[uid].subtotal < 0:
             _credit_back(drafts[uid], db.session.get(User, uid))
@@ -554,8 +784,9 @@ def _finalize(drafts: dict[int, _Draft], users: dict, start: datetime, end: date
     period = (start.isoformat(), end.isoformat())
     for uid in todo:
         d = drafts[uid]
-        payload = _event_payload(d.invoice_id, d.number, uid, d.currency, d.total, *period,
-                                 statuses[uid])
+        payload = _event_payload(
+            d.invoice_id, d.number, uid, d.currency, d.total, *period, statuses[uid]
+        )
         created.append(("billing.invoice.created", f"invoice:{d.invoice_id}", payload, uid))
         if statuses[uid] == S.PAID:
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
@@ -574,10 +805,14 @@ def _settle_where_money_waits(open_users: set[int], in_chunk) -> None:
     if not open_users:
         return
     a = LedgerAccount.__table__.c
-    funded = select(a.user_id).where(*in_chunk(a.user_id), a.balance_minor > 0,
-                                     a.kind.in_([str(AccountKind.CASH), str(AccountKind.VOUCHER)]))
-    carded = select(PaymentMethod.user_id).where(*in_chunk(PaymentMethod.user_id),
-                                                 PaymentMethod.removed_at.is_(None))
+    funded = select(a.user_id).where(
+        *in_chunk(a.user_id),
+        a.balance_minor > 0,
+        a.kind.in_([str(AccountKind.CASH), str(AccountKind.VOUCHER)]),
+    )
+    carded = select(PaymentMethod.user_id).where(
+        *in_chunk(PaymentMethod.user_id), PaymentMethod.removed_at.is_(None)
+    )
     for uid in sorted(open_users & set(db.session.scalars(funded.union(carded)))):
         settlement.request_settlement(uid)
 
@@ -589,11 +824,16 @@ def _draw_credits(drafts: dict[int, _Draft], holders: dict[int, int], now: datet
         return
     lots: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for lot_id, account_id, remaining in db.session.execute(
-            select(CreditLot.id, CreditLot.account_id, CreditLot.remaining_minor).where(
-                CreditLot.account_id.in_(holders.values()), CreditLot.remaining_minor > 0,
-                (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now))
-            .order_by(CreditLot.account_id, CreditLot.expires_at.is_(None),
-                      CreditLot.expires_at, CreditLot.id)):
+        select(CreditLot.id, CreditLot.account_id, CreditLot.remaining_minor)
+        .where(
+            CreditLot.account_id.in_(holders.values()),
+            CreditLot.remaining_minor > 0,
+            (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
+        )
+        .order_by(
+            CreditLot.account_id, CreditLot.expires_at.is_(None), CreditLot.expires_at, CreditLot.id
+        )
+    ):
         lots[account_id].append((lot_id, remaining))
     for uid, account_id in holders.items():
         d = drafts[uid]
@@ -611,28 +851,41 @@ def _draw_credits(drafts: dict[int, _Draft], holders: dict[int, int], now: datet
 
 def _credit_back(draft: _Draft, user: User) -> CreditLot:
     """Adjustments larger than the period's usage: the difference becomes a credit."""
-    lot, _ = credits.grant_credit(user=user, amount=Money(-draft.subtotal, draft.currency),
-                                  reason=f"Usage adjustment on {draft.number}",
-                                  idempotency_key=f"invoice:{draft.invoice_id}:credit-back",
-                                  source=AccountKind.REVENUE)
+    lot, _ = credits.grant_credit(
+        user=user,
+        amount=Money(-draft.subtotal, draft.currency),
+        reason=f"Usage adjustment on {draft.number}",
+        idempotency_key=f"invoice:{draft.invoice_id}:credit-back",
+        source=AccountKind.REVENUE,
+    )
     return lot
 
 
 # -- one user, on demand ---------------------------------------------------------------------
 
-def generate_for_user(user: User, start: datetime, end: datetime, *,
-                      created_by: User | None = None) -> tuple[Invoice, bool]:
+
+def generate_for_user(
+    user: User, start: datetime, end: datetime, *, created_by: User | None = None
+) -> tuple[Invoice, bool]:
     """The user's invoice for one billing period, made now if it does not exist yet.
     Returns (invoice, created)."""
     check_period(start, end)
-    result = generate_chunk(metering.chunk_of(user.id), start, end, user_ids=[user.id],
-                            created_by=created_by)
-    invoice = db.session.scalar(select(Invoice).where(
-        Invoice.user_id == user.id, Invoice.period_start == start,
-        Invoice.kind == InvoiceKind.USAGE, Invoice.status != S.VOID))
+    result = generate_chunk(
+        metering.chunk_of(user.id), start, end, user_ids=[user.id], created_by=created_by
+    )
+    invoice = db.session.scalar(
+        select(Invoice).where(
+            Invoice.user_id == user.id,
+            Invoice.period_start == start,
+            Invoice.kind == InvoiceKind.USAGE,
+            Invoice.status != S.VOID,
+        )
+    )
     if invoice is None:
-        raise Conflict("nothing to invoice: the user has no usage in this period",
-                       fields={"period_start": "has no usage for this user"})
+        raise Conflict(
+            "nothing to invoice: the user has no usage in this period",
+            fields={"period_start": "has no usage for this user"},
+        )
     return invoice, bool(result.invoices)
 
 
@@ -655,8 +908,9 @@ class _RunStopped(Exception):
     """An earlier chunk of the run failed; this one gives up uncommitted."""
 
 
-def _generate_overlapped(chunks: list[int], start: datetime, end: datetime,
-                         now: datetime | None) -> RunResult:
+def _generate_overlapped(
+    chunks: list[int], start: datetime, end: datetime, now: datetime | None
+) -> RunResult:
     """generate_period's chunks with the next one read and built (on a second connection)
     while the one before it is written: a chunk waits for the previous one's commit before
     it takes its numbers, and commits after it, so numbers, commits and a failure's outcome
@@ -676,8 +930,9 @@ def _generate_overlapped(chunks: list[int], start: datetime, end: datetime,
             try:
                 if i and over[i - 1].is_set() and not committed[i - 1]:
                     raise _RunStopped()
-                result = generate_chunk(chunks[i], start, end, now=now,
-                                        before_numbers=lambda: after_previous(i))
+                result = generate_chunk(
+                    chunks[i], start, end, now=now, before_numbers=lambda: after_previous(i)
+                )
                 after_previous(i)
                 db.session.commit()
                 committed[i] = True
@@ -694,10 +949,13 @@ def _generate_overlapped(chunks: list[int], start: datetime, end: datetime,
 
 
 def chunks_with_users() -> list[int]:
-    return list(db.session.scalars(select(metering.MeterMark.chunk).order_by(metering.MeterMark.chunk)))
+    return list(
+        db.session.scalars(select(metering.MeterMark.chunk).order_by(metering.MeterMark.chunk))
+    )
 
 
 # -- lifecycle -------------------------------------------------------------------------------
+
 
 def get_invoice(invoice_id: int, *, user: User | None = None) -> Invoice:
     query = select(Invoice).where(Invoice.id == invoice_id)
@@ -710,41 +968,67 @@ def get_invoice(invoice_id: int, *, user: User | None = None) -> Invoice:
 
 
 def lock_invoice(invoice: Invoice) -> Invoice:
-    return db.session.scalar(select(Invoice).where(Invoice.id == invoice.id).with_for_update()
-                             .execution_options(populate_existing=True))
+    return db.session.scalar(
+        select(Invoice)
+        .where(Invoice.id == invoice.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
-def record_payment(invoice: Invoice, *, tender: PaymentTender, amount: Money, txn_id: int,
-                   reference: str = "", created_by: User | None = None) -> InvoicePayment:
+def record_payment(
+    invoice: Invoice,
+    *,
+    tender: PaymentTender,
+    amount: Money,
+    txn_id: int,
+    reference: str = "",
+    created_by: User | None = None,
+) -> InvoicePayment:
     """Book a payment that the ledger already holds; marks the invoice paid when covered."""
-    payment = InvoicePayment(invoice_id=invoice.id, tender=str(tender),
-                             amount_minor=amount.amount_minor, currency=amount.currency,
-                             reference=reference[:200], ledger_transaction_id=txn_id,
-                             created_by_id=created_by.id if created_by else None)
+    payment = InvoicePayment(
+        invoice_id=invoice.id,
+        tender=str(tender),
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
+        reference=reference[:200],
+        ledger_transaction_id=txn_id,
+        created_by_id=created_by.id if created_by else None,
+    )
     db.session.add(payment)
     invoice.amount_paid_minor += amount.amount_minor
     if invoice.amount_paid_minor == invoice.total_minor:
         transition(invoice, S.PAID)
         invoice.paid_at = utcnow()
-        events.record("billing.invoice.paid", f"invoice:{invoice.id}", invoice_event(invoice),
-                      invoice.user_id)
+        events.record(
+            "billing.invoice.paid", f"invoice:{invoice.id}", invoice_event(invoice), invoice.user_id
+        )
     db.session.flush()
     return payment
 
 
-def record_offline_payment(invoice: Invoice, *, amount: Money, reference: str,
-                           recorded_by: User | None = None,
-                           idempotency_key: str | None = None) -> InvoicePayment:
+def record_offline_payment(
+    invoice: Invoice,
+    *,
+    amount: Money,
+    reference: str,
+    recorded_by: User | None = None,
+    idempotency_key: str | None = None,
+) -> InvoicePayment:
     """A payment made outside the portal (bank transfer), booked through the ledger. With an
     ``idempotency_key`` (a rendered form, a client's header) a repeat records nothing."""
     invoice = lock_invoice(invoice)
-    key = (f"invoice:{invoice.id}:offline:{idempotency_key}" if idempotency_key
-           else f"invoice:{invoice.id}:offline:{len(invoice.payments) + 1}")
+    key = (
+        f"invoice:{invoice.id}:offline:{idempotency_key}"
+        if idempotency_key
+        else f"invoice:{invoice.id}:offline:{len(invoice.payments) + 1}"
+    )
     if idempotency_key:
         earlier = db.session.scalar(
-            select(InvoicePayment).join(LedgerTransaction,
-                                        LedgerTransaction.id == InvoicePayment.ledger_transaction_id)
-            .where(LedgerTransaction.idempotency_key == key))
+            select(InvoicePayment)
+            .join(LedgerTransaction, LedgerTransaction.id == InvoicePayment.ledger_transaction_id)
+            .where(LedgerTransaction.idempotency_key == key)
+        )
         if earlier is not None:
             if earlier.amount_minor != amount.amount_minor:
                 raise Conflict("this request was already used for a different payment")
@@ -756,21 +1040,35 @@ def record_offline_payment(invoice: Invoice, *, amount: Money, reference: str,
     if amount.amount_minor <= 0:
         raise ValidationFailed.field("amount", "must be greater than 0")
     if amount.amount_minor > invoice.total_minor - invoice.amount_paid_minor:
-        raise ValidationFailed.field("amount", f"is more than the amount due "
-                                               f"({format_money(invoice.amount_due)})")
+        raise ValidationFailed.field(
+            "amount", f"is more than the amount due ({format_money(invoice.amount_due)})"
+        )
     reference = (reference or "").strip()
     if not reference:
         raise ValidationFailed.field("reference", "is required")
     user = db.session.get(User, invoice.user_id)
     txn = ledger.post_transaction(
-        idempotency_key=key, kind="offline_payment",
-        user_id=invoice.user_id, created_by_id=recorded_by.id if recorded_by else None,
+        idempotency_key=key,
+        kind="offline_payment",
+        user_id=invoice.user_id,
+        created_by_id=recorded_by.id if recorded_by else None,
         description=f"Payment for {invoice.number}: {reference}",
-        legs=[(ledger.system_account(AccountKind.OFFLINE_CLEARING, invoice.currency),
-               -amount.amount_minor),
-              (ledger.user_account(user, AccountKind.RECEIVABLE), amount.amount_minor)])
-    return record_payment(invoice, tender=PaymentTender.OFFLINE, amount=amount, txn_id=txn.id,
-                          reference=reference, created_by=recorded_by)
+        legs=[
+            (
+                ledger.system_account(AccountKind.OFFLINE_CLEARING, invoice.currency),
+                -amount.amount_minor,
+            ),
+            (ledger.user_account(user, AccountKind.RECEIVABLE), amount.amount_minor),
+        ],
+    )
+    return record_payment(
+        invoice,
+        tender=PaymentTender.OFFLINE,
+        amount=amount,
+        txn_id=txn.id,
+        reference=reference,
+        created_by=recorded_by,
+    )
 
 
 def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None) -> Invoice:
@@ -785,23 +1083,38 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
     transition(invoice, S.VOID)
     user = db.session.get(User, invoice.user_id)
     if invoice.finalized_at is not None and invoice.subtotal_minor > 0:
-        legs = [(ledger.system_account(AccountKind.REVENUE, invoice.currency), -invoice.subtotal_minor)]
+        legs = [
+            (ledger.system_account(AccountKind.REVENUE, invoice.currency), -invoice.subtotal_minor)
+        ]
         if invoice.total_minor:
             legs.append((ledger.user_account(user, AccountKind.RECEIVABLE), invoice.total_minor))
         if invoice.credits_minor:
             legs.append((ledger.user_account(user, AccountKind.CREDIT), invoice.credits_minor))
         txn = ledger.post_transaction(
-            idempotency_key=f"invoice:{invoice.id}:void", kind="invoice_void",
-            user_id=invoice.user_id, created_by_id=voided_by.id if voided_by else None,
-            description=f"Void {invoice.number}: {reason}", legs=legs)
+            idempotency_key=f"invoice:{invoice.id}:void",
+            kind="invoice_void",
+            user_id=invoice.user_id,
+            created_by_id=voided_by.id if voided_by else None,
+            description=f"Void {invoice.number}: {reason}",
+            legs=legs,
+        )
         if invoice.credits_minor:
-            db.session.add(CreditLot(
-                user_id=user.id, account_id=ledger.user_account(user, AccountKind.CREDIT).id,
-                currency=invoice.currency, amount_minor=invoice.credits_minor,
-                remaining_minor=invoice.credits_minor, transaction_id=txn.id,
-                reason=f"Credits returned from voided {invoice.number}"))
-    db.session.execute(update(UsageAdjustment).where(UsageAdjustment.invoice_id == invoice.id)
-                       .values(invoice_id=None))
+            db.session.add(
+                CreditLot(
+                    user_id=user.id,
+                    account_id=ledger.user_account(user, AccountKind.CREDIT).id,
+                    currency=invoice.currency,
+                    amount_minor=invoice.credits_minor,
+                    remaining_minor=invoice.credits_minor,
+                    transaction_id=txn.id,
+                    reason=f"Credits returned from voided {invoice.number}",
+                )
+            )
+    db.session.execute(
+        update(UsageAdjustment)
+        .where(UsageAdjustment.invoice_id == invoice.id)
+        .values(invoice_id=None)
+    )
     invoice.voided_at = utcnow()
     invoice.void_reason = reason[:500]
     db.session.flush()
@@ -810,12 +1123,15 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
 
 def mark_overdue(now: datetime | None = None) -> int:
     """Open invoices past their due date become overdue (set-based; safe to repeat)."""
-    return db.session.execute(update(Invoice).where(
-        Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
-        .values(status=str(S.OVERDUE))).rowcount
+    return db.session.execute(
+        update(Invoice)
+        .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
+        .values(status=str(S.OVERDUE))
+    ).rowcount
 
 
 # -- plain data for the PDF and the events ---------------------------------------------------
+
 
 def _fmt(minor: int, currency: str) -> str:
     return _money_formatter(currency, current_app.config["BABEL_DEFAULT_LOCALE"])(minor)
@@ -827,6 +1143,7 @@ def _money_formatter(currency: str, locale: str) -> Callable[[int], str]:
     run formats every line): the prefix, suffix, separators and grouping are read off Babel's
     own output once, and used only if they give Babel's text for a spread of amounts;
     otherwise (a pattern this does not model) Babel formats every amount."""
+
     def babel(minor: int) -> str:
         return format_money(Money(minor, currency), locale)
 
@@ -836,10 +1153,12 @@ def _money_formatter(currency: str, locale: str) -> Callable[[int], str]:
         return babel
     rng = random.Random(20261101)
     samples = [0, 1, -1, 5, -5, 50, 99, 100, 101, -100, 999, 1000, 1001]
-    samples += [sign * (10 ** k + delta) for k in range(1, 17) for delta in (-1, 0, 7)
-                for sign in (1, -1)]
-    samples += [rng.randrange(-10 ** rng.randrange(1, 16), 10 ** rng.randrange(1, 16))
-                for _ in range(300)]
+    samples += [
+        sign * (10**k + delta) for k in range(1, 17) for delta in (-1, 0, 7) for sign in (1, -1)
+    ]
+    samples += [
+        rng.randrange(-(10 ** rng.randrange(1, 16)), 10 ** rng.randrange(1, 16)) for _ in range(300)
+    ]
     return fast if all(fast(m) == babel(m) for m in samples) else babel
 
 
@@ -851,7 +1170,7 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
         at = [i for i, c in enumerate(text) if c in "0123456789"]
         if not at:
             raise ValueError(text)
-        body = text[at[0]:at[-1] + 1]
+        body = text[at[0] : at[-1] + 1]
         runs, seps, current, sep = [], [], "", ""
         for c in body:
             if c in "0123456789":
@@ -863,7 +1182,7 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
             else:
                 sep += c
         runs.append(current)
-        return text[:at[0]], text[at[-1] + 1:], runs, seps
+        return text[: at[0]], text[at[-1] + 1 :], runs, seps
 
     pos_prefix, pos_suffix, runs, seps = parts(babel(probe))
     neg_prefix, neg_suffix, neg_runs, neg_seps = parts(babel(-probe))
@@ -880,7 +1199,7 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
         raise ValueError("mixed group separators")
     primary = len(runs[-1])
     secondary = len(runs[-2]) if len(runs) > 2 else primary
-    scale = 10 ** digits
+    scale = 10**digits
     fractions = [f"{decimal_symbol}{n:0{digits}d}" for n in range(scale)] if digits else [""]
 
     def group(number: int) -> str:
@@ -898,8 +1217,11 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
     if not group_symbol:
         group = str
     elif primary == secondary == 3:  # as Python groups: "{:,}"
-        group = "{:,}".format if group_symbol == "," else (
-            lambda number: f"{number:,}".replace(",", group_symbol))
+        group = (
+            "{:,}".format
+            if group_symbol == ","
+            else (lambda number: f"{number:,}".replace(",", group_symbol))
+        )
 
     def fast(minor: int) -> str:
         if minor < 0:
@@ -907,6 +1229,7 @@ def _derive_money_formatter(babel: Callable[[int], str], digits: int) -> Callabl
             return f"{neg_prefix}{group(whole)}{fractions[fraction]}{neg_suffix}"
         whole, fraction = divmod(minor, scale)
         return f"{pos_prefix}{group(whole)}{fractions[fraction]}{pos_suffix}"
+
     return fast
 
 
@@ -915,29 +1238,47 @@ def _major_text(minor: int, currency: str) -> str:
     digits = currency_digits(currency)
     if not digits:
         return str(minor)
-    whole, fraction = divmod(abs(minor), 10 ** digits)
+    whole, fraction = divmod(abs(minor), 10**digits)
     return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{digits}d}"
 
 
 def _seller() -> dict:
     cfg = current_app.config
-    return {"name": cfg.get("SELLER_NAME", ""),
-            "address": list(cfg.get("SELLER_ADDRESS_LINES", [])),
-            "email": cfg.get("SELLER_EMAIL", ""), "tax_id": cfg.get("SELLER_TAX_ID", "")}
+    return {
+        "name": cfg.get("SELLER_NAME", ""),
+        "address": list(cfg.get("SELLER_ADDRESS_LINES", [])),
+        "email": cfg.get("SELLER_EMAIL", ""),
+        "tax_id": cfg.get("SELLER_TAX_ID", ""),
+    }
 
 
-def snapshot_data(*, number: str | None, status: S, issued_at: datetime, due_at: datetime | None,
-                  period_start: datetime, period_end: datetime, seller: dict, user,
-                  currency: str, lines: list[LineDraft],
-                  subtotal: int, credits: int, total: int, amount_paid: int,
-                  payments: list[tuple[datetime, str, int, str]], locale: str | None = None
-                  ) -> dict:
+def snapshot_data(
+    *,
+    number: str | None,
+    status: S,
+    issued_at: datetime,
+    due_at: datetime | None,
+    period_start: datetime,
+    period_end: datetime,
+    seller: dict,
+    user,
+    currency: str,
+    lines: list[LineDraft],
+    subtotal: int,
+    credits: int,
+    total: int,
+    amount_paid: int,
+    payments: list[tuple[datetime, str, int, str]],
+    locale: str | None = None,
+) -> dict:
     """The plain data a PDF is rendered from. ``lines`` as stored; ``payments``: (created
     at, tender, amount in minor units, reference)."""
     locale = locale or current_app.config["BABEL_DEFAULT_LOCALE"]
     fmt = _money_formatter(currency, locale)
     return {
-        "template_version": 1, "number": number, "status": status.label,
+        "template_version": 1,
+        "number": number,
+        "status": status.label,
         "issued_at": issued_at.date().isoformat(),
         "due_at": due_at.date().isoformat() if due_at else None,
         "period_start": period_start.date().isoformat(),
@@ -945,27 +1286,64 @@ def snapshot_data(*, number: str | None, status: S, issued_at: datetime, due_at:
         "seller": {**seller, "address": list(seller["address"])},
         "customer": {"name": user.name or user.email, "email": user.email, "account": str(user.id)},
         "currency": currency,
-        "lines": [{"kind": kind, "description": description, "quantity": quantity, "unit": unit,
-                   "unit_price": _usage_price(unit_price, currency, locale), "amount": fmt(amount)}
-                  for kind, _, _, description, quantity, unit, unit_price, amount in lines],
-        "subtotal": fmt(subtotal), "credits": fmt(credits), "total": fmt(total),
-        "amount_paid": fmt(amount_paid), "amount_due": fmt(total - amount_paid),
-        "payments": [{"date": created_at.date().isoformat(), "tender": tender,
-                      "amount": fmt(amount), "reference": reference}
-                     for created_at, tender, amount, reference in payments],
+        "lines": [
+            {
+                "kind": kind,
+                "description": description,
+                "quantity": quantity,
+                "unit": unit,
+                "unit_price": _usage_price(unit_price, currency, locale),
+                "amount": fmt(amount),
+            }
+            for kind, _, _, description, quantity, unit, unit_price, amount in lines
+        ],
+        "subtotal": fmt(subtotal),
+        "credits": fmt(credits),
+        "total": fmt(total),
+        "amount_paid": fmt(amount_paid),
+        "amount_due": fmt(total - amount_paid),
+        "payments": [
+            {
+                "date": created_at.date().isoformat(),
+                "tender": tender,
+                "amount": fmt(amount),
+                "reference": reference,
+            }
+            for created_at, tender, amount, reference in payments
+        ],
     }
 
 
 def build_snapshot(invoice: Invoice, user: User) -> dict:
     return snapshot_data(
-        number=invoice.number, status=S(invoice.status), issued_at=invoice.finalized_at,
-        due_at=invoice.due_at, period_start=invoice.period_start, period_end=invoice.period_end,
-        seller=_seller(), user=user, currency=invoice.currency,
-        lines=[LineDraft(l.kind, l.deployment_id, l.resource, l.description, l.quantity, l.unit,
-                         l.unit_price, l.amount_minor) for l in invoice.lines],
-        subtotal=invoice.subtotal_minor, credits=invoice.credits_minor,
-        total=invoice.total_minor, amount_paid=invoice.amount_paid_minor,
-        payments=[(p.created_at, p.tender, p.amount_minor, p.reference) for p in invoice.payments])
+        number=invoice.number,
+        status=S(invoice.status),
+        issued_at=invoice.finalized_at,
+        due_at=invoice.due_at,
+        period_start=invoice.period_start,
+        period_end=invoice.period_end,
+        seller=_seller(),
+        user=user,
+        currency=invoice.currency,
+        lines=[
+            LineDraft(
+                l.kind,
+                l.deployment_id,
+                l.resource,
+                l.description,
+                l.quantity,
+                l.unit,
+                l.unit_price,
+                l.amount_minor,
+            )
+            for l in invoice.lines
+        ],
+        subtotal=invoice.subtotal_minor,
+        credits=invoice.credits_minor,
+        total=invoice.total_minor,
+        amount_paid=invoice.amount_paid_minor,
+        payments=[(p.created_at, p.tender, p.amount_minor, p.reference) for p in invoice.payments],
+    )
 
 
 def usage_price(unit_price: str, currency: str) -> str:
@@ -981,22 +1359,50 @@ def _usage_price(unit_price: str, currency: str, locale: str) -> str:
     return format_micros(decimal_to_micros(Decimal(unit_price)), currency, locale)
 
 
-def _event_payload(invoice_id: int, number: str, user_id: int, currency: str, total_minor: int,
-                   period_start: str, period_end: str, status: S) -> dict:
-    return {"invoice_id": invoice_id, "invoice_number": number, "user_id": user_id,
-            "currency": currency, "total": _major_text(total_minor, currency),
-            "total_minor": total_minor, "period_start": period_start,
-            "period_end": period_end, "status": status.label}
+def _event_payload(
+    invoice_id: int,
+    number: str,
+    user_id: int,
+    currency: str,
+    total_minor: int,
+    period_start: str,
+    period_end: str,
+    status: S,
+) -> dict:
+    return {
+        "invoice_id": invoice_id,
+        "invoice_number": number,
+        "user_id": user_id,
+        "currency": currency,
+        "total": _major_text(total_minor, currency),
+        "total_minor": total_minor,
+        "period_start": period_start,
+        "period_end": period_end,
+        "status": status.label,
+    }
 
 
 def invoice_event(invoice: Invoice) -> dict:
-    return _event_payload(invoice.id, invoice.number, invoice.user_id, invoice.currency,
-                          invoice.total_minor, invoice.period_start.isoformat(),
-                          invoice.period_end.isoformat(), S(invoice.status))
+    return _event_payload(
+        invoice.id,
+        invoice.number,
+        invoice.user_id,
+        invoice.currency,
+        invoice.total_minor,
+        invoice.period_start.isoformat(),
+        invoice.period_end.isoformat(),
+        S(invoice.status),
+    )
 
 
-def list_invoices(*, user: User | None = None, status: str | None = None,
-                  period_start: datetime | None = None, page: int = 1, per_page: int = 20):
+def list_invoices(
+    *,
+    user: User | None = None,
+    status: str | None = None,
+    period_start: datetime | None = None,
+    page: int = 1,
+    per_page: int = 20,
+):
     query = select(Invoice)
     if user is not None:
         query = query.where(Invoice.user_id == user.id)
@@ -1006,7 +1412,11 @@ def list_invoices(*, user: User | None = None, status: str | None = None,
     if period_start is not None:
         query = query.where(Invoice.period_start == period_start)
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
-    items = list(db.session.scalars(query.order_by(Invoice.period_start.desc(), Invoice.id.desc())
-                                    .limit(per_page).offset((page - 1) * per_page)))
+    items = list(
+        db.session.scalars(
+            query.order_by(Invoice.period_start.desc(), Invoice.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+    )
     return ledger.Page(items, page, per_page, total)
-

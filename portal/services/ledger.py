@@ -6,6 +6,7 @@ idempotency key with other content, refuses to take a wallet below zero, writes 
 and moves the cached balances in the same database transaction. It flushes; the caller's
 request or job commits.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
-from ..models import (AccountKind, CurrencyPin, LedgerAccount, LedgerEntry, LedgerTransaction,
-                      User, utcnow)
+from ..models import (
+    AccountKind,
+    CurrencyPin,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    User,
+    utcnow,
+)
 from ..models.ledger import USER_KINDS, WALLET_KINDS
 from ..money import Money, currency_digits
 from .errors import IdempotencyConflict, InsufficientFunds, ValidationFailed
@@ -43,47 +51,55 @@ def system_account(kind: AccountKind, currency: str) -> LedgerAccount:
     return _get_or_create_account(None, kind, currency)
 
 
-def user_account(user: User | int, kind: AccountKind, currency: str | None = None
-                 ) -> LedgerAccount:
+def user_account(user: User | int, kind: AccountKind, currency: str | None = None) -> LedgerAccount:
     if kind not in USER_KINDS:
         raise ValueError(f"{kind} is a system account kind")
     user_id = user if isinstance(user, int) else user.id
     if currency is None:
-        currency = user.currency if isinstance(user, User) else db.session.get(User, user_id).currency
+        currency = (
+            user.currency if isinstance(user, User) else db.session.get(User, user_id).currency
+        )
     return _get_or_create_account(user_id, kind, currency)
 
 
 def pin_currency(currency: str) -> None:
     """Record the digits ``currency``'s amounts are stored with, once (the first account in
     it). Reconcile compares the pins with the code's table ever after."""
-    db.session.execute(_dialect_insert(CurrencyPin.__table__).values(
-        code=currency, digits=currency_digits(currency), pinned_at=utcnow()
-    ).on_conflict_do_nothing())
+    db.session.execute(
+        _dialect_insert(CurrencyPin.__table__)
+        .values(code=currency, digits=currency_digits(currency), pinned_at=utcnow())
+        .on_conflict_do_nothing()
+    )
 
 
 def open_user_accounts(user: User) -> None:
     """Create the user's wallet and receivable accounts in the user's currency."""
     pin_currency(user.currency)
-    for kind in (AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT,
-                 AccountKind.RECEIVABLE):
+    for kind in (AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT, AccountKind.RECEIVABLE):
         _get_or_create_account(user.id, kind, user.currency)
 
 
-def _get_or_create_account(user_id: int | None, kind: AccountKind, currency: str
-                           ) -> LedgerAccount:
+def _get_or_create_account(user_id: int | None, kind: AccountKind, currency: str) -> LedgerAccount:
     query = select(LedgerAccount).where(
-        LedgerAccount.kind == str(kind), LedgerAccount.currency == currency,
-        LedgerAccount.user_id.is_(None) if user_id is None else LedgerAccount.user_id == user_id)
+        LedgerAccount.kind == str(kind),
+        LedgerAccount.currency == currency,
+        LedgerAccount.user_id.is_(None) if user_id is None else LedgerAccount.user_id == user_id,
+    )
     account = db.session.scalar(query)
     if account is None:
         # Two transactions may create the same account at once: the unique index decides,
         # the loser reads the winner's row.
         db.session.execute(
-            _dialect_insert(LedgerAccount.__table__).values(
-                user_id=user_id, kind=str(kind), currency=currency,
+            _dialect_insert(LedgerAccount.__table__)
+            .values(
+                user_id=user_id,
+                kind=str(kind),
+                currency=currency,
                 balance_minor=None if user_id is None else 0,
                 created_at=utcnow(),
-            ).on_conflict_do_nothing())
+            )
+            .on_conflict_do_nothing()
+        )
         account = db.session.scalar(query)
     return account
 
@@ -97,9 +113,15 @@ def lock_accounts(accounts: Iterable[LedgerAccount]) -> list[LedgerAccount]:
     ids = sorted({a.id for a in accounts if a.user_id is not None})
     if not ids:
         return []
-    return list(db.session.scalars(
-        select(LedgerAccount).where(LedgerAccount.id.in_(ids)).order_by(LedgerAccount.id)
-        .with_for_update().execution_options(populate_existing=True)))
+    return list(
+        db.session.scalars(
+            select(LedgerAccount)
+            .where(LedgerAccount.id.in_(ids))
+            .order_by(LedgerAccount.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
 
 
 def _content_hash(kind: str, legs: dict[int, int], extra: dict | None) -> str:
@@ -107,10 +129,16 @@ def _content_hash(kind: str, legs: dict[int, int], extra: dict | None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def post_transaction(*, idempotency_key: str, kind: str, legs: Sequence[Leg],
-                     description: str = "", user_id: int | None = None,
-                     created_by_id: int | None = None, fingerprint: dict | None = None
-                     ) -> LedgerTransaction:
+def post_transaction(
+    *,
+    idempotency_key: str,
+    kind: str,
+    legs: Sequence[Leg],
+    description: str = "",
+    user_id: int | None = None,
+    created_by_id: int | None = None,
+    fingerprint: dict | None = None,
+) -> LedgerTransaction:
     """Post one balanced transaction, or return the one already posted under this key.
 
     ``fingerprint`` holds what else identifies the movement (a reason, an expiry) so a
@@ -132,15 +160,17 @@ def post_transaction(*, idempotency_key: str, kind: str, legs: Sequence[Leg],
     if len(currencies) != 1:
         raise ValueError(f"one transaction, one currency; got {sorted(currencies)}")
     if sum(merged.values()) != 0:
-        raise ValueError(f"unbalanced transaction {idempotency_key}: sums to "
-                         f"{sum(merged.values())}")
+        raise ValueError(
+            f"unbalanced transaction {idempotency_key}: sums to {sum(merged.values())}"
+        )
     currency = currencies.pop()
     content_hash = _content_hash(kind, merged, fingerprint)
 
     locked = {a.id: a for a in lock_accounts(accounts[aid] for aid in merged)}
 
-    existing = db.session.scalar(select(LedgerTransaction).where(
-        LedgerTransaction.idempotency_key == idempotency_key))
+    existing = db.session.scalar(
+        select(LedgerTransaction).where(LedgerTransaction.idempotency_key == idempotency_key)
+    )
     if existing is not None:
         return _same_or_conflict(existing, content_hash)
 
@@ -150,26 +180,37 @@ def post_transaction(*, idempotency_key: str, kind: str, legs: Sequence[Leg],
         if akind in WALLET_KINDS and new_balance < 0:
             raise InsufficientFunds(
                 f"the {akind} balance is {Money(account.balance_minor, currency)}, "
-                f"which does not cover {Money(-merged[aid], currency)}")
+                f"which does not cover {Money(-merged[aid], currency)}"
+            )
 
-    txn = LedgerTransaction(idempotency_key=idempotency_key, kind=kind,
-                            content_hash=content_hash, user_id=user_id,
-                            created_by_id=created_by_id, description=description[:500])
+    txn = LedgerTransaction(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        content_hash=content_hash,
+        user_id=user_id,
+        created_by_id=created_by_id,
+        description=description[:500],
+    )
     try:
         with db.session.begin_nested():
             db.session.add(txn)
             db.session.flush()
     except IntegrityError:
         # The same key committed by a concurrent transaction since our look-up.
-        existing = db.session.scalar(select(LedgerTransaction).where(
-            LedgerTransaction.idempotency_key == idempotency_key))
+        existing = db.session.scalar(
+            select(LedgerTransaction).where(LedgerTransaction.idempotency_key == idempotency_key)
+        )
         if existing is None:
             raise
         return _same_or_conflict(existing, content_hash)
 
-    db.session.execute(insert(LedgerEntry), [
-        {"transaction_id": txn.id, "account_id": aid, "amount_minor": amt, "currency": currency}
-        for aid, amt in sorted(merged.items())])
+    db.session.execute(
+        insert(LedgerEntry),
+        [
+            {"transaction_id": txn.id, "account_id": aid, "amount_minor": amt, "currency": currency}
+            for aid, amt in sorted(merged.items())
+        ],
+    )
     for aid, account in locked.items():
         account.balance_minor += AccountKind(account.kind).normal_sign * merged[aid]
     db.session.flush()
@@ -180,6 +221,7 @@ def post_transaction(*, idempotency_key: str, kind: str, legs: Sequence[Leg],
 @dataclass(frozen=True)
 class Posting:
     """One transaction for post_many: legs as (account id, account kind, amount_minor)."""
+
     idempotency_key: str
     kind: str
     user_id: int | None
@@ -188,8 +230,9 @@ class Posting:
     legs: tuple[tuple[int, str, int], ...]
 
 
-def post_many(postings: Sequence[Posting], *,
-              locked: dict[int, int | None] | None = None) -> dict[str, int]:
+def post_many(
+    postings: Sequence[Posting], *, locked: dict[int, int | None] | None = None
+) -> dict[str, int]:
     """Post many new transactions at once (bulk jobs such as an invoice run): the same
     invariants as post_transaction, set-based. Every key must be new; cached balances move
     under row locks taken in id order. ``locked``: what ``lock_account_ids`` returned for
@@ -205,9 +248,16 @@ def post_many(postings: Sequence[Posting], *,
         if sum(amount for _, _, amount in p.legs) != 0:
             raise ValueError(f"unbalanced transaction {p.idempotency_key}")
         legs = {aid: amount for aid, _, amount in p.legs}
-        rows.append({"idempotency_key": p.idempotency_key, "kind": p.kind, "user_id": p.user_id,
-                     "description": p.description[:500], "created_at": now,
-                     "content_hash": _content_hash(p.kind, legs, None)})
+        rows.append(
+            {
+                "idempotency_key": p.idempotency_key,
+                "kind": p.kind,
+                "user_id": p.user_id,
+                "description": p.description[:500],
+                "created_at": now,
+                "content_hash": _content_hash(p.kind, legs, None),
+            }
+        )
         for aid, akind, amount in p.legs:
             if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
                 raise TypeError("ledger amounts are non-zero ints of minor units")
@@ -219,16 +269,35 @@ def post_many(postings: Sequence[Posting], *,
     for aid, delta in deltas.items():
         if kinds[aid] in WALLET_KINDS and balances[aid] + delta < 0:
             raise InsufficientFunds(f"account {aid} would go below zero")
-    columns = ("id", "idempotency_key", "kind", "user_id", "description", "created_at",
-               "content_hash")
+    columns = (
+        "id",
+        "idempotency_key",
+        "kind",
+        "user_id",
+        "description",
+        "created_at",
+        "content_hash",
+    )
     txn_ids = allocate_ids(LedgerTransaction.__table__, len(rows))
-    bulk_insert(LedgerTransaction.__table__, columns,
-                [(txn_id, *(row[c] for c in columns[1:])) for txn_id, row in zip(txn_ids, rows)])
-    ids = {row["idempotency_key"]: txn_id for row, txn_id in zip(rows, txn_ids)}
+    bulk_insert(
+        LedgerTransaction.__table__,
+        columns,
+        [
+            (txn_id, *(row[c] for c in columns[1:]))
+            for txn_id, row in zip(txn_ids, rows, strict=False)
+        ],
+    )
+    ids = {row["idempotency_key"]: txn_id for row, txn_id in zip(rows, txn_ids, strict=False)}
     # Entries in account order within each transaction, as post_transaction writes them.
-    bulk_insert(LedgerEntry.__table__, ("transaction_id", "account_id", "amount_minor", "currency"),
-                [(ids[p.idempotency_key], aid, amount, p.currency)
-                 for p in postings for aid, _, amount in sorted(p.legs)])
+    bulk_insert(
+        LedgerEntry.__table__,
+        ("transaction_id", "account_id", "amount_minor", "currency"),
+        [
+            (ids[p.idempotency_key], aid, amount, p.currency)
+            for p in postings
+            for aid, _, amount in sorted(p.legs)
+        ],
+    )
     if deltas:
         # Relative updates under the locks above: never an absolute balance.
         _add_to_balances(sorted(deltas.items()))
@@ -247,9 +316,14 @@ def lock_account_ids(account_ids: Iterable[int]) -> dict[int, int | None]:
     if not ids:
         return {}
     accounts = LedgerAccount.__table__.c
-    return dict(db.session.execute(
-        select(accounts.id, accounts.balance_minor).where(ids_in(accounts.id, ids))
-        .order_by(accounts.id).with_for_update()).all())
+    return dict(
+        db.session.execute(
+            select(accounts.id, accounts.balance_minor)
+            .where(ids_in(accounts.id, ids))
+            .order_by(accounts.id)
+            .with_for_update()
+        ).all()
+    )
 
 
 def ids_in(column, ids: Sequence[int]):
@@ -264,15 +338,20 @@ def _add_to_balances(deltas: list[tuple[int, int]]) -> None:
     if db.engine.dialect.name == "postgresql":
         # One statement for all accounts (an executemany would be a round of work per row).
         for batch in range(0, len(deltas), 5000):
-            part = deltas[batch:batch + 5000]
-            db.session.execute(text(
-                "UPDATE ledger_accounts AS a SET balance_minor = a.balance_minor + d.delta "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
-                "WHERE a.id = d.id"), {"ids": [aid for aid, _ in part],
-                                       "deltas": [delta for _, delta in part]})
+            part = deltas[batch : batch + 5000]
+            db.session.execute(
+                text(
+                    "UPDATE ledger_accounts AS a SET balance_minor = a.balance_minor + d.delta "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
+                    "WHERE a.id = d.id"
+                ),
+                {"ids": [aid for aid, _ in part], "deltas": [delta for _, delta in part]},
+            )
         return
-    db.session.execute(text("UPDATE ledger_accounts SET balance_minor = balance_minor + :delta "
-                            "WHERE id = :id"), [{"id": aid, "delta": delta} for aid, delta in deltas])
+    db.session.execute(
+        text("UPDATE ledger_accounts SET balance_minor = balance_minor + :delta WHERE id = :id"),
+        [{"id": aid, "delta": delta} for aid, delta in deltas],
+    )
 
 
 def allocate_ids(table, count: int) -> list[int]:
@@ -282,9 +361,15 @@ def allocate_ids(table, count: int) -> list[int]:
     if count <= 0:
         return []
     if db.engine.dialect.name == "postgresql":
-        return sorted(db.session.scalars(text(
-            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
-            "FROM generate_series(1, :n)"), {"n": count}))
+        return sorted(
+            db.session.scalars(
+                text(
+                    f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": count},
+            )
+        )
     db.session.flush()
     last = db.session.scalar(select(func.coalesce(func.max(table.c.id), 0)))
     return list(range(last + 1, last + count + 1))
@@ -296,13 +381,15 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
     if not rows:
         return
     if db.engine.dialect.name != "postgresql":
-        db.session.execute(insert(table), [dict(zip(columns, row)) for row in rows])
+        db.session.execute(insert(table), [dict(zip(columns, row, strict=False)) for row in rows])
         return
     db.session.flush()  # the rows may refer to objects still pending in the session
     as_json = [n for n, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
     connection = db.session.connection().connection.driver_connection
-    with connection.cursor() as cursor, cursor.copy(
-            f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
         copy.set_types(_copy_types(table, tuple(columns)))
         for row in rows:
             if as_json:
@@ -316,9 +403,12 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
 def _copy_types(table, columns: tuple[str, ...]) -> list[str]:
     """Each column's PostgreSQL type, so that COPY dumps values by it rather than by looking
     up each value's Python type; JSON columns get the text it was encoded to."""
-    return ["text" if isinstance(table.c[c].type, JSON)
-            else table.c[c].type.compile(dialect=_POSTGRESQL).split("(")[0].lower()
-            for c in columns]
+    return [
+        "text"
+        if isinstance(table.c[c].type, JSON)
+        else table.c[c].type.compile(dialect=_POSTGRESQL).split("(")[0].lower()
+        for c in columns
+    ]
 
 
 _POSTGRESQL = postgresql.dialect()
@@ -331,11 +421,13 @@ def _same_or_conflict(existing: LedgerTransaction, content_hash: str) -> LedgerT
     if existing.content_hash != content_hash:
         raise IdempotencyConflict(
             f"idempotency key {existing.idempotency_key!r} was already used for "
-            "a different transaction")
+            "a different transaction"
+        )
     return existing
 
 
 # -- reading ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Balances:
@@ -351,8 +443,8 @@ class Balances:
 
 
 _BALANCES = select(LedgerAccount.kind, LedgerAccount.balance_minor).where(
-    LedgerAccount.user_id == bindparam("user_id"),
-    LedgerAccount.currency == bindparam("currency"))
+    LedgerAccount.user_id == bindparam("user_id"), LedgerAccount.currency == bindparam("currency")
+)
 
 
 def balances(user: User) -> Balances:
@@ -362,7 +454,10 @@ def balances(user: User) -> Balances:
     cur = user.currency
     return Balances(
         currency=cur,
-        **{k: Money(found.get(k, 0) or 0, cur) for k in ("cash", "voucher", "credit", "receivable")})
+        **{
+            k: Money(found.get(k, 0) or 0, cur) for k in ("cash", "voucher", "credit", "receivable")
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -397,13 +492,21 @@ class Page:
 
 # The user's wallet accounts with the number of entries on each (an index-only count per
 # account), in one round trip.
-_WALLET_ACCOUNTS = select(
-    LedgerAccount.id,
-    select(func.count()).select_from(LedgerEntry)
-    .where(LedgerEntry.account_id == LedgerAccount.id).correlate(LedgerAccount)
-    .scalar_subquery(),
-).where(LedgerAccount.user_id == bindparam("user_id"),
-        LedgerAccount.kind.in_(sorted(str(k) for k in WALLET_KINDS))).order_by(LedgerAccount.id)
+_WALLET_ACCOUNTS = (
+    select(
+        LedgerAccount.id,
+        select(func.count())
+        .select_from(LedgerEntry)
+        .where(LedgerEntry.account_id == LedgerAccount.id)
+        .correlate(LedgerAccount)
+        .scalar_subquery(),
+    )
+    .where(
+        LedgerAccount.user_id == bindparam("user_id"),
+        LedgerAccount.kind.in_(sorted(str(k) for k in WALLET_KINDS)),
+    )
+    .order_by(LedgerAccount.id)
+)
 
 
 @functools.cache
@@ -417,20 +520,37 @@ def _history_page(accounts: int):
     entries are. "account_id IN (...) ORDER BY id DESC" instead either sorts all the user's
     entries or walks the whole table's primary key backwards looking for them.
     """
-    newest = [select(LedgerEntry.id.label("id"))
-              .where(LedgerEntry.account_id == bindparam(f"account_{i}"))
-              .order_by(LedgerEntry.id.desc()).limit(bindparam("depth")).subquery()
-              for i in range(accounts)]
+    newest = [
+        select(LedgerEntry.id.label("id"))
+        .where(LedgerEntry.account_id == bindparam(f"account_{i}"))
+        .order_by(LedgerEntry.id.desc())
+        .limit(bindparam("depth"))
+        .subquery()
+        for i in range(accounts)
+    ]
     merged = union_all(*(select(q.c.id) for q in newest)).subquery()
-    page_ids = (select(merged.c.id).order_by(merged.c.id.desc())
-                .limit(bindparam("per_page")).offset(bindparam("offset")).subquery())
-    return (select(LedgerEntry.id, LedgerEntry.amount_minor, LedgerEntry.currency,
-                   LedgerAccount.kind, LedgerTransaction.kind, LedgerTransaction.description,
-                   LedgerTransaction.created_at)
-            .join(page_ids, page_ids.c.id == LedgerEntry.id)
-            .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
-            .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
-            .order_by(LedgerEntry.id.desc()))
+    page_ids = (
+        select(merged.c.id)
+        .order_by(merged.c.id.desc())
+        .limit(bindparam("per_page"))
+        .offset(bindparam("offset"))
+        .subquery()
+    )
+    return (
+        select(
+            LedgerEntry.id,
+            LedgerEntry.amount_minor,
+            LedgerEntry.currency,
+            LedgerAccount.kind,
+            LedgerTransaction.kind,
+            LedgerTransaction.description,
+            LedgerTransaction.created_at,
+        )
+        .join(page_ids, page_ids.c.id == LedgerEntry.id)
+        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
+        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
+        .order_by(LedgerEntry.id.desc())
+    )
 
 
 def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
@@ -442,10 +562,24 @@ def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
     if offset >= total:
         return Page([], page, per_page, total)
     account_ids = [aid for aid, n in counts if n]
-    rows = db.session.execute(_history_page(len(account_ids)), {
-        **{f"account_{i}": aid for i, aid in enumerate(account_ids)},
-        "depth": offset + per_page, "per_page": per_page, "offset": offset}).all()
-    items = [HistoryRow(entry_id=r[0], amount=Money(r[1], r[2]), account_kind=r[3],
-                        transaction_kind=r[4], description=r[5], created_at=r[6])
-             for r in rows]
+    rows = db.session.execute(
+        _history_page(len(account_ids)),
+        {
+            **{f"account_{i}": aid for i, aid in enumerate(account_ids)},
+            "depth": offset + per_page,
+            "per_page": per_page,
+            "offset": offset,
+        },
+    ).all()
+    items = [
+        HistoryRow(
+            entry_id=r[0],
+            amount=Money(r[1], r[2]),
+            account_kind=r[3],
+            transaction_kind=r[4],
+            description=r[5],
+            created_at=r[6],
+        )
+        for r in rows
+    ]
     return Page(items, page, per_page, total)

@@ -1,16 +1,25 @@
 """Mail: written to the outbox table in the caller's transaction, sent after commit."""
+
 from __future__ import annotations
 
 from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import update
 
-from ..extensions import db, mail as mail_ext
+from ..extensions import db
+from ..extensions import mail as mail_ext
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
 
 
-def queue_email(*, to: str, subject: str, template: str, user_id: int | None = None,
-                attachment_invoice_id: int | None = None, **context) -> OutboundEmail:
+def queue_email(
+    *,
+    to: str,
+    subject: str,
+    template: str,
+    user_id: int | None = None,
+    attachment_invoice_id: int | None = None,
+    **context,
+) -> OutboundEmail:
     """Render ``email/<template>.txt`` and keep it; the send job runs after commit.
     With no SMTP server configured the message stays in the outbox for admins to read.
     ``attachment_invoice_id``: that invoice's stored PDF is attached when the mail is sent."""
@@ -18,14 +27,20 @@ def queue_email(*, to: str, subject: str, template: str, user_id: int | None = N
 
     body = render_template(f"email/{template}.txt", **context)
     smtp = bool(current_app.config.get("MAIL_SERVER"))
-    message = OutboundEmail(user_id=user_id, to_addr=to, subject=subject, body_text=body,
-                            attachment_invoice_id=attachment_invoice_id,
-                            status=EmailStatus.PENDING if smtp else EmailStatus.OUTBOX)
+    message = OutboundEmail(
+        user_id=user_id,
+        to_addr=to,
+        subject=subject,
+        body_text=body,
+        attachment_invoice_id=attachment_invoice_id,
+        status=EmailStatus.PENDING if smtp else EmailStatus.OUTBOX,
+    )
     db.session.add(message)
     db.session.flush()
     if smtp:
-        enqueue_after_commit("default", "jobs.notify.send_email", message.id,
-                             job_id=f"mail:{message.id}")
+        enqueue_after_commit(
+            "default", "jobs.notify.send_email", message.id, job_id=f"mail:{message.id}"
+        )
     return message
 
 
@@ -33,14 +48,19 @@ def claim_email(message_id: int) -> Message | None:
     """Mark a pending message as being sent and build it (attachment included); None if
     another worker has it or it is done."""
     claimed = db.session.execute(
-        update(OutboundEmail).where(OutboundEmail.id == message_id,
-                                    OutboundEmail.status == EmailStatus.PENDING)
-        .values(status="sending")).rowcount
+        update(OutboundEmail)
+        .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
+        .values(status="sending")
+    ).rowcount
     if not claimed:
         return None
     message = db.session.get(OutboundEmail, message_id)
-    outgoing = Message(subject=message.subject, recipients=[message.to_addr],
-                       body=message.body_text, html=message.body_html)
+    outgoing = Message(
+        subject=message.subject,
+        recipients=[message.to_addr],
+        body=message.body_text,
+        html=message.body_html,
+    )
     if message.attachment_invoice_id is not None:
         filename, content = invoice_attachment(message.attachment_invoice_id)
         outgoing.attach(filename, "application/pdf", content)
@@ -79,6 +99,12 @@ def list_outbox(*, page: int = 1, per_page: int = 50):
     from .ledger import Page
 
     total = db.session.scalar(select(func.count()).select_from(OutboundEmail))
-    items = list(db.session.scalars(select(OutboundEmail).order_by(OutboundEmail.id.desc())
-                                    .limit(per_page).offset((page - 1) * per_page)))
+    items = list(
+        db.session.scalars(
+            select(OutboundEmail)
+            .order_by(OutboundEmail.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+    )
     return Page(items, page, per_page, total)

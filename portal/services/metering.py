@@ -10,6 +10,7 @@ commit (``backfill_later``, ``rebuild_deployment``), so once it ran the rollups 
 recomputation from the intervals, which `flask billing usage-audit` proves with an
 independent Python computation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -20,8 +21,15 @@ from flask import current_app
 from sqlalchemy import func, select, text, update
 
 from ..extensions import db
-from ..models import (Deployment, DeploymentInterval, Invoice, MeterMark, UsageAdjustment,
-                      UsageDaily, utcnow)
+from ..models import (
+    Deployment,
+    DeploymentInterval,
+    Invoice,
+    MeterMark,
+    UsageAdjustment,
+    UsageDaily,
+    utcnow,
+)
 from ..models.usage import USAGE_COLUMNS
 
 HOUR = 3600
@@ -58,9 +66,11 @@ def _dialect_insert(table):
 
 # -- the one SQL statement that turns intervals into rollups -------------------------------
 
-_SECONDS = ("(CASE WHEN i.end_epoch IS NULL OR i.end_epoch > :until THEN :until "
-            "ELSE i.end_epoch END) - (CASE WHEN i.start_epoch < :since THEN :since "
-            "ELSE i.start_epoch END)")
+_SECONDS = (
+    "(CASE WHEN i.end_epoch IS NULL OR i.end_epoch > :until THEN :until "
+    "ELSE i.end_epoch END) - (CASE WHEN i.start_epoch < :since THEN :since "
+    "ELSE i.start_epoch END)"
+)
 
 _ROLLUP_SQL = f"""
 INSERT INTO {{table}} (deployment_id, day, user_id, {", ".join(USAGE_COLUMNS)})
@@ -97,43 +107,55 @@ def _days(since: int, until: int) -> Iterator[tuple[date, int, int]]:
     start = since
     while start < until:
         day = from_epoch(start).date()
-        next_midnight = epoch(datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1))
+        next_midnight = epoch(
+            datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+        )
         end = min(until, next_midnight)
         yield day, start, end
         start = end
 
 
-def _roll_up(where: str, params: dict, since: int, until: int, sign: int,
-             target: tuple[str, str] = ROLLUPS) -> int:
+def _roll_up(
+    where: str, params: dict, since: int, until: int, sign: int, target: tuple[str, str] = ROLLUPS
+) -> int:
     """Add (sign=1) or take away (sign=-1) the usage of [since, until) to the rollups."""
     table, conflict = target
     statement = text(_ROLLUP_SQL.format(where=where, table=table, conflict=conflict))
     rows = 0
     for day, seg_since, seg_until in _days(since, until):
-        result = db.session.execute(statement, {**params, "day": day, "since": seg_since,
-                                                "until": seg_until, "sign": sign})
+        result = db.session.execute(
+            statement, {**params, "day": day, "since": seg_since, "until": seg_until, "sign": sign}
+        )
         rows += max(result.rowcount or 0, 0)
     return rows
 
 
 # -- chunks and marks ------------------------------------------------------------------------
 
+
 def ensure_mark(user_id: int, start: datetime) -> None:
     """Create the user's chunk mark (metered from ``start``'s hour) if it does not exist."""
-    db.session.execute(_dialect_insert(MeterMark.__table__).values(
-        chunk=chunk_of(user_id), metered_through=floor_hour(start)).on_conflict_do_nothing())
+    db.session.execute(
+        _dialect_insert(MeterMark.__table__)
+        .values(chunk=chunk_of(user_id), metered_through=floor_hour(start))
+        .on_conflict_do_nothing()
+    )
 
 
 def lock_mark(chunk: int) -> MeterMark | None:
-    return db.session.scalar(select(MeterMark).where(MeterMark.chunk == chunk).with_for_update()
-                             .execution_options(populate_existing=True))
+    return db.session.scalar(
+        select(MeterMark)
+        .where(MeterMark.chunk == chunk)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 @dataclass
 class MeterResult:
     chunks: int = 0
-    hours: int = 0   # chunk-hours metered
-    rows: int = 0    # deployment-day rollup rows written
+    hours: int = 0  # chunk-hours metered
+    rows: int = 0  # deployment-day rollup rows written
     windows: list[tuple[int, datetime, datetime]] = field(default_factory=list)
 
     def add(self, other: MeterResult) -> None:
@@ -155,16 +177,23 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
         return result
     since = mark.metered_through
     claimed = db.session.execute(
-        update(MeterMark).where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
-        .values(metered_through=upto, updated_at=utcnow())).rowcount
+        update(MeterMark)
+        .where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
+        .values(metered_through=upto, updated_at=utcnow())
+    ).rowcount
     if claimed != 1:  # another run moved it first (cannot happen under the lock; cheap guard)
         return result
     if db.engine.dialect.name == "postgresql":
         # Room for the aggregation in memory: a chunk is ~10 deployments per user.
         db.session.execute(text("SET LOCAL work_mem = '64MB'"))
     size = chunk_size()
-    result.rows = _roll_up(_WHERE_CHUNK, {"user_lo": chunk * size, "user_hi": (chunk + 1) * size},
-                           epoch(since), epoch(upto), +1)
+    result.rows = _roll_up(
+        _WHERE_CHUNK,
+        {"user_lo": chunk * size, "user_hi": (chunk + 1) * size},
+        epoch(since),
+        epoch(upto),
+        +1,
+    )
     result.chunks, result.hours = 1, int((upto - since).total_seconds() // HOUR)
     result.windows.append((chunk, since, upto))
     db.session.flush()
@@ -173,8 +202,13 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
 
 def due_chunks(upto: datetime) -> list[int]:
     """Chunks whose mark is behind ``upto``."""
-    return list(db.session.scalars(select(MeterMark.chunk).where(
-        MeterMark.metered_through < floor_hour(upto)).order_by(MeterMark.chunk)))
+    return list(
+        db.session.scalars(
+            select(MeterMark.chunk)
+            .where(MeterMark.metered_through < floor_hour(upto))
+            .order_by(MeterMark.chunk)
+        )
+    )
 
 
 def last_complete_hour(now: datetime | None = None) -> datetime:
@@ -185,8 +219,9 @@ def last_complete_hour(now: datetime | None = None) -> datetime:
 def parse_hour(value: str) -> datetime:
     """'2026-11-21T14' (or any ISO time) -> the hour boundary at or before it, UTC."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if len(value) > 13
-                                        else value + ":00")
+        parsed = datetime.fromisoformat(
+            value.replace("Z", "+00:00") if len(value) > 13 else value + ":00"
+        )
     except ValueError:
         raise ValueError(f"not an ISO hour: {value!r} (e.g. 2026-11-21T14)") from None
     if parsed.tzinfo is None:
@@ -210,7 +245,9 @@ def prepare_run(upto: datetime) -> None:
     """Before metering: sessions whose heartbeats stopped are ended where they stopped."""
     from .deployments import end_silent_sessions
 
-    timeout = timedelta(minutes=int(current_app.config.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", 15)))
+    timeout = timedelta(
+        minutes=int(current_app.config.get("SESSION_HEARTBEAT_TIMEOUT_MINUTES", 15))
+    )
     end_silent_sessions(timeout, now=upto)
 
 
@@ -225,9 +262,13 @@ def backfill_later(deployment: Deployment, since: datetime) -> None:
         return
     from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
 
-    enqueue_after_commit("metering", "jobs.metering.backfill_deployment", deployment.id,
-                         since.astimezone(UTC).isoformat(),
-                         job_id=f"backfill:{deployment.id}:{epoch(since)}")
+    enqueue_after_commit(
+        "metering",
+        "jobs.metering.backfill_deployment",
+        deployment.id,
+        since.astimezone(UTC).isoformat(),
+        job_id=f"backfill:{deployment.id}:{epoch(since)}",
+    )
 
 
 def _midnight(day: date) -> datetime:
@@ -263,55 +304,81 @@ def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
     params = {"deployment_id": deployment.id}
     db.session.flush()
     # Invoiced periods begin and end at midnight, so whole rollup days line up with them.
-    for period_start, period_end in invoiced_periods(deployment.user_id, _midnight(first_day),
-                                                     mark.metered_through):
+    for period_start, period_end in invoiced_periods(
+        deployment.user_id, _midnight(first_day), mark.metered_through
+    ):
         lo, hi = max(start, epoch(period_start)), min(end, epoch(period_end))
         if lo >= hi:
             continue
         last = from_epoch(hi - 1).date() + timedelta(days=1)
-        db.session.execute(text(_ROLLUPS_TO_ADJUSTMENTS), {**params, "first": from_epoch(lo).date(),
-                                                           "last": last})
+        db.session.execute(
+            text(_ROLLUPS_TO_ADJUSTMENTS), {**params, "first": from_epoch(lo).date(), "last": last}
+        )
         _roll_up(_WHERE_DEPLOYMENT, params, lo, hi, +1, ADJUSTMENTS)
-    db.session.execute(UsageDaily.__table__.delete().where(
-        UsageDaily.deployment_id == deployment.id, UsageDaily.day >= first_day))
+    db.session.execute(
+        UsageDaily.__table__.delete().where(
+            UsageDaily.deployment_id == deployment.id, UsageDaily.day >= first_day
+        )
+    )
     result.rows = _roll_up(_WHERE_DEPLOYMENT, params, start, end, +1)
     result.hours = (end - start) // HOUR
     # Keep no all-zero rows behind (a deployment that turned out not to have run).
     zero = [getattr(UsageDaily, c) == 0 for c in USAGE_COLUMNS]
-    db.session.execute(UsageDaily.__table__.delete().where(
-        UsageDaily.deployment_id == deployment.id, *zero))
-    db.session.execute(UsageAdjustment.__table__.delete().where(
-        UsageAdjustment.deployment_id == deployment.id, UsageAdjustment.invoice_id.is_(None),
-        *[getattr(UsageAdjustment, c) == 0 for c in USAGE_COLUMNS]))
+    db.session.execute(
+        UsageDaily.__table__.delete().where(UsageDaily.deployment_id == deployment.id, *zero)
+    )
+    db.session.execute(
+        UsageAdjustment.__table__.delete().where(
+            UsageAdjustment.deployment_id == deployment.id,
+            UsageAdjustment.invoice_id.is_(None),
+            *[getattr(UsageAdjustment, c) == 0 for c in USAGE_COLUMNS],
+        )
+    )
     db.session.flush()
     return result
 
 
-def invoiced_periods(user_id: int, start: datetime, end: datetime
-                     ) -> list[tuple[datetime, datetime]]:
+def invoiced_periods(
+    user_id: int, start: datetime, end: datetime
+) -> list[tuple[datetime, datetime]]:
     """The user's invoiced (non-void) periods that overlap [start, end)."""
-    return [tuple(row) for row in db.session.execute(
-        select(Invoice.period_start, Invoice.period_end).distinct().where(
-            Invoice.user_id == user_id, Invoice.status != "void",
-            Invoice.period_end > start, Invoice.period_start < end)
-        .order_by(Invoice.period_start)).all()]
+    return [
+        tuple(row)
+        for row in db.session.execute(
+            select(Invoice.period_start, Invoice.period_end)
+            .distinct()
+            .where(
+                Invoice.user_id == user_id,
+                Invoice.status != "void",
+                Invoice.period_end > start,
+                Invoice.period_start < end,
+            )
+            .order_by(Invoice.period_start)
+        ).all()
+    ]
 
 
 def invoiced_through(user_id: int) -> datetime | None:
     """The end of the user's last invoiced period: usage before it is already billed."""
-    return db.session.scalar(select(func.max(Invoice.period_end)).where(
-        Invoice.user_id == user_id, Invoice.status != "void"))
+    return db.session.scalar(
+        select(func.max(Invoice.period_end)).where(
+            Invoice.user_id == user_id, Invoice.status != "void"
+        )
+    )
 
 
 def metered_through(user_id: int) -> datetime | None:
-    return db.session.scalar(select(MeterMark.metered_through).where(
-        MeterMark.chunk == chunk_of(user_id)))
+    return db.session.scalar(
+        select(MeterMark.metered_through).where(MeterMark.chunk == chunk_of(user_id))
+    )
 
 
 # -- the audit: an independent recomputation in Python --------------------------------------
 
-def _expected_rollups(intervals: list[DeploymentInterval], marks: dict[int, int]
-                      ) -> dict[tuple[int, date], list[int]]:
+
+def _expected_rollups(
+    intervals: list[DeploymentInterval], marks: dict[int, int]
+) -> dict[tuple[int, date], list[int]]:
     expected: dict[tuple[int, date], list[int]] = {}
     for i in intervals:
         mark = marks.get(chunk_of(i.user_id))
@@ -321,11 +388,15 @@ def _expected_rollups(intervals: list[DeploymentInterval], marks: dict[int, int]
         for day, seg_start, seg_end in _days(i.start_epoch, end):
             secs = seg_end - seg_start
             row = expected.setdefault((i.deployment_id, day), [0] * len(USAGE_COLUMNS))
-            for n, (qty, rate) in enumerate([(i.cpu_milli, i.cpu_rate_micros),
-                                             (i.memory_mgb, i.memory_rate_micros),
-                                             (i.storage_mgb, i.storage_rate_micros),
-                                             (i.instances, i.instance_rate_micros),
-                                             (i.public_ips, i.ip_rate_micros)]):
+            for n, (qty, rate) in enumerate(
+                [
+                    (i.cpu_milli, i.cpu_rate_micros),
+                    (i.memory_mgb, i.memory_rate_micros),
+                    (i.storage_mgb, i.storage_rate_micros),
+                    (i.instances, i.instance_rate_micros),
+                    (i.public_ips, i.ip_rate_micros),
+                ]
+            ):
                 row[2 * n] += secs * qty
                 row[2 * n + 1] += secs * qty * rate
     return {k: v for k, v in expected.items() if any(v)}
@@ -334,14 +405,22 @@ def _expected_rollups(intervals: list[DeploymentInterval], marks: dict[int, int]
 def audit_usage() -> list[str]:
     """Differences between the rollups and a recomputation from the intervals up to each
     chunk's mark. Empty when they agree."""
-    marks = {c: epoch(t) for c, t in db.session.execute(
-        select(MeterMark.chunk, MeterMark.metered_through)).all()}
+    marks = {
+        c: epoch(t)
+        for c, t in db.session.execute(select(MeterMark.chunk, MeterMark.metered_through)).all()
+    }
     problems: list[str] = []
     last_id = 0
     expected: dict[tuple[int, date], list[int]] = {}
     while True:  # in batches, so a large history does not sit in memory at once
-        batch = list(db.session.scalars(select(DeploymentInterval).where(
-            DeploymentInterval.id > last_id).order_by(DeploymentInterval.id).limit(5000)))
+        batch = list(
+            db.session.scalars(
+                select(DeploymentInterval)
+                .where(DeploymentInterval.id > last_id)
+                .order_by(DeploymentInterval.id)
+                .limit(5000)
+            )
+        )
         if not batch:
             break
         last_id = batch[-1].id
@@ -350,14 +429,19 @@ def audit_usage() -> list[str]:
             for n, v in enumerate(values):
                 row[n] += v
         db.session.expunge_all()
-    stored = {(r.deployment_id, r.day): [getattr(r, c) for c in USAGE_COLUMNS]
-              for r in db.session.execute(select(UsageDaily)).scalars()}
+    stored = {
+        (r.deployment_id, r.day): [getattr(r, c) for c in USAGE_COLUMNS]
+        for r in db.session.execute(select(UsageDaily)).scalars()
+    }
     for key in sorted(set(expected) | set(stored)):
         want = expected.get(key, [0] * len(USAGE_COLUMNS))
         have = stored.get(key, [0] * len(USAGE_COLUMNS))
         if want != have:
-            diffs = ", ".join(f"{c} {h} != {w}" for c, h, w in zip(USAGE_COLUMNS, have, want)
-                              if h != w)
+            diffs = ", ".join(
+                f"{c} {h} != {w}"
+                for c, h, w in zip(USAGE_COLUMNS, have, want, strict=False)
+                if h != w
+            )
             problems.append(f"deployment {key[0]} on {key[1]}: rollup {diffs} (recomputed)")
     return problems
 

@@ -13,6 +13,7 @@ not been processed) raises NotYet: the inbox row stays unprocessed and is retrie
 about what the portal did not make (another portal's customer on the same gateway account,
 a payment taken in the gateway's dashboard) is logged and left alone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,15 @@ from sqlalchemy import func, select
 
 from ..extensions import db
 from ..gateways import ChargeInfo, GatewayEvent, PaymentStatus, get_gateway
-from ..models import (AccountKind, AttemptPurpose, LedgerTransaction, PaymentAttempt,
-                      PaymentReversal, ReversalKind, User)
+from ..models import (
+    AccountKind,
+    AttemptPurpose,
+    LedgerTransaction,
+    PaymentAttempt,
+    PaymentReversal,
+    ReversalKind,
+    User,
+)
 from ..money import Money
 from . import card_payments, cards, events, ledger, topups
 from .errors import NotFound
@@ -68,8 +76,9 @@ def payment_intent_changed(event: GatewayEvent) -> None:
         if user is None:  # another portal's on the same gateway account
             log.info("top-up %s of customer %s is none of ours", result.id, result.customer)
             return
-        topups.credit_top_up(user, result.amount, reference=result.id,
-                             description="Top-up by card (checkout)")
+        topups.credit_top_up(
+            user, result.amount, reference=result.id, description="Top-up by card (checkout)"
+        )
         return
     log.info("payment %s (%s) is none of ours", result.id, result.status)
 
@@ -97,21 +106,29 @@ class _Paid:
 
 def _payer(payment_intent: str) -> _Paid:
     """Who paid with ``payment_intent``, what for and how much we received."""
-    attempt = db.session.scalar(select(PaymentAttempt).where(
-        PaymentAttempt.gateway_payment_id == payment_intent))
+    attempt = db.session.scalar(
+        select(PaymentAttempt).where(PaymentAttempt.gateway_payment_id == payment_intent)
+    )
     if attempt is not None and attempt.status == "succeeded":
-        txn = _booked(f"topup:{payment_intent}" if attempt.purpose == AttemptPurpose.TOPUP
-                      else f"card:{attempt.idempotency_key}")
-        return _Paid(_user(attempt.user_id), attempt.purpose,
-                     attempt.amount_minor if txn is None else _received(txn))
+        txn = _booked(
+            f"topup:{payment_intent}"
+            if attempt.purpose == AttemptPurpose.TOPUP
+            else f"card:{attempt.idempotency_key}"
+        )
+        return _Paid(
+            _user(attempt.user_id),
+            attempt.purpose,
+            attempt.amount_minor if txn is None else _received(txn),
+        )
     topup = _booked(f"topup:{payment_intent}")
     if topup is not None and topup.user_id is not None:
         return _Paid(_user(topup.user_id), AttemptPurpose.TOPUP.value, _received(topup))
     # Ours (our customer, our purpose) but not recorded yet: wait for it. Anything else was
     # paid without the portal (another portal on the same gateway account, the dashboard).
     payment = get_gateway().retrieve_payment_intent(payment_intent)
-    if cards.user_for_customer(payment.customer) is None \
-            or payment.metadata.get("purpose") not in {p.value for p in AttemptPurpose}:
+    if cards.user_for_customer(payment.customer) is None or payment.metadata.get("purpose") not in {
+        p.value for p in AttemptPurpose
+    }:
         raise _NotOurs(payment_intent)
     raise NotYet(f"payment {payment_intent} is not recorded as paid yet")
 
@@ -124,15 +141,19 @@ def _user(user_id: int) -> User:
 
 
 def _booked(ledger_key: str) -> LedgerTransaction | None:
-    return db.session.scalar(select(LedgerTransaction).where(
-        LedgerTransaction.idempotency_key == ledger_key))
+    return db.session.scalar(
+        select(LedgerTransaction).where(LedgerTransaction.idempotency_key == ledger_key)
+    )
 
 
 def _received(txn: LedgerTransaction) -> int:
     """What a payment's ledger transaction booked as received from the gateway (its clearing
     account's side)."""
-    return -sum(entry.amount_minor for entry in txn.entries
-                if entry.account.kind == AccountKind.STRIPE_CLEARING.value)
+    return -sum(
+        entry.amount_minor
+        for entry in txn.entries
+        if entry.account.kind == AccountKind.STRIPE_CLEARING.value
+    )
 
 
 def _reversal(reference: str) -> PaymentReversal | None:
@@ -142,14 +163,16 @@ def _reversal(reference: str) -> PaymentReversal | None:
 def _reversed(payment_intent: str, kind: ReversalKind | None = None) -> int:
     """What was booked as given or taken back for the payment so far (of one kind, or all)."""
     query = select(func.coalesce(func.sum(PaymentReversal.amount_minor), 0)).where(
-        PaymentReversal.gateway_payment_id == payment_intent)
+        PaymentReversal.gateway_payment_id == payment_intent
+    )
     if kind is not None:
         query = query.where(PaymentReversal.kind == kind.value)
     return int(db.session.scalar(query) or 0)
 
 
-def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Money,
-             reason: str) -> PaymentReversal | None:
+def _reverse(
+    kind: ReversalKind, reference: str, payment_intent: str, amount: Money, reason: str
+) -> PaymentReversal | None:
     """Book money the gateway gave back or took back, once per ``reference``, never more in
     all than the payment brought in: ``amount`` (the gateway's) is capped at what we received
     less what was already refunded or disputed. A top-up's refund comes out of the prepaid
@@ -161,9 +184,14 @@ def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Mo
     user = paid.user
     room = paid.amount_minor - _reversed(payment_intent)
     if amount.amount_minor > room:
-        log.warning("%s %s of payment %s claims %s; only %s of what it paid is left to take "
-                    "back", kind.value, reference, payment_intent, amount,
-                    Money(max(room, 0), amount.currency))
+        log.warning(
+            "%s %s of payment %s claims %s; only %s of what it paid is left to take back",
+            kind.value,
+            reference,
+            payment_intent,
+            amount,
+            Money(max(room, 0), amount.currency),
+        )
         amount = Money(max(room, 0), amount.currency)
     if amount.amount_minor <= 0:
         return None
@@ -177,16 +205,31 @@ def _reverse(kind: ReversalKind, reference: str, payment_intent: str, amount: Mo
         if from_balance:
             legs.append((cash, -from_balance))
     if amount.amount_minor - from_balance:
-        legs.append((ledger.system_account(loss_kind, amount.currency),
-                     -(amount.amount_minor - from_balance)))
+        legs.append(
+            (
+                ledger.system_account(loss_kind, amount.currency),
+                -(amount.amount_minor - from_balance),
+            )
+        )
     txn = ledger.post_transaction(
-        idempotency_key=f"{kind.value}:{reference}", kind=f"card_{kind.value}", user_id=user.id,
-        description=f"Card payment {kind.value} ({reason})" if reason else
-        f"Card payment {kind.value}", legs=legs)
-    row = PaymentReversal(kind=kind.value, reference=reference, user_id=user.id,
-                          gateway_payment_id=payment_intent, amount_minor=amount.amount_minor,
-                          currency=amount.currency, reason=reason[:200],
-                          ledger_transaction_id=txn.id)
+        idempotency_key=f"{kind.value}:{reference}",
+        kind=f"card_{kind.value}",
+        user_id=user.id,
+        description=f"Card payment {kind.value} ({reason})"
+        if reason
+        else f"Card payment {kind.value}",
+        legs=legs,
+    )
+    row = PaymentReversal(
+        kind=kind.value,
+        reference=reference,
+        user_id=user.id,
+        gateway_payment_id=payment_intent,
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
+        reason=reason[:200],
+        ledger_transaction_id=txn.id,
+    )
     db.session.add(row)
     db.session.flush()
     return row
@@ -202,8 +245,9 @@ def charge_refunded(event: GatewayEvent) -> None:
     events comes first. ``amount_refunded`` (the running total) caps what is booked; a part
     the list does not show is booked as the difference, keyed by the total it brings us to."""
     if not event.object.get("payment_intent"):  # no payment of ours: nothing to look up
-        log.info("refund of charge %s without a payment intent: none of ours",
-                 event.object.get("id"))
+        log.info(
+            "refund of charge %s without a payment intent: none of ours", event.object.get("id")
+        )
         return
     charge = get_gateway().retrieve_charge(str(event.object["id"]))
     if not charge.payment_intent:
@@ -219,21 +263,27 @@ def _book_refunds(charge: ChargeInfo, payment_intent: str) -> None:
     currency = charge.amount.currency
     total = min(charge.amount_refunded.amount_minor, charge.amount.amount_minor)
     booked = _reversed(payment_intent, ReversalKind.REFUND)
-    listed = sorted((r for r in charge.refunds if r.status not in ("failed", "canceled")),
-                    key=lambda r: (r.created, r.id))
+    listed = sorted(
+        (r for r in charge.refunds if r.status not in ("failed", "canceled")),
+        key=lambda r: (r.created, r.id),
+    )
     for refund in listed:
         if _reversal(refund.id) is not None:
             continue
         if booked + refund.amount.amount_minor > total:
             break
-        row = _reverse(ReversalKind.REFUND, refund.id, payment_intent, refund.amount,
-                       "refunded")
+        row = _reverse(ReversalKind.REFUND, refund.id, payment_intent, refund.amount, "refunded")
         if row is None:  # nothing of the payment left to give back
             return
         booked += row.amount_minor
     if total > booked:
-        _reverse(ReversalKind.REFUND, f"{charge.id}:{total}", payment_intent,
-                 Money(total - booked, currency), "refunded")
+        _reverse(
+            ReversalKind.REFUND,
+            f"{charge.id}:{total}",
+            payment_intent,
+            Money(total - booked, currency),
+            "refunded",
+        )
 
 
 def dispute_created(event: GatewayEvent) -> None:
@@ -248,17 +298,31 @@ def dispute_created(event: GatewayEvent) -> None:
         log.info("dispute %s without a payment intent: none of ours", dispute.id)
         return
     try:
-        row = _reverse(ReversalKind.DISPUTE, dispute.id, payment_intent, dispute.amount,
-                       dispute.reason or "disputed")
+        row = _reverse(
+            ReversalKind.DISPUTE,
+            dispute.id,
+            payment_intent,
+            dispute.amount,
+            dispute.reason or "disputed",
+        )
     except _NotOurs:
         log.info("dispute %s of payment %s: none of ours", dispute.id, payment_intent)
         return
     if row is not None:
         amount = Money(row.amount_minor, row.currency)
-        events.record("billing.payment.disputed", f"dispute:{dispute.id}", {
-            "user_id": row.user_id, "payment_intent": payment_intent,
-            "amount": str(amount.amount), "amount_minor": amount.amount_minor,
-            "currency": amount.currency, "reason": row.reason}, row.user_id)
+        events.record(
+            "billing.payment.disputed",
+            f"dispute:{dispute.id}",
+            {
+                "user_id": row.user_id,
+                "payment_intent": payment_intent,
+                "amount": str(amount.amount),
+                "amount_minor": amount.amount_minor,
+                "currency": amount.currency,
+                "reason": row.reason,
+            },
+            row.user_id,
+        )
 
 
 HANDLERS = {

@@ -1,4 +1,5 @@
 """Admin usage reports: one row per deployment and day, filtered, streamed."""
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,21 @@ from ..models import Deployment, UsageDaily, User
 from .errors import ValidationFailed
 from .usage import RESOURCES, row_costs, row_quantities, to_decimal
 
-COLUMNS = ["date", "user", "deployment", "name", "kind", "labels", "cpu_core_hours",
-           "memory_gb_hours", "storage_gb_months", "instance_hours", "ip_hours", "cost",
-           "currency"]
+COLUMNS = [
+    "date",
+    "user",
+    "deployment",
+    "name",
+    "kind",
+    "labels",
+    "cpu_core_hours",
+    "memory_gb_hours",
+    "storage_gb_months",
+    "instance_hours",
+    "ip_hours",
+    "cost",
+    "currency",
+]
 
 
 @dataclass(frozen=True)
@@ -43,10 +56,12 @@ def parse_label(value: str | None) -> tuple[str, str] | None:
 def _query(f: ReportFilter):
     if f.day_to < f.day_from:
         raise ValidationFailed.field("to", "must not be before from")
-    query = (select(UsageDaily, Deployment, User.email)
-             .join(Deployment, Deployment.id == UsageDaily.deployment_id)
-             .join(User, User.id == UsageDaily.user_id)
-             .where(UsageDaily.day >= f.day_from, UsageDaily.day <= f.day_to))
+    query = (
+        select(UsageDaily, Deployment, User.email)
+        .join(Deployment, Deployment.id == UsageDaily.deployment_id)
+        .join(User, User.id == UsageDaily.user_id)
+        .where(UsageDaily.day >= f.day_from, UsageDaily.day <= f.day_to)
+    )
     if f.user is not None:
         query = query.where(UsageDaily.user_id == f.user.id)
     if f.kind:
@@ -62,15 +77,21 @@ def report_rows(f: ReportFilter) -> Iterator[dict]:
     for daily, dep, email in result:
         qty = row_quantities(daily)
         cost = sum(row_costs(daily).values(), Fraction(0)) / 1_000_000
-        yield {"date": daily.day.isoformat(), "user": email, "deployment": dep.external_id,
-               "name": dep.name, "kind": dep.kind,
-               "labels": ";".join(f"{k}={v}" for k, v in sorted((dep.labels or {}).items())),
-               "cpu_core_hours": to_decimal(qty["cpu"]),
-               "memory_gb_hours": to_decimal(qty["memory"]),
-               "storage_gb_months": to_decimal(qty["storage"]),
-               "instance_hours": to_decimal(qty["instance"]),
-               "ip_hours": to_decimal(qty["ip"]),
-               "cost": to_decimal(cost), "currency": dep_currency(dep)}
+        yield {
+            "date": daily.day.isoformat(),
+            "user": email,
+            "deployment": dep.external_id,
+            "name": dep.name,
+            "kind": dep.kind,
+            "labels": ";".join(f"{k}={v}" for k, v in sorted((dep.labels or {}).items())),
+            "cpu_core_hours": to_decimal(qty["cpu"]),
+            "memory_gb_hours": to_decimal(qty["memory"]),
+            "storage_gb_months": to_decimal(qty["storage"]),
+            "instance_hours": to_decimal(qty["instance"]),
+            "ip_hours": to_decimal(qty["ip"]),
+            "cost": to_decimal(cost),
+            "currency": dep_currency(dep),
+        }
 
 
 def dep_currency(dep: Deployment) -> str:
@@ -94,8 +115,12 @@ def csv_lines(f: ReportFilter) -> Iterator[str]:
     buffer.write("\ufeff")
     writer.writerow(COLUMNS)
     for n, row in enumerate(report_rows(f), 1):
-        writer.writerow([_safe_cell(row[c]) if c in ("user", "deployment", "name", "labels")
-                         else row[c] for c in COLUMNS])
+        writer.writerow(
+            [
+                _safe_cell(row[c]) if c in ("user", "deployment", "name", "labels") else row[c]
+                for c in COLUMNS
+            ]
+        )
         if n % 500 == 0:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -11,6 +11,7 @@ under its lock, so two settlement runs at once pay each invoice once.
 attempt row committed before the gateway is called (see card_payments), and the database
 allows one charge in flight per invoice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,16 +20,28 @@ from datetime import datetime
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import (AccountKind, AttemptStatus, Invoice, InvoiceStatus, PaymentAttempt,
-                      PaymentTender, User, utcnow)
+from ..models import (
+    AccountKind,
+    AttemptStatus,
+    Invoice,
+    InvoiceStatus,
+    PaymentAttempt,
+    PaymentTender,
+    User,
+    utcnow,
+)
 from ..money import Money
 from . import credits, invoicing, ledger
 from .errors import InvalidTransition, NotFound
 
 WALLET_TENDERS = (PaymentTender.CREDIT, PaymentTender.VOUCHER, PaymentTender.CASH)
-TENDER_LABELS = {PaymentTender.CREDIT: "Credits", PaymentTender.VOUCHER: "Voucher balance",
-                 PaymentTender.CASH: "Prepaid balance", PaymentTender.CARD: "Card",
-                 PaymentTender.OFFLINE: "Bank transfer"}
+TENDER_LABELS = {
+    PaymentTender.CREDIT: "Credits",
+    PaymentTender.VOUCHER: "Voucher balance",
+    PaymentTender.CASH: "Prepaid balance",
+    PaymentTender.CARD: "Card",
+    PaymentTender.OFFLINE: "Bank transfer",
+}
 
 
 @dataclass(frozen=True)
@@ -54,14 +67,16 @@ class SettleResult:
     payments: int = 0
     card_attempts: int = 0
     needs_action: list[int] = field(default_factory=list)  # invoices waiting on 3-D Secure
-    failed: list[int] = field(default_factory=list)        # invoices no tender could pay
+    failed: list[int] = field(default_factory=list)  # invoices no tender could pay
 
 
 def _available(user: User, now: datetime) -> dict[PaymentTender, int]:
     balances = ledger.balances(user)
-    return {PaymentTender.CREDIT: credits.available_credit(user, now).amount_minor,
-            PaymentTender.VOUCHER: balances.voucher.amount_minor,
-            PaymentTender.CASH: balances.cash.amount_minor}
+    return {
+        PaymentTender.CREDIT: credits.available_credit(user, now).amount_minor,
+        PaymentTender.VOUCHER: balances.voucher.amount_minor,
+        PaymentTender.CASH: balances.cash.amount_minor,
+    }
 
 
 def _split(due: int, available: dict[PaymentTender, int]) -> list[tuple[PaymentTender, int]]:
@@ -87,8 +102,9 @@ def preview(invoice: Invoice, user: User, now: datetime | None = None) -> Previe
     rest = due - covered
     saved = cards.list_cards(user) if rest > 0 and cards.cards_enabled() else []
     if saved:
-        tenders.append(TenderPart(PaymentTender.CARD, Money(rest, invoice.currency),
-                                  card=saved[0].label))
+        tenders.append(
+            TenderPart(PaymentTender.CARD, Money(rest, invoice.currency), card=saved[0].label)
+        )
         rest = 0
     return Preview(tenders, Money(rest, invoice.currency))
 
@@ -99,17 +115,27 @@ def _pay(invoice: Invoice, user: User, tender: PaymentTender, amount: int, now: 
     receivable = ledger.user_account(user, AccountKind.RECEIVABLE)
     description = f"{TENDER_LABELS[tender]} paid {invoice.number}"
     if tender == PaymentTender.CREDIT:
-        txn = credits.spend_credit(user=user, amount=Money(amount, invoice.currency),
-                                   counter_account=receivable, idempotency_key=key,
-                                   kind="invoice_payment", description=description, now=now)
+        txn = credits.spend_credit(
+            user=user,
+            amount=Money(amount, invoice.currency),
+            counter_account=receivable,
+            idempotency_key=key,
+            kind="invoice_payment",
+            description=description,
+            now=now,
+        )
     else:
         wallet = AccountKind.VOUCHER if tender == PaymentTender.VOUCHER else AccountKind.CASH
         txn = ledger.post_transaction(
-            idempotency_key=key, kind="invoice_payment", user_id=user.id,
+            idempotency_key=key,
+            kind="invoice_payment",
+            user_id=user.id,
             description=description,
-            legs=[(ledger.user_account(user, wallet), -amount), (receivable, amount)])
-    invoicing.record_payment(invoice, tender=tender, amount=Money(amount, invoice.currency),
-                             txn_id=txn.id)
+            legs=[(ledger.user_account(user, wallet), -amount), (receivable, amount)],
+        )
+    invoicing.record_payment(
+        invoice, tender=tender, amount=Money(amount, invoice.currency), txn_id=txn.id
+    )
 
 
 def settle_invoice(invoice: Invoice, user: User, now: datetime | None = None) -> int:
@@ -153,8 +179,9 @@ def pay_now(invoice: Invoice, user: User, now: datetime | None = None) -> Invoic
     return invoice
 
 
-def settle(user_id: int, *, invoice_id: int | None = None, now: datetime | None = None
-           ) -> SettleResult:
+def settle(
+    user_id: int, *, invoice_id: int | None = None, now: datetime | None = None
+) -> SettleResult:
     """The whole settlement of a user (or of one of their invoices): COMMITS.
 
     Unanswered card charges are resolved first; then the wallets pay what they can; then,
@@ -201,20 +228,22 @@ def settle(user_id: int, *, invoice_id: int | None = None, now: datetime | None 
 def _nothing_can_pay(invoice: Invoice) -> bool:
     """The wallets left part of the invoice unpaid and the user has no card: the platform
     and the user are told, once per invoice (later runs stay quiet until money arrives)."""
-    from . import card_payments
     from ..models import Event
+    from . import card_payments
 
     subject = f"invoice:{invoice.id}:no-payment-method"
-    if db.session.scalar(select(Event.id).where(Event.name == "billing.payment.failed",
-                                                Event.subject == subject)):
+    if db.session.scalar(
+        select(Event.id).where(Event.name == "billing.payment.failed", Event.subject == subject)
+    ):
         return False
     card_payments.payment_failed(invoice, [], subject=subject)
     return True
 
 
 def _own_invoice(user: User, invoice_id: int) -> Invoice:
-    invoice = db.session.scalar(select(Invoice).where(Invoice.id == invoice_id,
-                                                      Invoice.user_id == user.id))
+    invoice = db.session.scalar(
+        select(Invoice).where(Invoice.id == invoice_id, Invoice.user_id == user.id)
+    )
     if invoice is None:
         raise NotFound("no such invoice")
     return invoice
@@ -222,15 +251,21 @@ def _own_invoice(user: User, invoice_id: int) -> Invoice:
 
 def _unpaid(user: User) -> list[Invoice]:
     """The user's unpaid invoices, smallest total first."""
-    return list(db.session.scalars(select(Invoice).where(
-        Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID]))
-        .order_by(Invoice.total_minor, Invoice.id)))
+    return list(
+        db.session.scalars(
+            select(Invoice)
+            .where(
+                Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in invoicing.UNPAID])
+            )
+            .order_by(Invoice.total_minor, Invoice.id)
+        )
+    )
 
 
 def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleResult) -> None:
     """Charge the user's cards, default first, for what the wallets left of one invoice."""
-    from . import card_payments, cards
     from ..gateways import PaymentStatus
+    from . import card_payments, cards
 
     tried: list[int] = []
     failed_attempts: list[PaymentAttempt] = []
@@ -286,10 +321,16 @@ def request_settlement(user_id: int) -> None:
     """Settle the user's invoices after this transaction commits (new money arrived)."""
     from jobs.queues import enqueue_after_commit
 
-    enqueue_after_commit("settlement", "jobs.settlement.settle_user", user_id,
-                         job_id=f"settle:{user_id}")
+    enqueue_after_commit(
+        "settlement", "jobs.settlement.settle_user", user_id, job_id=f"settle:{user_id}"
+    )
 
 
 def users_with_unpaid() -> list[int]:
-    return list(db.session.scalars(select(Invoice.user_id).where(
-        Invoice.status.in_([str(s) for s in invoicing.UNPAID])).distinct()))
+    return list(
+        db.session.scalars(
+            select(Invoice.user_id)
+            .where(Invoice.status.in_([str(s) for s in invoicing.UNPAID]))
+            .distinct()
+        )
+    )

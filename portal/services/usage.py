@@ -5,6 +5,7 @@ deployment and resource, ROUND_HALF_UP to the currency's digits. Every total her
 integer sum of those lines, so the breakdowns by resource, by deployment and by day all add
 up to the period total, as the invoice will.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -22,13 +23,24 @@ from ..money import Money, currency_digits
 from . import metering
 
 RESOURCES = ("cpu", "memory", "storage", "instance", "ip")
-UNITS = {"cpu": "core-hours", "memory": "gb-hours", "storage": "gb-months",
-         "instance": "instance-hours", "ip": "ip-hours"}
-LABELS = {"cpu": "CPU", "memory": "Memory", "storage": "Storage", "instance": "Instances",
-          "ip": "Public IPs"}
+UNITS = {
+    "cpu": "core-hours",
+    "memory": "gb-hours",
+    "storage": "gb-months",
+    "instance": "instance-hours",
+    "ip": "ip-hours",
+}
+LABELS = {
+    "cpu": "CPU",
+    "memory": "Memory",
+    "storage": "Storage",
+    "instance": "Instances",
+    "ip": "Public IPs",
+}
 
 
 # -- periods ---------------------------------------------------------------------------------
+
 
 def period_starting(year: int, month: int, invoice_day: int) -> tuple[datetime, datetime]:
     """The billing period that starts in ``year``-``month`` on the invoice day: [start, end)."""
@@ -53,6 +65,7 @@ def parse_period(value: str, invoice_day: int) -> tuple[datetime, datetime]:
 
 
 # -- exact costs -----------------------------------------------------------------------------
+
 
 def month_seconds(day: date) -> int:
     return calendar.monthrange(day.year, day.month)[1] * 86400
@@ -83,7 +96,7 @@ def row_quantities(row) -> dict[str, Fraction]:
 def round_micros(micros: Fraction, currency: str) -> Money:
     """Exact micro-units to minor units, once, ROUND_HALF_UP."""
     digits = currency_digits(currency)
-    scaled = micros * 10 ** digits / 1_000_000
+    scaled = micros * 10**digits / 1_000_000
     exact = Decimal(scaled.numerator) / Decimal(scaled.denominator)
     return Money(int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), currency)
 
@@ -95,12 +108,13 @@ def to_decimal(value: Fraction, places: int = 6) -> Decimal:
 
 # -- the report ------------------------------------------------------------------------------
 
+
 @dataclass
 class ResourceItem:
     resource_type: str
     quantity: Decimal
     unit: str
-    unit_price: Decimal   # per unit, in major units, up to 6 decimals
+    unit_price: Decimal  # per unit, in major units, up to 6 decimals
     total_cost: Money
 
     @property
@@ -137,13 +151,20 @@ class UsageReport:
         return (self.period_end - timedelta(days=1)).date()
 
 
-def usage_report(user: User, period_start: datetime, period_end: datetime,
-                 now: datetime | None = None) -> UsageReport:
+def usage_report(
+    user: User, period_start: datetime, period_end: datetime, now: datetime | None = None
+) -> UsageReport:
     now = now or utcnow()
     currency = user.currency
-    rows = list(db.session.execute(select(UsageDaily).where(
-        UsageDaily.user_id == user.id, UsageDaily.day >= period_start.date(),
-        UsageDaily.day < period_end.date())).scalars())
+    rows = list(
+        db.session.execute(
+            select(UsageDaily).where(
+                UsageDaily.user_id == user.id,
+                UsageDaily.day >= period_start.date(),
+                UsageDaily.day < period_end.date(),
+            )
+        ).scalars()
+    )
     by_deployment: dict[int, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
     quantities: dict[str, Fraction] = defaultdict(Fraction)
     daily_exact: dict[date, Fraction] = defaultdict(Fraction)
@@ -154,8 +175,9 @@ def usage_report(user: User, period_start: datetime, period_end: datetime,
         for resource, qty in row_quantities(row).items():
             quantities[resource] += qty
 
-    deployments = {d.id: d for d in db.session.scalars(
-        select(Deployment).where(Deployment.user_id == user.id))}
+    deployments = {
+        d.id: d for d in db.session.scalars(select(Deployment).where(Deployment.user_id == user.id))
+    }
     costs: list[DeploymentCost] = []
     resource_totals: dict[str, Money] = {r: Money.zero(currency) for r in RESOURCES}
     resource_exact: dict[str, Fraction] = defaultdict(Fraction)
@@ -164,8 +186,9 @@ def usage_report(user: User, period_start: datetime, period_end: datetime,
         for r, money in lines.items():
             resource_totals[r] += money
             resource_exact[r] += per_resource[r]
-        costs.append(DeploymentCost(deployments[dep_id],
-                                    sum(lines.values(), Money.zero(currency)), lines))
+        costs.append(
+            DeploymentCost(deployments[dep_id], sum(lines.values(), Money.zero(currency)), lines)
+        )
     costs.sort(key=lambda c: (-c.total_cost.amount_minor, c.deployment.external_id))
     # In the current period, running deployments with nothing metered yet show too.
     if period_start <= now < period_end:
@@ -177,10 +200,14 @@ def usage_report(user: User, period_start: datetime, period_end: datetime,
     items = []
     for r in RESOURCES:
         if quantities[r] or resource_exact[r]:
-            unit_price = (to_decimal(resource_exact[r] / quantities[r] / 1_000_000)
-                          if quantities[r] else Decimal(0))
-            items.append(ResourceItem(r, to_decimal(quantities[r]), UNITS[r], unit_price,
-                                      resource_totals[r]))
+            unit_price = (
+                to_decimal(resource_exact[r] / quantities[r] / 1_000_000)
+                if quantities[r]
+                else Decimal(0)
+            )
+            items.append(
+                ResourceItem(r, to_decimal(quantities[r]), UNITS[r], unit_price, resource_totals[r])
+            )
     total = sum((c.total_cost for c in costs), Money.zero(currency))
 
     days, day = [], period_start.date()
@@ -193,11 +220,14 @@ def usage_report(user: User, period_start: datetime, period_end: datetime,
     if period_start <= now < period_end:
         from_instant = max(mark or now, period_start)
         remaining_hours = Fraction(int((period_end - from_instant).total_seconds()), 3600)
-        projected = round_micros(sum(c for c in by_deployment_exact(by_deployment).values())
-                                 + hourly_burn_micros(user, period_end) * remaining_hours,
-                                 currency)
-    return UsageReport(user, period_start, period_end, currency, mark, total, projected,
-                       items, costs, days)
+        projected = round_micros(
+            sum(c for c in by_deployment_exact(by_deployment).values())
+            + hourly_burn_micros(user, period_end) * remaining_hours,
+            currency,
+        )
+    return UsageReport(
+        user, period_start, period_end, currency, mark, total, projected, items, costs, days
+    )
 
 
 def by_deployment_exact(by_deployment: dict[int, dict[str, Fraction]]) -> dict[int, Fraction]:
@@ -208,10 +238,14 @@ def hourly_burn_micros(user: User, at: datetime) -> Fraction:
     """What the user's running deployments cost per hour now (exact micro-units)."""
     hours_in_month = Fraction(month_seconds(at.date() - timedelta(days=1)), 3600)
     burn = Fraction(0)
-    for i in db.session.scalars(select(DeploymentInterval).where(
-            DeploymentInterval.user_id == user.id, DeploymentInterval.end_epoch.is_(None))):
-        burn += Fraction(i.cpu_milli * i.cpu_rate_micros + i.memory_mgb * i.memory_rate_micros,
-                         1000)
+    for i in db.session.scalars(
+        select(DeploymentInterval).where(
+            DeploymentInterval.user_id == user.id, DeploymentInterval.end_epoch.is_(None)
+        )
+    ):
+        burn += Fraction(
+            i.cpu_milli * i.cpu_rate_micros + i.memory_mgb * i.memory_rate_micros, 1000
+        )
         burn += Fraction(i.storage_mgb * i.storage_rate_micros, 1000) / hours_in_month
         burn += i.instances * i.instance_rate_micros + i.public_ips * i.ip_rate_micros
     return burn
@@ -226,14 +260,23 @@ class Bar:
     height: int
 
 
-def daily_chart(daily: list[tuple[date, Money]], height: int = 120, bar: int = 14,
-                gap: int = 4) -> dict:
+def daily_chart(
+    daily: list[tuple[date, Money]], height: int = 120, bar: int = 14, gap: int = 4
+) -> dict:
     """Plain numbers for the server-rendered SVG bar chart of the period's days."""
     top = max((m.amount_minor for _, m in daily), default=0)
     bars = []
     for n, (day, money) in enumerate(daily):
-        h = 0 if top == 0 else max(1 if money.amount_minor else 0,
-                                   money.amount_minor * height // top)
+        h = (
+            0
+            if top == 0
+            else max(1 if money.amount_minor else 0, money.amount_minor * height // top)
+        )
         bars.append(Bar(day, money, n * (bar + gap), height - h, h))
-    return {"bars": bars, "width": max(1, len(daily) * (bar + gap) - gap), "height": height,
-            "bar": bar, "max": Money(top, daily[0][1].currency) if daily else None}
+    return {
+        "bars": bars,
+        "width": max(1, len(daily) * (bar + gap) - gap),
+        "height": height,
+        "bar": bar,
+        "max": Money(top, daily[0][1].currency) if daily else None,
+    }

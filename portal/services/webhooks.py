@@ -12,6 +12,7 @@ Handlers receive a plain ``GatewayEvent`` and must act only on legal transitions
 rows, so that duplicates and out-of-order deliveries are harmless (the payment services'
 concern). Services flush; the caller commits.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,10 +60,14 @@ def record_event(gateway: PaymentGateway, payload: bytes, signature: str | None)
     created = False
     if existing is None:
         # The verified body itself; floats (none carry money) keep their exact text.
-        row = WebhookEvent(event_id=event.id, type=event.type, livemode=event.livemode,
-                           payload=json.loads(payload.decode("utf-8"), parse_float=str),
-                           received_at=utcnow(),
-                           attempts=0)
+        row = WebhookEvent(
+            event_id=event.id,
+            type=event.type,
+            livemode=event.livemode,
+            payload=json.loads(payload.decode("utf-8"), parse_float=str),
+            received_at=utcnow(),
+            attempts=0,
+        )
         try:
             with db.session.begin_nested():
                 db.session.add(row)
@@ -71,8 +76,12 @@ def record_event(gateway: PaymentGateway, payload: bytes, signature: str | None)
         except IntegrityError:  # the same event arrived twice at once
             existing = _by_event_id(event.id)
     if existing.processed_at is None:
-        enqueue_after_commit("settlement", "jobs.settlement.process_webhook", existing.id,
-                             job_id=f"webhook:{event.id}")
+        enqueue_after_commit(
+            "settlement",
+            "jobs.settlement.process_webhook",
+            existing.id,
+            job_id=f"webhook:{event.id}",
+        )
     return Received(existing.id, event.id, created)
 
 
@@ -83,7 +92,7 @@ def _by_event_id(event_id: str) -> WebhookEvent | None:
 @dataclass(frozen=True)
 class Processed:
     inbox_id: int
-    outcome: str           # handled, unhandled, ignored, already, failed
+    outcome: str  # handled, unhandled, ignored, already, failed
     error: str | None = None
 
     @property
@@ -109,8 +118,13 @@ def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
 
         livemode = get_gateway().livemode
     if row.livemode != livemode:
-        log.warning("webhook %s (%s) has livemode=%s, ours is %s: ignored", row.event_id,
-                    row.type, row.livemode, livemode)
+        log.warning(
+            "webhook %s (%s) has livemode=%s, ours is %s: ignored",
+            row.event_id,
+            row.type,
+            row.livemode,
+            livemode,
+        )
         return _done(row, WebhookOutcome.IGNORED, error="livemode differs from ours")
     handler = EVENT_HANDLERS.get(row.type)
     if handler is None:
@@ -123,11 +137,11 @@ def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         if isinstance(exc, payment_events.NotYet):
-            log.info("webhook %s (%s) waits (attempt %d): %s", row.event_id, row.type,
-                     attempts, exc)
+            log.info(
+                "webhook %s (%s) waits (attempt %d): %s", row.event_id, row.type, attempts, exc
+            )
         else:
-            log.exception("webhook %s (%s) failed (attempt %d)", row.event_id, row.type,
-                          attempts)
+            log.exception("webhook %s (%s) failed (attempt %d)", row.event_id, row.type, attempts)
         # The whole transaction goes, not a savepoint: the handler's changes and the jobs it
         # asked for (they run after the outermost commit only). The row keeps the error.
         db.session.rollback()
@@ -142,8 +156,12 @@ def process_event(inbox_id: int, *, livemode: bool | None = None) -> Processed:
 
 
 def _lock(inbox_id: int) -> WebhookEvent | None:
-    return db.session.scalar(select(WebhookEvent).where(WebhookEvent.id == inbox_id)
-                             .with_for_update().execution_options(populate_existing=True))
+    return db.session.scalar(
+        select(WebhookEvent)
+        .where(WebhookEvent.id == inbox_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 def _done(row: WebhookEvent, outcome: WebhookOutcome, *, error: str | None = None) -> Processed:
@@ -154,16 +172,20 @@ def _done(row: WebhookEvent, outcome: WebhookOutcome, *, error: str | None = Non
     return Processed(row.id, outcome.value, error)
 
 
-def requeue_unprocessed(*, older_than: timedelta = timedelta(minutes=5),
-                        now: datetime | None = None, limit: int = 1000) -> int:
+def requeue_unprocessed(
+    *, older_than: timedelta = timedelta(minutes=5), now: datetime | None = None, limit: int = 1000
+) -> int:
     """Enqueue (after commit) every stored event still unprocessed after ``older_than``:
     a failed handler, or an enqueue lost with Redis. Returns how many."""
     cutoff = (now or utcnow()) - older_than
     rows = db.session.execute(
         select(WebhookEvent.id, WebhookEvent.event_id)
         .where(WebhookEvent.processed_at.is_(None), WebhookEvent.received_at < cutoff)
-        .order_by(WebhookEvent.id).limit(limit)).all()
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    ).all()
     for inbox_id, event_id in rows:
-        enqueue_after_commit("settlement", "jobs.settlement.process_webhook", inbox_id,
-                             job_id=f"webhook:{event_id}")
+        enqueue_after_commit(
+            "settlement", "jobs.settlement.process_webhook", inbox_id, job_id=f"webhook:{event_id}"
+        )
     return len(rows)

@@ -1,4 +1,5 @@
 """The platform's deployment API and the usage API, end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -27,24 +28,37 @@ def platform(api, make_user):
 
 
 def create(api, token, **body):
-    payload = {"external_id": "vm-1", "user_id": "john@example.com", "kind": "vm",
-               "cpu_cores": 2, "memory_gb": 4, "storage_gb": 0, "started_at": START, **body}
+    payload = {
+        "external_id": "vm-1",
+        "user_id": "john@example.com",
+        "kind": "vm",
+        "cpu_cores": 2,
+        "memory_gb": 4,
+        "storage_gb": 0,
+        "started_at": START,
+        **body,
+    }
     return api.post("/deployments", json=payload, token=token)
 
 
-def test_platform_reports_a_deployment_and_the_user_sees_its_usage(app, api, make_user, platform,
-                                                                    runner):
+def test_platform_reports_a_deployment_and_the_user_sees_its_usage(
+    app, api, make_user, platform, runner
+):
     john = make_user("john@example.com")
     created = create(api, platform, labels={"project": "alpha"}, name="web")
     assert created.status_code == 201, created.json
     assert created.json["cpu_cores"] == "2" and created.json["state"] == "active"
     again = create(api, platform, labels={"project": "alpha"}, name="web")
     assert again.status_code == 200
-    assert create(api, platform, cpu_cores=3, labels={"project": "alpha"},
-                  name="web").status_code == 409
-    deleted = api.client.delete("/api/plugins/billing/deployments/vm-1",
-                                json={"ended_at": "2026-10-01T20:00:00Z"},
-                                headers={"Authorization": f"Bearer {platform}"})
+    assert (
+        create(api, platform, cpu_cores=3, labels={"project": "alpha"}, name="web").status_code
+        == 409
+    )
+    deleted = api.client.delete(
+        "/api/plugins/billing/deployments/vm-1",
+        json={"ended_at": "2026-10-01T20:00:00Z"},
+        headers={"Authorization": f"Bearer {platform}"},
+    )
     assert deleted.status_code == 200 and deleted.json["state"] == "terminated"
     assert runner.invoke(args=["billing", "meter", "--hour", "2026-10-01T23"]).exit_code == 0
 
@@ -52,26 +66,42 @@ def test_platform_reports_a_deployment_and_the_user_sees_its_usage(app, api, mak
     assert body["total_cost"] == "1.40" and body["total_cost_minor"] == 140
     assert body["currency"] == "USD"
     items = {i["resource_type"]: i for i in body["items"]}
-    assert items["cpu"] == {"resource_type": "cpu", "quantity": "20.000000", "unit": "core-hours",
-                            "unit_price": "0.050000", "total_cost": "1.00",
-                            "total_cost_minor": 100}
+    assert items["cpu"] == {
+        "resource_type": "cpu",
+        "quantity": "20.000000",
+        "unit": "core-hours",
+        "unit_price": "0.050000",
+        "total_cost": "1.00",
+        "total_cost_minor": 100,
+    }
     assert items["memory"]["quantity"] == "40.000000" and items["memory"]["total_cost_minor"] == 40
-    assert body["deployments"] == [{"external_id": "vm-1", "name": "web", "kind": "vm",
-                                    "state": "terminated", "labels": {"project": "alpha"},
-                                    "total_cost": "1.40", "total_cost_minor": 140}]
+    assert body["deployments"] == [
+        {
+            "external_id": "vm-1",
+            "name": "web",
+            "kind": "vm",
+            "state": "terminated",
+            "labels": {"project": "alpha"},
+            "total_cost": "1.40",
+            "total_cost_minor": 140,
+        }
+    ]
     assert sum(d["total_cost_minor"] for d in body["daily"]) == 140
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"user_id": "nobody@example.com"}, "user_id"),
-    ({"sku": "vm-huge", "cpu_cores": None}, "sku"),
-    ({"cpu_cores": -1}, "cpu_cores"),
-    ({"cpu_cores": "1.0005"}, "cpu_cores"),
-    ({"kind": "boat"}, "kind"),
-    ({"started_at": "2099-01-01T00:00:00Z"}, "started_at"),
-    ({"started_at": "yesterday"}, "started_at"),
-    ({"labels": ["x"]}, "labels"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"user_id": "nobody@example.com"}, "user_id"),
+        ({"sku": "vm-huge", "cpu_cores": None}, "sku"),
+        ({"cpu_cores": -1}, "cpu_cores"),
+        ({"cpu_cores": "1.0005"}, "cpu_cores"),
+        ({"kind": "boat"}, "kind"),
+        ({"started_at": "2099-01-01T00:00:00Z"}, "started_at"),
+        ({"started_at": "yesterday"}, "started_at"),
+        ({"labels": ["x"]}, "labels"),
+    ],
+)
 def test_bad_deployments_get_422_and_change_nothing(app, api, make_user, platform, body, field):
     make_user("john@example.com")
     response = create(api, platform, **body)
@@ -84,20 +114,35 @@ def test_bad_deployments_get_422_and_change_nothing(app, api, make_user, platfor
 def test_state_changes_and_their_errors(app, api, make_user, platform):
     make_user("john@example.com")
     create(api, platform, state="pending")
-    patch = lambda **b: api.client.patch("/api/plugins/billing/deployments/vm-1", json=b,
-                                         headers={"Authorization": f"Bearer {platform}"})
+
+    def patch(**body):
+        return api.client.patch(
+            "/api/plugins/billing/deployments/vm-1",
+            json=body,
+            headers={"Authorization": f"Bearer {platform}"},
+        )
+
     assert patch(state="active", effective_at="2026-10-01T11:00:00Z").json["state"] == "active"
-    assert patch(state="suspended", effective_at="2026-10-01T12:00:00Z").json["state"] == "suspended"
+    assert (
+        patch(state="suspended", effective_at="2026-10-01T12:00:00Z").json["state"] == "suspended"
+    )
     bad = patch(state="pending")
     assert bad.status_code == 409 and bad.json["error"]["code"] == "invalid_transition"
     early = patch(cpu_cores=8, effective_at="2026-10-01T11:30:00Z")
     assert early.status_code == 422 and "effective_at" in early.json["error"]["fields"]
-    assert patch(state="active", cpu_cores=8, effective_at="2026-10-01T13:00:00Z").json["cpu_cores"] == "8"
+    assert (
+        patch(state="active", cpu_cores=8, effective_at="2026-10-01T13:00:00Z").json["cpu_cores"]
+        == "8"
+    )
     with app.app_context():
-        intervals = db.session.scalars(select(DeploymentInterval).order_by(
-            DeploymentInterval.start_epoch)).all()
+        intervals = db.session.scalars(
+            select(DeploymentInterval).order_by(DeploymentInterval.start_epoch)
+        ).all()
         assert [(i.state, i.cpu_milli) for i in intervals] == [
-            ("active", 2000), ("suspended", 0), ("active", 8000)]
+            ("active", 2000),
+            ("suspended", 0),
+            ("active", 8000),
+        ]
 
 
 def test_heartbeat_and_scopes(app, api, make_user, platform):
@@ -125,15 +170,25 @@ def test_admin_reports_filter_and_export_csv(app, api, make_user, platform, runn
     make_user("john@example.com")
     make_user("mary@example.com")
     create(api, platform, external_id="a", labels={"project": "alpha"})
-    create(api, platform, external_id="b", user_id="mary@example.com", kind="k8s",
-           labels={"project": "beta"}, name="=cmd()")
+    create(
+        api,
+        platform,
+        external_id="b",
+        user_id="mary@example.com",
+        kind="k8s",
+        labels={"project": "beta"},
+        name="=cmd()",
+    )
     runner.invoke(args=["billing", "meter", "--hour", "2026-10-02T03"])
     admin = api.token(make_user(admin=True), "admin")
-    rows = api.get("/admin/reports?from=2026-10-01&to=2026-10-31&label=project=alpha",
-                   token=admin).json
+    rows = api.get(
+        "/admin/reports?from=2026-10-01&to=2026-10-31&label=project=alpha", token=admin
+    ).json
     assert {r["deployment"] for r in rows["items"]} == {"a"}
-    assert api.get("/admin/reports?from=2026-10-01&to=2026-10-31&kind=k8s",
-                   token=admin).json["total"] == 2  # two days
+    assert (
+        api.get("/admin/reports?from=2026-10-01&to=2026-10-31&kind=k8s", token=admin).json["total"]
+        == 2
+    )  # two days
     response = api.get("/admin/reports?from=2026-10-01&to=2026-10-31&format=csv", token=admin)
     assert response.mimetype == "text/csv"
     text = response.get_data(as_text=True)

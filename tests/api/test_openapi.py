@@ -1,6 +1,7 @@
 """The OpenAPI document: it lists every API route, is valid OpenAPI 3.1, is shown as a page,
 and the API keeps to it under property-based testing (schemathesis over the document,
 against the app on this run's database, with user, admin and platform tokens)."""
+
 from __future__ import annotations
 
 import re
@@ -13,16 +14,19 @@ from schemathesis import GenerationMode
 from schemathesis.generation.drivers import CoverageGenerator
 from schemathesis.generation.feedback import FeedbackSources
 from schemathesis.generation.overrides import Override
-from schemathesis.specs.openapi.checks import (content_type_conformance,
-                                               response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from portal.extensions import db
 from portal.models import User
 from portal.services import deployments
-from tests.payments.conftest import (in_app, pay_app, receiver, saved_card,  # noqa: F401
-                                     standin)
+from tests.payments.conftest import (
+    saved_card,  # noqa: F401
+)
 from tests.support.invoices import SEP, issue_invoices
 
 PREFIX = "/api/plugins/billing"
@@ -35,7 +39,7 @@ def api_routes(app) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith(PREFIX + "/"):
             continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule[len(PREFIX):])
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule[len(PREFIX) :])
         routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     return routes
 
@@ -71,19 +75,28 @@ def test_each_operation_names_its_scopes_and_errors(client):
             assert {"401", "403"} <= set(op["responses"]), where
             if "requestBody" in op or op.get("parameters"):
                 assert "422" in op["responses"] or all(
-                    p["in"] == "path" for p in op["parameters"]), where
+                    p["in"] == "path" for p in op["parameters"]
+                ), where
             for status, response in op["responses"].items():
                 if status >= "400":
                     assert response["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/ErrorBody"}, where
+                        "$ref": "#/components/schemas/ErrorBody"
+                    }, where
     webhook = doc["paths"]["/webhook"]["post"]
     assert webhook["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/StripeEvent"}
+        "$ref": "#/components/schemas/StripeEvent"
+    }
     events = str(doc["components"]["schemas"])
-    for event_type in ("checkout.session.completed", "payment_intent.succeeded",
-                       "payment_intent.payment_failed", "payment_intent.requires_action",
-                       "payment_intent.processing", "setup_intent.succeeded", "charge.refunded",
-                       "charge.dispute.created"):
+    for event_type in (
+        "checkout.session.completed",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.requires_action",
+        "payment_intent.processing",
+        "setup_intent.succeeded",
+        "charge.refunded",
+        "charge.dispute.created",
+    ):
         assert event_type in events
     assert [p["name"] for p in webhook["parameters"]] == ["Stripe-Signature"]
 
@@ -94,10 +107,17 @@ def test_the_reference_page_shows_the_document(app, client, auth, make_user):
     html = page.get_data(as_text=True)
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert "<script>" not in html and "<script " not in html.replace(
-        '<script src="/static/js/htmx.min.js" defer>', "")
-    for text in ("POST /api/plugins/billing/credits", "GrantCredit", "validation_failed",
-                 "Token scopes: admin", "Idempotency-Key", "checkout.session.completed",
-                 'href="/api/plugins/billing/openapi.json"'):
+        '<script src="/static/js/htmx.min.js" defer>', ""
+    )
+    for text in (
+        "POST /api/plugins/billing/credits",
+        "GrantCredit",
+        "validation_failed",
+        "Token scopes: admin",
+        "Idempotency-Key",
+        "checkout.session.completed",
+        'href="/api/plugins/billing/openapi.json"',
+    ):
         assert text in html, text
     # Linked from the account menu.
     auth.login(make_user())
@@ -105,6 +125,7 @@ def test_the_reference_page_shows_the_document(app, client, auth, make_user):
 
 
 # -- property-based: the API against its document ------------------------------------------
+
 
 def _document() -> dict:
     """The document as the app serves it; it depends on no database, so an app on an
@@ -121,8 +142,9 @@ def _document() -> dict:
 
 
 SCHEMA = schemathesis.openapi.from_dict(_document())
-OPERATIONS = [op for op in (result.ok() for result in SCHEMA.get_all_operations())
-              if op.path not in SIGNED]
+OPERATIONS = [
+    op for op in (result.ok() for result in SCHEMA.get_all_operations()) if op.path not in SIGNED
+]
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -135,20 +157,33 @@ def tokens(pay_app, api, make_user, in_app):
     issue_invoices(pay_app, user.id, (SEP,))
     in_app(saved_card, user.id)
     with pay_app.app_context():
-        deployments.create_deployment(external_id="vm-1", user=db.session.get(User, user.id),
-                                      kind="vm", cpu_cores=1, memory_gb=2, storage_gb=10)
+        deployments.create_deployment(
+            external_id="vm-1",
+            user=db.session.get(User, user.id),
+            kind="vm",
+            cpu_cores=1,
+            memory_gb=2,
+            storage_gb=10,
+        )
         db.session.commit()
         db.session.remove()
-    return {"user": api.token(user), "admin": api.token(make_user(admin=True), "admin"),
-            "platform": api.token(make_user(admin=True), "platform")}
+    return {
+        "user": api.token(user),
+        "admin": api.token(make_user(admin=True), "admin"),
+        "platform": api.token(make_user(admin=True), "platform"),
+    }
 
 
 TAGS = sorted({op.definition.raw["tags"][0] for op in OPERATIONS})
 
 
 def _call(app, operation, case) -> None:
-    if operation.label == "POST /admin/vouchers" and isinstance(case.body, dict) \
-            and isinstance(case.body.get("count"), int) and case.body["count"] > 20:
+    if (
+        operation.label == "POST /admin/vouchers"
+        and isinstance(case.body, dict)
+        and isinstance(case.body.get("count"), int)
+        and case.body["count"] > 20
+    ):
         case.body["count"] = 20  # a batch of 10,000 codes is valid, and slow to make
     response = case.call(app=app)
     assert response.status_code < 500, f"{case.as_curl_command()}\n{response.text}"
@@ -162,15 +197,25 @@ def _check_operation(app, operation, tokens) -> None:
     # Schemathesis' coverage phase: each parameter and field at and beyond its bounds
     # (the largest page, one past it, a string one character too long, a wrong type...).
     coverage = CoverageGenerator(
-        operation=operation, generation_modes=modes,
+        operation=operation,
+        generation_modes=modes,
         generation_config=SCHEMA.config.generation_for(operation=operation, phase="coverage"),
-        auth_storage=None, override=Override(headers=headers), feedback=FeedbackSources())
+        auth_storage=None,
+        override=Override(headers=headers),
+        feedback=FeedbackSources(),
+    )
     for case in coverage:
         _call(app, operation, case)
 
     # Then random requests, valid and invalid.
-    @settings(max_examples=12, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=12,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     @given(case=st.one_of(*(operation.as_strategy(mode, headers=headers) for mode in modes)))
     def fuzz(case):
         _call(app, operation, case)

@@ -1,6 +1,7 @@
 """Admin: every user's invoices filtered by user, status and period; voiding, offline
 payments and generating an invoice by hand, each a CSRF-protected form that answers 303 and a
 flash, or the form again with its errors."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,9 @@ from .test_invoices_pages import number_of
 
 
 def rows(page: str) -> list[str]:
-    return re.findall(r'<tr id="invoice-\d+">\s*<td><a href="/admin/invoices/\d+">([^<]+)</a>',
-                      page)
+    return re.findall(
+        r'<tr id="invoice-\d+">\s*<td><a href="/admin/invoices/\d+">([^<]+)</a>', page
+    )
 
 
 def receivable(app, user_id: int) -> Money:
@@ -76,11 +78,14 @@ def test_the_list_shows_everyones_invoices_and_filters(client, shop):
     assert "No invoices match." in client.get("/admin/invoices?status=void").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("query, message", [
-    ("period=October", "The period must look like 2026-11."),
-    ("user=nobody@example.com", "No user with the email nobody@example.com."),
-    ("status=deleted", "Unknown status &#39;deleted&#39;."),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("period=October", "The period must look like 2026-11."),
+        ("user=nobody@example.com", "No user with the email nobody@example.com."),
+        ("status=deleted", "Unknown status &#39;deleted&#39;."),
+    ],
+)
 def test_bad_filters_say_what_is_wrong(client, shop, query, message):
     response = client.get(f"/admin/invoices?{query}")
     page = response.get_data(as_text=True)
@@ -99,8 +104,11 @@ def test_the_invoice_page_has_the_void_and_payment_forms(client, shop):
     assert f"<h1>Invoice {shop['numbers']['ann'][1]}</h1>" in page
     assert "ann@example.com" in page and "$37.20" in page
     for action in ("void", "payments"):
-        form = re.search(rf'<form method="post" action="/admin/invoices/{invoice_id}/{action}"'
-                         r'[^>]*>\s*<input[^>]*name="csrf_token"[^>]*value="[^"]+"', page)
+        form = re.search(
+            rf'<form method="post" action="/admin/invoices/{invoice_id}/{action}"'
+            r'[^>]*>\s*<input[^>]*name="csrf_token"[^>]*value="[^"]+"',
+            page,
+        )
         assert form, action
     assert client.get("/admin/invoices/999999").status_code == 404
 
@@ -136,11 +144,13 @@ def test_void_needs_a_reason_then_reverses_the_invoice(app, client, shop):
 def test_offline_payment_bad_input_is_422_and_writes_nothing(app, client, shop):
     invoice_id = shop["ids"]["bob"][0]
     before = count(app, LedgerTransaction)
-    cases = [({"amount": "10.005", "reference": "x"}, "The amount has more than 2 decimal places"),
-             ({"amount": "ten", "reference": "x"}, "The amount is not a number."),
-             ({"amount": "36.01", "reference": "x"}, "is more than the amount due ($36.00)"),
-             ({"amount": "-1", "reference": "x"}, "must be greater than 0"),
-             ({"amount": "5.00", "reference": ""}, "This field is required.")]
+    cases = [
+        ({"amount": "10.005", "reference": "x"}, "The amount has more than 2 decimal places"),
+        ({"amount": "ten", "reference": "x"}, "The amount is not a number."),
+        ({"amount": "36.01", "reference": "x"}, "is more than the amount due ($36.00)"),
+        ({"amount": "-1", "reference": "x"}, "must be greater than 0"),
+        ({"amount": "5.00", "reference": ""}, "This field is required."),
+    ]
     for data, message in cases:
         response = client.submit(f"/admin/invoices/{invoice_id}/payments", data)
         assert response.status_code == 422, data
@@ -151,16 +161,18 @@ def test_offline_payment_bad_input_is_422_and_writes_nothing(app, client, shop):
 def test_offline_payments_move_the_ledger_and_pay_the_invoice(app, client, shop):
     bob = shop["bob"]
     invoice_id = shop["ids"]["bob"][0]  # September: $36.00
-    first = client.submit(f"/admin/invoices/{invoice_id}/payments",
-                          {"amount": "10.50", "reference": "BANK-1"})
+    first = client.submit(
+        f"/admin/invoices/{invoice_id}/payments", {"amount": "10.50", "reference": "BANK-1"}
+    )
     assert first.status_code == 303
     page = client.get(first.headers["Location"]).get_data(as_text=True)
     assert f"Recorded a payment of $10.50 on {shop['numbers']['bob'][0]}." in page
     assert re.search(r'id="invoice-due"><h2>Amount due</h2><p class="amount">\$25.50<', page)
     assert receivable(app, bob.id) == Money(3600 + 3720 - 1050, "USD")
 
-    second = client.submit(f"/admin/invoices/{invoice_id}/payments",
-                           {"amount": "25.50", "reference": "BANK-2"})
+    second = client.submit(
+        f"/admin/invoices/{invoice_id}/payments", {"amount": "25.50", "reference": "BANK-2"}
+    )
     assert second.status_code == 303
     invoice = invoice_row(app, invoice_id)
     assert invoice.status == "paid" and invoice.amount_paid_minor == 3600
@@ -169,8 +181,9 @@ def test_offline_payments_move_the_ledger_and_pay_the_invoice(app, client, shop)
     assert "BANK-1" in page and "BANK-2" in page and "Record an offline payment" not in page
 
     # A paid invoice takes no more payments and cannot be voided.
-    late = client.submit(f"/admin/invoices/{invoice_id}/payments",
-                         {"amount": "1.00", "reference": "BANK-3"})
+    late = client.submit(
+        f"/admin/invoices/{invoice_id}/payments", {"amount": "1.00", "reference": "BANK-3"}
+    )
     assert late.status_code == 409 and "takes no payments" in late.get_data(as_text=True)
     void = client.submit(f"/admin/invoices/{invoice_id}/void", {"reason": "no"})
     assert void.status_code == 409
@@ -182,9 +195,16 @@ def test_generate_an_invoice_by_hand(app, client, make_user, auth):
 
     carl = make_user("carl@example.com")
     with app.app_context():
-        deployments.create_deployment(external_id="c-1", user=db.session.get(User, carl.id),
-                                      kind="vm", cpu_cores=1, memory_gb=0, storage_gb=0,
-                                      started_at=OCT[0], name="calc")
+        deployments.create_deployment(
+            external_id="c-1",
+            user=db.session.get(User, carl.id),
+            kind="vm",
+            cpu_cores=1,
+            memory_gb=0,
+            storage_gb=0,
+            started_at=OCT[0],
+            name="calc",
+        )
         db.session.commit()
         db.session.remove()
     auth.login(make_user(admin=True))
@@ -202,8 +222,9 @@ def test_generate_an_invoice_by_hand(app, client, make_user, auth):
 
     again = client.submit("/admin/invoices", {"email": "carl@example.com", "period": "2026-10"})
     assert again.status_code == 303 and again.headers["Location"] == made.headers["Location"]
-    assert (f"carl@example.com already has invoice {invoice.number} for this period."
-            in client.get(again.headers["Location"]).get_data(as_text=True))
+    assert f"carl@example.com already has invoice {invoice.number} for this period." in client.get(
+        again.headers["Location"]
+    ).get_data(as_text=True)
     assert count(app, Invoice) == 1
 
 
@@ -211,12 +232,13 @@ def test_generate_refuses_bad_input(app, client, make_user, auth):
     make_user("idle@example.com")
     auth.login(make_user(admin=True))
     now = datetime.now(UTC)
-    cases = [({"email": "", "period": "2026-10"}, 422, "This field is required."),
-             ({"email": "idle@example.com", "period": "Oct"}, 422, "The period must look like"),
-             ({"email": "who@example.com", "period": "2026-10"}, 422, "No user has this email."),
-             ({"email": "idle@example.com", "period": f"{now:%Y-%m}"}, 422, "has not ended yet"),
-             ({"email": "idle@example.com", "period": "2026-10"}, 409,
-              "has no usage for this user")]
+    cases = [
+        ({"email": "", "period": "2026-10"}, 422, "This field is required."),
+        ({"email": "idle@example.com", "period": "Oct"}, 422, "The period must look like"),
+        ({"email": "who@example.com", "period": "2026-10"}, 422, "No user has this email."),
+        ({"email": "idle@example.com", "period": f"{now:%Y-%m}"}, 422, "has not ended yet"),
+        ({"email": "idle@example.com", "period": "2026-10"}, 409, "has no usage for this user"),
+    ]
     for data, status, message in cases:
         response = client.submit("/admin/invoices", data)
         assert response.status_code == status, data

@@ -1,4 +1,5 @@
 """Register, log in, log out, change password, forgot and reset password, login rate limit."""
+
 from __future__ import annotations
 
 import html
@@ -54,8 +55,10 @@ def register(client, email="new@example.com", name="Nia New"):
 
 
 def registered_flash(email: str) -> str:
-    return (f"Thank you. We have sent a message to {email}: follow it to go on. "
-            "Nothing arrived? Look in the spam folder, or ask again later.")
+    return (
+        f"Thank you. We have sent a message to {email}: follow it to go on. "
+        "Nothing arrived? Look in the spam folder, or ask again later."
+    )
 
 
 def flashes(page: str) -> list[str]:
@@ -68,6 +71,7 @@ def user_count(app) -> int:
 
 
 # -- register ----------------------------------------------------------------------------
+
 
 def test_register_mails_a_link_that_sets_the_password_and_logs_in(app, client):
     response = register(client, email="New@Example.com")
@@ -104,10 +108,17 @@ def test_register_does_not_tell_whether_an_address_is_registered(app, make_user)
         browser = app.test_client()
         response = register(browser, email=email)
         page = text_of(browser.get("/auth/login")).replace(email, "EMAIL")
-        answers[email] = (response.status_code, response.headers["Location"], flashes(page),
-                          is_logged_in(browser))
-    assert answers["taken@example.com"] == answers["fresh@example.com"] == (
-        303, "/auth/login", [registered_flash("EMAIL")], False)
+        answers[email] = (
+            response.status_code,
+            response.headers["Location"],
+            flashes(page),
+            is_logged_in(browser),
+        )
+    assert (
+        answers["taken@example.com"]
+        == answers["fresh@example.com"]
+        == (303, "/auth/login", [registered_flash("EMAIL")], False)
+    )
 
     assert user_count(app) == 2
     assert AuthActions(app.test_client()).login("taken@example.com", PASSWORD).status_code == 303
@@ -147,10 +158,16 @@ def test_the_registration_limit_setting_is_checked_at_start(tmp_path):
     from portal.config import ConfigError, build_config
 
     env = {"SECRET_KEY": "x" * 32}
-    assert build_config(str(tmp_path), environ=env)["REGISTRATION_RATE_LIMIT"] == \
-        "5 per hour;20 per day"
-    assert build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "3 per day"}
-                        )["REGISTRATION_RATE_LIMIT"] == "3 per day"
+    assert (
+        build_config(str(tmp_path), environ=env)["REGISTRATION_RATE_LIMIT"]
+        == "5 per hour;20 per day"
+    )
+    assert (
+        build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "3 per day"})[
+            "REGISTRATION_RATE_LIMIT"
+        ]
+        == "3 per day"
+    )
     with pytest.raises(ConfigError, match="^REGISTRATION_RATE_LIMIT: "):
         build_config(str(tmp_path), environ={**env, "REGISTRATION_RATE_LIMIT": "lots"})
 
@@ -163,6 +180,7 @@ def test_passwords_are_stored_as_argon2id(app, client, make_user):
 
 # -- log in and out ----------------------------------------------------------------------
 
+
 def test_login_succeeds_and_goes_to_the_wallet(client, auth, make_user):
     user = make_user()
     response = auth.login(user)
@@ -173,22 +191,28 @@ def test_login_succeeds_and_goes_to_the_wallet(client, auth, make_user):
 
 def test_login_follows_a_local_next_but_not_an_external_one(client, make_user):
     user = make_user()
-    response = client.submit("/auth/login?next=/account/tokens",
-                             {"email": user.email, "password": PASSWORD})
+    response = client.submit(
+        "/auth/login?next=/account/tokens", {"email": user.email, "password": PASSWORD}
+    )
     assert response.headers["Location"] == "/account/tokens"
     client.submit("/auth/logout")
-    response = client.submit("/auth/login?next=https://evil.example/",
-                             {"email": user.email, "password": PASSWORD})
+    response = client.submit(
+        "/auth/login?next=https://evil.example/", {"email": user.email, "password": PASSWORD}
+    )
     assert response.headers["Location"] == "/wallet/"
 
 
-@pytest.mark.parametrize("email,password", [
-    ("known", "wrong-password-123"),
-    ("nobody@example.com", PASSWORD),
-    ("known", ""),
-])
-def test_login_failure_says_email_or_password_is_incorrect(client, auth, make_user, email,
-                                                           password):
+@pytest.mark.parametrize(
+    "email,password",
+    [
+        ("known", "wrong-password-123"),
+        ("nobody@example.com", PASSWORD),
+        ("known", ""),
+    ],
+)
+def test_login_failure_says_email_or_password_is_incorrect(
+    client, auth, make_user, email, password
+):
     user = make_user()
     response = auth.login(user.email if email == "known" else email, password)
     assert response.status_code == 200
@@ -266,8 +290,11 @@ def test_a_login_older_than_the_session_lifetime_is_refused(app, client, auth, m
 
     auth.login(make_user())
     with app.app_context():
-        db.session.execute(update(UserSession).values(
-            created_at=utcnow() - app.permanent_session_lifetime - timedelta(minutes=1)))
+        db.session.execute(
+            update(UserSession).values(
+                created_at=utcnow() - app.permanent_session_lifetime - timedelta(minutes=1)
+            )
+        )
         db.session.commit()
     assert not is_logged_in(client)
 
@@ -277,23 +304,32 @@ def test_the_csrf_token_changes_at_login(app, client, auth, make_user):
     client.get("/auth/login")
     before = client.csrf_token
     assert auth.login(make_user()).status_code == 303
-    refused = client.post("/account/tokens", data={"name": "ci", "scope": "user",
-                                                   "csrf_token": before})
+    refused = client.post(
+        "/account/tokens", data={"name": "ci", "scope": "user", "csrf_token": before}
+    )
     assert refused.status_code == 400
     assert "Form expired" in text_of(refused)
     page = client.get("/account/tokens")
     assert client.csrf_token != before
-    accepted = client.post("/account/tokens", data={"name": "ci", "scope": "user",
-                                                    "csrf_token": client.csrf_token})
+    accepted = client.post(
+        "/account/tokens", data={"name": "ci", "scope": "user", "csrf_token": client.csrf_token}
+    )
     assert accepted.status_code == 200 and "it is shown only once" in text_of(accepted)
     assert page.status_code == 200
 
 
 # -- change password ---------------------------------------------------------------------
 
+
 def change_password(client, current, new=NEW_PASSWORD, confirm=None):
-    return client.submit("/account/password", {"current_password": current, "password": new,
-                                               "confirm": new if confirm is None else confirm})
+    return client.submit(
+        "/account/password",
+        {
+            "current_password": current,
+            "password": new,
+            "confirm": new if confirm is None else confirm,
+        },
+    )
 
 
 def test_change_password_with_a_wrong_current_password_is_refused(client, auth, make_user):
@@ -342,6 +378,7 @@ def test_change_password_requires_matching_confirmation(client, auth, make_user)
 
 # -- forgot and reset password -----------------------------------------------------------
 
+
 def forgot(client, email):
     response = client.submit("/auth/forgot", {"email": email})
     assert response.status_code == 303
@@ -355,8 +392,9 @@ def reset_link(message: OutboundEmail) -> str:
     return match.group(1)
 
 
-def test_forgot_password_for_an_unknown_email_looks_the_same_and_sends_nothing(app, client,
-                                                                              make_user):
+def test_forgot_password_for_an_unknown_email_looks_the_same_and_sends_nothing(
+    app, client, make_user
+):
     make_user("known@example.com")
     assert FORGOT_FLASH in forgot(client, "unknown@example.com")
     assert outbox(app) == []
@@ -365,7 +403,8 @@ def test_forgot_password_for_an_unknown_email_looks_the_same_and_sends_nothing(a
 
 
 def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
-        app, client, make_user, monkeypatch):
+    app, client, make_user, monkeypatch
+):
     """No timing oracle: answering takes the same operations for an address with an account
     and one without (the same SQL, signing, hashing and job queued, in the same order); the
     lookup and the mail happen in that job, away from the request."""
@@ -385,18 +424,26 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
         def wrapper(*args, **kwargs):
             work.append((kind,))
             return real(*args, **kwargs)
+
         return wrapper
 
     for name in ("hash", "verify"):
-        monkeypatch.setattr(PasswordHasher, name, spy(f"argon2.{name}",
-                                                      getattr(PasswordHasher, name)))
-    monkeypatch.setattr(URLSafeTimedSerializer, "dumps",  # cookies, CSRF and password links
-                        spy("sign", URLSafeTimedSerializer.dumps))
-    monkeypatch.setattr(accounts, "password_token", spy("password link",
-                                                        accounts.password_token))
-    monkeypatch.setattr(queues, "enqueue", lambda queue, func, *args, **kwargs:
-                        work.append(("job", queue, func, len(args))) or jobs_asked.append(
-                            (func, args)))
+        monkeypatch.setattr(
+            PasswordHasher, name, spy(f"argon2.{name}", getattr(PasswordHasher, name))
+        )
+    monkeypatch.setattr(
+        URLSafeTimedSerializer,
+        "dumps",  # cookies, CSRF and password links
+        spy("sign", URLSafeTimedSerializer.dumps),
+    )
+    monkeypatch.setattr(accounts, "password_token", spy("password link", accounts.password_token))
+    monkeypatch.setattr(
+        queues,
+        "enqueue",
+        lambda queue, func, *args, **kwargs: (
+            work.append(("job", queue, func, len(args))) or jobs_asked.append((func, args))
+        ),
+    )
 
     def statement(conn, cursor, sql, params, context, executemany):
         work.append(("sql", " ".join(sql.split())))
@@ -416,7 +463,8 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     known, unknown = done["known@example.com"], done["unknown@example.com"]
     assert known[0] == unknown[0]
     assert [w for w in known[0] if w[0] == "job"] == [
-        ("job", "default", "jobs.accounts.send_password_reset", 1)]
+        ("job", "default", "jobs.accounts.send_password_reset", 1)
+    ]
     assert not [w for w in known[0] if w[0].startswith("argon2") or w[0] == "password link"]
     assert [args for _, args in known[1]] == [("known@example.com",)]
     assert [args for _, args in unknown[1]] == [("unknown@example.com",)]
@@ -460,8 +508,9 @@ def test_reset_link_sets_a_password_once(app, client, make_user):
     assert response.status_code == 303
     assert path_of(response) == "/auth/forgot"
     assert "has already been used" in text_of(second.get("/auth/forgot"))
-    response = second.submit(link, {"password": "yet-another-password",
-                                    "confirm": "yet-another-password"})
+    response = second.submit(
+        link, {"password": "yet-another-password", "confirm": "yet-another-password"}
+    )
     assert response.status_code == 303 and path_of(response) == "/auth/forgot"
     assert AuthActions(app.test_client()).login(user.email, NEW_PASSWORD).status_code == 303
 
@@ -476,11 +525,14 @@ def test_reset_link_refuses_a_short_password(app, client, make_user):
     assert client.get(link).status_code == 200  # the link is still good
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda token: token[:-2] + ("AA" if token[-2:] != "AA" else "BB"),
-    lambda token: "x" + token,
-    lambda token: "not-a-token",
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda token: token[:-2] + ("AA" if token[-2:] != "AA" else "BB"),
+        lambda token: "x" + token,
+        lambda token: "not-a-token",
+    ],
+)
 def test_a_tampered_reset_link_is_refused(app, client, make_user, tamper):
     make_user("known@example.com")
     forgot(client, "known@example.com")
@@ -501,8 +553,9 @@ def test_a_reset_link_expires_after_24_hours(app, client, make_user, monkeypatch
 
     make_user("known@example.com")
     real = TimestampSigner.get_timestamp
-    monkeypatch.setattr(TimestampSigner, "get_timestamp",
-                        lambda self: real(self) - 25 * 3600)  # signed 25 hours ago
+    monkeypatch.setattr(
+        TimestampSigner, "get_timestamp", lambda self: real(self) - 25 * 3600
+    )  # signed 25 hours ago
     forgot(client, "known@example.com")
     monkeypatch.setattr(TimestampSigner, "get_timestamp", real)
     response = client.get(reset_link(outbox(app)[0]))
@@ -516,8 +569,9 @@ def test_a_welcome_link_lasts_longer_than_a_day(app, api, make_user, monkeypatch
 
     real = TimestampSigner.get_timestamp
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - 25 * 3600)
-    response = api.post("/users", token=api.token(make_user(), "platform"),
-                        json={"email": "invited@example.com"})
+    response = api.post(
+        "/users", token=api.token(make_user(), "platform"), json={"email": "invited@example.com"}
+    )
     assert response.status_code == 201
     monkeypatch.setattr(TimestampSigner, "get_timestamp", real)
     [message] = outbox(app)
@@ -525,6 +579,7 @@ def test_a_welcome_link_lasts_longer_than_a_day(app, api, make_user, monkeypatch
 
 
 # -- login rate limit --------------------------------------------------------------------
+
 
 def test_the_fourth_login_attempt_in_a_minute_gets_429(app, make_app):
     # ``app`` cleaned the database and Redis; this app shares both with a tight limit.
@@ -537,16 +592,16 @@ def test_the_fourth_login_attempt_in_a_minute_gets_429(app, make_app):
         db.session.commit()
     client = limited.test_client()
     for _ in range(3):
-        response = client.submit("/auth/login", {"email": "target@example.com",
-                                                 "password": "guess-guess-guess"})
+        response = client.submit(
+            "/auth/login", {"email": "target@example.com", "password": "guess-guess-guess"}
+        )
         assert response.status_code == 200
         assert "Email or password is incorrect." in text_of(response)
     counters = store.keys("*auth.login/3/1/minute")
     assert counters, "the limiter keeps its counters in Redis"
     assert int(store.get(counters[0])) == 3
 
-    response = client.submit("/auth/login", {"email": "target@example.com",
-                                             "password": PASSWORD})
+    response = client.submit("/auth/login", {"email": "target@example.com", "password": PASSWORD})
     assert response.status_code == 429
     assert "Too many attempts" in text_of(response)
     assert not is_logged_in(client)

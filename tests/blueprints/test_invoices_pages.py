@@ -1,14 +1,22 @@
 """The Invoices pages: the user's list (status filter and pager swap the table with htmx, and
 work without it), one invoice with its lines, totals, payments and PDF, owner-scoped."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
+
 from portal.extensions import db
 from portal.models import Invoice
-from tests.support.invoices import (OCT_TOTAL, SEP, SEP_TOTAL, empty_invoices,
-                                    issue_invoices, pay_offline)
+from tests.support.invoices import (
+    OCT_TOTAL,
+    SEP,
+    SEP_TOTAL,
+    empty_invoices,
+    issue_invoices,
+    pay_offline,
+)
 
 
 def number_of(app, invoice_id: int) -> str:
@@ -41,12 +49,12 @@ def test_the_list_shows_the_users_invoices_newest_first(client, auth, customer):
     page = response.get_data(as_text=True)
     assert response.status_code == 200 and page.startswith("<!doctype html>")
     assert rows(page) == [customer.numbers["oct"], customer.numbers["sep"]]
-    oct_row = page[page.index(f'id="invoice-{customer.invoices["oct"]}"'):]
-    oct_row = oct_row[:oct_row.index("</tr>")]
+    oct_row = page[page.index(f'id="invoice-{customer.invoices["oct"]}"') :]
+    oct_row = oct_row[: oct_row.index("</tr>")]
     assert "2026-10-01 – 2026-10-31" in oct_row  # the period's end shown inclusively
     assert ">sent<" in oct_row and oct_row.count(OCT_TOTAL) == 2  # total and amount due
-    sep_row = page[page.index(f'id="invoice-{customer.invoices["sep"]}"'):]
-    sep_row = sep_row[:sep_row.index("</tr>")]
+    sep_row = page[page.index(f'id="invoice-{customer.invoices["sep"]}"') :]
+    sep_row = sep_row[: sep_row.index("</tr>")]
     assert ">paid<" in sep_row and SEP_TOTAL in sep_row and "$0.00" in sep_row
     # The filter is a real GET form (works without JavaScript) that htmx turns into a swap.
     assert 'action="/invoices/"' in page and 'method="get"' in page
@@ -55,8 +63,10 @@ def test_the_list_shows_the_users_invoices_newest_first(client, auth, customer):
     assert "delete" not in page.lower()  # users cannot delete invoices
 
 
-@pytest.mark.parametrize("status, expected", [
-    ("paid", ["sep"]), ("sent", ["oct"]), ("overdue", []), ("void", []), ("", ["oct", "sep"])])
+@pytest.mark.parametrize(
+    "status, expected",
+    [("paid", ["sep"]), ("sent", ["oct"]), ("overdue", []), ("void", []), ("", ["oct", "sep"])],
+)
 def test_the_status_filter(client, auth, customer, status, expected):
     auth.login(customer)
     page = client.get(f"/invoices/?status={status}").get_data(as_text=True)
@@ -75,8 +85,7 @@ def test_a_fragment_request_gets_the_table_alone(client, auth, customer):
     assert rows(fragment) == [customer.numbers["sep"]]
     assert "HX-Request" in response.headers["Vary"]
     # Boosted navigation, or htmx aiming at something else, gets the whole page.
-    for headers in ({"HX-Boosted": "true", "HX-Target": "invoice-table"},
-                    {"HX-Target": "main"}):
+    for headers in ({"HX-Boosted": "true", "HX-Target": "invoice-table"}, {"HX-Target": "main"}):
         whole = client.htmx_get("/invoices/?status=paid", headers=headers)
         assert whole.get_data(as_text=True).startswith("<!doctype html>")
 
@@ -87,8 +96,11 @@ def test_the_pager_keeps_the_filter_and_swaps_the_table(app, client, auth, custo
     first = client.get("/invoices/?status=sent").get_data(as_text=True)
     assert len(rows(first)) == 20 and rows(first)[0] == customer.numbers["oct"]
     assert "Page 1 of 2" in first
-    next_link = re.search(r'<a href="([^"]+)" hx-get="([^"]+)" hx-target="#invoice-table" '
-                          r'hx-swap="outerHTML" hx-push-url="true" rel="next">', first)
+    next_link = re.search(
+        r'<a href="([^"]+)" hx-get="([^"]+)" hx-target="#invoice-table" '
+        r'hx-swap="outerHTML" hx-push-url="true" rel="next">',
+        first,
+    )
     assert next_link and next_link.group(1) == next_link.group(2)
     assert "status=sent" in next_link.group(1) and "page=2" in next_link.group(1)
     second = client.htmx_get(next_link.group(1).replace("&amp;", "&"), target="invoice-table")
@@ -126,15 +138,20 @@ def test_the_invoice_page_shows_lines_totals_payments_and_the_pdf(app, client, a
     assert re.search(r"<th scope=\"row\">Issued</th><td>\d{4}-\d\d-\d\d</td>", page)
     assert re.search(r"<th scope=\"row\">Due</th><td>\d{4}-\d\d-\d\d</td>", page)
     # one line: 720 core-hours at $0.05
-    line = re.search(r'<tr id="line-1"><td>([^<]+)</td>\s*<td class="num">([^<]+)</td>\s*'
-                     r'<td class="num">([^<]+)</td>\s*<td class="num">([^<]+)</td></tr>', page)
-    assert line.groups() == (f"web (web-{customer.id}) · CPU", "720 core-hours", "$0.05",
-                             SEP_TOTAL)
+    line = re.search(
+        r'<tr id="line-1"><td>([^<]+)</td>\s*<td class="num">([^<]+)</td>\s*'
+        r'<td class="num">([^<]+)</td>\s*<td class="num">([^<]+)</td></tr>',
+        page,
+    )
+    assert line.groups() == (f"web (web-{customer.id}) · CPU", "720 core-hours", "$0.05", SEP_TOTAL)
     assert f'id="invoice-subtotal">{SEP_TOTAL}<' in page
     assert 'id="invoice-credits">$0.00<' in page
     assert re.search(r'id="invoice-due"><h2>Amount due</h2><p class="amount">\$0.00<', page)
-    payment = re.search(r'<tr id="payment-\d+"><td>[^<]+</td><td>Bank transfer</td>'
-                        r'<td>BANK-0042</td><td class="num">([^<]+)</td></tr>', page)
+    payment = re.search(
+        r'<tr id="payment-\d+"><td>[^<]+</td><td>Bank transfer</td>'
+        r'<td>BANK-0042</td><td class="num">([^<]+)</td></tr>',
+        page,
+    )
     assert payment and payment.group(1) == SEP_TOTAL
     # The PDF block: rendered after the invoice was issued (jobs run synchronously here).
     assert f'id="invoice-pdf-{customer.invoices["sep"]}"' in page
@@ -147,8 +164,11 @@ def test_the_invoice_page_shows_lines_totals_payments_and_the_pdf(app, client, a
 
 def test_credits_show_on_the_invoice(app, client, auth, make_user, api):
     user = make_user()
-    api.post("/credits", token=api.token(make_user(admin=True), "admin"),
-             json={"user_id": user.email, "amount": "10.00", "reason": "Goodwill"})
+    api.post(
+        "/credits",
+        token=api.token(make_user(admin=True), "admin"),
+        json={"user_id": user.email, "amount": "10.00", "reason": "Goodwill"},
+    )
     (invoice_id,) = issue_invoices(app, user.id, periods=(SEP,))
     auth.login(user)
     page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)

@@ -2,6 +2,7 @@
 (list, default, remove, the last-card rule, adding a card on the stand-in's page), the
 Wallet's top-up (checkout page, saved card, declines, a double submit), an invoice's preview,
 Pay now and its tender breakdown, and the CSP that lets forms lead to the card pages."""
+
 from __future__ import annotations
 
 import html
@@ -15,9 +16,15 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import LedgerTransaction, PaymentAttempt, User
 from portal.services import cards
-from tests.payments.conftest import (TEST_CARDS, in_app,  # noqa: F401
-                                     issued_invoice, pay_app, receiver, running_deployment,
-                                     saved_card, standin, topped_up, type_card)
+from tests.payments.conftest import (
+    TEST_CARDS,
+    in_app,  # noqa: F401
+    issued_invoice,
+    running_deployment,
+    saved_card,
+    topped_up,
+    type_card,
+)
 
 
 def text(response) -> str:
@@ -29,8 +36,9 @@ def flashes(page: str) -> list[str]:
 
 
 def cash_shown(page: str) -> str:
-    return re.search(r'id="balance-cash"><h2>Prepaid balance</h2><p class="amount">([^<]+)<',
-                     page).group(1)
+    return re.search(
+        r'id="balance-cash"><h2>Prepaid balance</h2><p class="amount">([^<]+)<', page
+    ).group(1)
 
 
 def local(url: str) -> str:
@@ -41,9 +49,14 @@ def local(url: str) -> str:
 
 def card_rows(page: str) -> list[tuple[str, bool]]:
     """(label, is default) of each card on the Payment methods page, top to bottom."""
-    return [(label, bool(default)) for label, default in re.findall(
-        r'<tr id="card-\d+">\s*<td>([^<]+)</td>\s*<td>[^<]*</td>\s*<td>(<span[^>]*>default'
-        r'</span>)?</td>', page)]
+    return [
+        (label, bool(default))
+        for label, default in re.findall(
+            r'<tr id="card-\d+">\s*<td>([^<]+)</td>\s*<td>[^<]*</td>\s*<td>(<span[^>]*>default'
+            r"</span>)?</td>",
+            page,
+        )
+    ]
 
 
 # -- Payment methods ---------------------------------------------------------------------
@@ -86,7 +99,8 @@ def test_another_users_card_is_not_found(pay_app, client, auth, make_user, in_ap
 
 
 def test_the_last_card_with_a_running_deployment_stays_with_the_rule_shown(
-        pay_app, client, auth, make_user, in_app):
+    pay_app, client, auth, make_user, in_app
+):
     user = make_user()
     only = in_app(saved_card, user.id)
     in_app(running_deployment, user.id)
@@ -126,13 +140,15 @@ def test_a_card_is_added_on_the_stand_ins_page(pay_app, client, auth, make_user,
     back = type_card(again.headers["Location"], TEST_CARDS["ok"])
     client.get(local(back.headers["Location"]))
     page = text(client.get("/payment-methods/"))
-    assert flashes(page) == ["This card is already saved (Visa •••• 4242). "
-                             "Each card can be saved once."]
+    assert flashes(page) == [
+        "This card is already saved (Visa •••• 4242). Each card can be saved once."
+    ]
     assert card_rows(page) == [("Visa •••• 4242", True)]
 
 
-def test_a_card_that_needs_3d_secure_is_added_after_authentication(pay_app, client, auth,
-                                                                   make_user):
+def test_a_card_that_needs_3d_secure_is_added_after_authentication(
+    pay_app, client, auth, make_user
+):
     auth.login(make_user())
     hosted = client.submit("/payment-methods/add").headers["Location"]
     back = type_card(hosted, TEST_CARDS["three_d_secure"])  # completes 3-D Secure there
@@ -150,14 +166,16 @@ def top_up_form(client) -> tuple[str, list[str]]:
     return nonce, methods
 
 
-def test_a_top_up_on_the_checkout_page_credits_the_balance(pay_app, client, auth, make_user,
-                                                          standin):
+def test_a_top_up_on_the_checkout_page_credits_the_balance(
+    pay_app, client, auth, make_user, standin
+):
     auth.login(make_user())
     nonce, methods = top_up_form(client)
     assert methods == ["checkout"]
 
-    answer = client.submit("/wallet/top-up", {"amount": "25.00", "method": "checkout",
-                                              "nonce": nonce})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": "25.00", "method": "checkout", "nonce": nonce}
+    )
     assert answer.status_code == 303
     hosted = answer.headers["Location"]
     assert hosted.startswith(standin.base_url + "/checkout/")
@@ -189,13 +207,15 @@ def test_the_same_top_up_form_twice_opens_one_checkout(pay_app, client, auth, ma
     assert "already requested with other details" in text(changed)
 
 
-def test_return_pages_of_another_users_payments_are_not_found(pay_app, client, auth,
-                                                              make_user, in_app):
+def test_return_pages_of_another_users_payments_are_not_found(
+    pay_app, client, auth, make_user, in_app
+):
     user, other = make_user(), make_user()
     auth.login(other)
     nonce, _ = top_up_form(client)
-    checkout = client.submit("/wallet/top-up", {"amount": "25.00", "method": "checkout",
-                                                "nonce": nonce}).headers["Location"]
+    checkout = client.submit(
+        "/wallet/top-up", {"amount": "25.00", "method": "checkout", "nonce": nonce}
+    ).headers["Location"]
     back = type_card(checkout, TEST_CARDS["ok"]).headers["Location"]
     setup = client.submit("/payment-methods/add").headers["Location"]
     added = type_card(setup, TEST_CARDS["ok"]).headers["Location"]
@@ -228,8 +248,14 @@ def test_a_top_up_from_a_saved_card_once_per_form(pay_app, client, auth, make_us
         assert cash_shown(page) == "$10.00"
     with pay_app.app_context():
         assert db.session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1
-        assert db.session.scalar(select(func.count()).select_from(LedgerTransaction).where(
-            LedgerTransaction.kind == "topup")) == 1
+        assert (
+            db.session.scalar(
+                select(func.count())
+                .select_from(LedgerTransaction)
+                .where(LedgerTransaction.kind == "topup")
+            )
+            == 1
+        )
         db.session.remove()
 
     nonce, _ = top_up_form(client)  # a new form is a new top-up
@@ -242,8 +268,9 @@ def test_a_declined_card_top_up_shows_the_error(pay_app, client, auth, make_user
     card = in_app(saved_card, user.id, TEST_CARDS["charge_declined"])
     auth.login(user)
     nonce, _ = top_up_form(client)
-    answer = client.submit("/wallet/top-up", {"amount": "10.00", "method": f"card:{card}",
-                                              "nonce": nonce})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": "10.00", "method": f"card:{card}", "nonce": nonce}
+    )
     assert answer.status_code == 303
     page = text(client.get("/wallet/"))
     [message] = flashes(page)
@@ -256,11 +283,13 @@ def test_a_top_up_with_a_card_that_needs_3d_secure(pay_app, client, auth, make_u
     card = in_app(saved_card, user.id, TEST_CARDS["three_d_secure"])
     auth.login(user)
     nonce, _ = top_up_form(client)
-    answer = client.submit("/wallet/top-up", {"amount": "10.00", "method": f"card:{card}",
-                                              "nonce": nonce})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": "10.00", "method": f"card:{card}", "nonce": nonce}
+    )
     assert answer.status_code == 303 and "/sandbox/authenticate/" in answer.headers["Location"]
-    back = requests.post(answer.headers["Location"], data={"result": "complete"},
-                         allow_redirects=False, timeout=10)
+    back = requests.post(
+        answer.headers["Location"], data={"result": "complete"}, allow_redirects=False, timeout=10
+    )
     assert urlsplit(back.headers["Location"]).path == "/wallet/top-up/confirmed"
     assert client.get(local(back.headers["Location"])).status_code == 303
     page = text(client.get("/wallet/"))
@@ -268,32 +297,38 @@ def test_a_top_up_with_a_card_that_needs_3d_secure(pay_app, client, auth, make_u
     assert cash_shown(page) == "$10.00"
 
 
-@pytest.mark.parametrize("amount, error", [("0.50", "must be at least"), ("abc", "The amount"),
-                                           ("1.234", "The amount")])
-def test_a_bad_top_up_amount_is_shown_on_the_form(pay_app, client, auth, make_user, amount,
-                                                  error):
+@pytest.mark.parametrize(
+    "amount, error", [("0.50", "must be at least"), ("abc", "The amount"), ("1.234", "The amount")]
+)
+def test_a_bad_top_up_amount_is_shown_on_the_form(pay_app, client, auth, make_user, amount, error):
     auth.login(make_user())
     nonce, _ = top_up_form(client)
-    answer = client.submit("/wallet/top-up", {"amount": amount, "method": "checkout",
-                                              "nonce": nonce})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": amount, "method": "checkout", "nonce": nonce}
+    )
     assert answer.status_code == 422
     assert error in text(answer)
 
 
 # -- an invoice: preview, Pay now, the tender breakdown ------------------------------------
 def preview_rows(page: str) -> list[tuple[str, str]]:
-    table = re.search(r'<table class="preview-table" id="payment-preview">(.*?)</table>', page,
-                      re.S)
+    table = re.search(
+        r'<table class="preview-table" id="payment-preview">(.*?)</table>', page, re.S
+    )
     if table is None:
         return []
-    return re.findall(r'<th scope="row">([^<]+)</th><td class="num">([^<]+)</td>',
-                      table.group(1))
+    return re.findall(r'<th scope="row">([^<]+)</th><td class="num">([^<]+)</td>', table.group(1))
 
 
 def payment_rows(page: str) -> list[tuple[str, str]]:
-    return [(tender, amount) for tender, amount in re.findall(
-        r'<tr id="payment-\d+"><td>[^<]*</td><td>([^<]*)</td><td>[^<]*</td>'
-        r'<td class="num">([^<]+)</td></tr>', page)]
+    return [
+        (tender, amount)
+        for tender, amount in re.findall(
+            r'<tr id="payment-\d+"><td>[^<]*</td><td>([^<]*)</td><td>[^<]*</td>'
+            r'<td class="num">([^<]+)</td></tr>',
+            page,
+        )
+    ]
 
 
 def test_the_invoice_page_previews_and_pay_now_pays(pay_app, client, auth, make_user, in_app):
@@ -323,7 +358,8 @@ def test_the_invoice_page_previews_and_pay_now_pays(pay_app, client, auth, make_
 
 
 def test_a_card_payment_the_bank_wants_confirmed_is_completed_from_the_invoice_page(
-        pay_app, client, auth, make_user, in_app):
+    pay_app, client, auth, make_user, in_app
+):
     user = make_user()
     in_app(saved_card, user.id, TEST_CARDS["three_d_secure"])
     invoice = in_app(issued_invoice, user.id)
@@ -332,16 +368,17 @@ def test_a_card_payment_the_bank_wants_confirmed_is_completed_from_the_invoice_p
     for _ in range(2):  # pressed twice (the back button): still waiting for the bank
         client.submit(f"/invoices/{invoice}/pay")
         page = text(client.get(f"/invoices/{invoice}"))
-        assert flashes(page) == ["Your bank asks you to confirm the card payment: press "
-                                 "“Complete payment”."]
-    assert ("Your bank asks you to confirm the payment of $5.00 with Visa •••• 3184."
-            in page)
+        assert flashes(page) == [
+            "Your bank asks you to confirm the card payment: press “Complete payment”."
+        ]
+    assert "Your bank asks you to confirm the payment of $5.00 with Visa •••• 3184." in page
     assert f'action="/invoices/{invoice}/complete-payment"' in page and "Pay now" not in page
 
     answer = client.submit(f"/invoices/{invoice}/complete-payment")
     assert answer.status_code == 303 and "/sandbox/authenticate/" in answer.headers["Location"]
-    back = requests.post(answer.headers["Location"], data={"result": "complete"},
-                         allow_redirects=False, timeout=10)
+    back = requests.post(
+        answer.headers["Location"], data={"result": "complete"}, allow_redirects=False, timeout=10
+    )
     assert urlsplit(back.headers["Location"]).path == f"/invoices/{invoice}/confirmed"
     assert client.get(local(back.headers["Location"])).status_code == 303
     page = text(client.get(f"/invoices/{invoice}"))
@@ -350,8 +387,7 @@ def test_a_card_payment_the_bank_wants_confirmed_is_completed_from_the_invoice_p
     assert "Complete payment" not in page
 
 
-def test_an_invoice_nothing_can_pay_says_how_to_pay_it(pay_app, client, auth, make_user,
-                                                       in_app):
+def test_an_invoice_nothing_can_pay_says_how_to_pay_it(pay_app, client, auth, make_user, in_app):
     user = make_user()
     in_app(saved_card, user.id, TEST_CARDS["charge_declined"])
     invoice = in_app(issued_invoice, user.id)
@@ -360,8 +396,10 @@ def test_an_invoice_nothing_can_pay_says_how_to_pay_it(pay_app, client, auth, ma
     assert preview_rows(page) == [("Card Visa •••• 0341", "$5.00")]
     client.submit(f"/invoices/{invoice}/pay")
     page = text(client.get(f"/invoices/{invoice}"))
-    assert flashes(page) == ["No payment method could pay the rest of this invoice. Add money "
-                             "to your balance, redeem a voucher or add a card."]
+    assert flashes(page) == [
+        "No payment method could pay the rest of this invoice. Add money "
+        "to your balance, redeem a voucher or add a card."
+    ]
     assert payment_rows(page) == []
 
 
@@ -378,8 +416,9 @@ def test_another_users_invoice_cannot_be_paid(pay_app, client, auth, make_user, 
 
 
 # -- the CSP -------------------------------------------------------------------------------
-def test_forms_may_lead_to_the_stand_in_when_cards_are_on(pay_app, client, auth, make_user,
-                                                          standin):
+def test_forms_may_lead_to_the_stand_in_when_cards_are_on(
+    pay_app, client, auth, make_user, standin
+):
     auth.login(make_user())
     policy = client.get("/payment-methods/").headers["Content-Security-Policy"]
     directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))

@@ -1,4 +1,5 @@
 """The Usage page: totals, breakdowns, chart, and the htmx period switch."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -13,15 +14,28 @@ def seed_usage(app, user_id: int) -> None:
     with app.app_context():
         user = db.session.get(User, user_id)
         start = datetime(2026, 10, 1, 10, tzinfo=UTC)
-        dep, _ = deployments.create_deployment(external_id="web-1", user=user, kind="vm",
-                                               cpu_cores=2, memory_gb=4, storage_gb=0,
-                                               name="web", labels={"project": "alpha"},
-                                               started_at=start)
+        dep, _ = deployments.create_deployment(
+            external_id="web-1",
+            user=user,
+            kind="vm",
+            cpu_cores=2,
+            memory_gb=4,
+            storage_gb=0,
+            name="web",
+            labels={"project": "alpha"},
+            started_at=start,
+        )
         deployments.delete_deployment(dep, ended_at=start + timedelta(hours=10))
         now = metering.last_complete_hour()
-        deployments.create_deployment(external_id="db-1", user=user, kind="k8s", cpu_cores=1,
-                                      memory_gb=0, storage_gb=0,
-                                      started_at=now - timedelta(hours=1))
+        deployments.create_deployment(
+            external_id="db-1",
+            user=user,
+            kind="k8s",
+            cpu_cores=1,
+            memory_gb=0,
+            storage_gb=0,
+            started_at=now - timedelta(hours=1),
+        )
         db.session.commit()
         metering.meter_all(now)
 

@@ -1,4 +1,5 @@
 """The Wallet page and the admin's credit grant, through the browser-facing views."""
+
 from __future__ import annotations
 
 import re
@@ -9,11 +10,18 @@ from portal.extensions import db
 from portal.models import CreditLot, LedgerTransaction
 
 
-def grant(client, user_id: int, amount: str, reason: str = "Goodwill", request_id: str = "r1",
-          expires_on: str = ""):
-    return client.submit(f"/admin/users/{user_id}/credits",
-                         {"amount": amount, "reason": reason, "request_id": request_id,
-                          "expires_on": expires_on})
+def grant(
+    client,
+    user_id: int,
+    amount: str,
+    reason: str = "Goodwill",
+    request_id: str = "r1",
+    expires_on: str = "",
+):
+    return client.submit(
+        f"/admin/users/{user_id}/credits",
+        {"amount": amount, "reason": reason, "request_id": request_id, "expires_on": expires_on},
+    )
 
 
 def test_wallet_shows_balances_and_history(app, client, auth, make_user):
@@ -27,7 +35,7 @@ def test_wallet_shows_balances_and_history(app, client, auth, make_user):
     assert 'id="balance-credit"' in page
     assert "$50.00" in page
     assert "Service credit for downtime" in page
-    assert '<html' in page
+    assert "<html" in page
 
 
 def test_wallet_panel_fragment_for_htmx_and_whole_page_for_boosted(app, client, auth, make_user):
@@ -37,8 +45,10 @@ def test_wallet_panel_fragment_for_htmx_and_whole_page_for_boosted(app, client, 
     assert body.lstrip().startswith('<div id="wallet-panel"')
     assert "<html" not in body
     assert "HX-Request" in fragment.headers["Vary"]
-    boosted = client.get("/wallet/", headers={"HX-Request": "true", "HX-Boosted": "true",
-                                              "HX-Target": "wallet-panel"})
+    boosted = client.get(
+        "/wallet/",
+        headers={"HX-Request": "true", "HX-Boosted": "true", "HX-Target": "wallet-panel"},
+    )
     assert "<html" in boosted.get_data(as_text=True)
 
 

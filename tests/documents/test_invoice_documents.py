@@ -1,5 +1,6 @@
 """An issued invoice's PDF: rendered once on the invoicing queue, stored with its SHA-256,
 then mailed as an attachment to the invoice's user through a real SMTP server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,12 @@ from .conftest import pdf_text
 @pytest.fixture(scope="module")
 def mail_app(make_app, smtp_server):  # noqa: F811
     """Mail goes to the SMTP sink; jobs run synchronously in their own app context."""
-    return make_app(MAIL_SERVER=smtp_server.host, MAIL_PORT=smtp_server.port, RQ_ASYNC=False,
-                    MAIL_SUPPRESS_SEND=False)
+    return make_app(
+        MAIL_SERVER=smtp_server.host,
+        MAIL_PORT=smtp_server.port,
+        RQ_ASYNC=False,
+        MAIL_SUPPRESS_SEND=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +51,11 @@ def read(app, fn):
 def stored(invoice_id: int):
     invoice = db.session.get(Invoice, invoice_id)
     pdf = db.session.get(InvoicePdf, invoice_id)
-    return (invoice.pdf_status, invoice.pdf_sha256,
-            None if pdf is None else (pdf.sha256, pdf.content, pdf.template_version,
-                                      pdf.rendered_at))
+    return (
+        invoice.pdf_status,
+        invoice.pdf_sha256,
+        None if pdf is None else (pdf.sha256, pdf.content, pdf.template_version, pdf.rendered_at),
+    )
 
 
 def test_render_stores_the_pdf_with_its_sha256_once(ctx, make_user, make_invoice):
@@ -111,17 +118,18 @@ def test_a_draft_has_no_pdf(ctx, make_user, make_invoice):
     assert stored(invoice_id) == ("none", None, None)
 
 
-def test_request_pdf_enqueues_after_commit_with_a_deterministic_id(app, async_app, make_user,
-                                                                   make_invoice, redis_url):
+def test_request_pdf_enqueues_after_commit_with_a_deterministic_id(
+    app, async_app, make_user, make_invoice, redis_url
+):
     invoice_id = make_invoice(make_user().id)
     queue = Queue("invoicing", connection=Redis.from_url(redis_url))
     with async_app.app_context():
         invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.flush()
-        assert queue.job_ids == []          # nothing before commit
+        assert queue.job_ids == []  # nothing before commit
         db.session.rollback()
         db.session.commit()
-        assert queue.job_ids == []          # a rollback drops it
+        assert queue.job_ids == []  # a rollback drops it
 
         invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.commit()
@@ -147,14 +155,23 @@ def test_request_pdf_enqueues_after_commit_with_a_deterministic_id(app, async_ap
     status, sha, (pdf_sha, content, _, _) = read(async_app, lambda: stored(invoice_id))
     assert status == "ready" and sha == hashlib.sha256(content).hexdigest()
     # No SMTP server: the invoice mail waits in the outbox, with the PDF to attach.
-    outbox = read(async_app, lambda: [(m.status, m.attachment_invoice_id)
-                                      for m in db.session.scalars(select(OutboundEmail))])
+    outbox = read(
+        async_app,
+        lambda: [
+            (m.status, m.attachment_invoice_id) for m in db.session.scalars(select(OutboundEmail))
+        ],
+    )
     assert outbox == [("outbox", invoice_id)]
     queue.connection.close()
 
 
-def test_invoice_mail_with_the_pdf_reaches_the_smtp_server(app, mail_app, smtp_sink,  # noqa: F811
-                                                           make_user, make_invoice):
+def test_invoice_mail_with_the_pdf_reaches_the_smtp_server(
+    app,
+    mail_app,
+    smtp_sink,  # noqa: F811
+    make_user,
+    make_invoice,
+):
     user = make_user(name="Alice Liddell")
     invoice_id = make_invoice(user.id)
     with mail_app.app_context():  # what finalization does; the job runs after the commit
@@ -180,13 +197,18 @@ def test_invoice_mail_with_the_pdf_reaches_the_smtp_server(app, mail_app, smtp_s
     sent = attachment.get_content()
     assert sent == content and hashlib.sha256(sent).hexdigest() == sha
     assert number in pdf_text(sent)
-    assert read(mail_app, lambda: [(m.status, m.to_addr) for m in
-                                   db.session.scalars(select(OutboundEmail))]) == [
-        ("sent", user.email)]
+    assert read(
+        mail_app, lambda: [(m.status, m.to_addr) for m in db.session.scalars(select(OutboundEmail))]
+    ) == [("sent", user.email)]
 
 
-def test_running_the_job_again_changes_nothing(app, mail_app, smtp_sink,  # noqa: F811
-                                               make_user, make_invoice):
+def test_running_the_job_again_changes_nothing(
+    app,
+    mail_app,
+    smtp_sink,  # noqa: F811
+    make_user,
+    make_invoice,
+):
     invoice_id = make_invoice(make_user().id)
     with mail_app.app_context():
         first = jobs.invoicing.render_invoice_pdf(invoice_id)
@@ -197,13 +219,20 @@ def test_running_the_job_again_changes_nothing(app, mail_app, smtp_sink,  # noqa
         assert jobs.invoicing.render_invoice_pdf(invoice_id) == first
         db.session.remove()
     assert read(mail_app, lambda: stored(invoice_id)) == before
-    assert read(mail_app, lambda: db.session.scalar(
-        select(func.count()).select_from(OutboundEmail))) == 1
+    assert (
+        read(mail_app, lambda: db.session.scalar(select(func.count()).select_from(OutboundEmail)))
+        == 1
+    )
     assert len(smtp_sink.messages) == 1
 
 
-def test_a_paid_invoice_mail_says_nothing_is_due(app, mail_app, smtp_sink,  # noqa: F811
-                                                 make_user, make_invoice):
+def test_a_paid_invoice_mail_says_nothing_is_due(
+    app,
+    mail_app,
+    smtp_sink,  # noqa: F811
+    make_user,
+    make_invoice,
+):
     invoice_id = make_invoice(make_user().id, status="paid", amount_due="$0.00")
     with mail_app.app_context():
         jobs.invoicing.render_invoice_pdf(invoice_id)
@@ -213,21 +242,33 @@ def test_a_paid_invoice_mail_says_nothing_is_due(app, mail_app, smtp_sink,  # no
     assert "Amount due" not in received.text
 
 
-def test_a_failed_render_is_recorded_and_mails_nothing(app, mail_app, smtp_sink,  # noqa: F811
-                                                       make_user, make_invoice):
+def test_a_failed_render_is_recorded_and_mails_nothing(
+    app,
+    mail_app,
+    smtp_sink,  # noqa: F811
+    make_user,
+    make_invoice,
+):
     invoice_id = make_invoice(make_user().id, template_version=99)
     with mail_app.app_context():
         with pytest.raises(invoice_documents.PdfRenderFailed, match="template version 99"):
             jobs.invoicing.render_invoice_pdf(invoice_id)
         db.session.remove()
     assert read(mail_app, lambda: stored(invoice_id)) == ("failed", None, None)
-    assert read(mail_app, lambda: db.session.scalar(
-        select(func.count()).select_from(OutboundEmail))) == 0
+    assert (
+        read(mail_app, lambda: db.session.scalar(select(func.count()).select_from(OutboundEmail)))
+        == 0
+    )
     assert smtp_sink.messages == []
 
 
-def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(app, mail_app, smtp_sink,  # noqa: F811
-                                                          make_user, make_invoice):
+def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(
+    app,
+    mail_app,
+    smtp_sink,  # noqa: F811
+    make_user,
+    make_invoice,
+):
     """A mail queued before its PDF (never so through the job) is not sent without it: its
     send job fails and the message stays pending; once the PDF exists a retry sends it."""
     import jobs.notify
@@ -237,9 +278,15 @@ def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(app, mail_app, smtp_s
     invoice_id = make_invoice(user.id)
     with mail_app.app_context():
         invoice = db.session.get(Invoice, invoice_id)
-        message_id = mail.queue_email(to=user.email, subject="Your invoice",
-                                      template="invoice_created", attachment_invoice_id=invoice_id,
-                                      inv=invoice.snapshot, link="x", nothing_due=False).id
+        message_id = mail.queue_email(
+            to=user.email,
+            subject="Your invoice",
+            template="invoice_created",
+            attachment_invoice_id=invoice_id,
+            inv=invoice.snapshot,
+            link="x",
+            nothing_due=False,
+        ).id
         db.session.commit()  # the send job runs now and fails: there is no PDF
         db.session.remove()
     assert read(mail_app, lambda: db.session.get(OutboundEmail, message_id).status) == "pending"
@@ -253,7 +300,8 @@ def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(app, mail_app, smtp_s
     [received] = smtp_sink.wait_for(1)
     [attachment] = list(received.message.iter_attachments())
     assert attachment.get_content() == read(
-        mail_app, lambda: db.session.get(InvoicePdf, invoice_id).content)
+        mail_app, lambda: db.session.get(InvoicePdf, invoice_id).content
+    )
     assert read(mail_app, lambda: db.session.get(OutboundEmail, message_id).status) == "sent"
 
 

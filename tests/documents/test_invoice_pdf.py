@@ -1,5 +1,6 @@
 """The invoice PDF renderer: what the document shows, and that it reads nothing but our
 static files."""
+
 from __future__ import annotations
 
 import io
@@ -25,6 +26,7 @@ def fetched(monkeypatch):
     def recording(url, headers=None):
         urls.append(url)
         return fetch(url, headers)
+
     monkeypatch.setattr(FETCHER, "fetch", recording)
     return urls
 
@@ -42,9 +44,11 @@ def test_pdf_shows_the_snapshot_figures(snapshot, fetched):
     # Every line as one row: description (kind tag), quantity, unit, unit price, amount.
     for line in snap["lines"]:
         tag = "" if line["kind"] == "usage" else rf"(\s+{line['kind'].upper()})?"  # may wrap
-        row = (rf"^\s*{re.escape(line['description'])}{tag}\s+{re.escape(line['quantity'])}\s+"
-               rf"{re.escape(line['unit'])}\s+{re.escape(line['unit_price'])}\s+"
-               rf"{re.escape(line['amount'])}$")
+        row = (
+            rf"^\s*{re.escape(line['description'])}{tag}\s+{re.escape(line['quantity'])}\s+"
+            rf"{re.escape(line['unit'])}\s+{re.escape(line['unit_price'])}\s+"
+            rf"{re.escape(line['amount'])}$"
+        )
         assert len(re.findall(row, text, re.M)) == 1, (row, text)
     assert "ADJUSTMENT" in text and "FEE" in text
     assert text_line(text, "Subtotal").split()[-1] == "$36.50"
@@ -53,9 +57,17 @@ def test_pdf_shows_the_snapshot_figures(snapshot, fetched):
     assert text_line(text, "Amount paid").split()[-1] == "$9.99"
     assert text_line(text, "Amount due").split()[-1] == "$21.51"
     # Seller, customer, number, dates, period, status, payments.
-    for shown in ("Example Cloud Ltd.", "1 Harbour Street", "Dublin D02 XY45",
-                  "billing@example.cloud", "Tax ID IE1234567X", "Alice Liddell",
-                  "alice@example.com", "Account 12", "SENT"):
+    for shown in (
+        "Example Cloud Ltd.",
+        "1 Harbour Street",
+        "Dublin D02 XY45",
+        "billing@example.cloud",
+        "Tax ID IE1234567X",
+        "Alice Liddell",
+        "alice@example.com",
+        "Account 12",
+        "SENT",
+    ):
         assert shown in text, shown
     assert text_line(text, "Invoice number").split()[-1] == "INV-2026-000001"
     assert text_line(text, "Issue date").split()[-1] == "2026-11-01"
@@ -80,9 +92,17 @@ def test_paid_invoice_and_long_invoice(snapshot):
     assert text_line(text, "Due date").split()[-2:] == ["On", "receipt"]
     assert "Credits applied" in text
 
-    lines = [{"kind": "usage", "description": f"node-{i} · CPU", "quantity": "1",
-              "unit": "core-hours", "unit_price": "$0.05", "amount": f"$0.{i:02d}"}
-             for i in range(1, 90)]
+    lines = [
+        {
+            "kind": "usage",
+            "description": f"node-{i} · CPU",
+            "quantity": "1",
+            "unit": "core-hours",
+            "unit_price": "$0.05",
+            "amount": f"$0.{i:02d}",
+        }
+        for i in range(1, 90)
+    ]
     content = invoice_pdf.render_pdf_bytes(snapshot(lines=lines))
     pages = len(PdfReader(io.BytesIO(content)).pages)
     assert pages >= 3
@@ -101,8 +121,9 @@ def test_long_words_wrap_inside_the_page(snapshot):
     snap["payments"][1]["reference"] = "R" * 80
     content = invoice_pdf.render_pdf_bytes(snap)
     assert "x" * 20 in pdf_text(content)
-    boxes = subprocess.run(["pdftotext", "-bbox", "-", "-"], input=content, capture_output=True,
-                           check=True).stdout.decode()
+    boxes = subprocess.run(
+        ["pdftotext", "-bbox", "-", "-"], input=content, capture_output=True, check=True
+    ).stdout.decode()
     right_edges = [float(x) for x in re.findall(r'xMax="([0-9.]+)"', boxes)]
     assert right_edges and max(right_edges) <= 595.28 - 45.35 + 0.5  # A4 less the 16 mm margin
 
@@ -110,8 +131,9 @@ def test_long_words_wrap_inside_the_page(snapshot):
 def test_snapshot_markup_is_text_and_fetches_nothing(snapshot, fetched):
     hostile = snapshot()
     hostile["seller"]["name"] = '<img src="http://127.0.0.1:9/x">'
-    hostile["customer"]["name"] = ("</style><style>body { background: "
-                                   "url(file:///etc/passwd) }</style>")
+    hostile["customer"]["name"] = (
+        "</style><style>body { background: url(file:///etc/passwd) }</style>"
+    )
     hostile["lines"][0]["description"] = '<link rel="stylesheet" href="file:///etc/passwd">'
     html = invoice_pdf.render_html(hostile)
     assert '<img src="http' not in html and "&lt;img src=&#34;http://127.0.0.1:9/x&#34;&gt;" in html
@@ -125,39 +147,48 @@ def test_snapshot_markup_is_text_and_fetches_nothing(snapshot, fetched):
     assert fetched == [BASE_URL + "invoice_v1.css"]
 
 
-@pytest.mark.parametrize("markup", [
-    '<img src="http://127.0.0.1:9/x">',
-    '<link rel="stylesheet" href="file:///etc/passwd">',
-    "<style>body { background: url(file:///etc/passwd) }</style>",
-    "<style>@import url(https://example.com/x.css);</style>",
-    '<img src="../../config.py">',
-    '<img src="data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E">',
-])
+@pytest.mark.parametrize(
+    "markup",
+    [
+        '<img src="http://127.0.0.1:9/x">',
+        '<link rel="stylesheet" href="file:///etc/passwd">',
+        "<style>body { background: url(file:///etc/passwd) }</style>",
+        "<style>@import url(https://example.com/x.css);</style>",
+        '<img src="../../config.py">',
+        '<img src="data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E">',
+    ],
+)
 def test_a_template_that_reaches_outside_fails_the_render(monkeypatch, snapshot, markup):
     """Were a template ever to ask for an outside URL, the render stops instead of fetching
     it or quietly leaving it out."""
     render_html = invoice_pdf.render_html
-    monkeypatch.setattr(invoice_pdf, "render_html",
-                        lambda snap: render_html(snap).replace("<body>", "<body>" + markup))
+    monkeypatch.setattr(
+        invoice_pdf,
+        "render_html",
+        lambda snap: render_html(snap).replace("<body>", "<body>" + markup),
+    )
     with pytest.raises(RefusedURL):
         invoice_pdf.render_pdf_bytes(snapshot())
 
 
-@pytest.mark.parametrize("url", [
-    "file:///etc/passwd",
-    "FILE:///etc/passwd",
-    "file://localhost/etc/hostname",
-    "file://other-host/srv/portal/static/pdf/invoice_v1.css",
-    "http://127.0.0.1:9/x",
-    "https://example.com/invoice_v1.css",
-    "ftp://example.com/x",
-    "data:text/css,body{}",
-    "data:image/png;base64,iVBORw0KGgo=",
-    BASE_URL + "../../config.py",
-    BASE_URL + "..%2F..%2Fconfig.py",
-    BASE_URL + "missing.css",
-    BASE_URL,  # a directory
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "FILE:///etc/passwd",
+        "file://localhost/etc/hostname",
+        "file://other-host/srv/portal/static/pdf/invoice_v1.css",
+        "http://127.0.0.1:9/x",
+        "https://example.com/invoice_v1.css",
+        "ftp://example.com/x",
+        "data:text/css,body{}",
+        "data:image/png;base64,iVBORw0KGgo=",
+        BASE_URL + "../../config.py",
+        BASE_URL + "..%2F..%2Fconfig.py",
+        BASE_URL + "missing.css",
+        BASE_URL,  # a directory
+    ],
+)
 def test_fetcher_refuses_everything_but_static_files(url):
     with pytest.raises(RefusedURL):
         FETCHER.fetch(url)

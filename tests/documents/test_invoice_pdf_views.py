@@ -1,5 +1,6 @@
 """Downloading an invoice's PDF (page and API) and the widget that waits for it: owners and
 admins only; another user's invoice is not found."""
+
 from __future__ import annotations
 
 import re
@@ -84,8 +85,9 @@ def widget(html: str, invoice_id: int) -> str:
     return match.group(0)
 
 
-def test_widget_polls_while_pending_and_offers_the_download_when_ready(app, client, auth,
-                                                                       make_user, make_invoice):
+def test_widget_polls_while_pending_and_offers_the_download_when_ready(
+    app, client, auth, make_user, make_invoice
+):
     alice = make_user()
     invoice_id = make_invoice(alice.id, pdf_status="pending")
     auth.login(alice)
@@ -98,7 +100,7 @@ def test_widget_polls_while_pending_and_offers_the_download_when_ready(app, clie
     assert f'hx-get="{url}"' in root and 'hx-trigger="load delay:1s"' in root
     assert 'hx-target="this"' in root and 'hx-swap="outerHTML"' in root
     assert "Preparing the PDF" in html
-    assert "/pdf\"" not in html and "<html" not in html  # the fragment alone, no link yet
+    assert '/pdf"' not in html and "<html" not in html  # the fragment alone, no link yet
     assert "style=" not in html and "<script" not in html
     assert "HX-Request" in response.headers["Vary"]
 

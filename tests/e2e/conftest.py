@@ -5,6 +5,7 @@ Every page opened through ``open_page`` reports console errors, uncaught excepti
 Content-Security-Policy violations and 4xx/5xx responses into ``BrowserProblems``; a test
 ends with ``problems.assert_none()``.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,16 @@ from werkzeug.serving import make_server
 from tests.conftest import need
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # Runs in every document before the page's own scripts (injected by the browser, so the
 # CSP does not apply to it) and reports each violation to Python.
 CSP_LISTENER = """
@@ -32,8 +40,10 @@ document.addEventListener("securitypolicyviolation", (e) => {
 
 
 def _require_chromium() -> None:
-    need(os.access(CHROMIUM, os.X_OK),
-         f"{CHROMIUM} is missing: apt-get install chromium (browsers are never downloaded)")
+    need(
+        os.access(CHROMIUM, os.X_OK),
+        f"{CHROMIUM} is missing: apt-get install chromium (browsers are never downloaded)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +76,9 @@ def chromium():
 
     # Module scope: Playwright's sync API keeps an event loop on this thread while it runs.
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                             headless=True)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         yield browser
         browser.close()
 
@@ -77,13 +88,23 @@ class BrowserProblems:
     items: list[str] = field(default_factory=list)
 
     def watch(self, page, label: str) -> None:
-        page.on("console", lambda msg: self.items.append(f"{label} console {msg.type}: "
-                                                         f"{msg.text} ({msg.location})")
-                if msg.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda msg: (
+                self.items.append(f"{label} console {msg.type}: {msg.text} ({msg.location})")
+                if msg.type in ("error", "warning")
+                else None
+            ),
+        )
         page.on("pageerror", lambda exc: self.items.append(f"{label} uncaught: {exc}"))
-        page.on("response", lambda r: self.items.append(f"{label} HTTP {r.status}: "
-                                                        f"{r.request.method} {r.url}")
-                if r.status >= 400 else None)
+        page.on(
+            "response",
+            lambda r: (
+                self.items.append(f"{label} HTTP {r.status}: {r.request.method} {r.url}")
+                if r.status >= 400
+                else None
+            ),
+        )
 
     def assert_none(self) -> None:
         assert not self.items, "the browser reported problems:\n" + "\n".join(self.items)
@@ -105,12 +126,15 @@ def open_page(app, chromium, live_server, browser_problems):
         context = chromium.new_context(base_url=live_server.url, **options)
         contexts.append(context)
         context.set_default_timeout(10_000)
-        context.expose_function("__reportCspViolation",
-                                lambda text: browser_problems.items.append(f"{label} CSP: {text}"))
+        context.expose_function(
+            "__reportCspViolation",
+            lambda text: browser_problems.items.append(f"{label} CSP: {text}"),
+        )
         context.add_init_script(CSP_LISTENER)
         page = context.new_page()
         browser_problems.watch(page, label)
         return page
+
     yield open_
     for context in contexts:
         context.close()
@@ -131,10 +155,12 @@ def live_standin(live_server, tmp_path_factory):
 
     secret = "whsec_" + uuid.uuid4().hex
     log_path = tmp_path_factory.mktemp("live-standin") / "standin.log"
-    with running_standin(log_path, "--webhook-url", live_server.url + WEBHOOK_PATH,
-                         "--webhook-secret", secret) as server:
-        yield SimpleNamespace(base_url=server.base_url, webhook_secret=secret,
-                              log_path=log_path, log=server.log)
+    with running_standin(
+        log_path, "--webhook-url", live_server.url + WEBHOOK_PATH, "--webhook-secret", secret
+    ) as server:
+        yield SimpleNamespace(
+            base_url=server.base_url, webhook_secret=secret, log_path=log_path, log=server.log
+        )
 
 
 @pytest.fixture
@@ -157,14 +183,20 @@ def live_payments(app, live_server, live_standin):
     config = live_server.app.config
     saved = {key: config.get(key) for key in PAYMENT_KEYS}
     secret_key = "sk_test_" + uuid.uuid4().hex
-    config.update(STRIPE_SECRET_KEY=secret_key,
-                  STRIPE_WEBHOOK_SECRET=live_standin.webhook_secret,
-                  STRIPE_API_BASE=live_standin.base_url)
+    config.update(
+        STRIPE_SECRET_KEY=secret_key,
+        STRIPE_WEBHOOK_SECRET=live_standin.webhook_secret,
+        STRIPE_API_BASE=live_standin.base_url,
+    )
     live_server.app.extensions.pop("portal.gateway", None)
 
     def events() -> list[dict]:
-        answer = requests.get(live_standin.base_url + "/v1/events", params={"limit": 100},
-                              auth=(secret_key, ""), timeout=10)
+        answer = requests.get(
+            live_standin.base_url + "/v1/events",
+            params={"limit": 100},
+            auth=(secret_key, ""),
+            timeout=10,
+        )
         answer.raise_for_status()
         return [e for e in answer.json()["data"] if e["type"] in DEFAULT_EVENTS]
 
@@ -183,11 +215,16 @@ def live_payments(app, live_server, live_standin):
                     "the stand-in has not delivered "
                     + ", ".join(f"{e['type']} {e['id']}" for e in waiting)
                     + f" within {timeout}s; its deliveries:\n"
-                    + "\n".join(line for line in log.splitlines() if "webhook" in line)[-4000:])
+                    + "\n".join(line for line in log.splitlines() if "webhook" in line)[-4000:]
+                )
             time.sleep(0.2)
 
-    yield SimpleNamespace(app=live_server.app, url=live_server.url, standin=live_standin,
-                          wait_for_webhooks=wait_for_webhooks)
+    yield SimpleNamespace(
+        app=live_server.app,
+        url=live_server.url,
+        standin=live_standin,
+        wait_for_webhooks=wait_for_webhooks,
+    )
     try:
         wait_for_webhooks()
     finally:

@@ -1,5 +1,6 @@
 """A customer lists their invoices, filters them by status (only the table is swapped, the
 page is not reloaded), opens one and downloads its PDF."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,9 @@ def stored(app, invoice_id: int) -> tuple[str, str]:
             db.session.remove()
 
 
-def test_a_customer_filters_opens_and_downloads_an_invoice(app, live_server, open_page,
-                                                           make_user, browser_problems):
+def test_a_customer_filters_opens_and_downloads_an_invoice(
+    app, live_server, open_page, make_user, browser_problems
+):
     user = make_user(name="Cleo Customer")
     sep, oct_ = issue_invoices(app, user.id)
     pay_offline(app, sep, reference="BANK-0042")
@@ -58,8 +60,10 @@ def test_a_customer_filters_opens_and_downloads_an_invoice(app, live_server, ope
     # Filtering swaps the table alone: the document stays, the address follows.
     page.evaluate("window.__sameDocument = 'yes'")
     swaps = []
-    page.on("request", lambda r: swaps.append(r.url)
-            if r.headers.get("hx-target") == "invoice-table" else None)
+    page.on(
+        "request",
+        lambda r: swaps.append(r.url) if r.headers.get("hx-target") == "invoice-table" else None,
+    )
     page.get_by_label("Status").select_option("paid")
     expect(page).to_have_url(re.compile(r"/invoices/\?status=paid$"))
     expect(table_rows).to_have_count(1)
@@ -99,8 +103,9 @@ def test_a_customer_filters_opens_and_downloads_an_invoice(app, live_server, ope
     browser_problems.assert_none()
 
 
-def test_the_filter_works_without_javascript(app, live_server, open_page, make_user,
-                                             browser_problems):
+def test_the_filter_works_without_javascript(
+    app, live_server, open_page, make_user, browser_problems
+):
     user = make_user()
     sep, oct_ = issue_invoices(app, user.id)
     pay_offline(app, sep)

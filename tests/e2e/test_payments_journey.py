@@ -9,6 +9,7 @@ it, and the events it signs reach the portal's webhook endpoint over HTTP.
 3. A top-up on the checkout page with a 3-D Secure card lands in the prepaid balance once
    and pays the open invoice.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ from rq import Queue, SimpleWorker
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import (CheckoutSession, Invoice, InvoicePayment, OutboundEmail,
-                           PaymentAttempt, PaymentMethod, WebhookEvent)
+from portal.models import (
+    Invoice,
+    InvoicePayment,
+    OutboundEmail,
+    PaymentAttempt,
+    PaymentMethod,
+    WebhookEvent,
+)
 from portal.money import Money
 from portal.services import vouchers
 from tests.conftest import PASSWORD
@@ -62,16 +69,22 @@ def read(app, query: Callable):
 
 def unprocessed_events() -> list[tuple[str, str | None]]:
     """Inbox rows not processed, with their errors (in an app context)."""
-    return [(row.type, row.error) for row in db.session.scalars(
-        select(WebhookEvent).where(WebhookEvent.processed_at.is_(None)))]
+    return [
+        (row.type, row.error)
+        for row in db.session.scalars(
+            select(WebhookEvent).where(WebhookEvent.processed_at.is_(None))
+        )
+    ]
 
 
 def add_voucher(app, dollars: str) -> str:
     def make():
-        [voucher] = vouchers.create_vouchers(value=Money.from_decimal(dollars, "USD"),
-                                             note="browser journey")
+        [voucher] = vouchers.create_vouchers(
+            value=Money.from_decimal(dollars, "USD"), note="browser journey"
+        )
         db.session.commit()
         return voucher.code
+
     return read(app, make)
 
 
@@ -152,7 +165,8 @@ def queued_jobs(live_payments, redis_url):
 
 # -- 1. card, voucher, Pay now ----------------------------------------------------------------
 def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
-        app, live_payments, queued_jobs, open_page, make_user, browser_problems):
+    app, live_payments, queued_jobs, open_page, make_user, browser_problems
+):
     """October's invoice ($37.20) is open. The customer saves a card and redeems a $10.00
     voucher; each asks for a settlement, but those jobs wait in the queue (no worker has run
     yet), so the invoice is still open and the customer presses "Pay now": the voucher pays
@@ -224,19 +238,40 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
 
     # Everything the stand-in sent about the card and the charge has reached the inbox ...
     delivered = live.wait_for_webhooks()
-    assert {"setup_intent.succeeded", "checkout.session.completed",
-            "payment_intent.succeeded"} <= {e["type"] for e in delivered}
-    assert read(app, lambda: db.session.scalar(select(func.count()).select_from(WebhookEvent)
-                                               .where(WebhookEvent.processed_at.is_(None)))) \
-        == len(delivered)
+    assert {"setup_intent.succeeded", "checkout.session.completed", "payment_intent.succeeded"} <= {
+        e["type"] for e in delivered
+    }
+    assert read(
+        app,
+        lambda: db.session.scalar(
+            select(func.count())
+            .select_from(WebhookEvent)
+            .where(WebhookEvent.processed_at.is_(None))
+        ),
+    ) == len(delivered)
     # ... and the worker catches up: the queued settlements and the events change nothing.
     assert queued_jobs() == 0
-    assert read(app, lambda: db.session.scalar(select(func.count()).select_from(WebhookEvent)
-                                               .where(WebhookEvent.processed_at.is_(None)))) == 0
-    assert read(app, lambda: [(p.tender, p.amount_minor) for p in db.session.scalars(
-        select(InvoicePayment).order_by(InvoicePayment.id))]) == [("voucher", 1000),
-                                                                  ("card", 2720)]
-    assert read(app, lambda: db.session.scalar(select(func.count()).select_from(PaymentMethod))) == 1
+    assert (
+        read(
+            app,
+            lambda: db.session.scalar(
+                select(func.count())
+                .select_from(WebhookEvent)
+                .where(WebhookEvent.processed_at.is_(None))
+            ),
+        )
+        == 0
+    )
+    assert read(
+        app,
+        lambda: [
+            (p.tender, p.amount_minor)
+            for p in db.session.scalars(select(InvoicePayment).order_by(InvoicePayment.id))
+        ],
+    ) == [("voucher", 1000), ("card", 2720)]
+    assert (
+        read(app, lambda: db.session.scalar(select(func.count()).select_from(PaymentMethod))) == 1
+    )
     page.reload()
     expect(page.locator("#balance-cash .amount")).to_have_text("$0.00")
 
@@ -245,7 +280,8 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
 
 # -- 2. 3-D Secure on an invoice: "Complete payment" ------------------------------------------
 def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
-        app, live_payments, open_page, make_user, browser_problems):
+    app, live_payments, open_page, make_user, browser_problems
+):
     """The card is saved after the bank's check; adding it settles the open invoice, but
     the bank wants the customer for the charge too: an email and a "Complete payment"
     step on the invoice, then the bank's page, then the invoice is paid."""
@@ -266,18 +302,26 @@ def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
     page.get_by_role("link", name=number).click()
     expect(page.locator("#invoice-status")).to_have_text("sent")
     expect(page.locator("#payment-action-needed")).to_have_text(
-        f"Your bank asks you to confirm the payment of {OCT_TOTAL} with Visa •••• 3184.")
+        f"Your bank asks you to confirm the payment of {OCT_TOTAL} with Visa •••• 3184."
+    )
     expect(page.get_by_role("button", name="Pay now")).to_have_count(0)
-    subjects = read(app, lambda: list(db.session.scalars(
-        select(OutboundEmail.subject).where(OutboundEmail.to_addr == user.email,
-                                            OutboundEmail.subject.like("Confirm your payment%")))))
+    subjects = read(
+        app,
+        lambda: list(
+            db.session.scalars(
+                select(OutboundEmail.subject).where(
+                    OutboundEmail.to_addr == user.email,
+                    OutboundEmail.subject.like("Confirm your payment%"),
+                )
+            )
+        ),
+    )
     assert subjects == [f"Confirm your payment for invoice {number}"]
 
     page.get_by_role("button", name="Complete payment").click()
     authenticate_on_sandbox(page, live.standin.base_url, "a payment of 37.20 USD")
     expect(page).to_have_url(f"{live.url}/invoices/{invoice_id}")
-    expect(page.locator(".flash-success")).to_have_text(
-        "Thank you: the card payment went through.")
+    expect(page.locator(".flash-success")).to_have_text("Thank you: the card payment went through.")
     expect(page.locator("#invoice-status")).to_have_text("paid")
     expect(page.locator("#invoice-due .amount")).to_have_text("$0.00")
     payments = page.locator(".invoice-payments tbody tr")
@@ -289,8 +333,11 @@ def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
     # The stand-in's events (the card set up, the charge that needed the customer, its
     # success) are processed as they arrive: they change nothing.
     delivered = live.wait_for_webhooks()
-    assert {"setup_intent.succeeded", "payment_intent.payment_failed",
-            "payment_intent.succeeded"} <= {e["type"] for e in delivered}
+    assert {
+        "setup_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.succeeded",
+    } <= {e["type"] for e in delivered}
     assert read(app, unprocessed_events) == []
     page.reload()
     expect(payments).to_have_count(1)
@@ -302,7 +349,8 @@ def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
 
 # -- 3. a top-up on the checkout page with 3-D Secure -----------------------------------------
 def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_invoice(
-        app, live_payments, open_page, make_user, browser_problems):
+    app, live_payments, open_page, make_user, browser_problems
+):
     """$50.00 on the checkout page with a card whose bank asks for 3-D Secure: back on the
     Wallet, the prepaid balance got it once (the return and the webhooks both report it)
     and the open $37.20 invoice was paid from it."""
@@ -333,8 +381,9 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
 
     # The stand-in's events (the session completed, the payment succeeded) credit nothing more.
     delivered = live.wait_for_webhooks()
-    assert {"checkout.session.completed", "payment_intent.succeeded"} \
-        <= {e["type"] for e in delivered}
+    assert {"checkout.session.completed", "payment_intent.succeeded"} <= {
+        e["type"] for e in delivered
+    }
     assert read(app, unprocessed_events) == []
     page.reload()
     expect(page.locator("#balance-cash .amount")).to_have_text("$12.80")

@@ -1,5 +1,6 @@
 """A customer opens Usage and switches the billing period: the breakdown (#usage-report) is
 swapped in place and shows the other period's totals."""
+
 from __future__ import annotations
 
 import re
@@ -35,16 +36,32 @@ def seed_usage(app, user_id: int) -> str:
             user = db.session.get(User, user_id)
             now = metering.last_complete_hour()
             current, _ = usage.period_containing(now, app.config["BILLING"].invoice_day)
-            previous, _ = usage.period_containing(current - timedelta(days=1),
-                                                  app.config["BILLING"].invoice_day)
+            previous, _ = usage.period_containing(
+                current - timedelta(days=1), app.config["BILLING"].invoice_day
+            )
             start = previous + timedelta(hours=10)
             dep, _ = deployments.create_deployment(
-                external_id="web-1", user=user, kind="vm", cpu_cores=2, memory_gb=4,
-                storage_gb=0, name="web", labels={"project": "alpha"}, started_at=start)
+                external_id="web-1",
+                user=user,
+                kind="vm",
+                cpu_cores=2,
+                memory_gb=4,
+                storage_gb=0,
+                name="web",
+                labels={"project": "alpha"},
+                started_at=start,
+            )
             deployments.delete_deployment(dep, ended_at=start + timedelta(hours=10))
-            deployments.create_deployment(external_id="db-1", user=user, kind="k8s",
-                                          cpu_cores=1, memory_gb=0, storage_gb=0, name="db",
-                                          started_at=now - timedelta(hours=1))
+            deployments.create_deployment(
+                external_id="db-1",
+                user=user,
+                kind="k8s",
+                cpu_cores=1,
+                memory_gb=0,
+                storage_gb=0,
+                name="db",
+                started_at=now - timedelta(hours=1),
+            )
             db.session.commit()
             metering.meter_all(now)
             return f"{previous:%Y-%m}"
@@ -52,8 +69,9 @@ def seed_usage(app, user_id: int) -> str:
             db.session.remove()
 
 
-def test_switching_the_period_swaps_the_breakdown(app, live_server, open_page, make_user,
-                                                  browser_problems):
+def test_switching_the_period_swaps_the_breakdown(
+    app, live_server, open_page, make_user, browser_problems
+):
     user = make_user(name="Uma User")
     previous = seed_usage(app, user.id)
 
@@ -70,8 +88,10 @@ def test_switching_the_period_swaps_the_breakdown(app, live_server, open_page, m
 
     page.evaluate("window.__sameDocument = 'yes'")
     swaps = []
-    page.on("request", lambda r: swaps.append(r.url)
-            if r.headers.get("hx-target") == "usage-report" else None)
+    page.on(
+        "request",
+        lambda r: swaps.append(r.url) if r.headers.get("hx-target") == "usage-report" else None,
+    )
     page.get_by_label("Billing period").select_option(previous)
 
     expect(total).to_have_text("$1.40")

@@ -1,6 +1,7 @@
 """A visitor registers (and sets a password from the mailed link) and watches the Wallet
 page; an admin grants a credit; the open page shows it without a reload. And the same forms
 work with JavaScript turned off."""
+
 from __future__ import annotations
 
 import re
@@ -40,8 +41,7 @@ def grant_credit(page: Page, email: str, amount: str, reason: str) -> None:
     page.get_by_label("Amount").fill(amount)
     page.get_by_label("Reason").fill(reason)
     page.get_by_role("button", name="Grant credit").click()
-    expect(page.locator(".flash-success")).to_have_text(
-        f"Granted ${amount} of credit to {email}.")
+    expect(page.locator(".flash-success")).to_have_text(f"Granted ${amount} of credit to {email}.")
     expect(page).to_have_url(re.compile(r"/admin/users/\d+$"))
     expect(page.locator("#admin-credit-balance")).to_have_text(f"${amount}")
 
@@ -49,8 +49,9 @@ def grant_credit(page: Page, email: str, amount: str, reason: str) -> None:
 def mailed_link(app, email: str) -> str:
     """The set-password link mailed to ``email`` (the outbox: no SMTP server in tests)."""
     with app.app_context(), db.engine.connect() as conn:
-        body = conn.execute(select(OutboundEmail.body_text).where(
-            OutboundEmail.to_addr == email)).scalar_one()
+        body = conn.execute(
+            select(OutboundEmail.body_text).where(OutboundEmail.to_addr == email)
+        ).scalar_one()
     return re.search(r"https?://\S+/auth/reset/\S+", body).group(0)
 
 
@@ -58,8 +59,9 @@ def history_row(page: Page, text: str):
     return page.locator("#wallet-panel table.history tbody tr").filter(has_text=text)
 
 
-def test_open_wallet_page_shows_a_new_credit_without_reload(app, live_server, open_page,
-                                                            make_user, browser_problems):
+def test_open_wallet_page_shows_a_new_credit_without_reload(
+    app, live_server, open_page, make_user, browser_problems
+):
     visitor = open_page("visitor")
     visitor.goto("/")
     visitor.get_by_role("link", name="Create an account").click()
@@ -69,7 +71,8 @@ def test_open_wallet_page_shows_a_new_credit_without_reload(app, live_server, op
     visitor.get_by_role("button", name="Create account").click()
     expect(visitor).to_have_url(f"{live_server.url}/auth/login")
     expect(visitor.locator(".flash-info")).to_contain_text(
-        "We have sent a message to vera@example.com")
+        "We have sent a message to vera@example.com"
+    )
 
     # The link in the mail sets the password and logs in.
     link = mailed_link(live_server.app, "vera@example.com")
@@ -88,8 +91,14 @@ def test_open_wallet_page_shows_a_new_credit_without_reload(app, live_server, op
     # Marks this document: a reload or a full navigation would lose it.
     visitor.evaluate("window.__sameDocument = 'yes'")
     polls = []
-    visitor.on("request", lambda r: polls.append(r.url) if r.url.endswith("/wallet/")
-               and r.headers.get("hx-target") == "wallet-panel" else None)
+    visitor.on(
+        "request",
+        lambda r: (
+            polls.append(r.url)
+            if r.url.endswith("/wallet/") and r.headers.get("hx-target") == "wallet-panel"
+            else None
+        ),
+    )
 
     admin = make_user(admin=True, name="Ada Admin")
     admin_page = open_page("admin")
@@ -112,8 +121,9 @@ def test_open_wallet_page_shows_a_new_credit_without_reload(app, live_server, op
     browser_problems.assert_none()
 
 
-def test_login_and_grant_work_without_javascript(app, live_server, open_page, make_user,
-                                                 browser_problems):
+def test_login_and_grant_work_without_javascript(
+    app, live_server, open_page, make_user, browser_problems
+):
     user = make_user(name="Nora NoScript")
     admin = make_user(admin=True, name="Ada Admin")
 

@@ -1,4 +1,5 @@
 """The Stripe stand-in as a real process on 127.0.0.1, and a gateway talking to it."""
+
 from __future__ import annotations
 
 import http.server
@@ -24,8 +25,12 @@ from tests.conftest import need
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"standin listening on (http://127\.0\.0\.1:(\d+))")
 SECRET_KEY = "sk_test_" + "0" * 24
-TEST_CARDS = {"ok": "4242424242424242", "charge_declined": "4000000000000341",
-              "three_d_secure": "4000002760003184", "disputed": "4000000000000259"}
+TEST_CARDS = {
+    "ok": "4242424242424242",
+    "charge_declined": "4000000000000341",
+    "three_d_secure": "4000002760003184",
+    "disputed": "4000000000000259",
+}
 
 
 @dataclass
@@ -46,9 +51,13 @@ class Standin:
 def running_standin(log_path: Path, *args: str) -> Iterator[Standin]:
     """``python -m standin --port 0 *args`` as its own process, until the block ends."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "standin", "--port", "0", *args],
-                                   cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "standin", "--port", "0", *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     match = None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and process.poll() is None:
@@ -59,8 +68,10 @@ def running_standin(log_path: Path, *args: str) -> Iterator[Standin]:
     if not match:
         process.kill()
         process.wait()
-    need(match is not None, "the Stripe stand-in did not start: "
-         + log_path.read_text(errors="replace")[-2000:])
+    need(
+        match is not None,
+        "the Stripe stand-in did not start: " + log_path.read_text(errors="replace")[-2000:],
+    )
     try:
         yield Standin(match.group(1), int(match.group(2)), log_path, process)
     finally:
@@ -80,8 +91,12 @@ def standin(tmp_path_factory):
 
 @pytest.fixture
 def gateway(standin) -> StripeGateway:
-    return StripeGateway(secret_key=SECRET_KEY, webhook_secret="whsec_gateway_tests",
-                         api_base=standin.base_url, timeout_seconds=10)
+    return StripeGateway(
+        secret_key=SECRET_KEY,
+        webhook_secret="whsec_gateway_tests",
+        api_base=standin.base_url,
+        timeout_seconds=10,
+    )
 
 
 @pytest.fixture
@@ -90,23 +105,34 @@ def customer(gateway) -> str:
     return gateway.ensure_customer(int(tag[:6], 16), f"{tag}@example.com", "Test Customer")
 
 
-def save_card(gateway: StripeGateway, customer: str, number: str, *,
-              authenticate: bool = True) -> str:
+def save_card(
+    gateway: StripeGateway, customer: str, number: str, *, authenticate: bool = True
+) -> str:
     """Add a card as a person would: the hosted "add card" page (Checkout, setup mode),
     typing the number there. Returns the new payment method's id."""
-    session = gateway.create_setup_session(customer, success_url="http://127.0.0.1:9/done",
-                                           cancel_url="http://127.0.0.1:9/cancel")
-    answer = requests.post(session.url, data={"number": number, "exp": "12 / 34", "cvc": "123"},
-                           allow_redirects=False, timeout=10)
+    session = gateway.create_setup_session(
+        customer, success_url="http://127.0.0.1:9/done", cancel_url="http://127.0.0.1:9/cancel"
+    )
+    answer = requests.post(
+        session.url,
+        data={"number": number, "exp": "12 / 34", "cvc": "123"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert answer.status_code == 303, answer.text
     if "/sandbox/authenticate/" in answer.headers["Location"]:
         assert authenticate
-        answer = requests.post(answer.headers["Location"], data={"result": "complete"},
-                               allow_redirects=False, timeout=10)
+        answer = requests.post(
+            answer.headers["Location"],
+            data={"result": "complete"},
+            allow_redirects=False,
+            timeout=10,
+        )
         assert answer.status_code == 303
     assert answer.headers["Location"] == "http://127.0.0.1:9/done"
-    setup = gateway.retrieve_setup_intent(gateway.retrieve_checkout_session(session.id)
-                                          .setup_intent)
+    setup = gateway.retrieve_setup_intent(
+        gateway.retrieve_checkout_session(session.id).setup_intent
+    )
     assert setup.status == "succeeded"
     return setup.payment_method
 

@@ -1,4 +1,5 @@
 """Fixtures for the schedule: test jobs in the registry, a clock, scheduler processes."""
+
 from __future__ import annotations
 
 import os
@@ -30,18 +31,28 @@ def _slot_arg(due: datetime) -> tuple:
 @pytest.fixture
 def only_jobs(monkeypatch):
     """Replace the schedule registry with the given registrations for one test."""
+
     def use(*registrations) -> None:
         monkeypatch.setattr(schedule, "_REGISTRY", {})
         for kwargs in registrations:
             schedule.register(**kwargs)
+
     return use
 
 
 @pytest.fixture
 def counting_job(only_jobs):
     """An hourly job that counts its executions in Redis (tests.jobs.fake_jobs.record)."""
-    only_jobs({"name": "count", "cron": "0 * * * *", "func": "tests.jobs.fake_jobs.record",
-               "queue": "default", "id_prefix": "count", "args": _slot_arg})
+    only_jobs(
+        {
+            "name": "count",
+            "cron": "0 * * * *",
+            "func": "tests.jobs.fake_jobs.record",
+            "queue": "default",
+            "id_prefix": "count",
+            "args": _slot_arg,
+        }
+    )
     return "count"
 
 
@@ -65,8 +76,9 @@ def clock() -> Clock:
 @pytest.fixture(scope="module")
 def fast_app(make_app):
     """The test app with a fast heartbeat, a short lease and a short failover threshold."""
-    return make_app(DAEMON_HEARTBEAT_SECONDS=1, DAEMON_LEASE_SECONDS=5,
-                    BUILTIN_BILLING_AFTER_MINUTES=10)
+    return make_app(
+        DAEMON_HEARTBEAT_SECONDS=1, DAEMON_LEASE_SECONDS=5, BUILTIN_BILLING_AFTER_MINUTES=10
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +98,22 @@ def query(app, fn: Callable):
 
 # -- scheduler processes ---------------------------------------------------------------------
 
+
 class Process:
     """A scheduler or worker subprocess whose output is collected line by line."""
 
     def __init__(self, args: list[str], env: dict[str, str], name: str):
         self.name = name
         self.lines: list[str] = []
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -137,8 +157,12 @@ class Process:
         self.wait()
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 60, interval: float = 0.1,
-               message: str = "condition"):
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 60,
+    interval: float = 0.1,
+    message: str = "condition",
+):
     """Poll ``condition`` until it returns something truthy (bounded)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -155,26 +179,54 @@ def processes(database_url, redis_url, tmp_path):
     """Start scheduler/worker processes against the test database and Redis; every process
     still running at the end of the test is killed."""
     started: list[Process] = []
-    base_env = {k: v for k, v in os.environ.items()
-                if k not in ("TESTING", "BILLING_CONFIG", "FLASK_APP", "RQ_ASYNC")}
-    base_env.update(DATABASE_URL=database_url, REDIS_URL=redis_url,
-                    SECRET_KEY=BASE_CONFIG["SECRET_KEY"], INSTANCE_PATH=str(tmp_path / "instance"),
-                    LOG_LEVEL="debug", PYTHONUNBUFFERED="1", DAEMON_HEARTBEAT_SECONDS="0.5",
-                    DAEMON_LEASE_SECONDS="3", BUILTIN_BILLING_AFTER_MINUTES="90")
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TESTING", "BILLING_CONFIG", "FLASK_APP", "RQ_ASYNC")
+    }
+    base_env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        SECRET_KEY=BASE_CONFIG["SECRET_KEY"],
+        INSTANCE_PATH=str(tmp_path / "instance"),
+        LOG_LEVEL="debug",
+        PYTHONUNBUFFERED="1",
+        DAEMON_HEARTBEAT_SECONDS="0.5",
+        DAEMON_LEASE_SECONDS="3",
+        BUILTIN_BILLING_AFTER_MINUTES="90",
+    )
 
     class Starter:
         env = base_env
 
         def daemon(self, *args: str, name: str = "daemon", **env: str) -> Process:
-            return self._start([sys.executable, "-m", "flask", "--app", "wsgi", "billing",
-                                "daemon", *args], name, env)
+            return self._start(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "billing", "daemon", *args],
+                name,
+                env,
+            )
 
         def worker(self, *queues: str, name: str = "worker", **env: str) -> Process:
             return self._start([sys.executable, "-m", "jobs.worker", *queues], name, env)
 
         def serve(self, port: int, name: str = "serve", **env: str) -> Process:
-            return self._start([sys.executable, "-m", "flask", "--app", "wsgi", "billing",
-                                "serve", "--port", str(port), "--web-workers", "1"], name, env)
+            return self._start(
+                [
+                    sys.executable,
+                    "-m",
+                    "flask",
+                    "--app",
+                    "wsgi",
+                    "billing",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--web-workers",
+                    "1",
+                ],
+                name,
+                env,
+            )
 
         def _start(self, args, name, env) -> Process:
             process = Process(args, {**base_env, **env}, name)

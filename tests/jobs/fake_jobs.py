@@ -1,4 +1,5 @@
 """Job functions for the schedule tests: each execution leaves a trace in Redis."""
+
 from __future__ import annotations
 
 from jobs.queues import redis_connection

@@ -1,5 +1,6 @@
 """The Jobs page and the jobs API: admins only; daemon health, last runs, queues, failed
 jobs with Retry, and "Run now" whose run polls itself until it ends."""
+
 from __future__ import annotations
 
 import re
@@ -16,14 +17,25 @@ from tests.jobs.conftest import query
 
 pytestmark = pytest.mark.redis
 
-PAGES = [("get", "/admin/jobs"), ("get", "/admin/jobs/runs/1"),
-         ("post", "/admin/jobs/calculate-usage/run"), ("post", "/admin/jobs/failed/x/retry")]
+PAGES = [
+    ("get", "/admin/jobs"),
+    ("get", "/admin/jobs/runs/1"),
+    ("post", "/admin/jobs/calculate-usage/run"),
+    ("post", "/admin/jobs/failed/x/retry"),
+]
 
 
 def _flaky(only_jobs) -> None:
-    only_jobs({"name": "flaky", "cron": "0 * * * *", "func": "tests.jobs.fake_jobs.flaky",
-               "queue": "default", "id_prefix": "flaky",
-               "args": lambda due: (due.strftime("%Y-%m-%dT%H"),)})
+    only_jobs(
+        {
+            "name": "flaky",
+            "cron": "0 * * * *",
+            "func": "tests.jobs.fake_jobs.flaky",
+            "queue": "default",
+            "id_prefix": "flaky",
+            "args": lambda due: (due.strftime("%Y-%m-%dT%H"),),
+        }
+    )
 
 
 def run_worker(app) -> None:
@@ -52,8 +64,10 @@ def test_the_jobs_pages_are_for_admins_only(app, client, make_user, method, path
     assert call(client, method, path).status_code == 403
 
 
-@pytest.mark.parametrize("method,path", [("get", "/jobs/status"), ("post", "/jobs/calculate-usage"),
-                                         ("get", "/jobs/runs/1")])
+@pytest.mark.parametrize(
+    "method,path",
+    [("get", "/jobs/status"), ("post", "/jobs/calculate-usage"), ("get", "/jobs/runs/1")],
+)
 def test_the_jobs_api_is_for_admin_tokens_only(app, api, make_user, method, path):
     send = api.get if method == "get" else api.post
     assert send(path).status_code == 401
@@ -65,8 +79,7 @@ def test_the_jobs_api_is_for_admin_tokens_only(app, api, make_user, method, path
         assert response.get_json()["error"]["code"] == "forbidden"
 
 
-def test_the_page_shows_the_daemon_its_runs_and_the_queues(app, fast_app, counting_job,
-                                                           make_user):
+def test_the_page_shows_the_daemon_its_runs_and_the_queues(app, fast_app, counting_job, make_user):
     daemon = Scheduler(fast_app, instance="host-7")  # the real clock, as the page has
     with fast_app.app_context():
         daemon.step()
@@ -89,11 +102,13 @@ def test_the_page_shows_the_daemon_its_runs_and_the_queues(app, fast_app, counti
 
 
 def test_run_now_shows_a_progress_fragment_that_polls_until_the_run_ends(
-        app, async_app, counting_job, make_user):
+    app, async_app, counting_job, make_user
+):
     client = logged_in(async_app, make_user(admin=True))
     page = client.get("/admin/jobs")
-    token = re.search(r'name="request_id" type="hidden" value="(\w+)"',
-                      page.get_data(as_text=True)).group(1)
+    token = re.search(
+        r'name="request_id" type="hidden" value="(\w+)"', page.get_data(as_text=True)
+    ).group(1)
     response = client.submit("/admin/jobs/count/run", {"request_id": token})
     assert response.status_code == 303 and response.location.endswith("/admin/jobs#job-count")
     again = client.submit("/admin/jobs/count/run", {"request_id": token})  # a double click
@@ -104,8 +119,10 @@ def test_run_now_shows_a_progress_fragment_that_polls_until_the_run_ends(
     assert "count was already started from this page" in html
     run_id = int(re.search(r'<div id="job-run-(\d+)"', html).group(1))
     assert html.count('id="job-run-') == 1
-    assert (f'hx-get="/admin/jobs/runs/{run_id}" hx-trigger="load delay:1s" hx-target="this" '
-            'hx-swap="outerHTML"') in html
+    assert (
+        f'hx-get="/admin/jobs/runs/{run_id}" hx-trigger="load delay:1s" hx-target="this" '
+        'hx-swap="outerHTML"'
+    ) in html
 
     fragment = client.htmx_get(f"/admin/jobs/runs/{run_id}", target=f"job-run-{run_id}")
     body = fragment.get_data(as_text=True).strip()
@@ -120,7 +137,11 @@ def test_run_now_shows_a_progress_fragment_that_polls_until_the_run_ends(
     assert "hx-trigger" not in body and "succeeded" in body
     assert 'value="100"' in body and "deployments 2" in body and "$1.50" in body
     full = client.get(f"/admin/jobs/runs/{run_id}").get_data(as_text=True)
-    assert "<html" in full and f'id="job-run-{run_id}"' in full and "tests.jobs.fake_jobs.record" in full
+    assert (
+        "<html" in full
+        and f'id="job-run-{run_id}"' in full
+        and "tests.jobs.fake_jobs.record" in full
+    )
 
 
 def test_a_failed_job_is_listed_with_its_error_and_retried(app, async_app, only_jobs, make_user):
@@ -136,14 +157,18 @@ def test_a_failed_job_is_listed_with_its_error_and_retried(app, async_app, only_
     job_id, row = failed.group(1), failed.group(2)
     assert "RuntimeError: the test job failed on purpose" in row
     assert f'action="/admin/jobs/failed/{job_id}/retry"' in row and "Retry" in row
-    assert re.search(r'<tr id="queue-default"><td>default</td><td class="num">0</td>'
-                     r'<td class="num">0</td><td class="num">1</td>', html)
+    assert re.search(
+        r'<tr id="queue-default"><td>default</td><td class="num">0</td>'
+        r'<td class="num">0</td><td class="num">1</td>',
+        html,
+    )
 
     query(async_app, lambda: queues.redis_connection().delete(fake_jobs.FAIL_FLAG))
     response = client.submit(f"/admin/jobs/failed/{job_id}/retry")
     assert response.status_code == 303
     assert f"{job_id} is back on the default queue." in client.get("/admin/jobs").get_data(
-        as_text=True)
+        as_text=True
+    )
     run_worker(async_app)
     html = client.get("/admin/jobs").get_data(as_text=True)
     assert "No failed jobs." in html
@@ -168,8 +193,11 @@ def test_the_jobs_api_status_and_run_now(app, async_app, api, counting_job, make
     status = api.get("/jobs/status", token=token).get_json()
     assert status["leader"] is None and status["builtin_billing"]["active"] is True
     [job] = status["jobs"]
-    assert (job["name"], job["cron"], job["last_run"]["job_id"]) == ("count", "0 * * * *",
-                                                                     body["job_id"])
+    assert (job["name"], job["cron"], job["last_run"]["job_id"]) == (
+        "count",
+        "0 * * * *",
+        body["job_id"],
+    )
     default = next(q for q in status["queues"] if q["name"] == "default")
     assert default["queued"] == 1
 

@@ -1,5 +1,6 @@
 """Many jobs from one commit (an invoice run's PDFs) go to Redis as one batch job, which
 enqueues them as ``enqueue`` would: each under its id, none twice while it waits."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The schedule in one process: schedulers stepped by hand on an injected clock. Jobs run
 synchronously (RQ_ASYNC off) as each cycle commits, so a test job's executions are the
 proof that a slot ran once."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,14 @@ from jobs import queues, schedule
 from jobs.daemon import Scheduler
 from portal.config import BillingSettings, ConfigError, build_config
 from portal.extensions import db
-from portal.models import (DaemonStatus, JobRun, ScheduledJob, SchedulerKind, SchedulerLease,
-                           SchedulerRole)
+from portal.models import (
+    DaemonStatus,
+    JobRun,
+    ScheduledJob,
+    SchedulerKind,
+    SchedulerLease,
+    SchedulerRole,
+)
 from portal.services import scheduler
 from tests.jobs import fake_jobs
 from tests.jobs.conftest import BASE, query
@@ -35,41 +42,58 @@ def executions(app) -> list[str]:
 
 
 def runs(app) -> list[tuple[str, str, str]]:
-    return query(app, lambda: [(r.job_id, r.status, r.scheduled_by) for r in db.session.scalars(
-        select(JobRun).order_by(JobRun.id))])
+    return query(
+        app,
+        lambda: [
+            (r.job_id, r.status, r.scheduled_by)
+            for r in db.session.scalars(select(JobRun).order_by(JobRun.id))
+        ],
+    )
 
 
 def lease(app) -> tuple[str | None, int]:
-    return query(app, lambda: (lambda row: (row.holder, row.epoch))(
-        db.session.get(SchedulerLease, scheduler.LEASE_NAME)))
+    return query(
+        app,
+        lambda: (lambda row: (row.holder, row.epoch))(
+            db.session.get(SchedulerLease, scheduler.LEASE_NAME)
+        ),
+    )
 
 
 def status(app, instance: str) -> DaemonStatus:
     def load():
-        row = db.session.scalar(select(DaemonStatus).where(
-            DaemonStatus.daemon_instance_id == instance))
+        row = db.session.scalar(
+            select(DaemonStatus).where(DaemonStatus.daemon_instance_id == instance)
+        )
         db.session.expunge(row)
         return row
+
     return query(app, load)
 
 
 # -- due times -------------------------------------------------------------------------------
+
 
 def test_due_times_slot_names_and_the_metering_argument():
     hourly = scheduler.PeriodicJob("x", "0 * * * *", "f", "default", "x")
     assert hourly.latest_due(BASE) == datetime(2026, 3, 2, 12, tzinfo=UTC)
     assert hourly.latest_due(BASE.replace(minute=0)) == BASE.replace(minute=0)
     assert hourly.due_after(BASE - timedelta(hours=3), BASE) == [
-        datetime(2026, 3, 2, h, tzinfo=UTC) for h in (10, 11, 12)]
+        datetime(2026, 3, 2, h, tzinfo=UTC) for h in (10, 11, 12)
+    ]
     assert scheduler.slot_name(BASE.replace(minute=0)) == "2026-03-02T12"
     quarter = scheduler.PeriodicJob("q", "*/15 * * * *", "f", "default", "q")
-    assert [scheduler.slot_name(d) for d in quarter.due_after(BASE - timedelta(minutes=31), BASE)] \
-        == ["2026-03-02T12", "2026-03-02T12:15", "2026-03-02T12:30"]
+    assert [
+        scheduler.slot_name(d) for d in quarter.due_after(BASE - timedelta(minutes=31), BASE)
+    ] == ["2026-03-02T12", "2026-03-02T12:15", "2026-03-02T12:30"]
 
     config = {"BILLING": BillingSettings(usage_calculation_interval="*/30 * * * *")}
     [usage] = [j for j in schedule.periodic_jobs(config) if j.name == "calculate-usage"]
-    assert (usage.cron, usage.func, usage.queue) == ("*/30 * * * *", "jobs.metering.meter_due",
-                                                     "metering")
+    assert (usage.cron, usage.func, usage.queue) == (
+        "*/30 * * * *",
+        "jobs.metering.meter_due",
+        "metering",
+    )
     # At 18:00 the hour 17-18 is complete: meter_due meters up to the 18:00 boundary.
     assert usage.args(datetime(2026, 11, 21, 18, tzinfo=UTC)) == ("2026-11-21T18",)
     assert usage.job_id("2026-11-21T18") == "meter:2026-11-21T18"
@@ -88,8 +112,10 @@ def test_the_lease_must_outlast_the_heartbeat(tmp_path):
 
 # -- one scheduler ---------------------------------------------------------------------------
 
+
 def test_the_first_cycle_runs_the_latest_due_time_and_later_cycles_catch_up_once_each(
-        app, fast_app, counting_job, clock):
+    app, fast_app, counting_job, clock
+):
     daemon = Scheduler(fast_app, clock=clock, instance="host-1")
     step(fast_app, daemon)
     assert executions(fast_app) == ["2026-03-02T12"]
@@ -100,15 +126,24 @@ def test_the_first_cycle_runs_the_latest_due_time_and_later_cycles_catch_up_once
 
     clock.advance(hours=3)  # down for three hours (15:50 now)
     step(fast_app, daemon)
-    assert executions(fast_app) == ["2026-03-02T12", "2026-03-02T13", "2026-03-02T14",
-                                    "2026-03-02T15"]
-    assert runs(fast_app) == [(f"count:2026-03-02T{h}", "succeeded", "host-1")
-                              for h in (12, 13, 14, 15)]
+    assert executions(fast_app) == [
+        "2026-03-02T12",
+        "2026-03-02T13",
+        "2026-03-02T14",
+        "2026-03-02T15",
+    ]
+    assert runs(fast_app) == [
+        (f"count:2026-03-02T{h}", "succeeded", "host-1") for h in (12, 13, 14, 15)
+    ]
     row = status(fast_app, "host-1")
     assert (row.kind, row.status, row.role, row.lease_epoch) == ("daemon", "running", "leader", 1)
     # The seed's figures come from the job's return value.
-    assert (row.last_run_success, row.instances_billed, row.total_amount_minor, row.currency) \
-        == (True, 2, 150, "USD")
+    assert (row.last_run_success, row.instances_billed, row.total_amount_minor, row.currency) == (
+        True,
+        2,
+        150,
+        "USD",
+    )
 
 
 def test_a_mark_moved_back_by_hand_schedules_no_slot_twice(app, fast_app, counting_job, clock):
@@ -119,9 +154,9 @@ def test_a_mark_moved_back_by_hand_schedules_no_slot_twice(app, fast_app, counti
     assert len(executions(fast_app)) == 3
 
     def rewind():
-        db.session.execute(update(ScheduledJob).values(
-            scheduled_through=BASE - timedelta(hours=5)))
+        db.session.execute(update(ScheduledJob).values(scheduled_through=BASE - timedelta(hours=5)))
         db.session.commit()
+
     query(fast_app, rewind)
     step(fast_app, daemon)
     # 08..11 are new; 12..14 already had their runs (UNIQUE job_name, slot).
@@ -129,11 +164,19 @@ def test_a_mark_moved_back_by_hand_schedules_no_slot_twice(app, fast_app, counti
     assert len(runs(fast_app)) == 7
 
 
-def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(app, fast_app, only_jobs, clock,
-                                                              caplog):
-    only_jobs({"name": "flaky", "cron": "0 * * * *", "func": "tests.jobs.fake_jobs.flaky",
-               "queue": "default", "id_prefix": "flaky",
-               "args": lambda due: (due.strftime("%Y-%m-%dT%H"),)})
+def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(
+    app, fast_app, only_jobs, clock, caplog
+):
+    only_jobs(
+        {
+            "name": "flaky",
+            "cron": "0 * * * *",
+            "func": "tests.jobs.fake_jobs.flaky",
+            "queue": "default",
+            "id_prefix": "flaky",
+            "args": lambda due: (due.strftime("%Y-%m-%dT%H"),),
+        }
+    )
     query(fast_app, lambda: queues.redis_connection().set(fake_jobs.FAIL_FLAG, "1"))
     daemon = Scheduler(fast_app, clock=clock, instance="host-1")
     step(fast_app, daemon)
@@ -144,8 +187,9 @@ def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(app, fast_app, onl
     assert run == "RuntimeError: the test job failed on purpose at 2026-03-02T12"
     row = status(fast_app, "host-1")
     assert (row.status, row.last_run_success) == ("running", False)
-    assert query(fast_app, lambda: FailedJobRegistry(queue=queues.get_queue("default"))
-                 .get_job_ids()) == ["flaky_2026-03-02T12"]
+    assert query(
+        fast_app, lambda: FailedJobRegistry(queue=queues.get_queue("default")).get_job_ids()
+    ) == ["flaky_2026-03-02T12"]
 
     query(fast_app, lambda: queues.redis_connection().delete(fake_jobs.FAIL_FLAG))
     clock.advance(hours=1)
@@ -155,11 +199,13 @@ def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(app, fast_app, onl
 
 
 def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
-        app, fast_app, counting_job, clock, monkeypatch, caplog):
+    app, fast_app, counting_job, clock, monkeypatch, caplog
+):
     real_enqueue = queues.enqueue
 
     def redis_down(*args, **kwargs):
         raise redis.ConnectionError("Redis is down")
+
     monkeypatch.setattr(queues, "enqueue", redis_down)
     daemon = Scheduler(fast_app, clock=clock, instance="host-1")
     step(fast_app, daemon)
@@ -181,6 +227,7 @@ def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
 
 # -- several schedulers ----------------------------------------------------------------------
 
+
 def test_two_schedulers_one_leader_every_slot_once(app, fast_app, counting_job, clock):
     a = Scheduler(fast_app, clock=clock, instance="host-a")
     b = Scheduler(fast_app, clock=clock, instance="host-b")
@@ -195,7 +242,8 @@ def test_two_schedulers_one_leader_every_slot_once(app, fast_app, counting_job, 
 
 
 def test_a_standby_takes_over_an_expired_lease_and_the_stale_leader_is_refused(
-        app, fast_app, counting_job, clock):
+    app, fast_app, counting_job, clock
+):
     a = Scheduler(fast_app, clock=clock, instance="host-a")
     b = Scheduler(fast_app, clock=clock, instance="host-b")
     step(fast_app, a, b)
@@ -204,21 +252,34 @@ def test_a_standby_takes_over_an_expired_lease_and_the_stale_leader_is_refused(
     clock.advance(hours=1, seconds=6)  # a hangs: its 5 s lease expires unrenewed
     step(fast_app, b)
     assert lease(fast_app) == ("host-b", 2)
-    assert runs(fast_app) == [("count:2026-03-02T12", "succeeded", "host-a"),
-                              ("count:2026-03-02T13", "succeeded", "host-b")]
+    assert runs(fast_app) == [
+        ("count:2026-03-02T12", "succeeded", "host-a"),
+        ("count:2026-03-02T13", "succeeded", "host-b"),
+    ]
 
     # a wakes up still believing it leads with epoch 1: every write it tries is refused.
     def stale_writes():
         jobs = scheduler.periodic_jobs()
         with pytest.raises(scheduler.LeaseLost):
-            scheduler.claim_due_runs(jobs, holder="host-a", epoch=1, now=clock(),
-                                     ttl=timedelta(seconds=5), until=clock() + timedelta(hours=3))
+            scheduler.claim_due_runs(
+                jobs,
+                holder="host-a",
+                epoch=1,
+                now=clock(),
+                ttl=timedelta(seconds=5),
+                until=clock() + timedelta(hours=3),
+            )
         db.session.rollback()
         mark = db.session.get(ScheduledJob, "count")
-        assert not scheduler.advance_mark("count", from_=mark.scheduled_through,
-                                          to=mark.scheduled_through + timedelta(hours=3),
-                                          epoch=1, now=clock())
+        assert not scheduler.advance_mark(
+            "count",
+            from_=mark.scheduled_through,
+            to=mark.scheduled_through + timedelta(hours=3),
+            epoch=1,
+            now=clock(),
+        )
         db.session.rollback()
+
     query(fast_app, stale_writes)
     step(fast_app, a)
     assert a.role == SchedulerRole.STANDBY and a.epoch is None
@@ -242,7 +303,8 @@ def test_a_graceful_stop_hands_the_lease_over_at_once(app, fast_app, counting_jo
 
 
 def test_built_in_billing_runs_without_a_daemon_and_pauses_while_one_is_alive(
-        app, fast_app, counting_job, clock):
+    app, fast_app, counting_job, clock
+):
     builtin = Scheduler(fast_app, kind=SchedulerKind.BUILTIN, clock=clock, instance="worker-1")
     step(fast_app, builtin)  # no daemon has ever beaten
     assert builtin.role == SchedulerRole.LEADER
@@ -275,12 +337,14 @@ def test_built_in_billing_runs_without_a_daemon_and_pauses_while_one_is_alive(
         ("count:2026-03-02T12", "succeeded", "worker-1"),
         ("count:2026-03-02T13", "succeeded", "daemon-1"),
         ("count:2026-03-02T14", "succeeded", "worker-1"),
-        ("count:2026-03-02T15", "succeeded", "daemon-1")]
+        ("count:2026-03-02T15", "succeeded", "daemon-1"),
+    ]
     assert executions(fast_app) == [f"2026-03-02T{h}" for h in (12, 13, 14, 15)]
 
 
 def test_the_sweep_enqueues_a_lost_run_again_and_fails_a_run_whose_worker_died(
-        app, async_app, counting_job, clock):
+    app, async_app, counting_job, clock
+):
     from rq.job import Job, JobStatus
 
     later, grace = clock() + timedelta(minutes=2), timedelta(minutes=1)
@@ -295,8 +359,7 @@ def test_the_sweep_enqueues_a_lost_run_again_and_fails_a_run_whose_worker_died(
         Job.fetch(queues.rq_job_id(lost.job_id), connection=connection).delete()
         db.session.execute(update(JobRun).where(JobRun.id == dead.id).values(status="running"))
         db.session.commit()
-        Job.fetch(queues.rq_job_id(dead.job_id), connection=connection).set_status(
-            JobStatus.FAILED)
+        Job.fetch(queues.rq_job_id(dead.job_id), connection=connection).set_status(JobStatus.FAILED)
 
         again = scheduler.sweep_runs(now=later, grace=grace)
         assert [r.id for r in again] == [lost.id]

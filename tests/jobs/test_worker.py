@@ -1,5 +1,6 @@
 """With RQ_ASYNC on, jobs wait in the real Redis until a worker runs them: an in-process
 SimpleWorker, and a real forking worker process (``python -m jobs.worker --burst``)."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,12 @@ RESET_LINK = re.compile(r"http://portal\.test/auth/reset/\S+")
 
 @pytest.fixture(scope="module")
 def mailing_app(make_app, smtp_server):  # noqa: F811
-    return make_app(MAIL_SERVER=smtp_server.host, MAIL_PORT=smtp_server.port, RQ_ASYNC=True,
-                    MAIL_SUPPRESS_SEND=False)
+    return make_app(
+        MAIL_SERVER=smtp_server.host,
+        MAIL_PORT=smtp_server.port,
+        RQ_ASYNC=True,
+        MAIL_SUPPRESS_SEND=False,
+    )
 
 
 @pytest.fixture
@@ -54,8 +59,9 @@ def run_simple_worker(app, queue: Queue, max_jobs: int | None = None) -> None:
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with app.app_context():
-            assert SimpleWorker([queue], connection=queue.connection).work(burst=True,
-                                                                           max_jobs=max_jobs)
+            assert SimpleWorker([queue], connection=queue.connection).work(
+                burst=True, max_jobs=max_jobs
+            )
             db.session.remove()
     finally:  # the worker installs its own; give pytest back Ctrl+C
         for sig, handler in handlers.items():
@@ -75,8 +81,9 @@ def request_reset(app, queue: Queue, email: str) -> int:
     return message_id
 
 
-def test_mail_job_waits_in_redis_until_a_simple_worker_runs_it(app, mailing_app, default_queue,
-                                                               smtp_sink, make_user):  # noqa: F811
+def test_mail_job_waits_in_redis_until_a_simple_worker_runs_it(
+    app, mailing_app, default_queue, smtp_sink, make_user
+):  # noqa: F811
     user = make_user()
     message_id = request_reset(mailing_app, default_queue, user.email)
     job_id = queues.rq_job_id(f"mail:{message_id}")
@@ -90,32 +97,60 @@ def test_mail_job_waits_in_redis_until_a_simple_worker_runs_it(app, mailing_app,
     assert RESET_LINK.search(received.text)
     assert mail_row(mailing_app) == (message_id, "sent")
     assert default_queue.job_ids == []
-    assert Job.fetch(job_id, connection=default_queue.connection).get_status() == \
-        JobStatus.FINISHED
+    assert Job.fetch(job_id, connection=default_queue.connection).get_status() == JobStatus.FINISHED
 
 
 def test_forking_worker_process_sends_the_mail(
-        app, mailing_app, default_queue, smtp_sink,  # noqa: F811
-        make_user, database_url, redis_url, tmp_path):
+    app,
+    mailing_app,
+    default_queue,
+    smtp_sink,  # noqa: F811
+    make_user,
+    database_url,
+    redis_url,
+    tmp_path,
+):
     user = make_user()
     message_id = request_reset(mailing_app, default_queue, user.email)
     job_id = queues.rq_job_id(f"mail:{message_id}")
     assert default_queue.job_ids == [job_id]
 
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TESTING", "BILLING_CONFIG", "MAIL_USE_TLS", "MAIL_USE_SSL",
-                          "MAIL_USERNAME", "MAIL_PASSWORD")}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url,
-               SECRET_KEY=BASE_CONFIG["SECRET_KEY"], MAIL_SERVER=smtp_sink.host,
-               MAIL_PORT=str(smtp_sink.port), INSTANCE_PATH=str(tmp_path / "instance"),
-               LOG_LEVEL="info")
-    worker = subprocess.run([sys.executable, "-m", "jobs.worker", "--burst", "default"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in (
+            "TESTING",
+            "BILLING_CONFIG",
+            "MAIL_USE_TLS",
+            "MAIL_USE_SSL",
+            "MAIL_USERNAME",
+            "MAIL_PASSWORD",
+        )
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        SECRET_KEY=BASE_CONFIG["SECRET_KEY"],
+        MAIL_SERVER=smtp_sink.host,
+        MAIL_PORT=str(smtp_sink.port),
+        INSTANCE_PATH=str(tmp_path / "instance"),
+        LOG_LEVEL="info",
+    )
+    worker = subprocess.run(
+        [sys.executable, "-m", "jobs.worker", "--burst", "default"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = worker.stdout + worker.stderr
     assert worker.returncode == 0, output
     job = Job.fetch(job_id, connection=default_queue.connection)
-    assert job.get_status() == JobStatus.FINISHED, output + (job.latest_result().exc_string
-                                                              if job.latest_result() else "")
+    assert job.get_status() == JobStatus.FINISHED, output + (
+        job.latest_result().exc_string if job.latest_result() else ""
+    )
     assert mail_row(mailing_app) == (message_id, "sent"), output
 
     [received] = smtp_sink.wait_for(1)
@@ -133,9 +168,13 @@ def test_enqueueing_a_waiting_job_id_twice_keeps_one(app, mailing_app, default_q
     assert default_queue.job_ids == ["mail_424242"]
 
     run_simple_worker(mailing_app, default_queue)  # no such message: nothing to claim
-    assert Job.fetch("mail_424242", connection=default_queue.connection).get_status() == \
-        JobStatus.FINISHED
+    assert (
+        Job.fetch("mail_424242", connection=default_queue.connection).get_status()
+        == JobStatus.FINISHED
+    )
     with mailing_app.app_context():  # done, so no longer waiting: the id may be enqueued again
-        assert queues.enqueue("default", "jobs.notify.send_email", 424242,
-                              job_id="mail:424242") is not None
+        assert (
+            queues.enqueue("default", "jobs.notify.send_email", 424242, job_id="mail:424242")
+            is not None
+        )
     assert default_queue.job_ids == ["mail_424242"]

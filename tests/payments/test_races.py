@@ -1,6 +1,7 @@
 """Settlement runs at the same moment, with real card charges at the stand-in (PostgreSQL:
 row locks and the one-open-attempt index decide, not timing). The app fixture proves the
 ledger reconciles after each test."""
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,7 @@ from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, User
 from portal.money import Money
 from portal.services import ledger, settlement, topups
-from tests.payments.conftest import (TEST_CARDS, add_card, charges, invoice_of,
-                                     settlement_held)
+from tests.payments.conftest import TEST_CARDS, add_card, charges, invoice_of, settlement_held
 
 pytestmark = pytest.mark.postgres
 
@@ -54,25 +54,36 @@ def user_with_invoices(make_user, numbers: tuple[str, ...]) -> tuple[User, list[
     with settlement_held():
         for number in numbers:
             assert add_card(user, number).created
-        invoices = [invoice_of(user, {"a": 20}, period=AUG), invoice_of(user, {"b": 40}, period=SEP),
-                    invoice_of(user, {"c": 60})]
+        invoices = [
+            invoice_of(user, {"a": 20}, period=AUG),
+            invoice_of(user, {"b": 40}, period=SEP),
+            invoice_of(user, {"c": 60}),
+        ]
     db.session.commit()
     return user, invoices
 
 
 def payments_of(invoice: Invoice) -> list[tuple[str, int]]:
-    return [(p.tender, p.amount_minor) for p in db.session.scalars(
-        select(InvoicePayment).where(InvoicePayment.invoice_id == invoice.id)
-        .order_by(InvoicePayment.id))]
+    return [
+        (p.tender, p.amount_minor)
+        for p in db.session.scalars(
+            select(InvoicePayment)
+            .where(InvoicePayment.invoice_id == invoice.id)
+            .order_by(InvoicePayment.id)
+        )
+    ]
 
 
 def test_two_settlement_runs_at_once_pay_each_invoice_once(pctx, make_user, standin):
-    users = [user_with_invoices(make_user, (TEST_CARDS["ok"],)),
-             user_with_invoices(make_user, (TEST_CARDS["ok"],)),
-             user_with_invoices(make_user, (TEST_CARDS["charge_declined"], TEST_CARDS["ok"]))]
+    users = [
+        user_with_invoices(make_user, (TEST_CARDS["ok"],)),
+        user_with_invoices(make_user, (TEST_CARDS["ok"],)),
+        user_with_invoices(make_user, (TEST_CARDS["charge_declined"], TEST_CARDS["ok"])),
+    ]
 
-    at_once(pctx, [lambda uid=user.id: settlement.settle(uid)
-                   for user, _ in users for _run in range(2)])
+    at_once(
+        pctx, [lambda uid=user.id: settlement.settle(uid) for user, _ in users for _run in range(2)]
+    )
 
     db.session.expire_all()
     for user, invoices in users:
@@ -81,8 +92,9 @@ def test_two_settlement_runs_at_once_pay_each_invoice_once(pctx, make_user, stan
             assert invoice.status == "paid", invoice.number
             assert payments_of(invoice) == [("card", invoice.total_minor)]
         intents = charges(standin, user)
-        succeeded = Counter(int(i["metadata"]["invoice_id"]) for i in intents
-                            if i["status"] == "succeeded")
+        succeeded = Counter(
+            int(i["metadata"]["invoice_id"]) for i in intents if i["status"] == "succeeded"
+        )
         assert succeeded == {invoice.id: 1 for invoice in invoices}
         amounts = sorted(i["amount"] for i in intents if i["status"] == "succeeded")
         assert amounts == sorted(i.total_minor for i in invoices) == [100, 200, 300]
@@ -105,10 +117,17 @@ def test_a_top_up_during_a_settlement_pays_each_invoice_once(pctx, make_user, st
             user = db.session.get(User, uid)
             topups.credit_top_up(user, Money(500, "USD"), reference=f"pi_race_{uid}")
             db.session.commit()  # its own settlement runs after this commit
+
         return run
 
-    at_once(pctx, [job for user, _ in people
-                   for job in (lambda uid=user.id: settlement.settle(uid), top_up(user.id))])
+    at_once(
+        pctx,
+        [
+            job
+            for user, _ in people
+            for job in (lambda uid=user.id: settlement.settle(uid), top_up(user.id))
+        ],
+    )
 
     db.session.expire_all()
     for user, invoice in people:
@@ -121,5 +140,11 @@ def test_a_top_up_during_a_settlement_pays_each_invoice_once(pctx, make_user, st
         # Paid by the card, the top-up stays in the balance; paid by the top-up, the card
         # was not charged (or its charge, already under way, went to the balance).
         assert ledger.balances(user).cash == Money(500 + charged - 500, "USD")
-        assert db.session.scalar(select(func.count()).select_from(InvoicePayment).where(
-            InvoicePayment.invoice_id == invoice.id)) == 1
+        assert (
+            db.session.scalar(
+                select(func.count())
+                .select_from(InvoicePayment)
+                .where(InvoicePayment.invoice_id == invoice.id)
+            )
+            == 1
+        )

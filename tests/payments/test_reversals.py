@@ -5,6 +5,7 @@ goes and the rest is a loss in the refunds account; a refund of an invoice's car
 a loss and the invoice stays paid. A refund whose payment is not recorded yet waits in the
 inbox. A dispute is booked once and told to the platform once.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,36 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.gateways import get_gateway
-from portal.models import (AccountKind, Event, Invoice, LedgerEntry, PaymentAttempt,
-                           PaymentReversal, User, WebhookEvent)
+from portal.models import (
+    AccountKind,
+    Event,
+    Invoice,
+    LedgerEntry,
+    PaymentAttempt,
+    PaymentReversal,
+    User,
+    WebhookEvent,
+)
 from portal.money import Money
 from portal.services import card_payments, ledger, settlement, webhooks
 from tests.payments.conftest import OCT, TEST_CARDS, add_card, invoice_of
-from tests.payments.test_webhooks import (customer_of, events_of, pay_checkout_on_sandbox,
-                                          post_event, wait_for_all)
+from tests.payments.test_webhooks import (
+    customer_of,
+    events_of,
+    pay_checkout_on_sandbox,
+    post_event,
+    wait_for_all,
+)
 
 
 def system_balance(kind: AccountKind) -> int:
     """A system account's balance on its normal side (refunds and disputes: debit-normal)."""
     account = ledger.system_account(kind, "USD")
-    total = db.session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
-                              .where(LedgerEntry.account_id == account.id))
+    total = db.session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0)).where(
+            LedgerEntry.account_id == account.id
+        )
+    )
     db.session.commit()
     return kind.normal_sign * int(total)
 
@@ -52,10 +69,15 @@ def reversals(payment_intent: str | None = None) -> list[tuple[str, int]]:
 def refund_events(receiver, customer: str, payment_intent: str, count: int) -> list:
     """The ``charge.refunded`` deliveries for the payment, oldest first (the last one lists
     every refund), once ``count`` arrived."""
+
     def found():
-        return [(headers, body) for headers, body in events_of(receiver, customer)
-                if json.loads(body)["type"] == "charge.refunded"
-                and json.loads(body)["data"]["object"]["payment_intent"] == payment_intent]
+        return [
+            (headers, body)
+            for headers, body in events_of(receiver, customer)
+            if json.loads(body)["type"] == "charge.refunded"
+            and json.loads(body)["data"]["object"]["payment_intent"] == payment_intent
+        ]
+
     deadline = time.monotonic() + 20
     while len(found()) < count and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -67,18 +89,23 @@ def refund_events(receiver, customer: str, payment_intent: str, count: int) -> l
 def refund(payment_intent: str, *amounts: int) -> None:
     gateway = get_gateway()
     for n, amount in enumerate(amounts):
-        gateway.refund(payment_intent, Money(amount, "USD"),
-                       idempotency_key=f"test-refund:{payment_intent}:{n}")
+        gateway.refund(
+            payment_intent,
+            Money(amount, "USD"),
+            idempotency_key=f"test-refund:{payment_intent}:{n}",
+        )
 
 
 def test_a_top_up_refunded_in_two_parts_out_of_order_comes_out_of_the_balance_once(
-        pctx, make_user, receiver):
+    pctx, make_user, receiver
+):
     user_id = make_user().id
     user = db.session.get(User, user_id)
     card = add_card(user).card
     invoice = invoice_of(user, {"web": 100}, period=OCT)  # $5.00, paid by the top-up
-    attempt, _ = card_payments.top_up_with_card(user, card.id, Money(2000, "USD"), nonce="t1",
-                                                return_url="http://portal.test/wallet/")
+    attempt, _ = card_payments.top_up_with_card(
+        user, card.id, Money(2000, "USD"), nonce="t1", return_url="http://portal.test/wallet/"
+    )
     payment = attempt.gateway_payment_id
     db.session.commit()
     assert db.session.get(Invoice, invoice.id).status == "paid"
@@ -92,22 +119,24 @@ def test_a_top_up_refunded_in_two_parts_out_of_order_comes_out_of_the_balance_on
         assert post_event(client, *delivery).status_code == 200
 
     assert sorted(reversals(payment)) == [("refund", 500), ("refund", 1500)]
-    assert cash(user_id) == 0                             # $15.00 from the balance...
-    assert system_balance(AccountKind.REFUNDS) == 500     # ...the other $5.00 a loss
+    assert cash(user_id) == 0  # $15.00 from the balance...
+    assert system_balance(AccountKind.REFUNDS) == 500  # ...the other $5.00 a loss
     invoice = db.session.get(Invoice, invoice.id)
     assert (invoice.status, invoice.amount_paid_minor) == ("paid", 500)
     db.session.commit()
 
 
 def test_an_invoice_card_payment_refunded_in_two_parts_out_of_order_leaves_it_paid(
-        pctx, make_user, receiver):
+    pctx, make_user, receiver
+):
     user_id = make_user().id
     user = db.session.get(User, user_id)
     add_card(user)
     invoice = invoice_of(user, {"web": 100}, period=OCT)
     settlement.settle(user_id)
-    attempt = db.session.scalar(select(PaymentAttempt).where(
-        PaymentAttempt.invoice_id == invoice.id))
+    attempt = db.session.scalar(
+        select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice.id)
+    )
     payment = attempt.gateway_payment_id
     db.session.commit()
 
@@ -143,8 +172,11 @@ def test_a_refund_before_its_payment_is_recorded_waits_for_it(pctx, make_user, r
     assert row.error.startswith("NotYet: payment ") and payment in row.error
     assert reversals() == [] and cash(user_id) == 0
 
-    completed = next(d for d in events_of(receiver, customer)
-                     if json.loads(d[1])["type"] == "checkout.session.completed")
+    completed = next(
+        d
+        for d in events_of(receiver, customer)
+        if json.loads(d[1])["type"] == "checkout.session.completed"
+    )
     assert post_event(client, *completed).status_code == 200
     assert cash(user_id) == 2000  # the top-up, recorded now
 
@@ -166,8 +198,9 @@ def test_a_disputed_payment_is_booked_once_and_told_once(pctx, make_user, receiv
     add_card(user, TEST_CARDS["disputed"])
     invoice = invoice_of(user, {"web": 100}, period=OCT)
     settlement.settle(user_id)
-    attempt = db.session.scalar(select(PaymentAttempt).where(
-        PaymentAttempt.invoice_id == invoice.id))
+    attempt = db.session.scalar(
+        select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice.id)
+    )
     assert attempt.status == "succeeded"
     payment = attempt.gateway_payment_id
     db.session.commit()
@@ -176,8 +209,11 @@ def test_a_disputed_payment_is_booked_once_and_told_once(pctx, make_user, receiv
     deadline = time.monotonic() + 20
     disputes = []
     while not disputes and time.monotonic() < deadline:
-        disputes = [d for d in events_of(receiver, customer)
-                    if json.loads(d[1])["type"] == "charge.dispute.created"]
+        disputes = [
+            d
+            for d in events_of(receiver, customer)
+            if json.loads(d[1])["type"] == "charge.dispute.created"
+        ]
         time.sleep(0.05)
     [disputed] = disputes
     client = pctx.test_client()
@@ -188,20 +224,32 @@ def test_a_disputed_payment_is_booked_once_and_told_once(pctx, make_user, receiv
     [row] = db.session.scalars(select(PaymentReversal)).all()
     dispute = json.loads(disputed[1])["data"]["object"]
     assert (row.kind, row.reference, row.amount_minor, row.reason, row.user_id) == (
-        "dispute", dispute["id"], 500, "fraudulent", user_id)
+        "dispute",
+        dispute["id"],
+        500,
+        "fraudulent",
+        user_id,
+    )
     assert row.gateway_payment_id == payment
     assert system_balance(AccountKind.DISPUTES) == 500
     told = db.session.scalars(select(Event).where(Event.name == "billing.payment.disputed")).all()
     assert len(told) == 1
-    assert told[0].payload == {"user_id": user_id, "payment_intent": payment, "amount": "5.00",
-                               "amount_minor": 500, "currency": "USD", "reason": "fraudulent"}
+    assert told[0].payload == {
+        "user_id": user_id,
+        "payment_intent": payment,
+        "amount": "5.00",
+        "amount_minor": 500,
+        "currency": "USD",
+        "reason": "fraudulent",
+    }
     invoice = db.session.get(Invoice, invoice.id)
     assert (invoice.status, invoice.amount_paid_minor) == ("paid", 500)
     db.session.commit()
 
 
 def test_refunds_and_disputes_of_payments_the_portal_did_not_make_are_left_alone(
-        pctx, make_user, receiver):
+    pctx, make_user, receiver
+):
     """Another portal's customer on the same gateway account, and a payment of our own
     customer taken in the gateway's dashboard (no purpose of ours): acknowledged, handled,
     nothing booked, nothing waiting."""
@@ -213,9 +261,13 @@ def test_refunds_and_disputes_of_payments_the_portal_did_not_make_are_left_alone
     payments = []
     for customer, metadata in ((stranger, {"purpose": "topup", "user_id": "1"}), (ours, {})):
         card = save_card_at_gateway(gateway, customer, TEST_CARDS["disputed"])
-        paid = gateway.create_payment_intent(customer, card, Money(700, "USD"),
-                                             idempotency_key=f"elsewhere:{customer}",
-                                             metadata=metadata)
+        paid = gateway.create_payment_intent(
+            customer,
+            card,
+            Money(700, "USD"),
+            idempotency_key=f"elsewhere:{customer}",
+            metadata=metadata,
+        )
         assert paid.status.value == "succeeded"
         refund(paid.id, 200)
         payments.append((customer, paid.id))
@@ -227,8 +279,11 @@ def test_refunds_and_disputes_of_payments_the_portal_did_not_make_are_left_alone
         deadline = time.monotonic() + 20
         disputes = []
         while not disputes and time.monotonic() < deadline:
-            disputes = [d for d in events_of(receiver, customer)
-                        if json.loads(d[1])["type"] == "charge.dispute.created"]
+            disputes = [
+                d
+                for d in events_of(receiver, customer)
+                if json.loads(d[1])["type"] == "charge.dispute.created"
+            ]
             time.sleep(0.05)
         deliveries += disputes
     assert len(deliveries) == 4
@@ -237,11 +292,15 @@ def test_refunds_and_disputes_of_payments_the_portal_did_not_make_are_left_alone
 
     db.session.commit()
     rows = db.session.scalars(select(WebhookEvent)).all()
-    assert sorted((row.type, row.outcome, row.error) for row in rows) == [
-        ("charge.dispute.created", "handled", None)] * 2 + [
-        ("charge.refunded", "handled", None)] * 2
+    assert (
+        sorted((row.type, row.outcome, row.error) for row in rows)
+        == [("charge.dispute.created", "handled", None)] * 2
+        + [("charge.refunded", "handled", None)] * 2
+    )
     assert reversals() == []
     assert system_balance(AccountKind.REFUNDS) == system_balance(AccountKind.DISPUTES) == 0
-    assert db.session.scalars(select(Event).where(
-        Event.name == "billing.payment.disputed")).all() == []
+    assert (
+        db.session.scalars(select(Event).where(Event.name == "billing.payment.disputed")).all()
+        == []
+    )
     db.session.commit()

@@ -3,6 +3,7 @@
 Each scenario checks what the user would see (the invoice's status, its payments by tender),
 what the ledger holds (the wallets' balances) and what the card processor actually charged
 (the stand-in's payment intents for the user's customer)."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -12,14 +13,28 @@ import requests
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import (AttemptStatus, Event, Invoice, OutboundEmail, PaymentAttempt,
-                           PaymentMethod, User)
+from portal.models import (
+    AttemptStatus,
+    Event,
+    Invoice,
+    OutboundEmail,
+    PaymentAttempt,
+    PaymentMethod,
+    User,
+)
 from portal.money import Money
-from portal.services import (card_payments, cards, credits, deployments, ledger, settlement,
-                             topups, vouchers)
+from portal.services import (
+    card_payments,
+    cards,
+    credits,
+    deployments,
+    ledger,
+    settlement,
+    topups,
+    vouchers,
+)
 from portal.services.errors import Conflict, NotFound
-from tests.payments.conftest import (TEST_CARDS, add_card, charges, invoice_of,
-                                     settlement_held)
+from tests.payments.conftest import TEST_CARDS, add_card, charges, invoice_of, settlement_held
 
 AUG = (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC))
 SEP = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))
@@ -47,18 +62,29 @@ def tenders(invoice: Invoice) -> list[tuple[str, int]]:
 
 
 def attempts(invoice: Invoice) -> list[PaymentAttempt]:
-    return list(db.session.scalars(select(PaymentAttempt).where(
-        PaymentAttempt.invoice_id == invoice.id).order_by(PaymentAttempt.number)))
+    return list(
+        db.session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.invoice_id == invoice.id)
+            .order_by(PaymentAttempt.number)
+        )
+    )
 
 
 def events(name: str, user: User) -> list[Event]:
-    return list(db.session.scalars(select(Event).where(Event.name == name,
-                                                       Event.user_id == user.id)))
+    return list(
+        db.session.scalars(select(Event).where(Event.name == name, Event.user_id == user.id))
+    )
 
 
 def mails(user: User, subject_part: str) -> list[OutboundEmail]:
-    return list(db.session.scalars(select(OutboundEmail).where(
-        OutboundEmail.user_id == user.id, OutboundEmail.subject.contains(subject_part))))
+    return list(
+        db.session.scalars(
+            select(OutboundEmail).where(
+                OutboundEmail.user_id == user.id, OutboundEmail.subject.contains(subject_part)
+            )
+        )
+    )
 
 
 def voucher_of(user: User, minor: int) -> None:
@@ -91,14 +117,18 @@ def test_credit_voucher_cash_and_card_pay_one_invoice_in_that_order(user, standi
         voucher_of(user, 150)
         top_up(user, 50, reference="pi_mixed_topup")
         invoice = invoice_of(user, {"web": 100})
-        credits.grant_credit(user=user, amount=USD(100), reason="goodwill",
-                             idempotency_key=f"mixed:{user.id}")
+        credits.grant_credit(
+            user=user, amount=USD(100), reason="goodwill", idempotency_key=f"mixed:{user.id}"
+        )
         db.session.commit()
     assert invoice.total_minor == 500 and invoice.status == "open"
     preview = settlement.preview(invoice, user)
     assert [(p.label, p.amount.amount_minor) for p in preview.parts] == [
-        ("Credits", 100), ("Voucher balance", 150), ("Prepaid balance", 50),
-        (f"Card {card.label}", 200)]
+        ("Credits", 100),
+        ("Voucher balance", 150),
+        ("Prepaid balance", 50),
+        (f"Card {card.label}", 200),
+    ]
     assert preview.remaining == USD(0)
 
     result = settlement.settle(user.id)
@@ -106,13 +136,15 @@ def test_credit_voucher_cash_and_card_pay_one_invoice_in_that_order(user, standi
     assert fresh(invoice).status == "paid" and invoice.id in result.paid
     assert tenders(invoice) == [("credit", 100), ("voucher", 150), ("cash", 50), ("card", 200)]
     assert wallets(user) == (0, 0, 0)
-    attempt, = attempts(invoice)
+    (attempt,) = attempts(invoice)
     assert attempt.status == AttemptStatus.SUCCEEDED and attempt.payment_method_id == card.id
-    found = pctx_gateway().find_payment_intent_by_idempotency_key(cards.customer_id(user),
-                                                                   attempt.idempotency_key)
+    found = pctx_gateway().find_payment_intent_by_idempotency_key(
+        cards.customer_id(user), attempt.idempotency_key
+    )
     assert found is not None and found.amount == USD(200) and found.id == attempt.gateway_payment_id
-    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] \
-        == [(200, "succeeded", card.gateway_id)]
+    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] == [
+        (200, "succeeded", card.gateway_id)
+    ]
     assert len(events("billing.invoice.paid", user)) == 1
 
 
@@ -133,8 +165,9 @@ def test_with_no_balance_the_default_card_pays(user, standin):
 
     assert fresh(invoice).status == "paid"
     assert tenders(invoice) == [("card", 500)]
-    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] \
-        == [(500, "succeeded", default.gateway_id)]
+    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] == [
+        (500, "succeeded", default.gateway_id)
+    ]
     assert wallets(user) == (0, 0, 0)
 
 
@@ -153,9 +186,10 @@ def test_a_declined_default_card_moves_on_to_the_next_card(user, standin):
     assert (first.payment_method_id, first.status) == (declined.id, AttemptStatus.FAILED)
     assert first.decline_code
     assert (second.payment_method_id, second.status) == (good.id, AttemptStatus.SUCCEEDED)
-    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] \
-        == [(500, "requires_payment_method", declined.gateway_id),
-            (500, "succeeded", good.gateway_id)]
+    assert [(i["amount"], i["status"], i["payment_method"]) for i in charges(standin, user)] == [
+        (500, "requires_payment_method", declined.gateway_id),
+        (500, "succeeded", good.gateway_id),
+    ]
     assert events("billing.payment.failed", user) == []
     assert mails(user, "could not collect") == []
 
@@ -173,11 +207,11 @@ def test_when_every_card_is_declined_the_invoice_stays_open_and_the_user_is_told
     assert [a.status for a in attempts(invoice)] == [AttemptStatus.FAILED]
     assert [i["status"] for i in charges(standin, user)] == ["requires_payment_method"]
     assert collected(standin, user) == []
-    failed, = events("billing.payment.failed", user)
+    (failed,) = events("billing.payment.failed", user)
     assert failed.payload["invoice_id"] == invoice.id
     assert failed.payload["amount_due_minor"] == 500
     assert [a["decline_code"] for a in failed.payload["attempts"]] == ["generic_decline"]
-    mail, = mails(user, "could not collect")
+    (mail,) = mails(user, "could not collect")
     assert mail.to_addr == user.email and invoice.number in mail.subject
     assert events("billing.invoice.paid", user) == []
 
@@ -191,9 +225,9 @@ def test_a_card_that_needs_3d_secure_waits_for_the_customer_then_pays(user, stan
 
     assert result.needs_action == [invoice.id] and result.failed == []
     assert fresh(invoice).status == "open"
-    attempt, = attempts(invoice)
+    (attempt,) = attempts(invoice)
     assert attempt.status == AttemptStatus.REQUIRES_ACTION and attempt.payment_method_id == card.id
-    mail, = mails(user, "Confirm your payment")
+    (mail,) = mails(user, "Confirm your payment")
     assert f"/invoices/{invoice.id}" in mail.body_text
     assert events("billing.payment.failed", user) == []
     # Settling again (the daily run, Pay now) neither charges again nor mails again, and
@@ -229,7 +263,7 @@ def test_a_charge_waiting_for_3d_secure_is_not_needed_once_a_top_up_paid(user, s
         the_card(add_card(user, TEST_CARDS["three_d_secure"]))
         invoice = invoice_of(user, {"web": 100})
     settlement.settle(user.id)
-    attempt, = attempts(invoice)
+    (attempt,) = attempts(invoice)
     assert attempt.status == AttemptStatus.REQUIRES_ACTION
 
     top_up(user, 500, reference="pi_while_waiting")  # settles after commit: cash pays
@@ -237,11 +271,13 @@ def test_a_charge_waiting_for_3d_secure_is_not_needed_once_a_top_up_paid(user, s
     assert fresh(invoice).status == "paid" and tenders(invoice) == [("cash", 500)]
     # The customer follows the old "Complete payment" link: nothing is confirmed or charged.
     url = card_payments.start_authentication(
-        user, db.session.get(PaymentAttempt, attempt.id),
-        f"http://portal.test/invoices/{invoice.id}/confirmed")
+        user,
+        db.session.get(PaymentAttempt, attempt.id),
+        f"http://portal.test/invoices/{invoice.id}/confirmed",
+    )
     db.session.commit()
     assert url is None
-    attempt, = attempts(invoice)
+    (attempt,) = attempts(invoice)
     assert (attempt.status, attempt.decline_code) == (AttemptStatus.FAILED, "not_needed")
     assert collected(standin, user) == []
     assert tenders(invoice) == [("cash", 500)] and wallets(user) == (0, 0, 0)
@@ -258,8 +294,10 @@ def test_adding_a_card_settles_pending_invoices(user, standin):
     assert (fresh(first).status, fresh(second).status) == ("paid", "paid")
     assert tenders(first) == [("card", 500)] and tenders(second) == [("card", 200)]
     # Smallest first: the September invoice was charged before October's.
-    assert [(i["amount"], i["payment_method"]) for i in charges(standin, user)] \
-        == [(200, card.gateway_id), (500, card.gateway_id)]
+    assert [(i["amount"], i["payment_method"]) for i in charges(standin, user)] == [
+        (200, card.gateway_id),
+        (500, card.gateway_id),
+    ]
 
 
 def test_an_invoice_is_settled_when_it_is_issued(user, standin, make_user):
@@ -276,7 +314,8 @@ def test_an_invoice_is_settled_when_it_is_issued(user, standin, make_user):
 
     assert tenders(paid_by_card) == [("card", 500)] and fresh(paid_by_card).status == "paid"
     assert [(i["amount"], i["payment_method"]) for i in charges(standin, user)] == [
-        (500, card.gateway_id)]
+        (500, card.gateway_id)
+    ]
     assert tenders(paid_by_balance) == [("cash", 500)] and fresh(paid_by_balance).status == "paid"
     assert fresh(waiting).status == "open" and tenders(waiting) == []
 
@@ -296,9 +335,9 @@ def test_a_top_up_settles_pending_invoices(user, standin):
 
 
 def test_a_top_up_that_covers_only_some_pays_the_smallest_first(user, standin):
-    big = invoice_of(user, {"big": 60}, period=AUG)       # $3.00
-    small = invoice_of(user, {"small": 20}, period=SEP)   # $1.00
-    middle = invoice_of(user, {"middle": 40})             # $2.00
+    big = invoice_of(user, {"big": 60}, period=AUG)  # $3.00
+    small = invoice_of(user, {"small": 20}, period=SEP)  # $1.00
+    middle = invoice_of(user, {"middle": 40})  # $2.00
     assert [i.total_minor for i in (big, small, middle)] == [300, 100, 200]
 
     top_up(user, 350, reference="pi_topup_some")
@@ -368,7 +407,7 @@ def test_a_paid_invoice_is_never_paid_again(user, standin, client, auth):
     assert len(attempts(invoice)) == 1
     assert collected(standin, user) == [500]
     assert wallets(user) == (0, 0, 500)
-    paid, = events("billing.invoice.paid", user)
+    (paid,) = events("billing.invoice.paid", user)
     assert paid.subject == f"invoice:{invoice.id}"
 
     # "Pay now" on the paid invoice's page says there is nothing to pay and charges nothing.
@@ -382,9 +421,15 @@ def test_a_paid_invoice_is_never_paid_again(user, standin, client, auth):
 
 # -- cards: the last-card guard, the default, ownership --------------------------------------
 def live_deployment(user: User, name: str = "live") -> None:
-    deployments.create_deployment(external_id=f"{name}-{user.id}", user=user, kind="vm",
-                                  cpu_cores=1, memory_gb=0, storage_gb=0,
-                                  started_at=datetime.now(UTC) - timedelta(hours=1))
+    deployments.create_deployment(
+        external_id=f"{name}-{user.id}",
+        user=user,
+        kind="vm",
+        cpu_cores=1,
+        memory_gb=0,
+        storage_gb=0,
+        started_at=datetime.now(UTC) - timedelta(hours=1),
+    )
     db.session.commit()
 
 
@@ -434,7 +479,7 @@ def test_with_two_cards_either_may_go_and_the_default_moves(user, standin):
     cards.remove_card(user, first.id)
     db.session.commit()
 
-    remaining, = cards.list_cards(user)
+    (remaining,) = cards.list_cards(user)
     assert remaining.id == second.id and remaining.is_default
     with pytest.raises(Conflict):  # now the last one
         cards.remove_card(user, second.id)
@@ -476,8 +521,12 @@ def test_the_same_card_twice_is_refused_with_a_clear_message(user, standin):
     again = add_card(user)
     assert again.duplicate_of is not None and again.duplicate_of.id == card.id
     assert "already saved" in again.message
-    assert db.session.scalar(select(func.count()).select_from(PaymentMethod).where(
-        PaymentMethod.user_id == user.id)) == 1
+    assert (
+        db.session.scalar(
+            select(func.count()).select_from(PaymentMethod).where(PaymentMethod.user_id == user.id)
+        )
+        == 1
+    )
 
 
 def test_with_no_card_and_no_money_the_user_is_told_once(pctx, make_user):
@@ -489,8 +538,10 @@ def test_with_no_card_and_no_money_the_user_is_told_once(pctx, make_user):
     assert result.failed == []  # the later runs stay quiet
     events = db.session.scalars(select(Event).where(Event.name == "billing.payment.failed")).all()
     assert [(e.subject, e.payload["amount_due_minor"]) for e in events] == [
-        (f"invoice:{invoice.id}:no-payment-method", 500)]
-    mails = db.session.scalars(select(OutboundEmail).where(
-        OutboundEmail.subject.like("We could not collect%"))).all()
+        (f"invoice:{invoice.id}:no-payment-method", 500)
+    ]
+    mails = db.session.scalars(
+        select(OutboundEmail).where(OutboundEmail.subject.like("We could not collect%"))
+    ).all()
     assert len(mails) == 1 and invoice.number in mails[0].body_text
     assert db.session.get(Invoice, invoice.id).status == "open"

@@ -6,6 +6,7 @@ them to the test's receiver; the tests POST them to the portal's webhook endpoin
 would, in order once, or each three times in a shuffled order, and compare what the portal
 holds afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,17 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.gateways import get_gateway
-from portal.models import (CheckoutSession, Event, Invoice, LedgerTransaction, PaymentAttempt,
-                           PaymentMethod, PaymentReversal, User, WebhookEvent)
+from portal.models import (
+    CheckoutSession,
+    Event,
+    Invoice,
+    LedgerTransaction,
+    PaymentAttempt,
+    PaymentMethod,
+    PaymentReversal,
+    User,
+    WebhookEvent,
+)
 from portal.money import Money
 from portal.services import card_payments, cards, ledger, settlement, topups, webhooks
 from tests.payments.conftest import OCT, SEP, TEST_CARDS, add_card, invoice_of, type_card
@@ -53,8 +63,11 @@ def events_of(receiver, customer: str, since: int = 0) -> list[tuple[dict, bytes
             payment_customers[obj["id"]] = obj["customer"]
         if obj.get("object") == "charge" and obj.get("payment_intent") and obj.get("customer"):
             payment_customers[obj["payment_intent"]] = obj["customer"]
-    return [(headers, body) for headers, body in deliveries[since:]
-            if _owner(json.loads(body)["data"]["object"], payment_customers) == customer]
+    return [
+        (headers, body)
+        for headers, body in deliveries[since:]
+        if _owner(json.loads(body)["data"]["object"], payment_customers) == customer
+    ]
 
 
 def wait_for_all(receiver, expected: list[tuple[str, str]], timeout: float = 20) -> None:
@@ -67,18 +80,25 @@ def wait_for_all(receiver, expected: list[tuple[str, str]], timeout: float = 20)
         if not missing:
             return
         time.sleep(0.05)
-    raise AssertionError(f"these events did not arrive: {missing}; got "
-                         f"{[(e['type'], e['data']['object'].get('id')) for e in receiver.events()]}")
+    raise AssertionError(
+        f"these events did not arrive: {missing}; got "
+        f"{[(e['type'], e['data']['object'].get('id')) for e in receiver.events()]}"
+    )
 
 
 def post_event(client, headers: dict, body: bytes):
     """One delivery to the portal's endpoint, as the stand-in made it (signature included)."""
-    return client.post(WEBHOOK, data=body, content_type="application/json",
-                       headers={"Stripe-Signature": headers["Stripe-Signature"]})
+    return client.post(
+        WEBHOOK,
+        data=body,
+        content_type="application/json",
+        headers={"Stripe-Signature": headers["Stripe-Signature"]},
+    )
 
 
-def deliver(client, deliveries: list[tuple[dict, bytes]], *, times: int = 1,
-            seed: int | str | None = None) -> None:
+def deliver(
+    client, deliveries: list[tuple[dict, bytes]], *, times: int = 1, seed: int | str | None = None
+) -> None:
     """POST each delivery ``times`` times: in order, newest first (``seed="reversed"``), or
     shuffled with ``random.Random(seed)``. Then what the requeue job does: events left
     unprocessed (a refund that came before its payment) are processed again until nothing
@@ -98,8 +118,9 @@ def process_unprocessed() -> None:
     """The requeue job until it has nothing left to do (processing runs synchronously)."""
     for _ in range(10):
         db.session.commit()
-        if not webhooks.requeue_unprocessed(older_than=timedelta(0),
-                                            now=datetime.now(UTC) + timedelta(seconds=1)):
+        if not webhooks.requeue_unprocessed(
+            older_than=timedelta(0), now=datetime.now(UTC) + timedelta(seconds=1)
+        ):
             db.session.commit()
             return
         db.session.commit()  # the jobs run after this commit
@@ -125,32 +146,58 @@ def state_of(user_id: int) -> dict:
     db.session.commit()  # a fresh look; the session holds nothing open afterwards
     user = db.session.get(User, user_id)
     balances = ledger.balances(user)
-    invoices = db.session.scalars(select(Invoice).where(Invoice.user_id == user_id)
-                                  .order_by(Invoice.period_start)).all()
-    txns = db.session.scalars(select(LedgerTransaction).where(
-        LedgerTransaction.user_id == user_id)).all()
+    invoices = db.session.scalars(
+        select(Invoice).where(Invoice.user_id == user_id).order_by(Invoice.period_start)
+    ).all()
+    txns = db.session.scalars(
+        select(LedgerTransaction).where(LedgerTransaction.user_id == user_id)
+    ).all()
     state = {
-        "balances": {k: getattr(balances, k).amount_minor
-                     for k in ("cash", "voucher", "credit", "receivable")},
-        "cards": sorted((c.last4, c.is_default, c.removed_at is None)
-                        for c in db.session.scalars(select(PaymentMethod).where(
-                            PaymentMethod.user_id == user_id))),
-        "invoices": [(i.total_minor, i.status, i.amount_paid_minor,
-                      sorted((p.tender, p.amount_minor) for p in i.payments))
-                     for i in invoices],
-        "attempts": sorted((a.purpose, a.status, a.amount_minor)
-                           for a in db.session.scalars(select(PaymentAttempt).where(
-                               PaymentAttempt.user_id == user_id))),
-        "reversals": sorted((r.kind, r.amount_minor, r.reason)
-                            for r in db.session.scalars(select(PaymentReversal).where(
-                                PaymentReversal.user_id == user_id))),
+        "balances": {
+            k: getattr(balances, k).amount_minor
+            for k in ("cash", "voucher", "credit", "receivable")
+        },
+        "cards": sorted(
+            (c.last4, c.is_default, c.removed_at is None)
+            for c in db.session.scalars(
+                select(PaymentMethod).where(PaymentMethod.user_id == user_id)
+            )
+        ),
+        "invoices": [
+            (
+                i.total_minor,
+                i.status,
+                i.amount_paid_minor,
+                sorted((p.tender, p.amount_minor) for p in i.payments),
+            )
+            for i in invoices
+        ],
+        "attempts": sorted(
+            (a.purpose, a.status, a.amount_minor)
+            for a in db.session.scalars(
+                select(PaymentAttempt).where(PaymentAttempt.user_id == user_id)
+            )
+        ),
+        "reversals": sorted(
+            (r.kind, r.amount_minor, r.reason)
+            for r in db.session.scalars(
+                select(PaymentReversal).where(PaymentReversal.user_id == user_id)
+            )
+        ),
         "ledger_transactions": len(txns),
-        "ledger": sorted((t.kind, tuple(sorted((e.account.kind, e.amount_minor)
-                                                for e in t.entries))) for t in txns),
-        "checkouts": sorted((c.purpose, c.status) for c in db.session.scalars(
-            select(CheckoutSession).where(CheckoutSession.user_id == user_id))),
-        "events": sorted(e.name for e in db.session.scalars(select(Event).where(
-            Event.user_id == user_id))),
+        "ledger": sorted(
+            (t.kind, tuple(sorted((e.account.kind, e.amount_minor) for e in t.entries)))
+            for t in txns
+        ),
+        "checkouts": sorted(
+            (c.purpose, c.status)
+            for c in db.session.scalars(
+                select(CheckoutSession).where(CheckoutSession.user_id == user_id)
+            )
+        ),
+        "events": sorted(
+            e.name for e in db.session.scalars(select(Event).where(Event.user_id == user_id))
+        ),
     }
     db.session.commit()
     return state
@@ -177,9 +224,12 @@ def pay_checkout_on_sandbox(user_id: int, amount_minor: int) -> tuple[str, str]:
     """A checkout top-up paid on the stand-in's page; nobody comes back to the portal's
     return page. Returns (checkout session id, payment intent id)."""
     user = db.session.get(User, user_id)
-    row = topups.start_checkout(user, Money(amount_minor, user.currency),
-                                success_url=f"{PORTAL}/wallet/top-up/done?session_id="
-                                "{CHECKOUT_SESSION_ID}", cancel_url=f"{PORTAL}/wallet/")
+    row = topups.start_checkout(
+        user,
+        Money(amount_minor, user.currency),
+        success_url=f"{PORTAL}/wallet/top-up/done?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{PORTAL}/wallet/",
+    )
     session_id, url = row.gateway_session_id, row.url
     db.session.commit()
     answer = type_card(url, TEST_CARDS["ok"])
@@ -192,9 +242,11 @@ def pay_checkout_on_sandbox(user_id: int, amount_minor: int) -> tuple[str, str]:
 def add_card_on_sandbox(user_id: int, number: str) -> tuple[str, str]:
     """A card typed on the hosted "add a card" page; nobody comes back to the portal.
     Returns (checkout session id, setup intent id)."""
-    row = cards.start_adding(db.session.get(User, user_id),
-                             success_url=f"{PORTAL}/payment-methods/added?session_id="
-                             "{CHECKOUT_SESSION_ID}", cancel_url=f"{PORTAL}/payment-methods/")
+    row = cards.start_adding(
+        db.session.get(User, user_id),
+        success_url=f"{PORTAL}/payment-methods/added?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{PORTAL}/payment-methods/",
+    )
     session_id, url = row.gateway_session_id, row.url
     db.session.commit()
     answer = type_card(url, number)
@@ -203,9 +255,13 @@ def add_card_on_sandbox(user_id: int, number: str) -> tuple[str, str]:
 
 
 def card_of(user_id: int, number: str) -> PaymentMethod:
-    return db.session.scalar(select(PaymentMethod).where(
-        PaymentMethod.user_id == user_id, PaymentMethod.last4 == number[-4:],
-        PaymentMethod.removed_at.is_(None)))
+    return db.session.scalar(
+        select(PaymentMethod).where(
+            PaymentMethod.user_id == user_id,
+            PaymentMethod.last4 == number[-4:],
+            PaymentMethod.removed_at.is_(None),
+        )
+    )
 
 
 def settle_with(user_id: int, number: str, invoice: Invoice) -> PaymentAttempt:
@@ -213,8 +269,11 @@ def settle_with(user_id: int, number: str, invoice: Invoice) -> PaymentAttempt:
     cards.set_default(db.session.get(User, user_id), card_of(user_id, number).id)
     db.session.commit()
     settlement.settle(user_id, invoice_id=invoice.id)
-    attempt = db.session.scalars(select(PaymentAttempt).where(
-        PaymentAttempt.invoice_id == invoice.id).order_by(PaymentAttempt.id.desc())).first()
+    attempt = db.session.scalars(
+        select(PaymentAttempt)
+        .where(PaymentAttempt.invoice_id == invoice.id)
+        .order_by(PaymentAttempt.id.desc())
+    ).first()
     db.session.commit()
     return attempt
 
@@ -223,8 +282,9 @@ def authenticate_on_sandbox(user_id: int, attempt_id: int) -> None:
     """The customer presses "Complete payment" and passes 3-D Secure on the bank's page; the
     way back to the portal is not followed (the webhook tells)."""
     attempt = db.session.get(PaymentAttempt, attempt_id)
-    url = card_payments.start_authentication(db.session.get(User, user_id), attempt,
-                                             return_url=f"{PORTAL}/invoices/confirmed")
+    url = card_payments.start_authentication(
+        db.session.get(User, user_id), attempt, return_url=f"{PORTAL}/invoices/confirmed"
+    )
     db.session.commit()
     assert url and "/sandbox/authenticate/" in url
     answer = requests.post(url, data={"result": "complete"}, allow_redirects=False, timeout=10)
@@ -236,10 +296,12 @@ def phase_one(user_id: int) -> list[tuple[str, str]]:
     the webhooks. Returns the events to wait for."""
     topup_session, topup_payment = pay_checkout_on_sandbox(user_id, 100)
     setup_session, setup_intent = add_card_on_sandbox(user_id, TEST_CARDS["ok"])
-    return [("checkout.session.completed", topup_session),
-            ("payment_intent.succeeded", topup_payment),
-            ("checkout.session.completed", setup_session),
-            ("setup_intent.succeeded", setup_intent)]
+    return [
+        ("checkout.session.completed", topup_session),
+        ("payment_intent.succeeded", topup_payment),
+        ("checkout.session.completed", setup_session),
+        ("setup_intent.succeeded", setup_intent),
+    ]
 
 
 def phase_two(user_id: int) -> list[tuple[str, str]]:
@@ -284,8 +346,7 @@ def refunds_and_disputes(receiver, customer: str) -> list[tuple[str, str]]:
 
 
 # -- the tests -----------------------------------------------------------------------------------
-def run_flows(client, receiver, user_id: int, *, times: int, seed: int | str | None
-              ) -> list:
+def run_flows(client, receiver, user_id: int, *, times: int, seed: int | str | None) -> list:
     """Both phases for one user, their events delivered ``times`` times each (shuffled with
     ``seed``). Returns the state after each phase."""
     customer = customer_of(user_id)
@@ -308,7 +369,8 @@ def run_flows(client, receiver, user_id: int, *, times: int, seed: int | str | N
 
 @pytest.mark.parametrize("seed", [7, 2026, "reversed"])
 def test_each_event_three_times_shuffled_leaves_the_state_of_one_delivery_in_order(
-        pctx, make_user, receiver, seed):
+    pctx, make_user, receiver, seed
+):
     """``reversed``: every event three times, newest first, so each refund arrives before
     the payment it refunds, and the full refund before the partial one."""
     client = pctx.test_client()
@@ -327,10 +389,14 @@ def test_each_event_three_times_shuffled_leaves_the_state_of_one_delivery_in_ord
     assert [status for _, status, _, _ in after_two["invoices"]] == ["paid", "paid", "paid"]
     assert after_two["invoices"] == [
         (500, "paid", 500, [("card", 400), ("cash", 100)]),  # August: the balance, then a card
-        (300, "paid", 300, [("card", 300)]),                 # September: the disputed card
-        (800, "paid", 800, [("card", 800)])]                 # October: after 3-D Secure
-    assert after_two["reversals"] == [("dispute", 300, "fraudulent"),
-                                      ("refund", 300, "refunded"), ("refund", 500, "refunded")]
+        (300, "paid", 300, [("card", 300)]),  # September: the disputed card
+        (800, "paid", 800, [("card", 800)]),
+    ]  # October: after 3-D Secure
+    assert after_two["reversals"] == [
+        ("dispute", 300, "fraudulent"),
+        ("refund", 300, "refunded"),
+        ("refund", 500, "refunded"),
+    ]
     assert after_two["balances"] == {"cash": 0, "voucher": 0, "credit": 0, "receivable": 0}
     assert after_two["events"].count("billing.payment.disputed") == 1
     assert after_two["events"].count("billing.invoice.paid") == 3
@@ -345,20 +411,28 @@ def test_a_bad_signature_is_400_and_stores_nothing(pctx, make_user, receiver):
     user_id = make_user().id
     customer = customer_of(user_id)
     session, payment = pay_checkout_on_sandbox(user_id, 500)
-    wait_for_all(receiver, [("checkout.session.completed", session),
-                            ("payment_intent.succeeded", payment)])
+    wait_for_all(
+        receiver, [("checkout.session.completed", session), ("payment_intent.succeeded", payment)]
+    )
     client = pctx.test_client()
     before = inbox_count()
     for headers, body in events_of(receiver, customer):
         event = json.loads(body)
-        forged = json.dumps({**event, "data": {"object": {**event["data"]["object"],
-                                                          "amount": 999_999}}}).encode()
-        for signature in (headers["Stripe-Signature"],              # over the real body
-                          sign(body, "whsec_someone_else"),          # another secret
-                          "t=1,v1=" + "0" * 64, ""):
-            answer = client.post(WEBHOOK, data=forged if signature == headers[
-                "Stripe-Signature"] else body, content_type="application/json",
-                headers={"Stripe-Signature": signature} if signature else {})
+        forged = json.dumps(
+            {**event, "data": {"object": {**event["data"]["object"], "amount": 999_999}}}
+        ).encode()
+        for signature in (
+            headers["Stripe-Signature"],  # over the real body
+            sign(body, "whsec_someone_else"),  # another secret
+            "t=1,v1=" + "0" * 64,
+            "",
+        ):
+            answer = client.post(
+                WEBHOOK,
+                data=forged if signature == headers["Stripe-Signature"] else body,
+                content_type="application/json",
+                headers={"Stripe-Signature": signature} if signature else {},
+            )
             assert answer.status_code == 400
             assert answer.json["error"]["code"] == "bad_signature"
     assert inbox_count() == before
@@ -369,31 +443,40 @@ def test_an_event_of_the_other_mode_is_ignored(pctx, make_user, receiver):
     user_id = make_user().id
     customer = customer_of(user_id)
     session, payment = pay_checkout_on_sandbox(user_id, 500)
-    wait_for_all(receiver, [("checkout.session.completed", session),
-                            ("payment_intent.succeeded", payment)])
+    wait_for_all(
+        receiver, [("checkout.session.completed", session), ("payment_intent.succeeded", payment)]
+    )
     client = pctx.test_client()
     before = inbox_count()
     for _, body in events_of(receiver, customer):
         live = json.dumps({**json.loads(body), "livemode": True}).encode()
-        answer = client.post(WEBHOOK, data=live, content_type="application/json",
-                             headers={"Stripe-Signature": sign(live, receiver.secret)})
+        answer = client.post(
+            WEBHOOK,
+            data=live,
+            content_type="application/json",
+            headers={"Stripe-Signature": sign(live, receiver.secret)},
+        )
         assert answer.status_code == 200
         assert answer.json == {"received": False, "ignored": "livemode"}
     assert inbox_count() == before
     assert state_of(user_id)["balances"]["cash"] == 0
 
 
-@pytest.mark.parametrize("first", ["checkout.session.completed", "payment_intent.succeeded",
-                                   "return page"])
-def test_a_checkout_top_up_is_credited_once_whichever_comes_first(pctx, make_user, receiver,
-                                                                  auth, client, first):
+@pytest.mark.parametrize(
+    "first", ["checkout.session.completed", "payment_intent.succeeded", "return page"]
+)
+def test_a_checkout_top_up_is_credited_once_whichever_comes_first(
+    pctx, make_user, receiver, auth, client, first
+):
     user = make_user()
     customer = customer_of(user.id)
     session, payment = pay_checkout_on_sandbox(user.id, 2500)
-    wait_for_all(receiver, [("checkout.session.completed", session),
-                            ("payment_intent.succeeded", payment)])
-    by_type = {json.loads(body)["type"]: (headers, body)
-               for headers, body in events_of(receiver, customer)}
+    wait_for_all(
+        receiver, [("checkout.session.completed", session), ("payment_intent.succeeded", payment)]
+    )
+    by_type = {
+        json.loads(body)["type"]: (headers, body) for headers, body in events_of(receiver, customer)
+    }
     auth.login(user)
 
     def return_page():
@@ -401,11 +484,15 @@ def test_a_checkout_top_up_is_credited_once_whichever_comes_first(pctx, make_use
         assert answer.status_code == 303
         return answer
 
-    steps = {"checkout.session.completed": lambda: post_event(
-                 client, *by_type["checkout.session.completed"]),
-             "payment_intent.succeeded": lambda: post_event(
-                 client, *by_type["payment_intent.succeeded"]),
-             "return page": return_page}
+    steps = {
+        "checkout.session.completed": lambda: post_event(
+            client, *by_type["checkout.session.completed"]
+        ),
+        "payment_intent.succeeded": lambda: post_event(
+            client, *by_type["payment_intent.succeeded"]
+        ),
+        "return page": return_page,
+    }
     order = [first] + [name for name in steps if name != first]
     for name in order + order[::-1]:
         assert steps[name]().status_code in (200, 303)
@@ -415,12 +502,16 @@ def test_a_checkout_top_up_is_credited_once_whichever_comes_first(pctx, make_use
     assert state["checkouts"] == [("topup", "complete")]
     page = client.get("/wallet/").get_data(as_text=True)
     assert page.count("Top-up by card (checkout)") == 1  # one line in the wallet's history
-    assert '<div class="balance" id="balance-cash"><h2>Prepaid balance</h2><p class="amount">$25.00</p>' in page
+    assert (
+        '<div class="balance" id="balance-cash"><h2>Prepaid balance</h2><p class="amount">$25.00</p>'
+        in page
+    )
 
 
 @pytest.mark.postgres
-def test_deliveries_at_the_same_moment_credit_a_top_up_once(pctx, make_app, make_user,
-                                                            receiver, standin):
+def test_deliveries_at_the_same_moment_credit_a_top_up_once(
+    pctx, make_app, make_user, receiver, standin
+):
     """Both events of a checkout top-up, four copies each, sent at once by eight threads
     (eight requests, each processing its event as a worker would): stored once each,
     credited once."""
@@ -432,17 +523,23 @@ def test_deliveries_at_the_same_moment_credit_a_top_up_once(pctx, make_app, make
     user_id = make_user().id
     customer = customer_of(user_id)
     session, payment = pay_checkout_on_sandbox(user_id, 4000)
-    wait_for_all(receiver, [("checkout.session.completed", session),
-                            ("payment_intent.succeeded", payment)])
-    deliveries = [d for d in events_of(receiver, customer) if json.loads(d[1])["type"] in
-                  ("checkout.session.completed", "payment_intent.succeeded")]
+    wait_for_all(
+        receiver, [("checkout.session.completed", session), ("payment_intent.succeeded", payment)]
+    )
+    deliveries = [
+        d
+        for d in events_of(receiver, customer)
+        if json.loads(d[1])["type"] in ("checkout.session.completed", "payment_intent.succeeded")
+    ]
     assert len(deliveries) == 2
     sent = [d for d in deliveries for _ in range(4)]
     # Two connections a request: its own, and the job's (run synchronously after commit).
-    wide = make_app(STRIPE_SECRET_KEY=SECRET_KEY, STRIPE_WEBHOOK_SECRET=receiver.secret,
-                    STRIPE_API_BASE=standin.base_url,
-                    SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2 * len(sent) + 2,
-                                               "max_overflow": 0})
+    wide = make_app(
+        STRIPE_SECRET_KEY=SECRET_KEY,
+        STRIPE_WEBHOOK_SECRET=receiver.secret,
+        STRIPE_API_BASE=standin.base_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 2 * len(sent) + 2, "max_overflow": 0},
+    )
     barrier = threading.Barrier(len(sent))
 
     def post(delivery):
@@ -460,5 +557,6 @@ def test_deliveries_at_the_same_moment_credit_a_top_up_once(pctx, make_app, make
     assert state["balances"]["cash"] == 4000
     assert state["ledger"] == [("topup", (("cash", 4000), ("stripe_clearing", -4000)))]
     assert state["checkouts"] == [("topup", "complete")]
-    assert inbox_of(deliveries) == Counter({("checkout.session.completed", "handled"): 1,
-                                            ("payment_intent.succeeded", "handled"): 1})
+    assert inbox_of(deliveries) == Counter(
+        {("checkout.session.completed", "handled"): 1, ("payment_intent.succeeded", "handled"): 1}
+    )

@@ -1,5 +1,6 @@
 """Who may reach what: login, admin role, API tokens and scopes, CSRF, object scoping,
 security headers and CSP-safe pages, session cookie flags."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,14 @@ from tests.conftest import PASSWORD
 
 API_PREFIX = "/api/plugins/billing/"
 # Pages anyone may open: logging in, registering, asking for and using a password link.
-PUBLIC_ENDPOINTS = {"static", "index", "auth.login", "auth.register", "auth.forgot",
-                    "auth.reset_password"}
+PUBLIC_ENDPOINTS = {
+    "static",
+    "index",
+    "auth.login",
+    "auth.register",
+    "auth.forgot",
+    "auth.reset_password",
+}
 # API routes authenticated by a signature over the body instead of a bearer token (the
 # gateway's webhooks: tests/webhooks prove a bad signature is 400 and stores nothing).
 SIGNED_ENDPOINTS = {"webhooks.receive"}
@@ -46,22 +53,29 @@ def _method(methods) -> str:
 
 def _table(url_map) -> list[tuple[str, str, str]]:
     """(endpoint, rule, method) for every route."""
-    return sorted((rule.endpoint, rule.rule, _method(rule.methods))
-                  for rule in url_map.iter_rules())
+    return sorted(
+        (rule.endpoint, rule.rule, _method(rule.methods)) for rule in url_map.iter_rules()
+    )
 
 
 ALL_RULES = _table(_url_map())
 WEB_RULES = [r for r in ALL_RULES if not r[1].startswith(API_PREFIX) and r[0] != "static"]
-API_RULES = [r for r in ALL_RULES
-             if r[1].startswith(API_PREFIX)
-             and r[0] not in SIGNED_ENDPOINTS | PUBLIC_API_ENDPOINTS]
+API_RULES = [
+    r
+    for r in ALL_RULES
+    if r[1].startswith(API_PREFIX) and r[0] not in SIGNED_ENDPOINTS | PUBLIC_API_ENDPOINTS
+]
 PROTECTED_RULES = [r for r in WEB_RULES if r[0] not in PUBLIC_ENDPOINTS]
 ADMIN_RULES = [r for r in WEB_RULES if r[1].startswith("/admin/")]
 # Every web route and method that changes something (GET+POST pages, POST-only actions).
-FORM_POST_RULES = sorted({(rule.endpoint, rule.rule, method)
-                          for rule in _url_map().iter_rules()
-                          for method in rule.methods & {"POST", "PUT", "PATCH", "DELETE"}
-                          if not rule.rule.startswith(API_PREFIX)})
+FORM_POST_RULES = sorted(
+    {
+        (rule.endpoint, rule.rule, method)
+        for rule in _url_map().iter_rules()
+        for method in rule.methods & {"POST", "PUT", "PATCH", "DELETE"}
+        if not rule.rule.startswith(API_PREFIX)
+    }
+)
 ADMIN_ONLY_API = ["/credits", "/admin/credits"]
 
 
@@ -72,11 +86,13 @@ def rule_id(rule: tuple[str, str, str]) -> str:
 def fill(rule: str, **values: object) -> str:
     """A concrete URL for ``rule``: dummy ints for int converters, 'x' for strings,
     unless ``values`` names the argument."""
+
     def sub(match: re.Match) -> str:
         converter, name = match.group(1), match.group(2)
         if name in values:
             return str(values[name])
         return "1" if converter == "int" else "x"
+
     return re.sub(r"<(?:(\w+):)?(\w+)>", sub, rule)
 
 
@@ -89,8 +105,7 @@ def send(client, method: str, url: str, data: dict | None = None):
     """GET, or send a form with the CSRF token (so the access check is what answers)."""
     if method == "GET":
         return client.get(url)
-    return client.open(url, method=method, data={"csrf_token": client.fetch_csrf(),
-                                                 **(data or {})})
+    return client.open(url, method=method, data={"csrf_token": client.fetch_csrf(), **(data or {})})
 
 
 def test_the_route_tables_cover_the_real_app(app):
@@ -101,6 +116,7 @@ def test_the_route_tables_cover_the_real_app(app):
 
 
 # -- logging in ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rule", PROTECTED_RULES, ids=rule_id)
 def test_anonymous_visitors_are_sent_to_the_login_page(client, rule):
@@ -119,8 +135,12 @@ def test_non_admins_get_403_on_every_admin_route(client, auth, make_user, rule):
     user = make_user()
     other = make_user()
     auth.login(user)
-    response = send(client, rule[2], fill(rule[1], user_id=other.id),
-                    data={"amount": "10.00", "reason": "nope"} if rule[2] == "POST" else None)
+    response = send(
+        client,
+        rule[2],
+        fill(rule[1], user_id=other.id),
+        data={"amount": "10.00", "reason": "nope"} if rule[2] == "POST" else None,
+    )
     assert response.status_code == 403
     assert "Not allowed" in response.get_data(as_text=True)
     assert count(client.application, LedgerTransaction) == 0
@@ -134,6 +154,7 @@ def test_an_admin_reaches_the_admin_area(client, auth, make_user):
 
 
 # -- the API ---------------------------------------------------------------------------
+
 
 def _call(api, method: str, path: str, headers=None):
     url = fill(path)
@@ -151,8 +172,16 @@ def test_api_without_a_token_is_401_json(api, rule):
     assert response.json["error"]["message"]
 
 
-@pytest.mark.parametrize("header", ["Bearer bp_not-a-real-token", "Bearer garbage",
-                                    "Bearer ", "Basic dXNlcjpwYXNz", "bp_no-scheme"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer bp_not-a-real-token",
+        "Bearer garbage",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "bp_no-scheme",
+    ],
+)
 @pytest.mark.parametrize("rule", API_RULES, ids=rule_id)
 def test_api_with_a_bad_token_is_401(api, rule, header):
     response = _call(api, rule[2], rule[1], headers={"Authorization": header})
@@ -174,8 +203,11 @@ def test_a_revoked_token_is_401(app, api, make_user):
 @pytest.mark.parametrize("path", ADMIN_ONLY_API)
 def test_a_user_token_cannot_grant_credit(app, api, make_user, path):
     user = make_user()
-    response = api.post(path, token=api.token(user),
-                        json={"user_id": user.email, "amount": "50.00", "reason": "free money"})
+    response = api.post(
+        path,
+        token=api.token(user),
+        json={"user_id": user.email, "amount": "50.00", "reason": "free money"},
+    )
     assert response.status_code == 403
     assert response.json["error"]["code"] == "forbidden"
     assert count(app, LedgerTransaction) == 0
@@ -185,15 +217,19 @@ def test_a_user_token_cannot_grant_credit(app, api, make_user, path):
 @pytest.mark.parametrize("path", ADMIN_ONLY_API)
 def test_a_platform_token_cannot_grant_credit(app, api, make_user, path):
     user = make_user()
-    response = api.post(path, token=api.token(make_user(), "platform"),
-                        json={"user_id": user.email, "amount": "50.00", "reason": "free money"})
+    response = api.post(
+        path,
+        token=api.token(make_user(), "platform"),
+        json={"user_id": user.email, "amount": "50.00", "reason": "free money"},
+    )
     assert response.status_code == 403
     assert count(app, LedgerTransaction) == 0
 
 
 def test_a_user_token_cannot_create_users(app, api, make_user):
-    response = api.post("/users", token=api.token(make_user()),
-                        json={"email": "new@example.com", "name": "New"})
+    response = api.post(
+        "/users", token=api.token(make_user()), json={"email": "new@example.com", "name": "New"}
+    )
     assert response.status_code == 403
     assert response.json["error"]["code"] == "forbidden"
     with app.app_context():
@@ -203,14 +239,24 @@ def test_a_user_token_cannot_create_users(app, api, make_user):
 
 # -- CSRF ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("rule", FORM_POST_RULES, ids=rule_id)
 def test_every_form_post_without_a_csrf_token_is_400(client, auth, make_user, rule):
     admin = make_user(admin=True)
     auth.login(admin)
-    response = client.open(fill(rule[1], user_id=admin.id), method=rule[2],
-                           data={"amount": "10.00", "reason": "r", "name": "n", "email": "a@b.c",
-                                 "password": "x" * 12, "confirm": "x" * 12,
-                                 "current_password": PASSWORD})
+    response = client.open(
+        fill(rule[1], user_id=admin.id),
+        method=rule[2],
+        data={
+            "amount": "10.00",
+            "reason": "r",
+            "name": "n",
+            "email": "a@b.c",
+            "password": "x" * 12,
+            "confirm": "x" * 12,
+            "current_password": PASSWORD,
+        },
+    )
     assert response.status_code == 400
     assert "Form expired" in response.get_data(as_text=True)
 
@@ -219,25 +265,30 @@ def test_every_form_post_without_a_csrf_token_is_400(client, auth, make_user, ru
 def test_a_forged_csrf_token_is_400_too(client, auth, make_user, rule):
     admin = make_user(admin=True)
     auth.login(admin)
-    response = client.open(fill(rule[1], user_id=admin.id), method=rule[2],
-                           data={"csrf_token": "forged.token.value", "email": "a@b.c"})
+    response = client.open(
+        fill(rule[1], user_id=admin.id),
+        method=rule[2],
+        data={"csrf_token": "forged.token.value", "email": "a@b.c"},
+    )
     assert response.status_code == 400
 
 
 def test_grant_credit_without_csrf_writes_nothing(app, client, auth, make_user):
     admin, user = make_user(admin=True), make_user()
     auth.login(admin)
-    response = client.post(f"/admin/users/{user.id}/credits",
-                           data={"amount": "50.00", "reason": "Service credit"})
+    response = client.post(
+        f"/admin/users/{user.id}/credits", data={"amount": "50.00", "reason": "Service credit"}
+    )
     assert response.status_code == 400
     assert count(app, LedgerTransaction) == 0
     assert count(app, CreditLot) == 0
     # The same form with its token works, so the 400 above was the missing token.
     page = client.get(f"/admin/users/{user.id}").get_data(as_text=True)
     request_id = re.search(r'name="request_id" type="hidden" value="([0-9a-f]+)"', page).group(1)
-    response = client.submit(f"/admin/users/{user.id}/credits",
-                             {"amount": "50.00", "reason": "Service credit",
-                              "request_id": request_id})
+    response = client.submit(
+        f"/admin/users/{user.id}/credits",
+        {"amount": "50.00", "reason": "Service credit", "request_id": request_id},
+    )
     assert response.status_code == 303
     assert count(app, CreditLot) == 1
 
@@ -245,9 +296,14 @@ def test_grant_credit_without_csrf_writes_nothing(app, client, auth, make_user):
 def test_change_password_without_csrf_changes_nothing(client, auth, make_user):
     user = make_user()
     auth.login(user)
-    response = client.post("/account/password",
-                           data={"current_password": PASSWORD, "password": "brand-new-password",
-                                 "confirm": "brand-new-password"})
+    response = client.post(
+        "/account/password",
+        data={
+            "current_password": PASSWORD,
+            "password": "brand-new-password",
+            "confirm": "brand-new-password",
+        },
+    )
     assert response.status_code == 400
     auth.logout()
     assert auth.login(user.email, "brand-new-password").status_code == 200  # form again
@@ -266,12 +322,16 @@ def test_logout_without_csrf_keeps_the_session(client, auth, make_user):
 
 def test_the_api_needs_no_csrf_token(api, make_user):
     """Bearer tokens are not sent by browsers on their own, so the API is exempt."""
-    response = api.post("/users", token=api.token(make_user(), "platform"),
-                        json={"email": "platform-made@example.com"})
+    response = api.post(
+        "/users",
+        token=api.token(make_user(), "platform"),
+        json={"email": "platform-made@example.com"},
+    )
     assert response.status_code == 201
 
 
 # -- security headers and CSP-safe pages -----------------------------------------------
+
 
 class InlineCodeFinder(HTMLParser):
     """Everything a CSP without 'unsafe-inline' would block."""
@@ -295,7 +355,8 @@ class InlineCodeFinder(HTMLParser):
             if name.startswith("on") or name.startswith("hx-on"):
                 self.problems.append(f"{name}= on <{tag}>")
             if name in ("href", "src", "action") and (value or "").lower().startswith(
-                    "javascript:"):
+                "javascript:"
+            ):
                 self.problems.append(f"javascript: URL on <{tag}>")
 
     def handle_endtag(self, tag):
@@ -339,8 +400,11 @@ def assert_security_headers(response) -> None:
 def site(app, client, auth, make_user, api):
     """An admin logged in, a customer with a credit, and a message in the outbox."""
     admin, customer = make_user(admin=True), make_user(name="Cleo Customer")
-    api.post("/credits", token=api.token(admin, "admin"),
-             json={"user_id": customer.email, "amount": "12.50", "reason": "Goodwill"})
+    api.post(
+        "/credits",
+        token=api.token(admin, "admin"),
+        json={"user_id": customer.email, "amount": "12.50", "reason": "Goodwill"},
+    )
     api.post("/users", token=api.token(admin, "platform"), json={"email": "fresh@example.com"})
     auth.login(admin)
     with app.app_context():
@@ -352,8 +416,12 @@ def site(app, client, auth, make_user, api):
 PAGE_RULES = [r for r in WEB_RULES if r[2] == "GET" and r[0] != "index"]
 # Pages the card processor sends people back to: without the query it adds (a checkout
 # session, a payment), there is nothing to show.
-RETURN_PAGES = {"payment_methods.added", "wallet.top_up_done", "wallet.top_up_card_return",
-                "invoices.confirmed"}
+RETURN_PAGES = {
+    "payment_methods.added",
+    "wallet.top_up_done",
+    "wallet.top_up_card_return",
+    "invoices.confirmed",
+}
 
 
 @pytest.mark.parametrize("rule", PAGE_RULES, ids=rule_id)
@@ -405,8 +473,10 @@ def test_api_responses_send_the_headers(api, make_user):
 
 # -- object scoping --------------------------------------------------------------------
 
+
 def test_revoking_another_users_token_is_404_and_the_token_keeps_working(
-        app, client, auth, api, make_user):
+    app, client, auth, api, make_user
+):
     owner, intruder = make_user(), make_user()
     token = api.token(owner)
     with app.app_context():
@@ -437,6 +507,7 @@ def test_the_token_list_shows_only_my_tokens(app, client, auth, api, make_user):
 
 
 # -- the session cookie ----------------------------------------------------------------
+
 
 def test_the_session_cookie_is_httponly_and_samesite_lax(client, auth, make_user):
     response = auth.login(make_user())

@@ -2,6 +2,7 @@
 return, 3-D Secure return) are built from PUBLIC_URL, never from the request's Host header,
 which the client chooses: a forged Host must not send the user, with the gateway's session
 id, to another site."""
+
 from __future__ import annotations
 
 import re
@@ -13,9 +14,14 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import CheckoutSession
 from tests.conftest import AuthActions
-from tests.payments.conftest import (SECRET_KEY, TEST_CARDS, in_app,  # noqa: F401
-                                     issued_invoice, pay_app, receiver, saved_card, standin,
-                                     type_card)
+from tests.payments.conftest import (
+    SECRET_KEY,
+    TEST_CARDS,
+    in_app,  # noqa: F401
+    issued_invoice,
+    saved_card,
+    type_card,
+)
 
 PUBLIC = "http://portal.test"  # PUBLIC_URL in tests/conftest.py
 
@@ -34,10 +40,12 @@ def forged(pay_app, make_user):
 def gateway_session(pay_app, standin) -> dict:
     """The checkout session the portal last opened, as the gateway holds it."""
     with pay_app.app_context():
-        session_id = db.session.scalars(select(CheckoutSession.gateway_session_id)
-                                        .order_by(CheckoutSession.id.desc())).first()
-    answer = requests.get(f"{standin.base_url}/v1/checkout/sessions/{session_id}",
-                          auth=(SECRET_KEY, ""), timeout=10)
+        session_id = db.session.scalars(
+            select(CheckoutSession.gateway_session_id).order_by(CheckoutSession.id.desc())
+        ).first()
+    answer = requests.get(
+        f"{standin.base_url}/v1/checkout/sessions/{session_id}", auth=(SECRET_KEY, ""), timeout=10
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -49,8 +57,9 @@ def nonce_of(client) -> str:
 
 def test_checkout_top_up_urls_use_public_url(pay_app, standin, forged):
     client, _ = forged
-    answer = client.submit("/wallet/top-up", {"amount": "25.00", "method": "checkout",
-                                              "nonce": nonce_of(client)})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": "25.00", "method": "checkout", "nonce": nonce_of(client)}
+    )
     assert answer.status_code == 303
     session = gateway_session(pay_app, standin)
     assert session["success_url"].startswith(f"{PUBLIC}/wallet/top-up/done?session_id=")
@@ -73,8 +82,9 @@ def test_add_a_card_urls_use_public_url(pay_app, standin, forged):
 def authenticated(answer) -> str:
     """Complete 3-D Secure on the gateway's page; where it sends the user back to."""
     assert answer.status_code == 303 and "/sandbox/authenticate/" in answer.headers["Location"]
-    back = requests.post(answer.headers["Location"], data={"result": "complete"},
-                         allow_redirects=False, timeout=10)
+    back = requests.post(
+        answer.headers["Location"], data={"result": "complete"}, allow_redirects=False, timeout=10
+    )
     assert back.status_code in (302, 303), back.text
     return back.headers["Location"]
 
@@ -82,8 +92,9 @@ def authenticated(answer) -> str:
 def test_a_card_top_up_3d_secure_return_uses_public_url(pay_app, forged, in_app):
     client, user = forged
     card = in_app(saved_card, user.id, TEST_CARDS["three_d_secure"])
-    answer = client.submit("/wallet/top-up", {"amount": "10.00", "method": f"card:{card}",
-                                              "nonce": nonce_of(client)})
+    answer = client.submit(
+        "/wallet/top-up", {"amount": "10.00", "method": f"card:{card}", "nonce": nonce_of(client)}
+    )
     assert authenticated(answer).startswith(f"{PUBLIC}/wallet/top-up/confirmed")
 
 

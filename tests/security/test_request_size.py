@@ -3,6 +3,7 @@ the API, WEBHOOK_MAX_CONTENT_LENGTH for the gateway's webhook. Over it: 413 (a J
 /api/, a page elsewhere) and nothing is read into a view or stored. Through the Werkzeug test
 client (a server that terminates chunked streams, as gunicorn does) and through gunicorn itself
 on a real socket."""
+
 from __future__ import annotations
 
 import io
@@ -47,9 +48,13 @@ def padded_event(size: int, event_type: str = "customer.created") -> bytes:
 def chunked(client, url: str, body: bytes, content_type: str, **headers):
     """POST ``body`` with Transfer-Encoding: chunked and no Content-Length, from a server that
     de-chunks and says it terminates the stream (wsgi.input_terminated), as gunicorn does."""
-    return client.post(url, input_stream=io.BytesIO(body), content_type=content_type,
-                       headers={"Transfer-Encoding": "chunked", **headers},
-                       environ_overrides={"wsgi.input_terminated": True})
+    return client.post(
+        url,
+        input_stream=io.BytesIO(body),
+        content_type=content_type,
+        headers={"Transfer-Encoding": "chunked", **headers},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
 
 
 @pytest.mark.usefixtures("stripe_app")
@@ -57,18 +62,25 @@ def test_a_body_over_the_limit_with_a_length_is_413(app, client):
     big = b"x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
     page = client.post("/auth/login", data=big, content_type="application/x-www-form-urlencoded")
     assert page.status_code == 413 and page.mimetype == "text/html"
-    assert "The request body is larger than the 1,048,576 bytes this address accepts." \
+    assert (
+        "The request body is larger than the 1,048,576 bytes this address accepts."
         in page.get_data(as_text=True)
+    )
     api = client.post(API, data=big, content_type="application/json")
     assert api.status_code == 413
     assert api.get_json()["error"]["code"] == "too_large"
     hook = padded_event(app.config["WEBHOOK_MAX_CONTENT_LENGTH"] + 1)
-    answer = client.post(WEBHOOK, data=hook, content_type="application/json",
-                         headers={"Stripe-Signature": sign(hook)})
+    answer = client.post(
+        WEBHOOK,
+        data=hook,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign(hook)},
+    )
     assert answer.status_code == 413
     assert answer.get_json()["error"] == {
         "code": "too_large",
-        "message": "The request body is larger than the 262,144 bytes this address accepts."}
+        "message": "The request body is larger than the 262,144 bytes this address accepts.",
+    }
     assert count(app, WebhookEvent) == 0
 
 
@@ -76,8 +88,9 @@ def test_a_body_over_the_limit_with_a_length_is_413(app, client):
 def test_a_signed_chunked_webhook_over_its_limit_is_413_and_not_stored(app, client):
     for size in (app.config["WEBHOOK_MAX_CONTENT_LENGTH"] + 1, 3 * 1024 * 1024):
         body = padded_event(size)
-        answer = chunked(client, WEBHOOK, body, "application/json",
-                         **{"Stripe-Signature": sign(body)})
+        answer = chunked(
+            client, WEBHOOK, body, "application/json", **{"Stripe-Signature": sign(body)}
+        )
         assert answer.status_code == 413, size
         assert answer.get_json()["error"]["code"] == "too_large"
     assert count(app, WebhookEvent) == 0
@@ -98,8 +111,9 @@ def test_a_chunked_api_body_over_the_limit_is_413(app, client):
     assert small.status_code == 401  # read, and on to the token check
 
 
-def test_a_chunked_form_over_the_limit_is_413_and_under_it_is_read_whole(app, client, auth,
-                                                                         make_user):
+def test_a_chunked_form_over_the_limit_is_413_and_under_it_is_read_whole(
+    app, client, auth, make_user
+):
     auth.login(make_user())
     token = client.fetch_csrf()
     body = f"csrf_token={token}&amount=5&reason=".encode() + b"x" * (1024 * 1024)
@@ -120,16 +134,29 @@ LIMIT, HOOK_LIMIT = 65536, 16384
 
 @pytest.fixture
 def gunicorn(app, database_url, redis_url, tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STRIPE_") and k not in ("TESTING", "BILLING_CONFIG", "FLASK_APP",
-                                                        "RQ_ASYNC")}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1",
-               SECRET_KEY=BASE_CONFIG["SECRET_KEY"], INSTANCE_PATH=str(tmp_path / "instance"),
-               MAX_CONTENT_LENGTH=str(LIMIT), WEBHOOK_MAX_CONTENT_LENGTH=str(HOOK_LIMIT),
-               STRIPE_SECRET_KEY="sk_test_webhooks", STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
-               BUILTIN_BILLING="false")
-    server = Process([sys.executable, "-m", "gunicorn", "--workers", "1", "--bind",
-                      "127.0.0.1:0", "wsgi:app"], env, "gunicorn")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STRIPE_")
+        and k not in ("TESTING", "BILLING_CONFIG", "FLASK_APP", "RQ_ASYNC")
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        PYTHONUNBUFFERED="1",
+        SECRET_KEY=BASE_CONFIG["SECRET_KEY"],
+        INSTANCE_PATH=str(tmp_path / "instance"),
+        MAX_CONTENT_LENGTH=str(LIMIT),
+        WEBHOOK_MAX_CONTENT_LENGTH=str(HOOK_LIMIT),
+        STRIPE_SECRET_KEY="sk_test_webhooks",
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        BUILTIN_BILLING="false",
+    )
+    server = Process(
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--bind", "127.0.0.1:0", "wsgi:app"],
+        env,
+        "gunicorn",
+    )
     try:
         line = server.wait_for_line(r"Listening at: http://127\.0\.0\.1:\d+")
         server.wait_for_line(r"Booting worker")
@@ -145,14 +172,15 @@ def gunicorn(app, database_url, redis_url, tmp_path):
         print(server.output[-5000:])  # shown when the test fails
 
 
-def raw_post(port: int, path: str, body: bytes, *, chunked: bool = True,
-             headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
+def raw_post(
+    port: int, path: str, body: bytes, *, chunked: bool = True, headers: tuple[str, ...] = ()
+) -> tuple[int, bytes]:
     """One POST over a plain socket: the body in 8 KiB chunks (or with a Content-Length).
     Returns the status and the response body."""
     head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
     if chunked:
         head.append("Transfer-Encoding: chunked")
-        pieces = [body[i:i + 8192] for i in range(0, len(body), 8192)]
+        pieces = [body[i : i + 8192] for i in range(0, len(body), 8192)]
         payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     else:
         head.append(f"Content-Length: {len(body)}")
@@ -176,30 +204,49 @@ def raw_post(port: int, path: str, body: bytes, *, chunked: bool = True,
 
 def test_gunicorn_refuses_chunked_bodies_over_the_limits(app, gunicorn):
     hook = padded_event(HOOK_LIMIT + 1000)
-    status, body = raw_post(gunicorn, WEBHOOK, hook,
-                            headers=("Content-Type: application/json",
-                                     f"Stripe-Signature: {sign(hook)}"))
+    status, body = raw_post(
+        gunicorn,
+        WEBHOOK,
+        hook,
+        headers=("Content-Type: application/json", f"Stripe-Signature: {sign(hook)}"),
+    )
     assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
     assert count(app, WebhookEvent) == 0
 
-    status, body = raw_post(gunicorn, API, b'{"pad": "' + b"x" * LIMIT + b'"}',
-                            headers=("Content-Type: application/json",))
+    status, body = raw_post(
+        gunicorn,
+        API,
+        b'{"pad": "' + b"x" * LIMIT + b'"}',
+        headers=("Content-Type: application/json",),
+    )
     assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
 
-    status, body = raw_post(gunicorn, "/auth/login", b"email=" + b"x" * LIMIT,
-                            headers=("Content-Type: application/x-www-form-urlencoded",))
+    status, body = raw_post(
+        gunicorn,
+        "/auth/login",
+        b"email=" + b"x" * LIMIT,
+        headers=("Content-Type: application/x-www-form-urlencoded",),
+    )
     assert status == 413 and b"<h1>Too large</h1>" in body
 
-    status, body = raw_post(gunicorn, API, b'{"pad": "' + b"x" * LIMIT + b'"}', chunked=False,
-                            headers=("Content-Type: application/json",))
+    status, body = raw_post(
+        gunicorn,
+        API,
+        b'{"pad": "' + b"x" * LIMIT + b'"}',
+        chunked=False,
+        headers=("Content-Type: application/json",),
+    )
     assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
 
 
 def test_gunicorn_reads_a_chunked_body_under_the_limit_whole(app, gunicorn):
     hook = padded_event(HOOK_LIMIT - 100)
-    status, body = raw_post(gunicorn, WEBHOOK, hook,
-                            headers=("Content-Type: application/json",
-                                     f"Stripe-Signature: {sign(hook)}"))
+    status, body = raw_post(
+        gunicorn,
+        WEBHOOK,
+        hook,
+        headers=("Content-Type: application/json", f"Stripe-Signature: {sign(hook)}"),
+    )
     assert status == 200, body
     assert json.loads(body) == {"received": True, "duplicate": False}
     assert count(app, WebhookEvent) == 1

@@ -1,4 +1,5 @@
 """Invoicing: periods, lines that add up, credits, late usage, lifecycle, numbering."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Event, Invoice, InvoiceLine, User
 from portal.money import Money
-from portal.services import credits, deployments, invoicing, ledger, metering
+from portal.services import credits, deployments, invoicing, ledger
 from portal.services.errors import Conflict, InvalidTransition, ValidationFailed
 from portal.services.reconcile import find_discrepancies
 
@@ -26,6 +27,7 @@ def invoice_day(ctx):
 
     def set_day(day: int):
         ctx.config["BILLING"] = dataclasses.replace(original, invoice_day=day)
+
     yield set_day
     ctx.config["BILLING"] = original
 
@@ -37,8 +39,9 @@ def user(ctx, make_user):
 
 def run(user, external_id, start, end=None, **spec):
     spec = spec or {"cpu_cores": 2, "memory_gb": 4, "storage_gb": 10}
-    dep, _ = deployments.create_deployment(external_id=external_id, user=user, kind="vm",
-                                           started_at=start, **spec)
+    dep, _ = deployments.create_deployment(
+        external_id=external_id, user=user, kind="vm", started_at=start, **spec
+    )
     if end is not None:
         deployments.delete_deployment(dep, ended_at=end)
     db.session.commit()
@@ -56,8 +59,11 @@ def assert_issued_as_stored(invoice: Invoice) -> None:
     stored invoice, its lines and payments say."""
     user = db.session.get(User, invoice.user_id)
     assert invoice.snapshot == invoicing.build_snapshot(invoice, user)
-    event = db.session.scalars(select(Event).where(Event.name == "billing.invoice.created",
-                                                   Event.subject == f"invoice:{invoice.id}")).one()
+    event = db.session.scalars(
+        select(Event).where(
+            Event.name == "billing.invoice.created", Event.subject == f"invoice:{invoice.id}"
+        )
+    ).one()
     assert event.payload == invoicing.invoice_event(invoice)
     assert invoice.pdf_status in ("pending", "ready")
 
@@ -65,7 +71,9 @@ def assert_issued_as_stored(invoice: Invoice) -> None:
 def test_a_month_of_usage_gives_lines_that_add_up(user):
     run(user, "web", OCT[0])
     run(user, "db", OCT[0] + timedelta(days=3, hours=7), cpu_cores=1, memory_gb=2, storage_gb=50)
-    run(user, "batch", OCT[0] + timedelta(days=10), OCT[0] + timedelta(days=10, hours=5, minutes=20))
+    run(
+        user, "batch", OCT[0] + timedelta(days=10), OCT[0] + timedelta(days=10, hours=5, minutes=20)
+    )
     result = generate()
     assert result.invoices == 1
     invoice = db.session.scalars(select(Invoice)).one()
@@ -77,8 +85,11 @@ def test_a_month_of_usage_gives_lines_that_add_up(user):
     web = {l.resource: l.amount_minor for l in invoice.lines if l.description.startswith("web")}
     assert web == {"cpu": 7440, "memory": 2976, "storage": 100}
     # a deployment deleted mid-month is invoiced for the time it ran (5h20m)
-    batch = {l.resource: (l.quantity, l.amount_minor) for l in invoice.lines
-             if l.description.startswith("batch")}
+    batch = {
+        l.resource: (l.quantity, l.amount_minor)
+        for l in invoice.lines
+        if l.description.startswith("batch")
+    }
     assert batch["cpu"] == ("10.666667", 53)  # 2 cores x 5h20m x 0.05 = 0.5333
     assert ledger.balances(user).receivable == invoice.total
     assert find_discrepancies() == []
@@ -96,13 +107,16 @@ def test_rerun_changes_nothing(user):
     assert db.session.scalar(select(func.count()).select_from(Invoice)) == 1
 
 
-@pytest.mark.parametrize("day, period, hours", [
-    (1, (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)), 744),
-    (28, (datetime(2026, 9, 28, tzinfo=UTC), datetime(2026, 10, 28, tzinfo=UTC)), 720),
-    (28, (datetime(2026, 1, 28, tzinfo=UTC), datetime(2026, 2, 28, tzinfo=UTC)), 744),
-    (1, (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)), 696),  # leap Feb
-    (15, (datetime(2026, 10, 15, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)), 744),
-])
+@pytest.mark.parametrize(
+    "day, period, hours",
+    [
+        (1, (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)), 744),
+        (28, (datetime(2026, 9, 28, tzinfo=UTC), datetime(2026, 10, 28, tzinfo=UTC)), 720),
+        (28, (datetime(2026, 1, 28, tzinfo=UTC), datetime(2026, 2, 28, tzinfo=UTC)), 744),
+        (1, (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)), 696),  # leap Feb
+        (15, (datetime(2026, 10, 15, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)), 744),
+    ],
+)
 def test_periods_run_from_invoice_day_to_invoice_day(user, invoice_day, day, period, hours):
     invoice_day(day)
     run(user, "web", period[0] - timedelta(days=40), cpu_cores=1, memory_gb=0, storage_gb=30)
@@ -116,8 +130,11 @@ def test_periods_run_from_invoice_day_to_invoice_day(user, invoice_day, day, per
     # storage spanning two calendar months: each part priced against its own month's length
     assert lines["storage"].amount_minor == storage_cents(period, 300)
     with pytest.raises(ValidationFailed):
-        invoicing.generate_period(period[0] + timedelta(days=1), period[1] + timedelta(days=1),
-                                  now=period[1] + timedelta(days=2))
+        invoicing.generate_period(
+            period[0] + timedelta(days=1),
+            period[1] + timedelta(days=1),
+            now=period[1] + timedelta(days=2),
+        )
 
 
 def storage_cents(period, monthly_cents: int) -> int:
@@ -130,15 +147,21 @@ def storage_cents(period, monthly_cents: int) -> int:
     while day < period[1]:
         total += Fraction(monthly_cents, calendar.monthrange(day.year, day.month)[1])
         day += timedelta(days=1)
-    return int((Decimal(total.numerator) / Decimal(total.denominator)).quantize(
-        Decimal(1), rounding=ROUND_HALF_UP))
+    return int(
+        (Decimal(total.numerator) / Decimal(total.denominator)).quantize(
+            Decimal(1), rounding=ROUND_HALF_UP
+        )
+    )
 
 
 def test_storage_across_two_months_is_exact(user, invoice_day):
     invoice_day(15)
     run(user, "disk", datetime(2026, 1, 1, tzinfo=UTC), cpu_cores=0, memory_gb=0, storage_gb=30)
-    invoicing.generate_period(datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 15, tzinfo=UTC),
-                              now=datetime(2026, 3, 1, tzinfo=UTC))
+    invoicing.generate_period(
+        datetime(2026, 1, 15, tzinfo=UTC),
+        datetime(2026, 2, 15, tzinfo=UTC),
+        now=datetime(2026, 3, 1, tzinfo=UTC),
+    )
     db.session.commit()
     line = db.session.scalars(select(InvoiceLine)).one()
     # 17/31 of January + 14/28 of February, of 30 GB x 0.10: 1.6451.. + 1.50 = 3.1451 -> 3.15
@@ -148,12 +171,23 @@ def test_storage_across_two_months_is_exact(user, invoice_day):
 def test_credits_apply_oldest_expiry_first(user):
     run(user, "web", OCT[0], cpu_cores=1, memory_gb=0, storage_gb=0)  # 744 h x 0.05 = 37.20
     now = datetime.now(UTC)
-    late, _ = credits.grant_credit(user=user, amount=Money(3000, "USD"), reason="never expires",
-                                   idempotency_key="a")
-    soon, _ = credits.grant_credit(user=user, amount=Money(500, "USD"), reason="expires soon",
-                                   idempotency_key="b", expires_at=now + timedelta(days=3))
-    later, _ = credits.grant_credit(user=user, amount=Money(1000, "USD"), reason="expires later",
-                                    idempotency_key="c", expires_at=now + timedelta(days=30))
+    late, _ = credits.grant_credit(
+        user=user, amount=Money(3000, "USD"), reason="never expires", idempotency_key="a"
+    )
+    soon, _ = credits.grant_credit(
+        user=user,
+        amount=Money(500, "USD"),
+        reason="expires soon",
+        idempotency_key="b",
+        expires_at=now + timedelta(days=3),
+    )
+    later, _ = credits.grant_credit(
+        user=user,
+        amount=Money(1000, "USD"),
+        reason="expires later",
+        idempotency_key="c",
+        expires_at=now + timedelta(days=30),
+    )
     db.session.commit()
     generate(now=now)
     invoice = db.session.scalars(select(Invoice)).one()
@@ -187,8 +221,15 @@ def test_late_usage_appears_on_the_next_invoice_as_an_adjustment(user):
     # The platform reports late that it was deleted on Oct 31 at 12:00 (12 h before the end)
     deployments.delete_deployment(dep, ended_at=datetime(2026, 10, 31, 12, tzinfo=UTC))
     # and a deployment it forgot, which ran 10 hours in October
-    run(user, "forgotten", datetime(2026, 10, 20, tzinfo=UTC),
-        datetime(2026, 10, 20, 10, tzinfo=UTC), cpu_cores=2, memory_gb=0, storage_gb=0)
+    run(
+        user,
+        "forgotten",
+        datetime(2026, 10, 20, tzinfo=UTC),
+        datetime(2026, 10, 20, 10, tzinfo=UTC),
+        cpu_cores=2,
+        memory_gb=0,
+        storage_gb=0,
+    )
     db.session.commit()
     first = db.session.scalars(select(Invoice)).one()
     assert first.subtotal_minor == 3720  # never edited
@@ -210,15 +251,24 @@ def test_usage_reported_late_for_a_period_not_invoiced_yet_is_billed_once(user):
     made (here September's). Each hour is billed once."""
     run(user, "web", OCT[0], cpu_cores=1, memory_gb=0, storage_gb=0)
     generate()
-    run(user, "late", datetime(2026, 9, 30, 12, tzinfo=UTC), datetime(2026, 10, 1, 12, tzinfo=UTC),
-        cpu_cores=1, memory_gb=0, storage_gb=0)
+    run(
+        user,
+        "late",
+        datetime(2026, 9, 30, 12, tzinfo=UTC),
+        datetime(2026, 10, 1, 12, tzinfo=UTC),
+        cpu_cores=1,
+        memory_gb=0,
+        storage_gb=0,
+    )
     db.session.commit()
     sep = (datetime(2026, 9, 1, tzinfo=UTC), OCT[0])
     invoicing.generate_period(*sep, now=NOW)
     db.session.commit()
     september = db.session.scalars(select(Invoice).where(Invoice.period_start == sep[0])).one()
     assert sorted((l.kind, l.description, l.amount_minor) for l in september.lines) == [
-        ("adjustment", "Adjustment: late · CPU", 60), ("usage", "late · CPU", 60)]
+        ("adjustment", "Adjustment: late · CPU", 60),
+        ("usage", "late · CPU", 60),
+    ]
     october = db.session.scalars(select(Invoice).where(Invoice.period_start == OCT[0])).one()
     assert october.subtotal_minor == 3720  # never edited
     nov = (OCT[1], datetime(2026, 12, 1, tzinfo=UTC))
@@ -233,8 +283,9 @@ def test_a_change_dated_inside_an_invoiced_period_is_refused(user):
     dep = run(user, "web", OCT[0])
     generate()
     with pytest.raises(ValidationFailed, match="invoiced period"):
-        deployments.update_deployment(dep, cpu_cores=4,
-                                      effective_at=datetime(2026, 10, 20, tzinfo=UTC))
+        deployments.update_deployment(
+            dep, cpu_cores=4, effective_at=datetime(2026, 10, 20, tzinfo=UTC)
+        )
     db.session.rollback()
 
 
@@ -291,8 +342,7 @@ def test_manual_invoice_for_a_user_and_period(user):
     with pytest.raises(ValidationFailed):
         invoicing.generate_for_user(user, datetime(2026, 10, 5, tzinfo=UTC), OCT[1])
     with pytest.raises(ValidationFailed, match="not ended"):
-        invoicing.generate_for_user(user, *invoicing.usage.period_containing(
-            datetime.now(UTC), 1))
+        invoicing.generate_for_user(user, *invoicing.usage.period_containing(datetime.now(UTC), 1))
 
 
 def test_numbers_are_gap_free_and_per_year(ctx, make_user):
@@ -307,18 +357,38 @@ def test_numbers_are_gap_free_and_per_year(ctx, make_user):
     db.session.rollback()
 
 
-@pytest.mark.parametrize("denominator", [3_600_000, 3600, 1_000_000, 1000, 9, 7,
-                                         1000 * 31 * 86400, 1000 * 30 * 86400 * 1000 * 31 * 86400])
+@pytest.mark.parametrize(
+    "denominator",
+    [
+        3_600_000,
+        3600,
+        1_000_000,
+        1000,
+        9,
+        7,
+        1000 * 31 * 86400,
+        1000 * 30 * 86400 * 1000 * 31 * 86400,
+    ],
+)
 def test_quantity_text_is_the_decimal_rounded_once(denominator):
     """Quantities and unit prices are computed in integers where that is exact; the text is
     always the Decimal's (28 digits, then ROUND_HALF_UP to 6 places, normalized)."""
     import random
 
     rng = random.Random(denominator)
-    numerators = [0, 1, -1, denominator // 2, -(denominator // 2), denominator * 744,
-                  denominator * 10 ** 14 + denominator // 2]
-    numerators += [rng.randrange(-10 ** rng.randrange(1, 22), 10 ** rng.randrange(1, 22))
-                   for _ in range(3000)]
+    numerators = [
+        0,
+        1,
+        -1,
+        denominator // 2,
+        -(denominator // 2),
+        denominator * 744,
+        denominator * 10**14 + denominator // 2,
+    ]
+    numerators += [
+        rng.randrange(-(10 ** rng.randrange(1, 22)), 10 ** rng.randrange(1, 22))
+        for _ in range(3000)
+    ]
     for n in numerators:
         assert invoicing._decimal_text(n, denominator) == f"{invoicing._decimal(n, denominator):f}"
     for qn in numerators[:300]:
@@ -326,7 +396,9 @@ def test_quantity_text_is_the_decimal_rounded_once(denominator):
             cn = qn * rate + (rng.randrange(0, 2) if rate == 7 else 0)  # blends too
             assert invoicing._unit_price_text(qn, denominator, cn, denominator) == (
                 f"{invoicing._decimal(cn * denominator, denominator * qn * 1_000_000):f}"
-                if qn else "0")
+                if qn
+                else "0"
+            )
 
 
 def test_quantity_text_next_to_half_way_points():
@@ -344,9 +416,20 @@ def test_quantity_text_next_to_half_way_points():
             assert invoicing._decimal_text(n, -d) == f"{invoicing._decimal(n, -d):f}"
 
 
-@pytest.mark.parametrize("currency, locale", [
-    ("USD", "en_US"), ("EUR", "de_DE"), ("EUR", "fr_FR"), ("JPY", "ja_JP"), ("INR", "en_IN"),
-    ("CHF", "de_CH"), ("EUR", "es_ES"), ("KWD", "ar_KW"), ("USD", "nl_NL")])
+@pytest.mark.parametrize(
+    "currency, locale",
+    [
+        ("USD", "en_US"),
+        ("EUR", "de_DE"),
+        ("EUR", "fr_FR"),
+        ("JPY", "ja_JP"),
+        ("INR", "en_IN"),
+        ("CHF", "de_CH"),
+        ("EUR", "es_ES"),
+        ("KWD", "ar_KW"),
+        ("USD", "nl_NL"),
+    ],
+)
 def test_invoice_amounts_format_as_babel_does(currency, locale):
     import random
 
@@ -354,7 +437,8 @@ def test_invoice_amounts_format_as_babel_does(currency, locale):
 
     fmt = invoicing._money_formatter(currency, locale)
     rng = random.Random(7)
-    for minor in [0, 1, -1, 999, 1000, -1234567, 10 ** 15] + [
-            rng.randrange(-10 ** rng.randrange(1, 14), 10 ** rng.randrange(1, 14))
-            for _ in range(2000)]:
+    for minor in [0, 1, -1, 999, 1000, -1234567, 10**15] + [
+        rng.randrange(-(10 ** rng.randrange(1, 14)), 10 ** rng.randrange(1, 14))
+        for _ in range(2000)
+    ]:
         assert fmt(minor) == format_money(Money(minor, currency), locale)

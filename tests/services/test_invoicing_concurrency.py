@@ -18,6 +18,7 @@ What keeps them right, and what each test would catch without it:
 The app fixture checks after every test that the ledger reconciles (receivables equal what
 unpaid invoices owe, credit lots equal credit balances, invoices add up).
 """
+
 from __future__ import annotations
 
 import threading
@@ -44,8 +45,11 @@ CHUNK = 2  # users per metering chunk: a handful of users make several chunks
 def wide(app, make_app):
     """The test database with a pool wide enough for every thread, small chunks, and PDF
     jobs left waiting in Redis (none renders during the test)."""
-    wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 16, "max_overflow": 0},
-                    METER_CHUNK_USERS=CHUNK, RQ_ASYNC=True)
+    wide = make_app(
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 16, "max_overflow": 0},
+        METER_CHUNK_USERS=CHUNK,
+        RQ_ASYNC=True,
+    )
     yield wide
     with wide.app_context():
         db.engine.dispose()
@@ -59,17 +63,31 @@ def scenario(app, users: int) -> list[int]:
         for n in range(users):
             user = accounts.create_user(email=f"c{n}@example.com", name=f"Customer {n}")
             deployments.create_deployment(
-                external_id=f"web-{n}", user=user, kind="vm",
-                started_at=OCT[0] + timedelta(hours=n), cpu_cores=1 + n % 3, memory_gb=2,
-                storage_gb=10)
+                external_id=f"web-{n}",
+                user=user,
+                kind="vm",
+                started_at=OCT[0] + timedelta(hours=n),
+                cpu_cores=1 + n % 3,
+                memory_gb=2,
+                storage_gb=10,
+            )
             if n % 3 == 0:
                 deployments.create_deployment(
-                    external_id=f"db-{n}", user=user, kind="vm",
-                    started_at=OCT[0] + timedelta(days=5), cpu_cores=2, memory_gb=8,
-                    storage_gb=50)
+                    external_id=f"db-{n}",
+                    user=user,
+                    kind="vm",
+                    started_at=OCT[0] + timedelta(days=5),
+                    cpu_cores=2,
+                    memory_gb=8,
+                    storage_gb=50,
+                )
             if n % 4 == 1:
-                credits.grant_credit(user=user, amount=Money(1500 if n % 8 == 1 else 900_000, "USD"),
-                                     reason="Goodwill", idempotency_key=f"goodwill-{n}")
+                credits.grant_credit(
+                    user=user,
+                    amount=Money(1500 if n % 8 == 1 else 900_000, "USD"),
+                    reason="Goodwill",
+                    idempotency_key=f"goodwill-{n}",
+                )
             ids.append(user.id)
         db.session.commit()
         assert len({metering.chunk_of(uid) for uid in ids}) >= users // CHUNK
@@ -98,11 +116,13 @@ def check_invoices(app, user_ids: list[int]) -> list[str]:
         numbers = sorted(i.number for i in invoices)
         year = numbers[0][4:8]
         assert numbers == [f"INV-{year}-{n:06d}" for n in range(1, len(user_ids) + 1)]
-        issue_keys = db.session.scalars(select(LedgerTransaction.idempotency_key).where(
-            LedgerTransaction.kind == "invoice")).all()
+        issue_keys = db.session.scalars(
+            select(LedgerTransaction.idempotency_key).where(LedgerTransaction.kind == "invoice")
+        ).all()
         assert sorted(issue_keys) == sorted(f"invoice:{i.id}:issue" for i in invoices)
-        created = db.session.scalars(select(Event.subject).where(
-            Event.name == "billing.invoice.created")).all()
+        created = db.session.scalars(
+            select(Event.subject).where(Event.name == "billing.invoice.created")
+        ).all()
         assert sorted(created) == sorted(f"invoice:{i.id}" for i in invoices)
         credited = db.session.scalar(select(func.count()).select_from(InvoicePayment))
         assert credited == sum(1 for i in invoices if i.credits_minor)
@@ -135,8 +155,8 @@ def test_concurrent_runs_of_a_period_make_one_invoice_per_user(app, wide, metere
 
 def test_numbers_stay_gap_free_with_manual_invoices_beside_a_run(app, wide):
     users = scenario(wide, users=16)
-    manual = users[::2]            # one user in every chunk, made by hand during the run
-    abandoned = users[1::2][:3]    # made by hand, then rolled back: their numbers come back
+    manual = users[::2]  # one user in every chunk, made by hand during the run
+    abandoned = users[1::2][:3]  # made by hand, then rolled back: their numbers come back
 
     def work(i):
         with wide.app_context():
@@ -154,7 +174,7 @@ def test_numbers_stay_gap_free_with_manual_invoices_beside_a_run(app, wide):
                 db.session.remove()
 
     results = in_threads(1 + len(manual) + len(abandoned), work)
-    run, manual_created = results[0], results[1:1 + len(manual)]
+    run, manual_created = results[0], results[1 : 1 + len(manual)]
     # A manual invoice was made by hand, unless the run got to its user first.
     assert run.invoices + sum(manual_created) <= len(users)
     with wide.app_context():  # the users whose invoices were rolled back, if the run missed them
@@ -182,11 +202,13 @@ def test_a_run_that_died_halfway_is_completed_by_the_next(app, wide, monkeypatch
             invoicing.generate_period(*OCT, now=NOW)
         db.session.rollback()
         db.session.remove()
-        done = db.session.execute(select(Invoice.user_id, Invoice.number)
-                                  .order_by(Invoice.number)).all()
+        done = db.session.execute(
+            select(Invoice.user_id, Invoice.number).order_by(Invoice.number)
+        ).all()
         assert sorted(uid for uid, _ in done) == committed
         assert [number for _, number in done] == [
-            f"INV-2026-{n:06d}" for n in range(1, len(committed) + 1)]
+            f"INV-2026-{n:06d}" for n in range(1, len(committed) + 1)
+        ]
         db.session.remove()
 
     monkeypatch.undo()

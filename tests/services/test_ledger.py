@@ -1,4 +1,5 @@
 """The ledger: balanced postings, idempotency keys, no negative wallet, reconcile."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,16 +18,26 @@ from portal.services.reconcile import find_discrepancies
 def top_up(user: User, minor: int, key: str) -> LedgerTransaction:
     """Money arriving from the card processor into the user's prepaid balance."""
     return ledger.post_transaction(
-        idempotency_key=key, kind="topup", user_id=user.id,
-        legs=[(ledger.system_account(AccountKind.STRIPE_CLEARING, user.currency), -minor),
-              (ledger.user_account(user, AccountKind.CASH), minor)])
+        idempotency_key=key,
+        kind="topup",
+        user_id=user.id,
+        legs=[
+            (ledger.system_account(AccountKind.STRIPE_CLEARING, user.currency), -minor),
+            (ledger.user_account(user, AccountKind.CASH), minor),
+        ],
+    )
 
 
 def charge(user: User, minor: int, key: str) -> LedgerTransaction:
     return ledger.post_transaction(
-        idempotency_key=key, kind="charge", user_id=user.id,
-        legs=[(ledger.user_account(user, AccountKind.CASH), -minor),
-              (ledger.system_account(AccountKind.REVENUE, user.currency), minor)])
+        idempotency_key=key,
+        kind="charge",
+        user_id=user.id,
+        legs=[
+            (ledger.user_account(user, AccountKind.CASH), -minor),
+            (ledger.system_account(AccountKind.REVENUE, user.currency), minor),
+        ],
+    )
 
 
 @pytest.fixture
@@ -79,8 +90,9 @@ def test_the_database_refuses_a_negative_wallet_too(user):
     account = ledger.user_account(user, AccountKind.CASH)
     db.session.commit()
     with pytest.raises(IntegrityError):
-        db.session.execute(update(LedgerAccount).where(LedgerAccount.id == account.id)
-                           .values(balance_minor=-1))
+        db.session.execute(
+            update(LedgerAccount).where(LedgerAccount.id == account.id).values(balance_minor=-1)
+        )
         db.session.flush()
     db.session.rollback()
 
@@ -102,9 +114,11 @@ def test_unbalanced_and_mixed_currency_postings_are_refused(user):
 def test_reconcile_finds_a_tampered_cached_balance(user, runner):
     top_up(user, 5000, "t1")
     db.session.commit()
-    db.session.execute(update(LedgerAccount).where(LedgerAccount.user_id == user.id,
-                                                   LedgerAccount.kind == "cash")
-                       .values(balance_minor=4000))
+    db.session.execute(
+        update(LedgerAccount)
+        .where(LedgerAccount.user_id == user.id, LedgerAccount.kind == "cash")
+        .values(balance_minor=4000)
+    )
     db.session.commit()
     problems = find_discrepancies()
     assert any("caches 4000, entries give 5000" in p for p in problems)
@@ -118,8 +132,11 @@ def test_reconcile_finds_an_unbalanced_transaction(user, runner):
     top_up(user, 5000, "t1")
     db.session.commit()
     entry = db.session.scalars(select(LedgerEntry)).first()
-    db.session.execute(update(LedgerEntry).where(LedgerEntry.id == entry.id)
-                       .values(amount_minor=entry.amount_minor + 1))
+    db.session.execute(
+        update(LedgerEntry)
+        .where(LedgerEntry.id == entry.id)
+        .values(amount_minor=entry.amount_minor + 1)
+    )
     db.session.commit()
     assert any("sums to 1" in p for p in find_discrepancies())
     assert runner.invoke(args=["billing", "reconcile"]).exit_code == 1
@@ -133,13 +150,19 @@ def test_reconcile_command_passes_on_a_clean_ledger(user, runner):
     assert "checks passed" in result.output
 
 
-operations = st.lists(st.tuples(st.sampled_from(["topup", "charge", "grant", "spend", "expire"]),
-                                st.integers(min_value=1, max_value=20_000)),
-                      min_size=1, max_size=25)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["topup", "charge", "grant", "spend", "expire"]),
+        st.integers(min_value=1, max_value=20_000),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=operations)
 def test_random_sequences_keep_every_invariant(user, ops):
     """Grants, top-ups, debits and expiries in any order: zero-sum, no negative wallet,
@@ -162,11 +185,22 @@ def test_random_sequences_keep_every_invariant(user, ops):
                 charge(user, minor, key)
                 expected_cash -= minor
             elif op == "grant":
-                credits.grant_credit(user=user, amount=money, reason="prop", idempotency_key=key,
-                                     expires_at=utcnow() + timedelta(days=1) if minor % 2 else None)
+                credits.grant_credit(
+                    user=user,
+                    amount=money,
+                    reason="prop",
+                    idempotency_key=key,
+                    expires_at=utcnow() + timedelta(days=1) if minor % 2 else None,
+                )
             elif op == "spend":
-                credits.spend_credit(user=user, amount=money, counter_account=revenue,
-                                     idempotency_key=key, kind="spend", description="prop")
+                credits.spend_credit(
+                    user=user,
+                    amount=money,
+                    counter_account=revenue,
+                    idempotency_key=key,
+                    kind="spend",
+                    description="prop",
+                )
             else:
                 credits.expire_credits(now=utcnow() + timedelta(days=2))
             db.session.commit()

@@ -1,4 +1,5 @@
 """Races on PostgreSQL: many connections posting at once against one wallet."""
+
 from __future__ import annotations
 
 import threading
@@ -59,17 +60,27 @@ def test_50_concurrent_debits_never_overdraw(wide_app, make_user):
     with wide_app.app_context():
         user = db.session.get(User, user_id)
         ledger.post_transaction(
-            idempotency_key="topup", kind="topup", user_id=user_id,
-            legs=[(ledger.system_account(AccountKind.STRIPE_CLEARING, "USD"), -5000),
-                  (ledger.user_account(user, AccountKind.CASH), 5000)])
+            idempotency_key="topup",
+            kind="topup",
+            user_id=user_id,
+            legs=[
+                (ledger.system_account(AccountKind.STRIPE_CLEARING, "USD"), -5000),
+                (ledger.user_account(user, AccountKind.CASH), 5000),
+            ],
+        )
         db.session.commit()
 
     def debit(i: int) -> None:
         user = db.session.get(User, user_id)
         ledger.post_transaction(
-            idempotency_key=f"debit:{i}", kind="charge", user_id=user_id,
-            legs=[(ledger.user_account(user, AccountKind.CASH), -300),
-                  (ledger.system_account(AccountKind.REVENUE, "USD"), 300)])
+            idempotency_key=f"debit:{i}",
+            kind="charge",
+            user_id=user_id,
+            legs=[
+                (ledger.user_account(user, AccountKind.CASH), -300),
+                (ledger.system_account(AccountKind.REVENUE, "USD"), 300),
+            ],
+        )
 
     outcomes = run_concurrently(wide_app, debit)
     # 5000 covers exactly 16 debits of 300; the others are refused with a clear error.
@@ -85,8 +96,9 @@ def test_50_concurrent_postings_of_one_key_post_once(wide_app, make_user):
 
     def grant(_i: int) -> None:
         user = db.session.get(User, user_id)
-        credits.grant_credit(user=user, amount=Money(1000, "USD"), reason="race",
-                             idempotency_key="one-key")
+        credits.grant_credit(
+            user=user, amount=Money(1000, "USD"), reason="race", idempotency_key="one-key"
+        )
 
     outcomes = run_concurrently(wide_app, grant)
     assert outcomes == ["ok"] * WORKERS
@@ -101,15 +113,21 @@ def test_concurrent_credit_spends_draw_each_lot_once(wide_app, make_user):
     with wide_app.app_context():
         user = db.session.get(User, user_id)
         for i in range(3):
-            credits.grant_credit(user=user, amount=Money(1000, "USD"), reason=f"lot {i}",
-                                 idempotency_key=f"lot:{i}")
+            credits.grant_credit(
+                user=user, amount=Money(1000, "USD"), reason=f"lot {i}", idempotency_key=f"lot:{i}"
+            )
         db.session.commit()
 
     def spend(i: int) -> None:
         user = db.session.get(User, user_id)
-        credits.spend_credit(user=user, amount=Money(250, "USD"),
-                             counter_account=ledger.system_account(AccountKind.REVENUE, "USD"),
-                             idempotency_key=f"spend:{i}", kind="spend", description="race")
+        credits.spend_credit(
+            user=user,
+            amount=Money(250, "USD"),
+            counter_account=ledger.system_account(AccountKind.REVENUE, "USD"),
+            idempotency_key=f"spend:{i}",
+            kind="spend",
+            description="race",
+        )
 
     outcomes = run_concurrently(wide_app, spend, count=20)
     assert outcomes.count("ok") == 12  # 3000 / 250

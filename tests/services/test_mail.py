@@ -1,5 +1,6 @@
 """Mail goes through the outbox table and leaves only after the transaction commits; a real
 SMTP server (aiosmtpd on loopback) receives it."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,12 @@ RESET_LINK = re.compile(r"http://portal\.test(/auth/reset/\S+)")
 def mail_app(make_app, smtp_server):  # noqa: F811
     """Mail goes to the sink; jobs run synchronously, in their own app context and session.
     (Flask-Mail suppresses sending when TESTING is on unless told otherwise.)"""
-    return make_app(MAIL_SERVER=smtp_server.host, MAIL_PORT=smtp_server.port, RQ_ASYNC=False,
-                    MAIL_SUPPRESS_SEND=False)
+    return make_app(
+        MAIL_SERVER=smtp_server.host,
+        MAIL_PORT=smtp_server.port,
+        RQ_ASYNC=False,
+        MAIL_SUPPRESS_SEND=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +42,14 @@ def statuses(mail_app):
     def read(*_args) -> dict[int, str]:
         with engine.connect() as conn:
             return dict(conn.execute(text("SELECT id, status FROM outbound_emails")).all())
+
     yield read
     engine.dispose()
 
 
 def test_reset_mail_is_committed_pending_then_sent_after_commit(
-        app, mail_app, smtp_sink, make_user, statuses):  # noqa: F811
+    app, mail_app, smtp_sink, make_user, statuses
+):  # noqa: F811
     user = make_user()
     # Snapshots of the committed rows: after every commit (before the after-commit enqueue
     # runs the job) and when the SMTP server receives the message.
@@ -85,8 +92,13 @@ def test_reset_mail_is_committed_pending_then_sent_after_commit(
     assert "New password" in page.get_data(as_text=True)
 
 
-def test_rolled_back_transaction_sends_nothing(app, mail_app, smtp_sink, make_user,  # noqa: F811
-                                               statuses):
+def test_rolled_back_transaction_sends_nothing(
+    app,
+    mail_app,
+    smtp_sink,
+    make_user,  # noqa: F811
+    statuses,
+):
     user = make_user()
     with mail_app.app_context():
         accounts.request_password_reset(user.email)
@@ -103,8 +115,7 @@ def test_rolled_back_transaction_sends_nothing(app, mail_app, smtp_sink, make_us
     assert list(statuses().values()) == ["sent"]
 
 
-def test_without_smtp_server_mail_stays_in_outbox(
-        app, outbox_app, smtp_sink, make_user):  # noqa: F811
+def test_without_smtp_server_mail_stays_in_outbox(app, outbox_app, smtp_sink, make_user):  # noqa: F811
     user = make_user()
     admin = make_user(admin=True)
     client = outbox_app.test_client()
@@ -115,8 +126,10 @@ def test_without_smtp_server_mail_stays_in_outbox(
         message_id = row.id
         db.session.remove()
 
-    assert client.submit("/auth/login", {"email": admin.email,
-                                         "password": admin.password}).status_code == 303
+    assert (
+        client.submit("/auth/login", {"email": admin.email, "password": admin.password}).status_code
+        == 303
+    )
     listing = client.get("/admin/outbox")
     assert listing.status_code == 200
     html = listing.get_data(as_text=True)

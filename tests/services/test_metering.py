@@ -1,4 +1,5 @@
 """Metering: intervals x snapshotted rates -> rollups, exactly once per hour."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -8,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import User, UsageDaily
+from portal.models import UsageDaily, User
 from portal.money import Money
 from portal.services import catalog, deployments, metering, usage
 from portal.services.errors import InvalidTransition, ValidationFailed
@@ -28,8 +29,9 @@ def user(ctx, make_user):
 
 def deploy(user, external_id="vm-1", start=T0, **spec):
     spec = spec or {"cpu_cores": 2, "memory_gb": 4, "storage_gb": 0}
-    dep, _ = deployments.create_deployment(external_id=external_id, user=user, kind="vm",
-                                           started_at=start, **spec)
+    dep, _ = deployments.create_deployment(
+        external_id=external_id, user=user, kind="vm", started_at=start, **spec
+    )
     db.session.commit()
     return dep
 
@@ -90,15 +92,24 @@ def test_a_price_change_applies_to_new_deployments_only(user):
     catalog.ensure_catalog()
     old = deploy(user, "old", start=at(0))
     change_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    catalog.create_version(catalog.PriceChange(
-        effective_from=change_at, cpu_per_core_hour="0.10", memory_per_gb_hour="0.01",
-        storage_per_gb_month="0.10", public_ip_per_hour="0.005", sku_hourly={}))
+    catalog.create_version(
+        catalog.PriceChange(
+            effective_from=change_at,
+            cpu_per_core_hour="0.10",
+            memory_per_gb_hour="0.01",
+            storage_per_gb_month="0.10",
+            public_ip_per_hour="0.005",
+            sku_hourly={},
+        )
+    )
     db.session.commit()
     # the new deployment starts after the change took effect
     import time
+
     time.sleep(1.1)
-    new, _ = deployments.create_deployment(external_id="new", user=user, kind="vm",
-                                           cpu_cores=2, memory_gb=0, storage_gb=0)
+    new, _ = deployments.create_deployment(
+        external_id="new", user=user, kind="vm", cpu_cores=2, memory_gb=0, storage_gb=0
+    )
     db.session.commit()
     old_rates = {i.cpu_rate_micros for i in old.intervals}
     new_rates = {i.cpu_rate_micros for i in new.intervals}
@@ -125,7 +136,7 @@ def test_missed_hours_are_all_metered_on_the_next_run_once(user):
 
 def test_metering_across_midnight_splits_by_day(user):
     deploy(user, start=at(12))  # 22:00 on Oct 1
-    meter(at(16))               # 02:00 on Oct 2
+    meter(at(16))  # 02:00 on Oct 2
     rows = {r.day.isoformat(): r.cpu_ms for r in db.session.scalars(select(UsageDaily))}
     assert rows == {"2026-10-01": 2000 * 2 * 3600, "2026-10-02": 2000 * 2 * 3600}
 
@@ -139,9 +150,9 @@ def test_storage_for_a_whole_month_costs_the_monthly_rate_whatever_its_length(us
     feb_rep = report(user, (feb, datetime(2026, 3, 1, tzinfo=UTC)))
     nov_rep = report(user, (nov, datetime(2025, 12, 1, tzinfo=UTC)))
     by_id = {c.deployment.external_id: c.total_cost for c in feb_rep.deployments}
-    assert by_id["feb"] == Money(100, "USD")   # 28 days
+    assert by_id["feb"] == Money(100, "USD")  # 28 days
     by_id = {c.deployment.external_id: c.total_cost for c in nov_rep.deployments}
-    assert by_id["nov"] == Money(100, "USD")   # 30 days
+    assert by_id["nov"] == Money(100, "USD")  # 30 days
 
 
 def test_a_late_deletion_corrects_hours_already_metered(user):
@@ -162,8 +173,10 @@ def test_a_deployment_reported_late_is_metered_for_its_past_hours(user):
     deploy(user, "late", start=at(1, 30))  # started 11:30, reported after 15:00 was metered
     meter(at(6))
     late = deployments.get_deployment("late")
-    secs = sum(r.cpu_ms for r in db.session.scalars(
-        select(UsageDaily).where(UsageDaily.deployment_id == late.id)))
+    secs = sum(
+        r.cpu_ms
+        for r in db.session.scalars(select(UsageDaily).where(UsageDaily.deployment_id == late.id))
+    )
     assert secs == 2000 * int(4.5 * 3600)
     assert metering.audit_usage() == []
 
@@ -191,8 +204,9 @@ def test_deleted_deployments_stay_in_history(user):
 
 def test_sku_deployments_bill_their_hourly_price(user):
     catalog.ensure_catalog()
-    dep, _ = deployments.create_deployment(external_id="sku-1", user=user, kind="vm",
-                                           sku="vm-small-ip", started_at=at(0))
+    dep, _ = deployments.create_deployment(
+        external_id="sku-1", user=user, kind="vm", sku="vm-small-ip", started_at=at(0)
+    )
     db.session.commit()
     meter(at(10))
     rep = report(user)
@@ -205,8 +219,9 @@ def test_bad_input_changes_nothing(user):
     catalog.ensure_catalog()
     db.session.commit()
     with pytest.raises(ValidationFailed):
-        deployments.create_deployment(external_id="x", user=user, kind="vm", cpu_cores=-1,
-                                      memory_gb=1, storage_gb=1)
+        deployments.create_deployment(
+            external_id="x", user=user, kind="vm", cpu_cores=-1, memory_gb=1, storage_gb=1
+        )
     with pytest.raises(ValidationFailed):
         deployments.create_deployment(external_id="x", user=user, kind="vm", sku="vm-huge")
     with pytest.raises(ValidationFailed):
@@ -217,8 +232,9 @@ def test_bad_input_changes_nothing(user):
     with pytest.raises(InvalidTransition):
         deployments.update_deployment(dep, state="active")
     with pytest.raises(ValidationFailed):
-        deployments.update_deployment(deploy(user, "y", start=at(2)), cpu_cores=4,
-                                      effective_at=at(1))
+        deployments.update_deployment(
+            deploy(user, "y", start=at(2)), cpu_cores=4, effective_at=at(1)
+        )
     db.session.rollback()
 
 

@@ -1,5 +1,6 @@
 """Metering runs: concurrent runs on PostgreSQL, a real RQ worker, identical results on
 both databases."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,7 @@ from rq import Queue
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import MeterMark, UsageDaily, User
+from portal.models import MeterMark, UsageDaily
 from portal.models.usage import USAGE_COLUMNS
 from portal.services import deployments, metering
 
@@ -28,31 +29,44 @@ def scenario(app, users: int = 3, per_user: int = 3) -> None:
     from portal.services import accounts
 
     with app.app_context():
-        people = [accounts.create_user(email=f"m{n}@example.com", password="x" * 12)
-                  for n in range(users)]
+        people = [
+            accounts.create_user(email=f"m{n}@example.com", password="x" * 12) for n in range(users)
+        ]
         db.session.commit()
         for n, user in enumerate(people):
             for k in range(per_user):
                 start = T0 + timedelta(minutes=17 * k + 5 * n)
-                spec = ({"sku": "vm-small-ip"} if k == 2 else
-                        {"cpu_cores": f"{k + 1}.5", "memory_gb": 3, "storage_gb": 40})
-                dep, _ = deployments.create_deployment(external_id=f"d-{n}-{k}", user=user,
-                                                       kind="vm", started_at=start, **spec)
+                spec = (
+                    {"sku": "vm-small-ip"}
+                    if k == 2
+                    else {"cpu_cores": f"{k + 1}.5", "memory_gb": 3, "storage_gb": 40}
+                )
+                dep, _ = deployments.create_deployment(
+                    external_id=f"d-{n}-{k}", user=user, kind="vm", started_at=start, **spec
+                )
                 if k == 0:
-                    deployments.update_deployment(dep, cpu_cores=4,
-                                                  effective_at=start + timedelta(hours=2, minutes=13))
-                    deployments.update_deployment(dep, state="suspended",
-                                                  effective_at=start + timedelta(hours=7, seconds=41))
+                    deployments.update_deployment(
+                        dep, cpu_cores=4, effective_at=start + timedelta(hours=2, minutes=13)
+                    )
+                    deployments.update_deployment(
+                        dep, state="suspended", effective_at=start + timedelta(hours=7, seconds=41)
+                    )
                 if k == 1:
-                    deployments.delete_deployment(dep, ended_at=start + timedelta(hours=30, minutes=7))
+                    deployments.delete_deployment(
+                        dep, ended_at=start + timedelta(hours=30, minutes=7)
+                    )
         db.session.commit()
 
 
 def fingerprint(app) -> str:
     with app.app_context():
-        rows = db.session.execute(select(
-            UsageDaily.deployment_id, UsageDaily.day, *[getattr(UsageDaily, c) for c in USAGE_COLUMNS])
-            .order_by(UsageDaily.deployment_id, UsageDaily.day)).all()
+        rows = db.session.execute(
+            select(
+                UsageDaily.deployment_id,
+                UsageDaily.day,
+                *[getattr(UsageDaily, c) for c in USAGE_COLUMNS],
+            ).order_by(UsageDaily.deployment_id, UsageDaily.day)
+        ).all()
     text = "\n".join(",".join(str(v) for v in row) for row in rows)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -115,15 +129,26 @@ def test_a_real_worker_process_meters_a_chunked_run(make_app, app, redis_url):
     with chunked.app_context():
         from jobs.metering import meter_due
 
-        assert meter_due(upto.strftime("%Y-%m-%dT%H")) == {"chunks": 3,
-                                                           "upto": upto.strftime("%Y-%m-%dT%H")}
+        assert meter_due(upto.strftime("%Y-%m-%dT%H")) == {
+            "chunks": 3,
+            "upto": upto.strftime("%Y-%m-%dT%H"),
+        }
         queue = Queue("metering", connection=Redis.from_url(redis_url))
         assert queue.count == 3
-    env = {**os.environ, "DATABASE_URL": chunked.config["SQLALCHEMY_DATABASE_URI"],
-           "REDIS_URL": redis_url, "SECRET_KEY": "worker-test-secret-key-123",
-           "METER_CHUNK_USERS": "1"}
-    done = subprocess.run([sys.executable, "-m", "jobs.worker", "--burst", "metering"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DATABASE_URL": chunked.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "worker-test-secret-key-123",
+        "METER_CHUNK_USERS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.worker", "--burst", "metering"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with chunked.app_context():
         marks = db.session.scalars(select(MeterMark)).all()

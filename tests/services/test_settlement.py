@@ -1,4 +1,5 @@
 """Settlement and vouchers (seed 002): wallets pay invoices, smallest first, mixing tenders."""
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, User, Voucher
 from portal.money import Money
-from portal.services import (credits, deployments, invoicing, ledger, settlement, topups,
-                             vouchers)
+from portal.services import credits, deployments, invoicing, ledger, settlement, topups, vouchers
 from portal.services.errors import Conflict, NotFound, ValidationFailed
 
 OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
@@ -27,9 +27,15 @@ def user(ctx, make_user):
 def invoice_for(user, hours_by_deployment: dict[str, int]) -> list[Invoice]:
     """One invoice with a CPU line per deployment: 1 core x hours x $0.05."""
     for name, hours in hours_by_deployment.items():
-        dep, _ = deployments.create_deployment(external_id=name, user=user, kind="vm",
-                                               cpu_cores=1, memory_gb=0, storage_gb=0,
-                                               started_at=OCT[0])
+        dep, _ = deployments.create_deployment(
+            external_id=name,
+            user=user,
+            kind="vm",
+            cpu_cores=1,
+            memory_gb=0,
+            storage_gb=0,
+            started_at=OCT[0],
+        )
         deployments.delete_deployment(dep, ended_at=OCT[0] + timedelta(hours=hours))
     db.session.commit()
     invoicing.generate_period(*OCT)
@@ -38,7 +44,7 @@ def invoice_for(user, hours_by_deployment: dict[str, int]) -> list[Invoice]:
 
 
 def voucher(value: int, **kw) -> str:
-    v, = vouchers.create_vouchers(value=USD(value), **kw)
+    (v,) = vouchers.create_vouchers(value=USD(value), **kw)
     db.session.commit()
     return v.code
 
@@ -86,7 +92,7 @@ def test_a_multi_use_code_serves_each_user_once(ctx, make_user):
 
 
 def test_voucher_balance_and_cash_mix_on_one_invoice(user):
-    invoice, = invoice_for(user, {"a": 100})  # 100 h x 0.05 = 5.00
+    (invoice,) = invoice_for(user, {"a": 100})  # 100 h x 0.05 = 5.00
     vouchers.redeem(user, voucher(300))  # settles at once (the job runs after commit)
     db.session.commit()
     db.session.refresh(invoice)
@@ -95,12 +101,15 @@ def test_voucher_balance_and_cash_mix_on_one_invoice(user):
     db.session.commit()
     db.session.refresh(invoice)
     assert invoice.status == "paid"
-    assert [(p.tender, p.amount_minor) for p in invoice.payments] == [("voucher", 300), ("cash", 200)]
+    assert [(p.tender, p.amount_minor) for p in invoice.payments] == [
+        ("voucher", 300),
+        ("cash", 200),
+    ]
     assert ledger.balances(user).cash == USD(800)
 
 
 def test_credits_then_voucher_then_cash_and_the_preview(user):
-    invoice, = invoice_for(user, {"a": 200})  # 10.00
+    (invoice,) = invoice_for(user, {"a": 200})  # 10.00
     credits.grant_credit(user=user, amount=USD(100), reason="r", idempotency_key="k")
     db.session.commit()
     # No settlement was triggered by the grant: the preview shows what would happen.
@@ -115,10 +124,17 @@ def test_credits_then_voucher_then_cash_and_the_preview(user):
 
 def test_smallest_invoice_is_settled_first(ctx, make_user):
     user = db.session.get(User, make_user().id)
-    big, = invoice_for(user, {"big": 200})  # Oct: 10.00
+    (big,) = invoice_for(user, {"big": 200})  # Oct: 10.00
     nov = (OCT[1], datetime(2026, 12, 1, tzinfo=UTC))
-    dep, _ = deployments.create_deployment(external_id="small", user=user, kind="vm",
-                                           cpu_cores=1, memory_gb=0, storage_gb=0, started_at=nov[0])
+    dep, _ = deployments.create_deployment(
+        external_id="small",
+        user=user,
+        kind="vm",
+        cpu_cores=1,
+        memory_gb=0,
+        storage_gb=0,
+        started_at=nov[0],
+    )
     deployments.delete_deployment(dep, ended_at=nov[0] + timedelta(hours=20))  # 1.00
     db.session.commit()
     invoicing.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
@@ -139,12 +155,13 @@ def test_a_top_up_is_credited_once_per_confirmation(user):
 
 
 def test_pay_now_refuses_a_paid_invoice(user):
-    invoice, = invoice_for(user, {"a": 20})
+    (invoice,) = invoice_for(user, {"a": 20})
     topups.credit_top_up(user, USD(100), reference="pi")
     db.session.commit()
     db.session.refresh(invoice)
     assert invoice.status == "paid"
     from portal.services.errors import InvalidTransition
+
     with pytest.raises(InvalidTransition):
         settlement.pay_now(invoice, user)
     db.session.rollback()
@@ -164,6 +181,7 @@ def test_voucher_requests_are_approved_into_the_wallet_or_rejected(ctx, make_use
         vouchers.decide_request(req.id, approve=True, admin=admin)
     db.session.rollback()
     from portal.models import OutboundEmail
+
     subjects = sorted(db.session.scalars(select(OutboundEmail.subject)))
     assert subjects == ["Your voucher request was approved", "Your voucher request was rejected"]
 
@@ -204,9 +222,15 @@ def test_two_settlement_runs_at_once_pay_each_invoice_once(app, make_app, make_u
         user = db.session.get(User, make_user().id)
         invoice_for(user, {"a": 100, "b": 60})
         # money arrives without settling (as if the settlement job had not run yet)
-        ledger.post_transaction(idempotency_key="seed", kind="topup", user_id=user.id, legs=[
-            (ledger.system_account(ledger.AccountKind.STRIPE_CLEARING, "USD"), -10_000),
-            (ledger.user_account(user, ledger.AccountKind.CASH), 10_000)])
+        ledger.post_transaction(
+            idempotency_key="seed",
+            kind="topup",
+            user_id=user.id,
+            legs=[
+                (ledger.system_account(ledger.AccountKind.STRIPE_CLEARING, "USD"), -10_000),
+                (ledger.user_account(user, ledger.AccountKind.CASH), 10_000),
+            ],
+        )
         db.session.commit()
         user_id = user.id
     wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 10, "max_overflow": 0})

@@ -1,4 +1,5 @@
 """Wallet history: every wallet entry of the user, newest first, page by page."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,18 +14,26 @@ from portal.services import credits, ledger
 def post(user: User, kind: AccountKind, counter: AccountKind, minor: int, key: str) -> None:
     """Move ``minor`` into (minor > 0) or out of the user's ``kind`` account."""
     ledger.post_transaction(
-        idempotency_key=key, kind=f"test_{kind}", user_id=user.id, description=key,
-        legs=[(ledger.user_account(user, kind), minor),
-              (ledger.system_account(counter, user.currency), -minor)])
+        idempotency_key=key,
+        kind=f"test_{kind}",
+        user_id=user.id,
+        description=key,
+        legs=[
+            (ledger.user_account(user, kind), minor),
+            (ledger.system_account(counter, user.currency), -minor),
+        ],
+    )
 
 
 def expected_history(user: User) -> list[tuple[int, str, int]]:
     rows = db.session.execute(
         select(LedgerEntry.id, LedgerAccount.kind, LedgerEntry.amount_minor)
         .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
-        .where(LedgerAccount.user_id == user.id,
-               LedgerAccount.kind.in_(["cash", "voucher", "credit"]))
-        .order_by(LedgerEntry.id.desc())).all()
+        .where(
+            LedgerAccount.user_id == user.id, LedgerAccount.kind.in_(["cash", "voucher", "credit"])
+        )
+        .order_by(LedgerEntry.id.desc())
+    ).all()
     return [tuple(r) for r in rows]
 
 
@@ -40,8 +49,12 @@ def test_pages_walk_all_wallets_newest_first(users):
         post(user, AccountKind.CASH, AccountKind.STRIPE_CLEARING, 1000 + i, f"cash-in-{i}")
         post(other, AccountKind.CASH, AccountKind.STRIPE_CLEARING, 500, f"other-{i}")
         if i % 3 == 0:
-            credits.grant_credit(user=user, amount=Money(200 + i, "USD"), reason=f"grant {i}",
-                                 idempotency_key=f"grant-{i}")
+            credits.grant_credit(
+                user=user,
+                amount=Money(200 + i, "USD"),
+                reason=f"grant {i}",
+                idempotency_key=f"grant-{i}",
+            )
         if i % 4 == 1:
             post(user, AccountKind.VOUCHER, AccountKind.VOUCHER_ISSUANCE, 300 + i, f"voucher-{i}")
         if i % 2:
@@ -70,9 +83,16 @@ def test_pages_walk_all_wallets_newest_first(users):
     first = ledger.wallet_history(user, per_page=4).items
     assert [r.description for r in first] == ["charge-11", "cash-in-11", "cash-in-10", "charge-9"]
     assert (first[0].transaction_kind, first[0].account_kind, first[0].amount) == (
-        "test_cash", "cash", Money(-111, "USD"))
+        "test_cash",
+        "cash",
+        Money(-111, "USD"),
+    )
     assert [r.account_kind for r in ledger.wallet_history(user, page=2, per_page=4).items] == [
-        "voucher", "credit", "cash", "cash"]
+        "voucher",
+        "credit",
+        "cash",
+        "cash",
+    ]
 
     beyond = ledger.wallet_history(user, page=99, per_page=25)
     assert (beyond.items, beyond.total, beyond.page) == ([], len(expected), 99)

@@ -1,4 +1,5 @@
 """A test client that carries the CSRF token like a browser does."""
+
 from __future__ import annotations
 
 import re

@@ -8,6 +8,7 @@ stand-in). ``before``: the process dies as the charge is about to be sent, so th
 processor never hears of it. ``after``: it dies as the processor's answer arrives, so the
 card is charged but nothing of the answer is recorded. Exits 3 if it was not killed.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Invoices made the way the portal makes them: a deployment runs, the services meter it and
 issue the period's invoice (its PDF is rendered after commit; tests run jobs synchronously)."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,15 @@ def issue_invoices(app, user_id: int, periods=(SEP, OCT), *, name: str = "web") 
         try:
             user = db.session.get(User, user_id)
             dep, _ = deployments.create_deployment(
-                external_id=f"{name}-{user_id}", user=user, kind="vm", name=name,
-                cpu_cores=1, memory_gb=0, storage_gb=0, started_at=periods[0][0])
+                external_id=f"{name}-{user_id}",
+                user=user,
+                kind="vm",
+                name=name,
+                cpu_cores=1,
+                memory_gb=0,
+                storage_gb=0,
+                started_at=periods[0][0],
+            )
             deployments.delete_deployment(dep, ended_at=periods[-1][1])
             db.session.commit()
             ids = []
@@ -41,8 +49,9 @@ def pay_offline(app, invoice_id: int, minor: int | None = None, reference: str =
     with app.app_context():
         try:
             invoice = db.session.get(Invoice, invoice_id)
-            amount = Money(invoice.amount_due.amount_minor if minor is None else minor,
-                           invoice.currency)
+            amount = Money(
+                invoice.amount_due.amount_minor if minor is None else minor, invoice.currency
+            )
             invoicing.record_offline_payment(invoice, amount=amount, reference=reference)
             db.session.commit()
         finally:
@@ -59,9 +68,18 @@ def empty_invoices(app, user_id: int, count: int) -> list[int]:
                 year, month = divmod(2026 * 12 + 7 - n, 12)
                 start = datetime(year, month + 1, 1, tzinfo=UTC)
                 end = datetime(year + (month == 11), (month + 1) % 12 + 1, 1, tzinfo=UTC)
-                rows.append(Invoice(user_id=user_id, status="open", number=f"INV-EMPTY-{n:04d}",
-                                    currency="USD", period_start=start, period_end=end,
-                                    finalized_at=end, due_at=end + timedelta(days=14)))
+                rows.append(
+                    Invoice(
+                        user_id=user_id,
+                        status="open",
+                        number=f"INV-EMPTY-{n:04d}",
+                        currency="USD",
+                        period_start=start,
+                        period_end=end,
+                        finalized_at=end,
+                        due_at=end + timedelta(days=14),
+                    )
+                )
             db.session.add_all(rows)
             db.session.commit()
             return [r.id for r in rows]

@@ -4,15 +4,16 @@ Import the fixtures into a test module (``from tests.support.smtp import smtp_si
 ``smtp_server`` is one server per test session; ``smtp_sink`` is the same server, emptied
 for the test that asks for it.
 """
+
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Callable
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -42,8 +43,11 @@ class SmtpSink:
     _arrived: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
-        received = Received(envelope.mail_from, list(envelope.rcpt_tos),
-                            message_from_bytes(envelope.content, policy=policy.default))
+        received = Received(
+            envelope.mail_from,
+            list(envelope.rcpt_tos),
+            message_from_bytes(envelope.content, policy=policy.default),
+        )
         if self.on_message is not None:
             received.observed = self.on_message(received)
         with self._arrived:
@@ -58,8 +62,10 @@ class SmtpSink:
             while len(self.messages) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"expected {count} message(s), the SMTP sink got "
-                                         f"{len(self.messages)} in {timeout}s")
+                    raise AssertionError(
+                        f"expected {count} message(s), the SMTP sink got "
+                        f"{len(self.messages)} in {timeout}s"
+                    )
                 self._arrived.wait(left)
             return list(self.messages)
 

@@ -1,4 +1,5 @@
 """The webhook endpoint's app: a test-mode key and a webhook secret, and signed payloads."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,15 +21,34 @@ def sign(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None
     return f"t={stamp},v1={digest}"
 
 
-def event_body(event_type: str = "payment_intent.succeeded", *, livemode: bool = False,
-               event_id: str | None = None, obj: dict | None = None) -> bytes:
+def event_body(
+    event_type: str = "payment_intent.succeeded",
+    *,
+    livemode: bool = False,
+    event_id: str | None = None,
+    obj: dict | None = None,
+) -> bytes:
     n = next(_ids)
-    return json.dumps({
-        "id": event_id or f"evt_test_{n}", "object": "event", "type": event_type,
-        "livemode": livemode, "created": int(time.time()), "api_version": "2026-10-28",
-        "data": {"object": obj or {"id": f"pi_test_{n}", "object": "payment_intent",
-                                   "amount": 1000, "currency": "usd", "status": "succeeded"}},
-    }).encode()
+    return json.dumps(
+        {
+            "id": event_id or f"evt_test_{n}",
+            "object": "event",
+            "type": event_type,
+            "livemode": livemode,
+            "created": int(time.time()),
+            "api_version": "2026-10-28",
+            "data": {
+                "object": obj
+                or {
+                    "id": f"pi_test_{n}",
+                    "object": "payment_intent",
+                    "amount": 1000,
+                    "currency": "usd",
+                    "status": "succeeded",
+                }
+            },
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -51,6 +71,11 @@ def deliver(stripe_app):
             signature = sign(body)
         if signature is not None:
             headers["Stripe-Signature"] = signature
-        return client.post("/api/plugins/billing/webhook", data=body, headers=headers,
-                           content_type="application/json")
+        return client.post(
+            "/api/plugins/billing/webhook",
+            data=body,
+            headers=headers,
+            content_type="application/json",
+        )
+
     return post

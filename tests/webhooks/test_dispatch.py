@@ -1,4 +1,5 @@
 """process_event: one dispatch per event, livemode filtered, failures kept for a retry."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,14 @@ def stored(event_type="payment_intent.succeeded", *, livemode=False) -> int:
     import json
 
     payload = json.loads(event_body(event_type, livemode=livemode))
-    row = WebhookEvent(event_id=payload["id"], type=event_type, livemode=livemode,
-                       payload=payload, received_at=utcnow(), attempts=0)
+    row = WebhookEvent(
+        event_id=payload["id"],
+        type=event_type,
+        livemode=livemode,
+        payload=payload,
+        received_at=utcnow(),
+        attempts=0,
+    )
     db.session.add(row)
     db.session.commit()
     return row.id
@@ -29,8 +36,7 @@ def test_each_event_reaches_its_handler_once(stripe_app, ctx, monkeypatch):
     assert webhooks.process_event(inbox_id).outcome == "handled"
     db.session.commit()
     assert webhooks.process_event(inbox_id).outcome == "already"
-    assert settlement_jobs.process_webhook(inbox_id) == {"inbox_id": inbox_id,
-                                                          "outcome": "already"}
+    assert settlement_jobs.process_webhook(inbox_id) == {"inbox_id": inbox_id, "outcome": "already"}
     assert len(calls) == 1 and calls[0].type == "payment_intent.succeeded"
 
 
@@ -45,13 +51,17 @@ def test_an_event_of_the_other_mode_never_reaches_a_handler(stripe_app, ctx, mon
     assert row.processed_at is not None and row.error == "livemode differs from ours"
 
 
-def test_a_failing_handler_rolls_back_and_leaves_the_event_for_a_retry(stripe_app, ctx,
-                                                                        monkeypatch):
+def test_a_failing_handler_rolls_back_and_leaves_the_event_for_a_retry(
+    stripe_app, ctx, monkeypatch
+):
     from portal.models import OutboundEmail
 
     def broken(event):
-        db.session.add(OutboundEmail(to_addr="x@example.com", subject="half done",
-                                     body_text="-", status="outbox"))
+        db.session.add(
+            OutboundEmail(
+                to_addr="x@example.com", subject="half done", body_text="-", status="outbox"
+            )
+        )
         db.session.flush()
         raise RuntimeError("payment service unavailable")
 
@@ -77,8 +87,9 @@ def test_unprocessed_events_are_requeued(stripe_app, ctx, monkeypatch):
     from datetime import timedelta
 
     enqueued = []
-    monkeypatch.setattr(webhooks, "enqueue_after_commit",
-                        lambda *args, **kwargs: enqueued.append((args, kwargs)))
+    monkeypatch.setattr(
+        webhooks, "enqueue_after_commit", lambda *args, **kwargs: enqueued.append((args, kwargs))
+    )
     old = stored()
     db.session.get(WebhookEvent, old).received_at = utcnow() - timedelta(hours=1)
     stored()  # too recent: its own job may still be on the way
@@ -94,6 +105,10 @@ def test_unprocessed_events_are_requeued(stripe_app, ctx, monkeypatch):
 
 def test_the_default_handlers_cover_the_events_we_subscribe_to():
     assert set(webhooks.EVENT_HANDLERS) >= {
-        "checkout.session.completed", "payment_intent.succeeded",
-        "payment_intent.payment_failed", "setup_intent.succeeded", "charge.refunded",
-        "charge.dispute.created"}
+        "checkout.session.completed",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "setup_intent.succeeded",
+        "charge.refunded",
+        "charge.dispute.created",
+    }

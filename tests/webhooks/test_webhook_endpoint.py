@@ -1,10 +1,11 @@
 """POST /api/plugins/billing/webhook: verified, stored once, processed by a job, 200 fast."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import WebhookEvent
@@ -22,8 +23,11 @@ def rows(app) -> list[WebhookEvent]:
 @pytest.fixture
 def seen(monkeypatch):
     calls = []
-    monkeypatch.setitem(webhooks.EVENT_HANDLERS, "payment_intent.succeeded",
-                        lambda event: calls.append((event.id, event.type, event.object["id"])))
+    monkeypatch.setitem(
+        webhooks.EVENT_HANDLERS,
+        "payment_intent.succeeded",
+        lambda event: calls.append((event.id, event.type, event.object["id"])),
+    )
     return calls
 
 
@@ -42,13 +46,16 @@ def test_a_signed_event_is_stored_once_and_processed_once(stripe_app, deliver, s
     assert seen == [("evt_once", "payment_intent.succeeded", row.payload["data"]["object"]["id"])]
 
 
-@pytest.mark.parametrize("signature", [
-    None,                                                  # no header
-    "t=1,v1=" + "0" * 64,                                  # garbage
-    sign(b"another body"),                                 # signature of something else
-    sign(event_body(), secret="whsec_someone_else"),       # another endpoint's secret
-    "sign-stale",                                          # older than the tolerance
-])
+@pytest.mark.parametrize(
+    "signature",
+    [
+        None,  # no header
+        "t=1,v1=" + "0" * 64,  # garbage
+        sign(b"another body"),  # signature of something else
+        sign(event_body(), secret="whsec_someone_else"),  # another endpoint's secret
+        "sign-stale",  # older than the tolerance
+    ],
+)
 def test_a_bad_signature_is_400_and_stores_nothing(stripe_app, deliver, seen, signature):
     body = event_body()
     if signature == "sign-stale":
@@ -86,8 +93,9 @@ def test_a_type_without_a_handler_is_stored_and_marked_unhandled(stripe_app, del
 
 def test_without_stripe_configured_the_endpoint_says_so(app):
     body = event_body()
-    answer = app.test_client().post("/api/plugins/billing/webhook", data=body,
-                                    headers={"Stripe-Signature": sign(body)})
+    answer = app.test_client().post(
+        "/api/plugins/billing/webhook", data=body, headers={"Stripe-Signature": sign(body)}
+    )
     assert answer.status_code == 503
     assert rows(app) == []
 
@@ -98,10 +106,12 @@ def test_the_stand_ins_own_delivery_is_accepted(stripe_app, deliver, seen):
     import hmac
     import time
 
-    body = json.dumps(json.loads(event_body(event_id="evt_standin")), indent=2,
-                      sort_keys=True).encode()
+    body = json.dumps(
+        json.loads(event_body(event_id="evt_standin")), indent=2, sort_keys=True
+    ).encode()
     stamp = int(time.time())
-    digest = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body,
-                      hashlib.sha256).hexdigest()
+    digest = hmac.new(
+        WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
     assert deliver(body, signature=f"t={stamp},v1={digest}").status_code == 200
     assert [e[0] for e in seen] == ["evt_standin"]

@@ -1,4 +1,5 @@
 """The admin area (admins only)."""
+
 from flask import Blueprint
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")

@@ -1,4 +1,5 @@
 """Admin: the price catalog (versions by effective date) and usage reports."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,11 @@ from . import bp
 
 
 class PriceVersionForm(FlaskForm):
-    effective_from = DateTimeLocalField("Effective from (UTC)", format="%Y-%m-%dT%H:%M",
-                                        validators=[DataRequired(), PlausibleDate()])
+    effective_from = DateTimeLocalField(
+        "Effective from (UTC)",
+        format="%Y-%m-%dT%H:%M",
+        validators=[DataRequired(), PlausibleDate()],
+    )
     cpu_per_core_hour = AmountField("CPU per core-hour", noun="price", positive=False)
     memory_per_gb_hour = AmountField("Memory per GB-hour", noun="price", positive=False)
     storage_per_gb_month = AmountField("Storage per GB-month", noun="price", positive=False)
@@ -48,21 +52,38 @@ def _sku_prices(skus) -> tuple[dict[str, object], dict[str, str]]:
 
 def _prefill(form: PriceVersionForm, version) -> None:
     form.effective_from.data = (datetime.now(UTC) + timedelta(days=1)).replace(
-        minute=0, second=0, microsecond=0, tzinfo=None)
-    for name in ("cpu_per_core_hour", "memory_per_gb_hour", "storage_per_gb_month",
-                 "public_ip_per_hour"):
-        getattr(form, name).data = str(micros_to_decimal(getattr(version, f"{name}_micros")).normalize())
+        minute=0, second=0, microsecond=0, tzinfo=None
+    )
+    for name in (
+        "cpu_per_core_hour",
+        "memory_per_gb_hour",
+        "storage_per_gb_month",
+        "public_ip_per_hour",
+    ):
+        getattr(form, name).data = str(
+            micros_to_decimal(getattr(version, f"{name}_micros")).normalize()
+        )
 
 
-def _render_prices(form: PriceVersionForm, status: int = 200,
-                   sku_errors: dict[str, str] | None = None):
+def _render_prices(
+    form: PriceVersionForm, status: int = 200, sku_errors: dict[str, str] | None = None
+):
     current = catalog.version_at(datetime.now(UTC))
-    sku_values = {s.code: request.form.get(f"sku-{s.code}",
-                                           str(micros_to_decimal(s.hourly_micros).normalize()))
-                  for s in current.skus}
-    return render_template("admin/prices.html", form=form, current=current,
-                           versions=catalog.list_versions(), sku_values=sku_values,
-                           sku_errors=sku_errors or {}, now=datetime.now(UTC)), status
+    sku_values = {
+        s.code: request.form.get(
+            f"sku-{s.code}", str(micros_to_decimal(s.hourly_micros).normalize())
+        )
+        for s in current.skus
+    }
+    return render_template(
+        "admin/prices.html",
+        form=form,
+        current=current,
+        versions=catalog.list_versions(),
+        sku_values=sku_values,
+        sku_errors=sku_errors or {},
+        now=datetime.now(UTC),
+    ), status
 
 
 @bp.get("/prices")
@@ -87,7 +108,9 @@ def create_price_version():
         memory_per_gb_hour=form.memory_per_gb_hour.decimal,
         storage_per_gb_month=form.storage_per_gb_month.decimal,
         public_ip_per_hour=form.public_ip_per_hour.decimal,
-        sku_hourly=sku_hourly, note=form.note.data or "")
+        sku_hourly=sku_hourly,
+        note=form.note.data or "",
+    )
     try:
         version = catalog.create_version(change, created_by=current_user)
     except ServiceError as exc:
@@ -95,8 +118,11 @@ def create_price_version():
         helpers.form_errors_from(form, exc)
         return _render_prices(form, 422)
     db.session.commit()
-    flash(f"Price version {version.version} takes effect {version.effective_from:%Y-%m-%d %H:%M} UTC. "
-          "Running deployments keep the prices they started with.", "success")
+    flash(
+        f"Price version {version.version} takes effect {version.effective_from:%Y-%m-%d %H:%M} UTC. "
+        "Running deployments keep the prices they started with.",
+        "success",
+    )
     return helpers.see_other("admin.prices")
 
 
@@ -120,10 +146,12 @@ def _report_filter() -> reports.ReportFilter:
 
     email = helpers.query_arg("user", 254)
     return reports.ReportFilter(
-        day_from=day("from", today.replace(day=1)), day_to=day("to", today),
+        day_from=day("from", today.replace(day=1)),
+        day_to=day("to", today),
         user=helpers.find_user(email) if email else None,
         kind=helpers.query_arg("kind", 20) or None,
-        label=reports.parse_label(helpers.query_arg("label", 200) or None))
+        label=reports.parse_label(helpers.query_arg("label", 200) or None),
+    )
 
 
 DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -142,15 +170,22 @@ def usage_reports():
         error = None
     except (ServiceError, NotFound) as exc:
         f, rows, error = None, [], exc.message
-    return render_template("admin/reports.html", f=f, rows=rows[:REPORT_ROWS_SHOWN],
-                           more=len(rows) > REPORT_ROWS_SHOWN, error=error, args=request.args,
-                           csv_url=url_for("admin.usage_reports_csv", **request.args))
+    return render_template(
+        "admin/reports.html",
+        f=f,
+        rows=rows[:REPORT_ROWS_SHOWN],
+        more=len(rows) > REPORT_ROWS_SHOWN,
+        error=error,
+        args=request.args,
+        csv_url=url_for("admin.usage_reports_csv", **request.args),
+    )
 
 
 @bp.get("/reports.csv")
 def usage_reports_csv():
     f = _report_filter()
     response = Response(stream_with_context(reports.csv_lines(f)), mimetype="text/csv")
-    response.headers.set("Content-Disposition", "attachment",
-                         filename=f"usage-{f.day_from}-{f.day_to}.csv")
+    response.headers.set(
+        "Content-Disposition", "attachment", filename=f"usage-{f.day_from}-{f.day_to}.csv"
+    )
     return response

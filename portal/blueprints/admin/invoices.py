@@ -1,5 +1,6 @@
 """Admin: every user's invoices (filtered by user, status and period), one invoice with its
 void and offline-payment forms, and generating a user's invoice for a period by hand."""
+
 from __future__ import annotations
 
 import uuid
@@ -62,8 +63,11 @@ class Filters:
                 self.error = f"No user with the email {self.email}."
 
     def query(self) -> dict:
-        return {"user": self.email or None, "status": self.status or None,
-                "period": self.period or None}
+        return {
+            "user": self.email or None,
+            "status": self.status or None,
+            "period": self.period or None,
+        }
 
 
 def _place_errors(form: FlaskForm, exc: ServiceError) -> None:
@@ -76,20 +80,33 @@ def _render_list(form: GenerateInvoiceForm, status: int = 200):
     f = Filters()
     invoices = None
     if f.error is None:
-        invoices = invoicing.list_invoices(user=f.user, status=f.status or None,
-                                           period_start=f.period_start, page=helpers.page_arg())
-    return render_template("admin/invoices.html", f=f, invoices=invoices, form=form,
-                           statuses=STATUSES), status
+        invoices = invoicing.list_invoices(
+            user=f.user,
+            status=f.status or None,
+            period_start=f.period_start,
+            page=helpers.page_arg(),
+        )
+    return render_template(
+        "admin/invoices.html", f=f, invoices=invoices, form=form, statuses=STATUSES
+    ), status
 
 
-def _render_invoice(invoice: Invoice, *, void_form: VoidInvoiceForm | None = None,
-                    payment_form: OfflinePaymentForm | None = None, status: int = 200):
+def _render_invoice(
+    invoice: Invoice,
+    *,
+    void_form: VoidInvoiceForm | None = None,
+    payment_form: OfflinePaymentForm | None = None,
+    status: int = 200,
+):
     payment_form = payment_form or OfflinePaymentForm(formdata=None)
     if not payment_form.request_id.data:
         payment_form.request_id.data = uuid.uuid4().hex
     return render_template(
-        "admin/invoice.html", invoice=invoice,
-        void_form=void_form or VoidInvoiceForm(formdata=None), payment_form=payment_form), status
+        "admin/invoice.html",
+        invoice=invoice,
+        void_form=void_form or VoidInvoiceForm(formdata=None),
+        payment_form=payment_form,
+    ), status
 
 
 @bp.get("/invoices")
@@ -118,8 +135,12 @@ def generate_invoice():
         _place_errors(form, exc)
         return _render_list(form, exc.http_status)
     db.session.commit()
-    flash(f"Issued invoice {invoice.number} to {user.email}." if created else
-          f"{user.email} already has invoice {invoice.number} for this period.", "success")
+    flash(
+        f"Issued invoice {invoice.number} to {user.email}."
+        if created
+        else f"{user.email} already has invoice {invoice.number} for this period.",
+        "success",
+    )
     return helpers.see_other("admin.invoice", invoice_id=invoice.id)
 
 
@@ -139,8 +160,9 @@ def void_invoice(invoice_id: int):
     except ServiceError as exc:
         db.session.rollback()
         helpers.form_errors_from(form, exc)
-        return _render_invoice(invoicing.get_invoice(invoice_id), void_form=form,
-                               status=exc.http_status)
+        return _render_invoice(
+            invoicing.get_invoice(invoice_id), void_form=form, status=exc.http_status
+        )
     db.session.commit()
     flash(f"Voided invoice {invoice.number}.", "success")
     return helpers.see_other("admin.invoice", invoice_id=invoice_id)
@@ -154,18 +176,22 @@ def record_payment(invoice_id: int):
         return _render_invoice(invoice, payment_form=form, status=422)
     try:
         amount = Money.from_decimal(form.amount.decimal, invoice.currency)
-        invoicing.record_offline_payment(invoice, amount=amount, reference=form.reference.data,
-                                         recorded_by=current_user,
-                                         idempotency_key=f"form:{form.request_id.data}"
-                                         if form.request_id.data else None)
+        invoicing.record_offline_payment(
+            invoice,
+            amount=amount,
+            reference=form.reference.data,
+            recorded_by=current_user,
+            idempotency_key=f"form:{form.request_id.data}" if form.request_id.data else None,
+        )
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
         return _render_invoice(invoice, payment_form=form, status=422)
     except ServiceError as exc:
         db.session.rollback()
         helpers.form_errors_from(form, exc)
-        return _render_invoice(invoicing.get_invoice(invoice_id), payment_form=form,
-                               status=exc.http_status)
+        return _render_invoice(
+            invoicing.get_invoice(invoice_id), payment_form=form, status=exc.http_status
+        )
     db.session.commit()
     flash(f"Recorded a payment of {amount.format()} on {invoice.number}.", "success")
     return helpers.see_other("admin.invoice", invoice_id=invoice_id)

@@ -1,4 +1,5 @@
 """Admin: the billing daemon, job runs, queues and failed jobs."""
+
 from __future__ import annotations
 
 import uuid
@@ -29,8 +30,12 @@ class RetryForm(FlaskForm):
 @bp.get("/jobs")
 def jobs():
     form = RunNowForm(formdata=None, request_id=uuid.uuid4().hex)
-    return render_template("admin/jobs.html", overview=scheduler.overview(now=utcnow()),
-                           run_form=form, retry_form=RetryForm(formdata=None))
+    return render_template(
+        "admin/jobs.html",
+        overview=scheduler.overview(now=utcnow()),
+        run_form=form,
+        retry_form=RetryForm(formdata=None),
+    )
 
 
 @bp.post("/jobs/<name>/run")
@@ -38,11 +43,16 @@ def run_job(name: str):
     form = RunNowForm()
     if not form.validate_on_submit():
         abort(400)
-    run, created = scheduler.request_run(name, requested_by=current_user,
-                                         request_key=form.request_id.data or None, now=utcnow())
+    run, created = scheduler.request_run(
+        name, requested_by=current_user, request_key=form.request_id.data or None, now=utcnow()
+    )
     db.session.commit()  # the run is enqueued once this commits
-    flash(f"Started {run.job_name} ({run.job_id})." if created
-          else f"{run.job_name} was already started from this page ({run.job_id}).", "success")
+    flash(
+        f"Started {run.job_name} ({run.job_id})."
+        if created
+        else f"{run.job_name} was already started from this page ({run.job_id}).",
+        "success",
+    )
     return redirect(url_for("admin.jobs", _anchor=f"job-{run.job_name}"), code=303)
 
 

@@ -40,8 +40,9 @@ class RevokeAdminForm(FlaskForm):
 @bp.get("/")
 def index():
     users = accounts.list_users(page=1, per_page=10)
-    return render_template("admin/index.html", users=users,
-                           outbox=mail.list_outbox(page=1, per_page=5))
+    return render_template(
+        "admin/index.html", users=users, outbox=mail.list_outbox(page=1, per_page=5)
+    )
 
 
 @bp.get("/users")
@@ -59,10 +60,14 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
     if not form.request_id.data:
         form.request_id.data = uuid.uuid4().hex
     return render_template(
-        "admin/user.html", user=user, form=form, revoke_admin_form=RevokeAdminForm(),
+        "admin/user.html",
+        user=user,
+        form=form,
+        revoke_admin_form=RevokeAdminForm(),
         balances=ledger.balances(user),
         lots=credits.list_lots(user),
-        history=ledger.wallet_history(user, page=helpers.page_arg())), status
+        history=ledger.wallet_history(user, page=helpers.page_arg()),
+    ), status
 
 
 @bp.get("/users/<int:user_id>")
@@ -81,9 +86,14 @@ def grant_credit(user_id: int):
         expires_at = datetime.combine(form.expires_on.data + timedelta(days=1), time(), UTC)
     try:
         amount = Money.from_decimal(form.amount.decimal, user.currency)
-        credits.grant_credit(user=user, amount=amount, reason=form.reason.data,
-                             expires_at=expires_at, granted_by=current_user,
-                             idempotency_key=f"form:{form.request_id.data}")
+        credits.grant_credit(
+            user=user,
+            amount=amount,
+            reason=form.reason.data,
+            expires_at=expires_at,
+            granted_by=current_user,
+            idempotency_key=f"form:{form.request_id.data}",
+        )
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
         return _render_user(user, form, 422)
@@ -109,8 +119,11 @@ def revoke_admin(user_id: int):
         flash(f"Not done: {exc.message}.", "error")
     else:
         db.session.commit()
-        flash(f"{user.email} is no longer an admin; {revoked} admin or platform "
-              f"token{'' if revoked == 1 else 's'} revoked.", "success")
+        flash(
+            f"{user.email} is no longer an admin; {revoked} admin or platform "
+            f"token{'' if revoked == 1 else 's'} revoked.",
+            "success",
+        )
     return helpers.see_other("admin.user", user_id=user_id)
 
 

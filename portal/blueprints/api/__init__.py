@@ -1,5 +1,6 @@
 """The JSON API under /api/plugins/billing (bearer tokens). Its reference is the OpenAPI
 document at /api/plugins/billing/openapi.json, shown at /api/plugins/billing/docs."""
+
 from flask import Blueprint
 
 from ...extensions import csrf

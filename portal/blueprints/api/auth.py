@@ -1,4 +1,5 @@
 """Bearer-token authentication and scopes for the API."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -17,6 +17,7 @@ Limits (documented in the README's "The JSON API"):
   ``MAX_LABEL_VALUE`` characters;
 - page numbers and ids: bounded, so no query can overflow a database integer.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,14 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, Wit
 from pydantic_core import PydanticCustomError
 
 from ...money import Money, currency_digits
-from ...services.deployments import EXTERNAL_ID_RULE, MAX_LABELS, MAX_LABEL_VALUE, LABEL_KEY_RULE
+from ...services.deployments import EXTERNAL_ID_RULE, LABEL_KEY_RULE, MAX_LABEL_VALUE, MAX_LABELS
 from ...services.errors import ValidationFailed
 
 MAX_AMOUNT = Decimal("1000000000")  # major units
 MAX_AMOUNT_TEXT = "1000000000"
 EARLIEST = date(2000, 1, 1)
 LATEST = date(2099, 12, 31)  # inclusive
-MAX_ID = 2**31 - 1           # the largest id a database integer key holds
+MAX_ID = 2**31 - 1  # the largest id a database integer key holds
 MAX_PAGE = 1_000_000
 MAX_PER_PAGE = 200
 MAX_EMAIL = 254
@@ -61,6 +62,7 @@ def _fail(message: str, kind: str = "invalid") -> PydanticCustomError:
 
 
 # -- text --------------------------------------------------------------------------------
+
 
 def check_text(value: str) -> str:
     """Text the database can hold: no NUL and no lone surrogate."""
@@ -86,6 +88,7 @@ def _text(max_length: int, required: bool) -> Callable[[Any], str]:
         if len(value) > max_length:
             raise _fail(f"must be at most {max_length} characters")
         return value
+
     return validate
 
 
@@ -109,21 +112,39 @@ def _pattern_text(rule: re.Pattern[str], problem: str) -> Callable[[Any], str]:
         if not rule.fullmatch(value):
             raise _fail(problem)
         return value
+
     return validate
 
 
 # The platform's id for a deployment: addressable in a URL path segment as it is.
-ExternalId = Annotated[str, PlainValidator(_pattern_text(
-    EXTERNAL_ID_RULE, "must be 1 to 128 letters, digits and . _ : - starting with a letter "
-                      "or digit")),
-    WithJsonSchema({"type": "string", "pattern": EXTERNAL_ID_RULE.pattern,
-                    "minLength": 1, "maxLength": 128,
-                    "description": "1 to 128 characters: ASCII letters, digits and . _ : -, "
-                                   "starting with a letter or digit", "examples": ["vm-1"]})]
+ExternalId = Annotated[
+    str,
+    PlainValidator(
+        _pattern_text(
+            EXTERNAL_ID_RULE,
+            "must be 1 to 128 letters, digits and . _ : - starting with a letter or digit",
+        )
+    ),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": EXTERNAL_ID_RULE.pattern,
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "1 to 128 characters: ASCII letters, digits and . _ : -, "
+            "starting with a letter or digit",
+            "examples": ["vm-1"],
+        }
+    ),
+]
 
 IdempotencyKey = re.compile(r"[\x21-\x7e]{1,100}")
-IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "pattern": "^[\\x21-\\x7e]{1,100}$",
-                          "minLength": 1, "maxLength": 100}
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "pattern": "^[\\x21-\\x7e]{1,100}$",
+    "minLength": 1,
+    "maxLength": 100,
+}
 
 
 def idempotency_key() -> str | None:
@@ -133,8 +154,7 @@ def idempotency_key() -> str | None:
         return None
     key = raw.strip()
     if not IdempotencyKey.fullmatch(key):
-        raise ValidationFailed.field("Idempotency-Key",
-                                     "must be 1 to 100 visible ASCII characters")
+        raise ValidationFailed.field("Idempotency-Key", "must be 1 to 100 visible ASCII characters")
     return key
 
 
@@ -150,8 +170,10 @@ def _amount(value: Any) -> Decimal:
         raise _fail("must be a number")  # a float only comes from NaN or Infinity
     if isinstance(value, str):
         if not AMOUNT_TEXT.fullmatch(value):
-            raise _fail("must be a decimal number written with the digits 0-9 and at most "
-                        "one decimal point, such as 12.50")
+            raise _fail(
+                "must be a decimal number written with the digits 0-9 and at most "
+                "one decimal point, such as 12.50"
+            )
         amount = Decimal(value)
     elif isinstance(value, int):
         amount = Decimal(value)
@@ -173,13 +195,22 @@ def _amount(value: Any) -> Decimal:
 
 # A positive amount of money in major units; its currency's digits are checked by
 # ``to_money`` once the currency is known.
-Amount = Annotated[Decimal, PlainValidator(_amount), WithJsonSchema({
-    "anyOf": [{"type": "string", "pattern": "^[0-9]{1,30}(\\.[0-9]{1,30})?$"},
-              {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_AMOUNT)}],
-    "description": "Major units, as a JSON number or a string of digits 0-9 with at most one "
-                   "decimal point, greater than 0, at most 1000000000, with no more decimal "
-                   "places than the currency has (2 for USD).",
-    "examples": ["50.00", 25]})]
+Amount = Annotated[
+    Decimal,
+    PlainValidator(_amount),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^[0-9]{1,30}(\\.[0-9]{1,30})?$"},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": int(MAX_AMOUNT)},
+            ],
+            "description": "Major units, as a JSON number or a string of digits 0-9 with at most one "
+            "decimal point, greater than 0, at most 1000000000, with no more decimal "
+            "places than the currency has (2 for USD).",
+            "examples": ["50.00", 25],
+        }
+    ),
+]
 
 
 def to_money(amount: Decimal, currency: str, field: str) -> Money:
@@ -188,12 +219,17 @@ def to_money(amount: Decimal, currency: str, field: str) -> Money:
     exponent = amount.as_tuple().exponent
     places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
     if places > digits:
-        raise ValidationFailed.field(field, f"must be a number with at most {digits} decimal "
-                                            f"places" if digits else "must be a whole number")
+        raise ValidationFailed.field(
+            field,
+            f"must be a number with at most {digits} decimal places"
+            if digits
+            else "must be a whole number",
+        )
     return Money.from_decimal(amount, currency)
 
 
 # -- quantities and counts ---------------------------------------------------------------
+
 
 def _quantity(maximum: int) -> Callable[[Any], Decimal]:
     def validate(value: Any) -> Decimal:
@@ -201,8 +237,9 @@ def _quantity(maximum: int) -> Callable[[Any], Decimal]:
             raise _fail("must be a number")
         if isinstance(value, str):
             if not AMOUNT_TEXT.fullmatch(value):
-                raise _fail("must be a number written with the digits 0-9 and at most one "
-                            "decimal point")
+                raise _fail(
+                    "must be a number written with the digits 0-9 and at most one decimal point"
+                )
             value = Decimal(value)
         elif isinstance(value, int):
             value = Decimal(value)
@@ -216,15 +253,25 @@ def _quantity(maximum: int) -> Callable[[Any], Decimal]:
         if isinstance(exponent, int) and exponent < -3:
             raise _fail("must have at most 3 decimal places")
         return value
+
     return validate
 
 
 def Quantity(maximum: int, unit: str) -> Any:
     """A resource size in whole units (cores, GB) with at most 3 decimal places."""
-    return Annotated[Decimal, PlainValidator(_quantity(maximum)), WithJsonSchema({
-        "anyOf": [{"type": "string", "pattern": "^[0-9]{1,30}(\\.[0-9]{1,30})?$"},
-                  {"type": "number", "minimum": 0, "maximum": maximum}],
-        "description": f"{unit}, 0 to {maximum}, at most 3 decimal places"})]
+    return Annotated[
+        Decimal,
+        PlainValidator(_quantity(maximum)),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": "^[0-9]{1,30}(\\.[0-9]{1,30})?$"},
+                    {"type": "number", "minimum": 0, "maximum": maximum},
+                ],
+                "description": f"{unit}, 0 to {maximum}, at most 3 decimal places",
+            }
+        ),
+    ]
 
 
 def _whole(low: int, high: int, *, from_text: bool) -> Callable[[Any], int]:
@@ -242,6 +289,7 @@ def _whole(low: int, high: int, *, from_text: bool) -> Callable[[Any], int]:
         if value > high:
             raise _fail(f"must be at most {high}")
         return value
+
     return validate
 
 
@@ -250,8 +298,9 @@ def Whole(low: int, high: int, *, description: str | None = None) -> Any:
     schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
     if description:
         schema["description"] = description
-    return Annotated[int, PlainValidator(_whole(low, high, from_text=False)),
-                     WithJsonSchema(schema)]
+    return Annotated[
+        int, PlainValidator(_whole(low, high, from_text=False)), WithJsonSchema(schema)
+    ]
 
 
 def QueryWhole(low: int, high: int, *, description: str | None = None) -> Any:
@@ -259,8 +308,7 @@ def QueryWhole(low: int, high: int, *, description: str | None = None) -> Any:
     schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
     if description:
         schema["description"] = description
-    return Annotated[int, PlainValidator(_whole(low, high, from_text=True)),
-                     WithJsonSchema(schema)]
+    return Annotated[int, PlainValidator(_whole(low, high, from_text=True)), WithJsonSchema(schema)]
 
 
 def _flag(value: Any) -> bool:
@@ -273,6 +321,7 @@ Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"}
 
 
 # -- users ---------------------------------------------------------------------------------
+
 
 def _user_ref(value: Any) -> int | str:
     if value is None or value == "":
@@ -296,17 +345,29 @@ def _user_ref(value: Any) -> int | str:
     return value  # not a known email: the lookup answers not found
 
 
-UserRef = Annotated[int | str, PlainValidator(_user_ref), WithJsonSchema({
-    "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_ID},
-              {"type": "string", "maxLength": MAX_EMAIL}],
-    "description": "The user's id, or their email address", "examples": ["john@example.com"]})]
+UserRef = Annotated[
+    int | str,
+    PlainValidator(_user_ref),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                {"type": "string", "maxLength": MAX_EMAIL},
+            ],
+            "description": "The user's id, or their email address",
+            "examples": ["john@example.com"],
+        }
+    ),
+]
 
 
 # -- times ---------------------------------------------------------------------------------
 
 DATE_TEXT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-TIME_TEXT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2})"
-                       r"(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+TIME_TEXT = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2})"
+    r"(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 BOUNDS = f"must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}"
 
 
@@ -329,8 +390,9 @@ def _instant(through: bool) -> Callable[[Any], datetime]:
             raise _fail("must be an ISO 8601 date or time")
         if len(value) == 10:
             day = _day(value)
-            return datetime.combine(day + timedelta(days=1 if through else 0),
-                                    datetime.min.time(), UTC)
+            return datetime.combine(
+                day + timedelta(days=1 if through else 0), datetime.min.time(), UTC
+            )
         match = TIME_TEXT.fullmatch(value)
         if not match:
             if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.]+", value):
@@ -346,8 +408,16 @@ def _instant(through: bool) -> Callable[[Any], datetime]:
                     raise ValueError
                 offset = timedelta(hours=hours, minutes=minutes)
                 tz = timezone(-offset if zone[0] == "-" else offset)
-            parsed = datetime(int(year), int(month), int(day_), int(hour), int(minute),
-                              int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tz)
+            parsed = datetime(
+                int(year),
+                int(month),
+                int(day_),
+                int(hour),
+                int(minute),
+                int(second or 0),
+                int((fraction or "0")[:6].ljust(6, "0")),
+                tz,
+            )
         except ValueError:
             raise _fail("is not a valid date and time") from None
         if not EARLIEST <= parsed.date() <= LATEST:
@@ -356,21 +426,39 @@ def _instant(through: bool) -> Callable[[Any], datetime]:
         if not EARLIEST <= parsed.date() <= LATEST:
             raise _fail(BOUNDS)
         return parsed
+
     return validate
 
 
-_INSTANT_SCHEMA = {"anyOf": [{"type": "string", "format": "date-time"},
-                             {"type": "string", "format": "date"}]}
+_INSTANT_SCHEMA = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]
+}
 # ISO 8601 with a zone (2026-11-01T08:00:00Z), or a bare date meaning that day's start.
-Instant = Annotated[datetime, PlainValidator(_instant(through=False)), WithJsonSchema({
-    **_INSTANT_SCHEMA, "description": "ISO 8601 time with a zone, or a bare date (its start, "
-                                      "UTC); years 2000 to 2099",
-    "examples": ["2026-11-01T08:00:00Z"]})]
+Instant = Annotated[
+    datetime,
+    PlainValidator(_instant(through=False)),
+    WithJsonSchema(
+        {
+            **_INSTANT_SCHEMA,
+            "description": "ISO 8601 time with a zone, or a bare date (its start, "
+            "UTC); years 2000 to 2099",
+            "examples": ["2026-11-01T08:00:00Z"],
+        }
+    ),
+]
 # The same, but a bare date names the whole day: valid through it (the next day's start).
-Through = Annotated[datetime, PlainValidator(_instant(through=True)), WithJsonSchema({
-    **_INSTANT_SCHEMA, "description": "ISO 8601 time with a zone, or a bare date: through "
-                                      "the end of that day (UTC); years 2000 to 2099",
-    "examples": ["2030-01-31"]})]
+Through = Annotated[
+    datetime,
+    PlainValidator(_instant(through=True)),
+    WithJsonSchema(
+        {
+            **_INSTANT_SCHEMA,
+            "description": "ISO 8601 time with a zone, or a bare date: through "
+            "the end of that day (UTC); years 2000 to 2099",
+            "examples": ["2030-01-31"],
+        }
+    ),
+]
 
 
 def _query_day(value: Any) -> date:
@@ -379,8 +467,13 @@ def _query_day(value: Any) -> date:
     return _day(value)
 
 
-Day = Annotated[date, PlainValidator(_query_day), WithJsonSchema({
-    "type": "string", "format": "date", "description": "a date, 2000-01-01 to 2099-12-31"})]
+Day = Annotated[
+    date,
+    PlainValidator(_query_day),
+    WithJsonSchema(
+        {"type": "string", "format": "date", "description": "a date, 2000-01-01 to 2099-12-31"}
+    ),
+]
 
 
 def _period(value: Any) -> str:
@@ -394,12 +487,22 @@ def _period(value: Any) -> str:
     return value
 
 
-Period = Annotated[str, PlainValidator(_period), WithJsonSchema({
-    "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$",
-    "description": "a billing period by its starting month, YYYY-MM", "examples": ["2026-11"]})]
+Period = Annotated[
+    str,
+    PlainValidator(_period),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[0-9]{4}-[0-9]{2}$",
+            "description": "a billing period by its starting month, YYYY-MM",
+            "examples": ["2026-11"],
+        }
+    ),
+]
 
 
 # -- labels --------------------------------------------------------------------------------
+
 
 def _labels(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
@@ -408,8 +511,9 @@ def _labels(value: Any) -> dict[str, str]:
         raise _fail(f"must have at most {MAX_LABELS} labels")
     for key, text in value.items():
         if not isinstance(key, str) or not LABEL_KEY_RULE.fullmatch(key):
-            raise _fail("keys must be 1 to 63 letters, digits and . _ / - : starting with a "
-                        "letter or digit")
+            raise _fail(
+                "keys must be 1 to 63 letters, digits and . _ / - : starting with a letter or digit"
+            )
         if not isinstance(text, str):
             raise _fail(f"{key} must be a string")
         try:
@@ -421,13 +525,22 @@ def _labels(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-Labels = Annotated[dict[str, str], PlainValidator(_labels), WithJsonSchema({
-    "type": "object", "maxProperties": MAX_LABELS,
-    "propertyNames": {"pattern": LABEL_KEY_RULE.pattern, "minLength": 1, "maxLength": 63},
-    "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
-    "description": f"at most {MAX_LABELS} labels; keys 1 to 63 letters, digits and . _ / - : "
-                   f"(starting with a letter or digit), values at most {MAX_LABEL_VALUE} "
-                   "characters", "examples": [{"project": "alpha"}]})]
+Labels = Annotated[
+    dict[str, str],
+    PlainValidator(_labels),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"pattern": LABEL_KEY_RULE.pattern, "minLength": 1, "maxLength": 63},
+            "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+            "description": f"at most {MAX_LABELS} labels; keys 1 to 63 letters, digits and . _ / - : "
+            f"(starting with a letter or digit), values at most {MAX_LABEL_VALUE} "
+            "characters",
+            "examples": [{"project": "alpha"}],
+        }
+    ),
+]
 
 
 def _label_filter(value: Any) -> tuple[str, str]:
@@ -439,17 +552,28 @@ def _label_filter(value: Any) -> tuple[str, str]:
         key, sep, wanted = value.partition(":")
     key, wanted = key.strip(), wanted.strip()
     if not sep or not LABEL_KEY_RULE.fullmatch(key) or len(wanted) > MAX_LABEL_VALUE:
-        raise _fail("must look like key=value (a label key and at most "
-                    f"{MAX_LABEL_VALUE} characters)")
+        raise _fail(
+            f"must look like key=value (a label key and at most {MAX_LABEL_VALUE} characters)"
+        )
     return key, wanted
 
 
-LabelFilter = Annotated[tuple[str, str], PlainValidator(_label_filter), WithJsonSchema({
-    "type": "string", "maxLength": 64 + MAX_LABEL_VALUE,
-    "description": "a label, key=value", "examples": ["project=alpha"]})]
+LabelFilter = Annotated[
+    tuple[str, str],
+    PlainValidator(_label_filter),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64 + MAX_LABEL_VALUE,
+            "description": "a label, key=value",
+            "examples": ["project=alpha"],
+        }
+    ),
+]
 
 
 # -- reading requests ----------------------------------------------------------------------
+
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
@@ -462,14 +586,15 @@ def read_json() -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal,
-                          parse_constant=_no_constant)
+        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constant)
     except RecursionError:
-        raise ValidationFailed("the request body nests too deeply",
-                               fields={"body": "nests too deeply"}) from None
+        raise ValidationFailed(
+            "the request body nests too deeply", fields={"body": "nests too deeply"}
+        ) from None
     except ValueError:  # not UTF-8, not JSON
-        raise ValidationFailed("the request body is not valid JSON",
-                               fields={"body": "is not valid JSON"}) from None
+        raise ValidationFailed(
+            "the request body is not valid JSON", fields={"body": "is not valid JSON"}
+        ) from None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -480,8 +605,9 @@ def parse_body(model: type[M], *, optional: bool = False) -> M:
     if data is None and optional:
         data = {}
     if not isinstance(data, dict):
-        raise ValidationFailed("the request body must be a JSON object",
-                               fields={"body": "must be a JSON object"})
+        raise ValidationFailed(
+            "the request body must be a JSON object", fields={"body": "must be a JSON object"}
+        )
     return validate(model, data)
 
 
@@ -511,8 +637,9 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     except ValidationError as exc:
         raise _failed(translate(exc)) from None
     except RecursionError:
-        raise ValidationFailed("the request body nests too deeply",
-                               fields={"body": "nests too deeply"}) from None
+        raise ValidationFailed(
+            "the request body nests too deeply", fields={"body": "nests too deeply"}
+        ) from None
 
 
 def _failed(fields: dict[str, str]) -> ValidationFailed:
@@ -563,7 +690,6 @@ def translate(exc: ValidationError) -> dict[str, str]:
         if len(fields) >= MAX_ERROR_FIELDS:
             break
     return fields
-
 
 
 def iso(value: datetime | None) -> str | None:

@@ -4,6 +4,7 @@ Requests are strict (see fields.py); responses keep the field names the API has 
 used (money as a decimal string plus ``_minor`` integer units plus the currency; times as
 ISO 8601 UTC with a Z). The OpenAPI document is generated from these models.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -12,27 +13,69 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
 from ...services.deployments import MAX_NAME, MAX_SIZE
 from ...services.vouchers import MAX_BATCH
-from .fields import (Amount, Day, ExternalId, Flag, Instant, LabelFilter, Labels, Period,
-                     QueryModel, QueryWhole, Quantity, StrictModel, Text, Through, UserRef,
-                     Whole, MAX_PAGE, MAX_PER_PAGE)
+from .fields import (
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    Amount,
+    Day,
+    ExternalId,
+    Flag,
+    Instant,
+    LabelFilter,
+    Labels,
+    Period,
+    Quantity,
+    QueryModel,
+    QueryWhole,
+    StrictModel,
+    Text,
+    Through,
+    UserRef,
+    Whole,
+)
 
 INVOICE_STATUSES = ("draft", "sent", "paid", "overdue", "void")
-DEPLOYMENT_STATES = ("pending", "active", "suspended", "removing", "removed", "failed",
-                     "terminated")
+DEPLOYMENT_STATES = (
+    "pending",
+    "active",
+    "suspended",
+    "removing",
+    "removed",
+    "failed",
+    "terminated",
+)
 MAX_REDEMPTIONS = 1_000_000
 
 # -- output types ----------------------------------------------------------------------------
 
-Time = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time",
-                                      "examples": ["2026-11-01T08:00:00Z"]})]
-Decimal_ = Annotated[str, WithJsonSchema({
-    "type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$",
-    "description": "an exact decimal in major units (money) or whole units (quantities)"})]
-Minor = Annotated[int, WithJsonSchema({"type": "integer",
-                                       "description": "integer minor units (cents)"})]
-Currency = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$",
-                                          "description": "ISO 4217 code",
-                                          "examples": ["USD"]})]
+Time = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-01T08:00:00Z"]}),
+]
+Decimal_ = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^-?[0-9]+(\\.[0-9]+)?$",
+            "description": "an exact decimal in major units (money) or whole units (quantities)",
+        }
+    ),
+]
+Minor = Annotated[
+    int, WithJsonSchema({"type": "integer", "description": "integer minor units (cents)"})
+]
+Currency = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[A-Z]{3}$",
+            "description": "ISO 4217 code",
+            "examples": ["USD"],
+        }
+    ),
+]
 
 
 class Out(BaseModel):
@@ -42,12 +85,15 @@ class Out(BaseModel):
 
 
 class ErrorDetail(Out):
-    code: str = Field(description="validation_failed, unauthorized, forbidden, not_found, "
-                                  "conflict, idempotency_conflict, invalid_transition, "
-                                  "rate_limited, payments_unavailable, gateway_error, ...")
+    code: str = Field(
+        description="validation_failed, unauthorized, forbidden, not_found, "
+        "conflict, idempotency_conflict, invalid_transition, "
+        "rate_limited, payments_unavailable, gateway_error, ..."
+    )
     message: str
     fields: dict[str, str] | None = Field(
-        default=None, description="each field that was refused, with what is wrong with it")
+        default=None, description="each field that was refused, with what is wrong with it"
+    )
 
 
 class ErrorBody(Out):
@@ -62,11 +108,16 @@ class Page(QueryModel):
 
 
 class ForUser(QueryModel):
-    user_id: UserRef | None = Field(default=None, description=(
-        "admin tokens: whose (an id or an email); other tokens may name only themselves"))
+    user_id: UserRef | None = Field(
+        default=None,
+        description=(
+            "admin tokens: whose (an id or an email); other tokens may name only themselves"
+        ),
+    )
 
 
 # -- accounts, credits, wallet ---------------------------------------------------------------
+
 
 class CreateUser(StrictModel):
     email: Text(254, description="the user's email address")
@@ -136,6 +187,7 @@ class WalletPage(Out):
 
 # -- prices, deployments, usage, reports -----------------------------------------------------
 
+
 class Rates(Out):
     cpu_per_core_hour: Decimal_
     memory_per_gb_hour: Decimal_
@@ -173,8 +225,10 @@ class CreateDeployment(StrictModel):
     external_id: ExternalId
     user_id: UserRef
     kind: Kind
-    sku: Text(40, required=False) | None = Field(default=None, description=(
-        "a SKU code from GET /prices; or give cpu_cores, memory_gb and storage_gb"))
+    sku: Text(40, required=False) | None = Field(
+        default=None,
+        description=("a SKU code from GET /prices; or give cpu_cores, memory_gb and storage_gb"),
+    )
     cpu_cores: Quantity(MAX_SIZE["cpu_cores"], "cores") | None = None
     memory_gb: Quantity(MAX_SIZE["memory_gb"], "GB") | None = None
     storage_gb: Quantity(MAX_SIZE["storage_gb"], "GB") | None = None
@@ -182,8 +236,10 @@ class CreateDeployment(StrictModel):
     name: Text(MAX_NAME, required=False) | None = None
     labels: Labels | None = None
     state: Literal["pending", "active"] | None = None
-    started_at: Instant | None = Field(default=None, description=(
-        "default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"))
+    started_at: Instant | None = Field(
+        default=None,
+        description=("default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"),
+    )
 
 
 class UpdateDeployment(StrictModel):
@@ -192,13 +248,17 @@ class UpdateDeployment(StrictModel):
     storage_gb: Quantity(MAX_SIZE["storage_gb"], "GB") | None = None
     sku: Text(40, required=False) | None = None
     state: Literal[DEPLOYMENT_STATES] | None = None  # type: ignore[valid-type]
-    effective_at: Instant | None = Field(default=None, description=(
-        "default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"))
+    effective_at: Instant | None = Field(
+        default=None,
+        description=("default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"),
+    )
 
 
 class DeleteDeployment(StrictModel):
-    ended_at: Instant | None = Field(default=None, description=(
-        "default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"))
+    ended_at: Instant | None = Field(
+        default=None,
+        description=("default now; at most DEPLOYMENT_BACKDATE_MAX_DAYS (31) days in the past"),
+    )
 
 
 class DeploymentOut(Out):
@@ -265,14 +325,17 @@ class UsageOut(Out):
 
 
 class ReportQuery(Page):
-    from_: Day | None = Field(default=None, alias="from",
-                              description="first day (default: the month's first)")
+    from_: Day | None = Field(
+        default=None, alias="from", description="first day (default: the month's first)"
+    )
     to: Day | None = Field(default=None, description="last day, inclusive (default: today)")
     user_id: UserRef | None = None
     kind: Kind | None = None
     label: LabelFilter | None = None
-    format: Literal["json", "csv"] = Field(default="json", description=(
-        "csv streams every row (text/csv) and ignores page and per_page"))
+    format: Literal["json", "csv"] = Field(
+        default="json",
+        description=("csv streams every row (text/csv) and ignores page and per_page"),
+    )
 
 
 class ReportRow(Out):
@@ -303,6 +366,7 @@ class ReportPage(Out):
 
 
 # -- invoices --------------------------------------------------------------------------------
+
 
 class InvoiceOut(Out):
     id: int
@@ -360,8 +424,7 @@ class InvoiceDetail(InvoiceOut):
 
 
 class InvoicePaid(InvoiceDetail):
-    payment_outcome: Literal["paid", "requires_action", "processing", "failed", "partial",
-                             "unpaid"]
+    payment_outcome: Literal["paid", "requires_action", "processing", "failed", "partial", "unpaid"]
 
 
 class InvoicePage(Out):
@@ -397,6 +460,7 @@ class OfflinePayment(StrictModel):
 
 
 # -- payments --------------------------------------------------------------------------------
+
 
 class CardOut(Out):
     id: int
@@ -443,6 +507,7 @@ class PaymentPreview(Out):
 
 # -- vouchers --------------------------------------------------------------------------------
 
+
 class Redeem(StrictModel):
     code: Text(64, description="20 letters and digits; dashes and case do not matter")
 
@@ -486,8 +551,10 @@ class VoucherBatch(Out):
 
 class VoucherQuery(Page):
     batch: Text(40, required=False) | None = None
-    format: Literal["json", "csv"] = Field(default="json", description=(
-        "csv streams every code (text/csv) and ignores page and per_page"))
+    format: Literal["json", "csv"] = Field(
+        default="json",
+        description=("csv streams every code (text/csv) and ignores page and per_page"),
+    )
 
 
 class VoucherPage(Out):
@@ -498,6 +565,7 @@ class VoucherPage(Out):
 
 
 # -- jobs ------------------------------------------------------------------------------------
+
 
 class RunOut(Out):
     id: int
@@ -592,6 +660,7 @@ class JobsStatus(Out):
 
 # -- the gateway's events (POST /webhook) ----------------------------------------------------
 
+
 class StripeObject(BaseModel):
     """Stripe sends more fields than these; the portal reads these (and for payments and
     sessions reads the object's current state back from Stripe rather than trusting the
@@ -604,14 +673,16 @@ class StripeObject(BaseModel):
 class CheckoutSessionObject(StripeObject):
     object: Literal["checkout.session"]
     mode: Literal["payment", "setup", "subscription"] | None = None
-    metadata: dict[str, str] | None = Field(default=None, description=(
-        "purpose: topup for the portal's top-ups"))
+    metadata: dict[str, str] | None = Field(
+        default=None, description=("purpose: topup for the portal's top-ups")
+    )
 
 
 class PaymentIntentObject(StripeObject):
     object: Literal["payment_intent"]
-    metadata: dict[str, str] | None = Field(default=None, description=(
-        "purpose (topup or invoice) and the portal's ids"))
+    metadata: dict[str, str] | None = Field(
+        default=None, description=("purpose (topup or invoice) and the portal's ids")
+    )
 
 
 class SetupIntentObject(StripeObject):
@@ -677,8 +748,12 @@ class _PaymentIntentData(BaseModel):
 class PaymentIntentEvent(_Event):
     """A card payment moved: succeeded, failed, waits for 3-D Secure, or is processing."""
 
-    type: Literal["payment_intent.succeeded", "payment_intent.payment_failed",
-                  "payment_intent.requires_action", "payment_intent.processing"]
+    type: Literal[
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.requires_action",
+        "payment_intent.processing",
+    ]
     data: _PaymentIntentData
 
 
@@ -725,16 +800,25 @@ class OtherEvent(_Event):
     data: dict[str, Any]
 
 
-class StripeEvent(RootModel[CheckoutSessionCompleted | PaymentIntentEvent | SetupIntentSucceeded
-                            | ChargeRefunded | ChargeDisputeCreated | OtherEvent]):
+class StripeEvent(
+    RootModel[
+        CheckoutSessionCompleted
+        | PaymentIntentEvent
+        | SetupIntentSucceeded
+        | ChargeRefunded
+        | ChargeDisputeCreated
+        | OtherEvent
+    ]
+):
     """A Stripe event, signed in the Stripe-Signature header over the raw body."""
 
 
 class WebhookAck(Out):
     received: bool
     duplicate: bool | None = Field(default=None, description="a redelivery of a stored event")
-    ignored: Literal["livemode"] | None = Field(default=None, description=(
-        "present when the event's mode (live or test) is not the key's"))
+    ignored: Literal["livemode"] | None = Field(
+        default=None, description=("present when the event's mode (live or test) is not the key's")
+    )
 
 
 class OpenApiDocument(RootModel[dict[str, Any]]):

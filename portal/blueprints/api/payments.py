@@ -1,5 +1,6 @@
 """Payments in the JSON API: saved cards, checkout top-ups, paying an invoice and its
 preview. Cards are added on the gateway's page only (the portal's Payment methods page)."""
+
 from __future__ import annotations
 
 from flask import current_app, g
@@ -14,8 +15,15 @@ from ...web import json_error
 from . import bp
 from .fields import idempotency_key, to_money
 from .invoices import detail_fields
-from .models import (CardList, CardOut, CheckoutOut, CreateCheckout, InvoicePaid,
-                     PaymentPreview, PreviewPart)
+from .models import (
+    CardList,
+    CardOut,
+    CheckoutOut,
+    CreateCheckout,
+    InvoicePaid,
+    PaymentPreview,
+    PreviewPart,
+)
 from .spec import operation
 
 USER = TokenScope.USER
@@ -32,8 +40,14 @@ def _require_cards() -> None:
 
 
 def card_json(card) -> CardOut:
-    return CardOut(id=card.id, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
-                   exp_year=card.exp_year, is_default=card.is_default)
+    return CardOut(
+        id=card.id,
+        brand=card.brand,
+        last4=card.last4,
+        exp_month=card.exp_month,
+        exp_year=card.exp_year,
+        is_default=card.is_default,
+    )
 
 
 @bp.errorhandler(GatewayError)
@@ -43,15 +57,20 @@ def _gateway_error(exc: GatewayError):
 
 
 @bp.get("/payment-methods")
-@operation(summary="The saved cards, default first", tag="Payments", scopes=(USER,),
-           responses={200: CardList})
+@operation(
+    summary="The saved cards, default first",
+    tag="Payments",
+    scopes=(USER,),
+    responses={200: CardList},
+)
 def list_payment_methods():
     return CardList([card_json(c) for c in cards.list_cards(g.api_user)])
 
 
 @bp.post("/payment-methods/<int:card_id>/default")
-@operation(summary="Make a card the default", tag="Payments", scopes=(USER,),
-           responses={200: CardOut})
+@operation(
+    summary="Make a card the default", tag="Payments", scopes=(USER,), responses={200: CardOut}
+)
 def default_payment_method(card_id: int):
     card = cards.set_default(g.api_user, card_id)
     db.session.commit()
@@ -59,8 +78,9 @@ def default_payment_method(card_id: int):
 
 
 @bp.delete("/payment-methods/<int:card_id>")
-@operation(summary="Remove a card", tag="Payments", scopes=(USER,), responses={204: None},
-           errors=(409,))
+@operation(
+    summary="Remove a card", tag="Payments", scopes=(USER,), responses={204: None}, errors=(409,)
+)
 def delete_payment_method(card_id: int):
     """409 conflict when the last-card rule forbids it."""
     cards.remove_card(g.api_user, card_id)
@@ -68,10 +88,16 @@ def delete_payment_method(card_id: int):
 
 
 @bp.post("/create-checkout")
-@operation(summary="Open a checkout page for a top-up", tag="Payments", scopes=(USER,),
-           body=CreateCheckout, responses={201: CheckoutOut}, errors=(409, 502, 503),
-           idempotency_key="a repeat returns the same page; with another amount it is 409 "
-                           "idempotency_conflict")
+@operation(
+    summary="Open a checkout page for a top-up",
+    tag="Payments",
+    scopes=(USER,),
+    body=CreateCheckout,
+    responses={201: CheckoutOut},
+    errors=(409, 502, 503),
+    idempotency_key="a repeat returns the same page; with another amount it is 409 "
+    "idempotency_conflict",
+)
 def create_checkout(body: CreateCheckout):
     """``{purpose: "topup", amount}`` -> the checkout page's URL: open it in a browser. An
     amount outside TOPUP_MIN..TOPUP_MAX is 422."""
@@ -79,40 +105,65 @@ def create_checkout(body: CreateCheckout):
     _require_cards()
     base = current_app.config["PUBLIC_URL"]
     session = topups.start_checkout(
-        g.api_user, amount, success_url=f"{base}/wallet/top-up/done?session_id="
-        "{CHECKOUT_SESSION_ID}", cancel_url=f"{base}/wallet/",
-        idempotency_key=idempotency_key())
+        g.api_user,
+        amount,
+        success_url=f"{base}/wallet/top-up/done?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{base}/wallet/",
+        idempotency_key=idempotency_key(),
+    )
     db.session.commit()
-    return CheckoutOut(checkout_url=session.url, session_id=session.gateway_session_id,
-                       purpose="topup", **session_amount(session)), 201
+    return CheckoutOut(
+        checkout_url=session.url,
+        session_id=session.gateway_session_id,
+        purpose="topup",
+        **session_amount(session),
+    ), 201
 
 
 def session_amount(session) -> dict:
     return Money(session.amount_minor or 0, session.currency).to_json("amount") | {
-        "currency": session.currency}
+        "currency": session.currency
+    }
 
 
 @bp.get("/invoices/<int:invoice_id>/payment-preview")
-@operation(summary="How Pay now would pay an invoice", tag="Payments", scopes=(USER,),
-           responses={200: PaymentPreview})
+@operation(
+    summary="How Pay now would pay an invoice",
+    tag="Payments",
+    scopes=(USER,),
+    responses={200: PaymentPreview},
+)
 def payment_preview(invoice_id: int):
     invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
     if invoice.invoice_status not in invoicing.UNPAID:
-        return PaymentPreview(invoice_id=invoice.id, status=invoice.invoice_status.label,
-                              parts=[], **invoice.amount_due.to_json("remaining"),
-                              currency=invoice.currency)
+        return PaymentPreview(
+            invoice_id=invoice.id,
+            status=invoice.invoice_status.label,
+            parts=[],
+            **invoice.amount_due.to_json("remaining"),
+            currency=invoice.currency,
+        )
     preview = settlement.preview(invoice, g.api_user)
-    return PaymentPreview(invoice_id=invoice.id, status=invoice.invoice_status.label,
-                          currency=invoice.currency,
-                          parts=[PreviewPart(tender=str(p.tender), label=p.label,
-                                             **p.amount.to_json("amount"))
-                                 for p in preview.parts],
-                          **preview.remaining.to_json("remaining"))
+    return PaymentPreview(
+        invoice_id=invoice.id,
+        status=invoice.invoice_status.label,
+        currency=invoice.currency,
+        parts=[
+            PreviewPart(tender=str(p.tender), label=p.label, **p.amount.to_json("amount"))
+            for p in preview.parts
+        ],
+        **preview.remaining.to_json("remaining"),
+    )
 
 
 @bp.post("/invoices/<int:invoice_id>/pay")
-@operation(summary="Pay now", tag="Payments", scopes=(USER,), responses={200: InvoicePaid},
-           errors=(409, 502))
+@operation(
+    summary="Pay now",
+    tag="Payments",
+    scopes=(USER,),
+    responses={200: InvoicePaid},
+    errors=(409, 502),
+)
 def pay_invoice(invoice_id: int):
     """Pay now; answers with the invoice, its payments and the payment_outcome. A paid
     invoice is 409 invalid_transition."""
@@ -132,7 +183,8 @@ def _outcome(invoice, result) -> str:
         return "paid"
     waiting = card_payments.open_attempt_for(g.api_user, invoice)
     if invoice.id in result.needs_action or (
-            waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION):
+        waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION
+    ):
         return "requires_action"
     if waiting is not None:
         return "processing"

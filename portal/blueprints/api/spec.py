@@ -6,6 +6,7 @@ answer. The decorator does what every view did by hand (authenticate, parse, val
 serialize), and the document is generated once from the app's URL map and these
 declarations, so every route is in it.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,8 +23,7 @@ from werkzeug.routing import IntegerConverter, Rule
 from ...models import TokenScope
 from ...services.errors import NotFound
 from .auth import authenticate
-from .fields import (EXTERNAL_ID_RULE, IDEMPOTENCY_KEY_SCHEMA, MAX_ID, parse_body,
-                     parse_query)
+from .fields import EXTERNAL_ID_RULE, IDEMPOTENCY_KEY_SCHEMA, MAX_ID, parse_body, parse_query
 from .models import ErrorBody
 
 PREFIX = "/api/plugins/billing"
@@ -33,16 +33,20 @@ ERROR_TEXT = {
     403: "The token's scope does not allow this, or it names another user (forbidden)",
     404: "No such object, or not the caller's (not_found)",
     409: "The object's state does not allow this, or an idempotency key was used for other "
-         "content (conflict, invalid_transition, idempotency_conflict)",
+    "content (conflict, invalid_transition, idempotency_conflict)",
     413: "The request body is too large",
     422: "A field was refused (validation_failed): error.fields names each one; nothing "
-         "was changed",
+    "was changed",
     429: "Too many attempts (rate_limited); try again after Retry-After seconds",
     502: "The payment gateway failed (gateway_error)",
     503: "Card payments are not configured on this portal (payments_unavailable)",
 }
-SUCCESS_TEXT = {200: "OK", 201: "Created", 202: "Accepted: the job is queued",
-                204: "Done; no content"}
+SUCCESS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted: the job is queued",
+    204: "Done; no content",
+}
 
 
 @dataclass(frozen=True)
@@ -62,24 +66,40 @@ class Operation:
     description: str = ""
 
 
-def operation(*, summary: str, tag: str, scopes: Iterable[TokenScope | str],
-              responses: dict[int, type[BaseModel] | None],
-              body: type[BaseModel] | None = None, body_optional: bool = False,
-              query: type[BaseModel] | None = None, errors: Iterable[int] = (),
-              idempotency_key: str | None = None,
-              media: dict[int, dict[str, str]] | None = None,
-              path: dict[str, dict[str, Any]] | None = None) -> Callable:
+def operation(
+    *,
+    summary: str,
+    tag: str,
+    scopes: Iterable[TokenScope | str],
+    responses: dict[int, type[BaseModel] | None],
+    body: type[BaseModel] | None = None,
+    body_optional: bool = False,
+    query: type[BaseModel] | None = None,
+    errors: Iterable[int] = (),
+    idempotency_key: str | None = None,
+    media: dict[int, dict[str, str]] | None = None,
+    path: dict[str, dict[str, Any]] | None = None,
+) -> Callable:
     """Declare an API view. The view receives its path arguments plus ``body=`` and
     ``query=`` (validated models) when declared, and returns a response model, a
     (model, status) pair, None (204) or a Flask Response (files)."""
     scope_names = tuple(str(s) for s in scopes)
 
     def decorator(view: Callable) -> Callable:
-        op = Operation(summary=summary, tag=tag, scopes=scope_names, responses=responses,
-                       body=body, body_optional=body_optional, query=query,
-                       errors=tuple(errors), idempotency_key=idempotency_key,
-                       media=media or {}, path=path or {},
-                       description=inspect.cleandoc(view.__doc__ or "").replace("``", "`"))
+        op = Operation(
+            summary=summary,
+            tag=tag,
+            scopes=scope_names,
+            responses=responses,
+            body=body,
+            body_optional=body_optional,
+            query=query,
+            errors=tuple(errors),
+            idempotency_key=idempotency_key,
+            media=media or {},
+            path=path or {},
+            description=inspect.cleandoc(view.__doc__ or "").replace("``", "`"),
+        )
 
         @wraps(view)
         def wrapped(**kwargs: Any):
@@ -94,6 +114,7 @@ def operation(*, summary: str, tag: str, scopes: Iterable[TokenScope | str],
 
         wrapped.api_operation = op  # type: ignore[attr-defined]
         return wrapped
+
     return decorator
 
 
@@ -135,14 +156,19 @@ def operation_of(app: Flask, endpoint: str) -> Operation | None:
 
 def api_rules(app: Flask) -> list[tuple[Rule, str]]:
     """(rule, method) for every API route, HEAD and OPTIONS aside."""
-    return sorted(((rule, method) for rule in app.url_map.iter_rules()
-                   if rule.rule.startswith(PREFIX + "/")
-                   for method in rule.methods - {"HEAD", "OPTIONS"}),
-                  key=lambda pair: (pair[0].rule, pair[1]))
+    return sorted(
+        (
+            (rule, method)
+            for rule in app.url_map.iter_rules()
+            if rule.rule.startswith(PREFIX + "/")
+            for method in rule.methods - {"HEAD", "OPTIONS"}
+        ),
+        key=lambda pair: (pair[0].rule, pair[1]),
+    )
 
 
 def openapi_path(rule: Rule) -> str:
-    path = rule.rule[len(PREFIX):]
+    path = rule.rule[len(PREFIX) :]
     for name in rule.arguments:
         for converter in ("int:", "string:", ""):
             path = path.replace(f"<{converter}{name}>", "{" + name + "}")
@@ -150,6 +176,7 @@ def openapi_path(rule: Rule) -> str:
 
 
 # -- the document ----------------------------------------------------------------------------
+
 
 def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document, built on first use and kept."""
@@ -169,8 +196,9 @@ def build(app: Flask) -> dict[str, Any]:
     for rule, method in rules:
         op = operation_of(app, rule.endpoint)
         if op is None:
-            raise LookupError(f"{method} {rule.rule} ({rule.endpoint}) is not declared with "
-                              "@operation")
+            raise LookupError(
+                f"{method} {rule.rule} ({rule.endpoint}) is not declared with @operation"
+            )
         ops.append((rule, method, op))
     schemas = _schemas(op for _, _, op in ops)
     paths: dict[str, dict[str, Any]] = {}
@@ -178,11 +206,13 @@ def build(app: Flask) -> dict[str, Any]:
     for rule, method, op in ops:
         operation_id = rule.endpoint.rsplit(".", 1)[-1]
         if operation_id in seen_ids:
-            operation_id += "_" + "_".join(p for p in openapi_path(rule).split("/")
-                                           if p and "{" not in p)
+            operation_id += "_" + "_".join(
+                p for p in openapi_path(rule).split("/") if p and "{" not in p
+            )
         seen_ids.add(operation_id)
         paths.setdefault(openapi_path(rule), {})[method.lower()] = _operation(
-            rule, op, operation_id, schemas)
+            rule, op, operation_id, schemas
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -194,18 +224,23 @@ def build(app: Flask) -> dict[str, Any]:
                 "takes. Money goes out as a decimal string, integer minor units and the "
                 "currency, and comes in as a JSON number or a string of digits (exact "
                 "decimals, at most 1000000000, no more decimal places than the currency "
-                "has). Every error is `{\"error\": {\"code\", \"message\", \"fields\"}}`; "
+                'has). Every error is `{"error": {"code", "message", "fields"}}`; '
                 "a 422 names each refused field in `fields` and changes nothing. Unknown "
-                "fields in a request body are refused."),
+                "fields in a request body are refused."
+            ),
         },
         "servers": [{"url": PREFIX}],
         "paths": paths,
         "components": {
             "schemas": schemas["components"],
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "An API token; its scope (user, admin or platform) is "
-                               "listed as the role each operation requires."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token; its scope (user, admin or platform) is "
+                    "listed as the role each operation requires.",
+                }
+            },
         },
         "tags": [{"name": t} for t in dict.fromkeys(op.tag for _, _, op in ops)],
     }
@@ -233,16 +268,21 @@ def _schemas(ops: Iterable[Operation]) -> dict[str, Any]:
     return {"components": dict(sorted(components.items())), "queries": query_props}
 
 
-def _operation(rule: Rule, op: Operation, operation_id: str,
-               schemas: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    rule: Rule, op: Operation, operation_id: str, schemas: dict[str, Any]
+) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = []
     for name in sorted(rule.arguments):
         converter = rule._converters[name]  # werkzeug keeps them here
         if isinstance(converter, IntegerConverter):
             schema: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         elif name == "external_id":
-            schema = {"type": "string", "pattern": EXTERNAL_ID_RULE.pattern,
-                      "minLength": 1, "maxLength": 128}
+            schema = {
+                "type": "string",
+                "pattern": EXTERNAL_ID_RULE.pattern,
+                "minLength": 1,
+                "maxLength": 128,
+            }
         else:
             schema = op.path.get(name, {"type": "string"})
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
@@ -252,14 +292,25 @@ def _operation(rule: Rule, op: Operation, operation_id: str,
             schema = dict(schema)
             description = schema.pop("description", None)
             schema.pop("title", None)
-            param = {"name": name, "in": "query", "required": name in props.get("required", []),
-                     "schema": schema}
+            param = {
+                "name": name,
+                "in": "query",
+                "required": name in props.get("required", []),
+                "schema": schema,
+            }
             if description:
                 param["description"] = description
             parameters.append(param)
     if op.idempotency_key:
-        parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
-                           "description": op.idempotency_key, "schema": IDEMPOTENCY_KEY_SCHEMA})
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": op.idempotency_key,
+                "schema": IDEMPOTENCY_KEY_SCHEMA,
+            }
+        )
     for name, schema in op.headers.items():
         parameters.append({"name": name, "in": "header", "required": True, "schema": schema})
 
@@ -284,15 +335,17 @@ def _operation(rule: Rule, op: Operation, operation_id: str,
     if rule.arguments:
         errors.add(404)
     for status in sorted(errors):
-        response = {"description": ERROR_TEXT[status],
-                    "content": {"application/json": {"schema": _ref(ErrorBody)}}}
+        response = {
+            "description": ERROR_TEXT[status],
+            "content": {"application/json": {"schema": _ref(ErrorBody)}},
+        }
         if status == 429:
-            response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
-                                                   "description": "seconds"}}
+            response["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+            }
         responses[str(status)] = response
 
-    result: dict[str, Any] = {"operationId": operation_id, "summary": op.summary,
-                              "tags": [op.tag]}
+    result: dict[str, Any] = {"operationId": operation_id, "summary": op.summary, "tags": [op.tag]}
     if op.description:
         result["description"] = op.description
     if op.scopes:
@@ -303,7 +356,9 @@ def _operation(rule: Rule, op: Operation, operation_id: str,
     if parameters:
         result["parameters"] = parameters
     if op.body is not None:
-        result["requestBody"] = {"required": not op.body_optional,
-                                 "content": {"application/json": {"schema": _ref(op.body)}}}
+        result["requestBody"] = {
+            "required": not op.body_optional,
+            "content": {"application/json": {"schema": _ref(op.body)}},
+        }
     result["responses"] = responses
     return result
