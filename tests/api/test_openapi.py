@@ -25,7 +25,11 @@ from portal.extensions import db
 from portal.models import User
 from portal.services import deployments
 from tests.payments.conftest import (
+    in_app,
+    pay_app,
+    receiver,
     saved_card,  # noqa: F401
+    standin,
 )
 from tests.support.invoices import SEP, issue_invoices
 

@@ -20,8 +20,11 @@ from tests.payments.conftest import (
     TEST_CARDS,
     in_app,  # noqa: F401
     issued_invoice,
+    pay_app,
+    receiver,
     running_deployment,
     saved_card,
+    standin,
     topped_up,
     type_card,
 )

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import (
+    CheckoutSession,
     Invoice,
     InvoicePayment,
     OutboundEmail,

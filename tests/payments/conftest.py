@@ -20,7 +20,10 @@ from portal.services import card_payments, cards, deployments, invoicing, settle
 from tests.gateways.conftest import (
     SECRET_KEY,
     TEST_CARDS,
+    customer,
     gateway,  # noqa: F401
+    receiver,
+    standin,
 )
 
 SEP = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))

@@ -19,7 +19,10 @@ from tests.payments.conftest import (
     TEST_CARDS,
     in_app,  # noqa: F401
     issued_invoice,
+    pay_app,
+    receiver,
     saved_card,
+    standin,
     type_card,
 )
 

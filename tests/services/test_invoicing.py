@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Event, Invoice, InvoiceLine, User
 from portal.money import Money
-from portal.services import credits, deployments, invoicing, ledger
+from portal.services import credits, deployments, invoicing, ledger, metering
 from portal.services.errors import Conflict, InvalidTransition, ValidationFailed
 from portal.services.reconcile import find_discrepancies
 

@@ -17,7 +17,7 @@ from rq import Queue
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import MeterMark, UsageDaily
+from portal.models import MeterMark, UsageDaily, User
 from portal.models.usage import USAGE_COLUMNS
 from portal.services import deployments, metering
 
