@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from sqlalchemy import event
 
 from .config import ConfigError, build_config
-from .extensions import csrf, db, htmx_ext, limiter, login_manager, mail, migrate
+from .extensions import csrf, db, limiter, login_manager, mail, migrate
 
 
 class DecimalJSONProvider(DefaultJSONProvider):
@@ -61,7 +61,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     mail.init_app(app)
-    htmx_ext.init_app(app)
     with app.app_context():
         _configure_engine(db.engine)
 

@@ -21,7 +21,6 @@ from babel.numbers import format_currency
 
 from .currencies import ISO_4217_DIGITS
 
-MICROS_PER_UNIT = 1_000_000
 # What the database's BIGINT columns hold: no Money outside this range exists.
 MAX_MINOR = 2**63 - 1
 

@@ -8,7 +8,7 @@ metering is plain integer SQL that gives identical results on SQLite and Postgre
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -97,11 +97,3 @@ class DeploymentInterval(db.Model):
     ip_rate_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
     deployment: Mapped[Deployment] = relationship(back_populates="intervals")
-
-    @property
-    def start_at(self) -> datetime:
-        return datetime.fromtimestamp(self.start_epoch, UTC)
-
-    @property
-    def end_at(self) -> datetime | None:
-        return None if self.end_epoch is None else datetime.fromtimestamp(self.end_epoch, UTC)

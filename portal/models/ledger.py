@@ -36,14 +36,6 @@ class AccountKind(enum.StrEnum):
     DISPUTES = "disputes"  # card payments the cardholder's bank took back
 
     @property
-    def is_user_account(self) -> bool:
-        return self in USER_KINDS
-
-    @property
-    def is_wallet(self) -> bool:
-        return self in WALLET_KINDS
-
-    @property
     def normal_sign(self) -> int:
         """+1 for credit-normal accounts, -1 for debit-normal ones."""
         return 1 if self in CREDIT_NORMAL else -1

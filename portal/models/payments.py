@@ -169,10 +169,6 @@ class PaymentAttempt(db.Model):
     def amount(self) -> Money:
         return Money(self.amount_minor, self.currency)
 
-    @property
-    def is_open(self) -> bool:
-        return AttemptStatus(self.status) in OPEN_ATTEMPT_STATUSES
-
 
 class CheckoutSession(db.Model):
     """A hosted checkout page we opened for a user (a balance top-up, or "add a card")."""
