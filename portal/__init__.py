@@ -110,6 +110,10 @@ def _configure_engine(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class _PortalHandler(logging.StreamHandler):
+    """The one stdout handler, however many apps a process creates (the tests make many)."""
+
+
 def _configure_logging(app: Flask) -> None:
     level = {
         "error": logging.ERROR,
@@ -119,12 +123,11 @@ def _configure_logging(app: Flask) -> None:
         "debug": logging.DEBUG,
     }[app.config["LOG_LEVEL"]]
     root = logging.getLogger()
-    if not any(getattr(h, "_portal", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _PortalHandler) for h in root.handlers):
+        handler = _PortalHandler(sys.stdout)
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
         )
-        handler._portal = True
         root.addHandler(handler)
     root.setLevel(level)
     app.logger.setLevel(level)
