@@ -53,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pages.py
 
 clean:
-	rm -rf $(VENV) instance/*.sqlite3* .pytest_cache
+	rm -rf $(VENV) instance/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov
