@@ -105,7 +105,7 @@ def init_web(app: Flask) -> None:
                 413: "too_large",
                 429: "rate_limited",
             }.get(status, "http_error")
-            response, status = json_error(status, code, exc.description or exc.name)
+            response, _ = json_error(status, code, exc.description or exc.name)
             if status == 429:
                 response.headers["Retry-After"] = "60"
             return response, status
