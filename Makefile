@@ -36,7 +36,14 @@ system-packages:
 run: $(STAMP)
 	@scripts/run.sh
 
-test: $(STAMP) system-packages
+# Lint, format check and types: what pre-commit runs, with the versions in the lock.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Lint first: a style or type error fails in seconds, not after the suite.
+test: lint system-packages
 	@$(BIN)/python scripts/run_tests.py $(ARGS)
 
 migrate: $(STAMP)
@@ -46,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pages.py
 
 clean:
-	rm -rf $(VENV) instance/*.sqlite3* .pytest_cache
+	rm -rf $(VENV) instance/*.sqlite3* .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -14,7 +14,7 @@ from flask.json.provider import DefaultJSONProvider
 from sqlalchemy import event
 
 from .config import ConfigError, build_config
-from .extensions import csrf, db, htmx_ext, limiter, login_manager, mail, migrate
+from .extensions import csrf, db, limiter, login_manager, mail, migrate
 
 
 class DecimalJSONProvider(DefaultJSONProvider):
@@ -61,7 +61,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     mail.init_app(app)
-    htmx_ext.init_app(app)
     with app.app_context():
         _configure_engine(db.engine)
 
@@ -111,6 +110,10 @@ def _configure_engine(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class _PortalHandler(logging.StreamHandler):
+    """The one stdout handler, however many apps a process creates (the tests make many)."""
+
+
 def _configure_logging(app: Flask) -> None:
     level = {
         "error": logging.ERROR,
@@ -120,12 +123,11 @@ def _configure_logging(app: Flask) -> None:
         "debug": logging.DEBUG,
     }[app.config["LOG_LEVEL"]]
     root = logging.getLogger()
-    if not any(getattr(h, "_portal", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _PortalHandler) for h in root.handlers):
+        handler = _PortalHandler(sys.stdout)
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
         )
-        handler._portal = True
         root.addHandler(handler)
     root.setLevel(level)
     app.logger.setLevel(level)

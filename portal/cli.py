@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 from flask import Flask
@@ -14,7 +15,7 @@ from .services.errors import ServiceError
 billing = AppGroup("billing", help="Billing portal operations.")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -168,7 +169,8 @@ def daemon(now: str | None, once: bool) -> None:
     except ValueError as exc:
         fail(f"--now {exc}")
     refuse_changed_currency_digits()
-    sys.exit(billing_daemon.run(current_app._get_current_object(), now=now, once=once))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # the app, not its proxy
+    sys.exit(billing_daemon.run(app, now=now, once=once))
 
 
 @billing.command("invoice")

@@ -5,6 +5,8 @@ StreamSpace plugin documents (``billingMode``, ``computeRates``, ``invoiceDay``.
 them can also be set, and overridden, by an environment variable (``INVOICE_DAY=15``).
 Secrets (``SECRET_KEY``, Stripe keys, SMTP password) are read from the environment only.
 Everything is validated at start; a bad value stops start-up with a message naming the key.
+The plugin's settings that nothing in the portal honours yet are refused the same way
+("not supported yet"), so no one believes they apply.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from croniter import croniter
 from .money import AmountError, currency_digits, to_decimal
 
 BILLING_MODES = ("usage", "subscription", "hybrid", "prepaid")
+SUPPORTED_BILLING_MODE = "usage"
 RATE_KEYS = ("cpu_per_core_hour", "memory_per_gb_hour", "storage_per_gb_month")
 SECRET_JSON_KEYS = ("stripeSecretKey", "stripeWebhookSecret", "stripePublishableKey")
 
@@ -38,6 +41,24 @@ BILLING_KEYS: dict[str, tuple[str, str]] = {
     "stripeEnabled": ("STRIPE_ENABLED", "bool"),
 }
 
+# The plugin's settings that no code honours yet, and what will bring each.
+NOT_SUPPORTED_YET = {
+    "subscriptionPlans": "plans come with subscriptions",
+    "alertThreshold": "quota alerts come with subscriptions",
+    "autoSuspendOnOverage": "suspending over a quota comes with subscriptions",
+    "gracePeriodDays": "grace periods come with account standing and dunning",
+}
+MODE_FEATURES = {
+    "subscription": "plan fees come with subscriptions",
+    "hybrid": "plan fees plus overage come with subscriptions",
+    "prepaid": "charging prepaid funds by the hour comes with account standing",
+}
+# Not a switch the portal needs: the key decides.
+STRIPE_ENABLED_PROBLEM = (
+    "not supported, and not needed: STRIPE_SECRET_KEY decides (set: card payments go to "
+    "Stripe; unset: they are off, and make run starts a local Stripe stand-in)"
+)
+
 DEFAULT_RATES = {
     "cpu_per_core_hour": Decimal("0.05"),
     "memory_per_gb_hour": Decimal("0.01"),
@@ -54,28 +75,13 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class Plan:
-    id: str
-    name: str
-    price: Decimal
-    interval: str
-    cpu_limit: Decimal
-    memory_limit: Decimal
-    storage_limit: Decimal
-
-
-@dataclass(frozen=True)
 class BillingSettings:
+    """The billing settings the portal honours (usage billing: pay for what you use)."""
+
     enabled: bool = True
-    billing_mode: str = "usage"
     compute_rates: dict[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_RATES))
-    subscription_plans: tuple[Plan, ...] = ()
     usage_calculation_interval: str = "0 * * * *"
     invoice_day: int = 1
-    alert_threshold: int = 80
-    auto_suspend_on_overage: bool = False
-    grace_period_days: int = 7
-    stripe_enabled: bool = False
 
 
 def _parse_bool(key: str, value: Any) -> bool:
@@ -132,39 +138,36 @@ def _parse_rates(key: str, value: Any) -> dict[str, Decimal]:
     return rates
 
 
-def _parse_plans(key: str, value: Any) -> tuple[Plan, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, "must be a list of plans")
-    plans, seen = [], set()
-    for i, raw in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(where, "must be an object")
-        plan_id = raw.get("id")
-        if not isinstance(plan_id, str) or not plan_id:
-            raise ConfigError(f"{where}.id", "is required")
-        if plan_id in seen:
-            raise ConfigError(f"{where}.id", f"duplicate plan id {plan_id!r}")
-        seen.add(plan_id)
-        interval = raw.get("interval", "month")
-        if interval not in ("month", "year"):
-            raise ConfigError(f"{where}.interval", f"must be month or year, not {interval!r}")
-        plans.append(
-            Plan(
-                id=plan_id,
-                name=str(raw.get("name") or plan_id),
-                price=_parse_decimal(f"{where}.price", raw.get("price", 0)),
-                interval=interval,
-                cpu_limit=_parse_decimal(f"{where}.cpu_limit", raw.get("cpu_limit", 0)),
-                memory_limit=_parse_decimal(f"{where}.memory_limit", raw.get("memory_limit", 0)),
-                storage_limit=_parse_decimal(f"{where}.storage_limit", raw.get("storage_limit", 0)),
+def _refuse_unsupported(raw: dict[str, Any], names: dict[str, str]) -> None:
+    """Stop on the first setting nothing honours yet, named as it was set (the seed key, or
+    the environment variable that set it)."""
+    for key in BILLING_KEYS:
+        if key not in raw:
+            continue
+        name = names.get(key, key)
+        if key == "billingMode":
+            mode = raw[key]
+            if mode not in BILLING_MODES:
+                raise ConfigError(name, f"must be one of {', '.join(BILLING_MODES)}, not {mode!r}")
+            if mode != SUPPORTED_BILLING_MODE:
+                raise ConfigError(
+                    name,
+                    f"{mode!r} is not supported yet ({MODE_FEATURES[mode]}); "
+                    f'only "{SUPPORTED_BILLING_MODE}" is: you pay for what you use',
+                )
+        elif key == "stripeEnabled":
+            raise ConfigError(name, f"{STRIPE_ENABLED_PROBLEM}; remove the setting")
+        elif key in NOT_SUPPORTED_YET:
+            raise ConfigError(
+                name, f"not supported yet ({NOT_SUPPORTED_YET[key]}); remove the setting"
             )
-        )
-    return tuple(plans)
 
 
-def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
-    """Validate the seed-shaped mapping; raise ConfigError naming the first bad key."""
+def parse_billing_settings(
+    raw: dict[str, Any], names: dict[str, str] | None = None
+) -> BillingSettings:
+    """Validate the seed-shaped mapping; raise ConfigError naming the first bad key (or, in
+    ``names``, the environment variable a key came from)."""
     for secret in SECRET_JSON_KEYS:
         if secret in raw:
             raise ConfigError(
@@ -175,42 +178,25 @@ def parse_billing_settings(raw: dict[str, Any]) -> BillingSettings:
     unknown = sorted(set(raw) - set(BILLING_KEYS))
     if unknown:
         raise ConfigError(unknown[0], "unknown setting")
+    _refuse_unsupported(raw, names or {})
     s = BillingSettings()
     values: dict[str, Any] = {}
     if "enabled" in raw:
         values["enabled"] = _parse_bool("enabled", raw["enabled"])
-    if "billingMode" in raw:
-        if raw["billingMode"] not in BILLING_MODES:
-            raise ConfigError(
-                "billingMode",
-                f"must be one of {', '.join(BILLING_MODES)}, not {raw['billingMode']!r}",
-            )
-        values["billing_mode"] = raw["billingMode"]
     if "computeRates" in raw:
         values["compute_rates"] = _parse_rates("computeRates", raw["computeRates"])
-    if "subscriptionPlans" in raw:
-        values["subscription_plans"] = _parse_plans("subscriptionPlans", raw["subscriptionPlans"])
     if "usageCalculationInterval" in raw:
         values["usage_calculation_interval"] = _parse_cron(
             "usageCalculationInterval", raw["usageCalculationInterval"]
         )
     if "invoiceDay" in raw:
         values["invoice_day"] = _parse_int("invoiceDay", raw["invoiceDay"], 1, 28)
-    if "alertThreshold" in raw:
-        values["alert_threshold"] = _parse_int("alertThreshold", raw["alertThreshold"], 1, 100)
-    if "autoSuspendOnOverage" in raw:
-        values["auto_suspend_on_overage"] = _parse_bool(
-            "autoSuspendOnOverage", raw["autoSuspendOnOverage"]
-        )
-    if "gracePeriodDays" in raw:
-        values["grace_period_days"] = _parse_int("gracePeriodDays", raw["gracePeriodDays"], 0, 3650)
-    if "stripeEnabled" in raw:
-        values["stripe_enabled"] = _parse_bool("stripeEnabled", raw["stripeEnabled"])
     return BillingSettings(**{**s.__dict__, **values})
 
 
 def load_billing_settings(environ: dict[str, str], json_path: str | None) -> BillingSettings:
     raw: dict[str, Any] = {}
+    names: dict[str, str] = {}  # key -> the environment variable that set it
     if json_path:
         path = Path(json_path)
         try:
@@ -226,13 +212,14 @@ def load_billing_settings(environ: dict[str, str], json_path: str | None) -> Bil
     for key, (env, kind) in BILLING_KEYS.items():
         if env in environ:
             value: Any = environ[env]
-            if kind == "json":
+            if kind == "json" and key not in NOT_SUPPORTED_YET:
                 try:
                     value = json.loads(value, parse_float=Decimal)
                 except json.JSONDecodeError:
                     raise ConfigError(key, f"{env} must hold JSON") from None
             raw[key] = value
-    return parse_billing_settings(raw)
+            names[key] = env
+    return parse_billing_settings(raw, names)
 
 
 def _env_bool(environ: dict[str, str], name: str, default: bool) -> bool:

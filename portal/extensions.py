@@ -1,6 +1,5 @@
 """Extensions live at module level and are bound to the app in create_app (init_app)."""
 
-from flask_htmx import HTMX
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -31,4 +30,3 @@ login_manager = LoginManager()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 mail = Mail()
-htmx_ext = HTMX()  # not named htmx: portal.htmx is our header module

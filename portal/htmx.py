@@ -24,20 +24,6 @@ def is_fragment_request(target: str | None = None) -> bool:
     return request.headers.get("HX-Target") == target
 
 
-def hx_trigger(response: Response, *events: str) -> Response:
-    """Ask the page to fire ``events`` (listeners use ``hx-trigger="name from:body"``)."""
-    if events:
-        existing = response.headers.get("HX-Trigger")
-        names = [e for e in (existing.split(",") if existing else []) if e] + list(events)
-        response.headers["HX-Trigger"] = ",".join(dict.fromkeys(n.strip() for n in names))
-    return response
-
-
-def hx_redirect(response: Response, location: str) -> Response:
-    response.headers["HX-Redirect"] = location
-    return response
-
-
 def vary_on_htmx(response: Response) -> Response:
     """Pages that answer fragments must not be cached as whole pages (and vice versa)."""
     response.vary.add("HX-Request")

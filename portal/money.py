@@ -15,13 +15,13 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
+from typing import Any
 
 from babel import Locale
 from babel.numbers import format_currency
 
 from .currencies import ISO_4217_DIGITS
 
-MICROS_PER_UNIT = 1_000_000
 # What the database's BIGINT columns hold: no Money outside this range exists.
 MAX_MINOR = 2**63 - 1
 
@@ -129,8 +129,10 @@ class Money:
             .quantize(Decimal(1).scaleb(-self.digits))
         )
 
-    def to_json(self, prefix: str) -> dict[str, object]:
-        """``{"total": "1.40", "total_minor": 140}`` (add "currency" once per object)."""
+    def to_json(self, prefix: str) -> dict[str, Any]:
+        """``{"total": "1.40", "total_minor": 140}`` (add "currency" once per object).
+
+        Any, not object: the pair is spread into response models' keyword arguments."""
         return {prefix: str(self.amount), f"{prefix}_minor": self.amount_minor}
 
     def format(self, locale: str = "en_US") -> str:
@@ -222,6 +224,8 @@ def _currency_pattern(locale: str, digits: int) -> str:
 def format_micros(micros: int, currency: str, locale: str = "en_US") -> str:
     """A sub-cent figure (a unit price, a running cost) with as many digits as it needs."""
     amount = micros_to_decimal(micros).normalize()
-    digits = max(currency_digits(currency), -amount.as_tuple().exponent)
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite: made from an int
+    digits = max(currency_digits(currency), -exponent)
     pattern = "¤#,##0." + "0" * digits if digits else "¤#,##0"
     return format_currency(amount, currency, format=pattern, locale=locale, currency_digits=False)

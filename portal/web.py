@@ -94,6 +94,7 @@ def init_web(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        status = exc.code or 500
         if wants_json():
             code = {
                 400: "bad_request",
@@ -103,9 +104,9 @@ def init_web(app: Flask) -> None:
                 405: "method_not_allowed",
                 413: "too_large",
                 429: "rate_limited",
-            }.get(exc.code, "http_error")
-            response, status = json_error(exc.code or 500, code, exc.description or exc.name)
-            if exc.code == 429:
+            }.get(status, "http_error")
+            response, _ = json_error(status, code, exc.description or exc.name)
+            if status == 429:
                 response.headers["Retry-After"] = "60"
             return response, status
         titles = {
@@ -117,10 +118,10 @@ def init_web(app: Flask) -> None:
         }
         return render_template(
             "errors/error.html",
-            code=exc.code,
-            title=titles.get(exc.code, exc.name),
+            code=status,
+            title=titles.get(status, exc.name),
             message=exc.description,
-        ), exc.code
+        ), status
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):

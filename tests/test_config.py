@@ -1,13 +1,16 @@
 """Configuration: the seed plugin's JSON shape, environment overrides, validation."""
 
 import json
+import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from portal.config import ConfigError, build_config, load_billing_settings, parse_billing_settings
 
-SEED_EXAMPLE = {
+# What the portal honours of the plugin's settings: usage billing.
+SUPPORTED_EXAMPLE = {
     "enabled": True,
     "billingMode": "usage",
     "computeRates": {
@@ -15,6 +18,12 @@ SEED_EXAMPLE = {
         "memory_per_gb_hour": 0.01,
         "storage_per_gb_month": 0.10,
     },
+    "usageCalculationInterval": "0 * * * *",
+    "invoiceDay": 1,
+}
+# The plugin's whole example: plans, alerts, overage and grace are not supported yet.
+SEED_EXAMPLE = {
+    **SUPPORTED_EXAMPLE,
     "subscriptionPlans": [
         {
             "id": "free",
@@ -35,8 +44,6 @@ SEED_EXAMPLE = {
             "storage_limit": 100,
         },
     ],
-    "usageCalculationInterval": "0 * * * *",
-    "invoiceDay": 1,
     "alertThreshold": 80,
     "autoSuspendOnOverage": False,
     "gracePeriodDays": 7,
@@ -44,21 +51,84 @@ SEED_EXAMPLE = {
 }
 
 
-def test_seed_example_file_loads_exactly(tmp_path):
+def test_supported_example_file_loads_exactly(tmp_path):
     path = tmp_path / "billing.json"
-    path.write_text(json.dumps(SEED_EXAMPLE))
+    path.write_text(json.dumps(SUPPORTED_EXAMPLE))
     settings = load_billing_settings({}, str(path))
     assert settings.compute_rates["cpu_per_core_hour"] == Decimal("0.05")
     assert settings.compute_rates["storage_per_gb_month"] == Decimal("0.1")
-    assert settings.subscription_plans[1].price == Decimal("29.99")
-    assert settings.invoice_day == 1 and settings.billing_mode == "usage"
+    assert settings.invoice_day == 1 and settings.enabled is True
+    assert settings.usage_calculation_interval == "0 * * * *"
 
 
 def test_environment_overrides_the_file(tmp_path):
     path = tmp_path / "billing.json"
+    path.write_text(json.dumps(SUPPORTED_EXAMPLE))
+    settings = load_billing_settings(
+        {
+            "INVOICE_DAY": "15",
+            "USAGE_CALCULATION_INTERVAL": "*/30 * * * *",
+            "BILLING_MODE": "usage",
+        },
+        str(path),
+    )
+    assert settings.invoice_day == 15
+    assert settings.usage_calculation_interval == "*/30 * * * *"
+
+
+def test_the_plugins_whole_example_is_refused_at_its_first_unsupported_setting(tmp_path):
+    path = tmp_path / "billing.json"
     path.write_text(json.dumps(SEED_EXAMPLE))
-    settings = load_billing_settings({"INVOICE_DAY": "15", "BILLING_MODE": "hybrid"}, str(path))
-    assert settings.invoice_day == 15 and settings.billing_mode == "hybrid"
+    with pytest.raises(ConfigError, match=r"^subscriptionPlans: not supported yet \(plans come"):
+        load_billing_settings({}, str(path))
+
+
+# (setting, a value, its environment variable, the feature named in the refusal)
+UNSUPPORTED = [
+    ("billingMode", "subscription", "BILLING_MODE", "plan fees come with subscriptions"),
+    ("billingMode", "hybrid", "BILLING_MODE", "plan fees plus overage come with subscriptions"),
+    ("billingMode", "prepaid", "BILLING_MODE", "comes with account standing"),
+    ("subscriptionPlans", [], "SUBSCRIPTION_PLANS", "plans come with subscriptions"),
+    ("alertThreshold", 80, "ALERT_THRESHOLD", "quota alerts come with subscriptions"),
+    ("autoSuspendOnOverage", False, "AUTO_SUSPEND_ON_OVERAGE", "comes with subscriptions"),
+    ("gracePeriodDays", 7, "GRACE_PERIOD_DAYS", "grace periods come with account standing"),
+]
+
+
+@pytest.mark.parametrize("key, value, env, feature", UNSUPPORTED)
+def test_settings_nothing_honours_yet_are_refused_naming_the_feature(key, value, env, feature):
+    """Validated and never read would be a setting that pretends: each is refused, named as
+    it was set (the file's key or the environment variable), with what will bring it."""
+    with pytest.raises(ConfigError) as info:
+        parse_billing_settings({**SUPPORTED_EXAMPLE, key: value})
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+    assert "not supported yet" in str(info.value) and feature in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_billing_settings({env: json.dumps(value) if key != "billingMode" else value}, None)
+    assert str(info.value).startswith(f"{env}: ")
+    assert "not supported yet" in str(info.value) and feature in str(info.value)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_stripe_enabled_is_refused_because_the_key_decides(value):
+    with pytest.raises(ConfigError) as info:
+        parse_billing_settings({"stripeEnabled": value})
+    assert str(info.value).startswith("stripeEnabled: not supported")
+    assert "STRIPE_SECRET_KEY decides" in str(info.value)
+    with pytest.raises(ConfigError, match="^STRIPE_ENABLED: not supported.*STRIPE_SECRET_KEY"):
+        load_billing_settings({"STRIPE_ENABLED": str(value).lower()}, None)
+
+
+def test_the_readmes_example_loads():
+    """The configuration section's JSON example is one an operator can copy."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
+    settings = parse_billing_settings(json.loads(example, parse_float=Decimal))
+    assert settings.invoice_day == 1 and settings.compute_rates["cpu_per_core_hour"] == Decimal(
+        "0.05"
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,11 +142,8 @@ def test_environment_overrides_the_file(tmp_path):
         ({"billingMode": "freemium"}, "billingMode"),
         ({"usageCalculationInterval": "every hour"}, "usageCalculationInterval"),
         ({"usageCalculationInterval": "61 * * * *"}, "usageCalculationInterval"),
-        ({"alertThreshold": 120}, "alertThreshold"),
-        ({"gracePeriodDays": -1}, "gracePeriodDays"),
-        ({"autoSuspendOnOverage": "maybe"}, "autoSuspendOnOverage"),
-        ({"subscriptionPlans": [{"id": "x", "price": -1}]}, "subscriptionPlans[0].price"),
-        ({"subscriptionPlans": [{"id": "x"}, {"id": "x"}]}, "subscriptionPlans[1].id"),
+        ({"billingMode": ["usage"]}, "billingMode"),
+        ({"enabled": "maybe"}, "enabled"),
         ({"stripeSecretKey": "sk_live_x"}, "stripeSecretKey"),
         ({"invoiceday": 3}, "invoiceday"),
     ],
@@ -163,6 +230,25 @@ def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
     monkeypatch.setenv("BILLING_CONFIG", str(path))
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
     with pytest.raises(SystemExit, match="invoiceDay: must be between 1 and 28"):
+        create_app({"TESTING": True})
+
+
+def test_start_up_stops_on_a_setting_not_supported_yet(tmp_path, monkeypatch):
+    from portal import create_app
+
+    path = tmp_path / "billing.json"
+    path.write_text(json.dumps({**SUPPORTED_EXAMPLE, "gracePeriodDays": 7}))
+    monkeypatch.setenv("BILLING_CONFIG", str(path))
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    with pytest.raises(
+        SystemExit, match="^configuration error: gracePeriodDays: not supported yet"
+    ):
+        create_app({"TESTING": True})
+    path.write_text(json.dumps(SUPPORTED_EXAMPLE))
+    monkeypatch.setenv("BILLING_MODE", "hybrid")
+    with pytest.raises(
+        SystemExit, match="^configuration error: BILLING_MODE: 'hybrid' is not supported yet"
+    ):
         create_app({"TESTING": True})
 
 

@@ -1,7 +1,15 @@
-"""The Subscription page: the billing mode and the plans in force."""
+"""The prices page (at /subscription/, where the seed plugin's Subscription page was): there
+are no plans, you pay for what you use, at the prices in force."""
 
-from flask import Blueprint, current_app, render_template
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, render_template
 from flask_login import login_required
+
+from ..extensions import db
+from ..services import catalog
 
 bp = Blueprint("subscription", __name__, url_prefix="/subscription")
 
@@ -9,7 +17,8 @@ bp = Blueprint("subscription", __name__, url_prefix="/subscription")
 @bp.get("/")
 @login_required
 def index():
-    settings = current_app.config["BILLING"]
-    return render_template(
-        "subscription/index.html", settings=settings, plans=settings.subscription_plans
-    )
+    now = datetime.now(UTC)
+    current = catalog.version_at(now)
+    db.session.commit()  # the first version, if this created it
+    scheduled = [v for v in reversed(catalog.list_versions()) if v.effective_from > now]
+    return render_template("subscription/index.html", current=current, scheduled=scheduled)

@@ -81,6 +81,13 @@ def _idem(prefix: str, given: str | None) -> str:
     return given or f"{prefix}:{uuid.uuid4().hex}"
 
 
+def _error_of(exc: stripe.StripeError) -> dict[str, Any]:
+    """The ``error`` object of a failed call's JSON body (empty when there is none)."""
+    body = exc.json_body
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
 class StripeGateway:
     identifier = "stripe"
 
@@ -244,7 +251,7 @@ class StripeGateway:
                 ),
             )
         except stripe.CardError as exc:
-            error = (exc.json_body or {}).get("error", {})
+            error = _error_of(exc)
             raise CardDeclined(
                 error.get("message") or "The card was declined.",
                 decline_code=error.get("decline_code") or error.get("code"),
@@ -411,7 +418,7 @@ class StripeGateway:
         )
 
     def _declined(self, exc: stripe.CardError) -> PaymentResult:
-        error = (exc.json_body or {}).get("error", {})
+        error = _error_of(exc)
         intent = error.get("payment_intent")
         code = error.get("code")
         if intent:

@@ -12,11 +12,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
-class PriceVersion(db.Model):
+class PriceVersion(Model):
     __tablename__ = "price_versions"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -39,7 +39,7 @@ class PriceVersion(db.Model):
         return next((s for s in self.skus if s.code == code), None)
 
 
-class SkuPrice(db.Model):
+class SkuPrice(Model):
     """A size on sale in one price version: its hourly price and the spec it stands for."""
 
     __tablename__ = "sku_prices"

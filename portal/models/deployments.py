@@ -8,12 +8,12 @@ metering is plain integer SQL that gives identical results on SQLite and Postgre
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -33,7 +33,7 @@ class DeploymentKind(enum.StrEnum):
     SESSION = "session"
 
 
-class Deployment(db.Model):
+class Deployment(Model):
     __tablename__ = "deployments"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -60,7 +60,7 @@ class Deployment(db.Model):
     )
 
 
-class DeploymentInterval(db.Model):
+class DeploymentInterval(Model):
     """A stretch of time with one billable shape: the quantities billed while it lasts and
     the rates snapshotted from the deployment's price version. Intervals of one deployment
     never overlap; an open interval has ``end_epoch`` NULL. This is the audit trail from
@@ -97,11 +97,3 @@ class DeploymentInterval(db.Model):
     ip_rate_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
     deployment: Mapped[Deployment] = relationship(back_populates="intervals")
-
-    @property
-    def start_at(self) -> datetime:
-        return datetime.fromtimestamp(self.start_epoch, UTC)
-
-    @property
-    def end_at(self) -> datetime | None:
-        return None if self.end_epoch is None else datetime.fromtimestamp(self.end_epoch, UTC)

@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
 from ..money import Money
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 from .usage import UsageColumns
 
@@ -46,7 +46,7 @@ class InvoiceKind(enum.StrEnum):
     USAGE = "usage"
 
 
-class Invoice(db.Model):
+class Invoice(Model):
     __tablename__ = "invoices"
     __table_args__ = (
         # One live invoice per user, period and kind; a voided one may be reissued.
@@ -136,7 +136,7 @@ class Invoice(db.Model):
         return Money(self.total_minor - self.amount_paid_minor, self.currency)
 
 
-class InvoiceLine(db.Model):
+class InvoiceLine(Model):
     __tablename__ = "invoice_lines"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -164,7 +164,7 @@ class PaymentTender(enum.StrEnum):
     OFFLINE = "offline"
 
 
-class InvoicePayment(db.Model):
+class InvoicePayment(Model):
     """One tender's part of paying an invoice, each with its ledger transaction."""
 
     __tablename__ = "invoice_payments"
@@ -189,7 +189,7 @@ class InvoicePayment(db.Model):
         return Money(self.amount_minor, self.currency)
 
 
-class InvoicePdf(db.Model):
+class InvoicePdf(Model):
     """The rendered PDF of a finalized invoice and its SHA-256."""
 
     __tablename__ = "invoice_pdfs"
@@ -203,7 +203,7 @@ class InvoicePdf(db.Model):
     rendered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class InvoiceCounter(db.Model):
+class InvoiceCounter(Model):
     """The last invoice number used in a year; incremented under its row lock."""
 
     __tablename__ = "invoice_counters"
@@ -212,7 +212,7 @@ class InvoiceCounter(db.Model):
     last_number: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class UsageAdjustment(UsageColumns, db.Model):
+class UsageAdjustment(UsageColumns, Model):
     """Usage that changed after its period was invoiced (a deletion or deployment reported
     late): the difference, carried to the user's next invoice as adjustment lines. Same
     columns as the rollups; pending rows have no invoice yet."""
@@ -237,7 +237,7 @@ class UsageAdjustment(UsageColumns, db.Model):
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
 
 
-class Event(db.Model):
+class Event(Model):
     """The event outbox: written in the transaction that caused the event, delivered to the
     platform after commit (signed webhooks)."""
 

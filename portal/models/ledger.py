@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -36,14 +36,6 @@ class AccountKind(enum.StrEnum):
     DISPUTES = "disputes"  # card payments the cardholder's bank took back
 
     @property
-    def is_user_account(self) -> bool:
-        return self in USER_KINDS
-
-    @property
-    def is_wallet(self) -> bool:
-        return self in WALLET_KINDS
-
-    @property
     def normal_sign(self) -> int:
         """+1 for credit-normal accounts, -1 for debit-normal ones."""
         return 1 if self in CREDIT_NORMAL else -1
@@ -54,7 +46,7 @@ USER_KINDS = WALLET_KINDS | {AccountKind.RECEIVABLE}
 CREDIT_NORMAL = frozenset(WALLET_KINDS | {AccountKind.REVENUE})
 
 
-class LedgerAccount(db.Model):
+class LedgerAccount(Model):
     __tablename__ = "ledger_accounts"
     __table_args__ = (
         # One account per user, kind and currency; one system account per kind and currency.
@@ -102,7 +94,7 @@ class LedgerAccount(db.Model):
         return f"<LedgerAccount {self.id} {owner} {self.kind} {self.currency}>"
 
 
-class LedgerTransaction(db.Model):
+class LedgerTransaction(Model):
     __tablename__ = "ledger_transactions"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -120,7 +112,7 @@ class LedgerTransaction(db.Model):
     entries: Mapped[list[LedgerEntry]] = relationship(back_populates="transaction", lazy="selectin")
 
 
-class LedgerEntry(db.Model):
+class LedgerEntry(Model):
     __tablename__ = "ledger_entries"
     __table_args__ = (
         CheckConstraint("amount_minor <> 0", name="amount_not_zero"),
@@ -137,7 +129,7 @@ class LedgerEntry(db.Model):
     account: Mapped[LedgerAccount] = relationship(lazy="joined")
 
 
-class CreditLot(db.Model):
+class CreditLot(Model):
     """One grant of credit. Spending draws lots oldest expiry first (no expiry last);
     what is left at expiry goes back to the grant source. The lots' remaining amounts sum
     to the user's credit account balance (checked by reconcile)."""

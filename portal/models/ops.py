@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -19,7 +19,7 @@ class EmailStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-class OutboundEmail(db.Model):
+class OutboundEmail(Model):
     """Every message is written here in the request's transaction and sent after commit."""
 
     __tablename__ = "outbound_emails"

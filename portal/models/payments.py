@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
 from ..money import Money
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -33,7 +33,7 @@ class WebhookOutcome(enum.StrEnum):
     IGNORED = "ignored"  # from the other mode (livemode differs from our key's)
 
 
-class WebhookEvent(db.Model):
+class WebhookEvent(Model):
     """The inbox: UNIQUE by the gateway's event id, so a replay stores nothing new."""
 
     __tablename__ = "webhook_events"
@@ -51,7 +51,7 @@ class WebhookEvent(db.Model):
     error: Mapped[str | None] = mapped_column(Text)  # the last failed attempt's error
 
 
-class GatewayCustomer(db.Model):
+class GatewayCustomer(Model):
     """The user's customer at the payment gateway (made on the first card action)."""
 
     __tablename__ = "gateway_customers"
@@ -63,7 +63,7 @@ class GatewayCustomer(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class PaymentMethod(db.Model):
+class PaymentMethod(Model):
     """A saved card: the gateway's id and what a person needs to recognize it. The number
     itself is only ever typed on the gateway's page."""
 
@@ -127,7 +127,7 @@ OPEN_ATTEMPT_STATUSES = (
 _OPEN_SQL = "status IN ('pending', 'requires_action', 'processing')"
 
 
-class PaymentAttempt(db.Model):
+class PaymentAttempt(Model):
     """One charge of a saved card, committed before the gateway is called: its idempotency
     key (``inv:{invoice}:att:{n}``) goes with the request, so a retry or a recovery after a
     crash can never charge twice; an unanswered attempt is resolved by looking it up."""
@@ -169,12 +169,8 @@ class PaymentAttempt(db.Model):
     def amount(self) -> Money:
         return Money(self.amount_minor, self.currency)
 
-    @property
-    def is_open(self) -> bool:
-        return AttemptStatus(self.status) in OPEN_ATTEMPT_STATUSES
 
-
-class CheckoutSession(db.Model):
+class CheckoutSession(Model):
     """A hosted checkout page we opened for a user (a balance top-up, or "add a card")."""
 
     __tablename__ = "checkout_sessions"
@@ -196,7 +192,7 @@ class ReversalKind(enum.StrEnum):
     DISPUTE = "dispute"
 
 
-class PaymentReversal(db.Model):
+class PaymentReversal(Model):
     """Money the gateway took back after a card payment (a refund, a dispute), booked once
     by its key: ``{charge}:{amount refunded so far}`` for refunds, the dispute's id."""
 

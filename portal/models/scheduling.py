@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -62,7 +62,7 @@ class RunOrigin(enum.StrEnum):
     MANUAL = "manual"
 
 
-class DaemonStatus(db.Model):
+class DaemonStatus(Model):
     """One row per scheduler process (daemon or built-in), keyed by hostname-PID."""
 
     __tablename__ = "billing_daemon_status"
@@ -93,7 +93,7 @@ class DaemonStatus(db.Model):
     last_error: Mapped[str | None] = mapped_column(String(1000))
 
 
-class SchedulerLease(db.Model):
+class SchedulerLease(Model):
     """The leader lease (one row). Taking it over increments ``epoch``; every write a leader
     makes is conditioned on its epoch, so a leader that lost the lease cannot write."""
 
@@ -106,7 +106,7 @@ class SchedulerLease(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class ScheduledJob(db.Model):
+class ScheduledJob(Model):
     """How far each periodic job has been scheduled: every due time up to and including
     ``scheduled_through`` has its run row."""
 
@@ -118,7 +118,7 @@ class ScheduledJob(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class JobRun(db.Model):
+class JobRun(Model):
     """One execution of a job: a scheduled slot, or a manual "Run now"."""
 
     __tablename__ = "job_runs"

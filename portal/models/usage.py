@@ -17,7 +17,7 @@ from datetime import date, datetime
 from sqlalchemy import BigInteger, Date, Index, PrimaryKeyConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..extensions import db
+from .base import Model
 from .types import UTCDateTime
 
 USAGE_COLUMNS = (
@@ -49,7 +49,7 @@ class UsageColumns:
     ip_cost: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class UsageDaily(UsageColumns, db.Model):
+class UsageDaily(UsageColumns, Model):
     """Derived data, written only by metering from intervals (whose foreign keys hold), so
     it carries no foreign keys itself: checking two per row would double metering's cost."""
 
@@ -64,7 +64,7 @@ class UsageDaily(UsageColumns, db.Model):
     user_id: Mapped[int] = mapped_column(BigInteger)
 
 
-class MeterMark(db.Model):
+class MeterMark(Model):
     """How far the deployments of one chunk of users are metered. A metering run claims
     [metered_through, upto) by a conditional UPDATE of this row, so two runs can never both
     count an hour; changes that reach back before the mark adjust the rollups themselves."""

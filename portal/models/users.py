@@ -9,7 +9,7 @@ from flask_login import UserMixin
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from ..extensions import db
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
@@ -19,7 +19,7 @@ class TokenScope(enum.StrEnum):
     PLATFORM = "platform"
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -54,7 +54,7 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.email}>"
 
 
-class UserSession(db.Model):
+class UserSession(Model):
     """One login in one browser. The cookie carries the key; only its SHA-256 is stored.
     Logging out deletes the row, so a copy of the cookie is worthless afterwards."""
 
@@ -66,7 +66,7 @@ class UserSession(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ApiToken(db.Model):
+class ApiToken(Model):
     """A personal API token. Only its SHA-256 is stored; the token is shown once."""
 
     __tablename__ = "api_tokens"
@@ -85,7 +85,7 @@ class ApiToken(db.Model):
     user: Mapped[User] = relationship(back_populates="tokens", lazy="joined")
 
 
-class CurrencyPin(db.Model):
+class CurrencyPin(Model):
     """The digits each currency in use had when its first account was opened. Stored
     ``*_minor`` amounts mean ``amount / 10**digits``; reconcile and the long-running
     processes refuse to go on if the code's ISO 4217 table ever disagrees with a pin."""

@@ -15,12 +15,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..extensions import db
 from ..money import Money
+from .base import Model
 from .types import BigIntPK, UTCDateTime, utcnow
 
 
-class Voucher(db.Model):
+class Voucher(Model):
     __tablename__ = "vouchers"
     __table_args__ = (
         CheckConstraint("value_minor > 0", name="value_positive"),
@@ -55,7 +55,7 @@ class Voucher(db.Model):
         return "-".join(self.code[i : i + 5] for i in range(0, len(self.code), 5))
 
 
-class VoucherRedemption(db.Model):
+class VoucherRedemption(Model):
     __tablename__ = "voucher_redemptions"
     # One redemption of a code per user; the code's counter caps the total.
     __table_args__ = (UniqueConstraint("voucher_id", "user_id"),)
@@ -69,7 +69,7 @@ class VoucherRedemption(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class VoucherRequest(db.Model):
+class VoucherRequest(Model):
     __tablename__ = "voucher_requests"
     __table_args__ = (
         CheckConstraint("amount_minor > 0", name="amount_positive"),

@@ -59,7 +59,7 @@ def deployment_json(dep: Deployment) -> DeploymentOut:
         memory_gb=_qty(dep.memory_mgb),
         storage_gb=_qty(dep.storage_mgb),
         public_ip=dep.public_ip,
-        price_version=db.session.get(PriceVersion, dep.price_version_id).version,
+        price_version=db.session.get_one(PriceVersion, dep.price_version_id).version,
         started_at=iso(dep.started_at),
         ended_at=iso(dep.ended_at),
         last_heartbeat_at=iso(dep.last_heartbeat_at),

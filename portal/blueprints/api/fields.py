@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
+from annotated_types import GroupedMetadata
 from flask import request
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -55,6 +56,17 @@ class QueryModel(BaseModel):
     """Query strings: each value arrives as text; unknown parameters are ignored."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class Rules(GroupedMetadata):
+    """A validator and its JSON Schema, for ``Annotated[str, Text(200)]``: pydantic unpacks
+    the group into the annotation's metadata, and type checkers see the plain type."""
+
+    def __init__(self, *items: Any) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
 
 
 def _fail(message: str, kind: str = "invalid") -> PydanticCustomError:
@@ -92,7 +104,7 @@ def _text(max_length: int, required: bool) -> Callable[[Any], str]:
     return validate
 
 
-def Text(max_length: int, *, required: bool = True, description: str | None = None) -> Any:
+def Text(max_length: int, *, required: bool = True, description: str | None = None) -> Rules:
     """A string of at most ``max_length`` characters (after trimming surrounding blanks);
     ``required`` ones must not be blank."""
     schema: dict[str, Any] = {"type": "string", "maxLength": max_length}
@@ -100,7 +112,7 @@ def Text(max_length: int, *, required: bool = True, description: str | None = No
         schema["minLength"] = 1
     if description:
         schema["description"] = description
-    return Annotated[str, PlainValidator(_text(max_length, required)), WithJsonSchema(schema)]
+    return Rules(PlainValidator(_text(max_length, required)), WithJsonSchema(schema))
 
 
 def _pattern_text(rule: re.Pattern[str], problem: str) -> Callable[[Any], str]:
@@ -257,10 +269,9 @@ def _quantity(maximum: int) -> Callable[[Any], Decimal]:
     return validate
 
 
-def Quantity(maximum: int, unit: str) -> Any:
+def Quantity(maximum: int, unit: str) -> Rules:
     """A resource size in whole units (cores, GB) with at most 3 decimal places."""
-    return Annotated[
-        Decimal,
+    return Rules(
         PlainValidator(_quantity(maximum)),
         WithJsonSchema(
             {
@@ -271,7 +282,7 @@ def Quantity(maximum: int, unit: str) -> Any:
                 "description": f"{unit}, 0 to {maximum}, at most 3 decimal places",
             }
         ),
-    ]
+    )
 
 
 def _whole(low: int, high: int, *, from_text: bool) -> Callable[[Any], int]:
@@ -293,22 +304,20 @@ def _whole(low: int, high: int, *, from_text: bool) -> Callable[[Any], int]:
     return validate
 
 
-def Whole(low: int, high: int, *, description: str | None = None) -> Any:
+def Whole(low: int, high: int, *, description: str | None = None) -> Rules:
     """A JSON integer from ``low`` to ``high`` (never a string, a bool or a decimal)."""
     schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
     if description:
         schema["description"] = description
-    return Annotated[
-        int, PlainValidator(_whole(low, high, from_text=False)), WithJsonSchema(schema)
-    ]
+    return Rules(PlainValidator(_whole(low, high, from_text=False)), WithJsonSchema(schema))
 
 
-def QueryWhole(low: int, high: int, *, description: str | None = None) -> Any:
+def QueryWhole(low: int, high: int, *, description: str | None = None) -> Rules:
     """A whole number in a query string (ASCII digits), from ``low`` to ``high``."""
     schema: dict[str, Any] = {"type": "integer", "minimum": low, "maximum": high}
     if description:
         schema["description"] = description
-    return Annotated[int, PlainValidator(_whole(low, high, from_text=True)), WithJsonSchema(schema)]
+    return Rules(PlainValidator(_whole(low, high, from_text=True)), WithJsonSchema(schema))
 
 
 def _flag(value: Any) -> bool:
@@ -692,6 +701,12 @@ def translate(exc: ValidationError) -> dict[str, str]:
     return fields
 
 
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
 def iso(value: datetime | None) -> str | None:
     """A time as the API writes it: UTC, to the second, with a Z."""
     return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

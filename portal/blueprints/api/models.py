@@ -7,6 +7,7 @@ ISO 8601 UTC with a Z). The OpenAPI document is generated from these models.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
@@ -103,8 +104,8 @@ class ErrorBody(Out):
 
 
 class Page(QueryModel):
-    page: QueryWhole(1, MAX_PAGE, description="1 for the first page") = 1
-    per_page: QueryWhole(1, MAX_PER_PAGE, description="items per page") = 50
+    page: Annotated[int, QueryWhole(1, MAX_PAGE, description="1 for the first page")] = 1
+    per_page: Annotated[int, QueryWhole(1, MAX_PER_PAGE, description="items per page")] = 50
 
 
 class ForUser(QueryModel):
@@ -120,8 +121,8 @@ class ForUser(QueryModel):
 
 
 class CreateUser(StrictModel):
-    email: Text(254, description="the user's email address")
-    name: Text(200, required=False) = ""
+    email: Annotated[str, Text(254, description="the user's email address")]
+    name: Annotated[str, Text(200, required=False)] = ""
 
 
 class UserOut(Out):
@@ -135,7 +136,7 @@ class UserOut(Out):
 class GrantCredit(StrictModel):
     user_id: UserRef
     amount: Amount
-    reason: Text(500, description="shown to the user and in the ledger")
+    reason: Annotated[str, Text(500, description="shown to the user and in the ledger")]
     expires_at: Through | None = None
 
 
@@ -225,15 +226,15 @@ class CreateDeployment(StrictModel):
     external_id: ExternalId
     user_id: UserRef
     kind: Kind
-    sku: Text(40, required=False) | None = Field(
+    sku: Annotated[str, Text(40, required=False)] | None = Field(
         default=None,
         description=("a SKU code from GET /prices; or give cpu_cores, memory_gb and storage_gb"),
     )
-    cpu_cores: Quantity(MAX_SIZE["cpu_cores"], "cores") | None = None
-    memory_gb: Quantity(MAX_SIZE["memory_gb"], "GB") | None = None
-    storage_gb: Quantity(MAX_SIZE["storage_gb"], "GB") | None = None
+    cpu_cores: Annotated[Decimal, Quantity(MAX_SIZE["cpu_cores"], "cores")] | None = None
+    memory_gb: Annotated[Decimal, Quantity(MAX_SIZE["memory_gb"], "GB")] | None = None
+    storage_gb: Annotated[Decimal, Quantity(MAX_SIZE["storage_gb"], "GB")] | None = None
     public_ip: Flag | None = None
-    name: Text(MAX_NAME, required=False) | None = None
+    name: Annotated[str, Text(MAX_NAME, required=False)] | None = None
     labels: Labels | None = None
     state: Literal["pending", "active"] | None = None
     started_at: Instant | None = Field(
@@ -243,10 +244,10 @@ class CreateDeployment(StrictModel):
 
 
 class UpdateDeployment(StrictModel):
-    cpu_cores: Quantity(MAX_SIZE["cpu_cores"], "cores") | None = None
-    memory_gb: Quantity(MAX_SIZE["memory_gb"], "GB") | None = None
-    storage_gb: Quantity(MAX_SIZE["storage_gb"], "GB") | None = None
-    sku: Text(40, required=False) | None = None
+    cpu_cores: Annotated[Decimal, Quantity(MAX_SIZE["cpu_cores"], "cores")] | None = None
+    memory_gb: Annotated[Decimal, Quantity(MAX_SIZE["memory_gb"], "GB")] | None = None
+    storage_gb: Annotated[Decimal, Quantity(MAX_SIZE["storage_gb"], "GB")] | None = None
+    sku: Annotated[str, Text(40, required=False)] | None = None
     state: Literal[DEPLOYMENT_STATES] | None = None  # type: ignore[valid-type]
     effective_at: Instant | None = Field(
         default=None,
@@ -423,8 +424,11 @@ class InvoiceDetail(InvoiceOut):
     payments: list[InvoicePaymentOut]
 
 
+PaymentOutcome = Literal["paid", "requires_action", "processing", "failed", "partial", "unpaid"]
+
+
 class InvoicePaid(InvoiceDetail):
-    payment_outcome: Literal["paid", "requires_action", "processing", "failed", "partial", "unpaid"]
+    payment_outcome: PaymentOutcome
 
 
 class InvoicePage(Out):
@@ -451,12 +455,12 @@ class CreateInvoice(StrictModel):
 
 
 class VoidInvoice(StrictModel):
-    reason: Text(400)
+    reason: Annotated[str, Text(400)]
 
 
 class OfflinePayment(StrictModel):
     amount: Amount
-    reference: Text(200, description="the bank transfer's reference")
+    reference: Annotated[str, Text(200, description="the bank transfer's reference")]
 
 
 # -- payments --------------------------------------------------------------------------------
@@ -509,7 +513,9 @@ class PaymentPreview(Out):
 
 
 class Redeem(StrictModel):
-    code: Text(64, description="20 letters and digits; dashes and case do not matter")
+    code: Annotated[
+        str, Text(64, description="20 letters and digits; dashes and case do not matter")
+    ]
 
 
 class RedeemOut(Out):
@@ -526,10 +532,10 @@ class RedeemOut(Out):
 
 class CreateVouchers(StrictModel):
     value: Amount
-    count: Whole(1, MAX_BATCH) = 1
-    max_redemptions: Whole(1, MAX_REDEMPTIONS) = 1
+    count: Annotated[int, Whole(1, MAX_BATCH)] = 1
+    max_redemptions: Annotated[int, Whole(1, MAX_REDEMPTIONS)] = 1
     expires_at: Through | None = None
-    note: Text(500, required=False) | None = None
+    note: Annotated[str, Text(500, required=False)] | None = None
 
 
 class VoucherOut(Out):
@@ -550,7 +556,7 @@ class VoucherBatch(Out):
 
 
 class VoucherQuery(Page):
-    batch: Text(40, required=False) | None = None
+    batch: Annotated[str, Text(40, required=False)] | None = None
     format: Literal["json", "csv"] = Field(
         default="json",
         description=("csv streams every code (text/csv) and ignores page and per_page"),

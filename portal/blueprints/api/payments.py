@@ -21,6 +21,7 @@ from .models import (
     CheckoutOut,
     CreateCheckout,
     InvoicePaid,
+    PaymentOutcome,
     PaymentPreview,
     PreviewPart,
 )
@@ -175,7 +176,7 @@ def pay_invoice(invoice_id: int):
     return InvoicePaid(**detail_fields(invoice), payment_outcome=_outcome(invoice, result))
 
 
-def _outcome(invoice, result) -> str:
+def _outcome(invoice, result) -> PaymentOutcome:
     """paid; requires_action (a card payment waits for 3-D Secure: the invoice page's
     "Complete payment"); processing (a card charge not answered yet); failed (every card was
     declined); partial (some of it is paid); unpaid (nothing could pay any of it)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import IntegerConverter, Rule
 
 from ...models import TokenScope
@@ -161,7 +161,7 @@ def api_rules(app: Flask) -> list[tuple[Rule, str]]:
             (rule, method)
             for rule in app.url_map.iter_rules()
             if rule.rule.startswith(PREFIX + "/")
-            for method in rule.methods - {"HEAD", "OPTIONS"}
+            for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
         ),
         key=lambda pair: (pair[0].rule, pair[1]),
     )
@@ -248,7 +248,7 @@ def build(app: Flask) -> dict[str, Any]:
 
 def _schemas(ops: Iterable[Operation]) -> dict[str, Any]:
     """Every model's JSON Schema under components, and each query model's properties."""
-    models: dict[type[BaseModel], str] = {ErrorBody: "serialization"}
+    models: dict[type[BaseModel], JsonSchemaMode] = {ErrorBody: "serialization"}
     ops = list(ops)
     for op in ops:
         if op.body is not None:
