@@ -9,10 +9,10 @@ Prints one JSON line on stdout (everything else goes to stderr):
   credit, receivable), 5 deployments each (mixed shapes; one with a public IP, one started
   mid-month, one deleted mid-month) with their intervals, and the metering marks. 300 users get
   credits through the credits service (some covering the whole invoice, some part of it, some
-  in two lots with an expiry). Then `metering.meter_all` meters October 2026 in day steps,
+  in two lots with an expiry). Then `runs.meter_all` meters October 2026 in day steps,
   as the metering job leaves a month, and (PostgreSQL) VACUUM ANALYZE runs, as autovacuum
   would have.
-- wall_s: `invoicing.generate_period` for October 2026, the real code path, one committed
+- wall_s: `invoice_run.generate_period` for October 2026, the real code path, one committed
   transaction per chunk of 1,000 users (on PostgreSQL the next chunk is read and built on a
   second connection while the one before is written; they commit in order): rollups
   aggregated into lines, invoices and lines
@@ -35,7 +35,7 @@ Environment:
                    whose name starts with portal_bench); any sqlite URL: a temporary file.
     BENCH_REDIS_URL  default redis://127.0.0.1:6379/13 (flushed before and after).
     BENCH_USERS    default 10000.
-    BENCH_WORKERS  default 1: `invoicing.generate_period` in this process. N > 1: the chunks
+    BENCH_WORKERS  default 1: `invoice_run.generate_period` in this process. N > 1: the chunks
                    shared out to N worker processes, each running the invoicing queue's chunk
                    job (generate_chunk, commit), as N RQ workers would; adds "workers" to the
                    line.
@@ -57,6 +57,9 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import runs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -141,7 +144,8 @@ def seed(app) -> None:
     from portal.extensions import db
     from portal.models import MeterMark, User
     from portal.money import Money
-    from portal.services import catalog, credits, ledger, metering
+    from portal.services.metering import catalog, rollups
+    from portal.services.wallet import credits, ledger
 
     with app.app_context():
         version = catalog.ensure_catalog()
@@ -218,7 +222,7 @@ def seed(app) -> None:
             insert(MeterMark),
             [
                 {"chunk": chunk, "metered_through": START}
-                for chunk in range(USERS // metering.chunk_size() + 1)
+                for chunk in range(USERS // rollups.chunk_size() + 1)
             ],
         )
         if db.engine.dialect.name == "postgresql":
@@ -255,7 +259,7 @@ def seed(app) -> None:
         upto = START
         while upto < END:
             upto = min(upto + timedelta(days=1), END)
-            metering.meter_all(upto)
+            runs.meter_all(upto)
         db.session.remove()
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -286,7 +290,6 @@ def run_invoices(app) -> tuple[float, int]:
 
     from portal.extensions import db
     from portal.models import Invoice
-    from portal.services import invoicing
 
     before = server_state(app)
     if WORKERS > 1:
@@ -300,7 +303,7 @@ def run_invoices(app) -> tuple[float, int]:
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
             started = time.perf_counter()
-            result = invoicing.generate_period(START, END, now=NOW)
+            result = invoice_run.generate_period(START, END, now=NOW)
             db.session.commit()
             wall = time.perf_counter() - started
             if profiler is not None:
@@ -334,11 +337,10 @@ def run_in_workers(app) -> tuple[float, int]:
     import queue
 
     from portal.extensions import db
-    from portal.services import invoicing
 
     with app.app_context():
-        invoicing.check_period(START, END, NOW)
-        chunks = invoicing.chunks_with_users()
+        invoice_run.check_period(START, END, NOW)
+        chunks = invoice_run.chunks_with_users()
         db.session.remove()
     ctx = multiprocessing.get_context("spawn")
     todo, results = ctx.Queue(), ctx.Queue()
@@ -377,7 +379,6 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
     from sqlalchemy import text
 
     from portal.extensions import db
-    from portal.services import invoicing
 
     app = build_app(url, redis_url)
     made = 0
@@ -391,7 +392,7 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
                     chunk = todo.get_nowait()
                 except queue.Empty:
                     break
-                made += invoicing.generate_chunk(chunk, START, END, now=NOW).invoices
+                made += invoice_run.generate_chunk(chunk, START, END, now=NOW).invoices
                 db.session.commit()
         except Exception:
             import traceback
@@ -428,7 +429,7 @@ def check(app, invoices: int) -> None:
 
     from portal.extensions import db
     from portal.models import Invoice, InvoicePayment
-    from portal.services.reconcile import find_discrepancies
+    from portal.services.wallet.reconcile import find_discrepancies
 
     with app.app_context():
         if invoices != USERS:

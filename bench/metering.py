@@ -4,7 +4,7 @@ Prints one JSON line:
 {"bench": "metering", "db": ..., "deployments": 100000, "rows": ..., "wall_s": ...,
  "floor_s": ..., "ratio": ..., "peak_rss_mb": ..., "table_mb_per_month": ...}
 
-- wall_s: `metering.meter_all` for one hour (claims every chunk's mark, one set-based
+- wall_s: `runs.meter_all` for one hour (claims every chunk's mark, one set-based
   INSERT ... SELECT ... ON CONFLICT per chunk), committed.
 - floor_s: the same rows written by one plain INSERT ... SELECT ... ON CONFLICT into a table
   of the same shape and primary key, with none of our logic (no marks, no chunks).
@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+
+from portal.services.metering import runs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +71,8 @@ def sql(statement: str):
 
 def seed(db, text) -> None:
     """Users, deployments and their open intervals, in set-based SQL."""
-    from portal.services import catalog, ledger
+    from portal.services.metering import catalog
+    from portal.services.wallet import ledger
 
     version = catalog.ensure_catalog()
     db.session.commit()
@@ -120,13 +123,13 @@ def seed(db, text) -> None:
     from sqlalchemy import insert
 
     from portal.models import MeterMark
-    from portal.services import metering
+    from portal.services.metering import rollups
 
     db.session.execute(
         insert(MeterMark),
         [
             {"chunk": chunk, "metered_through": START}
-            for chunk in range(USERS // metering.chunk_size() + 1)
+            for chunk in range(USERS // rollups.chunk_size() + 1)
         ],
     )
     if db.engine.dialect.name == "postgresql":
@@ -140,7 +143,7 @@ def seed(db, text) -> None:
 
 def floor(db, text) -> float:
     """The same rows, one plain upsert into a same-shaped table, no logic of ours."""
-    from portal.services.metering import _SECONDS
+    from portal.services.metering.rollups import _SECONDS
 
     db.session.execute(text("CREATE TABLE usage_floor AS SELECT * FROM usage_daily WHERE 1 = 0"))
     db.session.execute(
@@ -197,7 +200,6 @@ def main() -> None:
 
     from portal import create_app
     from portal.extensions import db
-    from portal.services import metering
 
     instance = tempfile.mkdtemp(prefix="bench-metering-")
     os.environ["INSTANCE_PATH"] = instance
@@ -214,7 +216,7 @@ def main() -> None:
         floor_s = floor(db, text)
 
         started = time.perf_counter()
-        result = metering.meter_all(START + timedelta(hours=1))
+        result = runs.meter_all(START + timedelta(hours=1))
         wall_s = time.perf_counter() - started
         rows = db.session.scalar(text("SELECT COUNT(*) FROM usage_daily"))
         assert result.chunks >= 1 and rows == USERS * PER_USER, (result, rows)
@@ -224,7 +226,7 @@ def main() -> None:
         upto = START + timedelta(hours=1)
         while upto < START + timedelta(days=30):
             upto = min(upto + timedelta(days=1), START + timedelta(days=30))
-            metering.meter_all(upto)
+            runs.meter_all(upto)
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM usage_daily")

@@ -116,8 +116,9 @@ def seed(app) -> str:
         utcnow,
     )
     from portal.money import Money
-    from portal.services import accounts, credits, ledger
-    from portal.services.reconcile import find_discrepancies
+    from portal.services import accounts
+    from portal.services.wallet import credits, ledger
+    from portal.services.wallet.reconcile import find_discrepancies
 
     rng = random.Random(20240611)
     with app.app_context():

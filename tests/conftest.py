@@ -142,7 +142,7 @@ def app(_app, request):
     yield _app
     if "corrupts_ledger" in request.keywords:
         return
-    from portal.services.reconcile import find_discrepancies
+    from portal.services.wallet.reconcile import find_discrepancies
 
     with _app.app_context():
         problems = find_discrepancies()

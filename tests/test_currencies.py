@@ -13,8 +13,8 @@ from portal import currencies
 from portal.extensions import db
 from portal.models import CurrencyPin
 from portal.money import Money, currency_digits, format_money
-from portal.services import ledger
-from portal.services.reconcile import currency_pins, find_discrepancies
+from portal.services.wallet import ledger
+from portal.services.wallet.reconcile import currency_pins, find_discrepancies
 
 
 def test_the_table_is_iso_4217_for_every_active_code():

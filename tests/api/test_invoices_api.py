@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Invoice, LedgerTransaction, User
 from portal.money import Money
-from portal.services import deployments, ledger
+from portal.services.metering import deployments
+from portal.services.wallet import ledger
 from tests.support.invoices import empty_invoices, issue_invoices
 
 PREFIX = "/api/plugins/billing"

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from portal.extensions import db
 from portal.models import User
-from portal.services import deployments
+from portal.services.metering import deployments
 from tests.payments.conftest import (
     saved_card,  # noqa: F401
 )

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from jobs import queues
 from portal.extensions import db
 from portal.models import (
     CheckoutSession,
@@ -23,7 +22,8 @@ from portal.models import (
     UsageDaily,
     Voucher,
 )
-from portal.services import metering
+from portal.services.metering import rollups
+from portal.tasks import queues
 from tests.support.invoices import empty_invoices
 
 PREFIX = "/api/plugins/billing"
@@ -629,14 +629,14 @@ def test_a_backdated_start_is_metered_by_a_job_after_the_answer(
     [(queue, func_name, deployment_id, since)] = enqueued
     assert (queue, func_name, deployment_id) == (
         "metering",
-        "jobs.metering.backfill_deployment",
+        "metering.backfill_deployment",
         late,
     )
     assert datetime.fromisoformat(since) == start
 
     monkeypatch.undo()
     with app.app_context():
-        from jobs.metering import backfill_deployment
+        from portal.services.metering.jobs import backfill_deployment
 
         figures = backfill_deployment(deployment_id, since)
         days = db.session.scalars(
@@ -645,9 +645,9 @@ def test_a_backdated_start_is_metered_by_a_job_after_the_answer(
         cpu_seconds = db.session.scalar(
             select(func.sum(UsageDaily.cpu_ms)).where(UsageDaily.deployment_id == late)
         )
-        assert metering.audit_usage() == []
+        assert rollups.audit_usage() == []
         again = backfill_deployment(deployment_id, since)  # a retried job changes nothing
-        assert metering.audit_usage() == []
+        assert rollups.audit_usage() == []
         db.session.remove()
     assert (
         figures["rows"] == len(days) == (mark.date() - start.date()).days + (mark.hour > 0)

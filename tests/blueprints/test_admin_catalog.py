@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import PriceVersion, User
-from portal.services import deployments, metering
+from portal.services.metering import deployments, runs
 
 
 def test_admin_schedules_a_price_change_without_editing_history(app, client, auth, make_user):
@@ -85,7 +85,7 @@ def test_usage_report_page_filters_and_downloads(app, client, auth, make_user):
             started_at=datetime(2026, 10, 3, tzinfo=UTC),
         )
         db.session.commit()
-        metering.meter_all(datetime(2026, 10, 4, 12, tzinfo=UTC))
+        runs.meter_all(datetime(2026, 10, 4, 12, tzinfo=UTC))
     auth.login(make_user(admin=True))
     page = client.get("/admin/reports?from=2026-10-01&to=2026-10-31&label=team=red")
     text = page.get_data(as_text=True)

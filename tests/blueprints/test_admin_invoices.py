@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, LedgerTransaction, User
 from portal.money import Money
-from portal.services import ledger
+from portal.services.wallet import ledger
 from tests.support.invoices import OCT, issue_invoices
 
 from .test_invoices_pages import number_of
@@ -191,7 +191,7 @@ def test_offline_payments_move_the_ledger_and_pay_the_invoice(app, client, shop)
 
 
 def test_generate_an_invoice_by_hand(app, client, make_user, auth):
-    from portal.services import deployments
+    from portal.services.metering import deployments
 
     carl = make_user("carl@example.com")
     with app.app_context():

@@ -412,9 +412,9 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     from itsdangerous import URLSafeTimedSerializer
     from sqlalchemy import event
 
-    import jobs.accounts
-    from jobs import queues
     from portal.services import accounts
+    from portal.services import jobs as service_jobs
+    from portal.tasks import queues
 
     make_user("known@example.com")
     client.fetch_csrf()
@@ -463,7 +463,7 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     known, unknown = done["known@example.com"], done["unknown@example.com"]
     assert known[0] == unknown[0]
     assert [w for w in known[0] if w[0] == "job"] == [
-        ("job", "default", "jobs.accounts.send_password_reset", 1)
+        ("job", "default", "accounts.send_password_reset", 1)
     ]
     assert not [w for w in known[0] if w[0].startswith("argon2") or w[0] == "password link"]
     assert [args for _, args in known[1]] == [("known@example.com",)]
@@ -474,7 +474,7 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     monkeypatch.undo()
     for email in ("known@example.com", "unknown@example.com"):
         with app.app_context():
-            jobs.accounts.send_password_reset(email)
+            service_jobs.send_password_reset(email)
             db.session.remove()
     [message] = outbox(app)
     assert message.to_addr == "known@example.com" and "/auth/reset/" in message.body_text

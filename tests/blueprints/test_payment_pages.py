@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import LedgerTransaction, PaymentAttempt, User
-from portal.services import cards
+from portal.services.payments import cards
 from tests.payments.conftest import (
     TEST_CARDS,
     in_app,  # noqa: F401

@@ -11,12 +11,13 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from sqlalchemy import func, select
 
-import jobs.invoicing
-from jobs import queues
+from portal.errors import InvalidTransition
 from portal.extensions import db
 from portal.models import Invoice, InvoicePdf, OutboundEmail
-from portal.services import invoice_documents
-from portal.services.errors import InvalidTransition
+from portal.services import jobs as service_jobs
+from portal.services.invoicing import documents
+from portal.services.invoicing import jobs as invoicing_jobs
+from portal.tasks import queues
 from tests.support.smtp import smtp_server, smtp_sink  # noqa: F401  (fixtures)
 
 from .conftest import pdf_text
@@ -62,7 +63,7 @@ def test_render_stores_the_pdf_with_its_sha256_once(ctx, make_user, make_invoice
     user = make_user()
     invoice_id = make_invoice(user.id)
 
-    pdf = invoice_documents.render_invoice_pdf(invoice_id)
+    pdf = documents.render_invoice_pdf(invoice_id)
     db.session.commit()
     status, sha, (pdf_sha, content, version, rendered_at) = stored(invoice_id)
     assert (status, version) == ("ready", 1)
@@ -73,7 +74,7 @@ def test_render_stores_the_pdf_with_its_sha256_once(ctx, make_user, make_invoice
     invoice = db.session.get(Invoice, invoice_id)
     invoice.snapshot = {**invoice.snapshot, "amount_due": "$999.00"}
     db.session.commit()
-    again = invoice_documents.render_invoice_pdf(invoice_id)
+    again = documents.render_invoice_pdf(invoice_id)
     db.session.commit()
     assert again.sha256 == sha
     assert stored(invoice_id) == ("ready", sha, (sha, content, 1, rendered_at))
@@ -100,7 +101,7 @@ def test_the_render_holds_no_transaction_and_no_lock(ctx, make_user, make_invoic
         return real_render(snapshot)
 
     monkeypatch.setattr(invoice_pdf, "render_pdf_bytes", render)
-    pdf = invoice_documents.render_invoice_pdf(invoice_id)
+    pdf = documents.render_invoice_pdf(invoice_id)
     db.session.commit()
     assert seen == [False]
     status, sha, (pdf_sha, content, _, _) = stored(invoice_id)
@@ -111,9 +112,9 @@ def test_the_render_holds_no_transaction_and_no_lock(ctx, make_user, make_invoic
 def test_a_draft_has_no_pdf(ctx, make_user, make_invoice):
     invoice_id = make_invoice(make_user().id, draft=True)
     with pytest.raises(InvalidTransition):
-        invoice_documents.render_invoice_pdf(invoice_id)
+        documents.render_invoice_pdf(invoice_id)
     with pytest.raises(InvalidTransition):
-        invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
+        documents.request_pdf(db.session.get(Invoice, invoice_id))
     db.session.rollback()
     assert stored(invoice_id) == ("none", None, None)
 
@@ -124,14 +125,14 @@ def test_request_pdf_enqueues_after_commit_with_a_deterministic_id(
     invoice_id = make_invoice(make_user().id)
     queue = Queue("invoicing", connection=Redis.from_url(redis_url))
     with async_app.app_context():
-        invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
+        documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.flush()
         assert queue.job_ids == []  # nothing before commit
         db.session.rollback()
         db.session.commit()
         assert queue.job_ids == []  # a rollback drops it
 
-        invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
+        documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.commit()
         db.session.remove()
     job_id = queues.rq_job_id(f"pdf:{invoice_id}")
@@ -139,7 +140,7 @@ def test_request_pdf_enqueues_after_commit_with_a_deterministic_id(
     assert read(async_app, lambda: stored(invoice_id)) == ("pending", None, None)
 
     with async_app.app_context():  # asked again while waiting: still one job
-        invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
+        documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.commit()
         db.session.remove()
     assert queue.job_ids == [job_id]
@@ -175,7 +176,7 @@ def test_invoice_mail_with_the_pdf_reaches_the_smtp_server(
     user = make_user(name="Alice Liddell")
     invoice_id = make_invoice(user.id)
     with mail_app.app_context():  # what finalization does; the job runs after the commit
-        invoice_documents.request_pdf(db.session.get(Invoice, invoice_id))
+        documents.request_pdf(db.session.get(Invoice, invoice_id))
         db.session.commit()
         db.session.remove()
 
@@ -211,12 +212,12 @@ def test_running_the_job_again_changes_nothing(
 ):
     invoice_id = make_invoice(make_user().id)
     with mail_app.app_context():
-        first = jobs.invoicing.render_invoice_pdf(invoice_id)
+        first = invoicing_jobs.render_invoice_pdf(invoice_id)
         db.session.remove()
     smtp_sink.wait_for(1)
     before = read(mail_app, lambda: stored(invoice_id))
     with mail_app.app_context():
-        assert jobs.invoicing.render_invoice_pdf(invoice_id) == first
+        assert invoicing_jobs.render_invoice_pdf(invoice_id) == first
         db.session.remove()
     assert read(mail_app, lambda: stored(invoice_id)) == before
     assert (
@@ -235,7 +236,7 @@ def test_a_paid_invoice_mail_says_nothing_is_due(
 ):
     invoice_id = make_invoice(make_user().id, status="paid", amount_due="$0.00")
     with mail_app.app_context():
-        jobs.invoicing.render_invoice_pdf(invoice_id)
+        invoicing_jobs.render_invoice_pdf(invoice_id)
         db.session.remove()
     [received] = smtp_sink.wait_for(1)
     assert "Nothing is due: the invoice has been paid in full." in received.text
@@ -251,8 +252,8 @@ def test_a_failed_render_is_recorded_and_mails_nothing(
 ):
     invoice_id = make_invoice(make_user().id, template_version=99)
     with mail_app.app_context():
-        with pytest.raises(invoice_documents.PdfRenderFailed, match="template version 99"):
-            jobs.invoicing.render_invoice_pdf(invoice_id)
+        with pytest.raises(documents.PdfRenderFailed, match="template version 99"):
+            invoicing_jobs.render_invoice_pdf(invoice_id)
         db.session.remove()
     assert read(mail_app, lambda: stored(invoice_id)) == ("failed", None, None)
     assert (
@@ -271,7 +272,6 @@ def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(
 ):
     """A mail queued before its PDF (never so through the job) is not sent without it: its
     send job fails and the message stays pending; once the PDF exists a retry sends it."""
-    import jobs.notify
     from portal.services import mail
 
     user = make_user()
@@ -293,9 +293,9 @@ def test_a_mail_whose_pdf_is_missing_waits_until_it_exists(
     assert smtp_sink.messages == []
 
     with mail_app.app_context():
-        invoice_documents.render_invoice_pdf(invoice_id)
+        documents.render_invoice_pdf(invoice_id)
         db.session.commit()
-        jobs.notify.send_email(message_id)
+        service_jobs.send_email(message_id)
         db.session.remove()
     [received] = smtp_sink.wait_for(1)
     [attachment] = list(received.message.iter_attachments())
@@ -328,7 +328,7 @@ def test_two_concurrent_renders_store_one_pdf(app, make_user, make_invoice, monk
     def worker():
         try:
             with app.app_context():
-                results.append(invoice_documents.render_invoice_pdf(invoice_id).sha256)
+                results.append(documents.render_invoice_pdf(invoice_id).sha256)
                 db.session.commit()
                 db.session.remove()
         except Exception as exc:  # reported below

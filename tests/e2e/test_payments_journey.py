@@ -32,7 +32,7 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.money import Money
-from portal.services import vouchers
+from portal.services.wallet import vouchers
 from tests.conftest import PASSWORD
 from tests.support.invoices import OCT, OCT_TOTAL, issue_invoices
 

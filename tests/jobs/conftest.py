@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import schedule
 from portal.extensions import db
+from portal.tasks import registry
 from tests.conftest import BASE_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +33,9 @@ def only_jobs(monkeypatch):
     """Replace the schedule registry with the given registrations for one test."""
 
     def use(*registrations) -> None:
-        monkeypatch.setattr(schedule, "_REGISTRY", {})
+        monkeypatch.setattr(registry, "_SCHEDULE", {})
         for kwargs in registrations:
-            schedule.register(**kwargs)
+            registry.schedule(**kwargs)
 
     return use
 

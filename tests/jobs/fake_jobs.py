@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.queues import redis_connection
+from portal.tasks.queues import redis_connection
 
 EXECUTIONS = "test:executions"
 FAIL_FLAG = "test:fail"

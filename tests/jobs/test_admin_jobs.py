@@ -8,9 +8,9 @@ import re
 import pytest
 from rq import SimpleWorker
 
-from jobs import queues
-from jobs.daemon import Scheduler
 from portal.extensions import db
+from portal.tasks import queues
+from portal.tasks.daemon import Scheduler
 from tests.conftest import AuthActions
 from tests.jobs import fake_jobs
 from tests.jobs.conftest import query

@@ -14,7 +14,6 @@ import pytest
 from rq import Queue, SimpleWorker
 from sqlalchemy import func, select
 
-from jobs import queues
 from portal.extensions import db
 from portal.models import (
     DaemonStatus,
@@ -25,7 +24,8 @@ from portal.models import (
     User,
     utcnow,
 )
-from portal.services import deployments, metering, scheduler
+from portal.services.metering import deployments, rollups
+from portal.tasks import queues, scheduler
 from tests.jobs.conftest import query, wait_until
 
 pytestmark = pytest.mark.redis
@@ -179,7 +179,7 @@ def test_two_daemons_at_once_one_leads_and_every_hour_is_metered_once(
     work_metering_queue(async_app)
     assert [s for _, s, _ in runs(app)] == ["succeeded"] * 6
     assert metered_cpu_ms(app) == 6 * CPU_MS_PER_HOUR
-    assert query(app, metering.audit_usage) == []
+    assert query(app, rollups.audit_usage) == []
 
     for process in (a, b):
         process.signal(signal.SIGTERM)
@@ -304,7 +304,7 @@ def test_down_for_three_hours_then_up_each_missed_hour_is_metered_once(app, proc
     assert again.wait() == 0, again.output
     assert len(runs(app)) == 4
     assert metered_cpu_ms(app) == 4 * CPU_MS_PER_HOUR
-    assert query(app, metering.audit_usage) == []
+    assert query(app, rollups.audit_usage) == []
 
 
 def test_built_in_billing_runs_when_no_daemon_beats_and_pauses_when_one_is_back(app, processes):

@@ -8,8 +8,8 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import text
 
-from jobs import queues
 from portal.extensions import db
+from portal.tasks import queues
 
 pytestmark = pytest.mark.redis
 
@@ -38,15 +38,15 @@ def test_many_jobs_from_one_commit_go_to_redis_as_one_batch_job(app, make_app, r
         db.session.commit()
         assert len(queue.job_ids) == 2
         batch = queue.fetch_job(queue.job_ids[1])
-        assert batch.func_name == "jobs.queues.enqueue_batch"
+        assert queues.task_name(batch) == "tasks.enqueue_batch"
 
         assert batch.perform() == count - 1  # rec:0 is still waiting: not enqueued twice
         db.session.remove()
     ids = queue.job_ids
     assert len(ids) == count + 1 and set(ids) - {batch.id} == {f"rec_{n}" for n in range(count)}
-    assert queue.fetch_job("rec_0").args == ("first",)
-    assert queue.fetch_job("rec_7").args == ("slot-7",)
-    assert queue.fetch_job("rec_7").func_name == FUNC
+    assert queues.task_args(queue.fetch_job("rec_0")) == ("first",)
+    assert queues.task_args(queue.fetch_job("rec_7")) == ("slot-7",)
+    assert queues.task_name(queue.fetch_job("rec_7")) == FUNC
     connection.close()
 
 

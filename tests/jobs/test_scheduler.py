@@ -11,8 +11,6 @@ import redis
 from rq.registry import FailedJobRegistry
 from sqlalchemy import select, update
 
-from jobs import queues, schedule
-from jobs.daemon import Scheduler
 from portal.config import BillingSettings, ConfigError, build_config
 from portal.extensions import db
 from portal.models import (
@@ -23,7 +21,8 @@ from portal.models import (
     SchedulerLease,
     SchedulerRole,
 )
-from portal.services import scheduler
+from portal.tasks import queues, registry, scheduler
+from portal.tasks.daemon import Scheduler
 from tests.jobs import fake_jobs
 from tests.jobs.conftest import BASE, query
 
@@ -88,17 +87,17 @@ def test_due_times_slot_names_and_the_metering_argument():
     ] == ["2026-03-02T12", "2026-03-02T12:15", "2026-03-02T12:30"]
 
     config = {"BILLING": BillingSettings(usage_calculation_interval="*/30 * * * *")}
-    [usage] = [j for j in schedule.periodic_jobs(config) if j.name == "calculate-usage"]
+    [usage] = [j for j in scheduler.periodic_jobs(config) if j.name == "calculate-usage"]
     assert (usage.cron, usage.func, usage.queue) == (
         "*/30 * * * *",
-        "jobs.metering.meter_due",
+        "metering.meter_due",
         "metering",
     )
     # At 18:00 the hour 17-18 is complete: meter_due meters up to the 18:00 boundary.
     assert usage.args(datetime(2026, 11, 21, 18, tzinfo=UTC)) == ("2026-11-21T18",)
     assert usage.job_id("2026-11-21T18") == "meter:2026-11-21T18"
     off = {"BILLING": BillingSettings(enabled=False)}
-    assert "calculate-usage" not in [j.name for j in schedule.periodic_jobs(off)]
+    assert "calculate-usage" not in [j.name for j in scheduler.periodic_jobs(off)]
 
 
 def test_the_lease_must_outlast_the_heartbeat(tmp_path):

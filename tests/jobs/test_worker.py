@@ -16,9 +16,9 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from sqlalchemy import select
 
-from jobs import queues
 from portal.extensions import db
 from portal.models import OutboundEmail
+from portal.tasks import queues
 from tests.conftest import BASE_CONFIG
 from tests.support.smtp import smtp_server, smtp_sink  # noqa: F401  (fixtures)
 
@@ -74,7 +74,10 @@ def request_reset(app, queue: Queue, email: str) -> int:
     client = app.test_client()
     assert client.submit("/auth/forgot", {"email": email}).status_code == 303
     [lookup] = queue.jobs
-    assert (lookup.func_name, lookup.args) == ("jobs.accounts.send_password_reset", (email,))
+    assert (lookup.func_name, lookup.args) == (
+        queues.RUN_TASK,
+        ("accounts.send_password_reset", email),
+    )
     run_simple_worker(app, queue, max_jobs=1)
     message_id, status = mail_row(app)
     assert status == "pending"
@@ -162,8 +165,8 @@ def test_forking_worker_process_sends_the_mail(
 
 def test_enqueueing_a_waiting_job_id_twice_keeps_one(app, mailing_app, default_queue):
     with mailing_app.app_context():
-        first = queues.enqueue("default", "jobs.notify.send_email", 424242, job_id="mail:424242")
-        again = queues.enqueue("default", "jobs.notify.send_email", 424242, job_id="mail:424242")
+        first = queues.enqueue("default", "mail.send_email", 424242, job_id="mail:424242")
+        again = queues.enqueue("default", "mail.send_email", 424242, job_id="mail:424242")
     assert first is not None and again is None
     assert default_queue.job_ids == ["mail_424242"]
 
@@ -174,7 +177,6 @@ def test_enqueueing_a_waiting_job_id_twice_keeps_one(app, mailing_app, default_q
     )
     with mailing_app.app_context():  # done, so no longer waiting: the id may be enqueued again
         assert (
-            queues.enqueue("default", "jobs.notify.send_email", 424242, job_id="mail:424242")
-            is not None
+            queues.enqueue("default", "mail.send_email", 424242, job_id="mail:424242") is not None
         )
     assert default_queue.job_ids == ["mail_424242"]

@@ -16,7 +16,10 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import Invoice, User
 from portal.money import Money
-from portal.services import card_payments, cards, deployments, invoicing, settlement
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import deployments
+from portal.services.payments import card_charges, cards
+from portal.services.wallet import settlement_requests
 from tests.gateways.conftest import (
     SECRET_KEY,
     TEST_CARDS,
@@ -96,12 +99,12 @@ def add_card(user: User, number: str = TEST_CARDS["ok"]) -> cards.Saved:
 def settlement_held():
     """Set a scenario up without the settlement that new money, a new card or a new invoice
     starts after commit, so the test's own ``settle`` is the run under test."""
-    original = settlement.request_settlement
-    settlement.request_settlement = lambda user_id: None
+    original = settlement_requests.request_settlement
+    settlement_requests.request_settlement = lambda user_id: None
     try:
         yield
     finally:
-        settlement.request_settlement = original
+        settlement_requests.request_settlement = original
 
 
 def invoice_of(
@@ -125,7 +128,7 @@ def invoice_of(
         )
         deployments.delete_deployment(dep, ended_at=period[0] + timedelta(hours=hours))
     db.session.commit()
-    invoice, _ = invoicing.generate_for_user(user, *period)
+    invoice, _ = invoice_run.generate_for_user(user, *period)
     db.session.commit()
     return invoice
 
@@ -230,7 +233,7 @@ def issued_invoice(user_id: int, hours: int = 100) -> int:
 
 
 def topped_up(user_id: int, card_id: int, amount_minor: int) -> None:
-    attempt, _ = card_payments.top_up_with_card(
+    attempt, _ = card_charges.top_up_with_card(
         db.session.get(User, user_id),
         card_id,
         Money(amount_minor, "USD"),

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import AttemptStatus, Invoice, InvoicePayment, PaymentAttempt, User, utcnow
 from portal.money import Money
-from portal.services import card_payments, cards, ledger, settlement
+from portal.services.payments import card_charges, cards, settlement
+from portal.services.wallet import ledger
 from tests.conftest import BASE_CONFIG
 from tests.gateways.conftest import ROOT
 from tests.payments.conftest import add_card, charges, invoice_of, settlement_held
@@ -81,7 +82,7 @@ def state(invoice: Invoice) -> tuple[str, list[tuple[str, int]], list[str]]:
 
 def later() -> object:
     """A moment when an unanswered attempt can no longer be in flight."""
-    return utcnow() + card_payments.stale_after() + timedelta(seconds=1)
+    return utcnow() + card_charges.stale_after() + timedelta(seconds=1)
 
 
 def test_killed_after_the_card_was_charged_recovery_records_that_one_charge(
@@ -119,7 +120,7 @@ def test_killed_after_the_card_was_charged_recovery_records_that_one_charge(
     assert found.id == charged[0]["id"]
     assert ledger.balances(user).cash == Money(0, "USD")
     # Recovery again, and more settlement: nothing changes.
-    assert card_payments.recover(user_id=user.id, now=later()) == 0
+    assert card_charges.recover(user_id=user.id, now=later()) == 0
     settlement.settle(user.id, now=later())
     assert state(invoice) == ("paid", [("card", 500)], [AttemptStatus.SUCCEEDED])
     assert len(charges(standin, user)) == 1
@@ -135,7 +136,7 @@ def test_killed_before_the_charge_was_sent_recovery_fails_it_and_the_next_run_ch
     assert state(invoice) == ("open", [], [AttemptStatus.PENDING])
     assert charges(standin, user) == []
 
-    assert card_payments.recover(user_id=user.id, now=later()) == 1
+    assert card_charges.recover(user_id=user.id, now=later()) == 1
     db.session.expire_all()
     attempt = db.session.scalar(
         select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice.id)

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import AccountKind, Event, PaymentAttempt, PaymentReversal, User
 from portal.money import Money
-from portal.services import card_payments, settlement
+from portal.services.payments import card_charges, settlement
 from tests.payments.conftest import TEST_CARDS, add_card, invoice_of
 from tests.payments.test_reversals import cash, refund, refund_events, reversals, system_balance
 from tests.payments.test_webhooks import (
@@ -46,7 +46,7 @@ def forged(receiver, delivery: tuple[dict, bytes], change) -> tuple[dict, bytes]
 def card_top_up(user_id: int, amount_minor: int, number: str = TEST_CARDS["ok"]) -> str:
     user = db.session.get(User, user_id)
     card = add_card(user, number).card
-    attempt, _ = card_payments.top_up_with_card(
+    attempt, _ = card_charges.top_up_with_card(
         user,
         card.id,
         Money(amount_minor, "USD"),

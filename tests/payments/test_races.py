@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, User
 from portal.money import Money
-from portal.services import ledger, settlement, topups
+from portal.services.payments import settlement, topups
+from portal.services.wallet import ledger
 from tests.payments.conftest import TEST_CARDS, add_card, charges, invoice_of, settlement_held
 
 pytestmark = pytest.mark.postgres

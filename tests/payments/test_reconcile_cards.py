@@ -6,7 +6,7 @@ import pytest
 
 from portal.extensions import db
 from portal.models import PaymentAttempt, PaymentMethod, User, utcnow
-from portal.services.reconcile import find_discrepancies
+from portal.services.wallet.reconcile import find_discrepancies
 
 
 @pytest.mark.corrupts_ledger

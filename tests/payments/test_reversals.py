@@ -26,7 +26,8 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.money import Money
-from portal.services import card_payments, ledger, settlement, webhooks
+from portal.services.payments import card_charges, inbox, settlement
+from portal.services.wallet import ledger
 from tests.payments.conftest import OCT, TEST_CARDS, add_card, invoice_of
 from tests.payments.test_webhooks import (
     customer_of,
@@ -103,7 +104,7 @@ def test_a_top_up_refunded_in_two_parts_out_of_order_comes_out_of_the_balance_on
     user = db.session.get(User, user_id)
     card = add_card(user).card
     invoice = invoice_of(user, {"web": 100}, period=OCT)  # $5.00, paid by the top-up
-    attempt, _ = card_payments.top_up_with_card(
+    attempt, _ = card_charges.top_up_with_card(
         user, card.id, Money(2000, "USD"), nonce="t1", return_url="http://portal.test/wallet/"
     )
     payment = attempt.gateway_payment_id
@@ -180,7 +181,7 @@ def test_a_refund_before_its_payment_is_recorded_waits_for_it(pctx, make_user, r
     assert post_event(client, *completed).status_code == 200
     assert cash(user_id) == 2000  # the top-up, recorded now
 
-    result = webhooks.process_event(row.id)  # the requeue job's retry
+    result = inbox.process_event(row.id)  # the requeue job's retry
     db.session.commit()
     assert result.outcome == "handled"
     row = db.session.get(WebhookEvent, row.id)
@@ -188,7 +189,7 @@ def test_a_refund_before_its_payment_is_recorded_waits_for_it(pctx, make_user, r
     assert reversals(payment) == [("refund", 2000)]
     assert cash(user_id) == 0
     assert system_balance(AccountKind.REFUNDS) == 0  # all of it came out of the balance
-    assert webhooks.process_event(row.id).outcome == "already"
+    assert inbox.process_event(row.id).outcome == "already"
     db.session.commit()
 
 

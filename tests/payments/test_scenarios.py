@@ -12,6 +12,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from portal.errors import Conflict, NotFound
 from portal.extensions import db
 from portal.models import (
     AttemptStatus,
@@ -23,17 +24,9 @@ from portal.models import (
     User,
 )
 from portal.money import Money
-from portal.services import (
-    card_payments,
-    cards,
-    credits,
-    deployments,
-    ledger,
-    settlement,
-    topups,
-    vouchers,
-)
-from portal.services.errors import Conflict, NotFound
+from portal.services.metering import deployments
+from portal.services.payments import card_charges, cards, settlement, topups
+from portal.services.wallet import credits, ledger, vouchers
 from tests.payments.conftest import TEST_CARDS, add_card, charges, invoice_of, settlement_held
 
 AUG = (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC))
@@ -239,12 +232,12 @@ def test_a_card_that_needs_3d_secure_waits_for_the_customer_then_pays(user, stan
 
     # "Complete payment": off to the bank's page, which the customer passes, and back.
     return_url = f"http://portal.test/invoices/{invoice.id}/confirmed"
-    url = card_payments.start_authentication(user, attempt, return_url)
+    url = card_charges.start_authentication(user, attempt, return_url)
     db.session.commit()
     assert url
     answer = requests.post(url, data={"result": "complete"}, allow_redirects=False, timeout=10)
     assert answer.status_code == 303 and answer.headers["Location"].startswith(return_url)
-    attempt = card_payments.refresh(user, attempt.gateway_payment_id)
+    attempt = card_charges.refresh(user, attempt.gateway_payment_id)
     db.session.commit()
 
     assert attempt.status == AttemptStatus.SUCCEEDED
@@ -252,7 +245,7 @@ def test_a_card_that_needs_3d_secure_waits_for_the_customer_then_pays(user, stan
     assert tenders(invoice) == [("card", 500)]
     assert [(i["amount"], i["status"]) for i in charges(standin, user)] == [(500, "succeeded")]
     # The customer's return seen twice books nothing twice.
-    card_payments.refresh(user, attempt.gateway_payment_id)
+    card_charges.refresh(user, attempt.gateway_payment_id)
     db.session.commit()
     assert tenders(invoice) == [("card", 500)]
     assert len(events("billing.invoice.paid", user)) == 1
@@ -270,7 +263,7 @@ def test_a_charge_waiting_for_3d_secure_is_not_needed_once_a_top_up_paid(user, s
 
     assert fresh(invoice).status == "paid" and tenders(invoice) == [("cash", 500)]
     # The customer follows the old "Complete payment" link: nothing is confirmed or charged.
-    url = card_payments.start_authentication(
+    url = card_charges.start_authentication(
         user,
         db.session.get(PaymentAttempt, attempt.id),
         f"http://portal.test/invoices/{invoice.id}/confirmed",

@@ -35,7 +35,8 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.money import Money
-from portal.services import card_payments, cards, ledger, settlement, topups, webhooks
+from portal.services.payments import card_charges, cards, inbox, settlement, topups
+from portal.services.wallet import ledger
 from tests.payments.conftest import OCT, SEP, TEST_CARDS, add_card, invoice_of, type_card
 
 AUG = (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 9, 1, tzinfo=UTC))
@@ -118,7 +119,7 @@ def process_unprocessed() -> None:
     """The requeue job until it has nothing left to do (processing runs synchronously)."""
     for _ in range(10):
         db.session.commit()
-        if not webhooks.requeue_unprocessed(
+        if not inbox.requeue_unprocessed(
             older_than=timedelta(0), now=datetime.now(UTC) + timedelta(seconds=1)
         ):
             db.session.commit()
@@ -282,7 +283,7 @@ def authenticate_on_sandbox(user_id: int, attempt_id: int) -> None:
     """The customer presses "Complete payment" and passes 3-D Secure on the bank's page; the
     way back to the portal is not followed (the webhook tells)."""
     attempt = db.session.get(PaymentAttempt, attempt_id)
-    url = card_payments.start_authentication(
+    url = card_charges.start_authentication(
         db.session.get(User, user_id), attempt, return_url=f"{PORTAL}/invoices/confirmed"
     )
     db.session.commit()

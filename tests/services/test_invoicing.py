@@ -9,12 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from portal.errors import Conflict, InvalidTransition, ValidationFailed
 from portal.extensions import db
 from portal.models import Event, Invoice, InvoiceLine, User
 from portal.money import Money
-from portal.services import credits, deployments, invoicing, ledger
-from portal.services.errors import Conflict, InvalidTransition, ValidationFailed
-from portal.services.reconcile import find_discrepancies
+from portal.services import calendar
+from portal.services.invoicing import formatting, invoices, lines, snapshot
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import deployments
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
 
 OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
@@ -49,7 +53,7 @@ def run(user, external_id, start, end=None, **spec):
 
 
 def generate(period=OCT, now=NOW):
-    result = invoicing.generate_period(*period, now=now)
+    result = invoice_run.generate_period(*period, now=now)
     db.session.commit()
     return result
 
@@ -58,13 +62,13 @@ def assert_issued_as_stored(invoice: Invoice) -> None:
     """The snapshot and the "created" event written in bulk at finalization say what the
     stored invoice, its lines and payments say."""
     user = db.session.get(User, invoice.user_id)
-    assert invoice.snapshot == invoicing.build_snapshot(invoice, user)
+    assert invoice.snapshot == snapshot.build_snapshot(invoice, user)
     event = db.session.scalars(
         select(Event).where(
             Event.name == "billing.invoice.created", Event.subject == f"invoice:{invoice.id}"
         )
     ).one()
-    assert event.payload == invoicing.invoice_event(invoice)
+    assert event.payload == invoices.invoice_event(invoice)
     assert invoice.pdf_status in ("pending", "ready")
 
 
@@ -120,7 +124,7 @@ def test_rerun_changes_nothing(user):
 def test_periods_run_from_invoice_day_to_invoice_day(user, invoice_day, day, period, hours):
     invoice_day(day)
     run(user, "web", period[0] - timedelta(days=40), cpu_cores=1, memory_gb=0, storage_gb=30)
-    result = invoicing.generate_period(*period, now=period[1] + timedelta(days=1))
+    result = invoice_run.generate_period(*period, now=period[1] + timedelta(days=1))
     db.session.commit()
     assert result.invoices == 1
     invoice = db.session.scalars(select(Invoice)).one()
@@ -130,7 +134,7 @@ def test_periods_run_from_invoice_day_to_invoice_day(user, invoice_day, day, per
     # storage spanning two calendar months: each part priced against its own month's length
     assert lines["storage"].amount_minor == storage_cents(period, 300)
     with pytest.raises(ValidationFailed):
-        invoicing.generate_period(
+        invoice_run.generate_period(
             period[0] + timedelta(days=1),
             period[1] + timedelta(days=1),
             now=period[1] + timedelta(days=2),
@@ -157,7 +161,7 @@ def storage_cents(period, monthly_cents: int) -> int:
 def test_storage_across_two_months_is_exact(user, invoice_day):
     invoice_day(15)
     run(user, "disk", datetime(2026, 1, 1, tzinfo=UTC), cpu_cores=0, memory_gb=0, storage_gb=30)
-    invoicing.generate_period(
+    invoice_run.generate_period(
         datetime(2026, 1, 15, tzinfo=UTC),
         datetime(2026, 2, 15, tzinfo=UTC),
         now=datetime(2026, 3, 1, tzinfo=UTC),
@@ -234,7 +238,7 @@ def test_late_usage_appears_on_the_next_invoice_as_an_adjustment(user):
     first = db.session.scalars(select(Invoice)).one()
     assert first.subtotal_minor == 3720  # never edited
     nov = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
-    invoicing.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
+    invoice_run.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
     db.session.commit()
     second = db.session.scalars(select(Invoice).where(Invoice.id != first.id)).one()
     adjustments = {l.description: l.amount_minor for l in second.lines if l.kind == "adjustment"}
@@ -262,7 +266,7 @@ def test_usage_reported_late_for_a_period_not_invoiced_yet_is_billed_once(user):
     )
     db.session.commit()
     sep = (datetime(2026, 9, 1, tzinfo=UTC), OCT[0])
-    invoicing.generate_period(*sep, now=NOW)
+    invoice_run.generate_period(*sep, now=NOW)
     db.session.commit()
     september = db.session.scalars(select(Invoice).where(Invoice.period_start == sep[0])).one()
     assert sorted((l.kind, l.description, l.amount_minor) for l in september.lines) == [
@@ -272,7 +276,7 @@ def test_usage_reported_late_for_a_period_not_invoiced_yet_is_billed_once(user):
     october = db.session.scalars(select(Invoice).where(Invoice.period_start == OCT[0])).one()
     assert october.subtotal_minor == 3720  # never edited
     nov = (OCT[1], datetime(2026, 12, 1, tzinfo=UTC))
-    invoicing.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
+    invoice_run.generate_period(*nov, now=datetime(2026, 12, 2, tzinfo=UTC))
     db.session.commit()
     november = db.session.scalars(select(Invoice).where(Invoice.period_start == nov[0])).one()
     assert [l.kind for l in november.lines] == ["usage"]  # web's November; nothing late left
@@ -293,24 +297,24 @@ def test_lifecycle_offline_payment_overdue_and_void(user):
     run(user, "web", OCT[0], cpu_cores=1, memory_gb=0, storage_gb=0)
     generate()
     invoice = db.session.scalars(select(Invoice)).one()
-    assert invoicing.mark_overdue(now=invoice.due_at + timedelta(seconds=1)) == 1
+    assert invoices.mark_overdue(now=invoice.due_at + timedelta(seconds=1)) == 1
     db.session.commit()
     assert invoice.status == "overdue"
     with pytest.raises(ValidationFailed):
-        invoicing.record_offline_payment(invoice, amount=Money(5000, "USD"), reference="too much")
+        invoices.record_offline_payment(invoice, amount=Money(5000, "USD"), reference="too much")
     db.session.rollback()
-    invoicing.record_offline_payment(invoice, amount=Money(720, "USD"), reference="wire 1")
+    invoices.record_offline_payment(invoice, amount=Money(720, "USD"), reference="wire 1")
     db.session.commit()
     assert invoice.status == "overdue" and invoice.amount_due == Money(3000, "USD")
-    invoicing.record_offline_payment(invoice, amount=Money(3000, "USD"), reference="wire 2")
+    invoices.record_offline_payment(invoice, amount=Money(3000, "USD"), reference="wire 2")
     db.session.commit()
     assert invoice.status == "paid" and invoice.paid_at is not None
     assert ledger.balances(user).receivable == Money(0, "USD")
     with pytest.raises(InvalidTransition):
-        invoicing.record_offline_payment(invoice, amount=Money(1, "USD"), reference="again")
+        invoices.record_offline_payment(invoice, amount=Money(1, "USD"), reference="again")
     db.session.rollback()
     with pytest.raises(Conflict):
-        invoicing.void_invoice(invoice, reason="mistake")
+        invoices.void_invoice(invoice, reason="mistake")
     db.session.rollback()
     assert find_discrepancies() == []
 
@@ -321,13 +325,13 @@ def test_void_returns_credits_and_allows_a_reissue(user):
     db.session.commit()
     generate()
     invoice = db.session.scalars(select(Invoice)).one()
-    invoicing.void_invoice(invoice, reason="wrong prices")
+    invoices.void_invoice(invoice, reason="wrong prices")
     db.session.commit()
     assert invoice.status == "void" and invoice.void_reason == "wrong prices"
     balances = ledger.balances(user)
     assert balances.credit == Money(1000, "USD") and balances.receivable == Money(0, "USD")
     assert find_discrepancies() == []
-    reissued, created = invoicing.generate_for_user(user, *OCT)
+    reissued, created = invoice_run.generate_for_user(user, *OCT)
     db.session.commit()
     assert created and reissued.id != invoice.id and reissued.number != invoice.number
     assert reissued.credits_minor == 1000
@@ -335,14 +339,14 @@ def test_void_returns_credits_and_allows_a_reissue(user):
 
 def test_manual_invoice_for_a_user_and_period(user):
     run(user, "web", OCT[0], cpu_cores=1, memory_gb=0, storage_gb=0)
-    invoice, created = invoicing.generate_for_user(user, *OCT)
+    invoice, created = invoice_run.generate_for_user(user, *OCT)
     db.session.commit()
-    again, created_again = invoicing.generate_for_user(user, *OCT)
+    again, created_again = invoice_run.generate_for_user(user, *OCT)
     assert created and not created_again and again.id == invoice.id
     with pytest.raises(ValidationFailed):
-        invoicing.generate_for_user(user, datetime(2026, 10, 5, tzinfo=UTC), OCT[1])
+        invoice_run.generate_for_user(user, datetime(2026, 10, 5, tzinfo=UTC), OCT[1])
     with pytest.raises(ValidationFailed, match="not ended"):
-        invoicing.generate_for_user(user, *invoicing.usage.period_containing(datetime.now(UTC), 1))
+        invoice_run.generate_for_user(user, *calendar.period_containing(datetime.now(UTC), 1))
 
 
 def test_numbers_are_gap_free_and_per_year(ctx, make_user):
@@ -353,7 +357,7 @@ def test_numbers_are_gap_free_and_per_year(ctx, make_user):
     generate()
     numbers = sorted(db.session.scalars(select(Invoice.number)))
     assert numbers == [f"INV-2026-{n:06d}" for n in range(1, 6)]
-    assert invoicing.reserve_numbers(2027, 2) == ["INV-2027-000001", "INV-2027-000002"]
+    assert invoices.reserve_numbers(2027, 2) == ["INV-2027-000001", "INV-2027-000002"]
     db.session.rollback()
 
 
@@ -390,14 +394,12 @@ def test_quantity_text_is_the_decimal_rounded_once(denominator):
         for _ in range(3000)
     ]
     for n in numerators:
-        assert invoicing._decimal_text(n, denominator) == f"{invoicing._decimal(n, denominator):f}"
+        assert lines._decimal_text(n, denominator) == f"{lines._decimal(n, denominator):f}"
     for qn in numerators[:300]:
         for rate in (0, 50_000, 123_456, 7):
             cn = qn * rate + (rng.randrange(0, 2) if rate == 7 else 0)  # blends too
-            assert invoicing._unit_price_text(qn, denominator, cn, denominator) == (
-                f"{invoicing._decimal(cn * denominator, denominator * qn * 1_000_000):f}"
-                if qn
-                else "0"
+            assert lines._unit_price_text(qn, denominator, cn, denominator) == (
+                f"{lines._decimal(cn * denominator, denominator * qn * 1_000_000):f}" if qn else "0"
             )
 
 
@@ -412,8 +414,8 @@ def test_quantity_text_next_to_half_way_points():
         k = rng.randrange(0, 10 ** rng.randrange(1, 15))
         half_way = (2 * k + 1) * d // 2_000_000
         for n in (half_way - 1, half_way, half_way + 1, -half_way, -half_way - 1):
-            assert invoicing._decimal_text(n, d) == f"{invoicing._decimal(n, d):f}"
-            assert invoicing._decimal_text(n, -d) == f"{invoicing._decimal(n, -d):f}"
+            assert lines._decimal_text(n, d) == f"{lines._decimal(n, d):f}"
+            assert lines._decimal_text(n, -d) == f"{lines._decimal(n, -d):f}"
 
 
 @pytest.mark.parametrize(
@@ -435,7 +437,7 @@ def test_invoice_amounts_format_as_babel_does(currency, locale):
 
     from portal.money import format_money
 
-    fmt = invoicing._money_formatter(currency, locale)
+    fmt = formatting.money_formatter(currency, locale)
     rng = random.Random(7)
     for minor in [0, 1, -1, 999, 1000, -1234567, 10**15] + [
         rng.randrange(-(10 ** rng.randrange(1, 14)), 10 ** rng.randrange(1, 14))

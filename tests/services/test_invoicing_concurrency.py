@@ -32,7 +32,10 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import Event, Invoice, InvoicePayment, LedgerTransaction, User
 from portal.money import Money
-from portal.services import accounts, credits, deployments, invoicing, metering
+from portal.services import accounts
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import deployments, rollups, runs
+from portal.services.wallet import credits
 
 pytestmark = pytest.mark.postgres
 
@@ -90,7 +93,7 @@ def scenario(app, users: int) -> list[int]:
                 )
             ids.append(user.id)
         db.session.commit()
-        assert len({metering.chunk_of(uid) for uid in ids}) >= users // CHUNK
+        assert len({rollups.chunk_of(uid) for uid in ids}) >= users // CHUNK
     return ids
 
 
@@ -126,7 +129,7 @@ def check_invoices(app, user_ids: list[int]) -> list[str]:
         assert sorted(created) == sorted(f"invoice:{i.id}" for i in invoices)
         credited = db.session.scalar(select(func.count()).select_from(InvoicePayment))
         assert credited == sum(1 for i in invoices if i.credits_minor)
-        assert metering.audit_usage() == []
+        assert rollups.audit_usage() == []
         db.session.remove()
     return numbers
 
@@ -136,13 +139,13 @@ def test_concurrent_runs_of_a_period_make_one_invoice_per_user(app, wide, metere
     users = scenario(wide, users=12)
     if metered_first:  # then the invoice run's own chunk lock is all that orders the runs
         with wide.app_context():
-            metering.meter_all(OCT[1])
+            runs.meter_all(OCT[1])
             db.session.remove()
 
     def run(_):
         with wide.app_context():
             try:
-                return invoicing.generate_period(*OCT, now=NOW)
+                return invoice_run.generate_period(*OCT, now=NOW)
             finally:
                 db.session.remove()
 
@@ -162,9 +165,9 @@ def test_numbers_stay_gap_free_with_manual_invoices_beside_a_run(app, wide):
         with wide.app_context():
             try:
                 if i == 0:
-                    return invoicing.generate_period(*OCT)
+                    return invoice_run.generate_period(*OCT)
                 uid = (manual + abandoned)[i - 1]
-                invoice, created = invoicing.generate_for_user(db.session.get(User, uid), *OCT)
+                invoice, created = invoice_run.generate_for_user(db.session.get(User, uid), *OCT)
                 if uid in abandoned:
                     db.session.rollback()
                 else:
@@ -178,7 +181,7 @@ def test_numbers_stay_gap_free_with_manual_invoices_beside_a_run(app, wide):
     # A manual invoice was made by hand, unless the run got to its user first.
     assert run.invoices + sum(manual_created) <= len(users)
     with wide.app_context():  # the users whose invoices were rolled back, if the run missed them
-        invoicing.generate_period(*OCT)
+        invoice_run.generate_period(*OCT)
         db.session.remove()
     check_invoices(wide, users)
 
@@ -186,7 +189,7 @@ def test_numbers_stay_gap_free_with_manual_invoices_beside_a_run(app, wide):
 def test_a_run_that_died_halfway_is_completed_by_the_next(app, wide, monkeypatch):
     users = scenario(wide, users=10)  # 5 chunks, metered by the run itself
     finalized = []
-    real_finalize = invoicing._finalize
+    real_finalize = invoice_run._finalize
 
     def dies_in_the_third_chunk(*args, **kwargs):
         real_finalize(*args, **kwargs)  # numbers taken, postings, credits, events: then death
@@ -194,12 +197,12 @@ def test_a_run_that_died_halfway_is_completed_by_the_next(app, wide, monkeypatch
         if len(finalized) == 3:
             raise RuntimeError("the worker died")
 
-    monkeypatch.setattr(invoicing, "_finalize", dies_in_the_third_chunk)
+    monkeypatch.setattr(invoice_run, "_finalize", dies_in_the_third_chunk)
     with wide.app_context():
-        first_two = sorted({metering.chunk_of(uid) for uid in users})[:2]
-        committed = sorted(uid for uid in users if metering.chunk_of(uid) in first_two)
+        first_two = sorted({rollups.chunk_of(uid) for uid in users})[:2]
+        committed = sorted(uid for uid in users if rollups.chunk_of(uid) in first_two)
         with pytest.raises(RuntimeError, match="worker died"):
-            invoicing.generate_period(*OCT, now=NOW)
+            invoice_run.generate_period(*OCT, now=NOW)
         db.session.rollback()
         db.session.remove()
         done = db.session.execute(
@@ -213,12 +216,12 @@ def test_a_run_that_died_halfway_is_completed_by_the_next(app, wide, monkeypatch
 
     monkeypatch.undo()
     with wide.app_context():
-        again = invoicing.generate_period(*OCT, now=NOW)
+        again = invoice_run.generate_period(*OCT, now=NOW)
         db.session.remove()
     assert (again.invoices, again.skipped) == (len(users) - len(committed), len(committed))
     assert check_invoices(wide, users)[-1] == f"INV-2026-{len(users):06d}"
     with wide.app_context():
-        assert invoicing.generate_period(*OCT, now=NOW).invoices == 0
+        assert invoice_run.generate_period(*OCT, now=NOW).invoices == 0
         db.session.remove()
 
 
@@ -227,7 +230,7 @@ def test_one_run_numbers_and_commits_its_chunks_in_order(app, wide):
     chunks: in user order (the chunks' order) they ascend without a gap."""
     users = scenario(wide, users=10)
     with wide.app_context():
-        result = invoicing.generate_period(*OCT, now=NOW)
+        result = invoice_run.generate_period(*OCT, now=NOW)
         db.session.remove()
     assert (result.invoices, result.skipped) == (len(users), 0)
     numbers = check_invoices(wide, users)
@@ -242,19 +245,19 @@ def test_a_chunk_that_fails_while_being_built_stops_the_run_there(app, wide, mon
     first two chunks are committed, nothing after them, and the next run does the rest."""
     users = scenario(wide, users=10)
     with wide.app_context():
-        chunk_of = {uid: metering.chunk_of(uid) for uid in users}
+        chunk_of = {uid: rollups.chunk_of(uid) for uid in users}
     third = sorted(set(chunk_of.values()))[2]
-    real_usage = invoicing._period_usage
+    real_usage = invoice_run._period_usage
 
     def fails_in_the_third_chunk(user_lo, *args):
         if user_lo == third * CHUNK:  # the chunk's first user id
             raise RuntimeError("unreadable rollups")
         return real_usage(user_lo, *args)
 
-    monkeypatch.setattr(invoicing, "_period_usage", fails_in_the_third_chunk)
+    monkeypatch.setattr(invoice_run, "_period_usage", fails_in_the_third_chunk)
     with wide.app_context():
         with pytest.raises(RuntimeError, match="unreadable rollups"):
-            invoicing.generate_period(*OCT, now=NOW)
+            invoice_run.generate_period(*OCT, now=NOW)
         db.session.remove()
         done = sorted(db.session.scalars(select(Invoice.user_id)))
         db.session.remove()
@@ -262,7 +265,7 @@ def test_a_chunk_that_fails_while_being_built_stops_the_run_there(app, wide, mon
 
     monkeypatch.undo()
     with wide.app_context():
-        again = invoicing.generate_period(*OCT, now=NOW)
+        again = invoice_run.generate_period(*OCT, now=NOW)
         db.session.remove()
     assert (again.invoices, again.skipped) == (len(users) - len(done), len(done))
     check_invoices(wide, users)

@@ -7,12 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
+from portal.errors import IdempotencyConflict, InsufficientFunds
 from portal.extensions import db
 from portal.models import AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction, User
 from portal.money import Money
-from portal.services import credits, ledger
-from portal.services.errors import IdempotencyConflict, InsufficientFunds
-from portal.services.reconcile import find_discrepancies
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
 
 
 def top_up(user: User, minor: int, key: str) -> LedgerTransaction:

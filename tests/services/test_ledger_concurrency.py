@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from portal.errors import InsufficientFunds
 from portal.extensions import db
 from portal.models import AccountKind, User
 from portal.money import Money
-from portal.services import credits, ledger
-from portal.services.errors import InsufficientFunds
-from portal.services.reconcile import find_discrepancies
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
 
 pytestmark = pytest.mark.postgres
 

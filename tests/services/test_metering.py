@@ -8,11 +8,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from portal.errors import InvalidTransition, ValidationFailed
 from portal.extensions import db
 from portal.models import UsageDaily, User
 from portal.money import Money
-from portal.services import catalog, deployments, metering, usage
-from portal.services.errors import InvalidTransition, ValidationFailed
+from portal.services.metering import catalog, deployments, rollups, runs, usage
 
 T0 = datetime(2026, 10, 1, 10, 0, tzinfo=UTC)  # a Thursday in a past month
 OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
@@ -36,8 +36,8 @@ def deploy(user, external_id="vm-1", start=T0, **spec):
     return dep
 
 
-def meter(upto: datetime) -> metering.MeterResult:
-    return metering.meter_all(upto)
+def meter(upto: datetime) -> rollups.MeterResult:
+    return runs.meter_all(upto)
 
 
 def report(user, period=OCT) -> usage.UsageReport:
@@ -61,7 +61,7 @@ def test_the_seed_pricing_example_to_the_cent(user):
     assert item(rep, "memory").quantity == Decimal("40")
     assert item(rep, "memory").total_cost == Money(40, "USD")
     assert rep.total_cost == Money(140, "USD")
-    assert metering.audit_usage() == []
+    assert rollups.audit_usage() == []
 
 
 def test_a_deletion_at_14_20_bills_20_minutes_of_that_hour(user):
@@ -85,7 +85,7 @@ def test_partial_first_hour_and_resize_mid_hour(user):
     # 10:30-11:15 at 2 cores (45 min) + 11:15-12:00 at 4 cores (45 min)
     assert sum(r.cpu_ms for r in rows) == 2000 * 2700 + 4000 * 2700
     assert item(report(user), "cpu").quantity == Decimal("4.5")
-    assert metering.audit_usage() == []
+    assert rollups.audit_usage() == []
 
 
 def test_a_price_change_applies_to_new_deployments_only(user):
@@ -131,7 +131,7 @@ def test_missed_hours_are_all_metered_on_the_next_run_once(user):
     assert again.hours == 0 and again.rows == 0
     rows = db.session.scalars(select(UsageDaily)).all()
     assert sum(r.cpu_ms for r in rows) == 2000 * 6 * 3600
-    assert metering.audit_usage() == []
+    assert rollups.audit_usage() == []
 
 
 def test_metering_across_midnight_splits_by_day(user):
@@ -164,7 +164,7 @@ def test_a_late_deletion_corrects_hours_already_metered(user):
     assert sum(r.cpu_ms for r in rows) == 2000 * 9000
     meter(at(8))
     assert sum(r.cpu_ms for r in db.session.scalars(select(UsageDaily))) == 2000 * 9000
-    assert metering.audit_usage() == []
+    assert rollups.audit_usage() == []
 
 
 def test_a_deployment_reported_late_is_metered_for_its_past_hours(user):
@@ -178,7 +178,7 @@ def test_a_deployment_reported_late_is_metered_for_its_past_hours(user):
         for r in db.session.scalars(select(UsageDaily).where(UsageDaily.deployment_id == late.id))
     )
     assert secs == 2000 * int(4.5 * 3600)
-    assert metering.audit_usage() == []
+    assert rollups.audit_usage() == []
 
 
 def test_suspended_bills_storage_only_and_resume_bills_all(user):

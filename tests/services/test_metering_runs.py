@@ -19,7 +19,7 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import MeterMark, UsageDaily
 from portal.models.usage import USAGE_COLUMNS
-from portal.services import deployments, metering
+from portal.services.metering import deployments, rollups, runs
 
 T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
 
@@ -74,8 +74,8 @@ def fingerprint(app) -> str:
 def test_sqlite_and_postgresql_give_identical_rollups(app):
     scenario(app)
     with app.app_context():
-        metering.meter_all(T0 + timedelta(days=2))
-        assert metering.audit_usage() == []
+        runs.meter_all(T0 + timedelta(days=2))
+        assert rollups.audit_usage() == []
         total_cpu = db.session.scalar(select(db.func.sum(UsageDaily.cpu_ms)))
         total_cost = db.session.scalar(select(db.func.sum(UsageDaily.storage_cost)))
     assert (int(total_cpu), int(total_cost)) == (EXPECTED_TOTALS[0], EXPECTED_TOTALS[1])
@@ -98,7 +98,7 @@ def test_two_concurrent_runs_count_each_hour_once(app, make_app):
     def run(_):
         with wide.app_context():
             barrier.wait()
-            result = metering.meter_all(upto)
+            result = runs.meter_all(upto)
             db.session.remove()
             return result.hours
 
@@ -108,15 +108,15 @@ def test_two_concurrent_runs_count_each_hour_once(app, make_app):
         db.engine.dispose()
     assert sum(hours) == 20  # one chunk, 20 hours, claimed by exactly one run
     with app.app_context():
-        assert metering.audit_usage() == []
+        assert rollups.audit_usage() == []
 
 
 def test_double_run_of_an_hour_changes_nothing(app):
     scenario(app)
     with app.app_context():
-        metering.meter_all(T0 + timedelta(hours=5))
+        runs.meter_all(T0 + timedelta(hours=5))
         before = fingerprint(app)
-        assert metering.meter_all(T0 + timedelta(hours=5)).rows == 0
+        assert runs.meter_all(T0 + timedelta(hours=5)).rows == 0
         assert fingerprint(app) == before
 
 
@@ -127,7 +127,7 @@ def test_a_real_worker_process_meters_a_chunked_run(make_app, app, redis_url):
     scenario(chunked, users=3, per_user=2)
     upto = T0 + timedelta(hours=6)
     with chunked.app_context():
-        from jobs.metering import meter_due
+        from portal.services.metering.jobs import meter_due
 
         assert meter_due(upto.strftime("%Y-%m-%dT%H")) == {
             "chunks": 3,
@@ -153,5 +153,5 @@ def test_a_real_worker_process_meters_a_chunked_run(make_app, app, redis_url):
     with chunked.app_context():
         marks = db.session.scalars(select(MeterMark)).all()
         assert len(marks) == 3 and all(m.metered_through == upto for m in marks)
-        assert metering.audit_usage() == []
+        assert rollups.audit_usage() == []
     assert queue.count == 0

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import AccountKind, LedgerAccount, LedgerEntry, User
 from portal.money import Money
-from portal.services import credits, ledger
+from portal.services.wallet import credits, ledger
 
 
 def post(user: User, kind: AccountKind, counter: AccountKind, minor: int, key: str) -> None:

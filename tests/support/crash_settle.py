@@ -23,7 +23,7 @@ def main() -> None:
         raise SystemExit(f"usage: {sys.argv[0]} before|after USER_ID")
     from portal import create_app
     from portal.gateways import get_gateway
-    from portal.services import settlement
+    from portal.services.payments import settlement
 
     app = create_app(json.loads(os.environ["PORTAL_CRASH_CONFIG"]))
     with app.app_context():

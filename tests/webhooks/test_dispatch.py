@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from jobs import settlement as settlement_jobs
 from portal.extensions import db
 from portal.models import WebhookEvent, utcnow
-from portal.services import webhooks
+from portal.services.payments import inbox
+from portal.services.payments import jobs as settlement_jobs
 from tests.webhooks.conftest import event_body
 
 
@@ -31,20 +31,20 @@ def stored(event_type="payment_intent.succeeded", *, livemode=False) -> int:
 
 def test_each_event_reaches_its_handler_once(stripe_app, ctx, monkeypatch):
     calls = []
-    monkeypatch.setitem(webhooks.EVENT_HANDLERS, "payment_intent.succeeded", calls.append)
+    monkeypatch.setitem(inbox.EVENT_HANDLERS, "payment_intent.succeeded", calls.append)
     inbox_id = stored()
-    assert webhooks.process_event(inbox_id).outcome == "handled"
+    assert inbox.process_event(inbox_id).outcome == "handled"
     db.session.commit()
-    assert webhooks.process_event(inbox_id).outcome == "already"
+    assert inbox.process_event(inbox_id).outcome == "already"
     assert settlement_jobs.process_webhook(inbox_id) == {"inbox_id": inbox_id, "outcome": "already"}
     assert len(calls) == 1 and calls[0].type == "payment_intent.succeeded"
 
 
 def test_an_event_of_the_other_mode_never_reaches_a_handler(stripe_app, ctx, monkeypatch):
     calls = []
-    monkeypatch.setitem(webhooks.EVENT_HANDLERS, "payment_intent.succeeded", calls.append)
+    monkeypatch.setitem(inbox.EVENT_HANDLERS, "payment_intent.succeeded", calls.append)
     inbox_id = stored(livemode=True)
-    result = webhooks.process_event(inbox_id)  # our key is a test key
+    result = inbox.process_event(inbox_id)  # our key is a test key
     db.session.commit()
     assert result.outcome == "ignored" and calls == []
     row = db.session.get(WebhookEvent, inbox_id)
@@ -65,7 +65,7 @@ def test_a_failing_handler_rolls_back_and_leaves_the_event_for_a_retry(
         db.session.flush()
         raise RuntimeError("payment service unavailable")
 
-    monkeypatch.setitem(webhooks.EVENT_HANDLERS, "charge.refunded", broken)
+    monkeypatch.setitem(inbox.EVENT_HANDLERS, "charge.refunded", broken)
     inbox_id = stored("charge.refunded")
     with pytest.raises(settlement_jobs.WebhookFailed, match="payment service unavailable"):
         settlement_jobs.process_webhook(inbox_id)
@@ -76,7 +76,7 @@ def test_a_failing_handler_rolls_back_and_leaves_the_event_for_a_retry(
     assert db.session.scalars(select(OutboundEmail)).all() == []  # the half-done work is gone
 
     calls = []
-    monkeypatch.setitem(webhooks.EVENT_HANDLERS, "charge.refunded", calls.append)
+    monkeypatch.setitem(inbox.EVENT_HANDLERS, "charge.refunded", calls.append)
     assert settlement_jobs.process_webhook(inbox_id)["outcome"] == "handled"
     db.session.remove()
     row = db.session.get(WebhookEvent, inbox_id)
@@ -88,7 +88,7 @@ def test_unprocessed_events_are_requeued(stripe_app, ctx, monkeypatch):
 
     enqueued = []
     monkeypatch.setattr(
-        webhooks, "enqueue_after_commit", lambda *args, **kwargs: enqueued.append((args, kwargs))
+        inbox, "enqueue_after_commit", lambda *args, **kwargs: enqueued.append((args, kwargs))
     )
     old = stored()
     db.session.get(WebhookEvent, old).received_at = utcnow() - timedelta(hours=1)
@@ -97,14 +97,14 @@ def test_unprocessed_events_are_requeued(stripe_app, ctx, monkeypatch):
     db.session.get(WebhookEvent, done).received_at = utcnow() - timedelta(hours=1)
     db.session.get(WebhookEvent, done).processed_at = utcnow()
     db.session.commit()
-    assert webhooks.requeue_unprocessed() == 1
+    assert inbox.requeue_unprocessed() == 1
     [(args, kwargs)] = enqueued
-    assert args[:2] == ("settlement", "jobs.settlement.process_webhook") and args[2] == old
+    assert args[:2] == ("settlement", "payments.process_webhook") and args[2] == old
     assert kwargs["job_id"].startswith("webhook:evt_test_")
 
 
 def test_the_default_handlers_cover_the_events_we_subscribe_to():
-    assert set(webhooks.EVENT_HANDLERS) >= {
+    assert set(inbox.EVENT_HANDLERS) >= {
         "checkout.session.completed",
         "payment_intent.succeeded",
         "payment_intent.payment_failed",

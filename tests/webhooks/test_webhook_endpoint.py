@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import WebhookEvent
-from portal.services import webhooks
+from portal.services.payments import inbox
 from tests.webhooks.conftest import WEBHOOK_SECRET, event_body, sign
 
 
@@ -24,7 +24,7 @@ def rows(app) -> list[WebhookEvent]:
 def seen(monkeypatch):
     calls = []
     monkeypatch.setitem(
-        webhooks.EVENT_HANDLERS,
+        inbox.EVENT_HANDLERS,
         "payment_intent.succeeded",
         lambda event: calls.append((event.id, event.type, event.object["id"])),
     )

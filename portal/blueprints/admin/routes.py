@@ -9,12 +9,13 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, HiddenField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
+from ...errors import ServiceError
 from ...extensions import db
 from ...forms import AmountField, PlausibleDate
 from ...models import OutboundEmail, User
 from ...money import AmountError, Money
-from ...services import accounts, credits, ledger, mail
-from ...services.errors import ServiceError
+from ...services import accounts, mail
+from ...services.wallet import credits, ledger
 from .. import helpers
 from . import bp
 

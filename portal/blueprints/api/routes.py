@@ -9,7 +9,8 @@ from flask import g
 from ...extensions import db
 from ...models import TokenScope
 from ...money import Money
-from ...services import accounts, credits, ledger
+from ...services import accounts
+from ...services.wallet import credits, ledger
 from . import bp
 from .auth import acting_user, find_user
 from .fields import idempotency_key, iso, to_money
