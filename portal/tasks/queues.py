@@ -73,6 +73,7 @@ def task_args(job: Job) -> tuple:
 class TaskJob(Job):
     """A job as the worker runs it: jobs enqueued under a legacy dotted path (before tasks
     had names) run their task."""
+
     @property
     def func(self):
         name = LEGACY_NAMES.get(self.func_name or "")

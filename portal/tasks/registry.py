@@ -56,6 +56,7 @@ class UnknownTask(LookupError):
 
 def task(name: str) -> Callable[[F], F]:
     """Register a job function under ``name``."""
+
     def register_task(func: F) -> F:
         known = _TASKS.get(name)
         if known is not None and known is not func:

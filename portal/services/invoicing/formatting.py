@@ -15,6 +15,7 @@ def money_formatter(currency: str, locale: str) -> Callable[[int], str]:
     run formats every line): the prefix, suffix, separators and grouping are read off Babel's
     own output once, and used only if they give Babel's text for a spread of amounts;
     otherwise (a pattern this does not model) Babel formats every amount."""
+
     def babel(minor: int) -> str:
         return format_money(Money(minor, currency), locale)
 

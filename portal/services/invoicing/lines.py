@@ -130,6 +130,7 @@ class Usage:
 
 class LineDraft(NamedTuple):
     """An invoice line as stored (its columns after invoice_id and position)."""
+
     kind: str
     deployment_id: int | None
     resource: str | None

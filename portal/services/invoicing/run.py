@@ -324,6 +324,7 @@ def _generate_chunk(
 
 def _in_chunk(lo: int, hi: int, user_ids: list[int] | None):
     """WHERE clauses for rows of the chunk's users (or just ``user_ids``) by a user id column."""
+
     def clauses(column):
         where = [column >= lo, column < hi]
         if user_ids is not None:
