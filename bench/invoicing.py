@@ -48,18 +48,42 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
+import multiprocessing
 import os
+import queue
 import re
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import flask_migrate
+import psycopg
+from redis import Redis
+from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy.engine import make_url
+from weasyprint import HTML
+
+from portal import create_app
+from portal.documents import invoice_pdf
+from portal.extensions import db
+from portal.models import Invoice, InvoicePayment, MeterMark, User
+from portal.models.types import UTCDateTime
+from portal.money import Money
 from portal.services.invoicing import run as invoice_run
-from portal.services.metering import runs
+from portal.services.metering import catalog, rollups, runs
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
+
+try:
+    from bench import invoice_pdf as pdf_bench  # another bench's measurement, if present
+except ImportError:
+    pdf_bench = None
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,8 +109,6 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
     if url.startswith("sqlite"):
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="portal-bench-"))
         return "sqlite:///" + os.path.join(tmp, "bench.sqlite3")
-    import psycopg
-    from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     name = parsed.database or ""
@@ -124,10 +146,6 @@ def _shape_case(column: int) -> str:
 def sql(statement: str):
     """A statement whose times (:now, :ended) are bound as the models bind them (naive UTC
     on SQLite, where times compare as text)."""
-    from sqlalchemy import bindparam, text
-
-    from portal.models.types import UTCDateTime
-
     clause = text(statement)
     return clause.bindparams(
         *(
@@ -139,14 +157,6 @@ def sql(statement: str):
 
 
 def seed(app) -> None:
-    from sqlalchemy import insert, text
-
-    from portal.extensions import db
-    from portal.models import MeterMark, User
-    from portal.money import Money
-    from portal.services.metering import catalog, rollups
-    from portal.services.wallet import credits, ledger
-
     with app.app_context():
         version = catalog.ensure_catalog()
         db.session.commit()
@@ -268,10 +278,6 @@ def seed(app) -> None:
 
 def server_state(app) -> tuple:
     """PostgreSQL: WAL position and checkpoints so far (to report what the run cost)."""
-    from sqlalchemy import text
-
-    from portal.extensions import db
-
     with app.app_context():
         if db.engine.dialect.name != "postgresql":
             return None
@@ -286,11 +292,6 @@ def server_state(app) -> tuple:
 
 
 def run_invoices(app) -> tuple[float, int]:
-    from sqlalchemy import func, select, text
-
-    from portal.extensions import db
-    from portal.models import Invoice
-
     before = server_state(app)
     if WORKERS > 1:
         wall, made = run_in_workers(app)
@@ -298,7 +299,7 @@ def run_invoices(app) -> tuple[float, int]:
         with app.app_context():
             profiler = None
             if os.environ.get("BENCH_PROFILE"):  # a pyinstrument report of the timed run
-                from pyinstrument import Profiler
+                from pyinstrument import Profiler  # noqa: PLC0415  (optional, not in the lock)
 
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
@@ -333,11 +334,6 @@ def run_in_workers(app) -> tuple[float, int]:
     """The period's chunks shared out to WORKERS processes, each running what the invoicing
     queue's chunk job runs (generate_chunk, commit), as RQ workers would; timed from the
     moment all are ready until the last is done."""
-    import multiprocessing
-    import queue
-
-    from portal.extensions import db
-
     with app.app_context():
         invoice_run.check_period(START, END, NOW)
         chunks = invoice_run.chunks_with_users()
@@ -374,12 +370,6 @@ def run_in_workers(app) -> tuple[float, int]:
 
 
 def _chunk_worker(url, redis_url, todo, results, ready) -> None:
-    import queue
-
-    from sqlalchemy import text
-
-    from portal.extensions import db
-
     app = build_app(url, redis_url)
     made = 0
     with app.app_context():
@@ -395,8 +385,6 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
                 made += invoice_run.generate_chunk(chunk, START, END, now=NOW).invoices
                 db.session.commit()
         except Exception:
-            import traceback
-
             results.put(traceback.format_exc())
             raise
         finally:
@@ -406,8 +394,6 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
 
 
 def build_app(database_url: str, redis_url: str):
-    from portal import create_app
-
     app = create_app(
         {
             "SECRET_KEY": "bench-secret-key-0123456789abcdef",
@@ -424,13 +410,6 @@ def build_app(database_url: str, redis_url: str):
 
 
 def check(app, invoices: int) -> None:
-    from redis import Redis
-    from sqlalchemy import func, select
-
-    from portal.extensions import db
-    from portal.models import Invoice, InvoicePayment
-    from portal.services.wallet.reconcile import find_discrepancies
-
     with app.app_context():
         if invoices != USERS:
             fail(f"{invoices} invoices for {USERS} users")
@@ -450,11 +429,6 @@ def check(app, invoices: int) -> None:
 
 
 def pdf_timings(app) -> tuple[float, float]:
-    from sqlalchemy import select
-
-    from portal.extensions import db
-    from portal.models import Invoice, InvoicePayment
-
     with app.app_context():
         snapshot = db.session.scalar(
             select(Invoice.snapshot)
@@ -463,21 +437,12 @@ def pdf_timings(app) -> tuple[float, float]:
             .limit(1)
         )
         db.session.remove()
-    try:
-        from bench import invoice_pdf as helper  # another bench's measurement, if present
-    except ImportError:
-        helper = None
-    measure = getattr(helper, "measure", None) if helper else None
+    measure = getattr(pdf_bench, "measure", None) if pdf_bench else None
     if measure is not None:
         figures = measure(snapshot)
         if isinstance(figures, dict):
             return figures["pdf_median_ms"], figures["bare_pdf_median_ms"]
         return figures[0], figures[1]
-    import gc
-
-    from weasyprint import HTML
-
-    from portal.documents import invoice_pdf
 
     html = invoice_pdf.render_html(snapshot)
 
@@ -512,10 +477,6 @@ def main() -> None:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-invoicing-")),
         )
         database_url = prepare_database(url, stack)
-        import flask_migrate
-        from redis import Redis
-
-        from portal.extensions import db
 
         app = build_app(database_url, redis_url)
         redis = Redis.from_url(redis_url)

@@ -28,7 +28,17 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
-from portal.services.metering import runs
+import flask_migrate
+import psycopg
+from sqlalchemy import bindparam, insert, text
+
+from portal import create_app
+from portal.extensions import db
+from portal.models import MeterMark
+from portal.models.types import UTCDateTime
+from portal.services.metering import catalog, rollups, runs
+from portal.services.metering.rollups import _SECONDS
+from portal.services.wallet import ledger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,7 +56,6 @@ def database_url() -> str:
             if os.path.exists(path):
                 os.remove(path)
         return url
-    import psycopg
 
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS portal_bench_metering WITH (FORCE)")
@@ -59,10 +68,6 @@ SEQ = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE 
 
 def sql(statement: str):
     """A statement whose :now is bound as the models bind times (naive UTC on SQLite)."""
-    from sqlalchemy import bindparam, text
-
-    from portal.models.types import UTCDateTime
-
     clause = text(statement)
     return (
         clause.bindparams(bindparam("now", type_=UTCDateTime())) if ":now" in statement else clause
@@ -71,9 +76,6 @@ def sql(statement: str):
 
 def seed(db, text) -> None:
     """Users, deployments and their open intervals, in set-based SQL."""
-    from portal.services.metering import catalog
-    from portal.services.wallet import ledger
-
     version = catalog.ensure_catalog()
     db.session.commit()
     now = START
@@ -120,10 +122,6 @@ def seed(db, text) -> None:
             "disk": version.storage_per_gb_month_micros,
         },
     )
-    from sqlalchemy import insert
-
-    from portal.models import MeterMark
-    from portal.services.metering import rollups
 
     db.session.execute(
         insert(MeterMark),
@@ -143,8 +141,6 @@ def seed(db, text) -> None:
 
 def floor(db, text) -> float:
     """The same rows, one plain upsert into a same-shaped table, no logic of ours."""
-    from portal.services.metering.rollups import _SECONDS
-
     db.session.execute(text("CREATE TABLE usage_floor AS SELECT * FROM usage_daily WHERE 1 = 0"))
     db.session.execute(
         text("ALTER TABLE usage_floor ADD PRIMARY KEY (deployment_id, day)")
@@ -195,11 +191,6 @@ def table_mb(db, text) -> float:
 def main() -> None:
     url = database_url()
     os.environ.setdefault("SECRET_KEY", "bench-secret-key-0123456789")
-    import flask_migrate
-    from sqlalchemy import text
-
-    from portal import create_app
-    from portal.extensions import db
 
     instance = tempfile.mkdtemp(prefix="bench-metering-")
     os.environ["INSTANCE_PATH"] = instance

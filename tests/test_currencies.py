@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import babel.numbers
 import iso4217
 import pytest
 from sqlalchemy import select
@@ -40,8 +41,6 @@ def test_the_table_is_iso_4217_for_every_active_code():
     ],
 )
 def test_digits_come_from_the_table_not_from_babel(code, digits, monkeypatch):
-    import babel.numbers
-
     # Whatever CLDR says (Babel 2.19 gives HUF 0 digits), the project's table decides.
     monkeypatch.setattr(babel.numbers, "get_currency_precision", lambda _code: 7)
     assert currency_digits(code) == digits

@@ -16,9 +16,8 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import LedgerTransaction, PaymentAttempt, User
 from portal.services.payments import cards
-from tests.payments.conftest import (
+from tests.support.payments import (
     TEST_CARDS,
-    in_app,  # noqa: F401
     issued_invoice,
     running_deployment,
     saved_card,

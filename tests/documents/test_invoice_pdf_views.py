@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from portal.extensions import db
+from portal.models import Invoice
 from portal.services.invoicing import documents
 
 
@@ -26,8 +27,6 @@ def issued(app, make_user, make_invoice):
 
 
 def number_of(app, invoice_id: int) -> str:
-    from portal.models import Invoice
-
     with app.app_context():
         try:
             return db.session.get(Invoice, invoice_id).number

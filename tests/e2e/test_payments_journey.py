@@ -33,7 +33,7 @@ from portal.models import (
 )
 from portal.money import Money
 from portal.services.wallet import vouchers
-from tests.conftest import PASSWORD
+from tests.support.app import PASSWORD
 from tests.support.invoices import OCT, OCT_TOTAL, issue_invoices
 
 pytestmark = pytest.mark.browser

@@ -13,7 +13,7 @@ from portal.extensions import db
 from portal.models import User
 from portal.services import calendar
 from portal.services.metering import deployments, rollups, runs
-from tests.conftest import PASSWORD
+from tests.support.app import PASSWORD
 
 pytestmark = pytest.mark.browser
 

@@ -44,8 +44,7 @@ from ...models import (
 from ...money import Money
 from .. import calendar, events
 from ..metering import rollups
-from ..wallet import credits, ledger
-from ..wallet.settlement_requests import request_settlement
+from ..wallet import credits, ledger, settlement_requests
 from .documents import enqueue_render
 from .invoices import S, event_payload, reserve_numbers
 from .lines import LineDraft, Usage, build_lines
@@ -599,7 +598,7 @@ def _settle_where_money_waits(open_users: set[int], in_chunk) -> None:
         *in_chunk(PaymentMethod.user_id), PaymentMethod.removed_at.is_(None)
     )
     for uid in sorted(open_users & set(db.session.scalars(funded.union(carded)))):
-        request_settlement(uid)
+        settlement_requests.request_settlement(uid)
 
 
 def _draw_credits(drafts: dict[int, _Draft], holders: dict[int, int], now: datetime) -> None:
