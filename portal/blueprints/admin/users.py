@@ -1,3 +1,5 @@
+"""Admin › Users: the list, a user's wallet, granting a credit, taking the admin role away."""
+
 from __future__ import annotations
 
 import uuid
@@ -12,18 +14,12 @@ from wtforms.validators import DataRequired, Length, Optional
 from ...errors import ServiceError
 from ...extensions import db
 from ...forms import AmountField, PlausibleDate
-from ...models import OutboundEmail, User
+from ...models import User
 from ...money import AmountError, Money
-from ...services import accounts, mail
+from ...services import accounts
 from ...services.wallet import credits, ledger
 from .. import helpers
 from . import bp
-
-
-@bp.before_request
-@helpers.admin_required
-def _require_admin():
-    return None
 
 
 class GrantCreditForm(FlaskForm):
@@ -36,14 +32,6 @@ class GrantCreditForm(FlaskForm):
 
 class RevokeAdminForm(FlaskForm):
     pass
-
-
-@bp.get("/")
-def index():
-    users = accounts.list_users(page=1, per_page=10)
-    return render_template(
-        "admin/index.html", users=users, outbox=mail.list_outbox(page=1, per_page=5)
-    )
 
 
 @bp.get("/users")
@@ -126,14 +114,3 @@ def revoke_admin(user_id: int):
             "success",
         )
     return helpers.see_other("admin.user", user_id=user_id)
-
-
-@bp.get("/outbox")
-def outbox():
-    return render_template("admin/outbox.html", messages=mail.list_outbox(page=helpers.page_arg()))
-
-
-@bp.get("/outbox/<int:message_id>")
-def outbox_message(message_id: int):
-    message = db.session.get(OutboundEmail, message_id) or abort(404)
-    return render_template("admin/outbox_message.html", message=message)
