@@ -83,10 +83,10 @@ def running_standin(log_path: Path, *args: str) -> Iterator[Standin]:
             process.wait()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def standin(tmp_path_factory):
-    """One stand-in per test folder: its objects and idempotency keys (``topup:1:...``, user
-    ids start again after every reset) must not meet another folder's."""
+    """One stand-in per test module: its objects and idempotency keys (``topup:1:...``, user
+    ids start again after every reset) must not meet another module's."""
     with running_standin(tmp_path_factory.mktemp("standin") / "standin.log") as server:
         yield server
 
