@@ -27,6 +27,10 @@ import statistics
 import sys
 import time
 
+import weasyprint
+
+from portal.documents.invoice_pdf import BASE_URL, render_html, render_pdf_bytes
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RENDERS = int(os.environ.get("BENCH_RENDERS", 20))
@@ -106,10 +110,6 @@ def snapshot() -> dict:
 
 
 def main() -> None:
-    import weasyprint
-
-    from portal.documents.invoice_pdf import BASE_URL, render_html, render_pdf_bytes
-
     snap = snapshot()
     html = render_html(snap)
 

@@ -9,10 +9,10 @@ Prints one JSON line on stdout (everything else goes to stderr):
   credit, receivable), 5 deployments each (mixed shapes; one with a public IP, one started
   mid-month, one deleted mid-month) with their intervals, and the metering marks. 300 users get
   credits through the credits service (some covering the whole invoice, some part of it, some
-  in two lots with an expiry). Then `metering.meter_all` meters October 2026 in day steps,
+  in two lots with an expiry). Then `runs.meter_all` meters October 2026 in day steps,
   as the metering job leaves a month, and (PostgreSQL) VACUUM ANALYZE runs, as autovacuum
   would have.
-- wall_s: `invoicing.generate_period` for October 2026, the real code path, one committed
+- wall_s: `invoice_run.generate_period` for October 2026, the real code path, one committed
   transaction per chunk of 1,000 users (on PostgreSQL the next chunk is read and built on a
   second connection while the one before is written; they commit in order): rollups
   aggregated into lines, invoices and lines
@@ -35,7 +35,7 @@ Environment:
                    whose name starts with portal_bench); any sqlite URL: a temporary file.
     BENCH_REDIS_URL  default redis://127.0.0.1:6379/13 (flushed before and after).
     BENCH_USERS    default 10000.
-    BENCH_WORKERS  default 1: `invoicing.generate_period` in this process. N > 1: the chunks
+    BENCH_WORKERS  default 1: `invoice_run.generate_period` in this process. N > 1: the chunks
                    shared out to N worker processes, each running the invoicing queue's chunk
                    job (generate_chunk, commit), as N RQ workers would; adds "workers" to the
                    line.
@@ -48,15 +48,42 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
+import multiprocessing
 import os
+import queue
 import re
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import flask_migrate
+import psycopg
+from redis import Redis
+from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy.engine import make_url
+from weasyprint import HTML
+
+from portal import create_app
+from portal.documents import invoice_pdf
+from portal.extensions import db
+from portal.models import Invoice, InvoicePayment, MeterMark, User
+from portal.models.types import UTCDateTime
+from portal.money import Money
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import catalog, rollups, runs
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
+
+try:
+    from bench import invoice_pdf as pdf_bench  # another bench's measurement, if present
+except ImportError:
+    pdf_bench = None
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,8 +109,6 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
     if url.startswith("sqlite"):
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="portal-bench-"))
         return "sqlite:///" + os.path.join(tmp, "bench.sqlite3")
-    import psycopg
-    from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     name = parsed.database or ""
@@ -121,10 +146,6 @@ def _shape_case(column: int) -> str:
 def sql(statement: str):
     """A statement whose times (:now, :ended) are bound as the models bind them (naive UTC
     on SQLite, where times compare as text)."""
-    from sqlalchemy import bindparam, text
-
-    from portal.models.types import UTCDateTime
-
     clause = text(statement)
     return clause.bindparams(
         *(
@@ -136,13 +157,6 @@ def sql(statement: str):
 
 
 def seed(app) -> None:
-    from sqlalchemy import insert, text
-
-    from portal.extensions import db
-    from portal.models import MeterMark, User
-    from portal.money import Money
-    from portal.services import catalog, credits, ledger, metering
-
     with app.app_context():
         version = catalog.ensure_catalog()
         db.session.commit()
@@ -218,7 +232,7 @@ def seed(app) -> None:
             insert(MeterMark),
             [
                 {"chunk": chunk, "metered_through": START}
-                for chunk in range(USERS // metering.chunk_size() + 1)
+                for chunk in range(USERS // rollups.chunk_size() + 1)
             ],
         )
         if db.engine.dialect.name == "postgresql":
@@ -255,7 +269,7 @@ def seed(app) -> None:
         upto = START
         while upto < END:
             upto = min(upto + timedelta(days=1), END)
-            metering.meter_all(upto)
+            runs.meter_all(upto)
         db.session.remove()
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -264,10 +278,6 @@ def seed(app) -> None:
 
 def server_state(app) -> tuple:
     """PostgreSQL: WAL position and checkpoints so far (to report what the run cost)."""
-    from sqlalchemy import text
-
-    from portal.extensions import db
-
     with app.app_context():
         if db.engine.dialect.name != "postgresql":
             return None
@@ -282,12 +292,6 @@ def server_state(app) -> tuple:
 
 
 def run_invoices(app) -> tuple[float, int]:
-    from sqlalchemy import func, select, text
-
-    from portal.extensions import db
-    from portal.models import Invoice
-    from portal.services import invoicing
-
     before = server_state(app)
     if WORKERS > 1:
         wall, made = run_in_workers(app)
@@ -295,12 +299,12 @@ def run_invoices(app) -> tuple[float, int]:
         with app.app_context():
             profiler = None
             if os.environ.get("BENCH_PROFILE"):  # a pyinstrument report of the timed run
-                from pyinstrument import Profiler
+                from pyinstrument import Profiler  # noqa: PLC0415  (optional, not in the lock)
 
                 profiler = Profiler(interval=0.0005)
                 profiler.start()
             started = time.perf_counter()
-            result = invoicing.generate_period(START, END, now=NOW)
+            result = invoice_run.generate_period(START, END, now=NOW)
             db.session.commit()
             wall = time.perf_counter() - started
             if profiler is not None:
@@ -330,15 +334,9 @@ def run_in_workers(app) -> tuple[float, int]:
     """The period's chunks shared out to WORKERS processes, each running what the invoicing
     queue's chunk job runs (generate_chunk, commit), as RQ workers would; timed from the
     moment all are ready until the last is done."""
-    import multiprocessing
-    import queue
-
-    from portal.extensions import db
-    from portal.services import invoicing
-
     with app.app_context():
-        invoicing.check_period(START, END, NOW)
-        chunks = invoicing.chunks_with_users()
+        invoice_run.check_period(START, END, NOW)
+        chunks = invoice_run.chunks_with_users()
         db.session.remove()
     ctx = multiprocessing.get_context("spawn")
     todo, results = ctx.Queue(), ctx.Queue()
@@ -372,13 +370,6 @@ def run_in_workers(app) -> tuple[float, int]:
 
 
 def _chunk_worker(url, redis_url, todo, results, ready) -> None:
-    import queue
-
-    from sqlalchemy import text
-
-    from portal.extensions import db
-    from portal.services import invoicing
-
     app = build_app(url, redis_url)
     made = 0
     with app.app_context():
@@ -391,11 +382,9 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
                     chunk = todo.get_nowait()
                 except queue.Empty:
                     break
-                made += invoicing.generate_chunk(chunk, START, END, now=NOW).invoices
+                made += invoice_run.generate_chunk(chunk, START, END, now=NOW).invoices
                 db.session.commit()
         except Exception:
-            import traceback
-
             results.put(traceback.format_exc())
             raise
         finally:
@@ -405,8 +394,6 @@ def _chunk_worker(url, redis_url, todo, results, ready) -> None:
 
 
 def build_app(database_url: str, redis_url: str):
-    from portal import create_app
-
     app = create_app(
         {
             "SECRET_KEY": "bench-secret-key-0123456789abcdef",
@@ -423,13 +410,6 @@ def build_app(database_url: str, redis_url: str):
 
 
 def check(app, invoices: int) -> None:
-    from redis import Redis
-    from sqlalchemy import func, select
-
-    from portal.extensions import db
-    from portal.models import Invoice, InvoicePayment
-    from portal.services.reconcile import find_discrepancies
-
     with app.app_context():
         if invoices != USERS:
             fail(f"{invoices} invoices for {USERS} users")
@@ -449,11 +429,6 @@ def check(app, invoices: int) -> None:
 
 
 def pdf_timings(app) -> tuple[float, float]:
-    from sqlalchemy import select
-
-    from portal.extensions import db
-    from portal.models import Invoice, InvoicePayment
-
     with app.app_context():
         snapshot = db.session.scalar(
             select(Invoice.snapshot)
@@ -462,21 +437,12 @@ def pdf_timings(app) -> tuple[float, float]:
             .limit(1)
         )
         db.session.remove()
-    try:
-        from bench import invoice_pdf as helper  # another bench's measurement, if present
-    except ImportError:
-        helper = None
-    measure = getattr(helper, "measure", None) if helper else None
+    measure = getattr(pdf_bench, "measure", None) if pdf_bench else None
     if measure is not None:
         figures = measure(snapshot)
         if isinstance(figures, dict):
             return figures["pdf_median_ms"], figures["bare_pdf_median_ms"]
         return figures[0], figures[1]
-    import gc
-
-    from weasyprint import HTML
-
-    from portal.documents import invoice_pdf
 
     html = invoice_pdf.render_html(snapshot)
 
@@ -511,10 +477,6 @@ def main() -> None:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-invoicing-")),
         )
         database_url = prepare_database(url, stack)
-        import flask_migrate
-        from redis import Redis
-
-        from portal.extensions import db
 
         app = build_app(database_url, redis_url)
         redis = Redis.from_url(redis_url)

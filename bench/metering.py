@@ -4,7 +4,7 @@ Prints one JSON line:
 {"bench": "metering", "db": ..., "deployments": 100000, "rows": ..., "wall_s": ...,
  "floor_s": ..., "ratio": ..., "peak_rss_mb": ..., "table_mb_per_month": ...}
 
-- wall_s: `metering.meter_all` for one hour (claims every chunk's mark, one set-based
+- wall_s: `runs.meter_all` for one hour (claims every chunk's mark, one set-based
   INSERT ... SELECT ... ON CONFLICT per chunk), committed.
 - floor_s: the same rows written by one plain INSERT ... SELECT ... ON CONFLICT into a table
   of the same shape and primary key, with none of our logic (no marks, no chunks).
@@ -28,6 +28,18 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
+import flask_migrate
+import psycopg
+from sqlalchemy import bindparam, insert, text
+
+from portal import create_app
+from portal.extensions import db
+from portal.models import MeterMark
+from portal.models.types import UTCDateTime
+from portal.services.metering import catalog, rollups, runs
+from portal.services.metering.rollups import _SECONDS
+from portal.services.wallet import ledger
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 USERS = int(os.environ.get("BENCH_USERS", 10_000))
@@ -44,7 +56,6 @@ def database_url() -> str:
             if os.path.exists(path):
                 os.remove(path)
         return url
-    import psycopg
 
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS portal_bench_metering WITH (FORCE)")
@@ -57,10 +68,6 @@ SEQ = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE 
 
 def sql(statement: str):
     """A statement whose :now is bound as the models bind times (naive UTC on SQLite)."""
-    from sqlalchemy import bindparam, text
-
-    from portal.models.types import UTCDateTime
-
     clause = text(statement)
     return (
         clause.bindparams(bindparam("now", type_=UTCDateTime())) if ":now" in statement else clause
@@ -69,8 +76,6 @@ def sql(statement: str):
 
 def seed(db, text) -> None:
     """Users, deployments and their open intervals, in set-based SQL."""
-    from portal.services import catalog, ledger
-
     version = catalog.ensure_catalog()
     db.session.commit()
     now = START
@@ -117,16 +122,12 @@ def seed(db, text) -> None:
             "disk": version.storage_per_gb_month_micros,
         },
     )
-    from sqlalchemy import insert
-
-    from portal.models import MeterMark
-    from portal.services import metering
 
     db.session.execute(
         insert(MeterMark),
         [
             {"chunk": chunk, "metered_through": START}
-            for chunk in range(USERS // metering.chunk_size() + 1)
+            for chunk in range(USERS // rollups.chunk_size() + 1)
         ],
     )
     if db.engine.dialect.name == "postgresql":
@@ -140,8 +141,6 @@ def seed(db, text) -> None:
 
 def floor(db, text) -> float:
     """The same rows, one plain upsert into a same-shaped table, no logic of ours."""
-    from portal.services.metering import _SECONDS
-
     db.session.execute(text("CREATE TABLE usage_floor AS SELECT * FROM usage_daily WHERE 1 = 0"))
     db.session.execute(
         text("ALTER TABLE usage_floor ADD PRIMARY KEY (deployment_id, day)")
@@ -192,12 +191,6 @@ def table_mb(db, text) -> float:
 def main() -> None:
     url = database_url()
     os.environ.setdefault("SECRET_KEY", "bench-secret-key-0123456789")
-    import flask_migrate
-    from sqlalchemy import text
-
-    from portal import create_app
-    from portal.extensions import db
-    from portal.services import metering
 
     instance = tempfile.mkdtemp(prefix="bench-metering-")
     os.environ["INSTANCE_PATH"] = instance
@@ -214,7 +207,7 @@ def main() -> None:
         floor_s = floor(db, text)
 
         started = time.perf_counter()
-        result = metering.meter_all(START + timedelta(hours=1))
+        result = runs.meter_all(START + timedelta(hours=1))
         wall_s = time.perf_counter() - started
         rows = db.session.scalar(text("SELECT COUNT(*) FROM usage_daily"))
         assert result.chunks >= 1 and rows == USERS * PER_USER, (result, rows)
@@ -224,7 +217,7 @@ def main() -> None:
         upto = START + timedelta(hours=1)
         while upto < START + timedelta(days=30):
             upto = min(upto + timedelta(days=1), START + timedelta(days=30))
-            metering.meter_all(upto)
+            runs.meter_all(upto)
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM usage_daily")

@@ -34,6 +34,27 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import flask_migrate
+import psycopg
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import make_url
+
+from portal import create_app
+from portal.extensions import db
+from portal.models import (
+    AccountKind,
+    CreditLot,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    User,
+    utcnow,
+)
+from portal.money import Money
+from portal.services import accounts
+from portal.services.wallet import credits, ledger
+from portal.services.wallet.reconcile import find_discrepancies
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -60,8 +81,6 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
         return "sqlite:///" + os.path.join(tmp, "bench.sqlite3")
     if not url.startswith(("postgresql", "postgres:")):
         fail(f"unsupported DATABASE_URL {url!r} (postgresql://... or sqlite://...)")
-    import psycopg
-    from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     name = parsed.database or ""
@@ -80,10 +99,6 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
 
 
 def build_app(database_url: str, redis_url: str):
-    import flask_migrate
-
-    from portal import create_app
-
     app = create_app(
         {
             "TESTING": False,
@@ -103,22 +118,6 @@ def build_app(database_url: str, redis_url: str):
 
 def seed(app) -> str:
     """Seed the users and their ledger; returns the measured user's email."""
-    from sqlalchemy import func, insert, select, update
-
-    from portal.extensions import db
-    from portal.models import (
-        AccountKind,
-        CreditLot,
-        LedgerAccount,
-        LedgerEntry,
-        LedgerTransaction,
-        User,
-        utcnow,
-    )
-    from portal.money import Money
-    from portal.services import accounts, credits, ledger
-    from portal.services.reconcile import find_discrepancies
-
     rng = random.Random(20240611)
     with app.app_context():
         main = accounts.create_user(email="bench@example.com", password=PASSWORD, name="Bench User")
@@ -343,13 +342,9 @@ def main() -> None:
         try:
             email = seed(app)
             timings = measure(app, email)
-            from portal.extensions import db
-
             with app.app_context():
                 dialect = db.engine.dialect.name
         finally:
-            from portal.extensions import db
-
             with app.app_context():
                 db.engine.dispose()
     print(

@@ -1,34 +1,16 @@
-"""RQ worker entry point: builds the app once; every job runs in its own app context
-(and so its own database session)."""
+"""RQ worker entry point: ``python -m jobs.worker [--burst] [QUEUE...]``. Builds the app
+once; beside a long-running worker, the built-in failover scheduler (jobs.daemon)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from rq import Worker
-
 from portal import create_app
-from portal.extensions import db
-from portal.services.reconcile import refuse_changed_currency_digits
-
-from .daemon import start_builtin, stop_builtin
-from .queues import QUEUES, redis_connection
-
-
-class AppWorker(Worker):
-    app = None
-    parent_pid = os.getpid()
-
-    def perform_job(self, job, queue):
-        with self.app.app_context():  # db.engine is the app's: look it up inside the context
-            if os.getpid() != self.parent_pid:
-                # A forked work horse must not reuse the parent's pooled connections.
-                db.engine.dispose(close=False)
-            try:
-                return super().perform_job(job, queue)
-            finally:
-                db.session.remove()
+from portal.services.wallet.reconcile import refuse_changed_currency_digits
+from portal.tasks.daemon import start_builtin, stop_builtin
+from portal.tasks.queues import QUEUES, redis_connection
+from portal.tasks.worker import AppWorker
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     with app.app_context():
         refuse_changed_currency_digits()
         worker = AppWorker(queues, connection=redis_connection(app))
-    # Beside a long-running worker, the built-in failover scheduler (jobs/daemon.py).
     builtin = None if args.burst else start_builtin(app)
     try:
         worker.work(burst=args.burst, with_scheduler=False)

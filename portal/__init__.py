@@ -13,8 +13,25 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy import event
 
+from . import (
+    models,  # noqa: F401  (registers the tables)
+    request_guard,
+)
+from .blueprints import register_blueprints
+from .cli import register_cli
 from .config import ConfigError, build_config
 from .extensions import csrf, db, limiter, login_manager, mail, migrate
+from .tasks import queues
+from .web import init_web
+
+# The tasks and periodic jobs each package registers; the schedule lists them in this order.
+# isort: off
+from .tasks import runs as _runs  # noqa: F401
+from .services import jobs as _service_jobs  # noqa: F401
+from .services.metering import jobs as _metering_jobs  # noqa: F401
+from .services.invoicing import jobs as _invoicing_jobs  # noqa: F401
+from .services.payments import jobs as _payments_jobs  # noqa: F401
+# isort: on
 
 
 class DecimalJSONProvider(DefaultJSONProvider):
@@ -46,8 +63,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # First of the request hooks: the body's size and the forms' text are checked before
     # CSRF, the rate limiter or a view reads anything.
-    from . import request_guard
-
     request_guard.init_app(app)
     db.init_app(app)
     migrate.init_app(
@@ -64,14 +79,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         _configure_engine(db.engine)
 
-    from jobs import queues
-
     queues.init_app(app)
-
-    from . import models  # noqa: F401  (registers the tables)
-    from .blueprints import register_blueprints
-    from .cli import register_cli
-    from .web import init_web
 
     init_web(app)
     register_blueprints(app)

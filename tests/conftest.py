@@ -7,40 +7,38 @@ import itertools
 import os
 from types import SimpleNamespace
 
+import flask_migrate
+import psycopg
 import pytest
 import redis
 from sqlalchemy import text
 
 from portal import create_app
 from portal.extensions import db, limiter
+from portal.services import accounts
+from portal.services.wallet.reconcile import find_discrepancies
+from tests.support.app import (
+    BASE_CONFIG,
+    PASSWORD,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    TEST_DB,
+    Api,
+    AuthActions,
+    need,
+)
 from tests.support.client import PortalClient
 
-TEST_DB = os.environ.get("TEST_DB", "sqlite")
-REQUIRE_ALL = os.environ.get("REQUIRE_ALL") == "1" or os.environ.get("CI", "").lower() == "true"
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# `make test` passes TEST_REDIS_URL (db 15). A bare pytest run picks a database from its
-# pid, so test runs side by side on one Redis do not flush each other's queues.
-REDIS_URL = os.environ.get("TEST_REDIS_URL") or f"redis://127.0.0.1:6379/{1 + os.getpid() % 14}"
-PASSWORD = "correct-horse-battery"
-
-BASE_CONFIG = {
-    "TESTING": True,
-    "SECRET_KEY": "test-secret-key-0123456789abcdef",
-    "RQ_ASYNC": False,
-    "CURRENCY": "USD",
-    "PUBLIC_URL": "http://portal.test",
-    "LOGIN_RATE_LIMIT": "1000 per minute",
-    # Argon2id still, at a cost fit for a test suite (production uses the library defaults).
-    "PASSWORD_HASH_PARAMS": {"time_cost": 1, "memory_cost": 1024, "parallelism": 1},
-}
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when a part is missing on a developer machine; fail under CI."""
-    if not condition:
-        if REQUIRE_ALL:
-            pytest.fail(f"required for this run: {reason}")
-        pytest.skip(reason)
+# Shared fixtures live in tests/support; each test folder may add its own in a conftest.
+pytest_plugins = [
+    "tests.support.documents",
+    "tests.support.gateway",
+    "tests.support.payments",
+    "tests.support.processes",
+    "tests.support.schedule",
+    "tests.support.smtp",
+    "tests.support.webhooks",
+]
 
 
 def pytest_configure(config):
@@ -63,7 +61,6 @@ def database_url(tmp_path_factory):
     if TEST_DB != "postgresql":
         yield "sqlite:///" + str(tmp_path_factory.mktemp("db") / "portal.sqlite3")
         return
-    import psycopg
 
     # One database per test process, so parallel runs on one server do not collide.
     name = f"portal_test_{os.getpid()}"
@@ -104,8 +101,6 @@ def make_app(database_url, redis_url):
         )
         app.test_client_class = PortalClient
         if not migrated:
-            import flask_migrate
-
             with app.app_context():
                 flask_migrate.upgrade()
             migrated.append(True)
@@ -142,7 +137,6 @@ def app(_app, request):
     yield _app
     if "corrupts_ledger" in request.keywords:
         return
-    from portal.services.reconcile import find_discrepancies
 
     with _app.app_context():
         problems = find_discrepancies()
@@ -173,7 +167,6 @@ _counter = itertools.count(1)
 @pytest.fixture
 def make_user(app):
     """Create a user; returns plain data (id, email, password), not an ORM object."""
-    from portal.services import accounts
 
     def make(
         email: str | None = None, *, password: str = PASSWORD, admin: bool = False, name: str = ""
@@ -191,54 +184,9 @@ def make_user(app):
     return make
 
 
-class AuthActions:
-    def __init__(self, client: PortalClient):
-        self.client = client
-
-    def login(self, user_or_email, password: str = PASSWORD):
-        email = getattr(user_or_email, "email", user_or_email)
-        password = getattr(user_or_email, "password", password)
-        return self.client.submit("/auth/login", {"email": email, "password": password})
-
-    def logout(self):
-        return self.client.submit("/auth/logout")
-
-
 @pytest.fixture
 def auth(client) -> AuthActions:
     return AuthActions(client)
-
-
-class Api:
-    """JSON API calls with bearer tokens."""
-
-    prefix = "/api/plugins/billing"
-
-    def __init__(self, app, client):
-        self.app, self.client = app, client
-
-    def token(self, user, scope: str = "user") -> str:
-        from portal.models import User
-        from portal.services import accounts
-
-        with self.app.app_context():
-            row = db.session.get(User, user.id)
-            if scope != "user" and not row.is_admin:
-                row.is_admin = True  # only admins hold admin/platform tokens
-            _, plain = accounts.create_api_token(row, name="test", scope=scope)
-            db.session.commit()
-            return plain
-
-    def _headers(self, token, headers):
-        return {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-
-    def get(self, path, token=None, headers=None, **kwargs):
-        return self.client.get(self.prefix + path, headers=self._headers(token, headers), **kwargs)
-
-    def post(self, path, json=None, token=None, headers=None, **kwargs):
-        return self.client.post(
-            self.prefix + path, json=json, headers=self._headers(token, headers), **kwargs
-        )
 
 
 @pytest.fixture

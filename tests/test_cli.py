@@ -8,10 +8,11 @@ import sys
 
 from sqlalchemy import func, select, update
 
+from portal.config import build_config
 from portal.extensions import db
 from portal.models import CreditLot, LedgerAccount, LedgerTransaction, OutboundEmail, User
 from portal.services.demo import ADMIN_EMAIL, DEMO_PASSWORD
-from tests.conftest import AuthActions
+from tests.support.app import AuthActions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,8 +209,6 @@ def test_a_fresh_shell_uses_the_secret_key_make_run_keeps(app, make_user, tmp_pa
 
 
 def test_the_secret_key_in_the_environment_wins_over_the_file(tmp_path):
-    from portal.config import build_config
-
     (tmp_path / "secret_key").write_text("from-the-file-0123456789")
     assert build_config(str(tmp_path), environ={})["SECRET_KEY"] == "from-the-file-0123456789"
     cfg = build_config(str(tmp_path), environ={"SECRET_KEY": "from-the-environment-0123"})

@@ -1,12 +1,16 @@
 """Configuration: the seed plugin's JSON shape, environment overrides, validation."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from portal import create_app
 from portal.config import ConfigError, build_config, load_billing_settings, parse_billing_settings
 
 # What the portal honours of the plugin's settings: usage billing.
@@ -223,8 +227,6 @@ def test_request_body_limits_come_from_the_environment(tmp_path):
 
 
 def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
-    from portal import create_app
-
     path = tmp_path / "billing.json"
     path.write_text(json.dumps({"invoiceDay": 31}))
     monkeypatch.setenv("BILLING_CONFIG", str(path))
@@ -234,8 +236,6 @@ def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
 
 
 def test_start_up_stops_on_a_setting_not_supported_yet(tmp_path, monkeypatch):
-    from portal import create_app
-
     path = tmp_path / "billing.json"
     path.write_text(json.dumps({**SUPPORTED_EXAMPLE, "gracePeriodDays": 7}))
     monkeypatch.setenv("BILLING_CONFIG", str(path))
@@ -253,10 +253,6 @@ def test_start_up_stops_on_a_setting_not_supported_yet(tmp_path, monkeypatch):
 
 
 def test_cli_start_up_reports_the_key(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     path = tmp_path / "billing.json"
     path.write_text(json.dumps({"billingMode": "freemium"}))
     env = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import babel.numbers
 import iso4217
 import pytest
 from sqlalchemy import select
@@ -13,8 +14,8 @@ from portal import currencies
 from portal.extensions import db
 from portal.models import CurrencyPin
 from portal.money import Money, currency_digits, format_money
-from portal.services import ledger
-from portal.services.reconcile import currency_pins, find_discrepancies
+from portal.services.wallet import ledger
+from portal.services.wallet.reconcile import currency_pins, find_discrepancies
 
 
 def test_the_table_is_iso_4217_for_every_active_code():
@@ -40,8 +41,6 @@ def test_the_table_is_iso_4217_for_every_active_code():
     ],
 )
 def test_digits_come_from_the_table_not_from_babel(code, digits, monkeypatch):
-    import babel.numbers
-
     # Whatever CLDR says (Babel 2.19 gives HUF 0 digits), the project's table decides.
     monkeypatch.setattr(babel.numbers, "get_currency_precision", lambda _code: 7)
     assert currency_digits(code) == digits

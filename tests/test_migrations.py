@@ -1,5 +1,6 @@
 """The migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
 
+import flask_migrate
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -14,8 +15,6 @@ def test_models_and_migrations_agree(ctx):
 
 
 def test_downgrade_and_upgrade_again(make_app, tmp_path):
-    import flask_migrate
-
     app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
     with app.app_context():
         flask_migrate.upgrade()

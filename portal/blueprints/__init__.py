@@ -1,13 +1,14 @@
 """Blueprints: thin views (parse, authorize, call one service, render or redirect)."""
 
-from flask import Flask
+from flask import Flask, redirect, url_for
+from flask_login import current_user
+
+from . import account, auth, invoices, payment_methods, subscription, usage, wallet, webhooks
+from .admin import bp as admin_bp
+from .api import bp as api_bp
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import account, auth, invoices, payment_methods, subscription, usage, wallet, webhooks
-    from .admin import bp as admin_bp
-    from .api import bp as api_bp
-
     for module in (auth, account, wallet, usage, invoices, payment_methods, subscription):
         app.register_blueprint(module.bp)
     app.register_blueprint(admin_bp)
@@ -17,9 +18,6 @@ def register_blueprints(app: Flask) -> None:
 
 
 def _index():
-    from flask import redirect, url_for
-    from flask_login import current_user
-
     if current_user.is_authenticated:
         return redirect(url_for("wallet.index"))
     return redirect(url_for("auth.login"))

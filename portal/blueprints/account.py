@@ -8,9 +8,9 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
+from ..errors import ServiceError
 from ..extensions import db
 from ..services import accounts
-from ..services.errors import ServiceError
 from .helpers import form_errors_from, see_other
 
 bp = Blueprint("account", __name__, url_prefix="/account")

@@ -8,10 +8,10 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
+from ..errors import ServiceError
 from ..extensions import db, limiter
 from ..models import User
 from ..services import accounts
-from ..services.errors import ServiceError
 from .helpers import form_errors_from, safe_next, see_other
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")

@@ -11,10 +11,10 @@ from flask import Response, abort, current_app, flash, redirect, request, url_fo
 from flask_login import current_user, login_required
 from wtforms import Form
 
+from ..errors import NotFound, ServiceError
 from ..forms import check_date
 from ..models import User
-from ..services import accounts, usage
-from ..services.errors import NotFound, ServiceError
+from ..services import accounts, calendar
 
 
 def admin_required(view):
@@ -52,9 +52,7 @@ def safe_next(default: str) -> str:
 def public_url(endpoint: str, **values) -> str:
     """An absolute URL on PUBLIC_URL, for pages the payment gateway sends the user back to:
     never built from the request's Host header, which the client chooses."""
-    from ..services.accounts import url_path
-
-    return current_app.config["PUBLIC_URL"] + url_path(endpoint, **values)
+    return current_app.config["PUBLIC_URL"] + accounts.url_path(endpoint, **values)
 
 
 def see_other(endpoint: str, **values):
@@ -106,7 +104,7 @@ def billing_period(text: str) -> tuple[datetime, datetime]:
     (phrased to follow "The")."""
     if not _PERIOD.fullmatch(text.strip()):
         raise ValueError("period must look like 2026-11")
-    start, end = usage.parse_period(text.strip(), current_app.config["BILLING"].invoice_day)
+    start, end = calendar.parse_period(text.strip(), current_app.config["BILLING"].invoice_day)
     problem = check_date(start.date())
     if problem:
         raise ValueError(f"period {problem}")

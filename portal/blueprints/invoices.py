@@ -10,7 +10,9 @@ from .. import htmx as hx
 from ..extensions import db
 from ..gateways import GatewayError
 from ..models import AttemptStatus
-from ..services import card_payments, invoice_documents, invoicing, settlement
+from ..services.invoicing import documents
+from ..services.invoicing import invoices as invoicing
+from ..services.payments import card_charges, settlement
 from .helpers import page_arg, pdf_response, public_url, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
@@ -41,7 +43,7 @@ def _payment_context(invoice) -> dict:
     return {
         "pay_form": PayForm(),
         "preview": settlement.preview(invoice, current_user) if unpaid else None,
-        "waiting": card_payments.open_attempt_for(current_user, invoice) if unpaid else None,
+        "waiting": card_charges.open_attempt_for(current_user, invoice) if unpaid else None,
         "tender_labels": settlement.TENDER_LABELS,
     }
 
@@ -66,7 +68,7 @@ def pay(invoice_id: int):
     result = settlement.settle(current_user.id, invoice_id=invoice_id)
     invoice = invoicing.get_invoice(invoice_id, user=current_user)
     waiting = (
-        card_payments.open_attempt_for(current_user, invoice)
+        card_charges.open_attempt_for(current_user, invoice)
         if invoice.invoice_status is not invoicing.S.PAID
         else None
     )
@@ -102,12 +104,12 @@ def complete_payment(invoice_id: int):
     invoice = invoicing.get_invoice(invoice_id, user=current_user)
     if not PayForm().validate_on_submit():
         abort(400)
-    attempt = card_payments.open_attempt_for(current_user, invoice)
+    attempt = card_charges.open_attempt_for(current_user, invoice)
     if attempt is None or attempt.status != AttemptStatus.REQUIRES_ACTION:
         flash("No card payment is waiting for you to confirm it.", "info")
         return see_other("invoices.show", invoice_id=invoice_id)
     try:
-        url = card_payments.start_authentication(
+        url = card_charges.start_authentication(
             current_user,
             attempt,
             return_url=public_url("invoices.confirmed", invoice_id=invoice_id),
@@ -128,7 +130,7 @@ def confirmed(invoice_id: int):
     """Back from the bank's page: record the payment's state now."""
     invoicing.get_invoice(invoice_id, user=current_user)
     try:
-        attempt = card_payments.refresh(current_user, request.args.get("payment_intent", ""))
+        attempt = card_charges.refresh(current_user, request.args.get("payment_intent", ""))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")
@@ -149,7 +151,7 @@ def _owner():
 @bp.get("/<int:invoice_id>/pdf")
 @login_required
 def pdf(invoice_id: int):
-    invoice, document = invoice_documents.get_invoice_pdf(invoice_id, user=_owner())
+    invoice, document = documents.get_invoice_pdf(invoice_id, user=_owner())
     return pdf_response(invoice, document)
 
 
@@ -157,5 +159,5 @@ def pdf(invoice_id: int):
 @login_required
 def pdf_status(invoice_id: int):
     """The PDF widget alone: polled by itself while the PDF is being made."""
-    invoice = invoice_documents.get_invoice(invoice_id, user=_owner())
+    invoice = documents.get_invoice(invoice_id, user=_owner())
     return render_template("invoices/_pdf_status.html", invoice=invoice)

@@ -6,10 +6,10 @@ from flask import Blueprint, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
+from ..errors import ServiceError
 from ..extensions import db
 from ..gateways import GatewayError
-from ..services import cards
-from ..services.errors import ServiceError
+from ..services.payments import cards
 from .helpers import public_url, see_other
 
 bp = Blueprint("payment_methods", __name__, url_prefix="/payment-methods")

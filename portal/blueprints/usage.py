@@ -8,7 +8,8 @@ from flask import Blueprint, abort, current_app, render_template
 from flask_login import current_user, login_required
 
 from .. import htmx as hx
-from ..services import deployments, usage
+from ..services import calendar
+from ..services.metering import deployments, usage
 from .helpers import billing_period, query_arg
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
@@ -18,7 +19,7 @@ PERIODS_SHOWN = 12
 
 def _periods(invoice_day: int) -> list[tuple[str, datetime]]:
     """The current period and the eleven before it, as (YYYY-MM, start)."""
-    start, _ = usage.period_containing(datetime.now(UTC), invoice_day)
+    start, _ = calendar.period_containing(datetime.now(UTC), invoice_day)
     out = []
     year, month = start.year, start.month
     for _ in range(PERIODS_SHOWN):

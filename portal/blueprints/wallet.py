@@ -12,13 +12,14 @@ from wtforms import HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
+from ..errors import ServiceError
 from ..extensions import db
 from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
-from ..services import card_payments, cards, ledger, topups, vouchers
-from ..services.errors import ServiceError
+from ..services.payments import card_charges, cards, topups
+from ..services.wallet import ledger, vouchers
 from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
 from .limits import voucher_redeem_limit
 
@@ -133,7 +134,7 @@ def top_up():
             db.session.commit()
             return redirect(session.url, code=303)
         card_id = int(form.method.data.removeprefix("card:"))
-        attempt, url = card_payments.top_up_with_card(
+        attempt, url = card_charges.top_up_with_card(
             current_user,
             card_id,
             amount,
@@ -194,7 +195,7 @@ def top_up_done():
 def top_up_card_return():
     """Back from the bank's 3-D Secure page for a saved-card top-up."""
     try:
-        attempt = card_payments.refresh(current_user, query_arg("payment_intent", 255))
+        attempt = card_charges.refresh(current_user, query_arg("payment_intent", 255))
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")

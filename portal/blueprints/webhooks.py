@@ -16,7 +16,7 @@ from flask import Blueprint, jsonify, request
 from ..extensions import csrf, db
 from ..gateways import GatewayNotConfigured, LivemodeMismatch, SignatureError, get_gateway
 from ..request_guard import body_limit
-from ..services import webhooks
+from ..services.payments import inbox
 from ..web import json_error
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ csrf.exempt(bp)
 @body_limit("WEBHOOK_MAX_CONTENT_LENGTH")  # a bigger body, chunked or not, is 413 unread
 def receive():
     try:
-        received = webhooks.record_event(
+        received = inbox.record_event(
             get_gateway(), request.get_data(cache=False), request.headers.get("Stripe-Signature")
         )
     except SignatureError as exc:

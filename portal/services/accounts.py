@@ -14,10 +14,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..db import Page
+from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
-from . import ledger, mail
-from .errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from ..tasks.queues import enqueue_after_commit
+from . import mail
+from .wallet import ledger
 
 
 def _hasher() -> PasswordHasher:
@@ -264,13 +267,12 @@ def user_for_password_token(token: str) -> User:
 
 def request_registration(*, email: str, name: str = "") -> str:
     """Sign-up: queue the job that mails ``email`` (see ``register``). Returns the address."""
-    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
 
     email = normalize_email(email)
     name = (name or "").strip()
     if len(name) > 200:
         raise ValidationFailed.field("name", "must be at most 200 characters")
-    enqueue_after_commit("default", "jobs.accounts.register", email, name)
+    enqueue_after_commit("default", "accounts.register", email, name)
     return email
 
 
@@ -309,13 +311,12 @@ def register(email: str, name: str = "") -> None:
 def request_password_reset(email: str) -> None:
     """Forgot-password: queue the job that mails a reset link if the account exists; say
     nothing either way."""
-    from jobs.queues import enqueue_after_commit
 
     try:
         email = normalize_email(email)
     except ValidationFailed:
         return  # not an address at all: nothing to hide, nothing to send
-    enqueue_after_commit("default", "jobs.accounts.send_password_reset", email)
+    enqueue_after_commit("default", "accounts.send_password_reset", email)
 
 
 def send_password_reset(email: str) -> None:
@@ -436,8 +437,6 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
 
 def list_users(*, query: str = "", page: int = 1, per_page: int = 25):
     """Users for the admin area, newest first, with a simple email/name search."""
-    from .ledger import Page
-
     stmt = select(User)
     if query:
         like = f"%{query.strip().lower()}%"

@@ -10,7 +10,9 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import LedgerTransaction, User, Voucher, utcnow
 from ..money import Money
-from . import accounts, catalog, credits, deployments, metering, vouchers
+from . import accounts
+from .metering import catalog, deployments, rollups, runs
+from .wallet import credits, vouchers
 
 DEMO_PASSWORD = "demo-password"
 ADMIN_EMAIL = "admin@example.com"
@@ -71,7 +73,7 @@ def seed() -> list[str]:
 
     # The catalog (the configured rates and twelve sizes) and what the platform runs.
     catalog.ensure_catalog()
-    anchor = metering.floor_hour(alice.created_at) - timedelta(days=10)
+    anchor = rollups.floor_hour(alice.created_at) - timedelta(days=10)
 
     def run(
         user: User, external_id: str, started: datetime, ended: datetime | None = None, **spec
@@ -124,7 +126,7 @@ def seed() -> list[str]:
         name="desktop session",
     )
     db.session.flush()
-    metering.meter_all(metering.last_complete_hour())
+    runs.meter_all(rollups.last_complete_hour())
 
     # A code anyone may redeem once on Wallet > Redeem a voucher (the same code every run).
     voucher = db.session.scalar(select(Voucher).where(Voucher.note == DEMO_VOUCHER_NOTE))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from ..db import bulk_insert, dialect_insert
 from ..extensions import db
 from ..models import Event, utcnow
-from .ledger import _dialect_insert, bulk_insert
 
 
 def record(name: str, subject: str, payload: dict, user_id: int | None = None) -> None:
@@ -19,7 +19,7 @@ def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
         return
     now = utcnow()
     db.session.execute(
-        _dialect_insert(Event.__table__)
+        dialect_insert(Event.__table__)
         .values(
             [
                 {

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import current_app, render_template
 from flask_mail import Message
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
+from ..db import Page
 from ..extensions import db
 from ..extensions import mail as mail_ext
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
+from ..tasks.queues import enqueue_after_commit
 
 
 def queue_email(
@@ -23,8 +25,6 @@ def queue_email(
     """Render ``email/<template>.txt`` and keep it; the send job runs after commit.
     With no SMTP server configured the message stays in the outbox for admins to read.
     ``attachment_invoice_id``: that invoice's stored PDF is attached when the mail is sent."""
-    from jobs.queues import enqueue_after_commit  # jobs import services, not the reverse
-
     body = render_template(f"email/{template}.txt", **context)
     smtp = bool(current_app.config.get("MAIL_SERVER"))
     message = OutboundEmail(
@@ -38,9 +38,7 @@ def queue_email(
     db.session.add(message)
     db.session.flush()
     if smtp:
-        enqueue_after_commit(
-            "default", "jobs.notify.send_email", message.id, job_id=f"mail:{message.id}"
-        )
+        enqueue_after_commit("default", "mail.send_email", message.id, job_id=f"mail:{message.id}")
     return message
 
 
@@ -94,9 +92,6 @@ def invoice_attachment(invoice_id: int) -> tuple[str, bytes]:
 
 
 def list_outbox(*, page: int = 1, per_page: int = 50):
-    from sqlalchemy import func, select
-
-    from .ledger import Page
 
     total = db.session.scalar(select(func.count()).select_from(OutboundEmail))
     items = list(

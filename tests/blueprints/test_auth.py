@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from argon2 import PasswordHasher
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import event, func, select, update
 
+from portal.config import ConfigError, build_config
 from portal.extensions import db
-from portal.models import OutboundEmail, User
-from tests.conftest import PASSWORD, AuthActions
+from portal.models import OutboundEmail, User, UserSession, utcnow
+from portal.services import accounts
+from portal.services import jobs as service_jobs
+from portal.tasks import queues
+from tests.support.app import PASSWORD, AuthActions
 
 NEW_PASSWORD = "a-brand-new-passphrase"
 FORGOT_FLASH = "If an account uses that address, a link to set a new password is on its way."
@@ -155,8 +162,6 @@ def test_registration_is_rate_limited_per_client_address(app, make_app):
 
 
 def test_the_registration_limit_setting_is_checked_at_start(tmp_path):
-    from portal.config import ConfigError, build_config
-
     env = {"SECRET_KEY": "x" * 32}
     assert (
         build_config(str(tmp_path), environ=env)["REGISTRATION_RATE_LIMIT"]
@@ -255,8 +260,6 @@ def test_a_cookie_saved_before_logout_is_refused_after_it(app, client, auth, mak
 
 
 def test_each_login_is_a_row_that_logout_deletes(app, client, auth, make_user):
-    from portal.models import UserSession
-
     def rows() -> int:
         with app.app_context():
             return db.session.scalar(select(func.count()).select_from(UserSession))
@@ -282,12 +285,6 @@ def test_a_login_is_remembered_across_a_server_restart(app, make_app, client, au
 
 
 def test_a_login_older_than_the_session_lifetime_is_refused(app, client, auth, make_user):
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from portal.models import UserSession, utcnow
-
     auth.login(make_user())
     with app.app_context():
         db.session.execute(
@@ -408,14 +405,6 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     """No timing oracle: answering takes the same operations for an address with an account
     and one without (the same SQL, signing, hashing and job queued, in the same order); the
     lookup and the mail happen in that job, away from the request."""
-    from argon2 import PasswordHasher
-    from itsdangerous import URLSafeTimedSerializer
-    from sqlalchemy import event
-
-    import jobs.accounts
-    from jobs import queues
-    from portal.services import accounts
-
     make_user("known@example.com")
     client.fetch_csrf()
     work: list[tuple] = []
@@ -463,7 +452,7 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     known, unknown = done["known@example.com"], done["unknown@example.com"]
     assert known[0] == unknown[0]
     assert [w for w in known[0] if w[0] == "job"] == [
-        ("job", "default", "jobs.accounts.send_password_reset", 1)
+        ("job", "default", "accounts.send_password_reset", 1)
     ]
     assert not [w for w in known[0] if w[0].startswith("argon2") or w[0] == "password link"]
     assert [args for _, args in known[1]] == [("known@example.com",)]
@@ -474,7 +463,7 @@ def test_forgot_password_does_the_same_work_for_known_and_unknown_addresses(
     monkeypatch.undo()
     for email in ("known@example.com", "unknown@example.com"):
         with app.app_context():
-            jobs.accounts.send_password_reset(email)
+            service_jobs.send_password_reset(email)
             db.session.remove()
     [message] = outbox(app)
     assert message.to_addr == "known@example.com" and "/auth/reset/" in message.body_text
@@ -549,8 +538,6 @@ def test_a_tampered_reset_link_is_refused(app, client, make_user, tamper):
 
 def test_a_reset_link_expires_after_24_hours(app, client, make_user, monkeypatch):
     """The email promises 24 hours; a welcome link lasts a week, a reset link does not."""
-    from itsdangerous import TimestampSigner
-
     make_user("known@example.com")
     real = TimestampSigner.get_timestamp
     monkeypatch.setattr(
@@ -565,8 +552,6 @@ def test_a_reset_link_expires_after_24_hours(app, client, make_user, monkeypatch
 
 
 def test_a_welcome_link_lasts_longer_than_a_day(app, api, make_user, monkeypatch):
-    from itsdangerous import TimestampSigner
-
     real = TimestampSigner.get_timestamp
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - 25 * 3600)
     response = api.post(
@@ -586,8 +571,6 @@ def test_the_fourth_login_attempt_in_a_minute_gets_429(app, make_app):
     limited = make_app(LOGIN_RATE_LIMIT="3 per minute")
     store = redis.Redis.from_url(limited.config["REDIS_URL"])
     with limited.app_context():
-        from portal.services import accounts
-
         accounts.create_user(email="target@example.com", password=PASSWORD)
         db.session.commit()
     client = limited.test_client()

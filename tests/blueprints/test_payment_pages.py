@@ -15,16 +15,12 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import LedgerTransaction, PaymentAttempt, User
-from portal.services import cards
-from tests.payments.conftest import (
+from portal.services.payments import cards
+from tests.support.payments import (
     TEST_CARDS,
-    in_app,  # noqa: F401
     issued_invoice,
-    pay_app,
-    receiver,
     running_deployment,
     saved_card,
-    standin,
     topped_up,
     type_card,
 )

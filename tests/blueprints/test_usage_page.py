@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from portal.extensions import db
 from portal.models import User
-from portal.services import deployments, metering
+from portal.services.metering import deployments, rollups, runs
 
 
 def seed_usage(app, user_id: int) -> None:
@@ -26,7 +26,7 @@ def seed_usage(app, user_id: int) -> None:
             started_at=start,
         )
         deployments.delete_deployment(dep, ended_at=start + timedelta(hours=10))
-        now = metering.last_complete_hour()
+        now = rollups.last_complete_hour()
         deployments.create_deployment(
             external_id="db-1",
             user=user,
@@ -37,7 +37,7 @@ def seed_usage(app, user_id: int) -> None:
             started_at=now - timedelta(hours=1),
         )
         db.session.commit()
-        metering.meter_all(now)
+        runs.meter_all(now)
 
 
 def test_usage_page_shows_the_period_and_switches_with_htmx(app, client, auth, make_user):

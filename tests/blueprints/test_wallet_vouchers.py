@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Voucher, VoucherRequest
+from tests.support.app import AuthActions
 
 
 def admin_creates(client, value="25.00", count=1, **extra):
@@ -41,7 +42,6 @@ def test_user_redeems_a_voucher_on_the_wallet_page(app, client, auth, make_user)
 def test_redemption_is_rate_limited(app, make_app, make_user, auth):
     limited = make_app(VOUCHER_RATE_LIMIT="2 per minute")
     client = limited.test_client()
-    from tests.conftest import AuthActions
 
     AuthActions(client).login(make_user())
     codes = [client.submit("/wallet/vouchers", {"code": "Z" * 20}).status_code for _ in range(3)]

@@ -13,8 +13,7 @@ from pypdf import PdfReader
 
 from portal.documents import invoice_pdf
 from portal.documents.invoice_pdf import BASE_URL, FETCHER, STATIC_DIR, RefusedURL
-
-from .conftest import pdf_text, text_line
+from tests.support.documents import pdf_text, text_line
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from portal.extensions import db
-from portal.services import invoice_documents
+from portal.models import Invoice
+from portal.services.invoicing import documents
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def issued(app, make_user, make_invoice):
     alice, bob, admin = make_user(), make_user(), make_user(admin=True)
     invoice_id = make_invoice(alice.id)
     with app.app_context():
-        pdf = invoice_documents.render_invoice_pdf(invoice_id)
+        pdf = documents.render_invoice_pdf(invoice_id)
         db.session.commit()
         content = pdf.content
         db.session.remove()
@@ -26,8 +27,6 @@ def issued(app, make_user, make_invoice):
 
 
 def number_of(app, invoice_id: int) -> str:
-    from portal.models import Invoice
-
     with app.app_context():
         try:
             return db.session.get(Invoice, invoice_id).number
@@ -105,7 +104,7 @@ def test_widget_polls_while_pending_and_offers_the_download_when_ready(
     assert "HX-Request" in response.headers["Vary"]
 
     with app.app_context():  # the job runs
-        invoice_documents.render_invoice_pdf(invoice_id)
+        documents.render_invoice_pdf(invoice_id)
         db.session.commit()
         db.session.remove()
     html = client.htmx_get(url, target=f"invoice-pdf-{invoice_id}").get_data(as_text=True)

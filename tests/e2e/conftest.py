@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+import requests
+from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
-from tests.conftest import need
+from standin.server import DEFAULT_EVENTS
+from tests.support.app import need
+from tests.support.gateway import running_standin
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -72,7 +78,6 @@ def live_server(make_app):
 @pytest.fixture(scope="module")
 def chromium():
     _require_chromium()
-    from playwright.sync_api import sync_playwright
 
     # Module scope: Playwright's sync API keeps an event loop on this thread while it runs.
     with sync_playwright() as playwright:
@@ -149,10 +154,6 @@ PAYMENT_KEYS = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE")
 def live_standin(live_server, tmp_path_factory):
     """The Stripe stand-in as its own process (``python -m standin``), delivering the events
     it signs to the live server's webhook endpoint, as ``make run`` wires them."""
-    import uuid
-
-    from tests.gateways.conftest import running_standin
-
     secret = "whsec_" + uuid.uuid4().hex
     log_path = tmp_path_factory.mktemp("live-standin") / "standin.log"
     with running_standin(
@@ -173,13 +174,6 @@ def live_payments(app, live_server, live_standin):
     user ids start again from 1 after the database is reset. ``wait_for_webhooks()`` waits
     until the stand-in has delivered every event of this test (the portal answered 2xx, so
     nothing is still being processed); the fixture does so before the database is reset."""
-    import time
-    import uuid
-
-    import requests
-
-    from standin.server import DEFAULT_EVENTS
-
     config = live_server.app.config
     saved = {key: config.get(key) for key in PAYMENT_KEYS}
     secret_key = "sk_test_" + uuid.uuid4().hex

@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 
 from portal.extensions import db
 from portal.models import Invoice
-from tests.conftest import PASSWORD
+from tests.support.app import PASSWORD
 from tests.support.invoices import OCT_TOTAL, SEP_TOTAL, issue_invoices, pay_offline
 
 pytestmark = pytest.mark.browser

@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import (
-    CheckoutSession,
     Invoice,
     InvoicePayment,
     OutboundEmail,
@@ -33,8 +32,8 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.money import Money
-from portal.services import vouchers
-from tests.conftest import PASSWORD
+from portal.services.wallet import vouchers
+from tests.support.app import PASSWORD
 from tests.support.invoices import OCT, OCT_TOTAL, issue_invoices
 
 pytestmark = pytest.mark.browser

@@ -11,8 +11,9 @@ from playwright.sync_api import Page, expect
 
 from portal.extensions import db
 from portal.models import User
-from portal.services import deployments, metering, usage
-from tests.conftest import PASSWORD
+from portal.services import calendar
+from portal.services.metering import deployments, rollups, runs
+from tests.support.app import PASSWORD
 
 pytestmark = pytest.mark.browser
 
@@ -34,9 +35,9 @@ def seed_usage(app, user_id: int) -> str:
     with app.app_context():
         try:
             user = db.session.get(User, user_id)
-            now = metering.last_complete_hour()
-            current, _ = usage.period_containing(now, app.config["BILLING"].invoice_day)
-            previous, _ = usage.period_containing(
+            now = rollups.last_complete_hour()
+            current, _ = calendar.period_containing(now, app.config["BILLING"].invoice_day)
+            previous, _ = calendar.period_containing(
                 current - timedelta(days=1), app.config["BILLING"].invoice_day
             )
             start = previous + timedelta(hours=10)
@@ -63,7 +64,7 @@ def seed_usage(app, user_id: int) -> str:
                 started_at=now - timedelta(hours=1),
             )
             db.session.commit()
-            metering.meter_all(now)
+            runs.meter_all(now)
             return f"{previous:%Y-%m}"
         finally:
             db.session.remove()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import OutboundEmail
-from tests.conftest import PASSWORD
+from tests.support.app import PASSWORD
 
 pytestmark = pytest.mark.browser
 

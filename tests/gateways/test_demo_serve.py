@@ -16,9 +16,9 @@ from portal.extensions import db
 from portal.gateways.stripe import StripeGateway
 from portal.models import WebhookEvent
 from portal.money import Money
-from tests.conftest import BASE_CONFIG
-from tests.gateways.conftest import TEST_CARDS
-from tests.jobs.conftest import Process, wait_until
+from tests.support.app import BASE_CONFIG
+from tests.support.gateway import TEST_CARDS
+from tests.support.processes import Process, wait_until
 
 
 def _free_port() -> int:

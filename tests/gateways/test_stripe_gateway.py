@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import socket
 import threading
 import time
@@ -13,7 +16,7 @@ import requests
 from portal.gateways import GatewayError, LivemodeMismatch, PaymentStatus, SignatureError
 from portal.gateways.stripe import StripeGateway
 from portal.money import Money
-from tests.gateways.conftest import SECRET_KEY, TEST_CARDS, save_card
+from tests.support.gateway import SECRET_KEY, TEST_CARDS, save_card
 
 
 def test_a_customer_is_made_once_per_user(gateway):
@@ -303,10 +306,6 @@ def test_charges_their_refunds_and_disputes_are_read_from_the_gateway(
 
 
 def test_events_from_the_other_mode_are_refused(gateway, standin):
-    import hashlib
-    import hmac
-    import json
-
     body = json.dumps(
         {
             "id": "evt_live_1",

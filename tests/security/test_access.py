@@ -15,7 +15,7 @@ from portal.blueprints import register_blueprints
 from portal.extensions import db
 from portal.models import ApiToken, CreditLot, LedgerTransaction, OutboundEmail, User
 from portal.services import accounts
-from tests.conftest import PASSWORD
+from tests.support.app import PASSWORD
 
 API_PREFIX = "/api/plugins/billing/"
 # Pages anyone may open: logging in, registering, asking for and using a password link.

@@ -27,7 +27,8 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.money import Money
-from portal.services import catalog, vouchers
+from portal.services.metering import catalog
+from portal.services.wallet import vouchers
 from tests.support.invoices import OCT, issue_invoices
 
 # Everything an HTML form could write.

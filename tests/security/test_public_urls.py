@@ -13,18 +13,8 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import CheckoutSession
-from tests.conftest import AuthActions
-from tests.payments.conftest import (
-    SECRET_KEY,
-    TEST_CARDS,
-    in_app,  # noqa: F401
-    issued_invoice,
-    pay_app,
-    receiver,
-    saved_card,
-    standin,
-    type_card,
-)
+from tests.support.app import AuthActions
+from tests.support.payments import SECRET_KEY, TEST_CARDS, issued_invoice, saved_card, type_card
 
 PUBLIC = "http://portal.test"  # PUBLIC_URL in tests/conftest.py
 

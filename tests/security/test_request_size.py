@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 
 from portal.extensions import db
 from portal.models import VoucherRequest, WebhookEvent
-from tests.conftest import BASE_CONFIG
-from tests.jobs.conftest import Process
-from tests.webhooks.conftest import WEBHOOK_SECRET, event_body, sign, stripe_app  # noqa: F401
+from tests.support.app import BASE_CONFIG
+from tests.support.processes import Process
+from tests.support.webhooks import WEBHOOK_SECRET, event_body, sign
 
 WEBHOOK = "/api/plugins/billing/webhook"
 API = "/api/plugins/billing/credits"

@@ -12,7 +12,6 @@ from sqlalchemy.pool import NullPool
 from portal.extensions import db
 from portal.models import OutboundEmail
 from portal.services import accounts
-from tests.support.smtp import smtp_server, smtp_sink  # noqa: F401  (fixtures)
 
 RESET_LINK = re.compile(r"http://portal\.test(/auth/reset/\S+)")
 

@@ -16,14 +16,15 @@ import os
 import signal
 import sys
 
+from portal import create_app
+from portal.gateways import get_gateway
+from portal.services.payments import settlement
+
 
 def main() -> None:
     when, user_id = sys.argv[1], int(sys.argv[2])
     if when not in ("before", "after"):
         raise SystemExit(f"usage: {sys.argv[0]} before|after USER_ID")
-    from portal import create_app
-    from portal.gateways import get_gateway
-    from portal.services import settlement
 
     app = create_app(json.loads(os.environ["PORTAL_CRASH_CONFIG"]))
     with app.app_context():

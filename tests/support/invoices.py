@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from portal.extensions import db
 from portal.models import Invoice, User
 from portal.money import Money
-from portal.services import deployments, invoicing
+from portal.services.invoicing import invoices
+from portal.services.invoicing import run as invoice_run
+from portal.services.metering import deployments
 
 SEP = (datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC))
 OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
@@ -18,7 +20,7 @@ SEP_TOTAL, OCT_TOTAL = "$36.00", "$37.20"
 
 def issue_invoices(app, user_id: int, periods=(SEP, OCT), *, name: str = "web") -> list[int]:
     """One core running from the first period's start to the last one's end, invoiced
-    period by period through ``invoicing.generate_for_user``. Returns the invoice ids."""
+    period by period through ``invoice_run.generate_for_user``. Returns the invoice ids."""
     with app.app_context():
         try:
             user = db.session.get(User, user_id)
@@ -36,7 +38,7 @@ def issue_invoices(app, user_id: int, periods=(SEP, OCT), *, name: str = "web") 
             db.session.commit()
             ids = []
             for start, end in periods:
-                invoice, _ = invoicing.generate_for_user(user, start, end)
+                invoice, _ = invoice_run.generate_for_user(user, start, end)
                 db.session.commit()
                 ids.append(invoice.id)
             return ids
@@ -52,7 +54,7 @@ def pay_offline(app, invoice_id: int, minor: int | None = None, reference: str =
             amount = Money(
                 invoice.amount_due.amount_minor if minor is None else minor, invoice.currency
             )
-            invoicing.record_offline_payment(invoice, amount=amount, reference=reference)
+            invoices.record_offline_payment(invoice, amount=amount, reference=reference)
             db.session.commit()
         finally:
             db.session.remove()

@@ -11,11 +11,11 @@ from flask_wtf import FlaskForm
 from wtforms import DateTimeLocalField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
+from ...errors import NotFound, ServiceError
 from ...extensions import db
 from ...forms import AmountField, PlausibleDate, check_date, parse_amount
 from ...money import AmountError, micros_to_decimal
-from ...services import catalog, reports
-from ...services.errors import NotFound, ServiceError
+from ...services.metering import catalog, reports
 from .. import helpers
 from . import bp
 

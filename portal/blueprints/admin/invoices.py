@@ -11,12 +11,13 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
+from ...errors import NotFound, ServiceError
 from ...extensions import db
 from ...forms import AmountField
 from ...models import Invoice
 from ...money import AmountError, Money
-from ...services import invoicing
-from ...services.errors import NotFound, ServiceError
+from ...services.invoicing import invoices as invoicing
+from ...services.invoicing import run
 from .. import helpers
 from . import bp
 
@@ -126,7 +127,7 @@ def generate_invoice():
         return _render_list(form, 422)
     try:
         user = helpers.find_user(form.email.data)
-        invoice, created = invoicing.generate_for_user(user, start, end, created_by=current_user)
+        invoice, created = run.generate_for_user(user, start, end, created_by=current_user)
     except NotFound:
         form.email.errors.append("No user has this email.")
         return _render_list(form, 422)

@@ -13,7 +13,7 @@ from wtforms.validators import Length
 from ... import htmx as hx
 from ...extensions import db
 from ...models import utcnow
-from ...services import scheduler
+from ...tasks import scheduler
 from .. import helpers
 from . import bp
 

@@ -11,11 +11,11 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from ...errors import ServiceError
 from ...extensions import db
 from ...forms import AmountField, PlausibleDate, WholeNumberField
 from ...money import AmountError, Money
-from ...services import vouchers
-from ...services.errors import ServiceError
+from ...services.wallet import vouchers
 from .. import helpers
 from . import bp
 

@@ -3,9 +3,9 @@ document at /api/plugins/billing/openapi.json, shown at /api/plugins/billing/doc
 
 from flask import Blueprint
 
-from ...extensions import csrf
+from ...errors import ServiceError
+from ...extensions import csrf, db
 from ...money import AmountError
-from ...services.errors import ServiceError
 from ...web import json_error
 
 bp = Blueprint("api", __name__, url_prefix="/api/plugins/billing")
@@ -14,8 +14,6 @@ csrf.exempt(bp)  # bearer tokens only, never the session cookie, so no CSRF to d
 
 @bp.errorhandler(ServiceError)
 def _service_error(exc: ServiceError):
-    from ...extensions import db
-
     db.session.rollback()
     return json_error(exc.http_status, exc.code, exc.message, exc.fields)
 
@@ -25,4 +23,4 @@ def _amount_error(exc: AmountError):
     return json_error(422, "validation_failed", f"amount {exc}", {"amount": str(exc)})
 
 
-from . import deployments, invoices, jobs, payments, reference, routes, vouchers  # noqa: E402,F401
+from . import accounts, deployments, invoices, jobs, payments, reference, vouchers  # noqa: E402,F401

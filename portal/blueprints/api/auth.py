@@ -6,10 +6,10 @@ from collections.abc import Iterable
 
 from flask import abort, g, request
 
+from ...errors import NotFound
 from ...extensions import db
 from ...models import TokenScope, User
 from ...services import accounts
-from ...services.errors import NotFound
 
 
 def authenticate(scopes: Iterable[TokenScope | str]) -> None:

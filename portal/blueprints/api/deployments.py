@@ -7,11 +7,12 @@ from decimal import Decimal
 
 from flask import Response, current_app, g, stream_with_context
 
+from ...errors import NotFound, ValidationFailed
 from ...extensions import db
 from ...models import Deployment, PriceVersion, TokenScope, User
 from ...money import Money, micros_to_decimal
-from ...services import catalog, deployments, reports, usage
-from ...services.errors import NotFound, ValidationFailed
+from ...services import calendar
+from ...services.metering import catalog, deployments, reports, usage
 from . import bp
 from .auth import acting_user, find_user
 from .fields import iso
@@ -280,9 +281,9 @@ def usage_view(query: UsageQuery):
     invoice_day = current_app.config["BILLING"].invoice_day
     try:
         start, end = (
-            usage.parse_period(query.period, invoice_day)
+            calendar.parse_period(query.period, invoice_day)
             if query.period
-            else usage.period_containing(datetime.now(UTC), invoice_day)
+            else calendar.period_containing(datetime.now(UTC), invoice_day)
         )
     except ValueError as exc:
         raise ValidationFailed.field("period", str(exc)) from None

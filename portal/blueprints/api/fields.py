@@ -32,9 +32,14 @@ from flask import request
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from ...errors import ValidationFailed
 from ...money import Money, currency_digits
-from ...services.deployments import EXTERNAL_ID_RULE, LABEL_KEY_RULE, MAX_LABEL_VALUE, MAX_LABELS
-from ...services.errors import ValidationFailed
+from ...services.metering.deployments import (
+    EXTERNAL_ID_RULE,
+    LABEL_KEY_RULE,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+)
 
 MAX_AMOUNT = Decimal("1000000000")  # major units
 MAX_AMOUNT_TEXT = "1000000000"

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from ...errors import NotFound, ValidationFailed
 from ...extensions import db
 from ...models import Invoice, TokenScope
-from ...services import invoice_documents, invoicing, usage
-from ...services.errors import NotFound, ValidationFailed
+from ...services import calendar
+from ...services.invoicing import documents, invoices, run
 from ..helpers import pdf_response
 from . import bp
 from .auth import acting_user, find_user
@@ -121,7 +122,7 @@ def _owner():
 def list_invoices(query: InvoiceQuery):
     user = acting_user(query.user_id)
     return _page_json(
-        invoicing.list_invoices(
+        invoices.list_invoices(
             user=user, status=query.status, page=query.page, per_page=query.per_page
         )
     )
@@ -136,7 +137,7 @@ def list_invoices(query: InvoiceQuery):
 )
 def show_invoice(invoice_id: int):
     """User tokens see their own invoices only (another's is 404)."""
-    return invoice_detail(invoicing.get_invoice(invoice_id, user=_owner()))
+    return invoice_detail(invoices.get_invoice(invoice_id, user=_owner()))
 
 
 @bp.post("/invoices")
@@ -157,7 +158,7 @@ def create_invoice(body: CreateInvoice):
         user = find_user(body.user_id)
     except NotFound:
         raise ValidationFailed.field("user_id", f"no user {body.user_id!r}") from None
-    invoice, created = invoicing.generate_for_user(
+    invoice, created = run.generate_for_user(
         user, body.period_start, body.period_end, created_by=g.api_user
     )
     db.session.commit()
@@ -178,13 +179,13 @@ def admin_list_invoices(query: AdminInvoiceQuery):
     period_start = None
     if query.period:
         try:
-            period_start, _ = usage.parse_period(
+            period_start, _ = calendar.parse_period(
                 query.period, current_app.config["BILLING"].invoice_day
             )
         except ValueError as exc:
             raise ValidationFailed.field("period", str(exc)) from None
     return _page_json(
-        invoicing.list_invoices(
+        invoices.list_invoices(
             user=user,
             status=query.status,
             period_start=period_start,
@@ -205,8 +206,8 @@ def admin_list_invoices(query: AdminInvoiceQuery):
 )
 def void_invoice(invoice_id: int, body: VoidInvoice):
     """Its ledger posting is reversed; credits it applied come back as a new credit."""
-    invoice = invoicing.void_invoice(
-        invoicing.get_invoice(invoice_id), reason=body.reason, voided_by=g.api_user
+    invoice = invoices.void_invoice(
+        invoices.get_invoice(invoice_id), reason=body.reason, voided_by=g.api_user
     )
     db.session.commit()
     return invoice_detail(invoice)
@@ -224,9 +225,9 @@ def void_invoice(invoice_id: int, body: VoidInvoice):
 )
 def record_payment(invoice_id: int, body: OfflinePayment):
     """An offline payment (bank transfer), booked through the ledger."""
-    invoice = invoicing.get_invoice(invoice_id)
+    invoice = invoices.get_invoice(invoice_id)
     client_key = idempotency_key()
-    invoicing.record_offline_payment(
+    invoices.record_offline_payment(
         invoice,
         amount=to_money(body.amount, invoice.currency, "amount"),
         reference=body.reference,
@@ -249,5 +250,5 @@ def record_payment(invoice_id: int, body: OfflinePayment):
 def invoice_pdf(invoice_id: int):
     """User tokens get their own invoices only (else 404), admin tokens any; 409
     pdf_not_ready while it is being made."""
-    invoice, document = invoice_documents.get_invoice_pdf(invoice_id, user=_owner())
+    invoice, document = documents.get_invoice_pdf(invoice_id, user=_owner())
     return pdf_response(invoice, document)

@@ -6,7 +6,7 @@ from flask import g
 
 from ...extensions import db
 from ...models import TokenScope, utcnow
-from ...services import scheduler
+from ...tasks import scheduler
 from . import bp
 from .fields import idempotency_key, iso
 from .models import (

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from ...services.deployments import MAX_NAME, MAX_SIZE
-from ...services.vouchers import MAX_BATCH
+from ...services.metering.deployments import MAX_NAME, MAX_SIZE
+from ...services.wallet.vouchers import MAX_BATCH
 from .fields import (
     MAX_PAGE,
     MAX_PER_PAGE,

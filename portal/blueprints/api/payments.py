@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from ...errors import InvalidTransition, ServiceError
 from ...extensions import db
 from ...gateways import GatewayError
 from ...models import AttemptStatus, TokenScope
 from ...money import Money
-from ...services import card_payments, cards, invoicing, settlement, topups
-from ...services.errors import InvalidTransition, ServiceError
+from ...services.invoicing import invoices
+from ...services.payments import card_charges, cards, settlement, topups
 from ...web import json_error
 from . import bp
 from .fields import idempotency_key, to_money
@@ -135,8 +136,8 @@ def session_amount(session) -> dict:
     responses={200: PaymentPreview},
 )
 def payment_preview(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
-    if invoice.invoice_status not in invoicing.UNPAID:
+    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
+    if invoice.invoice_status not in invoices.UNPAID:
         return PaymentPreview(
             invoice_id=invoice.id,
             status=invoice.invoice_status.label,
@@ -168,11 +169,11 @@ def payment_preview(invoice_id: int):
 def pay_invoice(invoice_id: int):
     """Pay now; answers with the invoice, its payments and the payment_outcome. A paid
     invoice is 409 invalid_transition."""
-    invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
-    if invoice.invoice_status not in invoicing.UNPAID:
+    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
+    if invoice.invoice_status not in invoices.UNPAID:
         raise InvalidTransition(f"a {invoice.invoice_status.label} invoice needs no payment")
     result = settlement.settle(g.api_user.id, invoice_id=invoice_id)
-    invoice = invoicing.get_invoice(invoice_id, user=g.api_user)
+    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
     return InvoicePaid(**detail_fields(invoice), payment_outcome=_outcome(invoice, result))
 
 
@@ -180,9 +181,9 @@ def _outcome(invoice, result) -> PaymentOutcome:
     """paid; requires_action (a card payment waits for 3-D Secure: the invoice page's
     "Complete payment"); processing (a card charge not answered yet); failed (every card was
     declined); partial (some of it is paid); unpaid (nothing could pay any of it)."""
-    if invoice.invoice_status is invoicing.S.PAID:
+    if invoice.invoice_status is invoices.S.PAID:
         return "paid"
-    waiting = card_payments.open_attempt_for(g.api_user, invoice)
+    waiting = card_charges.open_attempt_for(g.api_user, invoice)
     if invoice.id in result.needs_action or (
         waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION
     ):

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import IntegerConverter, Rule
 
+from ...errors import NotFound
 from ...models import TokenScope
-from ...services.errors import NotFound
 from .auth import authenticate
 from .fields import EXTERNAL_ID_RULE, IDEMPOTENCY_KEY_SCHEMA, MAX_ID, parse_body, parse_query
 from .models import ErrorBody

@@ -6,7 +6,7 @@ from flask import Response, current_app, g, stream_with_context
 
 from ...extensions import db
 from ...models import TokenScope
-from ...services import ledger, vouchers
+from ...services.wallet import ledger, vouchers
 from ..limits import voucher_redeem_limit
 from . import bp
 from .fields import iso, to_money

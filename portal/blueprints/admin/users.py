@@ -1,0 +1,116 @@
+"""Admin › Users: the list, a user's wallet, granting a credit, taking the admin role away."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time, timedelta
+
+from flask import abort, flash, render_template
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import DateField, HiddenField, TextAreaField
+from wtforms.validators import DataRequired, Length, Optional
+
+from ...errors import ServiceError
+from ...extensions import db
+from ...forms import AmountField, PlausibleDate
+from ...models import User
+from ...money import AmountError, Money
+from ...services import accounts
+from ...services.wallet import credits, ledger
+from .. import helpers
+from . import bp
+
+
+class GrantCreditForm(FlaskForm):
+    amount = AmountField("Amount")
+    reason = TextAreaField("Reason", validators=[DataRequired(), Length(max=500)])
+    expires_on = DateField("Valid through (optional)", validators=[Optional(), PlausibleDate()])
+    # One grant per rendered form, however often it is submitted.
+    request_id = HiddenField(validators=[Length(max=64)])
+
+
+class RevokeAdminForm(FlaskForm):
+    pass
+
+
+@bp.get("/users")
+def users():
+    q = helpers.query_arg("q", 254)
+    page = accounts.list_users(query=q, page=helpers.page_arg())
+    return render_template("admin/users.html", users=page, q=q)
+
+
+def _user_or_404(user_id: int) -> User:
+    return db.session.get(User, user_id) or abort(404)
+
+
+def _render_user(user: User, form: GrantCreditForm, status: int = 200):
+    if not form.request_id.data:
+        form.request_id.data = uuid.uuid4().hex
+    return render_template(
+        "admin/user.html",
+        user=user,
+        form=form,
+        revoke_admin_form=RevokeAdminForm(),
+        balances=ledger.balances(user),
+        lots=credits.list_lots(user),
+        history=ledger.wallet_history(user, page=helpers.page_arg()),
+    ), status
+
+
+@bp.get("/users/<int:user_id>")
+def user(user_id: int):
+    return _render_user(_user_or_404(user_id), GrantCreditForm(formdata=None))
+
+
+@bp.post("/users/<int:user_id>/credits")
+def grant_credit(user_id: int):
+    user = _user_or_404(user_id)
+    form = GrantCreditForm()
+    if not form.validate_on_submit():
+        return _render_user(user, form, 422)
+    expires_at = None
+    if form.expires_on.data:  # valid through that whole day (UTC)
+        expires_at = datetime.combine(form.expires_on.data + timedelta(days=1), time(), UTC)
+    try:
+        amount = Money.from_decimal(form.amount.decimal, user.currency)
+        credits.grant_credit(
+            user=user,
+            amount=amount,
+            reason=form.reason.data,
+            expires_at=expires_at,
+            granted_by=current_user,
+            idempotency_key=f"form:{form.request_id.data}",
+        )
+    except AmountError as exc:
+        form.amount.errors.append(f"The amount {exc}.")
+        return _render_user(user, form, 422)
+    except ServiceError as exc:
+        db.session.rollback()
+        helpers.form_errors_from(form, exc)
+        return _render_user(user, form, 422)
+    db.session.commit()
+    flash(f"Granted {amount.format()} of credit to {user.email}.", "success")
+    return helpers.see_other("admin.user", user_id=user.id)
+
+
+@bp.post("/users/<int:user_id>/revoke-admin")
+def revoke_admin(user_id: int):
+    """Take the admin role away; the user's admin and platform tokens are revoked with it."""
+    user = _user_or_404(user_id)
+    if not RevokeAdminForm().validate_on_submit():
+        abort(400)
+    try:
+        revoked = accounts.revoke_admin(user, by=current_user)
+    except ServiceError as exc:
+        db.session.rollback()
+        flash(f"Not done: {exc.message}.", "error")
+    else:
+        db.session.commit()
+        flash(
+            f"{user.email} is no longer an admin; {revoked} admin or platform "
+            f"token{'' if revoked == 1 else 's'} revoked.",
+            "success",
+        )
+    return helpers.see_other("admin.user", user_id=user_id)

@@ -1,0 +1,113 @@
+"""The database toolbox: what services and tasks share to write SQL that runs the same on
+SQLite and PostgreSQL, and in bulk."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import JSON, BigInteger, any_, bindparam, func, insert, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .extensions import db
+
+
+def dialect_insert(table):
+    """INSERT with the dialect's ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    return (pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def ids_in(column, ids: Sequence[int]):
+    """``column IN ids``; on PostgreSQL as one array parameter (``= ANY``), not a parameter per
+    id to render, send and plan (a bulk job's thousand accounts)."""
+    if db.engine.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
+    return column.in_(ids)
+
+
+def allocate_ids(table, count: int) -> list[int]:
+    """``count`` new ids for ``table``, ascending, to insert rows with (bulk_insert). On
+    PostgreSQL from the table's id sequence; on SQLite after the largest id, which is safe
+    because every SQLite transaction holds the write lock from its start."""
+    if count <= 0:
+        return []
+    if db.engine.dialect.name == "postgresql":
+        return sorted(
+            db.session.scalars(
+                text(
+                    f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": count},
+            )
+        )
+    db.session.flush()
+    last = db.session.scalar(select(func.coalesce(func.max(table.c.id), 0)))
+    return list(range(last + 1, last + count + 1))
+
+
+def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Insert many rows (tuples in ``columns`` order) in the session's transaction: COPY on
+    PostgreSQL, an executemany elsewhere. Columns left out take their defaults."""
+    if not rows:
+        return
+    if db.engine.dialect.name != "postgresql":
+        db.session.execute(insert(table), [dict(zip(columns, row, strict=False)) for row in rows])
+        return
+    db.session.flush()  # the rows may refer to objects still pending in the session
+    as_json = [n for n, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+    connection = db.session.connection().connection.driver_connection
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
+        copy.set_types(_copy_types(table, tuple(columns)))
+        for row in rows:
+            if as_json:
+                row = list(row)
+                for n in as_json:
+                    row[n] = None if row[n] is None else _compact_json(row[n])
+            copy.write_row(row)
+
+
+@functools.lru_cache(maxsize=64)
+def _copy_types(table, columns: tuple[str, ...]) -> list[str]:
+    """Each column's PostgreSQL type, so that COPY dumps values by it rather than by looking
+    up each value's Python type; JSON columns get the text it was encoded to."""
+    return [
+        "text"
+        if isinstance(table.c[c].type, JSON)
+        else table.c[c].type.compile(dialect=_POSTGRESQL).split("(")[0].lower()
+        for c in columns
+    ]
+
+
+_POSTGRESQL = postgresql.dialect()
+# PostgreSQL's json keeps the text as given: without spaces after the separators, a smaller
+# document to parse, compress and write to the WAL.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages
+
+    @property
+    def has_prev(self) -> bool:
+        return self.page > 1

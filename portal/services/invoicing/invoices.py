@@ -1,0 +1,313 @@
+"""Invoices after they are issued: the status table, gap-free numbers, payments booked
+against an invoice, voiding, overdue marking, the event payloads, and listing.
+
+Lifecycle (one table, TRANSITIONS): draft -> open ("sent") -> paid | overdue -> paid, and
+void (not once paid).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+
+from ...db import Page, dialect_insert
+from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
+from ...extensions import db
+from ...models import (
+    AccountKind,
+    CreditLot,
+    Invoice,
+    InvoiceCounter,
+    InvoicePayment,
+    InvoiceStatus,
+    LedgerTransaction,
+    PaymentTender,
+    UsageAdjustment,
+    User,
+    utcnow,
+)
+from ...money import Money, format_money
+from .. import events
+from ..wallet import ledger
+from .formatting import major_text
+
+S = InvoiceStatus
+TRANSITIONS: dict[S, frozenset[S]] = {
+    S.DRAFT: frozenset({S.OPEN, S.PAID, S.VOID}),
+    S.OPEN: frozenset({S.PAID, S.OVERDUE, S.VOID}),
+    S.OVERDUE: frozenset({S.PAID, S.VOID}),
+    S.PAID: frozenset(),
+    S.VOID: frozenset(),
+}
+LIVE = (S.DRAFT, S.OPEN, S.PAID, S.OVERDUE)
+UNPAID = (S.OPEN, S.OVERDUE)
+
+
+def transition(invoice: Invoice, target: S) -> None:
+    current = S(invoice.status)
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(f"a {current.label} invoice cannot become {target.label}")
+    invoice.status = str(target)
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+def reserve_numbers(year: int, count: int) -> list[str]:
+    """``count`` consecutive numbers for ``year``, under the counter row's lock: gap-free
+    because they are taken in the transaction that finalizes the invoices."""
+    db.session.execute(
+        dialect_insert(InvoiceCounter.__table__)
+        .values(year=year, last_number=0)
+        .on_conflict_do_nothing()
+    )
+    last = db.session.execute(
+        update(InvoiceCounter)
+        .where(InvoiceCounter.year == year)
+        .values(last_number=InvoiceCounter.last_number + count)
+        .returning(InvoiceCounter.last_number)
+    ).scalar_one()
+    return [f"INV-{year}-{n:06d}" for n in range(last - count + 1, last + 1)]
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def get_invoice(invoice_id: int, *, user: User | None = None) -> Invoice:
+    query = select(Invoice).where(Invoice.id == invoice_id)
+    if user is not None:
+        query = query.where(Invoice.user_id == user.id)
+    invoice = db.session.scalar(query)
+    if invoice is None:
+        raise NotFound("no such invoice")
+    return invoice
+
+
+def lock_invoice(invoice: Invoice) -> Invoice:
+    return db.session.scalar(
+        select(Invoice)
+        .where(Invoice.id == invoice.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def record_payment(
+    invoice: Invoice,
+    *,
+    tender: PaymentTender,
+    amount: Money,
+    txn_id: int,
+    reference: str = "",
+    created_by: User | None = None,
+) -> InvoicePayment:
+    """Book a payment that the ledger already holds; marks the invoice paid when covered."""
+    payment = InvoicePayment(
+        invoice_id=invoice.id,
+        tender=str(tender),
+        amount_minor=amount.amount_minor,
+        currency=amount.currency,
+        reference=reference[:200],
+        ledger_transaction_id=txn_id,
+        created_by_id=created_by.id if created_by else None,
+    )
+    db.session.add(payment)
+    invoice.amount_paid_minor += amount.amount_minor
+    if invoice.amount_paid_minor == invoice.total_minor:
+        transition(invoice, S.PAID)
+        invoice.paid_at = utcnow()
+        events.record(
+            "billing.invoice.paid", f"invoice:{invoice.id}", invoice_event(invoice), invoice.user_id
+        )
+    db.session.flush()
+    return payment
+
+
+def record_offline_payment(
+    invoice: Invoice,
+    *,
+    amount: Money,
+    reference: str,
+    recorded_by: User | None = None,
+    idempotency_key: str | None = None,
+) -> InvoicePayment:
+    """A payment made outside the portal (bank transfer), booked through the ledger. With an
+    ``idempotency_key`` (a rendered form, a client's header) a repeat records nothing."""
+    invoice = lock_invoice(invoice)
+    key = (
+        f"invoice:{invoice.id}:offline:{idempotency_key}"
+        if idempotency_key
+        else f"invoice:{invoice.id}:offline:{len(invoice.payments) + 1}"
+    )
+    if idempotency_key:
+        earlier = db.session.scalar(
+            select(InvoicePayment)
+            .join(LedgerTransaction, LedgerTransaction.id == InvoicePayment.ledger_transaction_id)
+            .where(LedgerTransaction.idempotency_key == key)
+        )
+        if earlier is not None:
+            if earlier.amount_minor != amount.amount_minor:
+                raise Conflict("this request was already used for a different payment")
+            return earlier
+    if S(invoice.status) not in UNPAID:
+        raise InvalidTransition(f"a {S(invoice.status).label} invoice takes no payments")
+    if amount.currency != invoice.currency:
+        raise ValidationFailed.field("amount", f"must be in {invoice.currency}")
+    if amount.amount_minor <= 0:
+        raise ValidationFailed.field("amount", "must be greater than 0")
+    if amount.amount_minor > invoice.total_minor - invoice.amount_paid_minor:
+        raise ValidationFailed.field(
+            "amount", f"is more than the amount due ({format_money(invoice.amount_due)})"
+        )
+    reference = (reference or "").strip()
+    if not reference:
+        raise ValidationFailed.field("reference", "is required")
+    user = db.session.get(User, invoice.user_id)
+    txn = ledger.post_transaction(
+        idempotency_key=key,
+        kind="offline_payment",
+        user_id=invoice.user_id,
+        created_by_id=recorded_by.id if recorded_by else None,
+        description=f"Payment for {invoice.number}: {reference}",
+        legs=[
+            (
+                ledger.system_account(AccountKind.OFFLINE_CLEARING, invoice.currency),
+                -amount.amount_minor,
+            ),
+            (ledger.user_account(user, AccountKind.RECEIVABLE), amount.amount_minor),
+        ],
+    )
+    return record_payment(
+        invoice,
+        tender=PaymentTender.OFFLINE,
+        amount=amount,
+        txn_id=txn.id,
+        reference=reference,
+        created_by=recorded_by,
+    )
+
+
+def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None) -> Invoice:
+    """Cancel an unpaid invoice: its ledger posting is reversed, applied credits come back
+    as a new credit lot, its late-usage adjustments return to pending."""
+    invoice = lock_invoice(invoice)
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed.field("reason", "is required")
+    if invoice.amount_paid_minor:
+        raise Conflict("payments were made on this invoice; refund them before voiding it")
+    transition(invoice, S.VOID)
+    user = db.session.get(User, invoice.user_id)
+    if invoice.finalized_at is not None and invoice.subtotal_minor > 0:
+        legs = [
+            (ledger.system_account(AccountKind.REVENUE, invoice.currency), -invoice.subtotal_minor)
+        ]
+        if invoice.total_minor:
+            legs.append((ledger.user_account(user, AccountKind.RECEIVABLE), invoice.total_minor))
+        if invoice.credits_minor:
+            legs.append((ledger.user_account(user, AccountKind.CREDIT), invoice.credits_minor))
+        txn = ledger.post_transaction(
+            idempotency_key=f"invoice:{invoice.id}:void",
+            kind="invoice_void",
+            user_id=invoice.user_id,
+            created_by_id=voided_by.id if voided_by else None,
+            description=f"Void {invoice.number}: {reason}",
+            legs=legs,
+        )
+        if invoice.credits_minor:
+            db.session.add(
+                CreditLot(
+                    user_id=user.id,
+                    account_id=ledger.user_account(user, AccountKind.CREDIT).id,
+                    currency=invoice.currency,
+                    amount_minor=invoice.credits_minor,
+                    remaining_minor=invoice.credits_minor,
+                    transaction_id=txn.id,
+                    reason=f"Credits returned from voided {invoice.number}",
+                )
+            )
+    db.session.execute(
+        update(UsageAdjustment)
+        .where(UsageAdjustment.invoice_id == invoice.id)
+        .values(invoice_id=None)
+    )
+    invoice.voided_at = utcnow()
+    invoice.void_reason = reason[:500]
+    db.session.flush()
+    return invoice
+
+
+def mark_overdue(now: datetime | None = None) -> int:
+    """Open invoices past their due date become overdue (set-based; safe to repeat)."""
+    return db.session.execute(
+        update(Invoice)
+        .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
+        .values(status=str(S.OVERDUE))
+    ).rowcount
+
+
+# -- event payloads --------------------------------------------------------------------------
+
+
+def event_payload(
+    invoice_id: int,
+    number: str,
+    user_id: int,
+    currency: str,
+    total_minor: int,
+    period_start: str,
+    period_end: str,
+    status: S,
+) -> dict:
+    return {
+        "invoice_id": invoice_id,
+        "invoice_number": number,
+        "user_id": user_id,
+        "currency": currency,
+        "total": major_text(total_minor, currency),
+        "total_minor": total_minor,
+        "period_start": period_start,
+        "period_end": period_end,
+        "status": status.label,
+    }
+
+
+def invoice_event(invoice: Invoice) -> dict:
+    return event_payload(
+        invoice.id,
+        invoice.number,
+        invoice.user_id,
+        invoice.currency,
+        invoice.total_minor,
+        invoice.period_start.isoformat(),
+        invoice.period_end.isoformat(),
+        S(invoice.status),
+    )
+
+
+def list_invoices(
+    *,
+    user: User | None = None,
+    status: str | None = None,
+    period_start: datetime | None = None,
+    page: int = 1,
+    per_page: int = 20,
+):
+    query = select(Invoice)
+    if user is not None:
+        query = query.where(Invoice.user_id == user.id)
+    if status:
+        wanted = "open" if status == "sent" else status
+        query = query.where(Invoice.status == wanted)
+    if period_start is not None:
+        query = query.where(Invoice.period_start == period_start)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    items = list(
+        db.session.scalars(
+            query.order_by(Invoice.period_start.desc(), Invoice.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+    )
+    return Page(items, page, per_page, total)

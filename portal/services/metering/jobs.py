@@ -1,0 +1,65 @@
+"""Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
+`meter_chunk` meters one chunk of users and commits; `backfill_deployment` meters one
+deployment's past days again after a change dated before its chunk's mark."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ...extensions import db
+from ...tasks.queues import enqueue, get_queue
+from ...tasks.registry import schedule, task
+from . import rollups, runs
+
+
+def _hour(upto_iso: str | None) -> datetime:
+    return rollups.parse_hour(upto_iso) if upto_iso else rollups.last_complete_hour()
+
+
+@task("metering.meter_due")
+def meter_due(upto_iso: str | None = None) -> dict:
+    """The "calculate-usage" job: every complete hour not yet metered, for every chunk."""
+    upto = _hour(upto_iso)
+    runs.prepare_run(upto)
+    db.session.commit()
+    chunks = rollups.due_chunks(upto)
+    stamp = upto.strftime("%Y-%m-%dT%H")
+    if not get_queue("metering").is_async:
+        totals = rollups.MeterResult()
+        for chunk in chunks:
+            totals.add(rollups.meter_chunk(chunk, upto))
+            db.session.commit()
+        return totals.figures()
+    for chunk in chunks:
+        enqueue("metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}")
+    return {"chunks": len(chunks), "upto": stamp}
+
+
+@task("metering.meter_chunk")
+def meter_chunk(chunk: int, upto_iso: str) -> dict:
+    result = rollups.meter_chunk(chunk, rollups.parse_hour(upto_iso))
+    db.session.commit()
+    return result.figures()
+
+
+@task("metering.backfill_deployment")
+def backfill_deployment(deployment_id: int, since_iso: str) -> dict:
+    result = rollups.rebuild_deployment(deployment_id, datetime.fromisoformat(since_iso))
+    db.session.commit()
+    return result.figures()
+
+
+def _meter_upto(due: datetime) -> tuple:
+    # meter_due meters every complete hour before this boundary: at 18:00 the hour 17-18.
+    return (due.astimezone(UTC).strftime("%Y-%m-%dT%H"),)
+
+
+schedule(
+    "calculate-usage",
+    cron=lambda config: config["BILLING"].usage_calculation_interval,
+    func="metering.meter_due",
+    queue="metering",
+    id_prefix="meter",
+    args=_meter_upto,
+    enabled=lambda config: config["BILLING"].enabled,
+)

@@ -1,0 +1,257 @@
+"""Reading usage: what a user's deployments cost in a billing period, from the rollups.
+
+Costs stay exact (Fractions of a micro-unit) until a line is rounded: one line per
+deployment and resource, ROUND_HALF_UP to the currency's digits. Every total here is the
+integer sum of those lines, so the breakdowns by resource, by deployment and by day all add
+up to the period total, as the invoice will.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+
+from sqlalchemy import select
+
+from ...extensions import db
+from ...models import Deployment, DeploymentInterval, UsageDaily, User, utcnow
+from ...money import Money, currency_digits
+from . import rollups
+
+RESOURCES = ("cpu", "memory", "storage", "instance", "ip")
+UNITS = {
+    "cpu": "core-hours",
+    "memory": "gb-hours",
+    "storage": "gb-months",
+    "instance": "instance-hours",
+    "ip": "ip-hours",
+}
+LABELS = {
+    "cpu": "CPU",
+    "memory": "Memory",
+    "storage": "Storage",
+    "instance": "Instances",
+    "ip": "Public IPs",
+}
+
+
+# -- exact costs -----------------------------------------------------------------------------
+
+
+def month_seconds(day: date) -> int:
+    return calendar.monthrange(day.year, day.month)[1] * 86400
+
+
+def row_costs(row) -> dict[str, Fraction]:
+    """Exact micro-unit costs of one rollup row, per resource."""
+    return {
+        "cpu": Fraction(row.cpu_cost, 3_600_000),
+        "memory": Fraction(row.memory_cost, 3_600_000),
+        "storage": Fraction(row.storage_cost, 1000 * month_seconds(row.day)),
+        "instance": Fraction(row.instance_cost, 3600),
+        "ip": Fraction(row.ip_cost, 3600),
+    }
+
+
+def row_quantities(row) -> dict[str, Fraction]:
+    """Quantities in their units: core-hours, GB-hours, GB-months, instance-hours, IP-hours."""
+    return {
+        "cpu": Fraction(row.cpu_ms, 3_600_000),
+        "memory": Fraction(row.memory_ms, 3_600_000),
+        "storage": Fraction(row.storage_ms, 1000 * month_seconds(row.day)),
+        "instance": Fraction(row.instance_s, 3600),
+        "ip": Fraction(row.ip_s, 3600),
+    }
+
+
+def round_micros(micros: Fraction, currency: str) -> Money:
+    """Exact micro-units to minor units, once, ROUND_HALF_UP."""
+    digits = currency_digits(currency)
+    scaled = micros * 10**digits / 1_000_000
+    exact = Decimal(scaled.numerator) / Decimal(scaled.denominator)
+    return Money(int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), currency)
+
+
+def to_decimal(value: Fraction, places: int = 6) -> Decimal:
+    exact = Decimal(value.numerator) / Decimal(value.denominator)
+    return exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class ResourceItem:
+    resource_type: str
+    quantity: Decimal
+    unit: str
+    unit_price: Decimal  # per unit, in major units, up to 6 decimals
+    total_cost: Money
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.resource_type]
+
+
+@dataclass
+class DeploymentCost:
+    deployment: Deployment
+    total_cost: Money
+    lines: dict[str, Money] = field(default_factory=dict)
+
+
+@dataclass
+class UsageReport:
+    user: User
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    metered_through: datetime | None
+    total_cost: Money
+    projected_total: Money
+    items: list[ResourceItem]
+    deployments: list[DeploymentCost]
+    daily: list[tuple[date, Money]]
+
+    @property
+    def is_current(self) -> bool:
+        return self.period_start <= utcnow() < self.period_end
+
+    @property
+    def period_last_day(self) -> date:
+        return (self.period_end - timedelta(days=1)).date()
+
+
+def usage_report(
+    user: User, period_start: datetime, period_end: datetime, now: datetime | None = None
+) -> UsageReport:
+    now = now or utcnow()
+    currency = user.currency
+    rows = list(
+        db.session.execute(
+            select(UsageDaily).where(
+                UsageDaily.user_id == user.id,
+                UsageDaily.day >= period_start.date(),
+                UsageDaily.day < period_end.date(),
+            )
+        ).scalars()
+    )
+    by_deployment: dict[int, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
+    quantities: dict[str, Fraction] = defaultdict(Fraction)
+    daily_exact: dict[date, Fraction] = defaultdict(Fraction)
+    for row in rows:
+        for resource, cost in row_costs(row).items():
+            by_deployment[row.deployment_id][resource] += cost
+            daily_exact[row.day] += cost
+        for resource, qty in row_quantities(row).items():
+            quantities[resource] += qty
+
+    deployments = {
+        d.id: d for d in db.session.scalars(select(Deployment).where(Deployment.user_id == user.id))
+    }
+    costs: list[DeploymentCost] = []
+    resource_totals: dict[str, Money] = {r: Money.zero(currency) for r in RESOURCES}
+    resource_exact: dict[str, Fraction] = defaultdict(Fraction)
+    for dep_id, per_resource in by_deployment.items():
+        lines = {r: round_micros(c, currency) for r, c in per_resource.items() if c}
+        for r, money in lines.items():
+            resource_totals[r] += money
+            resource_exact[r] += per_resource[r]
+        costs.append(
+            DeploymentCost(deployments[dep_id], sum(lines.values(), Money.zero(currency)), lines)
+        )
+    costs.sort(key=lambda c: (-c.total_cost.amount_minor, c.deployment.external_id))
+    # In the current period, running deployments with nothing metered yet show too.
+    if period_start <= now < period_end:
+        listed = {c.deployment.id for c in costs}
+        for dep in deployments.values():
+            if dep.id not in listed and dep.state in ("active", "suspended", "pending", "removing"):
+                costs.append(DeploymentCost(dep, Money.zero(currency)))
+
+    items = []
+    for r in RESOURCES:
+        if quantities[r] or resource_exact[r]:
+            unit_price = (
+                to_decimal(resource_exact[r] / quantities[r] / 1_000_000)
+                if quantities[r]
+                else Decimal(0)
+            )
+            items.append(
+                ResourceItem(r, to_decimal(quantities[r]), UNITS[r], unit_price, resource_totals[r])
+            )
+    total = sum((c.total_cost for c in costs), Money.zero(currency))
+
+    days, day = [], period_start.date()
+    while day < period_end.date():
+        days.append((day, round_micros(daily_exact.get(day, Fraction(0)), currency)))
+        day += timedelta(days=1)
+
+    mark = rollups.metered_through(user.id)
+    projected = total
+    if period_start <= now < period_end:
+        from_instant = max(mark or now, period_start)
+        remaining_hours = Fraction(int((period_end - from_instant).total_seconds()), 3600)
+        projected = round_micros(
+            sum(c for c in by_deployment_exact(by_deployment).values())
+            + hourly_burn_micros(user, period_end) * remaining_hours,
+            currency,
+        )
+    return UsageReport(
+        user, period_start, period_end, currency, mark, total, projected, items, costs, days
+    )
+
+
+def by_deployment_exact(by_deployment: dict[int, dict[str, Fraction]]) -> dict[int, Fraction]:
+    return {dep: sum(per.values(), Fraction(0)) for dep, per in by_deployment.items()}
+
+
+def hourly_burn_micros(user: User, at: datetime) -> Fraction:
+    """What the user's running deployments cost per hour now (exact micro-units)."""
+    hours_in_month = Fraction(month_seconds(at.date() - timedelta(days=1)), 3600)
+    burn = Fraction(0)
+    for i in db.session.scalars(
+        select(DeploymentInterval).where(
+            DeploymentInterval.user_id == user.id, DeploymentInterval.end_epoch.is_(None)
+        )
+    ):
+        burn += Fraction(
+            i.cpu_milli * i.cpu_rate_micros + i.memory_mgb * i.memory_rate_micros, 1000
+        )
+        burn += Fraction(i.storage_mgb * i.storage_rate_micros, 1000) / hours_in_month
+        burn += i.instances * i.instance_rate_micros + i.public_ips * i.ip_rate_micros
+    return burn
+
+
+@dataclass(frozen=True)
+class Bar:
+    day: date
+    amount: Money
+    x: int
+    y: int
+    height: int
+
+
+def daily_chart(
+    daily: list[tuple[date, Money]], height: int = 120, bar: int = 14, gap: int = 4
+) -> dict:
+    """Plain numbers for the server-rendered SVG bar chart of the period's days."""
+    top = max((m.amount_minor for _, m in daily), default=0)
+    bars = []
+    for n, (day, money) in enumerate(daily):
+        h = (
+            0
+            if top == 0
+            else max(1 if money.amount_minor else 0, money.amount_minor * height // top)
+        )
+        bars.append(Bar(day, money, n * (bar + gap), height - h, h))
+    return {
+        "bars": bars,
+        "width": max(1, len(daily) * (bar + gap) - gap),
+        "height": height,
+        "bar": bar,
+        "max": Money(top, daily[0][1].currency) if daily else None,
+    }

@@ -1,0 +1,161 @@
+"""Prepaid balance top-ups: through the gateway's hosted checkout page, or a saved card.
+
+Money lands in the cash wallet once, when the gateway confirms the payment (its webhook, or
+the customer's return from the checkout page, whichever is first): the payment's id is the
+ledger idempotency key. Pending invoices are settled afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import select
+
+from ...errors import IdempotencyConflict, NotFound, ValidationFailed
+from ...extensions import db
+from ...gateways import CheckoutSessionInfo, GatewayError, get_gateway
+from ...models import AccountKind, CheckoutSession, User, utcnow
+from ...money import Money
+from ..wallet import ledger, settlement_requests
+from . import cards
+
+
+def credit_top_up(user: User, amount: Money, *, reference: str, description: str = "Top-up") -> int:
+    """Credit the cash wallet for a confirmed payment ``reference``; the same reference
+    twice credits once. Returns the ledger transaction id."""
+    if amount.amount_minor <= 0:
+        raise ValidationFailed.field("amount", "must be greater than 0")
+    if amount.currency != user.currency:
+        raise ValidationFailed.field("amount", f"must be in {user.currency}")
+    txn = ledger.post_transaction(
+        idempotency_key=f"topup:{reference}",
+        kind="topup",
+        user_id=user.id,
+        description=description,
+        legs=[
+            (
+                ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency),
+                -amount.amount_minor,
+            ),
+            (ledger.user_account(user, AccountKind.CASH), amount.amount_minor),
+        ],
+    )
+    settlement_requests.request_settlement(user.id)
+    return txn.id
+
+
+def check_amount(user: User, amount: Money) -> None:
+    """A top-up is in the user's currency, between TOPUP_MIN and TOPUP_MAX."""
+    low = Money.from_decimal(
+        str(current_app.config.get("TOPUP_MIN", "1")), user.currency, exact=False
+    )
+    high = Money.from_decimal(
+        str(current_app.config.get("TOPUP_MAX", "10000")), user.currency, exact=False
+    )
+    if amount.currency != user.currency:
+        raise ValidationFailed.field("amount", f"must be in {user.currency}")
+    if amount.amount_minor < low.amount_minor:
+        raise ValidationFailed.field("amount", f"must be at least {low}")
+    if amount.amount_minor > high.amount_minor:
+        raise ValidationFailed.field("amount", f"must be at most {high}")
+
+
+def start_checkout(
+    user: User,
+    amount: Money,
+    *,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str | None = None,
+) -> CheckoutSession:
+    """Open the gateway's checkout page for a top-up of ``amount`` (GATEWAY CALL).
+    ``success_url`` may hold ``{CHECKOUT_SESSION_ID}``; with an ``idempotency_key`` a repeat
+    returns the same page."""
+    check_amount(user, amount)
+    try:
+        session = get_gateway().create_checkout_session(
+            cards.customer_id(user),
+            amount,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            description="Prepaid balance top-up",
+            metadata={"purpose": "topup", "user_id": str(user.id)},
+            idempotency_key=f"checkout:{user.id}:{idempotency_key}" if idempotency_key else None,
+        )
+    except GatewayError as exc:
+        if exc.code == "idempotency_error":  # the same key, other details
+            raise IdempotencyConflict(
+                "this top-up was already requested with other details "
+                "(another amount) under the same key"
+            ) from None
+        raise
+    row = db.session.scalar(
+        select(CheckoutSession).where(CheckoutSession.gateway_session_id == session.id)
+    )
+    if row is None:
+        row = CheckoutSession(
+            user_id=user.id,
+            gateway_session_id=session.id,
+            purpose="topup",
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            url=session.url or "",
+            created_at=utcnow(),
+        )
+        db.session.add(row)
+        db.session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class CheckoutOutcome:
+    session: CheckoutSession
+    credited: bool  # the money is in the balance
+
+
+def finish_checkout(info: CheckoutSessionInfo, *, user: User | None = None) -> CheckoutOutcome:
+    """Record a checkout session the gateway reports: a paid top-up is credited (once).
+    ``user``: the customer back on our page; the session must be theirs."""
+    row = db.session.scalar(
+        select(CheckoutSession).where(CheckoutSession.gateway_session_id == info.id)
+    )
+    if row is None or (user is not None and row.user_id != user.id):
+        raise NotFound("no such checkout")
+    paid = info.status == "complete" and info.payment_status == "paid"
+    if row.purpose == "topup" and paid and info.payment_intent and info.amount_total:
+        owner = db.session.get(User, row.user_id)
+        credit_top_up(
+            owner,
+            info.amount_total,
+            reference=info.payment_intent,
+            description="Top-up by card (checkout)",
+        )
+    if info.status == "complete" and row.status != "complete":
+        row.status, row.completed_at = "complete", utcnow()
+    db.session.flush()
+    return CheckoutOutcome(row, paid and row.purpose == "topup")
+
+
+def mark_complete(gateway_session_id: str) -> None:
+    """The gateway reports a hosted page completed (an "add a card" page: the card itself
+    is saved by cards)."""
+    row = db.session.scalar(
+        select(CheckoutSession).where(CheckoutSession.gateway_session_id == gateway_session_id)
+    )
+    if row is not None and row.status != "complete":
+        row.status, row.completed_at = "complete", utcnow()
+        db.session.flush()
+
+
+def return_from_checkout(user: User, gateway_session_id: str) -> CheckoutOutcome:
+    """GATEWAY CALL. The customer is back from the checkout page."""
+    row = db.session.scalar(
+        select(CheckoutSession).where(
+            CheckoutSession.gateway_session_id == gateway_session_id,
+            CheckoutSession.user_id == user.id,
+        )
+    )
+    if row is None:
+        raise NotFound("no such checkout")
+    return finish_checkout(get_gateway().retrieve_checkout_session(gateway_session_id), user=user)

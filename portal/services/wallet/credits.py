@@ -1,0 +1,185 @@
+"""Admin credits: grants in lots with optional expiry, spent oldest expiry first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from ...errors import InsufficientFunds, ValidationFailed
+from ...extensions import db
+from ...models import AccountKind, CreditLot, LedgerAccount, LedgerTransaction, User, utcnow
+from ...money import Money
+from . import ledger
+
+MAX_REASON = 500
+
+
+def grant_credit(
+    *,
+    user: User,
+    amount: Money,
+    reason: str,
+    idempotency_key: str,
+    expires_at: datetime | None = None,
+    granted_by: User | None = None,
+    now: datetime | None = None,
+    source: AccountKind = AccountKind.CREDIT_GRANTS,
+) -> tuple[CreditLot, bool]:
+    """Grant ``amount`` of credit to ``user``. The same key twice grants once.
+    Returns the lot and whether this call created it."""
+    now = now or utcnow()
+    reason = (reason or "").strip()
+    if amount.currency != user.currency:
+        raise ValidationFailed.field("amount", f"must be in {user.currency}")
+    if amount.amount_minor <= 0:
+        raise ValidationFailed.field("amount", "must be greater than 0")
+    if not reason:
+        raise ValidationFailed.field("reason", "is required")
+    if len(reason) > MAX_REASON:
+        raise ValidationFailed.field("reason", f"must be at most {MAX_REASON} characters")
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed.field("expires_at", "must be in the future")
+
+    credit = ledger.user_account(user, AccountKind.CREDIT)
+    source_account = ledger.system_account(source, user.currency)
+    txn = ledger.post_transaction(
+        idempotency_key=f"credit-grant:{idempotency_key}",
+        kind="credit_grant",
+        legs=[(source_account, -amount.amount_minor), (credit, amount.amount_minor)],
+        description=reason,
+        user_id=user.id,
+        created_by_id=granted_by.id if granted_by else None,
+        fingerprint={
+            "reason": reason,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "user": user.id,
+        },
+    )
+    lot = db.session.scalar(select(CreditLot).where(CreditLot.transaction_id == txn.id))
+    if lot is not None:
+        return lot, False
+    lot = CreditLot(
+        user_id=user.id,
+        account_id=credit.id,
+        currency=user.currency,
+        amount_minor=amount.amount_minor,
+        remaining_minor=amount.amount_minor,
+        reason=reason,
+        expires_at=expires_at,
+        transaction_id=txn.id,
+        granted_by_id=granted_by.id if granted_by else None,
+    )
+    db.session.add(lot)
+    db.session.flush()
+    return lot, True
+
+
+def _open_lots(account: LedgerAccount, now: datetime) -> list[CreditLot]:
+    # Oldest expiry first; lots that never expire last; then in grant order.
+    return list(
+        db.session.scalars(
+            select(CreditLot)
+            .where(
+                CreditLot.account_id == account.id,
+                CreditLot.remaining_minor > 0,
+                (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
+            )
+            .order_by(CreditLot.expires_at.is_(None), CreditLot.expires_at, CreditLot.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def available_credit(user: User, now: datetime | None = None) -> Money:
+    account = ledger.user_account(user, AccountKind.CREDIT)
+    return Money(
+        sum(lot.remaining_minor for lot in _open_lots(account, now or utcnow())), user.currency
+    )
+
+
+def spend_credit(
+    *,
+    user: User,
+    amount: Money,
+    counter_account: LedgerAccount,
+    idempotency_key: str,
+    kind: str,
+    description: str,
+    now: datetime | None = None,
+) -> LedgerTransaction:
+    """Move ``amount`` out of the user's credit into ``counter_account``, drawing lots
+    oldest expiry first. Raises InsufficientFunds when unexpired lots do not cover it."""
+    now = now or utcnow()
+    account = ledger.user_account(user, AccountKind.CREDIT)
+    ledger.lock_accounts([account])  # lots are chosen under the account's lock
+    existing = db.session.scalar(
+        select(LedgerTransaction).where(LedgerTransaction.idempotency_key == idempotency_key)
+    )
+    if existing is None:
+        needed = amount.amount_minor
+        draws: list[tuple[CreditLot, int]] = []
+        for lot in _open_lots(account, now):
+            if needed == 0:
+                break
+            take = min(lot.remaining_minor, needed)
+            draws.append((lot, take))
+            needed -= take
+        if needed:
+            available = amount.amount_minor - needed
+            raise InsufficientFunds(
+                f"available credit is {Money(available, user.currency)}, "
+                f"which does not cover {amount}"
+            )
+    txn = ledger.post_transaction(
+        idempotency_key=idempotency_key,
+        kind=kind,
+        legs=[(account, -amount.amount_minor), (counter_account, amount.amount_minor)],
+        description=description,
+        user_id=user.id,
+    )
+    if existing is None:
+        for lot, take in draws:
+            lot.remaining_minor -= take
+        db.session.flush()
+    return txn
+
+
+def expire_credits(now: datetime | None = None) -> int:
+    """Return what is left of expired lots to the grant source. Safe to run any number of
+    times, concurrently too (one ledger transaction per lot, keyed by the lot)."""
+    now = now or utcnow()
+    lot_ids = list(
+        db.session.scalars(
+            select(CreditLot.id).where(CreditLot.remaining_minor > 0, CreditLot.expires_at <= now)
+        )
+    )
+    expired = 0
+    for lot_id in lot_ids:
+        lot = db.session.get(CreditLot, lot_id)
+        account = db.session.get(LedgerAccount, lot.account_id)
+        ledger.lock_accounts([account])
+        db.session.refresh(lot)
+        if lot.remaining_minor == 0:
+            continue
+        source = ledger.system_account(AccountKind.CREDIT_GRANTS, lot.currency)
+        ledger.post_transaction(
+            idempotency_key=f"credit-expiry:{lot.id}",
+            kind="credit_expiry",
+            legs=[(account, -lot.remaining_minor), (source, lot.remaining_minor)],
+            description=f"Credit expired: {lot.reason}",
+            user_id=lot.user_id,
+        )
+        lot.remaining_minor = 0
+        lot.expired_at = now
+        expired += 1
+    db.session.flush()
+    return expired
+
+
+def list_lots(user: User) -> list[CreditLot]:
+    return list(
+        db.session.scalars(
+            select(CreditLot).where(CreditLot.user_id == user.id).order_by(CreditLot.id.desc())
+        )
+    )

