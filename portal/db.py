@@ -62,6 +62,7 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
     db.session.flush()  # the rows may refer to objects still pending in the session
     as_json = [n for n, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
     connection = db.session.connection().connection.driver_connection
+    assert connection is not None  # psycopg's connection under the pool's wrapper
     with (
         connection.cursor() as cursor,
         cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
@@ -69,9 +70,10 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
         copy.set_types(_copy_types(table, tuple(columns)))
         for row in rows:
             if as_json:
-                row = list(row)
+                values = list(row)
                 for n in as_json:
-                    row[n] = None if row[n] is None else _compact_json(row[n])
+                    values[n] = None if values[n] is None else _compact_json(values[n])
+                row = tuple(values)
             copy.write_row(row)
 
 

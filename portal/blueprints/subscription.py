@@ -9,7 +9,7 @@ from flask import Blueprint, render_template
 from flask_login import login_required
 
 from ..extensions import db
-from ..services import catalog
+from ..services.metering import catalog
 
 bp = Blueprint("subscription", __name__, url_prefix="/subscription")
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from portal.extensions import db
-from portal.services import catalog
+from portal.services.metering import catalog
 
 
 def _text(html: str) -> str:
