@@ -1,5 +1,5 @@
 """`make test`: make sure PostgreSQL and Redis are there, then run the suite on SQLite and
-on PostgreSQL.
+on PostgreSQL, side by side (TEST_SERIAL=1: one after the other, output live).
 
 Uses the servers at their usual local ports when they answer; otherwise starts private ones
 (PostgreSQL from /usr/lib/postgresql/*/bin as the postgres user, redis-server, or the
@@ -185,6 +185,56 @@ def report_coverage(databases: list[str]) -> None:
     log(f"coverage: {total}% of portal and jobs ({' and '.join(measured)})")
 
 
+def pass_env(env: dict[str, str], database: str, index: int) -> dict[str, str]:
+    """The pass's own environment: its database kind, coverage file and Redis database."""
+    redis_url = env.get("TEST_REDIS_URL", "")
+    if redis_url and index:
+        base, _, number = redis_url.rpartition("/")
+        if number.isdigit():
+            redis_url = f"{base}/{int(number) - index}"
+    return {
+        **env,
+        "TEST_DB": database,
+        "COVERAGE_FILE": coverage_file(database),
+        "TEST_REDIS_URL": redis_url,
+    }
+
+
+def run_passes(
+    databases: list[str], argv: list[str], env: dict[str, str], serial: bool
+) -> list[int]:
+    command = [sys.executable, "-m", "pytest", "--cov", "--cov-report=", *argv]
+    if serial:
+        codes = []
+        for index, database in enumerate(databases):
+            log(f"running the suite on {database}")
+            codes.append(subprocess.call(command, cwd=ROOT, env=pass_env(env, database, index)))
+        return codes
+    os.makedirs(PRIVATE, exist_ok=True)
+    running = []
+    for index, database in enumerate(databases):
+        output = open(os.path.join(PRIVATE, f"pytest-{database}.log"), "w+")  # noqa: SIM115
+        log(f"running the suite on {database} (output follows when it ends)")
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=pass_env(env, database, index),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        running.append((database, process, output))
+    codes = []
+    for database, process, output in running:
+        code = process.wait()
+        output.seek(0)
+        log(f"--- the suite on {database} ---")
+        sys.stdout.write(output.read())
+        sys.stdout.flush()
+        output.close()
+        codes.append(code)
+    return codes
+
+
 def main(argv: list[str]) -> int:
     pg_admin = ensure_postgres()
     redis_url = ensure_redis()
@@ -201,15 +251,12 @@ def main(argv: list[str]) -> int:
     databases = ["sqlite"] + (["postgresql"] if pg_admin else [])
     for stale in glob.glob(f"{COVERAGE_DATA}*"):
         os.remove(stale)
-    codes = []
-    for database in databases:
-        log(f"running the suite on {database}")
-        code = subprocess.call(
-            [sys.executable, "-m", "pytest", "--cov", "--cov-report=", *argv],
-            cwd=ROOT,
-            env={**env, "TEST_DB": database, "COVERAGE_FILE": coverage_file(database)},
-        )
-        codes.append(code)
+    # The two passes run side by side (each has its own Redis database and temporary
+    # PostgreSQL database): most of a pass waits on servers, browsers and subprocesses, so
+    # two cores finish both in little more than the longer one. TEST_SERIAL=1 runs them one
+    # after the other, with live output.
+    serial = os.environ.get("TEST_SERIAL") == "1" or len(databases) == 1
+    codes = run_passes(databases, argv, env, serial)
     summary = ", ".join(
         f"{d}: {'passed' if c == 0 else f'failed ({c})'}"
         for d, c in zip(databases, codes, strict=False)
