@@ -14,7 +14,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..db import Page
+from ..db import Page, rowcount
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
@@ -422,15 +422,17 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
             fields={"user": "is the last admin"},
         )
     user.is_admin = False
-    revoked = db.session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.user_id == user.id,
-            ApiToken.revoked_at.is_(None),
-            ApiToken.scope != str(TokenScope.USER),
+    revoked = rowcount(
+        db.session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.user_id == user.id,
+                ApiToken.revoked_at.is_(None),
+                ApiToken.scope != str(TokenScope.USER),
+            )
+            .values(revoked_at=utcnow())
         )
-        .values(revoked_at=utcnow())
-    ).rowcount
+    )
     db.session.flush()
     return revoked
 

@@ -6,7 +6,7 @@ from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import func, select, update
 
-from ..db import Page
+from ..db import Page, rowcount
 from ..extensions import db
 from ..extensions import mail as mail_ext
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
@@ -45,11 +45,13 @@ def queue_email(
 def claim_email(message_id: int) -> Message | None:
     """Mark a pending message as being sent and build it (attachment included); None if
     another worker has it or it is done."""
-    claimed = db.session.execute(
-        update(OutboundEmail)
-        .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
-        .values(status="sending")
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(OutboundEmail)
+            .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
+            .values(status="sending")
+        )
+    )
     if not claimed:
         return None
     message = db.session.get(OutboundEmail, message_id)

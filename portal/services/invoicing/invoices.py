@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ...db import Page, dialect_insert
+from ...db import Page, dialect_insert, rowcount
 from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import (
@@ -240,11 +240,13 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
 
 def mark_overdue(now: datetime | None = None) -> int:
     """Open invoices past their due date become overdue (set-based; safe to repeat)."""
-    return db.session.execute(
-        update(Invoice)
-        .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
-        .values(status=str(S.OVERDUE))
-    ).rowcount
+    return rowcount(
+        db.session.execute(
+            update(Invoice)
+            .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
+            .values(status=str(S.OVERDUE))
+        )
+    )
 
 
 # -- event payloads --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from flask import current_app
 from sqlalchemy import func, select, text, update
 
-from ...db import dialect_insert
+from ...db import dialect_insert, rowcount
 from ...extensions import db
 from ...models import (
     Deployment,
@@ -120,7 +120,7 @@ def _roll_up(
         result = db.session.execute(
             statement, {**params, "day": day, "since": seg_since, "until": seg_until, "sign": sign}
         )
-        rows += max(result.rowcount or 0, 0)
+        rows += max(rowcount(result), 0)
     return rows
 
 
@@ -170,11 +170,13 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
     if mark is None or mark.metered_through >= upto:
         return result
     since = mark.metered_through
-    claimed = db.session.execute(
-        update(MeterMark)
-        .where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
-        .values(metered_through=upto, updated_at=utcnow())
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(MeterMark)
+            .where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
+            .values(metered_through=upto, updated_at=utcnow())
+        )
+    )
     if claimed != 1:  # another run moved it first (cannot happen under the lock; cheap guard)
         return result
     if db.engine.dialect.name == "postgresql":

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ...db import Page
+from ...db import Page, rowcount
 from ...errors import Conflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, User, Voucher, VoucherRedemption, VoucherRequest, utcnow
@@ -106,11 +106,13 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
         raise Conflict(
             f"this voucher expired on {voucher.expires_at:%Y-%m-%d}", fields={"code": "has expired"}
         )
-    claimed = db.session.execute(
-        update(Voucher)
-        .where(Voucher.id == voucher.id, Voucher.redemptions < Voucher.max_redemptions)
-        .values(redemptions=Voucher.redemptions + 1)
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(Voucher)
+            .where(Voucher.id == voucher.id, Voucher.redemptions < Voucher.max_redemptions)
+            .values(redemptions=Voucher.redemptions + 1)
+        )
+    )
     if claimed != 1:
         raise Conflict("this voucher has already been used", fields={"code": "is used up"})
     # Read after the claim: a concurrent redemption by the same user committed before it.
