@@ -39,7 +39,7 @@ def new_code() -> str:
 def normalize_code(raw: str) -> str | None:
     """What the user typed -> the canonical code, or None if it cannot be one."""
     code = "".join((raw or "").upper().split()).replace("-", "")
-    code = code.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    code = code.translate(str.maketrans("OIL", "011"))
     if len(code) != CODE_LENGTH or any(c not in ALPHABET for c in code):
         return None
     return code
@@ -145,11 +145,11 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
     return voucher.value
 
 
-def list_vouchers(*, batch: str | None = None, page: int = 1, per_page: int = 50):
+def list_vouchers(*, batch: str | None = None, page: int = 1, per_page: int = 50) -> Page:
     query = select(Voucher)
     if batch:
         query = query.where(Voucher.batch == batch)
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     items = list(
         db.session.scalars(
             query.order_by(Voucher.id.desc()).limit(per_page).offset((page - 1) * per_page)
@@ -209,11 +209,11 @@ def request_voucher(user: User, *, amount: Money, reason: str) -> VoucherRequest
         raise ValidationFailed.field("reason", "is required")
     if len(reason) > 1000:
         raise ValidationFailed.field("reason", "must be at most 1000 characters")
-    pending = db.session.scalar(
+    pending = db.session.execute(
         select(func.count())
         .select_from(VoucherRequest)
         .where(VoucherRequest.user_id == user.id, VoucherRequest.status == "pending")
-    )
+    ).scalar_one()
     if pending >= MAX_PENDING_REQUESTS:
         raise Conflict(f"you already have {pending} requests waiting for an answer")
     req = VoucherRequest(
@@ -236,7 +236,7 @@ def decide_request(
         raise NotFound("no such voucher request")
     if req.status != "pending":
         raise Conflict(f"this request was already {req.status}")
-    user = db.session.get(User, req.user_id)
+    user = db.session.get_one(User, req.user_id)
     req.status = "approved" if approve else "rejected"
     req.decided_by_id, req.decided_at = admin.id, utcnow()
     req.decision_note = (note or "").strip()[:500]
@@ -261,7 +261,9 @@ def decide_request(
     return req
 
 
-def list_requests(*, status: str | None = "pending", user: User | None = None):
+def list_requests(
+    *, status: str | None = "pending", user: User | None = None
+) -> list[VoucherRequest]:
     query = select(VoucherRequest)
     if status:
         query = query.where(VoucherRequest.status == status)
