@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    SQLColumnExpression,
     Table,
     any_,
     bindparam,
@@ -45,7 +46,7 @@ def rowcount(result: Result[Any]) -> int:
     return result.rowcount
 
 
-def ids_in(column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+def ids_in(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN ids``; on PostgreSQL as one array parameter (``= ANY``), not a parameter per
     id to render, send and plan (a bulk job's thousand accounts)."""
     if db.engine.dialect.name == "postgresql":
@@ -74,7 +75,7 @@ def allocate_ids(table: Table, count: int) -> list[int]:
     return list(range(last + 1, last + count + 1))
 
 
-def bulk_insert(table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+def bulk_insert(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Insert many rows (tuples in ``columns`` order) in the session's transaction: COPY on
     PostgreSQL, an executemany elsewhere. Columns left out take their defaults. (A row holds
     whatever its columns store, hence ``Any``.)"""
