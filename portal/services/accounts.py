@@ -285,7 +285,7 @@ def register(email: str, name: str = "") -> None:
             with db.session.begin_nested():
                 user = create_user(email=email, name=name)
         except (Conflict, IntegrityError):  # registered meanwhile, by a concurrent job
-            user = db.session.scalar(select(User).where(User.email == email))
+            user = db.session.scalars(select(User).where(User.email == email)).one()
         else:
             mail.queue_email(
                 to=user.email,
@@ -437,13 +437,13 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
     return revoked
 
 
-def list_users(*, query: str = "", page: int = 1, per_page: int = 25):
+def list_users(*, query: str = "", page: int = 1, per_page: int = 25) -> Page:
     """Users for the admin area, newest first, with a simple email/name search."""
     stmt = select(User)
     if query:
         like = f"%{query.strip().lower()}%"
         stmt = stmt.where((User.email.like(like)) | (db.func.lower(User.name).like(like)))
-    total = db.session.scalar(select(db.func.count()).select_from(stmt.subquery()))
+    total = db.session.execute(select(db.func.count()).select_from(stmt.subquery())).scalar_one()
     items = list(
         db.session.scalars(
             stmt.order_by(User.id.desc()).limit(per_page).offset((page - 1) * per_page)

@@ -54,7 +54,7 @@ def claim_email(message_id: int) -> Message | None:
     )
     if not claimed:
         return None
-    message = db.session.get(OutboundEmail, message_id)
+    message = db.session.get_one(OutboundEmail, message_id)
     outgoing = Message(
         subject=message.subject,
         recipients=[message.to_addr],
@@ -78,7 +78,7 @@ def send_message(outgoing: Message) -> str | None:
 
 
 def record_delivery(message_id: int, error: str | None) -> None:
-    message = db.session.get(OutboundEmail, message_id)
+    message = db.session.get_one(OutboundEmail, message_id)
     if error is None:
         message.status, message.sent_at = EmailStatus.SENT, utcnow()
     else:
@@ -95,7 +95,7 @@ def invoice_attachment(invoice_id: int) -> tuple[str, bytes]:
 
 def list_outbox(*, page: int = 1, per_page: int = 50):
 
-    total = db.session.scalar(select(func.count()).select_from(OutboundEmail))
+    total = db.session.execute(select(func.count()).select_from(OutboundEmail)).scalar_one()
     items = list(
         db.session.scalars(
             select(OutboundEmail)
