@@ -647,7 +647,7 @@ def _finalize(
                 Money(d.subtotal, d.currency),
                 Money(d.credits, d.currency),
                 Money(d.total, d.currency),
-                statuses[uid].label,
+                str(statuses[uid]),
             )
     _settle_where_money_waits({uid for uid in todo if statuses[uid] == S.OPEN}, in_chunk)
 

@@ -225,6 +225,7 @@ def settle(
         targets = [invoice.id] if invoice.status != InvoiceStatus.PAID else []
     db.session.commit()
     if not targets:
+        _log_outcome(user_id, result, targets)
         return result
     if not (cards.cards_enabled() and cards.list_cards(user)):
         for target in targets:  # (Pay now shows the user what is missing instead)
@@ -240,7 +241,9 @@ def settle(
 
 
 def _log_outcome(user_id: int, result: SettleResult, targets: list[int]) -> None:
-    log.info(
+    moved = result.payments or result.card_attempts or result.failed or result.needs_action
+    log.log(
+        logging.INFO if moved else logging.DEBUG,
         "settlement of user %s: invoices paid %s, %d payments, %d card attempts, "
         "waiting for the customer %s, unpaid %s (of the invoices left to the cards: %s)",
         user_id,
