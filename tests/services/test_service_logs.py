@@ -56,6 +56,7 @@ def test_an_invoice_run_and_a_settlement_log_their_ids_and_amounts(user, caplog)
     ) in run_log
 
     caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="portal.services.wallet.ledger")
     topups.credit_top_up(user, Money(100, "USD"), reference="wire-7")
     db.session.commit()
     settlement.settle(user.id)
@@ -75,6 +76,11 @@ def test_an_invoice_run_and_a_settlement_log_their_ids_and_amounts(user, caplog)
     ) in settle_log
     assert (
         f"settlement of user {user.id}: invoices paid [{invoice.id}], 1 payments, 0 card attempts"
+    ) in settle_log
+    # Every posting at DEBUG: the transaction, its key, the accounts and amounts.
+    assert (
+        f"ledger transaction {cash.ledger_transaction_id} posted: "
+        f"key invoice:{invoice.id}:pay:2:cash, kind invoice_payment, legs "
     ) in settle_log
     # Nothing else logs a settlement of this user's invoice twice.
     assert (

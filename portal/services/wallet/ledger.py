@@ -215,14 +215,15 @@ def post_transaction(
         )
     db.session.flush()
     db.session.expire(txn, ["entries"])
-    log.debug(
-        "ledger transaction %s posted: key %s, kind %s, legs %s (account id: amount, %s minor)",
-        txn.id,
-        idempotency_key,
-        kind,
-        ", ".join(f"{aid}: {amt:+d}" for aid, amt in sorted(merged.items())),
-        currency,
-    )
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "ledger transaction %s posted: key %s, kind %s, legs %s (account id: amount, %s minor)",
+            txn.id,
+            idempotency_key,
+            kind,
+            ", ".join(f"{aid}: {amt:+d}" for aid, amt in sorted(merged.items())),
+            currency,
+        )
     return txn
 
 
