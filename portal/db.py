@@ -7,22 +7,46 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, any_, bindparam, func, insert, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    SQLColumnExpression,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import CursorResult, Result
 
 from .extensions import db
 
 
-def dialect_insert(table):
+def dialect_insert(table: Table) -> PgInsert | SqliteInsert:
     """INSERT with the dialect's ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
     return (pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
-def ids_in(column, ids: Sequence[int]):
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE, DELETE or INSERT matched. ``Session.execute`` is typed to return a
+    plain Result; a DML statement's is a CursorResult, which counts them."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"not the result of a DML statement: {type(result).__name__}")
+    return result.rowcount
+
+
+def ids_in(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN ids``; on PostgreSQL as one array parameter (``= ANY``), not a parameter per
     id to render, send and plan (a bulk job's thousand accounts)."""
     if db.engine.dialect.name == "postgresql":
@@ -30,7 +54,7 @@ def ids_in(column, ids: Sequence[int]):
     return column.in_(ids)
 
 
-def allocate_ids(table, count: int) -> list[int]:
+def allocate_ids(table: Table, count: int) -> list[int]:
     """``count`` new ids for ``table``, ascending, to insert rows with (bulk_insert). On
     PostgreSQL from the table's id sequence; on SQLite after the largest id, which is safe
     because every SQLite transaction holds the write lock from its start."""
@@ -47,13 +71,14 @@ def allocate_ids(table, count: int) -> list[int]:
             )
         )
     db.session.flush()
-    last = db.session.scalar(select(func.coalesce(func.max(table.c.id), 0)))
+    last: int = db.session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
     return list(range(last + 1, last + count + 1))
 
 
-def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
+def bulk_insert(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Insert many rows (tuples in ``columns`` order) in the session's transaction: COPY on
-    PostgreSQL, an executemany elsewhere. Columns left out take their defaults."""
+    PostgreSQL, an executemany elsewhere. Columns left out take their defaults. (A row holds
+    whatever its columns store, hence ``Any``.)"""
     if not rows:
         return
     if db.engine.dialect.name != "postgresql":
@@ -78,7 +103,7 @@ def bulk_insert(table, columns: Sequence[str], rows: list[tuple]) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _copy_types(table, columns: tuple[str, ...]) -> list[str]:
+def _copy_types(table: Table, columns: tuple[str, ...]) -> list[str]:
     """Each column's PostgreSQL type, so that COPY dumps values by it rather than by looking
     up each value's Python type; JSON columns get the text it was encoded to."""
     return [

@@ -1,6 +1,7 @@
 """Configuration: the seed plugin's JSON shape, environment overrides, validation."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -270,3 +271,24 @@ def test_cli_start_up_reports_the_key(tmp_path):
     )
     assert result.returncode != 0
     assert "billingMode: must be one of" in result.stderr
+
+
+def test_services_log_at_info_by_default(tmp_path, monkeypatch):
+    """The worker, the daemon and `serve` build the app: with no LOG_LEVEL, what the
+    services decide (portal.* at INFO) reaches stdout."""
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    monkeypatch.delenv("BILLING_CONFIG", raising=False)
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    root = logging.getLogger()
+    level = root.level
+    try:
+        app = create_app({"TESTING": True})
+        assert app.config["LOG_LEVEL"] == "info"
+        for name in ("portal.services.invoicing.run", "portal.services.payments.settlement"):
+            logger = logging.getLogger(name)
+            assert logger.isEnabledFor(logging.INFO) and not logger.isEnabledFor(logging.DEBUG)
+        assert any(
+            isinstance(h, logging.StreamHandler) and h.level <= logging.INFO for h in root.handlers
+        )
+    finally:
+        root.setLevel(level)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -90,7 +90,7 @@ class Invoice(Model):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The plain data the PDF is rendered from, frozen at finalization.
-    snapshot: Mapped[dict | None] = mapped_column(JSON)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a JSON document
     pdf_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|ready|failed
     pdf_sha256: Mapped[str | None] = mapped_column(String(64))
 

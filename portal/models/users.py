@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from flask_login import UserMixin
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, SmallInteger, String
@@ -36,7 +37,10 @@ class User(UserMixin, Model):
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", lazy="raise")
 
     # The login (a user_sessions row's key) this object was loaded for or logged in with;
-    # not a column. Flask-Login keeps get_id() in the session cookie.
+    # not a column (hence typed apart: the ORM maps every annotated attribute). Flask-Login
+    # keeps get_id() in the session cookie.
+    if TYPE_CHECKING:
+        session_key: str | None
     session_key = None
 
     def get_id(self) -> str:

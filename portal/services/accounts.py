@@ -14,7 +14,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..db import Page
+from ..db import Page, rowcount
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
@@ -285,7 +285,7 @@ def register(email: str, name: str = "") -> None:
             with db.session.begin_nested():
                 user = create_user(email=email, name=name)
         except (Conflict, IntegrityError):  # registered meanwhile, by a concurrent job
-            user = db.session.scalar(select(User).where(User.email == email))
+            user = db.session.scalars(select(User).where(User.email == email)).one()
         else:
             mail.queue_email(
                 to=user.email,
@@ -422,26 +422,28 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
             fields={"user": "is the last admin"},
         )
     user.is_admin = False
-    revoked = db.session.execute(
-        update(ApiToken)
-        .where(
-            ApiToken.user_id == user.id,
-            ApiToken.revoked_at.is_(None),
-            ApiToken.scope != str(TokenScope.USER),
+    revoked = rowcount(
+        db.session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.user_id == user.id,
+                ApiToken.revoked_at.is_(None),
+                ApiToken.scope != str(TokenScope.USER),
+            )
+            .values(revoked_at=utcnow())
         )
-        .values(revoked_at=utcnow())
-    ).rowcount
+    )
     db.session.flush()
     return revoked
 
 
-def list_users(*, query: str = "", page: int = 1, per_page: int = 25):
+def list_users(*, query: str = "", page: int = 1, per_page: int = 25) -> Page:
     """Users for the admin area, newest first, with a simple email/name search."""
     stmt = select(User)
     if query:
         like = f"%{query.strip().lower()}%"
         stmt = stmt.where((User.email.like(like)) | (db.func.lower(User.name).like(like)))
-    total = db.session.scalar(select(db.func.count()).select_from(stmt.subquery()))
+    total = db.session.execute(select(db.func.count()).select_from(stmt.subquery())).scalar_one()
     items = list(
         db.session.scalars(
             stmt.order_by(User.id.desc()).limit(per_page).offset((page - 1) * per_page)

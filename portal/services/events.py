@@ -3,6 +3,8 @@ true, delivered after commit. The same fact (name, subject) is recorded once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 
 from ..db import bulk_insert, dialect_insert
@@ -10,11 +12,11 @@ from ..extensions import db
 from ..models import Event, utcnow
 
 
-def record(name: str, subject: str, payload: dict, user_id: int | None = None) -> None:
+def record(name: str, subject: str, payload: dict[str, object], user_id: int | None = None) -> None:
     record_many([(name, subject, payload, user_id)])
 
 
-def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
+def record_many(events: Sequence[tuple[str, str, dict[str, object], int | None]]) -> None:
     if not events:
         return
     now = utcnow()
@@ -37,7 +39,7 @@ def record_many(events: list[tuple[str, str, dict, int | None]]) -> None:
     )
 
 
-def record_new_many(events: list[tuple[str, str, dict, int | None]]) -> None:
+def record_new_many(events: Sequence[tuple[str, str, dict[str, object], int | None]]) -> None:
     """Facts about rows this transaction created (a new invoice's id in the subject): no
     earlier record of them can exist, so they are written in bulk without the conflict
     check (a duplicate would still fail on the unique index)."""

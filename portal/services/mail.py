@@ -6,7 +6,7 @@ from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import func, select, update
 
-from ..db import Page
+from ..db import Page, rowcount
 from ..extensions import db
 from ..extensions import mail as mail_ext
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
@@ -45,14 +45,16 @@ def queue_email(
 def claim_email(message_id: int) -> Message | None:
     """Mark a pending message as being sent and build it (attachment included); None if
     another worker has it or it is done."""
-    claimed = db.session.execute(
-        update(OutboundEmail)
-        .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
-        .values(status="sending")
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(OutboundEmail)
+            .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
+            .values(status="sending")
+        )
+    )
     if not claimed:
         return None
-    message = db.session.get(OutboundEmail, message_id)
+    message = db.session.get_one(OutboundEmail, message_id)
     outgoing = Message(
         subject=message.subject,
         recipients=[message.to_addr],
@@ -76,7 +78,7 @@ def send_message(outgoing: Message) -> str | None:
 
 
 def record_delivery(message_id: int, error: str | None) -> None:
-    message = db.session.get(OutboundEmail, message_id)
+    message = db.session.get_one(OutboundEmail, message_id)
     if error is None:
         message.status, message.sent_at = EmailStatus.SENT, utcnow()
     else:
@@ -93,7 +95,7 @@ def invoice_attachment(invoice_id: int) -> tuple[str, bytes]:
 
 def list_outbox(*, page: int = 1, per_page: int = 50):
 
-    total = db.session.scalar(select(func.count()).select_from(OutboundEmail))
+    total = db.session.execute(select(func.count()).select_from(OutboundEmail)).scalar_one()
     items = list(
         db.session.scalars(
             select(OutboundEmail)

@@ -19,6 +19,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from ..extensions import db
 from .registry import LEGACY_NAMES, run_task, task
@@ -156,14 +157,16 @@ def init_app(app: Flask) -> None:
     session_class = db.session.session_factory.class_
 
     @event.listens_for(session_class, "after_commit")
-    def _after_commit(session):
+    def _after_commit(session: Session) -> None:
         # SQLAlchemy 2 fires after_commit when a savepoint is released too: only the
         # outermost commit makes the rows visible to a job.
         if session.in_nested_transaction():
             # A released savepoint's jobs now belong to the transaction around it.
             released = session.get_nested_transaction()
             parent = (
-                released.parent if released.parent is not None and released.parent.nested else None
+                released.parent
+                if released is not None and released.parent is not None and released.parent.nested
+                else None
             )
             session.info[_PENDING] = [
                 item[:5] + (parent,) if item[5] is released else item

@@ -34,7 +34,7 @@ from croniter import croniter
 from flask import current_app
 from sqlalchemy import func, or_, select, update
 
-from ..db import dialect_insert
+from ..db import dialect_insert, rowcount
 from ..errors import Conflict, NotFound
 from ..extensions import db
 from ..models import (
@@ -152,15 +152,17 @@ def _insert(model):
 
 def _renew(holder: str, epoch: int, now: datetime, ttl: timedelta) -> bool:
     return (
-        db.session.execute(
-            update(SchedulerLease)
-            .where(
-                SchedulerLease.name == LEASE_NAME,
-                SchedulerLease.holder == holder,
-                SchedulerLease.epoch == epoch,
+        rowcount(
+            db.session.execute(
+                update(SchedulerLease)
+                .where(
+                    SchedulerLease.name == LEASE_NAME,
+                    SchedulerLease.holder == holder,
+                    SchedulerLease.epoch == epoch,
+                )
+                .values(expires_at=now + ttl)
             )
-            .values(expires_at=now + ttl)
-        ).rowcount
+        )
         == 1
     )
 
@@ -176,20 +178,22 @@ def hold_lease(*, holder: str, epoch: int | None, now: datetime, ttl: timedelta)
         .values(name=LEASE_NAME, holder=None, epoch=0, expires_at=now)
         .on_conflict_do_nothing()
     )
-    taken = db.session.execute(
-        update(SchedulerLease)
-        .where(
-            SchedulerLease.name == LEASE_NAME,
-            or_(
-                SchedulerLease.holder.is_(None),
-                SchedulerLease.expires_at <= now,
-                SchedulerLease.holder == holder,
-            ),
+    taken = rowcount(
+        db.session.execute(
+            update(SchedulerLease)
+            .where(
+                SchedulerLease.name == LEASE_NAME,
+                or_(
+                    SchedulerLease.holder.is_(None),
+                    SchedulerLease.expires_at <= now,
+                    SchedulerLease.holder == holder,
+                ),
+            )
+            .values(
+                holder=holder, epoch=SchedulerLease.epoch + 1, acquired_at=now, expires_at=now + ttl
+            )
         )
-        .values(
-            holder=holder, epoch=SchedulerLease.epoch + 1, acquired_at=now, expires_at=now + ttl
-        )
-    ).rowcount
+    )
     if not taken:
         return None
     return db.session.scalar(
@@ -202,15 +206,17 @@ def hold_lease(*, holder: str, epoch: int | None, now: datetime, ttl: timedelta)
 def release_lease(*, holder: str, epoch: int, now: datetime) -> bool:
     """Give the lease up (a graceful stop) so a standby need not wait for it to expire."""
     return (
-        db.session.execute(
-            update(SchedulerLease)
-            .where(
-                SchedulerLease.name == LEASE_NAME,
-                SchedulerLease.holder == holder,
-                SchedulerLease.epoch == epoch,
+        rowcount(
+            db.session.execute(
+                update(SchedulerLease)
+                .where(
+                    SchedulerLease.name == LEASE_NAME,
+                    SchedulerLease.holder == holder,
+                    SchedulerLease.epoch == epoch,
+                )
+                .values(holder=None, expires_at=now)
             )
-            .values(holder=None, expires_at=now)
-        ).rowcount
+        )
         == 1
     )
 
@@ -232,27 +238,29 @@ def _lock_mark(job: PeriodicJob, epoch: int, now: datetime) -> ScheduledJob:
         .values(name=job.name, scheduled_through=start, epoch=epoch, updated_at=now)
         .on_conflict_do_nothing()
     )
-    return db.session.scalar(
+    return db.session.scalars(
         select(ScheduledJob)
         .where(ScheduledJob.name == job.name)
         .with_for_update()
         .execution_options(populate_existing=True)
-    )
+    ).one()
 
 
 def advance_mark(name: str, *, from_: datetime, to: datetime, epoch: int, now: datetime) -> bool:
     """Move a job's mark from ``from_`` to ``to``: refused if it moved meanwhile or if a
     newer epoch wrote it (a stale leader's late write)."""
     return (
-        db.session.execute(
-            update(ScheduledJob)
-            .where(
-                ScheduledJob.name == name,
-                ScheduledJob.scheduled_through == from_,
-                ScheduledJob.epoch <= epoch,
+        rowcount(
+            db.session.execute(
+                update(ScheduledJob)
+                .where(
+                    ScheduledJob.name == name,
+                    ScheduledJob.scheduled_through == from_,
+                    ScheduledJob.epoch <= epoch,
+                )
+                .values(scheduled_through=to, epoch=epoch, updated_at=now)
             )
-            .values(scheduled_through=to, epoch=epoch, updated_at=now)
-        ).rowcount
+        )
         == 1
     )
 
@@ -394,7 +402,9 @@ def request_run(
             }
         ]
     )
-    run = db.session.scalar(select(JobRun).where(JobRun.job_name == job.name, JobRun.slot == slot))
+    run = db.session.scalars(
+        select(JobRun).where(JobRun.job_name == job.name, JobRun.slot == slot)
+    ).one()
     return run, bool(created)
 
 
@@ -407,21 +417,23 @@ def get_run(run_id: int) -> JobRun:
 
 def start_run(run_id: int, *, now: datetime) -> JobRun | None:
     """Mark a run as running; None when it already succeeded or another worker has it."""
-    started = db.session.execute(
-        update(JobRun)
-        .where(
-            JobRun.id == run_id,
-            JobRun.status.in_((RunStatus.PENDING, RunStatus.QUEUED, RunStatus.FAILED)),
+    started = rowcount(
+        db.session.execute(
+            update(JobRun)
+            .where(
+                JobRun.id == run_id,
+                JobRun.status.in_((RunStatus.PENDING, RunStatus.QUEUED, RunStatus.FAILED)),
+            )
+            .values(
+                status=RunStatus.RUNNING,
+                started_at=now,
+                finished_at=None,
+                error=None,
+                attempts=JobRun.attempts + 1,
+                enqueued_at=func.coalesce(JobRun.enqueued_at, now),
+            )
         )
-        .values(
-            status=RunStatus.RUNNING,
-            started_at=now,
-            finished_at=None,
-            error=None,
-            attempts=JobRun.attempts + 1,
-            enqueued_at=func.coalesce(JobRun.enqueued_at, now),
-        )
-    ).rowcount
+    )
     return get_run(run_id) if started else None
 
 
@@ -481,9 +493,11 @@ def heartbeat(
         "stopped_at": now if state == DaemonState.STOPPED else None,
         "last_error": error[:1000] if error else None,
     }
-    updated = db.session.execute(
-        update(DaemonStatus).where(DaemonStatus.daemon_instance_id == instance).values(**values)
-    ).rowcount
+    updated = rowcount(
+        db.session.execute(
+            update(DaemonStatus).where(DaemonStatus.daemon_instance_id == instance).values(**values)
+        )
+    )
     if not updated:
         hostname, _, pid = instance.rpartition("-")
         db.session.add(
@@ -502,13 +516,13 @@ def heartbeat(
 def daemon_alive(*, now: datetime, within: timedelta) -> bool:
     """Whether any daemon (not a built-in scheduler) beat within ``within``."""
     return (
-        db.session.scalar(
+        db.session.execute(
             select(func.count())
             .select_from(DaemonStatus)
             .where(
                 DaemonStatus.kind == SchedulerKind.DAEMON, DaemonStatus.heartbeat_at > now - within
             )
-        )
+        ).scalar_one()
         > 0
     )
 

@@ -4,7 +4,9 @@ session), and jobs enqueued under a legacy dotted path still find their task."""
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
+from flask import Flask
 from rq import Worker
 
 from ..extensions import db
@@ -12,7 +14,7 @@ from .queues import TaskJob
 
 
 class AppWorker(Worker):
-    app = None
+    app: ClassVar[Flask | None] = None  # set by the entry point before the worker starts
     parent_pid = os.getpid()
     job_class = TaskJob
 

@@ -19,6 +19,7 @@ from ...extensions import db
 from ...models import Invoice, InvoicePdf, InvoiceStatus, OutboundEmail, User
 from ...tasks.queues import enqueue_after_commit
 from .. import mail
+from .snapshot import Snapshot
 
 
 class PdfNotReady(Conflict):
@@ -96,7 +97,7 @@ def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
     return pdf
 
 
-def _store(invoice_id: int, snapshot: dict, content: bytes) -> InvoicePdf:
+def _store(invoice_id: int, snapshot: Snapshot, content: bytes) -> InvoicePdf:
     pdf = InvoicePdf(
         invoice_id=invoice_id,
         template_version=invoice_pdf.template_version(snapshot),
@@ -115,15 +116,20 @@ def _store(invoice_id: int, snapshot: dict, content: bytes) -> InvoicePdf:
     return pdf
 
 
+def _issued_snapshot(invoice: Invoice) -> Snapshot:
+    if invoice.snapshot is None:
+        raise InvalidTransition(f"invoice {invoice.id} is a draft; it was not issued")
+    return invoice.snapshot
+
+
 def invoice_created_subject(invoice: Invoice) -> str:
-    return f"Invoice {invoice.number} from {invoice.snapshot['seller']['name']}"
+    return f"Invoice {invoice.number} from {_issued_snapshot(invoice)['seller']['name']}"
 
 
 def queue_invoice_created_email(invoice: Invoice) -> OutboundEmail | None:
     """The "invoice created" mail to the invoice's user with its PDF attached; queued once
     per invoice (a repeated call returns the first). None for a voided invoice."""
-    if invoice.snapshot is None:
-        raise InvalidTransition(f"invoice {invoice.id} is a draft; it was not issued")
+    snapshot = _issued_snapshot(invoice)
     # Serialize with a concurrent call for the same invoice before looking for its mail.
     db.session.execute(select(Invoice.id).where(Invoice.id == invoice.id).with_for_update())
     subject = invoice_created_subject(invoice)
@@ -136,8 +142,7 @@ def queue_invoice_created_email(invoice: Invoice) -> OutboundEmail | None:
         return existing
     if db.session.get(InvoicePdf, invoice.id) is None:
         raise PdfNotReady(f"invoice {invoice.id} has no PDF to attach yet")
-    user = db.session.get(User, invoice.user_id)
-    snapshot = invoice.snapshot
+    user = db.session.get_one(User, invoice.user_id)
     return mail.queue_email(
         to=user.email,
         subject=subject,

@@ -87,7 +87,7 @@ def _derivemoney_formatter(babel: Callable[[int], str], digits: int) -> Callable
         return group_symbol.join(reversed(out))
 
     if not group_symbol:
-        group = str
+        group = "{}".format
     elif primary == secondary == 3:  # as Python groups: "{:,}"
         group = (
             "{:,}".format

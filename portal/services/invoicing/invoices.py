@@ -7,11 +7,12 @@ void (not once paid).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ...db import Page, dialect_insert
+from ...db import Page, dialect_insert, rowcount
 from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import (
@@ -31,6 +32,8 @@ from ...money import Money, format_money
 from .. import events
 from ..wallet import ledger
 from .formatting import major_text
+
+log = logging.getLogger(__name__)
 
 S = InvoiceStatus
 TRANSITIONS: dict[S, frozenset[S]] = {
@@ -85,12 +88,12 @@ def get_invoice(invoice_id: int, *, user: User | None = None) -> Invoice:
 
 
 def lock_invoice(invoice: Invoice) -> Invoice:
-    return db.session.scalar(
+    return db.session.scalars(
         select(Invoice)
         .where(Invoice.id == invoice.id)
         .with_for_update()
         .execution_options(populate_existing=True)
-    )
+    ).one()
 
 
 def record_payment(
@@ -163,7 +166,7 @@ def record_offline_payment(
     reference = (reference or "").strip()
     if not reference:
         raise ValidationFailed.field("reference", "is required")
-    user = db.session.get(User, invoice.user_id)
+    user = db.session.get_one(User, invoice.user_id)
     txn = ledger.post_transaction(
         idempotency_key=key,
         kind="offline_payment",
@@ -198,7 +201,7 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
     if invoice.amount_paid_minor:
         raise Conflict("payments were made on this invoice; refund them before voiding it")
     transition(invoice, S.VOID)
-    user = db.session.get(User, invoice.user_id)
+    user = db.session.get_one(User, invoice.user_id)
     if invoice.finalized_at is not None and invoice.subtotal_minor > 0:
         legs = [
             (ledger.system_account(AccountKind.REVENUE, invoice.currency), -invoice.subtotal_minor)
@@ -235,16 +238,27 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
     invoice.voided_at = utcnow()
     invoice.void_reason = reason[:500]
     db.session.flush()
+    log.info(
+        "invoice %s (%s) voided: user %s, total %s, credits returned %s, by %s",
+        invoice.id,
+        invoice.number or "draft",
+        invoice.user_id,
+        Money(invoice.total_minor, invoice.currency),
+        Money(invoice.credits_minor, invoice.currency),
+        f"admin {voided_by.id}" if voided_by else "the system",
+    )
     return invoice
 
 
 def mark_overdue(now: datetime | None = None) -> int:
     """Open invoices past their due date become overdue (set-based; safe to repeat)."""
-    return db.session.execute(
-        update(Invoice)
-        .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
-        .values(status=str(S.OVERDUE))
-    ).rowcount
+    return rowcount(
+        db.session.execute(
+            update(Invoice)
+            .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
+            .values(status=str(S.OVERDUE))
+        )
+    )
 
 
 # -- event payloads --------------------------------------------------------------------------
@@ -252,14 +266,14 @@ def mark_overdue(now: datetime | None = None) -> int:
 
 def event_payload(
     invoice_id: int,
-    number: str,
+    number: str | None,
     user_id: int,
     currency: str,
     total_minor: int,
     period_start: str,
     period_end: str,
     status: S,
-) -> dict:
+) -> dict[str, object]:
     return {
         "invoice_id": invoice_id,
         "invoice_number": number,
@@ -273,7 +287,7 @@ def event_payload(
     }
 
 
-def invoice_event(invoice: Invoice) -> dict:
+def invoice_event(invoice: Invoice) -> dict[str, object]:
     return event_payload(
         invoice.id,
         invoice.number,
@@ -293,7 +307,7 @@ def list_invoices(
     period_start: datetime | None = None,
     page: int = 1,
     per_page: int = 20,
-):
+) -> Page:
     query = select(Invoice)
     if user is not None:
         query = query.where(Invoice.user_id == user.id)
@@ -302,7 +316,7 @@ def list_invoices(
         query = query.where(Invoice.status == wanted)
     if period_start is not None:
         query = query.where(Invoice.period_start == period_start)
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     items = list(
         db.session.scalars(
             query.order_by(Invoice.period_start.desc(), Invoice.id.desc())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
@@ -13,6 +15,8 @@ from ...tasks.registry import schedule, task
 from .. import calendar
 from . import documents, invoices, run
 
+log = logging.getLogger(__name__)
+
 
 def _period(start_iso: str | None) -> tuple[datetime, datetime]:
     if not start_iso:
@@ -22,10 +26,11 @@ def _period(start_iso: str | None) -> tuple[datetime, datetime]:
 
 
 @task("invoicing.generate_invoices")
-def generate_invoices(period_start_iso: str | None = None) -> dict:
+def generate_invoices(period_start_iso: str | None = None) -> dict[str, int | str]:
     """The "generate-invoices" job: every chunk of users for one ended billing period."""
     start, end = _period(period_start_iso)
     run.check_period(start, end)
+    started = time.monotonic()
     chunks = run.chunks_with_users()
     db.session.commit()
     if not get_queue("invoicing").is_async:
@@ -33,7 +38,8 @@ def generate_invoices(period_start_iso: str | None = None) -> dict:
         for chunk in chunks:
             totals.add(run.generate_chunk(chunk, start, end))
             db.session.commit()
-        return totals.figures()
+        run.log_run(start, end, totals, started)
+        return dict(totals.figures())
     stamp = start.strftime("%Y-%m-%d")
     for chunk in chunks:
         enqueue(
@@ -43,11 +49,17 @@ def generate_invoices(period_start_iso: str | None = None) -> dict:
             stamp,
             job_id=f"invoice:{chunk}:{stamp}",
         )
+    log.info(
+        "invoice run for %s..%s: %d chunks queued (each logs its figures)",
+        start.date(),
+        end.date(),
+        len(chunks),
+    )
     return {"chunks": len(chunks), "period_start": stamp}
 
 
 @task("invoicing.generate_chunk")
-def generate_chunk(chunk: int, period_start_iso: str) -> dict:
+def generate_chunk(chunk: int, period_start_iso: str) -> dict[str, int]:
     start, end = _period(period_start_iso)
     result = run.generate_chunk(chunk, start, end)
     db.session.commit()
@@ -55,13 +67,14 @@ def generate_chunk(chunk: int, period_start_iso: str) -> dict:
 
 
 @task("invoicing.mark_overdue")
-def mark_overdue() -> dict:
+def mark_overdue() -> dict[str, int]:
     count = invoices.mark_overdue()
     db.session.commit()
+    log.info("%d invoices became overdue", count)
     return {"overdue": count}
 
 
-def period_ending_at(due: datetime) -> tuple:
+def period_ending_at(due: datetime) -> tuple[str]:
     """Schedule arguments: the period that ends at the invoice-day boundary ``due``."""
     return ((due - timedelta(days=1)).strftime("%Y-%m-%d"),)
 
@@ -75,7 +88,7 @@ def render_invoice_pdf(invoice_id: int) -> str:
         db.session.commit()  # keeps pdf_status "failed"; the job fails with the reason
         raise
     db.session.commit()
-    documents.queue_invoice_created_email(db.session.get(Invoice, invoice_id))
+    documents.queue_invoice_created_email(db.session.get_one(Invoice, invoice_id))
     db.session.commit()
     return sha256
 

@@ -15,7 +15,7 @@ from ..metering.usage import LABELS, UNITS
 
 def _round_ratio(numerator: int, denominator: int, digits: int) -> int:
     """numerator/denominator micro-units in minor units, ROUND_HALF_UP, in integers."""
-    num = numerator * 10**digits
+    num: int = numerator * 10**digits  # int ** int is typed Any (a negative power is a float)
     den = denominator * 1_000_000
     if num >= 0:
         return (2 * num + den) // (2 * den)  # floor(x + 1/2): halves go up

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, insert, select, text, update
 
 from ...db import allocate_ids, bulk_insert
 from ...errors import Conflict, ValidationFailed
@@ -48,7 +51,9 @@ from ..wallet import credits, ledger, settlement_requests
 from .documents import enqueue_render
 from .invoices import S, event_payload, reserve_numbers
 from .lines import LineDraft, Usage, build_lines
-from .snapshot import seller, snapshot_data
+from .snapshot import Customer, seller, snapshot_data
+
+log = logging.getLogger(__name__)
 
 _USAGE = str(InvoiceKind.USAGE)
 _CREDIT = str(PaymentTender.CREDIT)
@@ -99,7 +104,9 @@ _SUMS_ONE_MONTH = (
 )
 
 
-def _to_usage(row, first_month: tuple[int, int], second_month: tuple[int, int]) -> Usage:
+def _to_usage(
+    row: Sequence[int], first_month: tuple[int, int], second_month: tuple[int, int]
+) -> Usage:
     (
         cpu_ms,
         cpu_cost,
@@ -114,7 +121,7 @@ def _to_usage(row, first_month: tuple[int, int], second_month: tuple[int, int]) 
         ip_s,
         ip_cost,
     ) = row
-    storage = {}
+    storage: dict[tuple[int, int], list[int]] = {}
     if storage1_ms or storage1_cost:
         storage[first_month] = [storage1_ms, storage1_cost]
     if storage2_ms or storage2_cost:
@@ -202,19 +209,47 @@ class RunResult:
     skipped: int = 0
     total_minor: int = 0
     invoice_ids: list[int] = field(default_factory=list)
+    # For the log: the chunks done, the users with something to invoice, and the invoices'
+    # totals per currency (total_minor adds amounts across currencies).
+    chunks: int = 0
+    considered: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: RunResult) -> None:
         self.invoices += other.invoices
         self.skipped += other.skipped
         self.total_minor += other.total_minor
         self.invoice_ids += other.invoice_ids
+        self.chunks += other.chunks
+        self.considered += other.considered
+        for currency, amount in other.totals.items():
+            self.totals[currency] = self.totals.get(currency, 0) + amount
 
-    def figures(self) -> dict:
+    def figures(self) -> dict[str, int]:
         return {"invoices": self.invoices, "skipped": self.skipped, "total_minor": self.total_minor}
+
+    def totals_text(self) -> str:
+        return ", ".join(str(Money(v, c)) for c, v in sorted(self.totals.items())) or "nothing"
+
+
+def log_run(start: datetime, end: datetime, result: RunResult, started: float) -> None:
+    """One line for a whole run: what an operator checks first."""
+    log.info(
+        "invoice run for %s..%s: %d chunks, %d users considered, %d invoices made (%s), "
+        "%d skipped (already invoiced), in %.1f s",
+        start.date(),
+        end.date(),
+        result.chunks,
+        result.considered,
+        result.invoices,
+        result.totals_text(),
+        result.skipped,
+        time.monotonic() - started,
+    )
 
 
 @contextlib.contextmanager
-def _cyclic_gc_paused():
+def _cyclic_gc_paused() -> Iterator[None]:
     """A chunk holds a few hundred thousand small containers (lines, snapshots, rows) until
     it is written, none of them in a reference cycle; the cyclic collector would scan them
     again and again (a fifth of a run's CPU). Collection resumes afterwards."""
@@ -244,10 +279,26 @@ def generate_chunk(
     lines, ledger postings, credit payments and events. ``before_numbers`` is called once
     all is built, before the numbers are taken (it may wait, or raise to give up). Flushes
     only; the caller commits."""
+    started = time.monotonic()
     with _cyclic_gc_paused():
-        return _generate_chunk(
+        result = _generate_chunk(
             chunk, start, end, user_ids, created_by, now or utcnow(), before_numbers
         )
+    result.chunks = 1
+    log.info(
+        "invoice run chunk %d for %s..%s%s: %d users considered, %d invoices made (%s), "
+        "%d skipped (already invoiced), in %.2f s",
+        chunk,
+        start.date(),
+        end.date(),
+        f" (users {user_ids})" if user_ids is not None else "",
+        result.considered,
+        result.invoices,
+        result.totals_text(),
+        result.skipped,
+        time.monotonic() - started,
+    )
+    return result
 
 
 def _generate_chunk(
@@ -268,6 +319,7 @@ def _generate_chunk(
     usage_by_user = _period_usage(lo, hi, start, end, user_ids)
     adjustments = _pending_adjustments(lo, hi, user_ids)
     candidates = set(usage_by_user) | set(adjustments)
+    result.considered = len(candidates)
     if not candidates:
         return result
     in_chunk = _in_chunk(lo, hi, user_ids)
@@ -318,13 +370,18 @@ def _generate_chunk(
     result.invoices = len(todo)
     result.invoice_ids = [drafts[uid].invoice_id for uid in todo]
     result.total_minor = sum(d.subtotal for d in drafts.values())
+    for d in drafts.values():
+        result.totals[d.currency] = result.totals.get(d.currency, 0) + d.total
     return result
 
 
-def _in_chunk(lo: int, hi: int, user_ids: list[int] | None):
+_InChunk = Callable[[SQLColumnExpression[int]], list[ColumnElement[bool]]]
+
+
+def _in_chunk(lo: int, hi: int, user_ids: list[int] | None) -> _InChunk:
     """WHERE clauses for rows of the chunk's users (or just ``user_ids``) by a user id column."""
 
-    def clauses(column):
+    def clauses(column: SQLColumnExpression[int]) -> list[ColumnElement[bool]]:
         where = [column >= lo, column < hi]
         if user_ids is not None:
             where.append(column.in_(user_ids))
@@ -353,12 +410,12 @@ class _Draft:
 
 def _finalize(
     drafts: dict[int, _Draft],
-    users: dict,
+    users: Mapping[int, Customer],
     start: datetime,
     end: datetime,
     now: datetime,
     created_by: User | None,
-    in_chunk,
+    in_chunk: _InChunk,
     before_numbers: Callable[[], None] | None = None,
 ) -> None:
     """Credits, numbers, then the invoices (already finalized), their lines, the ledger
@@ -398,7 +455,7 @@ def _finalize(
     locale = current_app.config["BABEL_DEFAULT_LOCALE"]
     created_by_id = created_by.id if created_by else None
     statuses: dict[int, S] = {}
-    rows = []
+    rows: list[list[Any]] = []  # column values in bulk_insert's order, the snapshot last
     for uid, invoice_id in zip(todo, ids, strict=False):
         d = drafts[uid]
         d.invoice_id = invoice_id
@@ -565,7 +622,7 @@ def _finalize(
         )
     for uid in todo:
         if drafts[uid].subtotal < 0:
-            _credit_back(drafts[uid], db.session.get(User, uid))
+            _credit_back(drafts[uid], db.session.get_one(User, uid))
 
     created, paid = [], []
     period = (start.isoformat(), end.isoformat())
@@ -579,10 +636,23 @@ def _finalize(
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
         enqueue_render(d.invoice_id)
     events.record_new_many(created + paid)
+    if log.isEnabledFor(logging.INFO):
+        for uid in todo:
+            d = drafts[uid]
+            log.info(
+                "invoice %s (%s) issued: user %s, subtotal %s, credits %s, total %s, %s",
+                d.invoice_id,
+                d.number,
+                uid,
+                Money(d.subtotal, d.currency),
+                Money(d.credits, d.currency),
+                Money(d.total, d.currency),
+                str(statuses[uid]),
+            )
     _settle_where_money_waits({uid for uid in todo if statuses[uid] == S.OPEN}, in_chunk)
 
 
-def _settle_where_money_waits(open_users: set[int], in_chunk) -> None:
+def _settle_where_money_waits(open_users: set[int], in_chunk: _InChunk) -> None:
     """Issued invoices are settled at once (after commit) for the users who have something
     to pay with: a voucher or prepaid balance, or a saved card. The others wait for money
     (settlement runs again when it arrives, and daily)."""
@@ -677,14 +747,17 @@ def generate_period(start: datetime, end: datetime, now: datetime | None = None)
     """Every chunk in this process, one transaction per chunk, committed in chunk order (the
     CLI). A chunk that fails stops the run: the chunks before it stay committed."""
     check_period(start, end, now)
+    started = time.monotonic()
     chunks = chunks_with_users()
     if db.engine.dialect.name == "postgresql" and len(chunks) > 1:
         db.session.commit()
-        return _generate_overlapped(chunks, start, end, now)
-    totals = RunResult()
-    for chunk in chunks:
-        totals.add(generate_chunk(chunk, start, end, now=now))
-        db.session.commit()
+        totals = _generate_overlapped(chunks, start, end, now)
+    else:
+        totals = RunResult()
+        for chunk in chunks:
+            totals.add(generate_chunk(chunk, start, end, now=now))
+            db.session.commit()
+    log_run(start, end, totals, started)
     return totals
 
 
@@ -699,7 +772,9 @@ def _generate_overlapped(
     while the one before it is written: a chunk waits for the previous one's commit before
     it takes its numbers, and commits after it, so numbers, commits and a failure's outcome
     are those of one chunk at a time; only the waiting for the database overlaps."""
-    app = current_app._get_current_object()
+    # The app itself, for the pool's threads: current_app is a proxy (typed as the Flask app,
+    # so the proxy's method is unknown to the type checker).
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     over = [threading.Event() for _ in chunks]  # chunk i's transaction has ended
     committed = [False] * len(chunks)
 

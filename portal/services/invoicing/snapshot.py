@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, Protocol
 
 from flask import current_app
 
@@ -15,8 +16,23 @@ from .lines import LineDraft
 
 S = InvoiceStatus
 
+# The snapshot is a JSON document (stored in a JSON column, read by the PDF template): its
+# values are strings, lists and nested documents, as the template expects them.
+Snapshot = dict[str, Any]
 
-def seller() -> dict:
+
+class Customer(Protocol):
+    """Who an invoice is for: a User, or a row with these columns (bulk runs)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+
+
+def seller() -> Snapshot:
     cfg = current_app.config
     return {
         "name": cfg.get("SELLER_NAME", ""),
@@ -34,8 +50,8 @@ def snapshot_data(
     due_at: datetime | None,
     period_start: datetime,
     period_end: datetime,
-    seller: dict,
-    user,
+    seller: Snapshot,
+    user: Customer,
     currency: str,
     lines: list[LineDraft],
     subtotal: int,
@@ -44,7 +60,7 @@ def snapshot_data(
     amount_paid: int,
     payments: list[tuple[datetime, str, int, str]],
     locale: str | None = None,
-) -> dict:
+) -> Snapshot:
     """The plain data a PDF is rendered from. ``lines`` as stored; ``payments``: (created
     at, tender, amount in minor units, reference)."""
     locale = locale or current_app.config["BABEL_DEFAULT_LOCALE"]
@@ -88,7 +104,9 @@ def snapshot_data(
     }
 
 
-def build_snapshot(invoice: Invoice, user: User) -> dict:
+def build_snapshot(invoice: Invoice, user: User) -> Snapshot:
+    if invoice.finalized_at is None:
+        raise ValueError(f"invoice {invoice.id} is a draft: it has no snapshot")
     return snapshot_data(
         number=invoice.number,
         status=S(invoice.status),

@@ -187,9 +187,13 @@ def _interval_values(deployment: Deployment, state: S, version: PriceVersion) ->
     )
     if state in BILLS_ALL:
         if deployment.sku_code:
-            values.update(
-                instances=1, instance_rate_micros=version.sku(deployment.sku_code).hourly_micros
-            )
+            price = version.sku(deployment.sku_code)
+            if price is None:  # it was resolved in this version when the deployment was made
+                raise ValueError(
+                    f"deployment {deployment.id}: SKU {deployment.sku_code} is not in "
+                    f"price version {version.id}"
+                )
+            values.update(instances=1, instance_rate_micros=price.hourly_micros)
         else:
             values.update(
                 cpu_milli=deployment.cpu_milli,
@@ -226,7 +230,7 @@ def _last_change(deployment: Deployment) -> datetime | None:
 
 def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
     """Close the open interval at ``at`` and open one for ``state`` (if it bills)."""
-    version = db.session.get(PriceVersion, deployment.price_version_id)
+    version = db.session.get_one(PriceVersion, deployment.price_version_id)
     at_epoch = rollups.epoch(at)
     current = _open_interval(deployment)
     if current is not None:
@@ -411,7 +415,7 @@ def update_deployment(
 
 def _apply_resize(deployment: Deployment, *, sku, cpu_cores, memory_gb, storage_gb) -> None:
     """A new size at the deployment's own price version (never the current catalog's)."""
-    version = db.session.get(PriceVersion, deployment.price_version_id)
+    version = db.session.get_one(PriceVersion, deployment.price_version_id)
     if sku is not None:
         spec = resolve_spec(version, kind=deployment.kind, sku=sku)
     elif deployment.sku_code:
@@ -478,12 +482,11 @@ def end_silent_sessions(timeout: timedelta, now: datetime | None = None) -> int:
         )
     )
     for deployment in silent:
+        heartbeat = deployment.last_heartbeat_at
+        if heartbeat is None:  # (the query selects deployments with one)
+            continue
         delete_deployment(
-            deployment,
-            ended_at=max(
-                deployment.last_heartbeat_at,
-                _last_change(deployment) or deployment.last_heartbeat_at,
-            ),
+            deployment, ended_at=max(heartbeat, _last_change(deployment) or heartbeat)
         )
     return len(silent)
 

@@ -17,7 +17,7 @@ def _hour(upto_iso: str | None) -> datetime:
 
 
 @task("metering.meter_due")
-def meter_due(upto_iso: str | None = None) -> dict:
+def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
     """The "calculate-usage" job: every complete hour not yet metered, for every chunk."""
     upto = _hour(upto_iso)
     runs.prepare_run(upto)
@@ -29,27 +29,28 @@ def meter_due(upto_iso: str | None = None) -> dict:
         for chunk in chunks:
             totals.add(rollups.meter_chunk(chunk, upto))
             db.session.commit()
-        return totals.figures()
+        runs.log_run(upto, totals)
+        return dict(totals.figures())
     for chunk in chunks:
         enqueue("metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}")
     return {"chunks": len(chunks), "upto": stamp}
 
 
 @task("metering.meter_chunk")
-def meter_chunk(chunk: int, upto_iso: str) -> dict:
+def meter_chunk(chunk: int, upto_iso: str) -> dict[str, int]:
     result = rollups.meter_chunk(chunk, rollups.parse_hour(upto_iso))
     db.session.commit()
     return result.figures()
 
 
 @task("metering.backfill_deployment")
-def backfill_deployment(deployment_id: int, since_iso: str) -> dict:
+def backfill_deployment(deployment_id: int, since_iso: str) -> dict[str, int]:
     result = rollups.rebuild_deployment(deployment_id, datetime.fromisoformat(since_iso))
     db.session.commit()
     return result.figures()
 
 
-def _meter_upto(due: datetime) -> tuple:
+def _meter_upto(due: datetime) -> tuple[str]:
     # meter_due meters every complete hour before this boundary: at 18:00 the hour 17-18.
     return (due.astimezone(UTC).strftime("%Y-%m-%dT%H"),)
 

@@ -96,7 +96,7 @@ def report_rows(f: ReportFilter) -> Iterator[dict]:
 
 def dep_currency(dep: Deployment) -> str:
 
-    version = db.session.get(PriceVersion, dep.price_version_id)  # identity-mapped: cheap
+    version = db.session.get_one(PriceVersion, dep.price_version_id)  # identity-mapped: cheap
     return version.currency
 
 

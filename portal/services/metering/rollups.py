@@ -13,6 +13,7 @@ independent Python computation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -20,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from flask import current_app
 from sqlalchemy import func, select, text, update
 
-from ...db import dialect_insert
+from ...db import dialect_insert, rowcount
 from ...extensions import db
 from ...models import (
     Deployment,
@@ -33,6 +34,8 @@ from ...models import (
 )
 from ...models.usage import USAGE_COLUMNS
 from ...tasks.queues import enqueue_after_commit
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600
 
@@ -95,6 +98,12 @@ ADJUSTMENTS = ("usage_adjustments", "(deployment_id, day) WHERE invoice_id IS NU
 _WHERE_CHUNK = "i.user_id >= :user_lo AND i.user_id < :user_hi"
 _WHERE_DEPLOYMENT = "i.deployment_id = :deployment_id"
 
+# The deployments that ran in a window (for the log), by the same index as the rollup.
+_DEPLOYMENTS_SQL = (
+    "SELECT COUNT(DISTINCT i.deployment_id) FROM deployment_intervals i WHERE {where} "
+    "AND i.start_epoch < :until AND (i.end_epoch IS NULL OR i.end_epoch > :since)"
+)
+
 
 def _days(since: int, until: int) -> Iterator[tuple[date, int, int]]:
     """Split [since, until) at UTC midnights: (day, segment start, segment end)."""
@@ -110,7 +119,12 @@ def _days(since: int, until: int) -> Iterator[tuple[date, int, int]]:
 
 
 def _roll_up(
-    where: str, params: dict, since: int, until: int, sign: int, target: tuple[str, str] = ROLLUPS
+    where: str,
+    params: dict[str, int],
+    since: int,
+    until: int,
+    sign: int,
+    target: tuple[str, str] = ROLLUPS,
 ) -> int:
     """Add (sign=1) or take away (sign=-1) the usage of [since, until) to the rollups."""
     table, conflict = target
@@ -120,7 +134,7 @@ def _roll_up(
         result = db.session.execute(
             statement, {**params, "day": day, "since": seg_since, "until": seg_until, "sign": sign}
         )
-        rows += max(result.rowcount or 0, 0)
+        rows += max(rowcount(result), 0)
     return rows
 
 
@@ -150,15 +164,17 @@ class MeterResult:
     chunks: int = 0
     hours: int = 0  # chunk-hours metered
     rows: int = 0  # deployment-day rollup rows written
+    deployments: int = 0  # that ran in the windows metered
     windows: list[tuple[int, datetime, datetime]] = field(default_factory=list)
 
     def add(self, other: MeterResult) -> None:
         self.chunks += other.chunks
         self.hours += other.hours
         self.rows += other.rows
+        self.deployments += other.deployments
         self.windows += other.windows
 
-    def figures(self) -> dict:
+    def figures(self) -> dict[str, int]:
         return {"chunks": self.chunks, "hours": self.hours, "rows": self.rows}
 
 
@@ -170,27 +186,40 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
     if mark is None or mark.metered_through >= upto:
         return result
     since = mark.metered_through
-    claimed = db.session.execute(
-        update(MeterMark)
-        .where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
-        .values(metered_through=upto, updated_at=utcnow())
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(MeterMark)
+            .where(MeterMark.chunk == chunk, MeterMark.metered_through == since)
+            .values(metered_through=upto, updated_at=utcnow())
+        )
+    )
     if claimed != 1:  # another run moved it first (cannot happen under the lock; cheap guard)
         return result
     if db.engine.dialect.name == "postgresql":
         # Room for the aggregation in memory: a chunk is ~10 deployments per user.
         db.session.execute(text("SET LOCAL work_mem = '64MB'"))
     size = chunk_size()
-    result.rows = _roll_up(
-        _WHERE_CHUNK,
-        {"user_lo": chunk * size, "user_hi": (chunk + 1) * size},
-        epoch(since),
-        epoch(upto),
-        +1,
-    )
+    params = {"user_lo": chunk * size, "user_hi": (chunk + 1) * size}
+    result.rows = _roll_up(_WHERE_CHUNK, params, epoch(since), epoch(upto), +1)
     result.chunks, result.hours = 1, int((upto - since).total_seconds() // HOUR)
     result.windows.append((chunk, since, upto))
     db.session.flush()
+    if log.isEnabledFor(logging.INFO):
+        result.deployments = db.session.execute(
+            text(_DEPLOYMENTS_SQL.format(where=_WHERE_CHUNK)),
+            {**params, "since": epoch(since), "until": epoch(upto)},
+        ).scalar_one()
+        log.info(
+            "metered chunk %d (users %d to %d), window %s to %s: %d deployments, "
+            "%d rollup rows written",
+            chunk,
+            params["user_lo"],
+            params["user_hi"] - 1,
+            since.isoformat(),
+            upto.isoformat(),
+            result.deployments,
+            result.rows,
+        )
     return result
 
 
@@ -292,6 +321,15 @@ def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
     )
     result.rows = _roll_up(_WHERE_DEPLOYMENT, params, start, end, +1)
     result.hours = (end - start) // HOUR
+    result.deployments = 1
+    log.info(
+        "metered deployment %s (user %s) again, window %s to %s: %d rollup rows written",
+        deployment.id,
+        deployment.user_id,
+        from_epoch(start).isoformat(),
+        from_epoch(end).isoformat(),
+        result.rows,
+    )
     # Keep no all-zero rows behind (a deployment that turned out not to have run).
     zero = [getattr(UsageDaily, c) == 0 for c in USAGE_COLUMNS]
     db.session.execute(
@@ -313,8 +351,8 @@ def invoiced_periods(
 ) -> list[tuple[datetime, datetime]]:
     """The user's invoiced (non-void) periods that overlap [start, end)."""
     return [
-        tuple(row)
-        for row in db.session.execute(
+        (period_start, period_end)
+        for period_start, period_end in db.session.execute(
             select(Invoice.period_start, Invoice.period_end)
             .distinct()
             .where(

@@ -3,6 +3,7 @@ process (the CLI)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -10,6 +11,8 @@ from flask import current_app
 from ...extensions import db
 from .deployments import end_silent_sessions
 from .rollups import MeterResult, due_chunks, meter_chunk
+
+log = logging.getLogger(__name__)
 
 
 def meter_all(upto: datetime) -> MeterResult:
@@ -21,7 +24,19 @@ def meter_all(upto: datetime) -> MeterResult:
         totals.add(meter_chunk(chunk, upto))
         db.session.commit()
     db.session.commit()  # end the look-up's transaction too (SQLite holds its lock until then)
+    log_run(upto, totals)
     return totals
+
+
+def log_run(upto: datetime, totals: MeterResult) -> None:
+    log.info(
+        "metering up to %s: %d chunks, %d chunk-hours, %d deployments, %d rollup rows written",
+        upto.isoformat(),
+        totals.chunks,
+        totals.hours,
+        totals.deployments,
+        totals.rows,
+    )
 
 
 def prepare_run(upto: datetime) -> None:

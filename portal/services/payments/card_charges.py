@@ -126,10 +126,10 @@ def open_topup_attempt(
                 db.session.add(attempt)
                 db.session.flush()
             return attempt
-        except IntegrityError:
-            existing = db.session.scalar(
+        except IntegrityError:  # the same submission, inserted a moment ago
+            existing = db.session.scalars(
                 select(PaymentAttempt).where(PaymentAttempt.idempotency_key == key)
-            )
+            ).one()
     if (
         existing.user_id != user.id
         or existing.amount_minor != amount.amount_minor
@@ -154,12 +154,14 @@ def charge(attempt_id: int) -> PaymentResult | None:
     """GATEWAY CALL. Charge a committed attempt; None when the outcome is unknown (it stays
     pending until ``recover`` looks it up). A refusal that is not a decline (a card removed
     at the gateway, an invalid request) is a failed result."""
-    attempt = db.session.get(PaymentAttempt, attempt_id)
-    user = db.session.get(User, attempt.user_id)
+    attempt = db.session.get_one(PaymentAttempt, attempt_id)
+    user = db.session.get_one(User, attempt.user_id)
     customer = cards.customer_id(user)
     key, pm, amount = attempt.idempotency_key, attempt.payment_method.gateway_id, attempt.amount
     metadata = _metadata(attempt)
+    card_id = attempt.payment_method_id
     db.session.commit()  # nothing held while the gateway answers
+    log.info("attempt %s (%s): charging card %s for %s", attempt_id, key, card_id, amount)
     try:
         return get_gateway().create_payment_intent(
             customer, pm, amount, idempotency_key=key, metadata=metadata
@@ -181,17 +183,17 @@ def _lock(attempt_id: int) -> PaymentAttempt:
     receivable account) first, then the attempt; the invoice and the wallets after. (A
     booking that took the invoice first and the user's accounts after deadlocked with a
     settlement run.)"""
-    user_id = db.session.scalar(
+    user_id = db.session.execute(
         select(PaymentAttempt.user_id).where(PaymentAttempt.id == attempt_id)
-    )
+    ).scalar_one()
     ledger.lock_accounts([ledger.user_account(user_id, AccountKind.RECEIVABLE)])
     # of=: the card is joined in eagerly, and PostgreSQL locks no outer join's nullable side
-    return db.session.scalar(
+    return db.session.scalars(
         select(PaymentAttempt)
         .where(PaymentAttempt.id == attempt_id)
         .with_for_update(of=PaymentAttempt)
         .execution_options(populate_existing=True)
-    )
+    ).one()
 
 
 def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
@@ -226,11 +228,24 @@ def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
         attempt.message = result.message
     attempt.updated_at = utcnow()
     db.session.flush()
+    after = AttemptStatus(attempt.status)
+    log.log(
+        logging.WARNING if after is AttemptStatus.FAILED else logging.INFO,
+        "attempt %s (%s, %s of %s): the gateway says %s; attempt %s -> %s%s",
+        attempt.id,
+        attempt.idempotency_key,
+        f"invoice {attempt.invoice_id}" if attempt.invoice_id else "top-up",
+        attempt.amount,
+        status.value,
+        before.value,
+        after.value,
+        f", decline code {attempt.decline_code}" if attempt.decline_code else "",
+    )
     return attempt
 
 
 def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
-    user = db.session.get(User, attempt.user_id)
+    user = db.session.get_one(User, attempt.user_id)
     card = attempt.payment_method
     if attempt.purpose == AttemptPurpose.TOPUP:
         topups.credit_top_up(
@@ -240,7 +255,7 @@ def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
             description=f"Top-up by {card.label}",
         )
         return
-    invoice = invoices.lock_invoice(db.session.get(Invoice, attempt.invoice_id))
+    invoice = invoices.lock_invoice(db.session.get_one(Invoice, attempt.invoice_id))
     due = (
         invoice.total_minor - invoice.amount_paid_minor
         if InvoiceStatus(invoice.status) in invoices.UNPAID
@@ -276,11 +291,20 @@ def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
             txn_id=txn.id,
             reference=f"{card.label} {attempt.gateway_payment_id or ''}",
         )
+    log.info(
+        "settlement: invoice %s (%s) of user %s: card paid %s (attempt %s, ledger transaction %s)",
+        invoice.id,
+        invoice.number,
+        user.id,
+        Money(pay, amount.currency),
+        attempt.id,
+        txn.id,
+    )
 
 
 def _ask_for_authentication(attempt: PaymentAttempt) -> None:
-    user = db.session.get(User, attempt.user_id)
-    invoice = db.session.get(Invoice, attempt.invoice_id)
+    user = db.session.get_one(User, attempt.user_id)
+    invoice = db.session.get_one(Invoice, attempt.invoice_id)
     link = f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}"
     mail.queue_email(
         to=user.email,
@@ -299,7 +323,7 @@ def payment_failed(
     """No tender could pay the invoice: the platform is told and the user is emailed.
     ``subject`` names the failure (the event is recorded once per subject): by default the
     round's last attempt, so each failed round of card charges is told."""
-    user = db.session.get(User, invoice.user_id)
+    user = db.session.get_one(User, invoice.user_id)
     subject = subject or f"invoice:{invoice.id}:attempt:{attempts[-1].id}"
     due = Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency)
     events.record(
@@ -348,7 +372,7 @@ def start_authentication(user: User, attempt: PaymentAttempt, return_url: str) -
     if attempt.user_id != user.id or attempt.status != AttemptStatus.REQUIRES_ACTION:
         raise NotFound("no payment waits for you to confirm it")
     if attempt.purpose == AttemptPurpose.INVOICE:
-        invoice = db.session.get(Invoice, attempt.invoice_id)
+        invoice = db.session.get_one(Invoice, attempt.invoice_id)
         if InvoiceStatus(invoice.status) not in invoices.UNPAID:
             # Paid meanwhile by other means (a top-up, a voucher): the waiting charge is
             # not needed any more, and is never confirmed.
@@ -361,6 +385,8 @@ def start_authentication(user: User, attempt: PaymentAttempt, return_url: str) -
             db.session.flush()
             return None
     pi, pm = attempt.gateway_payment_id, attempt.payment_method.gateway_id
+    if pi is None:  # the gateway never answered with a payment: nothing to confirm
+        raise NotFound("no payment waits for you to confirm it")
     key = f"{attempt.idempotency_key}:confirm:{uuid.uuid4().hex[:12]}"
     attempt_id = attempt.id
     db.session.commit()
@@ -410,7 +436,7 @@ def _look_up(attempt: PaymentAttempt) -> PaymentResult | None:
     gateway = get_gateway()
     if attempt.gateway_payment_id:
         return gateway.retrieve_payment_intent(attempt.gateway_payment_id)
-    customer = cards.customer_id(db.session.get(User, attempt.user_id))
+    customer = cards.customer_id(db.session.get_one(User, attempt.user_id))
     return gateway.find_payment_intent_by_idempotency_key(customer, attempt.idempotency_key)
 
 
@@ -442,7 +468,7 @@ def recover(*, user_id: int | None = None, now: datetime | None = None) -> int:
     db.session.commit()
     resolved = 0
     for attempt_id in ids:
-        attempt = db.session.get(PaymentAttempt, attempt_id)
+        attempt = db.session.get_one(PaymentAttempt, attempt_id)
         waited_too_long = attempt.status == AttemptStatus.REQUIRES_ACTION
         try:
             result = _look_up(attempt)
@@ -457,6 +483,11 @@ def recover(*, user_id: int | None = None, now: datetime | None = None) -> int:
                 attempt.decline_code = "not_sent"
                 attempt.message = "The charge never reached the card processor."
                 attempt.updated_at = utcnow()
+                log.warning(
+                    "attempt %s (%s): the card processor never saw it; failed as not sent",
+                    attempt.id,
+                    attempt.idempotency_key,
+                )
         else:
             attempt = apply_result(attempt_id, result)
             if waited_too_long and attempt.status == AttemptStatus.REQUIRES_ACTION:
@@ -483,11 +514,11 @@ def top_up_with_card(
     if attempt.status == AttemptStatus.PENDING:
         answer = charge(attempt_id)
         if answer is None:
-            return db.session.get(PaymentAttempt, attempt_id), None
+            return db.session.get_one(PaymentAttempt, attempt_id), None
         attempt = apply_result(attempt_id, answer)
         db.session.commit()
     if attempt.status == AttemptStatus.REQUIRES_ACTION:
         url = start_authentication(user, attempt, return_url)
         db.session.commit()
-        return db.session.get(PaymentAttempt, attempt_id), url
+        return db.session.get_one(PaymentAttempt, attempt_id), url
     return attempt, None

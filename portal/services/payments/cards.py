@@ -65,7 +65,7 @@ def customer_id(user: User) -> str:
             db.session.add(GatewayCustomer(user_id=user.id, customer_id=customer))
     except IntegrityError:  # made at the same moment by another request
         pass
-    return db.session.get(GatewayCustomer, user.id).customer_id
+    return db.session.get_one(GatewayCustomer, user.id).customer_id
 
 
 def user_for_customer(customer: str | None) -> User | None:

@@ -78,6 +78,13 @@ def payment_intent_changed(event: GatewayEvent) -> None:
         if user is None:  # another portal's on the same gateway account
             log.info("top-up %s of customer %s is none of ours", result.id, result.customer)
             return
+        if result.id is None or result.amount is None:
+            log.error(
+                "a top-up payment of customer %s succeeded without an id or an amount (id %s)",
+                result.customer,
+                result.id,
+            )
+            return
         topups.credit_top_up(
             user, result.amount, reference=result.id, description="Top-up by card (checkout)"
         )

@@ -74,7 +74,9 @@ def record_event(gateway: PaymentGateway, payload: bytes, signature: str | None)
                 db.session.flush()
             existing, created = row, True
         except IntegrityError:  # the same event arrived twice at once
-            existing = _by_event_id(event.id)
+            existing = db.session.scalars(
+                select(WebhookEvent).where(WebhookEvent.event_id == event.id)
+            ).one()
     if existing.processed_at is None:
         enqueue_after_commit(
             "settlement",

@@ -10,7 +10,7 @@ from . import card_charges, cards, inbox, settlement
 
 
 @task("payments.settle_user")
-def settle_user(user_id: int) -> dict:
+def settle_user(user_id: int) -> dict[str, int]:
     """Wallets, then cards (settlement.settle commits as it goes)."""
     result = settlement.settle(user_id)
     return {
@@ -22,7 +22,7 @@ def settle_user(user_id: int) -> dict:
 
 
 @task("payments.recover_payments")
-def recover_payments() -> dict:
+def recover_payments() -> dict[str, int]:
     """Card charges whose answer was never recorded, looked up at the gateway."""
     if not cards.cards_enabled():
         return {"resolved": 0}
@@ -30,7 +30,7 @@ def recover_payments() -> dict:
 
 
 @task("payments.settle_due")
-def settle_due() -> dict:
+def settle_due() -> dict[str, int]:
     """The daily run: every user with an unpaid invoice gets a settlement job."""
     recover_payments()
     user_ids = settlement.users_with_unpaid()
@@ -50,7 +50,7 @@ class WebhookFailed(Exception):
 
 
 @task("payments.process_webhook")
-def process_webhook(inbox_id: int) -> dict:
+def process_webhook(inbox_id: int) -> dict[str, int | str]:
     result = inbox.process_event(inbox_id)
     db.session.commit()
     if result.failed:
@@ -59,7 +59,7 @@ def process_webhook(inbox_id: int) -> dict:
 
 
 @task("payments.requeue_webhooks")
-def requeue_webhooks() -> dict:
+def requeue_webhooks() -> dict[str, int]:
     """Events still unprocessed after a few minutes (a failed handler, a lost enqueue)."""
     count = inbox.requeue_unprocessed()
     db.session.commit()
@@ -67,7 +67,7 @@ def requeue_webhooks() -> dict:
 
 
 @task("payments.detach_card")
-def detach_card(gateway_id: str) -> dict:
+def detach_card(gateway_id: str) -> dict[str, str]:
     """A removed card taken off the gateway's customer (after the removal committed)."""
     cards.detach(gateway_id)
     return {"detached": gateway_id}

@@ -14,6 +14,7 @@ allows one charge in flight per invoice.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +38,8 @@ from ...money import Money
 from ..invoicing import invoices
 from ..wallet import credits, ledger
 from . import card_charges, cards
+
+log = logging.getLogger(__name__)
 
 WALLET_TENDERS = (PaymentTender.CREDIT, PaymentTender.VOUCHER, PaymentTender.CASH)
 TENDER_LABELS = {
@@ -138,6 +141,15 @@ def _pay(invoice: Invoice, user: User, tender: PaymentTender, amount: int, now: 
     invoices.record_payment(
         invoice, tender=tender, amount=Money(amount, invoice.currency), txn_id=txn.id
     )
+    log.info(
+        "settlement: invoice %s (%s) of user %s: %s paid %s (ledger transaction %s)",
+        invoice.id,
+        invoice.number,
+        user.id,
+        tender,
+        Money(amount, invoice.currency),
+        txn.id,
+    )
 
 
 def settle_invoice(invoice: Invoice, user: User, now: datetime | None = None) -> int:
@@ -151,6 +163,16 @@ def settle_invoice(invoice: Invoice, user: User, now: datetime | None = None) ->
     parts = _split(due, _available(user, now))
     for tender, amount in parts:
         _pay(invoice, user, tender, amount, now)
+    if parts:
+        log.info(
+            "settlement: invoice %s (%s) of user %s is %s after %d wallet payments, %s still due",
+            invoice.id,
+            invoice.number,
+            user.id,
+            invoice.status,
+            len(parts),
+            Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency),
+        )
     return len(parts)
 
 
@@ -203,16 +225,35 @@ def settle(
         targets = [invoice.id] if invoice.status != InvoiceStatus.PAID else []
     db.session.commit()
     if not targets:
+        _log_outcome(user_id, result, targets)
         return result
     if not (cards.cards_enabled() and cards.list_cards(user)):
         for target in targets:  # (Pay now shows the user what is missing instead)
-            if invoice_id is None and _nothing_can_pay(db.session.get(Invoice, target)):
+            if invoice_id is None and _nothing_can_pay(db.session.get_one(Invoice, target)):
                 result.failed.append(target)
         db.session.commit()
+        _log_outcome(user_id, result, targets)
         return result
     for target in targets:
         _charge_cards(user_id, target, now, result)
+    _log_outcome(user_id, result, targets)
     return result
+
+
+def _log_outcome(user_id: int, result: SettleResult, targets: list[int]) -> None:
+    moved = result.payments or result.card_attempts or result.failed or result.needs_action
+    log.log(
+        logging.INFO if moved else logging.DEBUG,
+        "settlement of user %s: invoices paid %s, %d payments, %d card attempts, "
+        "waiting for the customer %s, unpaid %s (of the invoices left to the cards: %s)",
+        user_id,
+        result.paid,
+        result.payments,
+        result.card_attempts,
+        result.needs_action,
+        result.failed,
+        targets,
+    )
 
 
 def _nothing_can_pay(invoice: Invoice) -> bool:
@@ -254,9 +295,9 @@ def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleRe
     tried: list[int] = []
     failed_attempts: list[PaymentAttempt] = []
     while True:
-        user = db.session.get(User, user_id)
+        user = db.session.get_one(User, user_id)
         _lock_user(user)
-        invoice = invoices.lock_invoice(db.session.get(Invoice, invoice_id))
+        invoice = invoices.lock_invoice(db.session.get_one(Invoice, invoice_id))
         if InvoiceStatus(invoice.status) not in invoices.UNPAID:
             db.session.commit()
             return
@@ -273,6 +314,15 @@ def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleRe
             if due > 0 and failed_attempts:
                 card_charges.payment_failed(invoice, failed_attempts)
                 result.failed.append(invoice.id)
+                log.warning(
+                    "settlement: invoice %s (%s) of user %s stays unpaid, %s due: every card "
+                    "declined (attempts %s)",
+                    invoice.id,
+                    invoice.number,
+                    user_id,
+                    Money(due, invoice.currency),
+                    [a.id for a in failed_attempts],
+                )
             elif due <= 0:
                 result.paid.append(invoice.id)
             db.session.commit()
@@ -282,6 +332,15 @@ def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleRe
             db.session.commit()
             return
         attempt_id = attempt.id
+        log.info(
+            "settlement: invoice %s (%s) of user %s: charging card %s for %s (attempt %s)",
+            invoice_id,
+            invoice.number,
+            user_id,
+            card.id,
+            Money(due, invoice.currency),
+            attempt_id,
+        )
         db.session.commit()  # the attempt exists before the gateway hears of it
         result.card_attempts += 1
         answer = card_charges.charge(attempt_id)
@@ -291,7 +350,7 @@ def _charge_cards(user_id: int, invoice_id: int, now: datetime, result: SettleRe
         db.session.commit()
         if answer.status is PaymentStatus.SUCCEEDED:
             result.payments += 1
-            if db.session.get(Invoice, invoice_id).status == InvoiceStatus.PAID:
+            if db.session.get_one(Invoice, invoice_id).status == InvoiceStatus.PAID:
                 result.paid.append(invoice_id)
             return
         if answer.status is not PaymentStatus.FAILED:

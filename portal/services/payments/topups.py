@@ -124,7 +124,7 @@ def finish_checkout(info: CheckoutSessionInfo, *, user: User | None = None) -> C
         raise NotFound("no such checkout")
     paid = info.status == "complete" and info.payment_status == "paid"
     if row.purpose == "topup" and paid and info.payment_intent and info.amount_total:
-        owner = db.session.get(User, row.user_id)
+        owner = db.session.get_one(User, row.user_id)
         credit_top_up(
             owner,
             info.amount_total,

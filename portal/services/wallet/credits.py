@@ -156,8 +156,8 @@ def expire_credits(now: datetime | None = None) -> int:
     )
     expired = 0
     for lot_id in lot_ids:
-        lot = db.session.get(CreditLot, lot_id)
-        account = db.session.get(LedgerAccount, lot.account_id)
+        lot = db.session.get_one(CreditLot, lot_id)
+        account = db.session.get_one(LedgerAccount, lot.account_id)
         ledger.lock_accounts([account])
         db.session.refresh(lot)
         if lot.remaining_minor == 0:

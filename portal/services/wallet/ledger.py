@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, text, union_all
+from sqlalchemy import Select, bindparam, func, insert, select, text, union_all
 from sqlalchemy.exc import IntegrityError
 
 from ...db import Page, allocate_ids, bulk_insert, dialect_insert, ids_in
@@ -35,6 +36,8 @@ from ...models import (
 from ...models.ledger import USER_KINDS, WALLET_KINDS
 from ...money import Money, currency_digits
 
+log = logging.getLogger(__name__)
+
 Leg = tuple[LedgerAccount, int]  # (account, amount_minor: > 0 credits, < 0 debits)
 
 
@@ -50,7 +53,7 @@ def user_account(user: User | int, kind: AccountKind, currency: str | None = Non
     user_id = user if isinstance(user, int) else user.id
     if currency is None:
         currency = (
-            user.currency if isinstance(user, User) else db.session.get(User, user_id).currency
+            user.currency if isinstance(user, User) else db.session.get_one(User, user_id).currency
         )
     return _get_or_create_account(user_id, kind, currency)
 
@@ -93,7 +96,7 @@ def _get_or_create_account(user_id: int | None, kind: AccountKind, currency: str
             )
             .on_conflict_do_nothing()
         )
-        account = db.session.scalar(query)
+        account = db.session.scalars(query).one()
     return account
 
 
@@ -117,7 +120,7 @@ def lock_accounts(accounts: Iterable[LedgerAccount]) -> list[LedgerAccount]:
     )
 
 
-def _content_hash(kind: str, legs: dict[int, int], extra: dict | None) -> str:
+def _content_hash(kind: str, legs: dict[int, int], extra: dict[str, object] | None) -> str:
     payload = {"kind": kind, "legs": sorted(legs.items()), "extra": extra or {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -130,7 +133,7 @@ def post_transaction(
     description: str = "",
     user_id: int | None = None,
     created_by_id: int | None = None,
-    fingerprint: dict | None = None,
+    fingerprint: dict[str, object] | None = None,
 ) -> LedgerTransaction:
     """Post one balanced transaction, or return the one already posted under this key.
 
@@ -169,10 +172,11 @@ def post_transaction(
 
     for aid, account in locked.items():
         akind = AccountKind(account.kind)
-        new_balance = account.balance_minor + akind.normal_sign * merged[aid]
+        balance = _cached(account.balance_minor, aid)
+        new_balance = balance + akind.normal_sign * merged[aid]
         if akind in WALLET_KINDS and new_balance < 0:
             raise InsufficientFunds(
-                f"the {akind} balance is {Money(account.balance_minor, currency)}, "
+                f"the {akind} balance is {Money(balance, currency)}, "
                 f"which does not cover {Money(-merged[aid], currency)}"
             )
 
@@ -205,10 +209,30 @@ def post_transaction(
         ],
     )
     for aid, account in locked.items():
-        account.balance_minor += AccountKind(account.kind).normal_sign * merged[aid]
+        account.balance_minor = (
+            _cached(account.balance_minor, aid)
+            + AccountKind(account.kind).normal_sign * merged[aid]
+        )
     db.session.flush()
     db.session.expire(txn, ["entries"])
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "ledger transaction %s posted: key %s, kind %s, legs %s (account id: amount, %s minor)",
+            txn.id,
+            idempotency_key,
+            kind,
+            ", ".join(f"{aid}: {amt:+d}" for aid, amt in sorted(merged.items())),
+            currency,
+        )
     return txn
+
+
+def _cached(balance: int | None, account_id: int) -> int:
+    """A user account's cached balance (a CHECK keeps it set on user accounts and NULL on
+    system accounts, which postings never check or move)."""
+    if balance is None:
+        raise ValueError(f"ledger account {account_id} has no cached balance")
+    return balance
 
 
 @dataclass(frozen=True)
@@ -235,7 +259,7 @@ def post_many(
         return {}
     deltas: dict[int, int] = defaultdict(int)
     kinds: dict[int, AccountKind] = {}
-    rows = []
+    rows: list[dict[str, object]] = []
     now = utcnow()
     for p in postings:
         if sum(amount for _, _, amount in p.legs) != 0:
@@ -260,7 +284,7 @@ def post_many(
     locked = locked or {}
     balances = {**locked, **lock_account_ids(aid for aid in deltas if aid not in locked)}
     for aid, delta in deltas.items():
-        if kinds[aid] in WALLET_KINDS and balances[aid] + delta < 0:
+        if kinds[aid] in WALLET_KINDS and _cached(balances[aid], aid) + delta < 0:
             raise InsufficientFunds(f"account {aid} would go below zero")
     columns = (
         "id",
@@ -280,7 +304,7 @@ def post_many(
             for txn_id, row in zip(txn_ids, rows, strict=False)
         ],
     )
-    ids = {row["idempotency_key"]: txn_id for row, txn_id in zip(rows, txn_ids, strict=False)}
+    ids = {p.idempotency_key: txn_id for p, txn_id in zip(postings, txn_ids, strict=True)}
     # Entries in account order within each transaction, as post_transaction writes them.
     bulk_insert(
         LedgerEntry.__table__,
@@ -299,6 +323,17 @@ def post_many(
             account = identity.get(db.session.identity_key(LedgerAccount, aid))
             if account is not None:
                 db.session.expire(account, ["balance_minor"])
+    if log.isEnabledFor(logging.DEBUG):
+        for p in postings:
+            log.debug(
+                "ledger transaction %s posted: key %s, kind %s, legs %s (account id: amount, "
+                "%s minor)",
+                ids[p.idempotency_key],
+                p.idempotency_key,
+                p.kind,
+                ", ".join(f"{aid}: {amount:+d}" for aid, _, amount in sorted(p.legs)),
+                p.currency,
+            )
     return ids
 
 
@@ -412,7 +447,7 @@ _WALLET_ACCOUNTS = (
 
 
 @functools.cache
-def _history_page(accounts: int):
+def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetime]:
     """The page query for a user with ``accounts`` wallet accounts, built once (the page
     is read on every wallet view; building the statement costs more than running it).
 

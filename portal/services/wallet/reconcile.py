@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Subquery, case, func, select
 
 from ...extensions import db
 from ...models import (
@@ -28,7 +28,7 @@ Check = Callable[[], list[str]]
 CHECKS: list[tuple[str, Check]] = []
 
 
-def check(name: str):
+def check(name: str) -> Callable[[Check], Check]:
     def register(fn: Check) -> Check:
         CHECKS.append((name, fn))
         return fn
@@ -36,7 +36,7 @@ def check(name: str):
     return register
 
 
-def _derived_balance():
+def _derived_balance() -> Subquery:
     """Normal-side balance per account, from the entries."""
     sign = case((LedgerAccount.kind.in_([str(k) for k in CREDIT_NORMAL]), 1), else_=-1)
     return (
@@ -51,6 +51,7 @@ def _derived_balance():
         .group_by(
             LedgerAccount.id, LedgerAccount.user_id, LedgerAccount.kind, LedgerAccount.balance_minor
         )
+        .subquery()
     )
 
 
@@ -85,7 +86,7 @@ def entry_currency() -> list[str]:
 
 @check("cached balances equal the entries")
 def cached_equals_derived() -> list[str]:
-    derived = _derived_balance().subquery()
+    derived = _derived_balance()
     rows = db.session.execute(
         select(derived).where(
             derived.c.balance_minor.is_not(None), derived.c.balance_minor != derived.c.derived
@@ -100,7 +101,7 @@ def cached_equals_derived() -> list[str]:
 
 @check("no wallet is negative")
 def no_negative_wallet() -> list[str]:
-    derived = _derived_balance().subquery()
+    derived = _derived_balance()
     rows = db.session.execute(
         select(derived).where(
             derived.c.kind.in_([str(k) for k in WALLET_KINDS]), derived.c.derived < 0

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ...db import Page
+from ...db import Page, rowcount
 from ...errors import Conflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, User, Voucher, VoucherRedemption, VoucherRequest, utcnow
@@ -39,7 +39,7 @@ def new_code() -> str:
 def normalize_code(raw: str) -> str | None:
     """What the user typed -> the canonical code, or None if it cannot be one."""
     code = "".join((raw or "").upper().split()).replace("-", "")
-    code = code.translate(str.maketrans({"O": "0", "I": "1", "L": "1"}))
+    code = code.translate(str.maketrans("OIL", "011"))
     if len(code) != CODE_LENGTH or any(c not in ALPHABET for c in code):
         return None
     return code
@@ -106,11 +106,13 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
         raise Conflict(
             f"this voucher expired on {voucher.expires_at:%Y-%m-%d}", fields={"code": "has expired"}
         )
-    claimed = db.session.execute(
-        update(Voucher)
-        .where(Voucher.id == voucher.id, Voucher.redemptions < Voucher.max_redemptions)
-        .values(redemptions=Voucher.redemptions + 1)
-    ).rowcount
+    claimed = rowcount(
+        db.session.execute(
+            update(Voucher)
+            .where(Voucher.id == voucher.id, Voucher.redemptions < Voucher.max_redemptions)
+            .values(redemptions=Voucher.redemptions + 1)
+        )
+    )
     if claimed != 1:
         raise Conflict("this voucher has already been used", fields={"code": "is used up"})
     # Read after the claim: a concurrent redemption by the same user committed before it.
@@ -143,11 +145,11 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
     return voucher.value
 
 
-def list_vouchers(*, batch: str | None = None, page: int = 1, per_page: int = 50):
+def list_vouchers(*, batch: str | None = None, page: int = 1, per_page: int = 50) -> Page:
     query = select(Voucher)
     if batch:
         query = query.where(Voucher.batch == batch)
-    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     items = list(
         db.session.scalars(
             query.order_by(Voucher.id.desc()).limit(per_page).offset((page - 1) * per_page)
@@ -207,11 +209,11 @@ def request_voucher(user: User, *, amount: Money, reason: str) -> VoucherRequest
         raise ValidationFailed.field("reason", "is required")
     if len(reason) > 1000:
         raise ValidationFailed.field("reason", "must be at most 1000 characters")
-    pending = db.session.scalar(
+    pending = db.session.execute(
         select(func.count())
         .select_from(VoucherRequest)
         .where(VoucherRequest.user_id == user.id, VoucherRequest.status == "pending")
-    )
+    ).scalar_one()
     if pending >= MAX_PENDING_REQUESTS:
         raise Conflict(f"you already have {pending} requests waiting for an answer")
     req = VoucherRequest(
@@ -234,7 +236,7 @@ def decide_request(
         raise NotFound("no such voucher request")
     if req.status != "pending":
         raise Conflict(f"this request was already {req.status}")
-    user = db.session.get(User, req.user_id)
+    user = db.session.get_one(User, req.user_id)
     req.status = "approved" if approve else "rejected"
     req.decided_by_id, req.decided_at = admin.id, utcnow()
     req.decision_note = (note or "").strip()[:500]
@@ -259,7 +261,9 @@ def decide_request(
     return req
 
 
-def list_requests(*, status: str | None = "pending", user: User | None = None):
+def list_requests(
+    *, status: str | None = "pending", user: User | None = None
+) -> list[VoucherRequest]:
     query = select(VoucherRequest)
     if status:
         query = query.where(VoucherRequest.status == status)
