@@ -147,12 +147,12 @@ def generate_invoice():
 
 @bp.get("/invoices/<int:invoice_id>")
 def invoice(invoice_id: int):
-    return _render_invoice(invoicing.get_invoice(invoice_id))
+    return _render_invoice(invoicing.get_for_owner(None, invoice_id))
 
 
 @bp.post("/invoices/<int:invoice_id>/void")
 def void_invoice(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id)
+    invoice = invoicing.get_for_owner(None, invoice_id)
     form = VoidInvoiceForm()
     if not form.validate_on_submit():
         return _render_invoice(invoice, void_form=form, status=422)
@@ -162,7 +162,7 @@ def void_invoice(invoice_id: int):
         db.session.rollback()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
-            invoicing.get_invoice(invoice_id), void_form=form, status=exc.http_status
+            invoicing.get_for_owner(None, invoice_id), void_form=form, status=exc.http_status
         )
     db.session.commit()
     flash(f"Voided invoice {invoice.number}.", "success")
@@ -171,7 +171,7 @@ def void_invoice(invoice_id: int):
 
 @bp.post("/invoices/<int:invoice_id>/payments")
 def record_payment(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id)
+    invoice = invoicing.get_for_owner(None, invoice_id)
     form = OfflinePaymentForm()
     if not form.validate_on_submit():
         return _render_invoice(invoice, payment_form=form, status=422)
@@ -191,7 +191,7 @@ def record_payment(invoice_id: int):
         db.session.rollback()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
-            invoicing.get_invoice(invoice_id), payment_form=form, status=exc.http_status
+            invoicing.get_for_owner(None, invoice_id), payment_form=form, status=exc.http_status
         )
     db.session.commit()
     flash(f"Recorded a payment of {amount.format()} on {invoice.number}.", "success")
