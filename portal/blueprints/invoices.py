@@ -9,7 +9,7 @@ from flask_wtf import FlaskForm
 from .. import htmx as hx
 from ..extensions import db
 from ..gateways import GatewayError
-from ..models import AttemptStatus
+from ..models import USER_INVOICE_STATUS_LABELS, AttemptStatus
 from ..services.invoicing import documents
 from ..services.invoicing import invoices as invoicing
 from ..services.payments import card_charges, settlement
@@ -18,18 +18,15 @@ from .helpers import page_arg, pdf_response, public_url, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
 
-# The status filter, as users see statuses ("open" is shown as "sent"); empty means all.
-STATUS_FILTERS = ("sent", "paid", "overdue", "void")
-
 
 @bp.get("/")
 @login_required
 def index():
     status = request.args.get("status", "")
-    if status and status not in STATUS_FILTERS:
+    if status and status not in USER_INVOICE_STATUS_LABELS:
         abort(404)
     invoices = invoicing.list_invoices(user=current_user, status=status or None, page=page_arg())
-    context = {"invoices": invoices, "status": status, "statuses": STATUS_FILTERS}
+    context = {"invoices": invoices, "status": status, "statuses": USER_INVOICE_STATUS_LABELS}
     if hx.is_fragment_request("invoice-table"):
         return render_template("invoices/_table.html", **context)
     return render_template("invoices/index.html", **context)

@@ -14,15 +14,13 @@ from wtforms.validators import DataRequired, Length
 from ...errors import NotFound, ServiceError
 from ...extensions import db
 from ...forms import AmountField
-from ...models import Invoice
+from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
 from .. import helpers
 from . import bp
 
-# Statuses as admins and users see them ("open" is shown as "sent").
-STATUSES = ("draft", "sent", "paid", "overdue", "void")
 PERIOD_FIELDS = {"period_start": "period", "period_end": "period", "user_id": "email"}
 
 
@@ -50,7 +48,7 @@ class Filters:
         self.status = helpers.query_arg("status", 20)
         self.period = helpers.query_arg("period", 20)
         self.user = self.period_start = self.error = None
-        if self.status not in ("", *STATUSES):
+        if self.status not in ("", *INVOICE_STATUS_LABELS):
             self.error, self.status = f"Unknown status {self.status!r}.", ""
         if self.period:
             try:
@@ -88,7 +86,7 @@ def _render_list(form: GenerateInvoiceForm, status: int = 200):
             page=helpers.page_arg(),
         )
     return render_template(
-        "admin/invoices.html", f=f, invoices=invoices, form=form, statuses=STATUSES
+        "admin/invoices.html", f=f, invoices=invoices, form=form, statuses=INVOICE_STATUS_LABELS
     ), status
 
 

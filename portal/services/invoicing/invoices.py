@@ -300,8 +300,7 @@ def list_invoices(
     if user is not None:
         query = query.where(Invoice.user_id == user.id)
     if status:
-        wanted = "open" if status == "sent" else status
-        query = query.where(Invoice.status == wanted)
+        query = query.where(Invoice.status == S.from_label(status).value)
     if period_start is not None:
         query = query.where(Invoice.period_start == period_start)
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
