@@ -9,26 +9,24 @@ from flask_wtf import FlaskForm
 from .. import htmx as hx
 from ..extensions import db
 from ..gateways import GatewayError
-from ..models import AttemptStatus
+from ..models import USER_INVOICE_STATUS_LABELS, AttemptStatus
 from ..services.invoicing import documents
 from ..services.invoicing import invoices as invoicing
 from ..services.payments import card_charges, settlement
+from ..services.payments.pay import Outcome, pay_invoice
 from .helpers import page_arg, pdf_response, public_url, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
-
-# The status filter, as users see statuses ("open" is shown as "sent"); empty means all.
-STATUS_FILTERS = ("sent", "paid", "overdue", "void")
 
 
 @bp.get("/")
 @login_required
 def index():
     status = request.args.get("status", "")
-    if status and status not in STATUS_FILTERS:
+    if status and status not in USER_INVOICE_STATUS_LABELS:
         abort(404)
     invoices = invoicing.list_invoices(user=current_user, status=status or None, page=page_arg())
-    context = {"invoices": invoices, "status": status, "statuses": STATUS_FILTERS}
+    context = {"invoices": invoices, "status": status, "statuses": USER_INVOICE_STATUS_LABELS}
     if hx.is_fragment_request("invoice-table"):
         return render_template("invoices/_table.html", **context)
     return render_template("invoices/index.html", **context)
@@ -51,49 +49,45 @@ def _payment_context(invoice) -> dict:
 @bp.get("/<int:invoice_id>")
 @login_required
 def show(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id, user=current_user)  # another user's: 404
+    invoice = invoicing.get_for_owner(current_user, invoice_id)  # another user's: 404
     return render_template("invoices/show.html", invoice=invoice, **_payment_context(invoice))
+
+
+# What the invoice page says after Pay now, by outcome.
+PAY_FLASHES = {
+    Outcome.PAID: ("The invoice is paid.", "success"),
+    Outcome.REQUIRES_ACTION: (
+        "Your bank asks you to confirm the card payment: press “Complete payment”.",
+        "info",
+    ),
+    Outcome.PROCESSING: ("A card payment for this invoice is being processed.", "info"),
+    Outcome.FAILED: (
+        "No payment method could pay the rest of this invoice. Add money to your "
+        "balance, redeem a voucher or add a card.",
+        "error",
+    ),
+    Outcome.PARTIAL: ("Part of the invoice is paid; the rest is still due.", "info"),
+    Outcome.UNPAID: (
+        "Nothing could pay this invoice: add money to your balance, redeem a voucher "
+        "or add a card.",
+        "error",
+    ),
+}
 
 
 @bp.post("/<int:invoice_id>/pay")
 @login_required
 def pay(invoice_id: int):
     """Pay now: credits, vouchers, prepaid balance, then the cards, as the preview showed."""
-    invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    invoicing.get_for_owner(current_user, invoice_id)
     if not PayForm().validate_on_submit():
         abort(400)
-    if invoice.invoice_status not in invoicing.UNPAID:
-        flash(f"This invoice is {invoice.invoice_status.label}: there is nothing to pay.", "info")
-        return see_other("invoices.show", invoice_id=invoice_id)
-    result = settlement.settle(current_user.id, invoice_id=invoice_id)
-    invoice = invoicing.get_invoice(invoice_id, user=current_user)
-    waiting = (
-        card_charges.open_attempt_for(current_user, invoice)
-        if invoice.invoice_status is not invoicing.S.PAID
-        else None
-    )
-    if invoice.invoice_status is invoicing.S.PAID:
-        flash("The invoice is paid.", "success")
-    elif invoice_id in result.needs_action or (
-        waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION
-    ):
-        flash("Your bank asks you to confirm the card payment: press “Complete payment”.", "info")
-    elif waiting is not None:  # a charge made a moment ago is not answered yet
-        flash("A card payment for this invoice is being processed.", "info")
-    elif invoice_id in result.failed:
-        flash(
-            "No payment method could pay the rest of this invoice. Add money to your "
-            "balance, redeem a voucher or add a card.",
-            "error",
-        )
-    elif invoice.amount_paid_minor:
-        flash("Part of the invoice is paid; the rest is still due.", "info")
+    outcome = pay_invoice(current_user, invoice_id)
+    if outcome.kind is Outcome.NOTHING_TO_PAY:
+        label = outcome.invoice.invoice_status.label
+        flash(f"This invoice is {label}: there is nothing to pay.", "info")
     else:
-        flash(
-            "Nothing could pay this invoice: add money to your balance, redeem a voucher "
-            "or add a card.",
-            "error",
-        )
+        flash(*PAY_FLASHES[outcome.kind])
     return see_other("invoices.show", invoice_id=invoice_id)
 
 
@@ -101,7 +95,7 @@ def pay(invoice_id: int):
 @login_required
 def complete_payment(invoice_id: int):
     """A card payment waiting for 3-D Secure: off to the bank's page, back to ``confirmed``."""
-    invoice = invoicing.get_invoice(invoice_id, user=current_user)
+    invoice = invoicing.get_for_owner(current_user, invoice_id)
     if not PayForm().validate_on_submit():
         abort(400)
     attempt = card_charges.open_attempt_for(current_user, invoice)
@@ -128,7 +122,7 @@ def complete_payment(invoice_id: int):
 @login_required
 def confirmed(invoice_id: int):
     """Back from the bank's page: record the payment's state now."""
-    invoicing.get_invoice(invoice_id, user=current_user)
+    invoicing.get_for_owner(current_user, invoice_id)
     try:
         attempt = card_charges.refresh(current_user, request.args.get("payment_intent", ""))
     except GatewayError as exc:
@@ -159,5 +153,5 @@ def pdf(invoice_id: int):
 @login_required
 def pdf_status(invoice_id: int):
     """The PDF widget alone: polled by itself while the PDF is being made."""
-    invoice = documents.get_invoice(invoice_id, user=_owner())
+    invoice = invoicing.get_for_owner(_owner(), invoice_id)
     return render_template("invoices/_pdf_status.html", invoice=invoice)

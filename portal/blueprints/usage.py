@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, render_template
 from flask_login import current_user, login_required
 
 from .. import htmx as hx
@@ -14,25 +12,13 @@ from .helpers import billing_period, query_arg
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
 
-PERIODS_SHOWN = 12
-
-
-def _periods(invoice_day: int) -> list[tuple[str, datetime]]:
-    """The current period and the eleven before it, as (YYYY-MM, start)."""
-    start, _ = calendar.period_containing(datetime.now(UTC), invoice_day)
-    out = []
-    year, month = start.year, start.month
-    for _ in range(PERIODS_SHOWN):
-        out.append((f"{year:04d}-{month:02d}", datetime(year, month, invoice_day, tzinfo=UTC)))
-        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-    return out
+PERIODS_SHOWN = 12  # the current billing period and the eleven before it
 
 
 @bp.get("/")
 @login_required
 def index():
-    invoice_day = current_app.config["BILLING"].invoice_day
-    periods = _periods(invoice_day)
+    periods = calendar.recent_periods(PERIODS_SHOWN)
     selected = query_arg("period", 20) or periods[0][0]
     try:
         start, end = billing_period(selected)

@@ -18,7 +18,7 @@ from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
-from ..services.payments import card_charges, cards, topups
+from ..services.payments import card_charges, cards, pay, topups
 from ..services.wallet import ledger, vouchers
 from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
 from .limits import voucher_redeem_limit
@@ -32,12 +32,12 @@ class RedeemForm(FlaskForm):
 
 class TopUpForm(FlaskForm):
     amount = AmountField("Amount")
-    method = RadioField("Pay with", default="checkout", validators=[DataRequired()])
+    method = RadioField("Pay with", default=pay.CHECKOUT, validators=[DataRequired()])
     # One per rendered form: a double submit charges once.
     nonce = HiddenField(validators=[Length(max=64)])
 
     def fill(self, user) -> TopUpForm:
-        self.method.choices = [("checkout", "Card on the secure checkout page")] + [
+        self.method.choices = [(pay.CHECKOUT, "Card on the secure checkout page")] + [
             (f"card:{c.id}", f"Saved card {c.label}") for c in cards.list_cards(user)
         ]
         if not self.nonce.data:
@@ -123,22 +123,13 @@ def top_up():
         return _render(topup_form=form, status=422)
     try:
         amount = Money.from_decimal(form.amount.decimal, current_user.currency)
-        if form.method.data == "checkout":
-            session = topups.start_checkout(
-                current_user,
-                amount,
-                success_url=public_url("wallet.top_up_done") + "?session_id={CHECKOUT_SESSION_ID}",
-                cancel_url=public_url("wallet.index"),
-                idempotency_key=form.nonce.data,
-            )
-            db.session.commit()
-            return redirect(session.url, code=303)
-        card_id = int(form.method.data.removeprefix("card:"))
-        attempt, url = card_charges.top_up_with_card(
+        started = pay.top_up(
             current_user,
-            card_id,
             amount,
+            method=form.method.data,
             nonce=form.nonce.data,
+            success_url=public_url("wallet.top_up_done") + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=public_url("wallet.index"),
             return_url=public_url("wallet.top_up_card_return"),
         )
     except AmountError as exc:
@@ -150,9 +141,9 @@ def top_up():
         db.session.rollback()
         flash(f"The card processor did not take the payment: {exc.message}", "error")
     else:
-        if url:
-            return redirect(url, code=303)
-        _flash_attempt(attempt)
+        if started.redirect_url:
+            return redirect(started.redirect_url, code=303)
+        _flash_attempt(started.attempt)
         return see_other("wallet.index")
     return _render(topup_form=form, status=422)
 

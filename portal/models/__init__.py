@@ -3,6 +3,8 @@
 from .catalog import PriceVersion, SkuPrice
 from .deployments import Deployment, DeploymentInterval, DeploymentKind, DeploymentState
 from .invoices import (
+    INVOICE_STATUS_LABELS,
+    USER_INVOICE_STATUS_LABELS,
     Event,
     Invoice,
     InvoiceCounter,
@@ -74,6 +76,8 @@ __all__ = [
     "InvoicePayment",
     "InvoicePdf",
     "InvoiceStatus",
+    "INVOICE_STATUS_LABELS",
+    "USER_INVOICE_STATUS_LABELS",
     "JobRun",
     "LedgerAccount",
     "LedgerEntry",

@@ -41,6 +41,21 @@ class InvoiceStatus(enum.StrEnum):
     def label(self) -> str:
         return "sent" if self is InvoiceStatus.OPEN else self.value
 
+    @property
+    def css_class(self) -> str:
+        return f"status status-{self.label}"
+
+    @classmethod
+    def from_label(cls, label: str) -> InvoiceStatus:
+        """The status a page, filter or API call names by its label ("sent" is open)."""
+        return cls.OPEN if label == "sent" else cls(label)
+
+
+# The status vocabulary, as pages, filters and the API name it: all of it (admins, the API)
+# and what users can see (a draft is never shown to its user).
+INVOICE_STATUS_LABELS = tuple(s.label for s in InvoiceStatus)
+USER_INVOICE_STATUS_LABELS = tuple(s.label for s in InvoiceStatus if s is not InvoiceStatus.DRAFT)
+
 
 class InvoiceKind(enum.StrEnum):
     USAGE = "usage"

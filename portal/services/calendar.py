@@ -40,3 +40,19 @@ def last_complete_period(now: datetime | None = None) -> tuple[datetime, datetim
     """The latest billing period that has ended."""
     current_start, _ = period_containing(now or utcnow(), invoice_day())
     return period_containing(current_start - timedelta(days=1), invoice_day())
+
+
+def period_name(start: datetime) -> str:
+    """A period as pages and the API name it: the YYYY-MM of its start."""
+    return f"{start.year:04d}-{start.month:02d}"
+
+
+def recent_periods(count: int, now: datetime | None = None) -> list[tuple[str, datetime]]:
+    """The current period and the ``count - 1`` before it, newest first, as (YYYY-MM, start)."""
+    day = invoice_day()
+    start, _ = period_containing(now or utcnow(), day)
+    out = []
+    for _ in range(count):
+        out.append((period_name(start), start))
+        start, _ = period_containing(start - timedelta(days=1), day)
+    return out

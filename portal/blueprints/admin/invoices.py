@@ -14,15 +14,13 @@ from wtforms.validators import DataRequired, Length
 from ...errors import NotFound, ServiceError
 from ...extensions import db
 from ...forms import AmountField
-from ...models import Invoice
+from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
 from .. import helpers
 from . import bp
 
-# Statuses as admins and users see them ("open" is shown as "sent").
-STATUSES = ("draft", "sent", "paid", "overdue", "void")
 PERIOD_FIELDS = {"period_start": "period", "period_end": "period", "user_id": "email"}
 
 
@@ -50,7 +48,7 @@ class Filters:
         self.status = helpers.query_arg("status", 20)
         self.period = helpers.query_arg("period", 20)
         self.user = self.period_start = self.error = None
-        if self.status not in ("", *STATUSES):
+        if self.status not in ("", *INVOICE_STATUS_LABELS):
             self.error, self.status = f"Unknown status {self.status!r}.", ""
         if self.period:
             try:
@@ -88,7 +86,7 @@ def _render_list(form: GenerateInvoiceForm, status: int = 200):
             page=helpers.page_arg(),
         )
     return render_template(
-        "admin/invoices.html", f=f, invoices=invoices, form=form, statuses=STATUSES
+        "admin/invoices.html", f=f, invoices=invoices, form=form, statuses=INVOICE_STATUS_LABELS
     ), status
 
 
@@ -147,12 +145,12 @@ def generate_invoice():
 
 @bp.get("/invoices/<int:invoice_id>")
 def invoice(invoice_id: int):
-    return _render_invoice(invoicing.get_invoice(invoice_id))
+    return _render_invoice(invoicing.get_for_owner(None, invoice_id))
 
 
 @bp.post("/invoices/<int:invoice_id>/void")
 def void_invoice(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id)
+    invoice = invoicing.get_for_owner(None, invoice_id)
     form = VoidInvoiceForm()
     if not form.validate_on_submit():
         return _render_invoice(invoice, void_form=form, status=422)
@@ -162,7 +160,7 @@ def void_invoice(invoice_id: int):
         db.session.rollback()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
-            invoicing.get_invoice(invoice_id), void_form=form, status=exc.http_status
+            invoicing.get_for_owner(None, invoice_id), void_form=form, status=exc.http_status
         )
     db.session.commit()
     flash(f"Voided invoice {invoice.number}.", "success")
@@ -171,7 +169,7 @@ def void_invoice(invoice_id: int):
 
 @bp.post("/invoices/<int:invoice_id>/payments")
 def record_payment(invoice_id: int):
-    invoice = invoicing.get_invoice(invoice_id)
+    invoice = invoicing.get_for_owner(None, invoice_id)
     form = OfflinePaymentForm()
     if not form.validate_on_submit():
         return _render_invoice(invoice, payment_form=form, status=422)
@@ -191,7 +189,7 @@ def record_payment(invoice_id: int):
         db.session.rollback()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
-            invoicing.get_invoice(invoice_id), payment_form=form, status=exc.http_status
+            invoicing.get_for_owner(None, invoice_id), payment_form=form, status=exc.http_status
         )
     db.session.commit()
     flash(f"Recorded a payment of {amount.format()} on {invoice.number}.", "success")

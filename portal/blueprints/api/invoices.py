@@ -137,7 +137,7 @@ def list_invoices(query: InvoiceQuery):
 )
 def show_invoice(invoice_id: int):
     """User tokens see their own invoices only (another's is 404)."""
-    return invoice_detail(invoices.get_invoice(invoice_id, user=_owner()))
+    return invoice_detail(invoices.get_for_owner(_owner(), invoice_id))
 
 
 @bp.post("/invoices")
@@ -207,7 +207,7 @@ def admin_list_invoices(query: AdminInvoiceQuery):
 def void_invoice(invoice_id: int, body: VoidInvoice):
     """Its ledger posting is reversed; credits it applied come back as a new credit."""
     invoice = invoices.void_invoice(
-        invoices.get_invoice(invoice_id), reason=body.reason, voided_by=g.api_user
+        invoices.get_for_owner(None, invoice_id), reason=body.reason, voided_by=g.api_user
     )
     db.session.commit()
     return invoice_detail(invoice)
@@ -225,7 +225,7 @@ def void_invoice(invoice_id: int, body: VoidInvoice):
 )
 def record_payment(invoice_id: int, body: OfflinePayment):
     """An offline payment (bank transfer), booked through the ledger."""
-    invoice = invoices.get_invoice(invoice_id)
+    invoice = invoices.get_for_owner(None, invoice_id)
     client_key = idempotency_key()
     invoices.record_offline_payment(
         invoice,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
+from ...models import INVOICE_STATUS_LABELS
 from ...services.metering.deployments import MAX_NAME, MAX_SIZE
 from ...services.wallet.vouchers import MAX_BATCH
 from .fields import (
@@ -35,7 +36,7 @@ from .fields import (
     Whole,
 )
 
-INVOICE_STATUSES = ("draft", "sent", "paid", "overdue", "void")
+INVOICE_STATUSES = INVOICE_STATUS_LABELS
 DEPLOYMENT_STATES = (
     "pending",
     "active",

@@ -3,15 +3,17 @@ preview. Cards are added on the gateway's page only (the portal's Payment method
 
 from __future__ import annotations
 
+from typing import cast
+
 from flask import current_app, g
 
 from ...errors import InvalidTransition, ServiceError
 from ...extensions import db
 from ...gateways import GatewayError
-from ...models import AttemptStatus, TokenScope
+from ...models import TokenScope
 from ...money import Money
 from ...services.invoicing import invoices
-from ...services.payments import card_charges, cards, settlement, topups
+from ...services.payments import cards, pay, settlement, topups
 from ...web import json_error
 from . import bp
 from .fields import idempotency_key, to_money
@@ -136,7 +138,7 @@ def session_amount(session) -> dict:
     responses={200: PaymentPreview},
 )
 def payment_preview(invoice_id: int):
-    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
+    invoice = invoices.get_for_owner(g.api_user, invoice_id)
     if invoice.invoice_status not in invoices.UNPAID:
         return PaymentPreview(
             invoice_id=invoice.id,
@@ -169,27 +171,10 @@ def payment_preview(invoice_id: int):
 def pay_invoice(invoice_id: int):
     """Pay now; answers with the invoice, its payments and the payment_outcome. A paid
     invoice is 409 invalid_transition."""
-    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
-    if invoice.invoice_status not in invoices.UNPAID:
-        raise InvalidTransition(f"a {invoice.invoice_status.label} invoice needs no payment")
-    result = settlement.settle(g.api_user.id, invoice_id=invoice_id)
-    invoice = invoices.get_invoice(invoice_id, user=g.api_user)
-    return InvoicePaid(**detail_fields(invoice), payment_outcome=_outcome(invoice, result))
-
-
-def _outcome(invoice, result) -> PaymentOutcome:
-    """paid; requires_action (a card payment waits for 3-D Secure: the invoice page's
-    "Complete payment"); processing (a card charge not answered yet); failed (every card was
-    declined); partial (some of it is paid); unpaid (nothing could pay any of it)."""
-    if invoice.invoice_status is invoices.S.PAID:
-        return "paid"
-    waiting = card_charges.open_attempt_for(g.api_user, invoice)
-    if invoice.id in result.needs_action or (
-        waiting is not None and waiting.status == AttemptStatus.REQUIRES_ACTION
-    ):
-        return "requires_action"
-    if waiting is not None:
-        return "processing"
-    if invoice.id in result.failed:
-        return "failed"
-    return "partial" if invoice.amount_paid_minor else "unpaid"
+    outcome = pay.pay_invoice(g.api_user, invoice_id)
+    if outcome.kind is pay.Outcome.NOTHING_TO_PAY:
+        label = outcome.invoice.invoice_status.label
+        raise InvalidTransition(f"a {label} invoice needs no payment")
+    # NOTHING_TO_PAY is refused above, so the kind is one of the documented outcomes
+    payment_outcome = cast(PaymentOutcome, outcome.kind.value)
+    return InvoicePaid(**detail_fields(outcome.invoice), payment_outcome=payment_outcome)

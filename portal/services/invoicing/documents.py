@@ -14,11 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ...documents import invoice_pdf
-from ...errors import Conflict, InvalidTransition, NotFound, ServiceError
+from ...errors import Conflict, InvalidTransition, ServiceError
 from ...extensions import db
 from ...models import Invoice, InvoicePdf, InvoiceStatus, OutboundEmail, User
 from ...tasks.queues import enqueue_after_commit
 from .. import mail
+from .invoices import get_for_owner
 from .snapshot import Snapshot
 
 
@@ -31,16 +32,8 @@ class PdfRenderFailed(ServiceError):
     http_status = 500
 
 
-def get_invoice(invoice_id: int, *, user: User | None) -> Invoice:
-    """The invoice, if ``user`` owns it (None: any invoice, for admins); else NotFound."""
-    invoice = db.session.get(Invoice, invoice_id)
-    if invoice is None or (user is not None and invoice.user_id != user.id):
-        raise NotFound("No such invoice.")
-    return invoice
-
-
 def get_invoice_pdf(invoice_id: int, *, user: User | None) -> tuple[Invoice, InvoicePdf]:
-    invoice = get_invoice(invoice_id, user=user)
+    invoice = get_for_owner(user, invoice_id)
     pdf = db.session.get(InvoicePdf, invoice.id)
     if pdf is None:
         raise PdfNotReady(
@@ -78,7 +71,7 @@ def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
     short transaction that the caller commits; if two renders race, the first stored
     stands. A failed render leaves pdf_status "failed" (flushed) and raises PdfRenderFailed.
     """
-    invoice = get_invoice(invoice_id, user=None)
+    invoice = get_for_owner(None, invoice_id)
     pdf = db.session.get(InvoicePdf, invoice.id)
     if pdf is None:
         snapshot = invoice.snapshot

@@ -77,10 +77,12 @@ def reserve_numbers(year: int, count: int) -> list[str]:
 # -- lifecycle -------------------------------------------------------------------------------
 
 
-def get_invoice(invoice_id: int, *, user: User | None = None) -> Invoice:
+def get_for_owner(owner: User | None, invoice_id: int) -> Invoice:
+    """The one owner-scoped invoice lookup: ``owner``'s invoice (None: any, for admins);
+    another user's invoice is NotFound, as if it did not exist."""
     query = select(Invoice).where(Invoice.id == invoice_id)
-    if user is not None:
-        query = query.where(Invoice.user_id == user.id)
+    if owner is not None:
+        query = query.where(Invoice.user_id == owner.id)
     invoice = db.session.scalar(query)
     if invoice is None:
         raise NotFound("no such invoice")
@@ -312,8 +314,7 @@ def list_invoices(
     if user is not None:
         query = query.where(Invoice.user_id == user.id)
     if status:
-        wanted = "open" if status == "sent" else status
-        query = query.where(Invoice.status == wanted)
+        query = query.where(Invoice.status == S.from_label(status).value)
     if period_start is not None:
         query = query.where(Invoice.period_start == period_start)
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()

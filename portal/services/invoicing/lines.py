@@ -1,25 +1,16 @@
 """Invoice lines, pure: summed usage in, lines out (one per deployment and resource with
-something to bill, each rounded once, ROUND_HALF_UP, in integers). No database."""
+something to bill, each rounded once, ROUND_HALF_UP, in integers, by metering.costs, which
+the usage page uses too). No database."""
 
 from __future__ import annotations
 
-import calendar
 import functools
-from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
 from ...money import currency_digits
+from ..metering.costs import Usage, round_ratio
 from ..metering.usage import LABELS, UNITS
-
-
-def _round_ratio(numerator: int, denominator: int, digits: int) -> int:
-    """numerator/denominator micro-units in minor units, ROUND_HALF_UP, in integers."""
-    num: int = numerator * 10**digits  # int ** int is typed Any (a negative power is a float)
-    den = denominator * 1_000_000
-    if num >= 0:
-        return (2 * num + den) // (2 * den)  # floor(x + 1/2): halves go up
-    return -((-2 * num + den) // (2 * den))  # and away from zero below it
 
 
 def _decimal(numerator: int, denominator: int, places: int = 6) -> Decimal:
@@ -88,46 +79,6 @@ def _rate_text(micros: int) -> str:
     return _decimal_text(micros, 1_000_000)
 
 
-@functools.lru_cache(maxsize=256)
-def _month_ms(year: int, month: int) -> int:
-    return 1000 * calendar.monthrange(year, month)[1] * 86400
-
-
-@dataclass(slots=True)
-class Usage:
-    """Summed rollup columns of one deployment in one period. Storage is kept per calendar
-    month, because a GB-month is priced against the length of its month."""
-
-    cpu_ms: int = 0
-    cpu_cost: int = 0
-    memory_ms: int = 0
-    memory_cost: int = 0
-    storage: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (y, m) -> [ms, cost]
-    instance_s: int = 0
-    instance_cost: int = 0
-    ip_s: int = 0
-    ip_cost: int = 0
-
-    def resources(self) -> list[tuple[str, int, int, int, int]]:
-        """(resource, quantity num, quantity den, cost num, cost den) in units and micros."""
-        out = [
-            ("cpu", self.cpu_ms, 3_600_000, self.cpu_cost, 3_600_000),
-            ("memory", self.memory_ms, 3_600_000, self.memory_cost, 3_600_000),
-        ]
-        if self.storage:
-            # Sum a/da + b/db exactly over a common denominator.
-            qn, cn, den = 0, 0, 1
-            for (y, m), (ms, cost) in sorted(self.storage.items()):
-                d = _month_ms(y, m)
-                qn, cn, den = qn * d + ms * den, cn * d + cost * den, den * d
-            out.append(("storage", qn, den, cn, den))
-        out += [
-            ("instance", self.instance_s, 3600, self.instance_cost, 3600),
-            ("ip", self.ip_s, 3600, self.ip_cost, 3600),
-        ]
-        return out
-
-
 class LineDraft(NamedTuple):
     """An invoice line as stored (its columns after invoice_id and position)."""
 
@@ -164,7 +115,7 @@ def build_lines(
                         _decimal_text(qn, qd),
                         units[resource],
                         _unit_price_text(qn, qd, cn, cd),
-                        _round_ratio(cn, cd, digits),
+                        round_ratio(cn, cd, digits),
                     )
                 )
     return lines

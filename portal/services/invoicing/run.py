@@ -47,10 +47,11 @@ from ...models import (
 from ...money import Money
 from .. import calendar, events
 from ..metering import rollups
+from ..metering.costs import Usage
 from ..wallet import credits, ledger, settlement_requests
 from .documents import enqueue_render
 from .invoices import S, event_payload, reserve_numbers
-from .lines import LineDraft, Usage, build_lines
+from .lines import LineDraft, build_lines
 from .snapshot import Customer, seller, snapshot_data
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """Reading usage: what a user's deployments cost in a billing period, from the rollups.
 
-Costs stay exact (Fractions of a micro-unit) until a line is rounded: one line per
-deployment and resource, ROUND_HALF_UP to the currency's digits. Every total here is the
-integer sum of those lines, so the breakdowns by resource, by deployment and by day all add
-up to the period total, as the invoice will.
+Costs stay exact until a line is rounded: one line per deployment and resource, from the
+same summed columns and the same integer rounding as the invoice's lines (metering.costs).
+Every total here is the integer sum of those lines, so the breakdowns by resource and by
+deployment add up to the period total, and a closed period's total is its invoice subtotal.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ...extensions import db
 from ...models import Deployment, DeploymentInterval, UsageDaily, User, utcnow
 from ...money import Money, currency_digits
 from . import rollups
+from .costs import Usage, micros_to_minor, round_ratio
 
 RESOURCES = ("cpu", "memory", "storage", "instance", "ip")
 UNITS = {
@@ -69,11 +70,8 @@ def row_quantities(row) -> dict[str, Fraction]:
 
 
 def round_micros(micros: Fraction, currency: str) -> Money:
-    """Exact micro-units to minor units, once, ROUND_HALF_UP."""
-    digits = currency_digits(currency)
-    scaled = micros * 10**digits / 1_000_000
-    exact = Decimal(scaled.numerator) / Decimal(scaled.denominator)
-    return Money(int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)), currency)
+    """Exact micro-units to minor units, once, ROUND_HALF_UP, in integers (as invoices)."""
+    return Money(micros_to_minor(micros, currency), currency)
 
 
 def to_decimal(value: Fraction, places: int = 6) -> Decimal:
@@ -140,15 +138,23 @@ def usage_report(
             )
         ).scalars()
     )
-    by_deployment: dict[int, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
-    quantities: dict[str, Fraction] = defaultdict(Fraction)
+    summed: dict[int, Usage] = defaultdict(Usage)
     daily_exact: dict[date, Fraction] = defaultdict(Fraction)
     for row in rows:
-        for resource, cost in row_costs(row).items():
-            by_deployment[row.deployment_id][resource] += cost
-            daily_exact[row.day] += cost
-        for resource, qty in row_quantities(row).items():
-            quantities[resource] += qty
+        summed[row.deployment_id].add_row(row)
+        daily_exact[row.day] += sum(row_costs(row).values(), Fraction(0))
+    # Per deployment and resource: (quantity, exact cost in micros, the line in minor units),
+    # each line rounded once by the invoice's own arithmetic.
+    digits = currency_digits(currency)
+    by_deployment: dict[int, dict[str, tuple[Fraction, Fraction, int]]] = {
+        dep_id: {
+            r: (Fraction(qn, qd), Fraction(cn, cd), round_ratio(cn, cd, digits))
+            for r, qn, qd, cn, cd in used.resources()
+            if qn or cn
+        }
+        for dep_id, used in summed.items()
+    }
+    quantities: dict[str, Fraction] = defaultdict(Fraction)
 
     deployments = {
         d.id: d for d in db.session.scalars(select(Deployment).where(Deployment.user_id == user.id))
@@ -157,10 +163,12 @@ def usage_report(
     resource_totals: dict[str, Money] = {r: Money.zero(currency) for r in RESOURCES}
     resource_exact: dict[str, Fraction] = defaultdict(Fraction)
     for dep_id, per_resource in by_deployment.items():
-        lines = {r: round_micros(c, currency) for r, c in per_resource.items() if c}
+        lines = {r: Money(m, currency) for r, (_, c, m) in per_resource.items() if c}
+        for r, (qty, exact, _) in per_resource.items():
+            quantities[r] += qty
+            resource_exact[r] += exact
         for r, money in lines.items():
             resource_totals[r] += money
-            resource_exact[r] += per_resource[r]
         costs.append(
             DeploymentCost(deployments[dep_id], sum(lines.values(), Money.zero(currency)), lines)
         )
@@ -196,17 +204,13 @@ def usage_report(
         from_instant = max(mark or now, period_start)
         remaining_hours = Fraction(int((period_end - from_instant).total_seconds()), 3600)
         projected = round_micros(
-            sum(c for c in by_deployment_exact(by_deployment).values())
+            sum((c for per in by_deployment.values() for _, c, _ in per.values()), Fraction(0))
             + hourly_burn_micros(user, period_end) * remaining_hours,
             currency,
         )
     return UsageReport(
         user, period_start, period_end, currency, mark, total, projected, items, costs, days
     )
-
-
-def by_deployment_exact(by_deployment: dict[int, dict[str, Fraction]]) -> dict[int, Fraction]:
-    return {dep: sum(per.values(), Fraction(0)) for dep, per in by_deployment.items()}
 
 
 def hourly_burn_micros(user: User, at: datetime) -> Fraction:

@@ -217,7 +217,7 @@ def settle(
         result.payments += done.payments
         targets = [i.id for i in _unpaid(user)]
     else:
-        invoice = _own_invoice(user, invoice_id)
+        invoice = invoices.get_for_owner(user, invoice_id)
         _lock_user(user)
         result.payments += settle_invoice(invoice, user, now)
         if invoice.status == InvoiceStatus.PAID:
@@ -266,15 +266,6 @@ def _nothing_can_pay(invoice: Invoice) -> bool:
         return False
     card_charges.payment_failed(invoice, [], subject=subject)
     return True
-
-
-def _own_invoice(user: User, invoice_id: int) -> Invoice:
-    invoice = db.session.scalar(
-        select(Invoice).where(Invoice.id == invoice_id, Invoice.user_id == user.id)
-    )
-    if invoice is None:
-        raise NotFound("no such invoice")
-    return invoice
 
 
 def _unpaid(user: User) -> list[Invoice]:
