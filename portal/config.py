@@ -412,6 +412,13 @@ def build_config(
         )
     cfg["BUILTIN_BILLING"] = _env_bool(env, "BUILTIN_BILLING", True)
     cfg["BUILTIN_BILLING_AFTER_MINUTES"] = _env_positive(env, "BUILTIN_BILLING_AFTER_MINUTES", "90")
+    # Job requests (portal.tasks.requests): how often the relay moves them to Redis, how
+    # often a failed job is tried in all, and the first wait before a retry (it doubles).
+    cfg["JOB_RELAY_SECONDS"] = _env_positive(env, "JOB_RELAY_SECONDS", "5")
+    cfg["JOB_MAX_ATTEMPTS"] = _parse_int(
+        "JOB_MAX_ATTEMPTS", env.get("JOB_MAX_ATTEMPTS", "5"), 1, 100
+    )
+    cfg["JOB_RETRY_SECONDS"] = _env_positive(env, "JOB_RETRY_SECONDS", "30")
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
         raise ConfigError(

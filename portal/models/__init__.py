@@ -15,7 +15,7 @@ from .invoices import (
     UsageAdjustment,
 )
 from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
-from .ops import EmailStatus, OutboundEmail
+from .ops import EmailStatus, JobRequest, JobRequestStatus, OutboundEmail
 from .payments import (
     OPEN_ATTEMPT_STATUSES,
     AttemptPurpose,
@@ -74,6 +74,8 @@ __all__ = [
     "InvoicePayment",
     "InvoicePdf",
     "InvoiceStatus",
+    "JobRequest",
+    "JobRequestStatus",
     "JobRun",
     "LedgerAccount",
     "LedgerEntry",

@@ -28,7 +28,7 @@ from flask import Flask
 
 from ..extensions import db
 from ..models import DaemonState, SchedulerKind, SchedulerRole, utcnow
-from . import scheduler
+from . import relay, scheduler
 
 log = logging.getLogger("jobs.daemon")  # as operators know it: the process is jobs.daemon
 MIN_WAIT = timedelta(milliseconds=200)
@@ -59,6 +59,7 @@ class Scheduler:
         self.role = SchedulerRole.STANDBY
         self.registered = False
         self.stopping = threading.Event()
+        self.relay_every = scheduler.duration(config["JOB_RELAY_SECONDS"])
 
     # -- one cycle ---------------------------------------------------------------------------
     def step(self) -> timedelta:
@@ -149,6 +150,24 @@ class Scheduler:
         if again_names:
             log.warning("enqueued again (the first enqueue was lost): %s", ", ".join(again_names))
 
+    def relay_once(self) -> None:
+        """While leading: move job requests to RQ (portal.tasks.relay). Logged, never raised."""
+        if self.role != SchedulerRole.LEADER:
+            return
+        with self.app.app_context():
+            try:
+                counts = relay.relay(grace=2 * self.relay_every)
+                if any(counts.values()):
+                    log.debug("relay: %s", counts)
+            except Exception as exc:
+                log.warning("job relay failed (it tries again): %s", exc)
+            finally:
+                db.session.remove()
+
+    def _relay_loop(self) -> None:
+        while not self.stopping.wait(self.relay_every.total_seconds()):
+            self.relay_once()
+
     def _record_error(self, now: datetime, exc: Exception) -> None:
         try:
             scheduler.heartbeat(
@@ -204,12 +223,17 @@ class Scheduler:
         if self.kind == SchedulerKind.BUILTIN:
             # Give a daemon started alongside (make run) the time to beat first.
             self.stopping.wait(self.heartbeat.total_seconds())
+        # The relay runs beside the schedule, more often than the heartbeat.
+        relay_thread = threading.Thread(target=self._relay_loop, name="job-relay", daemon=True)
+        relay_thread.start()
         while not self.stopping.is_set():
             if self.orphaned():
                 log.warning("the worker that started this scheduler is gone: stopping")
                 break
             wait = self.step()
             self.stopping.wait(wait.total_seconds())
+        self.stopping.set()
+        relay_thread.join(timeout=30)
         self.shutdown()
 
     def shutdown(self) -> None:
@@ -279,6 +303,7 @@ def run(
     with app.app_context():
         if once:
             sched.step()
+            sched.relay_once()
             sched.shutdown()
         else:
             sched.run()

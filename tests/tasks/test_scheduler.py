@@ -16,6 +16,7 @@ from portal.config import BillingSettings, ConfigError, build_config
 from portal.extensions import db
 from portal.models import (
     DaemonStatus,
+    JobRequest,
     JobRun,
     ScheduledJob,
     SchedulerKind,
@@ -199,7 +200,7 @@ def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(
     assert status(fast_app, "host-1").last_run_success is True
 
 
-def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
+def test_runs_committed_while_redis_is_down_wait_as_requests_and_a_later_cycle_enqueues_them(
     app, fast_app, counting_job, clock, monkeypatch, caplog
 ):
     real_enqueue = queues.enqueue
@@ -210,11 +211,17 @@ def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
     monkeypatch.setattr(queues, "enqueue", redis_down)
     daemon = Scheduler(fast_app, clock=clock, instance="host-1")
     step(fast_app, daemon)
-    assert "cycle failed (the daemon keeps running): Redis is down" in caplog.text
+    # The commit stands; the run's job request waits for Redis instead of failing the cycle.
+    assert "Redis is unavailable (Redis is down): 1 job request(s) wait" in caplog.text
     row = status(fast_app, "host-1")
-    assert (row.status, row.last_error) == ("error", "Redis is down")
-    assert runs(fast_app) == [("count:2026-03-02T12", "pending", "host-1")]
+    assert (row.status, row.last_error) == ("running", None)
+    # Queued durably: its job request is in the database.
+    assert runs(fast_app) == [("count:2026-03-02T12", "queued", "host-1")]
     assert executions(fast_app) == []
+    requested = query(
+        fast_app, lambda: [(r.dedupe_key, r.status) for r in db.session.scalars(select(JobRequest))]
+    )
+    assert requested == [("count:2026-03-02T12", "requested")]
 
     monkeypatch.setattr(queues, "enqueue", real_enqueue)
     clock.advance(seconds=2)  # older than one heartbeat: the sweep enqueues it again

@@ -8,7 +8,7 @@ from flask import current_app
 
 from ...extensions import db
 from ...models import Invoice
-from ...tasks.queues import enqueue, get_queue
+from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
 from .. import calendar
 from . import documents, invoices, run
@@ -36,13 +36,14 @@ def generate_invoices(period_start_iso: str | None = None) -> dict:
         return totals.figures()
     stamp = start.strftime("%Y-%m-%d")
     for chunk in chunks:
-        enqueue(
+        enqueue_after_commit(
             "invoicing",
             "invoicing.generate_chunk",
             chunk,
             stamp,
             job_id=f"invoice:{chunk}:{stamp}",
         )
+    db.session.commit()
     return {"chunks": len(chunks), "period_start": stamp}
 
 

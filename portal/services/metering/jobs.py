@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ...extensions import db
-from ...tasks.queues import enqueue, get_queue
+from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
 from . import rollups, runs
 
@@ -31,7 +31,10 @@ def meter_due(upto_iso: str | None = None) -> dict:
             db.session.commit()
         return totals.figures()
     for chunk in chunks:
-        enqueue("metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}")
+        enqueue_after_commit(
+            "metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}"
+        )
+    db.session.commit()
     return {"chunks": len(chunks), "upto": stamp}
 
 
