@@ -303,6 +303,9 @@ def build_config(
     cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         env.get("DATABASE_URL") or _default_database_url(instance_path)
     )
+    # A pooled connection the server dropped (a database restart) is replaced before use,
+    # not handed to a request that would fail on it.
+    cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     cfg["REDIS_URL"] = env.get("REDIS_URL", "")
     cfg["CURRENCY"] = env.get("CURRENCY", "USD").upper()
     try:

@@ -18,6 +18,9 @@ from tests.support.processes import query
 from tests.tasks import fake_jobs
 
 pytestmark = pytest.mark.redis
+# Apps on a Redis that goes away keep their rate limits in memory: the limiter is shared, and
+# the next test resets it.
+MEMORY_LIMITS = {"RATELIMIT_STORAGE_URI": "memory://"}
 
 FUNC = "tests.tasks.fake_jobs.record"
 FLAKY = "tests.tasks.fake_jobs.flaky"
@@ -47,7 +50,7 @@ def make_due(app) -> None:
 def test_a_commit_with_redis_down_stands_and_the_relay_sends_the_job_later(
     app, make_app, redis_url, caplog
 ):
-    down = make_app(RQ_ASYNC=True, REDIS_URL=NO_REDIS)
+    down = make_app(RQ_ASYNC=True, REDIS_URL=NO_REDIS, **MEMORY_LIMITS)
     up = make_app(RQ_ASYNC=True)
     queue = Queue("default", connection=Redis.from_url(redis_url))
     with down.app_context():
@@ -136,7 +139,9 @@ def test_a_finished_job_is_done_and_a_failing_one_is_retried_then_failed(app, ma
 
 
 def test_post_users_answers_201_with_redis_down_and_the_mail_waits(make_app, app, api, make_user):
-    down = make_app(RQ_ASYNC=True, REDIS_URL=NO_REDIS, MAIL_SERVER="127.0.0.1", MAIL_PORT=9)
+    down = make_app(
+        RQ_ASYNC=True, REDIS_URL=NO_REDIS, MAIL_SERVER="127.0.0.1", MAIL_PORT=9, **MEMORY_LIMITS
+    )
     platform = api.token(make_user("platform@example.com"), "platform")
     client = down.test_client()
     response = client.post(
