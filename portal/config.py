@@ -328,6 +328,10 @@ def build_config(
     cfg["MAIL_USERNAME"] = env.get("MAIL_USERNAME") or None
     cfg["MAIL_PASSWORD"] = env.get("MAIL_PASSWORD") or None
     cfg["MAIL_DEFAULT_SENDER"] = env.get("MAIL_DEFAULT_SENDER", "billing@localhost")
+    # Seconds each SMTP step may take; a message "sending" this long (its worker died) is
+    # taken again.
+    cfg["MAIL_TIMEOUT"] = _env_positive(env, "MAIL_TIMEOUT", "30")
+    cfg["MAIL_SENDING_STALE_SECONDS"] = _env_positive(env, "MAIL_SENDING_STALE_SECONDS", "600")
 
     # Stripe (portal/gateways): secrets from the environment only. With no key set,
     # `flask billing serve` starts the local stand-in and passes all four to its children.

@@ -1,4 +1,5 @@
-"""job_requests: the jobs a transaction asked for, written in that transaction
+"""job_requests: the jobs a transaction asked for, written in that transaction;
+outbound_emails.claimed_at: when a mail job took the message
 
 Revision ID: 0011_job_requests
 Revises: 0010_user_sessions
@@ -43,8 +44,14 @@ def upgrade():
             "ix_job_requests_status_next_attempt_at", ["status", "next_attempt_at"], unique=False
         )
 
+    with op.batch_alter_table("outbound_emails", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
+
 
 def downgrade():
+    with op.batch_alter_table("outbound_emails", schema=None) as batch_op:
+        batch_op.drop_column("claimed_at")
+
     with op.batch_alter_table("job_requests", schema=None) as batch_op:
         batch_op.drop_index("ix_job_requests_status_next_attempt_at")
 

@@ -16,6 +16,7 @@ from .types import BigIntPK, UTCDateTime, utcnow
 class EmailStatus(enum.StrEnum):
     OUTBOX = "outbox"  # no SMTP server configured: kept for admins to read
     PENDING = "pending"  # waiting for the mail job
+    SENDING = "sending"  # claimed by a mail job (claimed_at)
     SENT = "sent"
     FAILED = "failed"
 
@@ -38,6 +39,7 @@ class OutboundEmail(Model):
     error: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobRequestStatus(enum.StrEnum):
