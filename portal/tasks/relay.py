@@ -68,8 +68,8 @@ def send(ids: Sequence[int] | None = None) -> int:
                 )
                 sent += [row.id for row in items]
                 continue
+            _forget_failures(queue_name, items)
             for row in items:
-                _forget_failures(queue_name, [row])
                 job = queues.enqueue(queue_name, row.task, *row.args, job_id=requests.rq_id(row))
                 sent.append(row.id)
                 if job is not None and not get_queue(queue_name).is_async:
@@ -90,11 +90,11 @@ def send(ids: Sequence[int] | None = None) -> int:
 def _forget_failures(queue_name: str, rows: list) -> None:
     """A failed job about to be tried again leaves the failed registry (it lists what
     failed and waits)."""
-    retried = [rq_job_id(requests.rq_id(row)) for row in rows if row.attempts]
-    if retried:
-        registry = FailedJobRegistry(queue=get_queue(queue_name))
-        for job_id in retried:
-            registry.remove(job_id)
+    registry = FailedJobRegistry(queue=get_queue(queue_name))
+    with registry.connection.pipeline() as pipe:
+        for row in rows:
+            registry.remove(rq_job_id(requests.rq_id(row)), pipeline=pipe)
+        pipe.execute()
 
 
 def _record(connection, row, status, job: Job | None, *, now) -> None:

@@ -12,6 +12,7 @@ makes it requested again, so work committed while that job ran is never missed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy import Connection, delete, func, select, update
 
 from ..db import dialect_insert
 from ..extensions import db
-from ..models import JobRequest, JobRequestStatus
+from ..models import EmailStatus, Invoice, JobRequest, JobRequestStatus, OutboundEmail
 
 REQUESTED, SENT, DONE, FAILED = (
     JobRequestStatus.REQUESTED,
@@ -150,13 +151,20 @@ def mark_failed(
 
 
 def retry_failed(*, task: str | None, now: datetime) -> int:
-    """Make failed requests (of one task, or all) requested again with fresh attempts."""
-    query = update(_TABLE).where(_TABLE.c.status == FAILED)
+    """Make failed requests (of one task, or all) requested again with fresh attempts; they
+    are sent when the caller commits."""
+    query = select(_TABLE.c.id).where(_TABLE.c.status == FAILED)
     if task is not None:
         query = query.where(_TABLE.c.task == task)
-    return db.session.execute(
-        query.values(status=REQUESTED, attempts=0, next_attempt_at=now, finished_at=None)
-    ).rowcount
+    ids = list(db.session.scalars(query))
+    if ids:
+        db.session.execute(
+            update(_TABLE)
+            .where(_TABLE.c.id.in_(ids), _TABLE.c.status == FAILED)
+            .values(status=REQUESTED, attempts=0, next_attempt_at=now, finished_at=None)
+        )
+        db.session().info.setdefault(COMMITTED, []).extend(ids)
+    return len(ids)
 
 
 def prune(connection: Connection, *, before: datetime, limit: int = 1000) -> int:
@@ -170,9 +178,62 @@ def prune(connection: Connection, *, before: datetime, limit: int = 1000) -> int
     return connection.execute(delete(_TABLE).where(_TABLE.c.id.in_(old))).rowcount
 
 
-def waiting(*, now: datetime) -> tuple[int, datetime | None]:
-    """How many requests are not done (failed ones included), and the oldest's time."""
-    count, oldest = db.session.execute(
-        select(func.count(), func.min(_TABLE.c.created_at)).where(_TABLE.c.status != DONE)
-    ).one()
-    return count, oldest
+@dataclass(frozen=True)
+class Waiting:
+    """Work not done yet: how much, and since when."""
+
+    what: str
+    count: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    task: str
+    count: int
+    last_error: str | None
+
+
+def waiting_work() -> list[Waiting]:
+    """Job requests not done, invoice PDFs pending and mail pending, each with its oldest."""
+    rows = [
+        (
+            "job requests",
+            select(func.count(), func.min(_TABLE.c.created_at)).where(
+                _TABLE.c.status.in_((REQUESTED, SENT))
+            ),
+        ),
+        (
+            "invoice PDFs",
+            select(func.count(), func.min(Invoice.finalized_at)).where(
+                Invoice.pdf_status.in_(("pending", "failed"))
+            ),
+        ),
+        (
+            "mail",
+            select(func.count(), func.min(OutboundEmail.created_at)).where(
+                OutboundEmail.status.in_(
+                    (EmailStatus.PENDING, EmailStatus.SENDING, EmailStatus.FAILED)
+                )
+            ),
+        ),
+    ]
+    return [Waiting(what, *db.session.execute(query).one()) for what, query in rows]
+
+
+def failed_by_task() -> list[FailedTask]:
+    """Requests that used every attempt, by task, with the newest error."""
+    counts = db.session.execute(
+        select(_TABLE.c.task, func.count(), func.max(_TABLE.c.id))
+        .where(_TABLE.c.status == FAILED)
+        .group_by(_TABLE.c.task)
+        .order_by(_TABLE.c.task)
+    ).all()
+    errors = dict(
+        db.session.execute(
+            select(_TABLE.c.id, _TABLE.c.last_error).where(
+                _TABLE.c.id.in_([newest for _, _, newest in counts])
+            )
+        ).all()
+    )
+    return [FailedTask(task, count, errors.get(newest)) for task, count, newest in counts]
