@@ -10,7 +10,7 @@ import pytest
 import redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from portal.config import BillingSettings, ConfigError, build_config
 from portal.extensions import db
@@ -22,6 +22,7 @@ from portal.models import (
     SchedulerKind,
     SchedulerLease,
     SchedulerRole,
+    utcnow,
 )
 from portal.tasks import queues, scheduler
 from portal.tasks.daemon import Scheduler
@@ -375,3 +376,31 @@ def test_the_sweep_enqueues_a_lost_run_again_and_fails_a_run_whose_worker_died(
         assert failed.status == "failed"
         assert failed.error == "the worker running it was lost (RQ status failed)"
         db.session.remove()
+
+
+# -- one clock -------------------------------------------------------------------------------
+
+
+def test_a_daemon_three_hours_fast_does_not_lead_and_schedules_nothing_in_the_future(
+    app, fast_app, counting_job, caplog
+):
+    """Both read the database's time; the one whose own clock is 3 h fast refuses to lead,
+    says why, and cannot take the lease the other holds."""
+    leader = Scheduler(fast_app, instance="host-ok")
+    fast = Scheduler(
+        fast_app, instance="host-fast", local_clock=lambda: utcnow() + timedelta(hours=3)
+    )
+    step(fast_app, leader)
+    step(fast_app, fast)
+    assert lease(fast_app)[0] == "host-ok"
+    row = status(fast_app, "host-fast")
+    assert (row.status, row.role) == ("error", "standby")
+    assert "clock differs from the database's by +10800 s" in row.last_error
+    assert "not leading" in caplog.text
+
+    # Even once the leader is gone and its lease expired, the fast one does not lead.
+    query(fast_app, lambda: (leader._release(utcnow()), db.session.commit()))
+    step(fast_app, fast)
+    assert lease(fast_app)[0] is None
+    latest = query(fast_app, lambda: db.session.scalar(select(func.max(JobRun.due_at))))
+    assert latest is not None and latest <= utcnow()
