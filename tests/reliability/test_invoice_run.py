@@ -121,3 +121,32 @@ def test_redis_restarted_empty_during_the_fan_out_loses_no_invoice_pdf_or_mail(
         assert find_discrepancies() == []
         assert rollups.audit_usage() == []
         db.session.remove()
+
+
+def test_post_admin_invoices_with_redis_down_is_201_and_the_pdf_comes_when_redis_is_back(
+    app, make_app, make_user, api, processes, private_redis
+):
+    portal = make_app(RQ_ASYNC=True, REDIS_URL=private_redis.url, RATELIMIT_STORAGE_URI="memory://")
+    [user_id] = make_usage(app, make_user)[:1]
+    token = api.token(make_user(admin=True), "admin")
+    response = portal.test_client().post(
+        "/api/plugins/billing/admin/invoices",
+        json={"user_id": user_id, "period_start": "2026-09-01", "period_end": "2026-09-30"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.get_json()
+    invoice_id = response.get_json()["id"]
+    pdf_status = lambda: query(app, lambda: db.session.get(Invoice, invoice_id).pdf_status)  # noqa: E731
+    assert pdf_status() == "pending"
+
+    private_redis.start()
+    processes.worker(BUILTIN_BILLING="false", REDIS_URL=private_redis.url)
+    wait_until(
+        lambda: (
+            query(portal, lambda: relay.relay(grace=timedelta(0))) is not None
+            and pdf_status() == "ready"
+        ),
+        timeout=120,
+        interval=0.5,
+        message="the PDF",
+    )
