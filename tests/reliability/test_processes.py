@@ -99,3 +99,17 @@ def test_serve_restarts_a_killed_worker_and_keeps_the_others(app, processes):
     assert _child(serve.pid, "gunicorn") == web  # the others kept running
     serve.signal(signal.SIGTERM)
     assert serve.wait(timeout=60) == 0
+
+
+def test_the_daemon_relays_a_job_asked_for_while_redis_was_down(
+    app, make_app, processes, private_redis, tmp_path
+):
+    trace = tmp_path / "trace"
+    portal = make_app(RQ_ASYNC=True, REDIS_URL=private_redis.url, **MEMORY_LIMITS)
+    ask(portal, trace, "while-down")  # commits; Redis does not answer
+    private_redis.start()
+    env = {"REDIS_URL": private_redis.url, "BUILTIN_BILLING": "false"}
+    processes.worker(**env)
+    daemon = processes.daemon(JOB_RELAY_SECONDS="0.5", BILLING_ENABLED="false", **env)
+    daemon.wait_for_line("leading the schedule", timeout=60)
+    wait_until(lambda: "while-down" in traces(trace), timeout=60, message="the relayed job")
