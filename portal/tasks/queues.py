@@ -25,6 +25,9 @@ from . import requests
 from .registry import LEGACY_NAMES, run_task, task
 
 QUEUES = ("default", "metering", "invoicing", "settlement")
+# A finished job stays visible a day (RQ's default is minutes), so that the relay finds it
+# finished rather than gone, and does not send it again, even after a long pause.
+RESULT_TTL = 86_400
 _NOT_IN_RQ_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -98,6 +101,7 @@ def enqueue(
             status = None
         if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return None
+    kwargs.setdefault("result_ttl", RESULT_TTL)
     if not queue.is_async:
         # Synchronous mode (tests, one-off commands): run in a fresh app context, so the
         # job gets its own database session, as it would in a worker.
@@ -128,7 +132,7 @@ def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) ->
             pipe.hget(Job.key_for(job_id or "-"), "status")
         statuses = pipe.execute()
     todo = [
-        Queue.prepare_data(run_task, (func, *args), job_id=job_id)
+        Queue.prepare_data(run_task, (func, *args), job_id=job_id, result_ttl=RESULT_TTL)
         for (func, args, _), job_id, status in zip(jobs, ids, statuses, strict=False)
         if job_id is None or status is None or status.decode() not in _WAITING
     ]
