@@ -1,16 +1,45 @@
 """RQ worker entry point: ``python -m jobs.worker [--burst] [QUEUE...]``. Builds the app
-once; beside a long-running worker, the built-in failover scheduler (jobs.daemon)."""
+once; beside a long-running worker, the built-in failover scheduler (jobs.daemon).
+
+Redis going away does not end the worker: it waits for Redis at start, and when Redis is
+lost while it works (a job finishing during the outage included) it waits for Redis again
+and goes on with a new RQ worker. What it was doing is in the database's job requests, which
+the relay sends again."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
 
 from portal import create_app
 from portal.services.wallet.reconcile import refuse_changed_currency_digits
 from portal.tasks.daemon import start_builtin, stop_builtin
 from portal.tasks.queues import QUEUES, redis_connection
 from portal.tasks.worker import AppWorker
+
+log = logging.getLogger("jobs.worker")
+MAX_WAIT = 30.0
+
+
+def wait_for_redis(connection: Redis, stopping: threading.Event) -> bool:
+    """Block until Redis answers (True) or a stop is asked for (False), logging while it
+    does not answer (waits double up to 30 s)."""
+    wait = 0.5
+    while not stopping.is_set():
+        try:
+            connection.ping()
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("Redis is unavailable (%s): waiting %.1f s", exc, wait)
+            stopping.wait(wait)
+            wait = min(wait * 2, MAX_WAIT)
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,10 +58,27 @@ def main(argv: list[str] | None = None) -> None:
     AppWorker.parent_pid = os.getpid()
     with app.app_context():
         refuse_changed_currency_digits()
-        worker = AppWorker(queues, connection=redis_connection(app))
+    connection = redis_connection(app)
     builtin = None if args.burst else start_builtin(app)
+    stopping = threading.Event()
     try:
-        worker.work(burst=args.burst, with_scheduler=False)
+        while True:
+            # Between RQ workers, SIGTERM and SIGINT stop the wait (RQ installs its own).
+            signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: stopping.set())
+            if not wait_for_redis(connection, stopping):
+                return
+            worker = None
+            try:
+                worker = AppWorker(queues, connection=connection)
+                worker.work(burst=args.burst, with_scheduler=False)
+            except (RedisError, OSError) as exc:  # its start or its teardown met no Redis
+                log.warning("lost Redis: %s", exc)
+            # RQ's loop also quits, logging why, on an error it does not handle itself.
+            if args.burst or (worker is not None and worker._shutdown_requested_date):
+                return
+            log.warning("the RQ worker quit without a stop request: starting it again")
+            stopping.wait(1)
     finally:
         stop_builtin(builtin)
 

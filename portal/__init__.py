@@ -21,7 +21,7 @@ from .blueprints import register_blueprints
 from .cli import register_cli
 from .config import ConfigError, build_config
 from .extensions import csrf, db, limiter, login_manager, mail, migrate
-from .tasks import queues
+from .tasks import relay
 from .web import init_web
 
 # The tasks and periodic jobs each package registers; the schedule lists them in this order.
@@ -61,6 +61,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.config.setdefault("RATELIMIT_STORAGE_URI", _limiter_storage(app.config["REDIS_URL"]))
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # Redis down: limits are counted in memory meanwhile, not a 500 for every request.
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     # First of the request hooks: the body's size and the forms' text are checked before
     # CSRF, the rate limiter or a view reads anything.
     request_guard.init_app(app)
@@ -79,7 +82,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         _configure_engine(db.engine)
 
-    queues.init_app(app)
+    relay.init_app(app)
 
     init_web(app)
     register_blueprints(app)

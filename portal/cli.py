@@ -9,7 +9,9 @@ from typing import NoReturn
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from .errors import ServiceError
 from .extensions import db
@@ -22,12 +24,30 @@ from .services.wallet.reconcile import CHECKS, find_discrepancies, refuse_change
 from .supervisor import run_all
 from .tasks import daemon as billing_daemon
 
-billing = AppGroup("billing", help="Billing portal operations.")
-
 
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+class BillingGroup(AppGroup):
+    """A command cut off from the database or Redis ends with the one-line error too."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (OperationalError, InterfaceError) as exc:
+            fail(f"lost the connection to the database: {_first_line(exc.orig or exc)}")
+        except RedisError as exc:
+            fail(f"lost the connection to Redis: {_first_line(exc)}")
+
+
+billing = BillingGroup("billing", help="Billing portal operations.")
 
 
 @billing.command("create-admin")

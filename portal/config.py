@@ -303,6 +303,9 @@ def build_config(
     cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(
         env.get("DATABASE_URL") or _default_database_url(instance_path)
     )
+    # A pooled connection the server dropped (a database restart) is replaced before use,
+    # not handed to a request that would fail on it.
+    cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     cfg["REDIS_URL"] = env.get("REDIS_URL", "")
     cfg["CURRENCY"] = env.get("CURRENCY", "USD").upper()
     try:
@@ -325,6 +328,10 @@ def build_config(
     cfg["MAIL_USERNAME"] = env.get("MAIL_USERNAME") or None
     cfg["MAIL_PASSWORD"] = env.get("MAIL_PASSWORD") or None
     cfg["MAIL_DEFAULT_SENDER"] = env.get("MAIL_DEFAULT_SENDER", "billing@localhost")
+    # Seconds each SMTP step may take; a message "sending" this long (its worker died) is
+    # taken again.
+    cfg["MAIL_TIMEOUT"] = _env_positive(env, "MAIL_TIMEOUT", "30")
+    cfg["MAIL_SENDING_STALE_SECONDS"] = _env_positive(env, "MAIL_SENDING_STALE_SECONDS", "600")
 
     # Stripe (portal/gateways): secrets from the environment only. With no key set,
     # `flask billing serve` starts the local stand-in and passes all four to its children.
@@ -412,6 +419,13 @@ def build_config(
         )
     cfg["BUILTIN_BILLING"] = _env_bool(env, "BUILTIN_BILLING", True)
     cfg["BUILTIN_BILLING_AFTER_MINUTES"] = _env_positive(env, "BUILTIN_BILLING_AFTER_MINUTES", "90")
+    # Job requests (portal.tasks.requests): how often the relay moves them to Redis, how
+    # often a failed job is tried in all, and the first wait before a retry (it doubles).
+    cfg["JOB_RELAY_SECONDS"] = _env_positive(env, "JOB_RELAY_SECONDS", "5")
+    cfg["JOB_MAX_ATTEMPTS"] = _parse_int(
+        "JOB_MAX_ATTEMPTS", env.get("JOB_MAX_ATTEMPTS", "5"), 1, 100
+    )
+    cfg["JOB_RETRY_SECONDS"] = _env_positive(env, "JOB_RETRY_SECONDS", "30")
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
         raise ConfigError(

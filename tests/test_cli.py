@@ -213,3 +213,11 @@ def test_the_secret_key_in_the_environment_wins_over_the_file(tmp_path):
     assert build_config(str(tmp_path), environ={})["SECRET_KEY"] == "from-the-file-0123456789"
     cfg = build_config(str(tmp_path), environ={"SECRET_KEY": "from-the-environment-0123"})
     assert cfg["SECRET_KEY"] == "from-the-environment-0123"
+
+
+def test_a_command_that_loses_the_database_fails_in_one_line(app, make_app):
+    """No traceback when the database goes away under a command: the one-line error."""
+    gone = make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:9/gone")
+    result = gone.test_cli_runner().invoke(args=["billing", "reconcile"])
+    assert result.exit_code == 1
+    assert one_line_error(result).startswith("error: lost the connection to the database: ")

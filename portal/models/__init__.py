@@ -17,7 +17,7 @@ from .invoices import (
     UsageAdjustment,
 )
 from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
-from .ops import EmailStatus, OutboundEmail
+from .ops import EmailStatus, JobRequest, JobRequestStatus, OutboundEmail
 from .payments import (
     OPEN_ATTEMPT_STATUSES,
     AttemptPurpose,
@@ -78,6 +78,8 @@ __all__ = [
     "InvoiceStatus",
     "INVOICE_STATUS_LABELS",
     "USER_INVOICE_STATUS_LABELS",
+    "JobRequest",
+    "JobRequestStatus",
     "JobRun",
     "LedgerAccount",
     "LedgerEntry",

@@ -1,11 +1,12 @@
-"""Operational records: the mail outbox."""
+"""Operational records: the mail outbox and the job requests (an outbox for jobs)."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Model
@@ -15,6 +16,7 @@ from .types import BigIntPK, UTCDateTime, utcnow
 class EmailStatus(enum.StrEnum):
     OUTBOX = "outbox"  # no SMTP server configured: kept for admins to read
     PENDING = "pending"  # waiting for the mail job
+    SENDING = "sending"  # claimed by a mail job (claimed_at)
     SENT = "sent"
     FAILED = "failed"
 
@@ -37,3 +39,36 @@ class OutboundEmail(Model):
     error: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobRequestStatus(enum.StrEnum):
+    REQUESTED = "requested"  # committed, not yet (or again not) in Redis
+    SENT = "sent"  # handed to RQ
+    DONE = "done"  # the job finished
+    FAILED = "failed"  # failed on every attempt: waits for a person
+
+
+class JobRequest(Model):
+    """A job a transaction asked for, written in that transaction: the relay
+    (portal.tasks.requests) moves it to RQ, and again when Redis lost it or it failed."""
+
+    __tablename__ = "job_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('requested', 'sent', 'done', 'failed')", name="status"),
+        Index("ix_job_requests_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str] = mapped_column(String(200))
+    args: Mapped[list[Any]] = mapped_column(JSON)
+    # The job id ("mail:7"): asking again for a job under the same key reuses the row.
+    dedupe_key: Mapped[str | None] = mapped_column(String(160), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # last asked for
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

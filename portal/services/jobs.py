@@ -28,3 +28,5 @@ def send_email(message_id: int) -> None:
     error = mail.send_message(outgoing)
     mail.record_delivery(message_id, error)
     db.session.commit()
+    if error is not None:  # the job request retries it with backoff
+        raise mail.MailNotSent(f"message {message_id}: {error}")

@@ -1,14 +1,22 @@
-"""Mail: written to the outbox table in the caller's transaction, sent after commit."""
+"""Mail: written to the outbox table in the caller's transaction, sent after commit.
+
+Sending has a timeout (MAIL_TIMEOUT); a message the server refused or did not answer for
+stays "failed" with the reason and its job fails, so the job request retries it with
+backoff. A message left "sending" by a worker that died is taken again once it has been
+"sending" for MAIL_SENDING_STALE_SECONDS."""
 
 from __future__ import annotations
 
+import smtplib
+from datetime import timedelta
+
+import flask_mail
 from flask import current_app, render_template
 from flask_mail import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from ..db import Page, rowcount
 from ..extensions import db
-from ..extensions import mail as mail_ext
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
 from ..tasks.queues import enqueue_after_commit
 
@@ -42,17 +50,41 @@ def queue_email(
     return message
 
 
+class MailBusy(Exception):
+    """Another worker is sending the message (or died doing so): try again later."""
+
+
+class MailNotSent(Exception):
+    """The SMTP server refused the message or did not answer in time."""
+
+
 def claim_email(message_id: int) -> Message | None:
-    """Mark a pending message as being sent and build it (attachment included); None if
-    another worker has it or it is done."""
+    """Mark a message that waits to be sent (pending, failed before, or "sending" by a
+    worker gone for MAIL_SENDING_STALE_SECONDS) as being sent and build it (attachment
+    included); None when it is sent already. Raises MailBusy while another worker may be
+    sending it."""
+    now = utcnow()
+    stale = now - timedelta(seconds=float(current_app.config["MAIL_SENDING_STALE_SECONDS"]))
     claimed = rowcount(
         db.session.execute(
             update(OutboundEmail)
-            .where(OutboundEmail.id == message_id, OutboundEmail.status == EmailStatus.PENDING)
-            .values(status="sending")
+            .where(
+                OutboundEmail.id == message_id,
+                or_(
+                    OutboundEmail.status.in_((EmailStatus.PENDING, EmailStatus.FAILED)),
+                    (OutboundEmail.status == EmailStatus.SENDING)
+                    & (OutboundEmail.claimed_at < stale),
+                ),
+            )
+            .values(status=EmailStatus.SENDING, claimed_at=now)
         )
     )
     if not claimed:
+        status = db.session.scalar(
+            select(OutboundEmail.status).where(OutboundEmail.id == message_id)
+        )
+        if status == EmailStatus.SENDING:
+            raise MailBusy(f"message {message_id} is being sent by another worker")
         return None
     message = db.session.get_one(OutboundEmail, message_id)
     outgoing = Message(
@@ -71,16 +103,33 @@ def send_message(outgoing: Message) -> str | None:
     """Hand a built message to the SMTP server; the error text, or None when sent. Touches
     no database, so no transaction (or SQLite write lock) is held while SMTP talks."""
     try:
-        mail_ext.send(outgoing)
+        with _TimedConnection(current_app.extensions["mail"]) as connection:
+            outgoing.send(connection)
     except Exception as exc:  # SMTP errors vary; keep the reason for the admin
         return str(exc)[:1000] or exc.__class__.__name__
     return None
 
 
+class _TimedConnection(flask_mail.Connection):
+    """Flask-Mail's connection with a timeout on every socket operation (Flask-Mail has
+    none: a server that hangs would hold the worker for the job's whole time limit)."""
+
+    def configure_host(self) -> smtplib.SMTP:
+        timeout = float(current_app.config["MAIL_TIMEOUT"])
+        smtp = smtplib.SMTP_SSL if self.mail.use_ssl else smtplib.SMTP
+        host = smtp(self.mail.server, self.mail.port, timeout=timeout)
+        host.set_debuglevel(int(self.mail.debug))
+        if self.mail.use_tls:
+            host.starttls()
+        if self.mail.username and self.mail.password:
+            host.login(self.mail.username, self.mail.password)
+        return host
+
+
 def record_delivery(message_id: int, error: str | None) -> None:
     message = db.session.get_one(OutboundEmail, message_id)
     if error is None:
-        message.status, message.sent_at = EmailStatus.SENT, utcnow()
+        message.status, message.sent_at, message.error = EmailStatus.SENT, utcnow(), None
     else:
         message.status, message.error = EmailStatus.FAILED, error
 

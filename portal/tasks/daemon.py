@@ -28,28 +28,35 @@ from flask import Flask
 
 from ..extensions import db
 from ..models import DaemonState, SchedulerKind, SchedulerRole, utcnow
-from . import scheduler
+from . import clock as clock_module
+from . import relay, scheduler
 
 log = logging.getLogger("jobs.daemon")  # as operators know it: the process is jobs.daemon
 MIN_WAIT = timedelta(milliseconds=200)
 
 
 class Scheduler:
-    """One scheduler process. ``clock`` is the real time (lease, heartbeat); the schedule
-    reads ``clock() + schedule_offset``, which ``--now`` sets for tests and replays."""
+    """One scheduler process. ``clock`` is the real time (lease, heartbeat): the database
+    server's unless a test passes its own; the schedule reads ``clock() + schedule_offset``,
+    which ``--now`` sets for tests and replays. With the database's clock, a process whose
+    own clock (``local_clock``) is more than clock.MAX_SKEW off does not lead, and says so."""
 
     def __init__(
         self,
         app: Flask,
         *,
         kind: SchedulerKind = SchedulerKind.DAEMON,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
+        local_clock: Callable[[], datetime] = utcnow,
         schedule_offset: timedelta = timedelta(0),
         instance: str | None = None,
         parent_pid: int | None = None,
     ):
         config = app.config
-        self.app, self.kind, self.clock, self.offset = app, kind, clock, schedule_offset
+        self.app, self.kind, self.offset = app, kind, schedule_offset
+        self.clock = clock or clock_module.database_now
+        self.local_clock, self.check_skew = local_clock, clock is None
+        self.skewed = False
         self.heartbeat = scheduler.duration(config["DAEMON_HEARTBEAT_SECONDS"])
         self.lease_ttl = scheduler.duration(config["DAEMON_LEASE_SECONDS"])
         self.builtin_after = scheduler.duration(config["BUILTIN_BILLING_AFTER_MINUTES"], "minutes")
@@ -59,13 +66,16 @@ class Scheduler:
         self.role = SchedulerRole.STANDBY
         self.registered = False
         self.stopping = threading.Event()
+        self.relay_every = scheduler.duration(config["JOB_RELAY_SECONDS"])
 
     # -- one cycle ---------------------------------------------------------------------------
     def step(self) -> timedelta:
         """Heartbeat, lease, schedule. A failure is logged and recorded, never raised.
         Returns how long to wait before the next cycle."""
-        now = self.clock()
+        now = self._now()
         try:
+            if self._clock_is_off(now):
+                return self._wait_after(now)
             if not self.registered:  # the status row exists before any run reports to it
                 self._beat(now)
                 self.registered = True
@@ -83,6 +93,51 @@ class Scheduler:
             log.debug("the failed cycle's traceback", exc_info=exc)
             self._record_error(now, exc)
         return self._wait_after(now)
+
+    def _now(self) -> datetime:
+        try:
+            return self.clock()
+        except Exception as exc:  # the database is away: this cycle fails and is logged
+            db.session.remove()
+            log.debug("no database time (%s): using this machine's", exc)
+            return self.local_clock()
+
+    def _clock_is_off(self, now: datetime) -> bool:
+        """A process whose clock is off by more than MAX_SKEW gives up the lead and stands
+        by (its status row says why) until the clocks agree again."""
+        if not self.check_skew:
+            return False
+        skew = self.local_clock() - now
+        if abs(skew) <= clock_module.MAX_SKEW:
+            if self.skewed:
+                log.info("this machine's clock agrees with the database's again")
+            self.skewed = False
+            return False
+        message = (
+            f"this machine's clock differs from the database's by {skew.total_seconds():+.0f} s"
+            f" (more than {clock_module.MAX_SKEW.total_seconds():.0f} s): not leading"
+        )
+        if not self.skewed:
+            log.error("%s; fix the clock (NTP)", message)
+        self.skewed = True
+        try:
+            self._release(now)
+            self.role = SchedulerRole.STANDBY
+            scheduler.heartbeat(
+                self.instance,
+                kind=self.kind,
+                role=self.role,
+                epoch=None,
+                state=DaemonState.ERROR,
+                now=now,
+                error=message,
+            )
+            self.registered = True
+            db.session.commit()
+        except Exception as exc:
+            db.session.remove()
+            log.error("could not record the clock's skew: %s", exc)
+        return True
 
     def _beat(self, now: datetime) -> None:
         scheduler.heartbeat(
@@ -149,6 +204,24 @@ class Scheduler:
         if again_names:
             log.warning("enqueued again (the first enqueue was lost): %s", ", ".join(again_names))
 
+    def relay_once(self) -> None:
+        """While leading: move job requests to RQ (portal.tasks.relay). Logged, never raised."""
+        if self.role != SchedulerRole.LEADER:
+            return
+        with self.app.app_context():
+            try:
+                counts = relay.relay(grace=2 * self.relay_every)
+                if any(counts.values()):
+                    log.debug("relay: %s", counts)
+            except Exception as exc:
+                log.warning("job relay failed (it tries again): %s", exc)
+            finally:
+                db.session.remove()
+
+    def _relay_loop(self) -> None:
+        while not self.stopping.wait(self.relay_every.total_seconds()):
+            self.relay_once()
+
     def _record_error(self, now: datetime, exc: Exception) -> None:
         try:
             scheduler.heartbeat(
@@ -186,7 +259,7 @@ class Scheduler:
                 soonest = None
             if soonest is not None:
                 wait = min(wait, soonest - at + timedelta(seconds=1))
-        return max(wait - (self.clock() - now), MIN_WAIT)
+        return max(wait - (self._now() - now), MIN_WAIT)
 
     # -- the process -------------------------------------------------------------------------
     def orphaned(self) -> bool:
@@ -204,16 +277,21 @@ class Scheduler:
         if self.kind == SchedulerKind.BUILTIN:
             # Give a daemon started alongside (make run) the time to beat first.
             self.stopping.wait(self.heartbeat.total_seconds())
+        # The relay runs beside the schedule, more often than the heartbeat.
+        relay_thread = threading.Thread(target=self._relay_loop, name="job-relay", daemon=True)
+        relay_thread.start()
         while not self.stopping.is_set():
             if self.orphaned():
                 log.warning("the worker that started this scheduler is gone: stopping")
                 break
             wait = self.step()
             self.stopping.wait(wait.total_seconds())
+        self.stopping.set()
+        relay_thread.join(timeout=30)
         self.shutdown()
 
     def shutdown(self) -> None:
-        now = self.clock()
+        now = self._now()
         try:
             self._release(now)
             self.role = SchedulerRole.STANDBY
@@ -279,6 +357,7 @@ def run(
     with app.app_context():
         if once:
             sched.step()
+            sched.relay_once()
             sched.shutdown()
         else:
             sched.run()

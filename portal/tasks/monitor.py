@@ -83,11 +83,17 @@ def _run_id(job: Job) -> int | None:
     return None
 
 
-def _error(job: Job) -> str:
+def error_text(job: Job) -> str:
+    """The exception a failed job ended with: the traceback's last line, without the
+    "(Background on this error at: https://sqlalche.me/...)" line SQLAlchemy adds."""
     result = job.latest_result()
     text = result.exc_string if result is not None and result.type == Result.Type.FAILED else ""
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "failed (no error recorded)"
+    lines = [
+        line.strip()
+        for line in (text or "").strip().splitlines()
+        if line.strip() and not line.strip().startswith("(Background on this error at:")
+    ]
+    return lines[-1] if lines else "failed (no error recorded)"
 
 
 def failed_jobs(limit: int = FAILED_SHOWN) -> list[Failed]:
@@ -100,7 +106,7 @@ def failed_jobs(limit: int = FAILED_SHOWN) -> list[Failed]:
             if job is None:
                 continue
             found.append(
-                Failed(job.id, name, task_name(job), _error(job), job.ended_at, _run_id(job))
+                Failed(job.id, name, task_name(job), error_text(job), job.ended_at, _run_id(job))
             )
     found.sort(key=lambda f: f.ended_at or datetime.min.replace(tzinfo=UTC), reverse=True)
     return found[:limit]

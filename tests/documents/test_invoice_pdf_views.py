@@ -123,7 +123,7 @@ def test_widget_when_the_render_failed_or_not_issued(app, client, auth, make_use
     auth.login(alice)
     html = client.htmx_get(f"/invoices/{failed}/pdf-status").get_data(as_text=True)
     assert "hx-trigger" not in widget(html, failed)
-    assert "The PDF could not be made." in html
+    assert "The PDF could not be prepared; we'll retry." in html
     html = client.htmx_get(f"/invoices/{draft}/pdf-status").get_data(as_text=True)
     assert "hx-trigger" not in widget(html, draft)
     assert "made when the invoice is issued" in html

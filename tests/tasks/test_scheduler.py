@@ -10,17 +10,19 @@ import pytest
 import redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from portal.config import BillingSettings, ConfigError, build_config
 from portal.extensions import db
 from portal.models import (
     DaemonStatus,
+    JobRequest,
     JobRun,
     ScheduledJob,
     SchedulerKind,
     SchedulerLease,
     SchedulerRole,
+    utcnow,
 )
 from portal.tasks import queues, scheduler
 from portal.tasks.daemon import Scheduler
@@ -199,7 +201,7 @@ def test_a_failing_run_is_recorded_and_the_daemon_keeps_going(
     assert status(fast_app, "host-1").last_run_success is True
 
 
-def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
+def test_runs_committed_while_redis_is_down_wait_as_requests_and_a_later_cycle_enqueues_them(
     app, fast_app, counting_job, clock, monkeypatch, caplog
 ):
     real_enqueue = queues.enqueue
@@ -210,11 +212,17 @@ def test_a_failing_cycle_is_logged_and_its_runs_are_enqueued_by_a_later_cycle(
     monkeypatch.setattr(queues, "enqueue", redis_down)
     daemon = Scheduler(fast_app, clock=clock, instance="host-1")
     step(fast_app, daemon)
-    assert "cycle failed (the daemon keeps running): Redis is down" in caplog.text
+    # The commit stands; the run's job request waits for Redis instead of failing the cycle.
+    assert "Redis is unavailable (Redis is down): 1 job request(s) wait" in caplog.text
     row = status(fast_app, "host-1")
-    assert (row.status, row.last_error) == ("error", "Redis is down")
-    assert runs(fast_app) == [("count:2026-03-02T12", "pending", "host-1")]
+    assert (row.status, row.last_error) == ("running", None)
+    # Queued durably: its job request is in the database.
+    assert runs(fast_app) == [("count:2026-03-02T12", "queued", "host-1")]
     assert executions(fast_app) == []
+    requested = query(
+        fast_app, lambda: [(r.dedupe_key, r.status) for r in db.session.scalars(select(JobRequest))]
+    )
+    assert requested == [("count:2026-03-02T12", "requested")]
 
     monkeypatch.setattr(queues, "enqueue", real_enqueue)
     clock.advance(seconds=2)  # older than one heartbeat: the sweep enqueues it again
@@ -368,3 +376,31 @@ def test_the_sweep_enqueues_a_lost_run_again_and_fails_a_run_whose_worker_died(
         assert failed.status == "failed"
         assert failed.error == "the worker running it was lost (RQ status failed)"
         db.session.remove()
+
+
+# -- one clock -------------------------------------------------------------------------------
+
+
+def test_a_daemon_three_hours_fast_does_not_lead_and_schedules_nothing_in_the_future(
+    app, fast_app, counting_job, caplog
+):
+    """Both read the database's time; the one whose own clock is 3 h fast refuses to lead,
+    says why, and cannot take the lease the other holds."""
+    leader = Scheduler(fast_app, instance="host-ok")
+    fast = Scheduler(
+        fast_app, instance="host-fast", local_clock=lambda: utcnow() + timedelta(hours=3)
+    )
+    step(fast_app, leader)
+    step(fast_app, fast)
+    assert lease(fast_app)[0] == "host-ok"
+    row = status(fast_app, "host-fast")
+    assert (row.status, row.role) == ("error", "standby")
+    assert "clock differs from the database's by +10800 s" in row.last_error
+    assert "not leading" in caplog.text
+
+    # Even once the leader is gone and its lease expired, the fast one does not lead.
+    query(fast_app, lambda: (leader._release(utcnow()), db.session.commit()))
+    step(fast_app, fast)
+    assert lease(fast_app)[0] is None
+    latest = query(fast_app, lambda: db.session.scalar(select(func.max(JobRun.due_at))))
+    assert latest is not None and latest <= utcnow()

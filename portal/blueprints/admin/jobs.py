@@ -13,7 +13,7 @@ from wtforms.validators import Length
 from ... import htmx as hx
 from ...extensions import db
 from ...models import utcnow
-from ...tasks import scheduler
+from ...tasks import requests, scheduler
 from .. import helpers
 from . import bp
 
@@ -71,4 +71,14 @@ def retry_job(job_id: str):
     queue = scheduler.retry_failed(job_id, now=utcnow())
     db.session.commit()
     flash(f"{job_id} is back on the {queue} queue.", "success")
+    return helpers.see_other("admin.jobs")
+
+
+@bp.post("/jobs/failed-tasks/<task>/retry")
+def retry_task(task: str):
+    if not RetryForm().validate_on_submit():
+        abort(400)
+    count = requests.retry_failed(task=task, now=utcnow())
+    db.session.commit()  # they are sent once this commits
+    flash(f"{count} failed {task} job{'' if count == 1 else 's'} will run again.", "success")
     return helpers.see_other("admin.jobs")

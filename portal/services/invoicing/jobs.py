@@ -10,7 +10,7 @@ from flask import current_app
 
 from ...extensions import db
 from ...models import Invoice
-from ...tasks.queues import enqueue, get_queue
+from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
 from .. import calendar
 from . import documents, invoices, run
@@ -42,7 +42,7 @@ def generate_invoices(period_start_iso: str | None = None) -> dict[str, int | st
         return dict(totals.figures())
     stamp = start.strftime("%Y-%m-%d")
     for chunk in chunks:
-        enqueue(
+        enqueue_after_commit(
             "invoicing",
             "invoicing.generate_chunk",
             chunk,
@@ -55,6 +55,7 @@ def generate_invoices(period_start_iso: str | None = None) -> dict[str, int | st
         end.date(),
         len(chunks),
     )
+    db.session.commit()
     return {"chunks": len(chunks), "period_start": stamp}
 
 

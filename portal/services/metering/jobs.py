@@ -7,13 +7,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ...extensions import db
-from ...tasks.queues import enqueue, get_queue
+from ...tasks.clock import database_now
+from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
 from . import rollups, runs
 
 
 def _hour(upto_iso: str | None) -> datetime:
-    return rollups.parse_hour(upto_iso) if upto_iso else rollups.last_complete_hour()
+    """The hour to meter up to, never after the last complete hour in the database's time
+    (a scheduler with a fast clock cannot make a run meter the future)."""
+    latest = rollups.last_complete_hour(database_now())
+    return min(rollups.parse_hour(upto_iso), latest) if upto_iso else latest
 
 
 @task("metering.meter_due")
@@ -32,13 +36,16 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
         runs.log_run(upto, totals)
         return dict(totals.figures())
     for chunk in chunks:
-        enqueue("metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}")
+        enqueue_after_commit(
+            "metering", "metering.meter_chunk", chunk, stamp, job_id=f"meter:{chunk}:{stamp}"
+        )
+    db.session.commit()
     return {"chunks": len(chunks), "upto": stamp}
 
 
 @task("metering.meter_chunk")
 def meter_chunk(chunk: int, upto_iso: str) -> dict[str, int]:
-    result = rollups.meter_chunk(chunk, rollups.parse_hour(upto_iso))
+    result = rollups.meter_chunk(chunk, _hour(upto_iso))
     db.session.commit()
     return result.figures()
 

@@ -4,7 +4,7 @@ gateway's webhook events (stored by the web request, processed here)."""
 from __future__ import annotations
 
 from ...extensions import db
-from ...tasks.queues import enqueue, get_queue
+from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
 from . import card_charges, cards, inbox, settlement
 
@@ -40,7 +40,10 @@ def settle_due() -> dict[str, int]:
             settle_user(user_id)
         return {"users": len(user_ids)}
     for user_id in user_ids:
-        enqueue("settlement", "payments.settle_user", user_id, job_id=f"settle:{user_id}")
+        enqueue_after_commit(
+            "settlement", "payments.settle_user", user_id, job_id=f"settle:{user_id}"
+        )
+    db.session.commit()
     return {"users": len(user_ids)}
 
 

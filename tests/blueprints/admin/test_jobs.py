@@ -22,6 +22,7 @@ PAGES = [
     ("get", "/admin/jobs/runs/1"),
     ("post", "/admin/jobs/calculate-usage/run"),
     ("post", "/admin/jobs/failed/x/retry"),
+    ("post", "/admin/jobs/failed-tasks/x/retry"),
 ]
 
 
@@ -175,6 +176,36 @@ def test_a_failed_job_is_listed_with_its_error_and_retried(app, async_app, only_
     job = re.search(r'<tr id="job-flaky">(.*?)</tr>', html, re.S).group(1)
     assert "succeeded" in job
     assert client.submit("/admin/jobs/failed/nothing-here/retry").status_code == 404
+
+
+def test_failed_job_requests_are_counted_by_task_and_retried_all_at_once(app, make_app, make_user):
+    once = make_app(JOB_MAX_ATTEMPTS=1)
+    flaky = "tests.tasks.fake_jobs.flaky"
+
+    def ask():
+        queues.redis_connection().set(fake_jobs.FAIL_FLAG, "1")
+        for n in range(2):
+            queues.enqueue_after_commit("default", flaky, f"slot-{n}", job_id=f"flaky:{n}")
+        db.session.commit()  # each runs now (synchronous queue) and fails for good
+
+    query(once, ask)
+    client = logged_in(once, make_user(admin=True))
+    html = client.get("/admin/jobs").get_data(as_text=True)
+    row = re.search(rf'<tr id="failed-task-{flaky}">(.*?)</tr>', html, re.S).group(1)
+    assert '<td class="num">2</td>' in row
+    # The exception's own text, not a traceback's last line of boilerplate.
+    assert "RuntimeError: the test job failed on purpose at slot-1" in row
+    assert "Retry all failed" in row
+    waiting = re.search(r'<table id="waiting-work">(.*?)</table>', html, re.S).group(1)
+    assert re.search(r"<td>job requests</td><td class=\"num\">0</td>", waiting)
+
+    query(once, lambda: queues.redis_connection().delete(fake_jobs.FAIL_FLAG))
+    response = client.submit(f"/admin/jobs/failed-tasks/{flaky}/retry")
+    assert response.status_code == 303
+    html = client.get("/admin/jobs").get_data(as_text=True)
+    assert f"2 failed {flaky} jobs will run again." in html
+    assert 'id="failed-tasks"' not in html
+    assert query(once, fake_jobs.executions) == ["slot-0", "slot-1"]
 
 
 def test_the_jobs_api_status_and_run_now(app, async_app, api, counting_job, make_user):
