@@ -22,4 +22,4 @@ def index():
     )
 
 
-from . import catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401
+from . import audit, catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401
