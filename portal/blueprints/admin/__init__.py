@@ -30,4 +30,4 @@ def failed_payments():
     )
 
 
-from . import audit, catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401
+from . import accounts, audit, catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""Admin › Users: the list, a user's wallet, granting a credit, taking the admin role away."""
+"""Admin › Users › a user: their wallet, granting a credit, taking the admin role away (the
+list is in accounts.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,6 @@ class GrantCreditForm(FlaskForm):
 
 class RevokeAdminForm(FlaskForm):
     pass
-
-
-@bp.get("/users")
-def users():
-    q = helpers.query_arg("q", 254)
-    page = accounts.list_users(query=q, page=helpers.page_arg())
-    return render_template("admin/users.html", users=page, q=q)
 
 
 def _user_or_404(user_id: int) -> User:
