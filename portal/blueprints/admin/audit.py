@@ -37,7 +37,11 @@ def _filter() -> audit.AuditFilter:
     action = helpers.query_arg("action", 60)
     if action and action not in audit.ACTIONS:
         abort(400, description="The parameter “action” is not a recorded action.")
+    user_id = helpers.query_arg("user_id", 19)
+    if user_id and not (user_id.isascii() and user_id.isdigit()):
+        abort(400, description="The parameter “user_id” must be a whole number.")
     return audit.AuditFilter(
+        user_id=int(user_id) if user_id else None,
         actor=helpers.query_arg("actor", 254),
         object_type=helpers.query_arg("object_type", 40),
         object_id=helpers.query_arg("object_id", 100),
@@ -48,7 +52,7 @@ def _filter() -> audit.AuditFilter:
 
 
 def _args() -> dict[str, str]:
-    keys = ("actor", "object_type", "object_id", "action", "from", "to")
+    keys = ("actor", "object_type", "object_id", "action", "from", "to", "user_id")
     return {k: request.args[k] for k in keys if request.args.get(k)}
 
 

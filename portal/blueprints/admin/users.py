@@ -18,6 +18,7 @@ from ...forms import AmountField, PlausibleDate
 from ...models import User
 from ...money import AmountError, Money
 from ...services import accounts
+from ...services.admin import account as account_detail
 from ...services.wallet import credits, ledger
 from .. import helpers
 from . import bp
@@ -50,6 +51,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         balances=ledger.balances(user),
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg()),
+        detail=account_detail.account_detail(user),
     ), status
 
 
