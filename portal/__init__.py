@@ -137,7 +137,7 @@ class JsonLogFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         return std_json.dumps(line, ensure_ascii=False, default=str)
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps
 
 
 def _configure_logging(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""audit_log: admin actions, append-only (a trigger refuses UPDATE and DELETE on PostgreSQL)
+"""audit_log: admin actions, append-only (a trigger refuses UPDATE and DELETE on PostgreSQL);
+ledger_accounts by kind and balance (Admin › Users by amount owed)
 
 Revision ID: 0011_audit_log
 Revises: 0010_user_sessions
@@ -37,6 +38,14 @@ def upgrade():
         batch_op.create_index("ix_audit_log_object", ["object_type", "object_id"], unique=False)
         batch_op.create_index("ix_audit_log_user_id_id", ["user_id", "id"], unique=False)
         batch_op.create_index("ix_audit_log_created_at", ["created_at"], unique=False)
+    with op.batch_alter_table("ledger_accounts", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_ledger_accounts_kind_balance",
+            ["kind", "balance_minor", "user_id"],
+            unique=False,
+            sqlite_where=sa.text("user_id IS NOT NULL"),
+            postgresql_where=sa.text("user_id IS NOT NULL"),
+        )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             """
@@ -57,6 +66,8 @@ def downgrade():
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
         op.execute("DROP FUNCTION IF EXISTS audit_log_append_only()")
+    with op.batch_alter_table("ledger_accounts", schema=None) as batch_op:
+        batch_op.drop_index("ix_ledger_accounts_kind_balance")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_log_created_at")
         batch_op.drop_index("ix_audit_log_user_id_id")

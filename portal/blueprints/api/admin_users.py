@@ -81,7 +81,7 @@ def _account(a: account_list.AccountStatus) -> AccountStatusOut:
         voucher=_money(a.voucher),
         credit=_money(a.credit),
         owed=_money(a.owed),
-        standing=a.standing,
+        standing="overdue" if a.standing == "overdue" else "good",
         plan=a.plan,
         last_invoice=LastInvoiceOut(
             id=inv.id,
