@@ -44,7 +44,7 @@ def _args() -> dict[str, str]:
 @bp.get("/users")
 def users():
     f = users_filter()
-    page = account_list.list_accounts(f, page=helpers.page_arg(), now=utcnow())
+    page = account_list.list_accounts(f, page=helpers.page_arg(), now=utcnow(), count=False)
     fragment = hx.is_fragment_request("users-table")
     return render_template(
         "admin/_accounts_table.html" if fragment else "admin/users.html",

@@ -119,5 +119,5 @@ def admin_list_users(query: AdminUsersQuery):
         items=[_account(a) for a in page.items],
         page=page.page,
         per_page=page.per_page,
-        total=page.total,
+        total=page.total or 0,
     )

@@ -15,7 +15,6 @@ from decimal import ROUND_FLOOR, Decimal
 
 from sqlalchemy import and_, case, false, func, or_, select
 
-from ...db import Page
 from ...extensions import db
 from ...models import AccountKind, CurrencyPin, Invoice, InvoiceStatus, LedgerAccount, User
 from ...money import Money
@@ -123,13 +122,32 @@ def _count(f: UsersFilter, stmt) -> int:
     )
 
 
-def list_accounts(f: UsersFilter, *, page: int = 1, per_page: int = 25, now: datetime) -> Page:
+@dataclass(frozen=True)
+class AccountsPage:
+    items: list[AccountStatus]
+    page: int
+    per_page: int
+    has_next: bool
+    total: int | None  # None when not counted
+
+    @property
+    def has_prev(self) -> bool:
+        return self.page > 1
+
+
+def list_accounts(
+    f: UsersFilter, *, page: int = 1, per_page: int = 25, now: datetime, count: bool = True
+) -> AccountsPage:
+    """One page of accounts. ``count=False`` skips counting every match (a scan of all the
+    accounts); the page then only knows whether another follows."""
     stmt, order = _page_query(f)
-    total = _count(f, stmt)
     ids = list(
-        db.session.scalars(stmt.order_by(*order).limit(per_page).offset((page - 1) * per_page))
+        db.session.scalars(stmt.order_by(*order).limit(per_page + 1).offset((page - 1) * per_page))
     )
-    return Page(statuses(ids, now=now), page, per_page, total)
+    has_next = len(ids) > per_page
+    ids = ids[:per_page]
+    total = _count(f, stmt) if count else None
+    return AccountsPage(statuses(ids, now=now), page, per_page, has_next, total)
 
 
 def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
