@@ -6,6 +6,7 @@ import json as std_json
 import logging
 import os
 import sys
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -125,6 +126,23 @@ class _PortalHandler(logging.StreamHandler):
     """The one stdout handler, however many apps a process creates (the tests make many)."""
 
 
+class JsonLogFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object a line (time, level, logger, message, exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return std_json.dumps(line, ensure_ascii=False, default=str)
+
+    converter = time.gmtime  # type: ignore[assignment]  # UTC timestamps
+
+
 def _configure_logging(app: Flask) -> None:
     level = {
         "error": logging.ERROR,
@@ -134,12 +152,16 @@ def _configure_logging(app: Flask) -> None:
         "debug": logging.DEBUG,
     }[app.config["LOG_LEVEL"]]
     root = logging.getLogger()
-    if not any(isinstance(h, _PortalHandler) for h in root.handlers):
+    handler = next((h for h in root.handlers if isinstance(h, _PortalHandler)), None)
+    if handler is None:
         handler = _PortalHandler(sys.stdout)
+        root.addHandler(handler)
+    if app.config.get("LOG_FORMAT") == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
         handler.setFormatter(
             logging.Formatter("[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
         )
-        root.addHandler(handler)
     root.setLevel(level)
     app.logger.setLevel(level)
     # WeasyPrint narrates every render at INFO; its warnings still show.

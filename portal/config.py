@@ -431,6 +431,13 @@ def build_config(
         raise ConfigError(
             "LOG_LEVEL", f"must be error, warn, info or debug, not {cfg['LOG_LEVEL']!r}"
         )
+    cfg["LOG_FORMAT"] = env.get("LOG_FORMAT", "text").lower()
+    if cfg["LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError("LOG_FORMAT", f"must be text or json, not {cfg['LOG_FORMAT']!r}")
+    # /metrics: a bearer token of its own (for the scraper), besides admin API tokens; and
+    # with METRICS_LOCAL, requests from this host's loopback address need none.
+    cfg["METRICS_TOKEN"] = env.get("METRICS_TOKEN", "")
+    cfg["METRICS_LOCAL"] = _env_bool(env, "METRICS_LOCAL", False)
     cfg["TESTING"] = testing
     cfg["BILLING"] = load_billing_settings(env, env.get("BILLING_CONFIG"))
     cfg.update(overrides)

@@ -3,7 +3,17 @@
 from flask import Flask, redirect, url_for
 from flask_login import current_user
 
-from . import account, auth, invoices, payment_methods, subscription, usage, wallet, webhooks
+from . import (
+    account,
+    auth,
+    invoices,
+    ops,
+    payment_methods,
+    subscription,
+    usage,
+    wallet,
+    webhooks,
+)
 from .admin import bp as admin_bp
 from .api import bp as api_bp
 
@@ -14,6 +24,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(admin_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(ops.bp)
     app.add_url_rule("/", endpoint="index", view_func=_index)
 
 

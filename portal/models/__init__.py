@@ -1,5 +1,6 @@
 """Models, one module per aggregate. Importing this package registers every table."""
 
+from .audit import AuditEntry
 from .catalog import PriceVersion, SkuPrice
 from .deployments import Deployment, DeploymentInterval, DeploymentKind, DeploymentState
 from .invoices import (
@@ -51,6 +52,7 @@ __all__ = [
     "OPEN_ATTEMPT_STATUSES",
     "AccountKind",
     "ApiToken",
+    "AuditEntry",
     "AttemptPurpose",
     "AttemptStatus",
     "CheckoutSession",

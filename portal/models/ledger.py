@@ -73,6 +73,15 @@ class LedgerAccount(Model):
             name="wallet_not_negative",
         ),
         CheckConstraint("(user_id IS NULL) = (balance_minor IS NULL)", name="cached_iff_user"),
+        # Admin › Users by amount owed: the receivable accounts in balance order.
+        Index(
+            "ix_ledger_accounts_kind_balance",
+            "kind",
+            "balance_minor",
+            "user_id",
+            sqlite_where=text("user_id IS NOT NULL"),
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

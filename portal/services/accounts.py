@@ -19,7 +19,7 @@ from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
 from ..tasks.queues import enqueue_after_commit
-from . import mail
+from . import audit, mail
 from .wallet import ledger
 
 
@@ -364,6 +364,14 @@ def create_api_token(user: User, *, name: str, scope: str) -> tuple[ApiToken, st
     )
     db.session.add(token)
     db.session.flush()
+    audit.record(
+        "token.created",
+        "api_token",
+        token.id,
+        actor=user,
+        user_id=user.id,
+        after={"name": token.name, "scope": token.scope, "prefix": token.prefix},
+    )
     return token, plain
 
 
@@ -399,6 +407,15 @@ def revoke_token(user: User, token_id: int) -> None:
         raise NotFound("no such token")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+        audit.record(
+            "token.revoked",
+            "api_token",
+            token.id,
+            actor=user,
+            user_id=user.id,
+            before={"revoked_at": None},
+            after={"revoked_at": token.revoked_at.isoformat(), "scope": token.scope},
+        )
 
 
 def revoke_admin(user: User, *, by: User | None = None) -> int:
@@ -434,6 +451,15 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
         )
     )
     db.session.flush()
+    audit.record(
+        "user.admin_revoked",
+        "user",
+        user.id,
+        actor=by,
+        user_id=user.id,
+        before={"is_admin": True},
+        after={"is_admin": False, "tokens_revoked": revoked},
+    )
     return revoked
 
 

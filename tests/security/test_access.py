@@ -26,7 +26,11 @@ PUBLIC_ENDPOINTS = {
     "auth.register",
     "auth.forgot",
     "auth.reset_password",
+    "ops.healthz",  # the health check, for load balancers: says ok or unavailable, no more
 }
+# Web routes authenticated by a bearer token instead of the session (/metrics: an admin API
+# token or METRICS_TOKEN; tests/blueprints/test_ops.py proves the rest are 401).
+TOKEN_ENDPOINTS = {"ops.metrics"}
 # API routes authenticated by a signature over the body instead of a bearer token (the
 # gateway's webhooks: tests/webhooks prove a bad signature is 400 and stores nothing).
 SIGNED_ENDPOINTS = {"webhooks.receive"}
@@ -65,7 +69,7 @@ API_RULES = [
     for r in ALL_RULES
     if r[1].startswith(API_PREFIX) and r[0] not in SIGNED_ENDPOINTS | PUBLIC_API_ENDPOINTS
 ]
-PROTECTED_RULES = [r for r in WEB_RULES if r[0] not in PUBLIC_ENDPOINTS]
+PROTECTED_RULES = [r for r in WEB_RULES if r[0] not in PUBLIC_ENDPOINTS | TOKEN_ENDPOINTS]
 ADMIN_RULES = [r for r in WEB_RULES if r[1].startswith("/admin/")]
 # Every web route and method that changes something (GET+POST pages, POST-only actions).
 FORM_POST_RULES = sorted(
@@ -413,7 +417,9 @@ def site(app, client, auth, make_user, api):
     return {"user_id": customer.id, "message_id": message_id, "token": token}
 
 
-PAGE_RULES = [r for r in WEB_RULES if r[2] == "GET" and r[0] != "index"]
+PAGE_RULES = [
+    r for r in WEB_RULES if r[2] == "GET" and r[0] != "index" and r[0] not in TOKEN_ENDPOINTS
+]
 # Pages the card processor sends people back to: without the query it adds (a checkout
 # session, a payment), there is nothing to show.
 RETURN_PAGES = {
@@ -439,6 +445,13 @@ def test_pages_send_security_headers_and_no_inline_code(app, client, site, rule)
         page = response.get_data(as_text=True)
         assert page.startswith("<!doctype html>")
         assert inline_code(page) == []
+
+
+def test_token_routes_refuse_the_session_and_send_security_headers(client, site):
+    """Logged in as an admin (a session cookie), /metrics still wants its bearer token."""
+    response = client.get("/metrics")
+    assert response.status_code == 401
+    assert_security_headers(response)
 
 
 @pytest.mark.parametrize("url,status", [("/no/such/page", 404), ("/admin/users/999999", 404)])

@@ -1,8 +1,10 @@
-"""The admin area (admins only): its front page; each area's views in a module of its own."""
+"""The admin area (admins only): its front page, the overview; each area's views in a
+module of its own."""
 
 from flask import Blueprint, render_template
 
-from ...services import accounts, mail
+from ...models import utcnow
+from ...services.admin import overview as admin_overview
 from .. import helpers
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -16,10 +18,16 @@ def _require_admin():
 
 @bp.get("/")
 def index():
-    recent = accounts.list_users(page=1, per_page=10)
+    return render_template("admin/index.html", o=admin_overview.overview(utcnow()))
+
+
+@bp.get("/payments/failed")
+def failed_payments():
+    now = utcnow()
+    page = admin_overview.failed_payments(now, page=helpers.page_arg())
     return render_template(
-        "admin/index.html", users=recent, outbox=mail.list_outbox(page=1, per_page=5)
+        "admin/failed_payments.html", payments=page, days=admin_overview.FAILED_PAYMENTS_DAYS
     )
 
 
-from . import catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401
+from . import accounts, audit, catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401

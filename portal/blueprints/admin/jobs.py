@@ -13,6 +13,7 @@ from wtforms.validators import Length
 from ... import htmx as hx
 from ...extensions import db
 from ...models import utcnow
+from ...services.admin import jobs as admin_jobs
 from ...tasks import requests, scheduler
 from .. import helpers
 from . import bp
@@ -43,7 +44,7 @@ def run_job(name: str):
     form = RunNowForm()
     if not form.validate_on_submit():
         abort(400)
-    run, created = scheduler.request_run(
+    run, created = admin_jobs.run_now(
         name, requested_by=current_user, request_key=form.request_id.data or None, now=utcnow()
     )
     db.session.commit()  # the run is enqueued once this commits

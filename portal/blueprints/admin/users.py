@@ -1,4 +1,5 @@
-"""Admin › Users: the list, a user's wallet, granting a credit, taking the admin role away."""
+"""Admin › Users › a user: their wallet, granting a credit, taking the admin role away (the
+list is in accounts.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ...forms import AmountField, PlausibleDate
 from ...models import User
 from ...money import AmountError, Money
 from ...services import accounts
+from ...services.admin import account as account_detail
 from ...services.wallet import credits, ledger
 from .. import helpers
 from . import bp
@@ -34,13 +36,6 @@ class RevokeAdminForm(FlaskForm):
     pass
 
 
-@bp.get("/users")
-def users():
-    q = helpers.query_arg("q", 254)
-    page = accounts.list_users(query=q, page=helpers.page_arg())
-    return render_template("admin/users.html", users=page, q=q)
-
-
 def _user_or_404(user_id: int) -> User:
     return db.session.get(User, user_id) or abort(404)
 
@@ -56,6 +51,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         balances=ledger.balances(user),
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg()),
+        detail=account_detail.account_detail(user),
     ), status
 
 

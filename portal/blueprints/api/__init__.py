@@ -23,4 +23,13 @@ def _amount_error(exc: AmountError):
     return json_error(422, "validation_failed", f"amount {exc}", {"amount": str(exc)})
 
 
-from . import accounts, deployments, invoices, jobs, payments, reference, vouchers  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    accounts,
+    admin_users,
+    deployments,
+    invoices,
+    jobs,
+    payments,
+    reference,
+    vouchers,
+)

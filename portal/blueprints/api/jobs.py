@@ -6,6 +6,7 @@ from flask import g
 
 from ...extensions import db
 from ...models import TokenScope, utcnow
+from ...services.admin import jobs as admin_jobs
 from ...tasks import scheduler
 from . import bp
 from .fields import idempotency_key, iso
@@ -136,7 +137,7 @@ def jobs_status():
 )
 def run_job(name: str):
     """Unknown job names are 404."""
-    run, _ = scheduler.request_run(
+    run, _ = admin_jobs.run_now(
         name, requested_by=g.api_user, request_key=idempotency_key(), now=utcnow()
     )
     db.session.commit()  # enqueued once this commits

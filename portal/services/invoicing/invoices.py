@@ -29,7 +29,7 @@ from ...models import (
     utcnow,
 )
 from ...money import Money, format_money
-from .. import events
+from .. import audit, events
 from ..wallet import ledger
 from .formatting import major_text
 
@@ -183,7 +183,8 @@ def record_offline_payment(
             (ledger.user_account(user, AccountKind.RECEIVABLE), amount.amount_minor),
         ],
     )
-    return record_payment(
+    before = {"status": str(invoice.status), "amount_paid_minor": invoice.amount_paid_minor}
+    payment = record_payment(
         invoice,
         tender=PaymentTender.OFFLINE,
         amount=amount,
@@ -191,6 +192,21 @@ def record_offline_payment(
         reference=reference,
         created_by=recorded_by,
     )
+    audit.record(
+        "invoice.offline_payment",
+        "invoice",
+        invoice.id,
+        actor=recorded_by,
+        user_id=invoice.user_id,
+        before=before,
+        after={
+            "status": str(invoice.status),
+            "amount_paid_minor": invoice.amount_paid_minor,
+            "payment": {"amount": str(amount.amount), "currency": amount.currency},
+            "reference": reference,
+        },
+    )
+    return payment
 
 
 def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None) -> Invoice:
@@ -202,6 +218,7 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
         raise ValidationFailed.field("reason", "is required")
     if invoice.amount_paid_minor:
         raise Conflict("payments were made on this invoice; refund them before voiding it")
+    before_status = str(invoice.status)
     transition(invoice, S.VOID)
     user = db.session.get_one(User, invoice.user_id)
     if invoice.finalized_at is not None and invoice.subtotal_minor > 0:
@@ -248,6 +265,15 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
         Money(invoice.total_minor, invoice.currency),
         Money(invoice.credits_minor, invoice.currency),
         f"admin {voided_by.id}" if voided_by else "the system",
+    )
+    audit.record(
+        "invoice.voided",
+        "invoice",
+        invoice.id,
+        actor=voided_by,
+        user_id=invoice.user_id,
+        before={"status": before_status},
+        after={"status": str(invoice.status), "reason": invoice.void_reason},
     )
     return invoice
 

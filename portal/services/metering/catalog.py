@@ -13,6 +13,7 @@ from ...errors import NotFound, ValidationFailed
 from ...extensions import db
 from ...models import PriceVersion, SkuPrice, User, utcnow
 from ...money import AmountError, decimal_to_micros
+from .. import audit
 
 # The first version is in force from the start of time, so any past instant has a price.
 BEGINNING = datetime(2000, 1, 1, tzinfo=UTC)
@@ -230,4 +231,22 @@ def create_version(
         )
     db.session.add(version)
     db.session.flush()
+    audit.record(
+        "price_version.created",
+        "price_version",
+        version.version,
+        actor=created_by,
+        before={"version": base.version},
+        after={
+            "version": version.version,
+            "effective_from": version.effective_from.isoformat(),
+            "currency": version.currency,
+            "cpu_per_core_hour_micros": version.cpu_per_core_hour_micros,
+            "memory_per_gb_hour_micros": version.memory_per_gb_hour_micros,
+            "storage_per_gb_month_micros": version.storage_per_gb_month_micros,
+            "public_ip_per_hour_micros": version.public_ip_per_hour_micros,
+            "sku_hourly_micros": {s.code: s.hourly_micros for s in version.skus},
+            "note": version.note,
+        },
+    )
     return version

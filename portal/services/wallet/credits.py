@@ -10,6 +10,7 @@ from ...errors import InsufficientFunds, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, CreditLot, LedgerAccount, LedgerTransaction, User, utcnow
 from ...money import Money
+from .. import audit
 from . import ledger
 
 MAX_REASON = 500
@@ -72,6 +73,20 @@ def grant_credit(
     )
     db.session.add(lot)
     db.session.flush()
+    if source == AccountKind.CREDIT_GRANTS:
+        audit.record(
+            "credit.granted",
+            "credit_lot",
+            lot.id,
+            actor=granted_by,
+            user_id=user.id,
+            after={
+                "amount": str(amount.amount),
+                "currency": amount.currency,
+                "reason": reason,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
     return lot, True
 
 

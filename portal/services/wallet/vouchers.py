@@ -21,7 +21,7 @@ from ...errors import Conflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, User, Voucher, VoucherRedemption, VoucherRequest, utcnow
 from ...money import Money
-from .. import mail
+from .. import audit, mail
 from . import ledger, settlement_requests
 
 # Crockford base 32: no I, L, O or U, so a code read aloud or retyped survives.
@@ -85,6 +85,21 @@ def create_vouchers(
     ]
     db.session.add_all(vouchers)
     db.session.flush()
+    if for_user is None:  # a request's voucher is recorded with the decision
+        audit.record(
+            "vouchers.created",
+            "voucher_batch" if batch else "voucher",
+            batch or vouchers[0].id,
+            actor=created_by,
+            after={
+                "count": count,
+                "value": str(value.amount),
+                "currency": value.currency,
+                "max_redemptions": max_redemptions,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "note": note,
+            },
+        )
     return vouchers
 
 
@@ -249,6 +264,21 @@ def decide_request(
         )
         req.voucher_id = voucher.id
         redeem(user, voucher.code)
+    audit.record(
+        f"voucher_request.{req.status}",
+        "voucher_request",
+        req.id,
+        actor=admin,
+        user_id=user.id,
+        before={"status": "pending"},
+        after={
+            "status": req.status,
+            "amount": str(req.amount.amount),
+            "currency": req.amount.currency,
+            "note": req.decision_note,
+            "voucher_id": req.voucher_id,
+        },
+    )
     mail.queue_email(
         to=user.email,
         subject=f"Your voucher request was {req.status}",

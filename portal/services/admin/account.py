@@ -1,0 +1,86 @@
+"""Everything about one account for its admin page, newest first, each list capped (the
+page links to the full lists where one exists)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from ...extensions import db
+from ...models import (
+    AuditEntry,
+    Deployment,
+    Event,
+    Invoice,
+    OutboundEmail,
+    PaymentMethod,
+    User,
+    Voucher,
+    VoucherRedemption,
+)
+from ...money import Money
+
+SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Card:
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    is_default: bool
+    removed: bool
+
+
+@dataclass(frozen=True)
+class Redemption:
+    at: object
+    code: str
+    value: Money
+
+
+@dataclass(frozen=True)
+class AccountDetail:
+    invoices: list[Invoice]
+    deployments: list[Deployment]
+    cards: list[Card]  # brand and last 4 only: nothing else about a card leaves the gateway
+    redemptions: list[Redemption]
+    events: list[Event]
+    mail: list[OutboundEmail]
+    admin_actions: list[AuditEntry]
+
+
+def _newest(model, user_id: int, limit: int = SHOWN):
+    return list(
+        db.session.scalars(
+            select(model).where(model.user_id == user_id).order_by(model.id.desc()).limit(limit)
+        )
+    )
+
+
+def account_detail(user: User) -> AccountDetail:
+    cards = [
+        Card(m.brand, m.last4, m.exp_month, m.exp_year, m.is_default, m.removed_at is not None)
+        for m in _newest(PaymentMethod, user.id)
+    ]
+    redemptions = [
+        Redemption(at, v.display_code, v.value)
+        for at, v in db.session.execute(
+            select(VoucherRedemption.created_at, Voucher)
+            .join(Voucher, Voucher.id == VoucherRedemption.voucher_id)
+            .where(VoucherRedemption.user_id == user.id)
+            .order_by(VoucherRedemption.id.desc())
+            .limit(SHOWN)
+        )
+    ]
+    return AccountDetail(
+        invoices=_newest(Invoice, user.id),
+        deployments=_newest(Deployment, user.id),
+        cards=cards,
+        redemptions=redemptions,
+        events=_newest(Event, user.id),
+        mail=_newest(OutboundEmail, user.id),
+        admin_actions=_newest(AuditEntry, user.id),
+    )

@@ -1,0 +1,132 @@
+"""The admin overview's figures, per currency: each from the ledger (cached balances) or the
+invoices, in one grouped query per figure."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from ...db import Page
+from ...extensions import db
+from ...models import (
+    AccountKind,
+    AttemptStatus,
+    Invoice,
+    InvoiceStatus,
+    LedgerAccount,
+    PaymentAttempt,
+    User,
+)
+from ...money import Money
+from ..calendar import invoice_day, period_containing
+from . import projection
+from .standing import STANDINGS, standing_of
+
+FAILED_PAYMENTS_DAYS = 7
+
+
+@dataclass
+class Figures:
+    """One currency's figures."""
+
+    currency: str
+    revenue_so_far: Money
+    revenue_projected: Money
+    receivables: Money  # what every account owes (receivable balances)
+    overdue: Money  # unpaid on overdue invoices
+    overdue_count: int
+    failed_payments: Money
+    failed_payments_count: int
+
+
+@dataclass
+class Overview:
+    now: datetime
+    period_start: datetime
+    period_end: datetime
+    figures: list[Figures]
+    standing: dict[str, int] = field(default_factory=dict)  # accounts by standing
+    accounts: int = 0
+
+
+def overview(now: datetime) -> Overview:
+    start, end = period_containing(now, invoice_day())
+    per: dict[str, dict] = defaultdict(dict)
+
+    for currency, p in projection.by_currency(now).items():
+        per[currency]["revenue"] = p
+    receivables = select(LedgerAccount.currency, func.sum(LedgerAccount.balance_minor)).where(
+        LedgerAccount.kind == AccountKind.RECEIVABLE.value, LedgerAccount.user_id.is_not(None)
+    )
+    for currency, total in db.session.execute(receivables.group_by(LedgerAccount.currency)):
+        per[currency]["receivables"] = int(total or 0)
+    overdue = select(
+        Invoice.currency,
+        func.sum(Invoice.total_minor - Invoice.amount_paid_minor),
+        func.count(),
+    ).where(Invoice.status == InvoiceStatus.OVERDUE.value)
+    for currency, total, count in db.session.execute(overdue.group_by(Invoice.currency)):
+        per[currency]["overdue"] = (int(total or 0), count)
+    failed = select(
+        PaymentAttempt.currency, func.sum(PaymentAttempt.amount_minor), func.count()
+    ).where(
+        PaymentAttempt.status == AttemptStatus.FAILED.value,
+        PaymentAttempt.updated_at >= now - timedelta(days=FAILED_PAYMENTS_DAYS),
+    )
+    for currency, total, count in db.session.execute(failed.group_by(PaymentAttempt.currency)):
+        per[currency]["failed"] = (int(total or 0), count)
+
+    figures = []
+    for currency in sorted(per):
+        f = per[currency]
+        zero = Money.zero(currency)
+        revenue = f.get("revenue", projection.Projection(zero, zero))
+        overdue_minor, overdue_count = f.get("overdue", (0, 0))
+        failed_minor, failed_count = f.get("failed", (0, 0))
+        figures.append(
+            Figures(
+                currency=currency,
+                revenue_so_far=revenue.so_far,
+                revenue_projected=revenue.projected,
+                receivables=Money(f.get("receivables", 0), currency),
+                overdue=Money(overdue_minor, currency),
+                overdue_count=overdue_count,
+                failed_payments=Money(failed_minor, currency),
+                failed_payments_count=failed_count,
+            )
+        )
+    standing = standing_of(User.id).label("standing")
+    counts = dict(
+        (s, n)
+        for s, n in db.session.execute(
+            select(standing, func.count()).select_from(User).group_by(standing)
+        )
+    )
+    return Overview(
+        now=now,
+        period_start=start,
+        period_end=end,
+        figures=figures,
+        standing={s: counts.get(s, 0) for s in STANDINGS},
+        accounts=sum(counts.values()),
+    )
+
+
+def failed_payments(now: datetime, *, page: int = 1, per_page: int = 50):
+    """The card payments that failed in the last FAILED_PAYMENTS_DAYS days, newest first."""
+    stmt = select(PaymentAttempt, User.email).join(User, User.id == PaymentAttempt.user_id)
+    stmt = stmt.where(
+        PaymentAttempt.status == AttemptStatus.FAILED.value,
+        PaymentAttempt.updated_at >= now - timedelta(days=FAILED_PAYMENTS_DAYS),
+    )
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = db.session.execute(
+        stmt.order_by(PaymentAttempt.updated_at.desc(), PaymentAttempt.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    ).all()
+    items = [(a, email, Money(a.amount_minor, a.currency)) for a, email in rows]
+    return Page(items, page, per_page, total)

@@ -1,0 +1,289 @@
+"""Every account's billing status for the admin users list, its CSV and the API: balances
+(the ledger's cached balances), amount owed, standing, plan, last invoice and the next
+invoice's projection. One page is a fixed handful of queries however long it is: the page's
+ids, their count, one aggregate query for the figures, their last invoices, and the grouped
+usage queries of the projection."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+
+from sqlalchemy import and_, case, false, func, or_, select
+
+from ...extensions import db
+from ...models import AccountKind, CurrencyPin, Invoice, InvoiceStatus, LedgerAccount, User
+from ...money import Money
+from . import projection
+from .standing import STANDINGS, standing_of
+
+SORTS = ("owed", "email", "newest")
+# Until subscriptions exist every account pays for what it uses.
+PLAN = "usage"
+
+
+@dataclass(frozen=True)
+class UsersFilter:
+    q: str = ""  # part of the email or name
+    standing: str = ""  # one of STANDINGS, or any
+    owes_more_than: Decimal | None = None  # major units of each account's currency
+    sort: str = "owed"
+
+
+@dataclass(frozen=True)
+class LastInvoice:
+    id: int
+    number: str | None
+    status: str
+    total: Money
+    period_start: datetime
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    id: int
+    email: str
+    name: str
+    is_admin: bool
+    created_at: datetime
+    currency: str
+    cash: Money
+    voucher: Money
+    credit: Money
+    owed: Money
+    standing: str
+    plan: str
+    last_invoice: LastInvoice | None
+    next_invoice: Money  # the current period's projected total
+
+    @property
+    def spendable(self) -> Money:
+        return self.cash + self.voucher + self.credit
+
+
+def _receivable():
+    return LedgerAccount.__table__.alias("receivable")
+
+
+def _owes_more_than(owed, amount: Decimal):
+    """owed > amount, in each currency's minor units (the currencies in use are pinned)."""
+    conditions = []
+    for code, digits in db.session.execute(select(CurrencyPin.code, CurrencyPin.digits)):
+        # "more than 10.005" in USD: more than 1000 cents (1000.5 rounded down).
+        limit = int((amount * 10**digits).to_integral_value(rounding=ROUND_FLOOR))
+        conditions.append(and_(User.currency == code, owed > limit))
+    return or_(*conditions) if conditions else false()
+
+
+def _page_query(f: UsersFilter):
+    r = _receivable()
+    stmt = select(User.id).join(
+        r,
+        and_(
+            r.c.user_id == User.id,
+            r.c.kind == AccountKind.RECEIVABLE.value,
+            r.c.currency == User.currency,
+        ),
+    )
+    if f.q:
+        like = f"%{f.q.strip().lower()}%"
+        stmt = stmt.where(or_(User.email.like(like), func.lower(User.name).like(like)))
+    if f.standing:
+        stmt = stmt.where(standing_of(User.id) == f.standing)
+    if f.owes_more_than is not None:
+        stmt = stmt.where(_owes_more_than(r.c.balance_minor, f.owes_more_than))
+    order = {
+        "owed": (r.c.balance_minor.desc(), r.c.user_id.desc()),
+        "email": (User.email.asc(),),
+        "newest": (User.id.desc(),),
+    }[f.sort]
+    return stmt, order
+
+
+def _count(f: UsersFilter, stmt) -> int:
+    if f.q or f.standing or f.owes_more_than is not None:
+        return db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    # Unfiltered: every account has exactly one receivable account, in its currency
+    # (opened with the account), so counting those (an index-only scan) counts the accounts.
+    return (
+        db.session.scalar(
+            select(func.count())
+            .select_from(LedgerAccount)
+            .where(
+                LedgerAccount.kind == AccountKind.RECEIVABLE.value,
+                LedgerAccount.user_id.is_not(None),
+            )
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True)
+class AccountsPage:
+    items: list[AccountStatus]
+    page: int
+    per_page: int
+    has_next: bool
+    total: int | None  # None when not counted
+
+    @property
+    def has_prev(self) -> bool:
+        return self.page > 1
+
+
+def list_accounts(
+    f: UsersFilter, *, page: int = 1, per_page: int = 25, now: datetime, count: bool = True
+) -> AccountsPage:
+    """One page of accounts. ``count=False`` skips counting every match (a scan of all the
+    accounts); the page then only knows whether another follows."""
+    stmt, order = _page_query(f)
+    ids = list(
+        db.session.scalars(stmt.order_by(*order).limit(per_page + 1).offset((page - 1) * per_page))
+    )
+    has_next = len(ids) > per_page
+    ids = ids[:per_page]
+    total = _count(f, stmt) if count else None
+    return AccountsPage(statuses(ids, now=now), page, per_page, has_next, total)
+
+
+def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
+    """The billing status of the accounts ``ids``, in that order."""
+    if not ids:
+        return []
+    la = LedgerAccount
+
+    def balance(kind: AccountKind):
+        return func.coalesce(func.sum(case((la.kind == kind.value, la.balance_minor))), 0)
+
+    last_invoice = (
+        select(func.max(Invoice.id))
+        .where(Invoice.user_id == User.id, Invoice.status != InvoiceStatus.DRAFT.value)
+        .scalar_subquery()
+    )
+    rows = db.session.execute(
+        select(
+            User.id,
+            User.email,
+            User.name,
+            User.is_admin,
+            User.created_at,
+            User.currency,
+            balance(AccountKind.CASH),
+            balance(AccountKind.VOUCHER),
+            balance(AccountKind.CREDIT),
+            balance(AccountKind.RECEIVABLE),
+            standing_of(User.id),
+            last_invoice,
+        )
+        .outerjoin(la, and_(la.user_id == User.id, la.currency == User.currency))
+        .where(User.id.in_(ids))
+        .group_by(User.id)
+    ).all()
+    invoice_ids = [r[11] for r in rows if r[11] is not None]
+    invoices = {
+        i.id: LastInvoice(
+            i.id, i.number, i.status, Money(i.total_minor, i.currency), i.period_start
+        )
+        for i in db.session.execute(
+            select(
+                Invoice.id,
+                Invoice.number,
+                Invoice.status,
+                Invoice.total_minor,
+                Invoice.currency,
+                Invoice.period_start,
+            ).where(Invoice.id.in_(invoice_ids))
+        )
+    }
+    projected = projection.by_user([(r[0], r[5]) for r in rows], now)
+    by_id = {}
+    for uid, email, name, admin, created, cur, cash, voucher, credit, owed, standing, inv in rows:
+        by_id[uid] = AccountStatus(
+            id=uid,
+            email=email,
+            name=name,
+            is_admin=admin,
+            created_at=created,
+            currency=cur,
+            cash=Money(int(cash), cur),
+            voucher=Money(int(voucher), cur),
+            credit=Money(int(credit), cur),
+            owed=Money(int(owed), cur),
+            standing=standing,
+            plan=PLAN,
+            last_invoice=invoices.get(inv),
+            next_invoice=projected[uid].projected,
+        )
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+CSV_COLUMNS = (
+    "id",
+    "email",
+    "name",
+    "currency",
+    "cash",
+    "voucher",
+    "credit",
+    "owed",
+    "standing",
+    "plan",
+    "last_invoice",
+    "last_invoice_status",
+    "last_invoice_total",
+    "next_invoice_projection",
+)
+
+
+def export_csv(f: UsersFilter, *, now: datetime, batch: int = 500) -> Iterator[str]:
+    """Every matching account in the list's order, a page of ``batch`` at a time:
+    UTF-8 with BOM, CRLF."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    buffer.write("\ufeff")
+    writer.writerow(CSV_COLUMNS)
+    stmt, order = _page_query(f)
+    offset = 0
+    while True:
+        ids = list(db.session.scalars(stmt.order_by(*order).limit(batch).offset(offset)))
+        for a in statuses(ids, now=now):
+            inv = a.last_invoice
+            writer.writerow(
+                [
+                    str(x)
+                    for x in (
+                        a.id,
+                        _cell(a.email),
+                        _cell(a.name),
+                        a.currency,
+                        a.cash.amount,
+                        a.voucher.amount,
+                        a.credit.amount,
+                        a.owed.amount,
+                        a.standing,
+                        a.plan,
+                        inv.number if inv else "",
+                        inv.status if inv else "",
+                        inv.total.amount if inv else "",
+                        a.next_invoice.amount,
+                    )
+                ]
+            )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if len(ids) < batch:
+            return
+        offset += batch
+
+
+__all__ = ["PLAN", "SORTS", "STANDINGS", "AccountStatus", "UsersFilter", "export_csv"]

@@ -1,0 +1,71 @@
+"""Admin › Users › a user: wallets and history, credit lots, vouchers redeemed, invoices,
+deployments, cards (brand and last 4 only), events, mail sent and the admin actions taken
+on the account."""
+
+from __future__ import annotations
+
+from portal.extensions import db
+from portal.models import PaymentMethod, User
+from portal.money import Money
+from portal.services.wallet import vouchers
+from tests.support.app import AuthActions
+from tests.support.invoices import SEP, issue_invoices
+
+
+def section(page: str, element_id: str) -> str:
+    start = page.index(f'id="{element_id}"')
+    return page[start : page.index("</section>", start)]
+
+
+def test_the_page_shows_everything_about_the_account(app, make_user):
+    ann = make_user("ann@example.com")
+    [invoice_id] = issue_invoices(app, ann.id, periods=(SEP,), name="web")
+    with app.app_context():
+        user = db.session.get(User, ann.id)
+        db.session.add(
+            PaymentMethod(
+                user_id=ann.id,
+                gateway_id="pm_secret_gateway_id",
+                fingerprint="fp_secret",
+                brand="visa",
+                last4="4242",
+                exp_month=4,
+                exp_year=2031,
+                is_default=True,
+            )
+        )
+        [voucher] = vouchers.create_vouchers(value=Money(700, "USD"))
+        vouchers.redeem(user, voucher.code)
+        req = vouchers.request_voucher(user, amount=Money(300, "USD"), reason="please")
+        db.session.commit()
+        code, req_id = voucher.display_code, req.id
+        db.session.remove()
+    admin = make_user("boss@example.com", admin=True)
+    client = app.test_client()
+    AuthActions(client).login(admin)
+    form = {"amount": "2.50", "reason": "sorry", "request_id": "x1"}
+    assert client.submit(f"/admin/users/{ann.id}/credits", form).status_code == 303
+    with app.app_context():
+        vouchers.decide_request(req_id, approve=False, admin=db.session.get(User, admin.id))
+        db.session.commit()
+        db.session.remove()
+
+    response = client.get(f"/admin/users/{ann.id}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "$2.50" in page and "sorry" in page  # credit balance and lot
+    invoices = section(page, "user-invoices")
+    assert f"/admin/invoices/{invoice_id}" in invoices and "$36.00" in invoices
+    assert "web-" in section(page, "user-deployments")
+    cards = section(page, "user-cards")
+    assert "Visa •••• 4242" in cards and "(default)" in cards
+    assert "pm_secret" not in page and "fp_secret" not in page
+    assert code in section(page, "user-vouchers") and "$7.00" in section(page, "user-vouchers")
+    assert "billing.invoice" in section(page, "user-events")
+    assert "Your voucher request was rejected" in section(page, "user-mail")
+    actions = section(page, "user-admin-actions")
+    assert "credit.granted" in actions and "voucher_request.rejected" in actions
+    assert "boss@example.com" in actions
+    assert f"/admin/audit?user_id={ann.id}" in actions
+    log = client.get(f"/admin/audit?user_id={ann.id}").get_data(as_text=True)
+    assert log.count('<tr id="audit-') == 2
