@@ -89,7 +89,10 @@ def mails(app) -> list[tuple]:
 def requests_of(app) -> list[tuple]:
     return query(
         app,
-        lambda: [(r.status, r.attempts) for r in db.session.scalars(select(JobRequest))],
+        lambda: [
+            (r.status, r.attempts)
+            for r in db.session.scalars(select(JobRequest).order_by(JobRequest.id))
+        ],
     )
 
 
