@@ -90,10 +90,25 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+# Every app the session built; the first is the shared one (`_app`).
+_BUILT: list = []
+
+
+@pytest.fixture(autouse=True)
+def _release_connections():
+    """After each test, close the idle pooled connections of the apps built with extra
+    config: each holds its own pool, and a long PostgreSQL run would otherwise keep dozens of
+    idle connections open and starve the concurrency tests of max_connections."""
+    yield
+    for built_app in _BUILT[1:]:
+        with built_app.app_context():
+            db.engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def make_app(database_url, redis_url):
     """Build an app on the test database with extra config (migrated once)."""
-    migrated, built = [], []
+    migrated, built = [], _BUILT
 
     def build(**overrides):
         app = create_app(
