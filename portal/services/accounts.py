@@ -14,7 +14,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..db import Page, rowcount
+from ..db import rowcount
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
@@ -461,18 +461,3 @@ def revoke_admin(user: User, *, by: User | None = None) -> int:
         after={"is_admin": False, "tokens_revoked": revoked},
     )
     return revoked
-
-
-def list_users(*, query: str = "", page: int = 1, per_page: int = 25) -> Page:
-    """Users for the admin area, newest first, with a simple email/name search."""
-    stmt = select(User)
-    if query:
-        like = f"%{query.strip().lower()}%"
-        stmt = stmt.where((User.email.like(like)) | (db.func.lower(User.name).like(like)))
-    total = db.session.execute(select(db.func.count()).select_from(stmt.subquery())).scalar_one()
-    items = list(
-        db.session.scalars(
-            stmt.order_by(User.id.desc()).limit(per_page).offset((page - 1) * per_page)
-        )
-    )
-    return Page(items, page, per_page, total)
