@@ -1,11 +1,19 @@
-"""Cross-cutting web wiring: sessions, error pages, security headers, template filters."""
+"""Cross-cutting web wiring: sessions, the request's unit of work, error pages, security
+headers, template filters.
+
+The unit of work: a request's writes are committed once, after the view, while the response
+has not left yet (``after_request``): an answer below 400 commits, any other answer or an
+exception rolls back. Views never commit; a service commits by itself only where its work
+must be durable before a side effect (a call to the card gateway). A commit that fails
+answers 500 (the JSON error body under /api/) instead of the success the view prepared.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, g, jsonify, render_template, request, session
 from flask_wtf.csrf import CSRFError, generate_csrf
 from werkzeug.exceptions import HTTPException
 
@@ -50,6 +58,33 @@ def json_error(status: int, code: str, message: str, fields: dict[str, str] | No
     if fields:
         body["error"]["fields"] = fields
     return jsonify(body), status
+
+
+def discard_changes() -> None:
+    """For a view that answers below 400 after catching a refusal (a form shown again with a
+    service's error, a redirect after the gateway failed): the request's writes so far are
+    rolled back now, so the page shows what is stored, and nothing of it is committed."""
+    db.session.rollback()
+    g.unit_of_work_discarded = True
+
+
+def _rollback_quietly() -> None:
+    try:
+        db.session.rollback()
+    except Exception:  # the connection is gone: nothing of the request was committed
+        current_app.logger.exception("rollback failed")
+
+
+def server_error_response():
+    """The 500 page, or the JSON error body under /api/."""
+    if wants_json():
+        return json_error(500, "server_error", "Something went wrong on our side.")
+    return render_template(
+        "errors/error.html",
+        code=500,
+        title="Something went wrong",
+        message="The error has been logged. Please try again.",
+    ), 500
 
 
 def init_web(app: Flask) -> None:
@@ -125,7 +160,7 @@ def init_web(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        db.session.rollback()
+        db.session.rollback()  # before rendering: the page reads what is stored
         if wants_json():
             return json_error(exc.http_status, exc.code, exc.message, exc.fields)
         return render_template(
@@ -140,15 +175,36 @@ def init_web(app: Flask) -> None:
         if isinstance(exc, HTTPException):
             return http_error(exc)
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        db.session.rollback()
-        if wants_json():
-            return json_error(500, "server_error", "Something went wrong on our side.")
-        return render_template(
-            "errors/error.html",
-            code=500,
-            title="Something went wrong",
-            message="The error has been logged. Please try again.",
-        ), 500
+        _rollback_quietly()
+        return server_error_response()
+
+    # Registered after security_headers, so it runs before it (Flask runs after_request
+    # functions last registered first): a 500 made here gets the headers too.
+    @app.after_request
+    def end_unit_of_work(response):
+        if response.status_code >= 400 or g.get("unit_of_work_discarded"):
+            _rollback_quietly()
+            return response
+        unit = db.session()
+        expire = unit.expire_on_commit
+        # A streamed body (a CSV export) is written after this: what the view loaded stays
+        # readable then.
+        unit.expire_on_commit = expire and not response.is_streamed
+        try:
+            unit.commit()
+        except Exception:
+            app.logger.exception("commit failed on %s %s", request.method, request.path)
+            _rollback_quietly()
+            session.pop("_flashes", None)  # the view's "done" did not happen
+            return app.make_response(server_error_response())
+        finally:
+            unit.expire_on_commit = expire
+        return response
+
+    @app.teardown_request
+    def roll_back_on_exception(exc: BaseException | None) -> None:
+        if exc is not None:
+            _rollback_quietly()
 
     @app.context_processor
     def template_globals():

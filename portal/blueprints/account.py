@@ -9,8 +9,8 @@ from wtforms import PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..errors import ServiceError
-from ..extensions import db
 from ..services import accounts
+from ..web import discard_changes
 from .helpers import form_errors_from, see_other
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -46,9 +46,9 @@ def password():
         try:
             accounts.change_password(current_user, form.current_password.data, form.password.data)
         except ServiceError as exc:
+            discard_changes()
             form_errors_from(form, exc)
         else:
-            db.session.commit()  # every other login of the account has ended; this one stays
             flash("Password changed. Other sessions have been signed out.", "success")
             return see_other("account.password")
     return render_template("account/password.html", form=form)
@@ -73,9 +73,9 @@ def tokens():
                 current_user, name=form.name.data, scope=form.scope.data
             )
         except ServiceError as exc:
+            discard_changes()
             form_errors_from(form, exc)
         else:
-            db.session.commit()
             form = _token_form()
             form.name.data = ""
     return render_template(
@@ -91,6 +91,5 @@ def tokens():
 def revoke_token(token_id: int):
     if RevokeForm().validate_on_submit():
         accounts.revoke_token(current_user, token_id)  # NotFound -> 404 for others' tokens
-        db.session.commit()
         flash("Token revoked.", "success")
     return see_other("account.tokens")

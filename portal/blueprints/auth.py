@@ -9,9 +9,10 @@ from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..errors import ServiceError
-from ..extensions import db, limiter
+from ..extensions import limiter
 from ..models import User
 from ..services import accounts
+from ..web import discard_changes
 from .helpers import form_errors_from, safe_next, see_other
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -61,7 +62,6 @@ def _log_in(user: User) -> None:
     session.pop(field, None)  # Flask-WTF's raw token; the next form gets a fresh one
     g.pop(field, None)
     accounts.start_session(user)
-    db.session.commit()
     login_user(user)
 
 
@@ -74,7 +74,7 @@ def login():
     if form.validate_on_submit():
         user = accounts.authenticate(form.email.data, form.password.data)
         if user is not None:
-            _log_in(user)  # commits a rehashed password too, if the parameters moved on
+            _log_in(user)  # a rehashed password is saved too, if the parameters moved on
             return redirect(safe_next(url_for("wallet.index")), code=303)
         form.password.errors.append("Email or password is incorrect.")
     return render_template("auth/login.html", form=form)
@@ -93,10 +93,9 @@ def register():
         try:
             email = accounts.request_registration(email=form.email.data, name=form.name.data)
         except ServiceError as exc:
-            db.session.rollback()
+            discard_changes()
             form_errors_from(form, exc)
         else:
-            db.session.commit()
             flash(REGISTER_SENT.format(email=email), "info")
             return see_other("auth.login")
     return render_template("auth/register.html", form=form)
@@ -106,7 +105,6 @@ def register():
 def logout():
     if current_user.is_authenticated:
         accounts.end_session(current_user)  # a saved copy of the cookie is refused from now on
-        db.session.commit()
     session.clear()  # the CSRF token too
     logout_user()
     flash("You are logged out.", "info")
@@ -119,7 +117,6 @@ def forgot():
     form = ForgotForm()
     if form.validate_on_submit():
         accounts.request_password_reset(form.email.data)
-        db.session.commit()
         flash(
             "If an account uses that address, a link to set a new password is on its way.", "info"
         )
@@ -139,6 +136,7 @@ def reset_password(token: str):
         try:
             accounts.set_password(user, form.password.data)  # ends every other login
         except ServiceError as exc:
+            discard_changes()
             form_errors_from(form, exc)
         else:
             _log_in(user)

@@ -7,13 +7,13 @@ from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
 from .. import htmx as hx
-from ..extensions import db
 from ..gateways import GatewayError
 from ..models import USER_INVOICE_STATUS_LABELS, AttemptStatus
 from ..services.invoicing import documents
 from ..services.invoicing import invoices as invoicing
 from ..services.payments import card_charges, settlement
 from ..services.payments.pay import Outcome, pay_invoice
+from ..web import discard_changes
 from .helpers import page_arg, pdf_response, public_url, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
@@ -109,10 +109,9 @@ def complete_payment(invoice_id: int):
             return_url=public_url("invoices.confirmed", invoice_id=invoice_id),
         )
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"The card processor did not answer: {exc.message}", "error")
         return see_other("invoices.show", invoice_id=invoice_id)
-    db.session.commit()
     if url:
         return redirect(url, code=303)
     return see_other("invoices.show", invoice_id=invoice_id)
@@ -126,10 +125,9 @@ def confirmed(invoice_id: int):
     try:
         attempt = card_charges.refresh(current_user, request.args.get("payment_intent", ""))
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"We could not check the payment yet: {exc.message}", "error")
         return see_other("invoices.show", invoice_id=invoice_id)
-    db.session.commit()
     if attempt.status == AttemptStatus.SUCCEEDED:
         flash("Thank you: the card payment went through.", "success")
     elif attempt.status == AttemptStatus.FAILED:

@@ -7,9 +7,9 @@ from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
 from ..errors import ServiceError
-from ..extensions import db
 from ..gateways import GatewayError
 from ..services.payments import cards
+from ..web import discard_changes
 from .helpers import public_url, see_other
 
 bp = Blueprint("payment_methods", __name__, url_prefix="/payment-methods")
@@ -49,10 +49,9 @@ def add():
             cancel_url=public_url("payment_methods.index"),
         )
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"Cards cannot be added right now: {exc.message}", "error")
         return see_other(".index")
-    db.session.commit()
     return redirect(session.url, code=303)
 
 
@@ -64,10 +63,9 @@ def added():
     try:
         saved = cards.finish_setup_session(current_user, session_id)
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"We could not check the new card: {exc.message}", "error")
         return see_other(".index")
-    db.session.commit()
     flash(saved.message, "success" if saved.card else "error")
     return see_other(".index")
 
@@ -78,7 +76,6 @@ def make_default(card_id: int):
     if not ActionForm().validate_on_submit():
         return _render(400)
     card = cards.set_default(current_user, card_id)  # another user's card: 404
-    db.session.commit()
     flash(f"{card.label} is your default card.", "success")
     return see_other(".index")
 
@@ -91,11 +88,10 @@ def delete(card_id: int):
     try:
         card = cards.remove_card(current_user, card_id)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         if exc.http_status == 404:
             raise
         flash(exc.message, "error")
         return _render(409)
-    db.session.commit()
     flash(f"{card.label} was removed.", "success")
     return see_other(".index")

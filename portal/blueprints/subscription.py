@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from flask import Blueprint, render_template
 from flask_login import login_required
 
-from ..extensions import db
 from ..services.metering import catalog
 
 bp = Blueprint("subscription", __name__, url_prefix="/subscription")
@@ -19,6 +18,5 @@ bp = Blueprint("subscription", __name__, url_prefix="/subscription")
 def index():
     now = datetime.now(UTC)
     current = catalog.version_at(now)
-    db.session.commit()  # the first version, if this created it
     scheduled = [v for v in reversed(catalog.list_versions()) if v.effective_from > now]
     return render_template("subscription/index.html", current=current, scheduled=scheduled)

@@ -13,13 +13,13 @@ from wtforms.validators import DataRequired, Length
 
 from .. import htmx as hx
 from ..errors import ServiceError
-from ..extensions import db
 from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
 from ..services.payments import card_charges, cards, pay, topups
 from ..services.wallet import ledger, vouchers
+from ..web import discard_changes
 from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
 from .limits import voucher_redeem_limit
 
@@ -81,10 +81,9 @@ def redeem():
         try:
             value = vouchers.redeem(current_user, form.code.data)
         except ServiceError as exc:
-            db.session.rollback()
+            discard_changes()
             form.code.errors = [exc.message[:1].upper() + exc.message[1:] + "."]
         else:
-            db.session.commit()
             flash(f"{value.format()} added to your voucher balance.", "success")
             return see_other("wallet.index")
     return _render(redeem_form=form, status=422)
@@ -101,10 +100,9 @@ def request_voucher():
         except AmountError as exc:
             form.amount.errors.append(f"The amount {exc}.")
         except ServiceError as exc:
-            db.session.rollback()
+            discard_changes()
             form_errors_from(form, exc)
         else:
-            db.session.commit()
             flash("Your request was sent; you will get an email with the answer.", "success")
             return see_other("wallet.index")
     return _render(request_form=form, status=422)
@@ -135,10 +133,10 @@ def top_up():
     except AmountError as exc:
         form.amount.errors.append(f"The amount {exc}.")
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         form_errors_from(form, exc)
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"The card processor did not take the payment: {exc.message}", "error")
     else:
         if started.redirect_url:
@@ -169,10 +167,9 @@ def top_up_done():
     try:
         outcome = topups.return_from_checkout(current_user, query_arg("session_id", 255))
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"We could not check the payment yet: {exc.message}", "error")
         return see_other("wallet.index")
-    db.session.commit()
     if outcome.credited:
         amount = Money(outcome.session.amount_minor or 0, outcome.session.currency)
         flash(f"{amount.format()} added to your prepaid balance.", "success")
@@ -188,9 +185,8 @@ def top_up_card_return():
     try:
         attempt = card_charges.refresh(current_user, query_arg("payment_intent", 255))
     except GatewayError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"We could not check the payment yet: {exc.message}", "error")
         return see_other("wallet.index")
-    db.session.commit()
     _flash_attempt(attempt)
     return see_other("wallet.index")

@@ -13,7 +13,7 @@ import logging
 
 from flask import Blueprint, jsonify, request
 
-from ..extensions import csrf, db
+from ..extensions import csrf
 from ..gateways import GatewayNotConfigured, LivemodeMismatch, SignatureError, get_gateway
 from ..request_guard import body_limit
 from ..services.payments import inbox
@@ -40,5 +40,4 @@ def receive():
         return jsonify({"received": False, "ignored": "livemode"}), 200
     except GatewayNotConfigured:
         return json_error(503, "not_configured", "payments are not configured")
-    db.session.commit()
     return jsonify({"received": True, "duplicate": not received.created}), 200

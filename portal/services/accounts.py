@@ -386,6 +386,8 @@ def token_for(plain: str) -> ApiToken | None:
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=5):
         token.last_used_at = now  # coarse, so reads do not write on every call
+        # Its own commit, before the call's work: the mark stands whatever the call answers.
+        db.session.commit()
     return token
 
 

@@ -12,10 +12,10 @@ from wtforms import DateTimeLocalField, StringField
 from wtforms.validators import DataRequired, Length, Optional
 
 from ...errors import NotFound, ServiceError
-from ...extensions import db
 from ...forms import AmountField, PlausibleDate, check_date, parse_amount
 from ...money import AmountError, micros_to_decimal
 from ...services.metering import catalog, reports
+from ...web import discard_changes
 from .. import helpers
 from . import bp
 
@@ -90,7 +90,6 @@ def _render_prices(
 def prices():
     form = PriceVersionForm(formdata=None)
     version = catalog.version_at(datetime.now(UTC))
-    db.session.commit()  # the first version, if this created it
     _prefill(form, version)
     return _render_prices(form)
 
@@ -114,10 +113,9 @@ def create_price_version():
     try:
         version = catalog.create_version(change, created_by=current_user)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         helpers.form_errors_from(form, exc)
         return _render_prices(form, 422)
-    db.session.commit()
     flash(
         f"Price version {version.version} takes effect {version.effective_from:%Y-%m-%d %H:%M} UTC. "
         "Running deployments keep the prices they started with.",

@@ -12,12 +12,12 @@ from wtforms import HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from ...errors import NotFound, ServiceError
-from ...extensions import db
 from ...forms import AmountField
 from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
+from ...web import discard_changes
 from .. import helpers
 from . import bp
 
@@ -130,10 +130,9 @@ def generate_invoice():
         form.email.errors.append("No user has this email.")
         return _render_list(form, 422)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         _place_errors(form, exc)
         return _render_list(form, exc.http_status)
-    db.session.commit()
     flash(
         f"Issued invoice {invoice.number} to {user.email}."
         if created
@@ -157,12 +156,11 @@ def void_invoice(invoice_id: int):
     try:
         invoicing.void_invoice(invoice, reason=form.reason.data, voided_by=current_user)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
             invoicing.get_for_owner(None, invoice_id), void_form=form, status=exc.http_status
         )
-    db.session.commit()
     flash(f"Voided invoice {invoice.number}.", "success")
     return helpers.see_other("admin.invoice", invoice_id=invoice_id)
 
@@ -186,11 +184,10 @@ def record_payment(invoice_id: int):
         form.amount.errors.append(f"The amount {exc}.")
         return _render_invoice(invoice, payment_form=form, status=422)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         helpers.form_errors_from(form, exc)
         return _render_invoice(
             invoicing.get_for_owner(None, invoice_id), payment_form=form, status=exc.http_status
         )
-    db.session.commit()
     flash(f"Recorded a payment of {amount.format()} on {invoice.number}.", "success")
     return helpers.see_other("admin.invoice", invoice_id=invoice_id)

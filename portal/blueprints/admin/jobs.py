@@ -11,7 +11,6 @@ from wtforms import HiddenField
 from wtforms.validators import Length
 
 from ... import htmx as hx
-from ...extensions import db
 from ...models import utcnow
 from ...services.admin import jobs as admin_jobs
 from ...tasks import requests, scheduler
@@ -47,7 +46,6 @@ def run_job(name: str):
     run, created = admin_jobs.run_now(
         name, requested_by=current_user, request_key=form.request_id.data or None, now=utcnow()
     )
-    db.session.commit()  # the run is enqueued once this commits
     flash(
         f"Started {run.job_name} ({run.job_id})."
         if created
@@ -70,7 +68,6 @@ def retry_job(job_id: str):
     if not RetryForm().validate_on_submit():
         abort(400)
     queue = scheduler.retry_failed(job_id, now=utcnow())
-    db.session.commit()
     flash(f"{job_id} is back on the {queue} queue.", "success")
     return helpers.see_other("admin.jobs")
 
@@ -80,6 +77,5 @@ def retry_task(task: str):
     if not RetryForm().validate_on_submit():
         abort(400)
     count = requests.retry_failed(task=task, now=utcnow())
-    db.session.commit()  # they are sent once this commits
     flash(f"{count} failed {task} job{'' if count == 1 else 's'} will run again.", "success")
     return helpers.see_other("admin.jobs")

@@ -20,6 +20,7 @@ from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.wallet import credits, ledger
+from ...web import discard_changes
 from .. import helpers
 from . import bp
 
@@ -83,10 +84,9 @@ def grant_credit(user_id: int):
         form.amount.errors.append(f"The amount {exc}.")
         return _render_user(user, form, 422)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         helpers.form_errors_from(form, exc)
         return _render_user(user, form, 422)
-    db.session.commit()
     flash(f"Granted {amount.format()} of credit to {user.email}.", "success")
     return helpers.see_other("admin.user", user_id=user.id)
 
@@ -100,10 +100,9 @@ def revoke_admin(user_id: int):
     try:
         revoked = accounts.revoke_admin(user, by=current_user)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         flash(f"Not done: {exc.message}.", "error")
     else:
-        db.session.commit()
         flash(
             f"{user.email} is no longer an admin; {revoked} admin or platform "
             f"token{'' if revoked == 1 else 's'} revoked.",

@@ -12,10 +12,10 @@ from wtforms import DateField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from ...errors import ServiceError
-from ...extensions import db
 from ...forms import AmountField, PlausibleDate, WholeNumberField
 from ...money import AmountError, Money
 from ...services.wallet import vouchers
+from ...web import discard_changes
 from .. import helpers
 from . import bp
 
@@ -93,10 +93,9 @@ def create_vouchers():
         form.value.errors.append(f"The value {exc}.")
         return _page(form, 422)
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()
         helpers.form_errors_from(form, exc)
         return _page(form, 422)
-    db.session.commit()
     flash(f"{len(created)} voucher code(s) of {value.format()} created.", "success")
     return _page(VoucherForm(formdata=None), created=created[:50])
 
@@ -127,6 +126,5 @@ def _decide(request_id: int, *, approve: bool):
         vouchers.decide_request(
             request_id, approve=approve, admin=current_user, note=form.note.data or ""
         )
-        db.session.commit()
         flash(f"Request {request_id} {'approved' if approve else 'rejected'}.", "success")
     return helpers.see_other("admin.vouchers_index")

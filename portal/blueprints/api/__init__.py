@@ -4,9 +4,9 @@ document at /api/plugins/billing/openapi.json, shown at /api/plugins/billing/doc
 from flask import Blueprint
 
 from ...errors import ServiceError
-from ...extensions import csrf, db
+from ...extensions import csrf
 from ...money import AmountError
-from ...web import json_error
+from ...web import discard_changes, json_error
 
 bp = Blueprint("api", __name__, url_prefix="/api/plugins/billing")
 csrf.exempt(bp)  # bearer tokens only, never the session cookie, so no CSRF to defend
@@ -14,7 +14,7 @@ csrf.exempt(bp)  # bearer tokens only, never the session cookie, so no CSRF to d
 
 @bp.errorhandler(ServiceError)
 def _service_error(exc: ServiceError):
-    db.session.rollback()
+    discard_changes()
     return json_error(exc.http_status, exc.code, exc.message, exc.fields)
 
 

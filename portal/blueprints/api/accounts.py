@@ -6,7 +6,6 @@ import uuid
 
 from flask import g
 
-from ...extensions import db
 from ...models import TokenScope
 from ...money import Money
 from ...services import accounts
@@ -53,7 +52,6 @@ def create_user(body: CreateUser):
     """Idempotent by email: 201 when new (a set-password link is emailed), 200 when the
     user exists, 409 when it exists with another name."""
     user, created = accounts.ensure_platform_user(email=body.email, name=body.name)
-    db.session.commit()
     return user_json(user), 201 if created else 200
 
 
@@ -96,7 +94,6 @@ def grant_credit(body: GrantCredit):
         granted_by=g.api_user,
         idempotency_key=key,
     )
-    db.session.commit()
     return credit_json(lot), 201 if created else 200
 
 

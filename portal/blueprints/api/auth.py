@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from flask import abort, g, request
 
 from ...errors import NotFound
-from ...extensions import db
 from ...models import TokenScope, User
 from ...services import accounts
 
@@ -24,7 +23,6 @@ def authenticate(scopes: Iterable[TokenScope | str]) -> None:
     if token.scope not in allowed:
         abort(403, f"This endpoint needs a token with scope {' or '.join(sorted(allowed))}.")
     g.api_token, g.api_user = token, token.user
-    db.session.commit()  # last_used_at, if it moved
 
 
 def find_user(ref: int | str) -> User:

@@ -105,7 +105,6 @@ def version_json(version: PriceVersion) -> dict:
 def prices():
     now = datetime.now(UTC)
     current = catalog.version_at(now)
-    db.session.commit()  # the first version, if this created it
     scheduled = [v for v in catalog.list_versions() if v.effective_from > now]
     return PricesOut(
         **version_json(current),
@@ -157,7 +156,6 @@ def create_deployment(body: CreateDeployment):
         started_at=body.started_at,
         max_backdate=_backdate(),
     )
-    db.session.commit()
     return deployment_json(dep), 201 if created else 200
 
 
@@ -193,7 +191,6 @@ def update_deployment(external_id: str, body: UpdateDeployment):
         effective_at=body.effective_at,
         max_backdate=_backdate(),
     )
-    db.session.commit()
     return deployment_json(dep)
 
 
@@ -211,7 +208,6 @@ def delete_deployment(external_id: str, body: DeleteDeployment):
     dep = deployments.delete_deployment(
         _lookup(external_id), ended_at=body.ended_at, max_backdate=_backdate()
     )
-    db.session.commit()
     return deployment_json(dep)
 
 
@@ -226,7 +222,6 @@ def delete_deployment(external_id: str, body: DeleteDeployment):
 def heartbeat(external_id: str):
     """Sessions silent for SESSION_HEARTBEAT_TIMEOUT_MINUTES end at their last heartbeat."""
     dep = deployments.heartbeat(_lookup(external_id))
-    db.session.commit()
     return deployment_json(dep)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from flask import current_app, g
 
 from ...errors import NotFound, ValidationFailed
-from ...extensions import db
 from ...models import Invoice, TokenScope
 from ...services import calendar
 from ...services.invoicing import documents, invoices, run
@@ -161,7 +160,6 @@ def create_invoice(body: CreateInvoice):
     invoice, created = run.generate_for_user(
         user, body.period_start, body.period_end, created_by=g.api_user
     )
-    db.session.commit()
     return invoice_detail(invoice), 201 if created else 200
 
 
@@ -209,7 +207,6 @@ def void_invoice(invoice_id: int, body: VoidInvoice):
     invoice = invoices.void_invoice(
         invoices.get_for_owner(None, invoice_id), reason=body.reason, voided_by=g.api_user
     )
-    db.session.commit()
     return invoice_detail(invoice)
 
 
@@ -234,7 +231,6 @@ def record_payment(invoice_id: int, body: OfflinePayment):
         recorded_by=g.api_user,
         idempotency_key=f"api:{g.api_user.id}:{client_key}" if client_key else None,
     )
-    db.session.commit()
     return invoice_detail(invoice)
 
 

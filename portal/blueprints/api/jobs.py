@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import g
 
-from ...extensions import db
 from ...models import TokenScope, utcnow
 from ...services.admin import jobs as admin_jobs
 from ...tasks import scheduler
@@ -140,7 +139,6 @@ def run_job(name: str):
     run, _ = admin_jobs.run_now(
         name, requested_by=g.api_user, request_key=idempotency_key(), now=utcnow()
     )
-    db.session.commit()  # enqueued once this commits
     return RunStarted(job_id=run.job_id, status=run.status, run_id=run.id, job=run.job_name), 202
 
 

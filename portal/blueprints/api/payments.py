@@ -8,13 +8,12 @@ from typing import cast
 from flask import current_app, g
 
 from ...errors import InvalidTransition, ServiceError
-from ...extensions import db
 from ...gateways import GatewayError
 from ...models import TokenScope
 from ...money import Money
 from ...services.invoicing import invoices
 from ...services.payments import cards, pay, settlement, topups
-from ...web import json_error
+from ...web import discard_changes, json_error
 from . import bp
 from .fields import idempotency_key, to_money
 from .invoices import detail_fields
@@ -56,7 +55,7 @@ def card_json(card) -> CardOut:
 
 @bp.errorhandler(GatewayError)
 def _gateway_error(exc: GatewayError):
-    db.session.rollback()
+    discard_changes()
     return json_error(502, "gateway_error", exc.message)
 
 
@@ -77,7 +76,6 @@ def list_payment_methods():
 )
 def default_payment_method(card_id: int):
     card = cards.set_default(g.api_user, card_id)
-    db.session.commit()
     return card_json(card)
 
 
@@ -88,7 +86,6 @@ def default_payment_method(card_id: int):
 def delete_payment_method(card_id: int):
     """409 conflict when the last-card rule forbids it."""
     cards.remove_card(g.api_user, card_id)
-    db.session.commit()  # no content: 204
 
 
 @bp.post("/create-checkout")
@@ -115,7 +112,6 @@ def create_checkout(body: CreateCheckout):
         cancel_url=f"{base}/wallet/",
         idempotency_key=idempotency_key(),
     )
-    db.session.commit()
     return CheckoutOut(
         checkout_url=session.url,
         session_id=session.gateway_session_id,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Response, current_app, g, stream_with_context
 
-from ...extensions import db
 from ...models import TokenScope
 from ...services.wallet import ledger, vouchers
 from ..limits import voucher_redeem_limit
@@ -38,7 +37,6 @@ def redeem_voucher(body: Redeem):
     """Into the voucher balance: 404 unknown code, 409 used or expired, 429 after
     VOUCHER_RATE_LIMIT attempts (one count with the Wallet form's)."""
     value = vouchers.redeem(g.api_user, body.code)
-    db.session.commit()
     b = ledger.balances(g.api_user)
     return RedeemOut(
         redeemed=str(value.amount),
@@ -80,7 +78,6 @@ def create_vouchers(body: CreateVouchers):
         note=body.note or "",
         created_by=g.api_user,
     )
-    db.session.commit()
     return VoucherBatch(batch=created[0].batch, vouchers=[voucher_json(v) for v in created]), 201
 
 

@@ -126,6 +126,7 @@ def record_payment(
             "billing.invoice.paid", f"invoice:{invoice.id}", invoice_event(invoice), invoice.user_id
         )
     db.session.flush()
+    db.session.expire(invoice, ["payments"])  # read again with this one, if loaded before
     return payment
 
 
