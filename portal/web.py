@@ -182,7 +182,9 @@ def init_web(app: Flask) -> None:
     # functions last registered first): a 500 made here gets the headers too.
     @app.after_request
     def end_unit_of_work(response):
-        if response.status_code >= 400 or g.get("unit_of_work_discarded"):
+        # pop: g outlives the request when the caller holds the app context (tests do)
+        discarded = g.pop("unit_of_work_discarded", False)
+        if response.status_code >= 400 or discarded:
             _rollback_quietly()
             return response
         unit = db.session()

@@ -5,6 +5,7 @@ import hidden inside a function."""
 from __future__ import annotations
 
 import pkgutil
+import re
 import subprocess
 import sys
 import tomllib
@@ -43,3 +44,16 @@ def test_every_module_but_the_factory_and_web_is_kept_from_the_blueprints():
 def test_no_import_hides_inside_a_function():
     result = run(str(BIN / "ruff"), "check", "--select", "PLC0415", "portal", "jobs")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_view_commits_or_rolls_back_by_hand():
+    """The request's unit of work (portal/web.py) commits once after the view; a view that
+    must drop what it wrote calls web.discard_changes. Services commit where a side effect
+    needs it."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "portal" / "blueprints").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.commit\(|\.rollback\(", line)
+    ]
+    assert not found, "\n".join(found)
