@@ -401,12 +401,19 @@ def list_tokens(user: User) -> list[ApiToken]:
     )
 
 
-def revoke_token(user: User, token_id: int) -> None:
+def get_token_for_owner(user: User, token_id: int) -> ApiToken:
+    """The one owner-scoped API token lookup: ``user``'s token; another user's is NotFound,
+    as if it did not exist."""
     token = db.session.scalar(
         select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id)
     )
     if token is None:
         raise NotFound("no such token")
+    return token
+
+
+def revoke_token(user: User, token_id: int) -> None:
+    token = get_token_for_owner(user, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         audit.record(

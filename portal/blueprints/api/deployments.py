@@ -122,7 +122,7 @@ def _platform_user(ref: int | str) -> User:
 def _lookup(external_id: str) -> Deployment:
     # Users see only their own deployments; the platform and admins see all.
     own = g.api_user if g.api_token.scope == USER else None
-    return deployments.get_deployment(external_id, user=own)
+    return deployments.get_for_owner(own, external_id)
 
 
 def _backdate() -> timedelta:

@@ -128,11 +128,12 @@ def check_labels(labels: object) -> dict[str, str]:
     return labels
 
 
-def get_deployment(external_id: str, *, user: User | None = None) -> Deployment:
-    """By the platform's id; with ``user``, only that user's (others' answer not found)."""
+def get_for_owner(owner: User | None, external_id: str) -> Deployment:
+    """The one owner-scoped deployment lookup, by the platform's id: ``owner``'s deployment
+    (None: any, for the platform and admins); another user's is NotFound."""
     query = select(Deployment).where(Deployment.external_id == external_id)
-    if user is not None:
-        query = query.where(Deployment.user_id == user.id)
+    if owner is not None:
+        query = query.where(Deployment.user_id == owner.id)
     deployment = db.session.scalar(query)
     if deployment is None:
         raise NotFound(f"no deployment {external_id!r}")

@@ -399,9 +399,9 @@ def start_authentication(user: User, attempt: PaymentAttempt, return_url: str) -
     return None
 
 
-def refresh(user: User, payment_intent: str) -> PaymentAttempt:
-    """GATEWAY CALL. The customer is back from the gateway's page: take the payment's state
-    now (the webhook may not have arrived yet)."""
+def get_for_owner(user: User, payment_intent: str) -> PaymentAttempt:
+    """The one owner-scoped card payment lookup, by the gateway's payment id: ``user``'s
+    attempt; another user's is NotFound, as if it did not exist."""
     attempt = db.session.scalar(
         select(PaymentAttempt).where(
             PaymentAttempt.gateway_payment_id == payment_intent, PaymentAttempt.user_id == user.id
@@ -409,7 +409,13 @@ def refresh(user: User, payment_intent: str) -> PaymentAttempt:
     )
     if attempt is None:
         raise NotFound("no such payment")
-    attempt_id = attempt.id
+    return attempt
+
+
+def refresh(user: User, payment_intent: str) -> PaymentAttempt:
+    """GATEWAY CALL. The customer is back from the gateway's page: take the payment's state
+    now (the webhook may not have arrived yet)."""
+    attempt_id = get_for_owner(user, payment_intent).id
     db.session.commit()
     return apply_result(attempt_id, get_gateway().retrieve_payment_intent(payment_intent))
 
@@ -507,7 +513,7 @@ def top_up_with_card(
     ``nonce`` identifies the form submission (twice submitted, charged once). Returns the
     attempt and, when the bank wants the customer to confirm, the page to send them to."""
     topups.check_amount(user, amount)
-    card = cards.get_card(user, card_id)
+    card = cards.get_for_owner(user, card_id)
     attempt = open_topup_attempt(user, card, amount, nonce)
     attempt_id = attempt.id
     db.session.commit()

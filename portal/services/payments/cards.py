@@ -94,7 +94,9 @@ def list_cards(user: User) -> list[PaymentMethod]:
     )
 
 
-def get_card(user: User, card_id: int) -> PaymentMethod:
+def get_for_owner(user: User, card_id: int) -> PaymentMethod:
+    """The one owner-scoped card lookup: ``user``'s saved card; another user's (or a removed
+    one) is NotFound, as if it did not exist."""
     card = db.session.scalar(
         select(PaymentMethod).where(
             PaymentMethod.id == card_id,
@@ -148,17 +150,27 @@ class Saved:
         return f"{self.card.label} is saved." if self.card else ""
 
 
+def checkout_for_owner(
+    user: User, gateway_session_id: str, *, purpose: str | None = None
+) -> CheckoutSession:
+    """The one owner-scoped lookup of a gateway page we opened (a top-up's checkout, an "add a
+    card" page), by the gateway's session id: ``user``'s (of ``purpose``, when given);
+    another user's is NotFound, as if it did not exist."""
+    query = select(CheckoutSession).where(
+        CheckoutSession.gateway_session_id == gateway_session_id,
+        CheckoutSession.user_id == user.id,
+    )
+    if purpose is not None:
+        query = query.where(CheckoutSession.purpose == purpose)
+    row = db.session.scalar(query)
+    if row is None:
+        raise NotFound("no such card setup" if purpose == "setup" else "no such checkout")
+    return row
+
+
 def finish_setup_session(user: User, gateway_session_id: str) -> Saved:
     """The customer is back from the "add a card" page: save what it verified."""
-    row = db.session.scalar(
-        select(CheckoutSession).where(
-            CheckoutSession.gateway_session_id == gateway_session_id,
-            CheckoutSession.user_id == user.id,
-            CheckoutSession.purpose == "setup",
-        )
-    )
-    if row is None:
-        raise NotFound("no such card setup")
+    row = checkout_for_owner(user, gateway_session_id, purpose="setup")
     session = get_gateway().retrieve_checkout_session(gateway_session_id)
     if session.status != "complete" or not session.setup_intent:
         return Saved(None, problem="The card was not saved: the page was not completed.")
@@ -243,7 +255,7 @@ def detach(gateway_id: str) -> None:
 
 # -- default and removal ---------------------------------------------------------------------
 def set_default(user: User, card_id: int) -> PaymentMethod:
-    card = get_card(user, card_id)
+    card = get_for_owner(user, card_id)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
     db.session.execute(
         update(PaymentMethod)
@@ -316,7 +328,7 @@ def can_remove(user: User, card: PaymentMethod, now: datetime | None = None) -> 
 def remove_card(user: User, card_id: int, now: datetime | None = None) -> PaymentMethod:
     """Remove a card (kept as history; never charged again); the newest other card becomes
     the default when the default goes."""
-    card = get_card(user, card_id)
+    card = get_for_owner(user, card_id)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
     check = can_remove(user, card, now)
     if not check.allowed:

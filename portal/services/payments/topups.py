@@ -150,12 +150,5 @@ def mark_complete(gateway_session_id: str) -> None:
 
 def return_from_checkout(user: User, gateway_session_id: str) -> CheckoutOutcome:
     """GATEWAY CALL. The customer is back from the checkout page."""
-    row = db.session.scalar(
-        select(CheckoutSession).where(
-            CheckoutSession.gateway_session_id == gateway_session_id,
-            CheckoutSession.user_id == user.id,
-        )
-    )
-    if row is None:
-        raise NotFound("no such checkout")
+    cards.checkout_for_owner(user, gateway_session_id)
     return finish_checkout(get_gateway().retrieve_checkout_session(gateway_session_id), user=user)

@@ -239,16 +239,26 @@ def request_voucher(user: User, *, amount: Money, reason: str) -> VoucherRequest
     return req
 
 
+def get_request_for_owner(
+    owner: User | None, request_id: int, *, for_update: bool = False
+) -> VoucherRequest:
+    """The one owner-scoped voucher request lookup: ``owner``'s request (None: any, for
+    admins); another user's is NotFound, as if it did not exist."""
+    query = select(VoucherRequest).where(VoucherRequest.id == request_id)
+    if owner is not None:
+        query = query.where(VoucherRequest.user_id == owner.id)
+    req = db.session.scalar(query.with_for_update() if for_update else query)
+    if req is None:
+        raise NotFound("no such voucher request")
+    return req
+
+
 def decide_request(
     request_id: int, *, approve: bool, admin: User, note: str = ""
 ) -> VoucherRequest:
     """Approve (a single-use voucher for the requester, redeemed into their wallet at once)
     or reject. Either way the user is told by mail. Deciding twice is refused."""
-    req = db.session.scalar(
-        select(VoucherRequest).where(VoucherRequest.id == request_id).with_for_update()
-    )
-    if req is None:
-        raise NotFound("no such voucher request")
+    req = get_request_for_owner(None, request_id, for_update=True)
     if req.status != "pending":
         raise Conflict(f"this request was already {req.status}")
     user = db.session.get_one(User, req.user_id)

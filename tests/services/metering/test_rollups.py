@@ -172,7 +172,7 @@ def test_a_deployment_reported_late_is_metered_for_its_past_hours(user):
     meter(at(5))
     deploy(user, "late", start=at(1, 30))  # started 11:30, reported after 15:00 was metered
     meter(at(6))
-    late = deployments.get_deployment("late")
+    late = deployments.get_for_owner(None, "late")
     secs = sum(
         r.cpu_ms
         for r in db.session.scalars(select(UsageDaily).where(UsageDaily.deployment_id == late.id))
@@ -199,7 +199,7 @@ def test_deleted_deployments_stay_in_history(user):
     meter(at(3))
     rep = report(user)
     assert [c.deployment.external_id for c in rep.deployments] == ["vm-1"]
-    assert deployments.get_deployment("vm-1").state == "terminated"
+    assert deployments.get_for_owner(None, "vm-1").state == "terminated"
 
 
 def test_sku_deployments_bill_their_hourly_price(user):
