@@ -91,5 +91,8 @@ def list_events(query: EventsQuery):
     rows = events.page_after(query.after, types=query.types, limit=query.limit + 1)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    items = [EventOut(**events.envelope(r.id, r.name, r.created_at, r.payload)) for r in rows]
+    items = [
+        EventOut.model_validate(events.envelope(r.id, r.name, r.created_at, r.payload))
+        for r in rows
+    ]
     return EventsPage(items=items, next_after=rows[-1].id if rows else query.after, has_more=more)
