@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import BigInteger, and_, bindparam, func, literal, select, update
 
 from ...db import Page, bulk_insert, dialect_insert, ids_in
 from ...errors import NotFound, ValidationFailed
@@ -49,6 +49,7 @@ from ...models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from ...models.types import UTCDateTime
 from .. import audit, events, mail
 from . import endpoints, signing
 
@@ -104,43 +105,48 @@ class Policy:
 
 
 def fan_out(*, now: datetime, limit: int = FAN_OUT_AT_ONCE) -> int:
-    """Hand out up to ``limit`` events (oldest first) to the enabled endpoints that take them.
-    Returns how many events were handed out."""
-    rows = db.session.execute(
-        select(Event.id, Event.name, Event.user_id)
-        .where(Event.delivered_at.is_(None))
-        .order_by(Event.id)
-        .limit(limit)
-    ).all()
-    if not rows:
+    """Hand out up to ``limit`` events (oldest first) to the enabled endpoints that take them,
+    one INSERT ... SELECT per endpoint. Returns how many events were handed out."""
+    ids = list(
+        db.session.scalars(
+            select(Event.id).where(Event.delivered_at.is_(None)).order_by(Event.id).limit(limit)
+        )
+    )
+    if not ids:
         return 0
-    targets = [e for e in endpoints.list_endpoints() if e.enabled]
-    deliveries = [
-        {
-            "event_id": event_id,
-            "endpoint_id": endpoint.id,
-            "user_id": user_id,
-            "status": DeliveryStatus.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-        for event_id, name, user_id in rows
-        for endpoint in targets
-        if endpoints.takes(endpoint, name)
-    ]
-    for start in range(0, len(deliveries), 1000):
+    E = Event.__table__
+    for endpoint in endpoints.list_endpoints():
+        if not endpoint.enabled:
+            continue
+        rows = select(
+            E.c.id,
+            literal(endpoint.id, BigInteger),
+            E.c.user_id,
+            literal(DeliveryStatus.PENDING),
+            literal(0),
+            literal(now, UTCDateTime),
+            literal(now, UTCDateTime),
+        ).where(ids_in(E.c.id, ids))
+        if endpoint.event_types is not None:
+            rows = rows.where(E.c.name.in_(endpoint.event_types))
         db.session.execute(
             dialect_insert(D)
-            .values(deliveries[start : start + 1000])
+            .from_select(
+                [
+                    "event_id",
+                    "endpoint_id",
+                    "user_id",
+                    "status",
+                    "attempts",
+                    "next_attempt_at",
+                    "created_at",
+                ],
+                rows,
+            )
             .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
         )
-    db.session.execute(
-        update(Event.__table__)
-        .where(ids_in(Event.__table__.c.id, [r[0] for r in rows]))
-        .values(delivered_at=now)
-    )
-    return len(rows)
+    db.session.execute(update(E).where(ids_in(E.c.id, ids)).values(delivered_at=now))
+    return len(ids)
 
 
 def endpoints_with_due(now: datetime) -> list[int]:
@@ -210,7 +216,7 @@ def _take(endpoint_id: int, *, now: datetime, policy: Policy) -> list[_Item]:
             D.c.user_id,
             D.c.attempts,
             D.c.first_failed_at,
-            D.c.next_attempt_at,
+            (D.c.next_attempt_at <= now).label("due"),
         )
         .where(D.c.endpoint_id == endpoint_id, D.c.status == DeliveryStatus.PENDING)
         .order_by(D.c.event_id)
@@ -221,7 +227,7 @@ def _take(endpoint_id: int, *, now: datetime, policy: Policy) -> list[_Item]:
     for row in window:
         if row.user_id in blocked:
             continue
-        if row.next_attempt_at > now:  # waiting for a retry, or held by another sender
+        if not row.due:  # waiting for a retry, or held by another sender
             blocked.add(row.user_id)
             continue
         picked.append(_Item(row.id, row.event_id, row.user_id, row.attempts, row.first_failed_at))
@@ -326,64 +332,97 @@ class Connection:
         raise AssertionError("unreachable")
 
 
-def _send_all(
-    url: str, items: list[_Item], keys: list[str], *, now: datetime, policy: Policy
-) -> list[_Outcome]:
-    """Send on up to ``concurrency`` connections; each user's deliveries on one connection,
-    in order, stopping at that user's first failure (the rest wait for it)."""
-    lanes: list[list[_Item]] = [[] for _ in range(max(1, min(policy.concurrency, len(items))))]
-    for item in items:
-        lanes[hash(item.user_id) % len(lanes)].append(item)
-    stop = threading.Event()  # the endpoint does not answer at all: stop trying this round
+class Sender:
+    """Sends to one endpoint on up to ``concurrency`` kept-alive connections (lanes), each
+    user's deliveries on one lane, in order, stopping at that user's first failure (the rest
+    wait for it). Kept across rounds by a sender job; close() when done."""
 
-    def run(lane: list[_Item]) -> list[_Outcome]:
-        connection = Connection(url, policy.timeout)
+    def __init__(self, url: str, policy: Policy):
+        self.url, self.policy = url, policy
+        self.lanes = [Connection(url, policy.timeout) for _ in range(max(1, policy.concurrency))]
+        self.pool = (
+            ThreadPoolExecutor(max_workers=len(self.lanes), thread_name_prefix="webhook")
+            if len(self.lanes) > 1
+            else None
+        )
+
+    def close(self) -> None:
+        for connection in self.lanes:
+            connection.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, items: list[_Item], keys: list[str], *, now: datetime) -> list[_Outcome]:
+        work: list[list[_Item]] = [[] for _ in self.lanes]
+        for item in items:
+            work[hash(item.user_id) % len(work)].append(item)
+        stop = threading.Event()  # the endpoint does not answer at all: stop this round
+        pairs = [(c, w) for c, w in zip(self.lanes, work, strict=True) if w]
+        if self.pool is None or len(pairs) == 1:
+            return [o for c, w in pairs for o in self._run(c, w, keys, now, stop)]
+        futures = [self.pool.submit(self._run, c, w, keys, now, stop) for c, w in pairs]
+        return [o for f in futures for o in f.result()]
+
+    def _run(
+        self,
+        connection: Connection,
+        lane: list[_Item],
+        keys: list[str],
+        now: datetime,
+        stop: threading.Event,
+    ) -> list[_Outcome]:
         failed_users: set[int | None] = set()
         out: list[_Outcome] = []
-        try:
-            for item in lane:
-                if item.user_id in failed_users or stop.is_set():
-                    continue
-                started = time.perf_counter()
-                status, excerpt, error = None, "", ""
-                try:
-                    timestamp = int(time.time())
-                    status, excerpt = connection.post(
-                        item.body,
-                        {
-                            "Content-Type": "application/json",
-                            "User-Agent": USER_AGENT,
-                            signing.HEADER: signing.header(keys, timestamp, item.body),
-                            "Idempotency-Key": str(item.event_id),
-                        },
-                    )
-                except TimeoutError:
-                    error = f"timed out after {policy.timeout:g} s"
-                    stop.set()
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:EXCERPT]
-                    stop.set()
-                duration = int((time.perf_counter() - started) * 1000)
-                outcome = _Outcome(item, now, status, duration, excerpt, error)
-                if not outcome.ok and not error:
-                    outcome.error = f"HTTP {status}"
-                if not outcome.ok:
-                    failed_users.add(item.user_id)
-                out.append(outcome)
-        finally:
-            connection.close()
+        for item in lane:
+            if item.user_id in failed_users or stop.is_set():
+                continue
+            started = time.perf_counter()
+            status, excerpt, error = None, "", ""
+            try:
+                timestamp = int(time.time())
+                status, excerpt = connection.post(
+                    item.body,
+                    {
+                        "Content-Type": "application/json",
+                        "User-Agent": USER_AGENT,
+                        signing.HEADER: signing.header(keys, timestamp, item.body),
+                        "Idempotency-Key": str(item.event_id),
+                    },
+                )
+            except TimeoutError:
+                error = f"timed out after {self.policy.timeout:g} s"
+                stop.set()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:EXCERPT]
+                stop.set()
+            duration = int((time.perf_counter() - started) * 1000)
+            outcome = _Outcome(item, now, status, duration, excerpt, error)
+            if not outcome.ok and not error:
+                outcome.error = f"HTTP {status}"
+            if not outcome.ok:
+                failed_users.add(item.user_id)
+            out.append(outcome)
         return out
 
-    if len(lanes) == 1:
-        return run(lanes[0])
-    with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="webhook") as pool:
-        return [o for lane_out in pool.map(run, lanes) for o in lane_out]
 
-
-def deliver_round(endpoint_id: int, *, now: datetime, policy: Policy | None = None) -> RoundResult:
+def deliver_round(
+    endpoint_id: int,
+    *,
+    now: datetime,
+    policy: Policy | None = None,
+    sender: Sender | None = None,
+) -> RoundResult:
     """Send one batch of an endpoint's due deliveries and record how each went. The caller
-    commits (the claim is committed first, so a crash mid-round leaves the lease)."""
-    policy = policy or Policy.from_config()
+    commits (the claim is committed first, so a crash mid-round leaves the lease). A
+    ``sender`` kept across rounds keeps its connections; without one, one is made for this
+    round."""
+    policy = sender.policy if sender is not None else (policy or Policy.from_config())
     endpoint = db.session.get(WebhookEndpoint, endpoint_id)
     result = RoundResult()
     if endpoint is None or not endpoint.enabled:
@@ -395,7 +434,12 @@ def deliver_round(endpoint_id: int, *, now: datetime, policy: Policy | None = No
     keys = endpoints.signing_keys(endpoint, now)
     url = endpoint.url
     db.session.commit()  # the claim holds while we send; no transaction stays open meanwhile
-    outcomes = _send_all(url, items, keys, now=now, policy=policy)  # threads touch no session
+    # The threads touch no session: they get plain values.
+    if sender is not None and sender.url == url:
+        outcomes = sender.send(items, keys, now=now)
+    else:
+        with Sender(url, policy) as own:
+            outcomes = own.send(items, keys, now=now)
     result.outcomes = outcomes
     _record(endpoint_id, items, outcomes, now=now, policy=policy, result=result)
     return result
@@ -427,18 +471,20 @@ def _record(
     )
     ok = [o for o in outcomes if o.ok]
     bad = [o for o in outcomes if not o.ok]
-    if ok:
-        db.session.connection().execute(
+    by_code: dict[int | None, list[int]] = {}
+    for o in ok:
+        by_code.setdefault(o.status_code, []).append(o.item.delivery_id)
+    for code, ids in by_code.items():  # one statement per status (all 200, mostly)
+        db.session.execute(
             update(D)
-            .where(D.c.id == bindparam("b_id"))
+            .where(ids_in(D.c.id, ids))
             .values(
                 status=DeliveryStatus.SUCCEEDED,
                 attempts=D.c.attempts + 1,
                 delivered_at=now,
-                last_status_code=bindparam("b_code"),
+                last_status_code=code,
                 last_error=None,
-            ),
-            [{"b_id": o.item.delivery_id, "b_code": o.status_code} for o in ok],
+            )
         )
     if bad:
         params = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from ...extensions import db
+from ...models import WebhookEndpoint
 from ...tasks.clock import database_now
 from ...tasks.queues import enqueue
 from ...tasks.registry import schedule, task
@@ -37,15 +38,19 @@ def dispatch() -> dict[str, int]:
 def deliver(endpoint_id: int) -> dict[str, int]:
     totals = {"sent": 0, "succeeded": 0, "failed": 0, "given_up": 0}
     started = time.monotonic()
-    while True:
-        result = delivery.deliver_round(endpoint_id, now=database_now())
-        db.session.commit()
-        for key in totals:
-            totals[key] += getattr(result, key)
-        if not result.sent or result.failed or result.disabled:
-            break
-        if time.monotonic() - started > SENDER_SECONDS:
-            break
+    endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None:
+        return totals
+    with delivery.Sender(endpoint.url, delivery.Policy.from_config()) as sender:
+        while True:
+            result = delivery.deliver_round(endpoint_id, now=database_now(), sender=sender)
+            db.session.commit()
+            for key in totals:
+                totals[key] += getattr(result, key)
+            if not result.sent or result.failed or result.disabled:
+                break
+            if time.monotonic() - started > SENDER_SECONDS:
+                break
     return totals
 
 
