@@ -718,3 +718,24 @@ def counts_by_status(endpoint_ids: Sequence[int]) -> dict[tuple[int, str], int]:
         .group_by(D.c.endpoint_id, D.c.status)
     ).all()
     return {(e, s): n for e, s, n in rows}
+
+
+def waiting_by_endpoint() -> list[tuple[int, str, int]]:
+    """(endpoint id, state, count) of deliveries not delivered: ``pending`` (never tried),
+    ``retrying`` (failed at least once, tried again later), ``failed`` (given up). One
+    indexed count per endpoint and status (the metrics)."""
+    out = []
+    for endpoint_id in db.session.scalars(select(WebhookEndpoint.id).order_by(WebhookEndpoint.id)):
+        for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+            rows = db.session.execute(
+                select(D.c.attempts > 0, func.count())
+                .where(D.c.endpoint_id == endpoint_id, D.c.status == status)
+                .group_by(D.c.attempts > 0)
+            ).all()
+            if status == DeliveryStatus.FAILED:
+                out.append((endpoint_id, "failed", sum(n for _, n in rows)))
+                continue
+            counts = {bool(tried): n for tried, n in rows}
+            out.append((endpoint_id, "pending", counts.get(False, 0)))
+            out.append((endpoint_id, "retrying", counts.get(True, 0)))
+    return out

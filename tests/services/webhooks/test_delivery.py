@@ -25,6 +25,7 @@ from portal.models import (
     WebhookEndpoint,
 )
 from portal.services import events
+from portal.services.admin import signals
 from portal.services.events import catalog
 from portal.services.webhooks import delivery, endpoints, jobs
 from tests.support.receiver import HANG, Receiver
@@ -430,3 +431,20 @@ def test_urls_are_checked(ctx):
             now=T0,
         )
     assert "unknown event type" in info.value.fields["event_types"]
+
+
+def test_the_metrics_count_deliveries_waiting_by_endpoint_and_state(app, make_user, fast):
+    ann, bob = make_user("ann@example.com"), make_user("bob@example.com")
+    endpoint_id, _ = add_endpoint(app, "http://127.0.0.1:9/x")  # refused
+    record(app, ann.id, 1)
+    record(app, bob.id, 2)
+    with app.app_context():
+        delivery.fan_out(now=T0)
+        db.session.commit()
+        text = signals.metrics_text(T0).decode()
+        assert f'billing_webhook_deliveries{{endpoint="{endpoint_id}",state="pending"}} 2.0' in text
+        delivery.deliver_round(endpoint_id, now=T0)
+        db.session.commit()
+        text = signals.metrics_text(T0).decode()
+    assert f'billing_webhook_deliveries{{endpoint="{endpoint_id}",state="retrying"}} 1.0' in text
+    assert f'billing_webhook_deliveries{{endpoint="{endpoint_id}",state="failed"}} 0.0' in text
