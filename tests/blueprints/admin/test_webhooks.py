@@ -178,6 +178,9 @@ def test_deliveries_attempts_and_replays(app, client, admin, make_user):
         assert page.status_code == 200
         text = page.get_data(as_text=True)
         assert "receiver says no" in text and "billing.voucher.redeemed" in text
+        user_page = client.get(f"/admin/users/{ann.id}").get_data(as_text=True)
+        link = f"/admin/webhooks/{row.id}/deliveries/{delivery_id}"
+        assert link in user_page and f"endpoint {row.id}: pending" in user_page
         # Under another endpoint, or an unknown one, the delivery is not found.
         assert client.get(f"/admin/webhooks/{other.id}/deliveries/{delivery_id}").status_code == 404
         assert client.get(f"/admin/webhooks/9999/deliveries/{delivery_id}").status_code == 404
