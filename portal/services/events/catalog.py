@@ -159,7 +159,7 @@ _TYPES = (
         "billing.payment.succeeded",
         "A card payment succeeded (an invoice or a top-up)",
         PaymentSucceededData,
-        False,
+        True,
     ),
     EventType(
         "billing.payment.failed",
@@ -167,9 +167,7 @@ _TYPES = (
         PaymentFailedData,
         True,
     ),
-    EventType(
-        "billing.payment.refunded", "A card payment was refunded", PaymentReversedData, False
-    ),
+    EventType("billing.payment.refunded", "A card payment was refunded", PaymentReversedData, True),
     EventType("billing.payment.disputed", "A card payment was disputed", PaymentReversedData, True),
     EventType(
         "billing.credit.granted", "A credit was granted to an account", CreditGrantedData, True
