@@ -1,4 +1,5 @@
-"""webhook_endpoints, webhook_deliveries (one per event and endpoint), webhook_attempts
+"""webhook_endpoints, webhook_deliveries (one per event and endpoint), webhook_attempts;
+events.position (the published order the pull API pages by)
 
 Revision ID: 0013_outgoing_webhooks
 Revises: 0012_audit_log
@@ -20,6 +21,11 @@ WHEN = sa.DateTime(timezone=True)
 
 
 def upgrade():
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("position", sa.BigInteger(), nullable=True))
+        batch_op.create_index("uq_events_position", ["position"], unique=True)
+    # Events handed out before (none were ever delivered) keep their place: their id.
+    op.execute("UPDATE events SET position = id WHERE delivered_at IS NOT NULL")
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", ID, nullable=False),
@@ -100,3 +106,6 @@ def downgrade():
         batch_op.drop_index("uq_webhook_deliveries_event_endpoint")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")
+    with op.batch_alter_table("events", schema=None) as batch_op:
+        batch_op.drop_index("uq_events_position")
+        batch_op.drop_column("position")

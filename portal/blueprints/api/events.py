@@ -56,7 +56,9 @@ class EventsQuery(QueryModel):
     after: Annotated[
         int,
         QueryWhole(
-            0, MAX_CURSOR, description="the cursor: events with a larger id (0: from the first)"
+            0,
+            MAX_CURSOR,
+            description="the cursor: next_after of the previous page (0: from the first)",
         ),
     ] = 0
     types: EventTypes = ()
@@ -73,7 +75,7 @@ class EventOut(Out):
 
 class EventsPage(Out):
     items: list[EventOut]
-    next_after: int = Field(description="pass as after= for the next page")
+    next_after: int = Field(description="the cursor: pass as after= for the next page")
     has_more: bool = Field(description="whether more events follow now")
 
 
@@ -86,8 +88,10 @@ class EventsPage(Out):
     responses={200: EventsPage},
 )
 def list_events(query: EventsQuery):
-    """The events recorded for the platform with an id above `after`, oldest first: the same
-    envelopes the webhooks POST. Page on with `after=next_after` while `has_more`."""
+    """The events recorded for the platform, in the order they were published (oldest
+    first), after the cursor `after`: the same envelopes the webhooks POST. Page on with
+    `after=next_after` while `has_more`. An event is published by the dispatcher within a
+    minute of its transaction's commit; a page never skips one that committed late."""
     rows = events.page_after(query.after, types=query.types, limit=query.limit + 1)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
@@ -95,4 +99,5 @@ def list_events(query: EventsQuery):
         EventOut.model_validate(events.envelope(r.id, r.name, r.created_at, r.payload))
         for r in rows
     ]
-    return EventsPage(items=items, next_after=rows[-1].id if rows else query.after, has_more=more)
+    cursor = (rows[-1].position or query.after) if rows else query.after
+    return EventsPage(items=items, next_after=cursor, has_more=more)

@@ -74,8 +74,10 @@ def envelope(event_id: int, name: str, created_at: datetime, payload: dict) -> d
 
 
 def page_after(after: int, *, types: Sequence[str] = (), limit: int = 100) -> list[Event]:
-    """Events with an id above ``after``, in id order (of ``types`` only, if given)."""
-    query = select(Event).where(Event.id > after)
+    """Published events (handed out to the webhooks) with a position above ``after``, in
+    that order (of ``types`` only, if given). Paging by position, not id, a reader never
+    skips an event whose transaction committed after a later id's."""
+    query = select(Event).where(Event.position > after)
     if types:
         query = query.where(Event.name.in_(list(types)))
-    return list(db.session.scalars(query.order_by(Event.id).limit(limit)))
+    return list(db.session.scalars(query.order_by(Event.position).limit(limit)))

@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import BigInteger, and_, bindparam, func, literal, select, update
+from sqlalchemy import BigInteger, and_, bindparam, func, literal, select, text, update
 
 from ...db import Page, bulk_insert, dialect_insert, ids_in
 from ...errors import NotFound, ValidationFailed
@@ -106,7 +106,9 @@ class Policy:
 
 def fan_out(*, now: datetime, limit: int = FAN_OUT_AT_ONCE) -> int:
     """Hand out up to ``limit`` events (oldest first) to the enabled endpoints that take them,
-    one INSERT ... SELECT per endpoint. Returns how many events were handed out."""
+    one INSERT ... SELECT per endpoint, and give them their place in the published order.
+    Returns how many events were handed out."""
+    _lock_hand_out()
     ids = list(
         db.session.scalars(
             select(Event.id).where(Event.delivered_at.is_(None)).order_by(Event.id).limit(limit)
@@ -145,8 +147,24 @@ def fan_out(*, now: datetime, limit: int = FAN_OUT_AT_ONCE) -> int:
             )
             .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
         )
-    db.session.execute(update(E).where(ids_in(E.c.id, ids)).values(delivered_at=now))
+    # Positions above every earlier one, increasing with the id: one UPDATE, gaps allowed.
+    last = db.session.scalar(select(func.max(E.c.position))) or 0
+    db.session.execute(
+        update(E)
+        .where(ids_in(E.c.id, ids))
+        .values(delivered_at=now, position=E.c.id + (last - ids[0] + 1))
+    )
     return len(ids)
+
+
+HAND_OUT_LOCK = 0x77656268  # the advisory lock two dispatchers take turns under
+
+
+def _lock_hand_out() -> None:
+    """One hand-out at a time until commit, so positions are published in order (SQLite
+    lets one writer at a time anyway)."""
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HAND_OUT_LOCK})
 
 
 def endpoints_with_due(now: datetime) -> list[int]:
