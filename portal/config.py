@@ -426,6 +426,17 @@ def build_config(
         "JOB_MAX_ATTEMPTS", env.get("JOB_MAX_ATTEMPTS", "5"), 1, 100
     )
     cfg["JOB_RETRY_SECONDS"] = _env_positive(env, "JOB_RETRY_SECONDS", "30")
+    # Outgoing webhooks (portal.services.webhooks): the HTTP timeout, the first wait before a
+    # retry (it doubles, with jitter, up to the longest wait), how long a delivery is retried
+    # (and an endpoint may fail before it is disabled), and each sender's batch and connections.
+    cfg["WEBHOOK_TIMEOUT_SECONDS"] = _env_positive(env, "WEBHOOK_TIMEOUT_SECONDS", "10")
+    cfg["WEBHOOK_FIRST_RETRY_SECONDS"] = _env_positive(env, "WEBHOOK_FIRST_RETRY_SECONDS", "30")
+    cfg["WEBHOOK_MAX_RETRY_SECONDS"] = _env_positive(env, "WEBHOOK_MAX_RETRY_SECONDS", "21600")
+    cfg["WEBHOOK_RETRY_HOURS"] = _env_positive(env, "WEBHOOK_RETRY_HOURS", "72")
+    cfg["WEBHOOK_BATCH"] = _parse_int("WEBHOOK_BATCH", env.get("WEBHOOK_BATCH", "500"), 1, 10_000)
+    cfg["WEBHOOK_CONCURRENCY"] = _parse_int(
+        "WEBHOOK_CONCURRENCY", env.get("WEBHOOK_CONCURRENCY", "8"), 1, 64
+    )
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
         raise ConfigError(

@@ -28,6 +28,7 @@ from tests.support.app import (
     need,
 )
 from tests.support.client import PortalClient
+from tests.support.events import catalogue_problems
 
 # Shared fixtures live in tests/support; each test folder may add its own in a conftest.
 pytest_plugins = [
@@ -155,7 +156,9 @@ def app(_app, request):
 
     with _app.app_context():
         problems = find_discrepancies()
+        bad_events = catalogue_problems()
     assert not problems, "the ledger does not reconcile after this test:\n" + "\n".join(problems)
+    assert not bad_events, "events outside the catalogue's schemas:\n" + "\n".join(bad_events)
 
 
 @pytest.fixture

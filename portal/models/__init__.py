@@ -47,6 +47,7 @@ from .types import utcnow
 from .usage import MeterMark, UsageDaily
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
+from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "OPEN_ATTEMPT_STATUSES",
@@ -106,6 +107,10 @@ __all__ = [
     "VoucherRedemption",
     "VoucherRequest",
     "WebhookEvent",
+    "DeliveryStatus",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookOutcome",
     "utcnow",
 ]

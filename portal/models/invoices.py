@@ -260,6 +260,7 @@ class Event(Model):
     __table_args__ = (
         Index("ix_events_delivered_at_id", "delivered_at", "id"),
         Index("uq_events_name_subject", "name", "subject", unique=True),
+        Index("uq_events_position", "position", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -269,6 +270,10 @@ class Event(Model):
     subject: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the dispatcher handed it out to the webhook endpoints (portal.services.webhooks)
+    # and its place in the published order: increasing with each hand-out, so a reader
+    # paging by position never misses an event whose transaction committed late.
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    position: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -30,6 +30,12 @@ ACTIONS = (
     "token.created",
     "token.revoked",
     "job.run_requested",
+    "webhook_endpoint.created",
+    "webhook_endpoint.updated",
+    "webhook_endpoint.enabled",
+    "webhook_endpoint.disabled",
+    "webhook_endpoint.secret_rotated",
+    "webhook.replayed",
 )
 
 

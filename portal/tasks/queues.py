@@ -24,7 +24,7 @@ from ..models import utcnow
 from . import requests
 from .registry import LEGACY_NAMES, run_task, task
 
-QUEUES = ("default", "metering", "invoicing", "settlement")
+QUEUES = ("default", "metering", "invoicing", "settlement", "webhooks")
 # A finished job stays visible a day (RQ's default is minutes), so that the relay finds it
 # finished rather than gone, and does not send it again, even after a long pause.
 RESULT_TTL = 86_400

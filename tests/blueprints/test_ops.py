@@ -47,6 +47,7 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def test_metrics_report_jobs_queues_and_lags(app, api, make_user):
     now = datetime.now(UTC).replace(microsecond=0)
+    ann = make_user()
     with app.app_context():
         for n, (status, ms) in enumerate(
             [("succeeded", 1500), ("succeeded", 500), ("failed", 250)]
@@ -67,7 +68,19 @@ def test_metrics_report_jobs_queues_and_lags(app, api, make_user):
             )
         db.session.add(MeterMark(chunk=0, metered_through=now - timedelta(hours=2)))
         db.session.add(
-            Event(name="billing.x", subject="a", payload={}, created_at=now - timedelta(minutes=5))
+            Event(
+                name="billing.voucher.redeemed",
+                subject="a",
+                user_id=ann.id,
+                payload={
+                    "user_id": ann.id,
+                    "voucher_id": 1,
+                    "amount": "1.00",
+                    "amount_minor": 100,
+                    "currency": "USD",
+                },
+                created_at=now - timedelta(minutes=5),
+            )
         )
         db.session.commit()
         db.session.remove()

@@ -27,6 +27,7 @@ from . import (  # noqa: E402,F401
     accounts,
     admin_users,
     deployments,
+    events,
     invoices,
     jobs,
     payments,

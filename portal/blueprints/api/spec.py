@@ -22,6 +22,8 @@ from werkzeug.routing import IntegerConverter, Rule
 
 from ...errors import NotFound
 from ...models import TokenScope
+from ...services.events.catalog import API_VERSION, EVENT_TYPES
+from ...services.webhooks.signing import HEADER as SIGNATURE_HEADER
 from .auth import authenticate
 from .fields import EXTERNAL_ID_RULE, IDEMPOTENCY_KEY_SCHEMA, MAX_ID, parse_body, parse_query
 from .models import ErrorBody
@@ -201,6 +203,7 @@ def build(app: Flask) -> dict[str, Any]:
             )
         ops.append((rule, method, op))
     schemas = _schemas(op for _, _, op in ops)
+    webhooks = _webhooks(schemas["components"])
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
     for rule, method, op in ops:
@@ -231,8 +234,9 @@ def build(app: Flask) -> dict[str, Any]:
         },
         "servers": [{"url": PREFIX}],
         "paths": paths,
+        "webhooks": webhooks,
         "components": {
-            "schemas": schemas["components"],
+            "schemas": dict(sorted(schemas["components"].items())),
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -242,8 +246,80 @@ def build(app: Flask) -> dict[str, Any]:
                 }
             },
         },
-        "tags": [{"name": t} for t in dict.fromkeys(op.tag for _, _, op in ops)],
+        "tags": [{"name": t} for t in dict.fromkeys(op.tag for _, _, op in ops)]
+        + [{"name": WEBHOOKS_TAG, "description": WEBHOOKS_TEXT}],
     }
+
+
+WEBHOOKS_TAG = "Events (webhooks to the platform)"
+WEBHOOKS_TEXT = (
+    "The portal POSTs each event to the platform's registered endpoints (Admin › Webhooks), "
+    f"signed in the {SIGNATURE_HEADER} header: t=<unix time>,v1=<hex HMAC-SHA256 of "
+    "'<t>.<raw body>' keyed with the endpoint's secret> (two v1 values for a day after a "
+    "rotation). Idempotency-Key is the event id: delivery is at least once, in order per "
+    "user. Any 2xx answer is success; anything else is retried with backoff for 3 days. "
+    "GET /events returns the same envelopes."
+)
+
+
+def _webhooks(components: dict[str, Any]) -> dict[str, Any]:
+    """The ``webhooks`` section, from the events catalogue: one POST per event, its envelope
+    and its data schema (added to ``components``)."""
+    models = {t.data for t in EVENT_TYPES.values()}
+    _, top = models_json_schema(
+        [(m, "serialization") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    for name, schema in top.get("$defs", {}).items():
+        if name in components and components[name] != schema:
+            raise ValueError(f"event schema {name} clashes with an API schema")
+        components[name] = schema
+    section: dict[str, Any] = {}
+    for name, event in EVENT_TYPES.items():
+        envelope = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "type", "created", "api_version", "data"],
+            "properties": {
+                "id": {"type": "integer", "description": "the event's id (also Idempotency-Key)"},
+                "type": {"const": name},
+                "created": {"type": "string", "format": "date-time"},
+                "api_version": {"const": API_VERSION},
+                "data": _ref(event.data),
+            },
+        }
+        description = event.summary + "."
+        if not event.recorded:
+            description += " Catalogued ahead of its cause: not recorded yet."
+        section[name] = {
+            "post": {
+                "operationId": "event_" + name.removeprefix("billing.").replace(".", "_"),
+                "summary": event.summary,
+                "description": description,
+                "tags": [WEBHOOKS_TAG],
+                "parameters": [
+                    {
+                        "name": SIGNATURE_HEADER,
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^t=[0-9]+(,v1=[0-9a-f]{64})+$"},
+                    },
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": envelope}},
+                },
+                "responses": {
+                    "2XX": {"description": "Received; any other answer is retried"},
+                },
+            }
+        }
+    return section
 
 
 def _schemas(ops: Iterable[Operation]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ...models import (
     User,
     Voucher,
     VoucherRedemption,
+    WebhookDelivery,
 )
 from ...money import Money
 
@@ -48,6 +49,7 @@ class AccountDetail:
     cards: list[Card]  # brand and last 4 only: nothing else about a card leaves the gateway
     redemptions: list[Redemption]
     events: list[Event]
+    deliveries: dict[int, list[WebhookDelivery]]  # the shown events' webhook deliveries
     mail: list[OutboundEmail]
     admin_actions: list[AuditEntry]
 
@@ -75,12 +77,22 @@ def account_detail(user: User) -> AccountDetail:
             .limit(SHOWN)
         )
     ]
+    events = _newest(Event, user.id)
+    deliveries: dict[int, list[WebhookDelivery]] = {}
+    if events:
+        for d in db.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.event_id.in_([e.id for e in events]))
+            .order_by(WebhookDelivery.endpoint_id)
+        ):
+            deliveries.setdefault(d.event_id, []).append(d)
     return AccountDetail(
         invoices=_newest(Invoice, user.id),
         deployments=_newest(Deployment, user.id),
         cards=cards,
         redemptions=redemptions,
-        events=_newest(Event, user.id),
+        events=events,
+        deliveries=deliveries,
         mail=_newest(OutboundEmail, user.id),
         admin_actions=_newest(AuditEntry, user.id),
     )

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from ...extensions import db
 from ...models import Event, JobRun, MeterMark, PaymentAttempt, utcnow
 from ...tasks import monitor, queues
+from ..webhooks import delivery
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,25 @@ class _Collector:
             select(func.count(), func.min(Event.created_at)).where(Event.delivered_at.is_(None))
         ).one()
         yield GaugeMetricFamily(
-            "billing_outbox_pending_events", "Events not yet delivered", value=pending
+            "billing_outbox_pending_events",
+            "Events not yet handed out to the webhook endpoints",
+            value=pending,
         )
         yield GaugeMetricFamily(
             "billing_outbox_lag_seconds",
-            "Age of the oldest undelivered event (0 when none waits)",
+            "Age of the oldest event not yet handed out (0 when none waits)",
             value=(self.now - oldest_event).total_seconds() if oldest_event else 0,
         )
+
+        webhooks = GaugeMetricFamily(
+            "billing_webhook_deliveries",
+            "Webhook deliveries not delivered, by endpoint and state (pending: not tried yet; "
+            "retrying: failed, tried again later; failed: given up after the retry window)",
+            labels=["endpoint", "state"],
+        )
+        for endpoint_id, state, count in delivery.waiting_by_endpoint():
+            webhooks.add_metric([str(endpoint_id), state], count)
+        yield webhooks
 
         settlement = CounterMetricFamily(
             "billing_card_payments",

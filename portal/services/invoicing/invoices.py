@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from ...db import Page, dialect_insert, rowcount
+from ...db import Page, dialect_insert
 from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import (
@@ -258,6 +258,12 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
     invoice.voided_at = utcnow()
     invoice.void_reason = reason[:500]
     db.session.flush()
+    events.record(
+        "billing.invoice.voided",
+        f"invoice:{invoice.id}",
+        {**invoice_event(invoice), "reason": invoice.void_reason},
+        invoice.user_id,
+    )
     log.info(
         "invoice %s (%s) voided: user %s, total %s, credits returned %s, by %s",
         invoice.id,
@@ -280,14 +286,25 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
 
 
 def mark_overdue(now: datetime | None = None) -> int:
-    """Open invoices past their due date become overdue (set-based; safe to repeat)."""
-    return rowcount(
-        db.session.execute(
+    """Open invoices past their due date become overdue (set-based; safe to repeat); the
+    platform is told of each."""
+    ids = list(
+        db.session.scalars(
             update(Invoice)
             .where(Invoice.status == str(S.OPEN), Invoice.due_at < (now or utcnow()))
             .values(status=str(S.OVERDUE))
+            .returning(Invoice.id)
         )
     )
+    if ids:
+        overdue = db.session.scalars(select(Invoice).where(Invoice.id.in_(ids)))
+        events.record_many(
+            [
+                ("billing.invoice.overdue", f"invoice:{i.id}", invoice_event(i), i.user_id)
+                for i in overdue
+            ]
+        )
+    return len(ids)
 
 
 # -- event payloads --------------------------------------------------------------------------

@@ -207,7 +207,24 @@ def apply_result(attempt_id: int, result: PaymentResult) -> PaymentAttempt:
     before = AttemptStatus(attempt.status)
     status = result.status
     if status is PaymentStatus.SUCCEEDED:
-        _book_success(attempt, result.amount or attempt.amount)
+        paid = result.amount or attempt.amount
+        _book_success(attempt, paid)
+        if attempt.purpose == AttemptPurpose.INVOICE:  # a top-up is told by credit_top_up
+            reference = attempt.gateway_payment_id or attempt.idempotency_key
+            events.record(
+                "billing.payment.succeeded",
+                f"payment:{reference}",
+                {
+                    "user_id": attempt.user_id,
+                    "invoice_id": attempt.invoice_id,
+                    "payment_intent": reference,
+                    "amount": str(paid.amount),
+                    "amount_minor": paid.amount_minor,
+                    "currency": paid.currency,
+                    "purpose": "invoice",
+                },
+                attempt.user_id,
+            )
         attempt.status = AttemptStatus.SUCCEEDED.value
         attempt.decline_code = attempt.message = None
     elif status is PaymentStatus.REQUIRES_ACTION:

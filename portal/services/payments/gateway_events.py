@@ -284,15 +284,33 @@ def _book_refunds(charge: ChargeInfo, payment_intent: str) -> None:
         row = _reverse(ReversalKind.REFUND, refund.id, payment_intent, refund.amount, "refunded")
         if row is None:  # nothing of the payment left to give back
             return
+        _tell_reversed("billing.payment.refunded", f"refund:{refund.id}", row, payment_intent)
         booked += row.amount_minor
     if total > booked:
-        _reverse(
-            ReversalKind.REFUND,
-            f"{charge.id}:{total}",
-            payment_intent,
-            Money(total - booked, currency),
-            "refunded",
+        key = f"{charge.id}:{total}"
+        row = _reverse(
+            ReversalKind.REFUND, key, payment_intent, Money(total - booked, currency), "refunded"
         )
+        if row is not None:
+            _tell_reversed("billing.payment.refunded", f"refund:{key}", row, payment_intent)
+
+
+def _tell_reversed(name: str, subject: str, row: PaymentReversal, payment_intent: str) -> None:
+    """The platform is told of a refund or a dispute (once per subject)."""
+    amount = Money(row.amount_minor, row.currency)
+    events.record(
+        name,
+        subject,
+        {
+            "user_id": row.user_id,
+            "payment_intent": payment_intent,
+            "amount": str(amount.amount),
+            "amount_minor": amount.amount_minor,
+            "currency": amount.currency,
+            "reason": row.reason,
+        },
+        row.user_id,
+    )
 
 
 def dispute_created(event: GatewayEvent) -> None:
@@ -318,20 +336,7 @@ def dispute_created(event: GatewayEvent) -> None:
         log.info("dispute %s of payment %s: none of ours", dispute.id, payment_intent)
         return
     if row is not None:
-        amount = Money(row.amount_minor, row.currency)
-        events.record(
-            "billing.payment.disputed",
-            f"dispute:{dispute.id}",
-            {
-                "user_id": row.user_id,
-                "payment_intent": payment_intent,
-                "amount": str(amount.amount),
-                "amount_minor": amount.amount_minor,
-                "currency": amount.currency,
-                "reason": row.reason,
-            },
-            row.user_id,
-        )
+        _tell_reversed("billing.payment.disputed", f"dispute:{dispute.id}", row, payment_intent)
 
 
 HANDLERS = {

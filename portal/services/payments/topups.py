@@ -17,6 +17,7 @@ from ...extensions import db
 from ...gateways import CheckoutSessionInfo, GatewayError, get_gateway
 from ...models import AccountKind, CheckoutSession, User, utcnow
 from ...money import Money
+from .. import events
 from ..wallet import ledger, settlement_requests
 from . import cards
 
@@ -40,6 +41,20 @@ def credit_top_up(user: User, amount: Money, *, reference: str, description: str
             ),
             (ledger.user_account(user, AccountKind.CASH), amount.amount_minor),
         ],
+    )
+    events.record(
+        "billing.payment.succeeded",
+        f"payment:{reference}",
+        {
+            "user_id": user.id,
+            "invoice_id": None,
+            "payment_intent": reference,
+            "amount": str(amount.amount),
+            "amount_minor": amount.amount_minor,
+            "currency": amount.currency,
+            "purpose": "topup",
+        },
+        user.id,
     )
     settlement_requests.request_settlement(user.id)
     return txn.id

@@ -10,7 +10,7 @@ from ...errors import InsufficientFunds, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, CreditLot, LedgerAccount, LedgerTransaction, User, utcnow
 from ...money import Money
-from .. import audit
+from .. import audit, events
 from . import ledger
 
 MAX_REASON = 500
@@ -73,6 +73,20 @@ def grant_credit(
     )
     db.session.add(lot)
     db.session.flush()
+    events.record(
+        "billing.credit.granted",
+        f"credit:{lot.id}",
+        {
+            "user_id": user.id,
+            "credit_id": lot.id,
+            "amount": str(amount.amount),
+            "amount_minor": amount.amount_minor,
+            "currency": amount.currency,
+            "reason": reason,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+        user.id,
+    )
     if source == AccountKind.CREDIT_GRANTS:
         audit.record(
             "credit.granted",
@@ -184,6 +198,20 @@ def expire_credits(now: datetime | None = None) -> int:
             legs=[(account, -lot.remaining_minor), (source, lot.remaining_minor)],
             description=f"Credit expired: {lot.reason}",
             user_id=lot.user_id,
+        )
+        left = Money(lot.remaining_minor, lot.currency)
+        events.record(
+            "billing.credit.expired",
+            f"credit:{lot.id}",
+            {
+                "user_id": lot.user_id,
+                "credit_id": lot.id,
+                "amount": str(left.amount),
+                "amount_minor": left.amount_minor,
+                "currency": left.currency,
+                "expired_at": (lot.expires_at or now).isoformat(),
+            },
+            lot.user_id,
         )
         lot.remaining_minor = 0
         lot.expired_at = now

@@ -21,7 +21,7 @@ from ...errors import Conflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...models import AccountKind, User, Voucher, VoucherRedemption, VoucherRequest, utcnow
 from ...money import Money
-from .. import audit, mail
+from .. import audit, events, mail
 from . import ledger, settlement_requests
 
 # Crockford base 32: no I, L, O or U, so a code read aloud or retyped survives.
@@ -156,6 +156,18 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
         VoucherRedemption(voucher_id=voucher.id, user_id=user.id, ledger_transaction_id=txn.id)
     )
     db.session.flush()
+    events.record(
+        "billing.voucher.redeemed",
+        f"voucher:{voucher.id}:user:{user.id}",
+        {
+            "user_id": user.id,
+            "voucher_id": voucher.id,
+            "amount": str(voucher.value.amount),
+            "amount_minor": voucher.value.amount_minor,
+            "currency": voucher.currency,
+        },
+        user.id,
+    )
     settlement_requests.request_settlement(user.id)  # new money: pay what is pending
     return voucher.value
 

@@ -125,6 +125,13 @@ def test_a_top_up_refunded_in_two_parts_out_of_order_comes_out_of_the_balance_on
     assert system_balance(AccountKind.REFUNDS) == 500  # ...the other $5.00 a loss
     invoice = db.session.get(Invoice, invoice.id)
     assert (invoice.status, invoice.amount_paid_minor) == ("paid", 500)
+    # The platform is told of the top-up once and of each refund once.
+    told = db.session.scalars(select(Event).order_by(Event.id)).all()
+    [paid] = [e.payload for e in told if e.name == "billing.payment.succeeded"]
+    assert paid["purpose"] == "topup" and paid["amount_minor"] == 2000
+    assert paid["payment_intent"] == payment
+    refunds = [e.payload["amount_minor"] for e in told if e.name == "billing.payment.refunded"]
+    assert sorted(refunds) == [500, 1500]
     db.session.commit()
 
 
