@@ -6,7 +6,7 @@ from flask import Response, current_app, g, stream_with_context
 
 from ...extensions import db
 from ...models import TokenScope
-from ...services.wallet import ledger, vouchers
+from ...services.wallet import credits, vouchers
 from ..limits import voucher_redeem_limit
 from . import bp
 from .fields import iso, to_money
@@ -39,7 +39,7 @@ def redeem_voucher(body: Redeem):
     VOUCHER_RATE_LIMIT attempts (one count with the Wallet form's)."""
     value = vouchers.redeem(g.api_user, body.code)
     db.session.commit()
-    b = ledger.balances(g.api_user)
+    b = credits.spendable_balances(g.api_user)
     return RedeemOut(
         redeemed=str(value.amount),
         redeemed_minor=value.amount_minor,
