@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from . import htmx as hx
 from .errors import ServiceError
 from .extensions import db, login_manager
-from .models import User
+from .models import InvoiceStatus, User
 from .money import Money, decimal_to_micros, format_micros, format_money
 from .services import accounts
 
@@ -180,6 +180,11 @@ def init_web(app: Flask) -> None:
     @app.template_filter("unit_price")
     def unit_price_filter(value: Decimal, currency: str) -> str:
         return format_micros(decimal_to_micros(value), currency, app.config["BABEL_DEFAULT_LOCALE"])
+
+    @app.template_filter("invoice_status_name")
+    def invoice_status_name(label: str) -> str:
+        """A status filter's value ("sent") as pages name it ("Open")."""
+        return InvoiceStatus.from_label(label).display
 
     @app.template_filter("dt")
     def datetime_filter(value: datetime | None, with_time: bool = True) -> str:
