@@ -78,7 +78,7 @@ def init_web(app: Flask) -> None:
             response.headers.setdefault("Strict-Transport-Security", "max-age=63072000")
         if request.endpoint and not request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
-        return hx.vary_on_htmx(response)
+        return hx.vary_on_htmx(hx.keep_url_on_refusal(response))
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
