@@ -50,7 +50,7 @@ def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
+    expect(page.get_by_role("heading", level=1, name="Overview")).to_be_visible()
 
 
 def go_to(page: Page, name: str) -> None:
@@ -361,6 +361,7 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
 
     page = open_page("customer")
     log_in(page, user.email)
+    go_to(page, "Wallet")
     topup = page.get_by_role("region", name="Top up your prepaid balance")
     topup.get_by_label("Amount").fill("50.00")
     expect(topup.get_by_label("Card on the secure checkout page")).to_be_checked()
