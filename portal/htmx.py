@@ -30,6 +30,14 @@ def vary_on_htmx(response: Response) -> Response:
     return response
 
 
+def keep_url_on_refusal(response: Response) -> Response:
+    """A refused form (4xx) that htmx swaps in stays at the page's address: htmx would push
+    the form's action URL, which a reload or Back would then GET."""
+    if is_htmx() and request.method != "GET" and 400 <= response.status_code < 500:
+        response.headers["HX-Push-Url"] = "false"
+    return response
+
+
 def csrf_headers(token: str) -> str:
     """The hx-headers value that makes htmx send the CSRF token on every request."""
     return json.dumps({"X-CSRFToken": token})

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from . import htmx as hx
 from .errors import ServiceError
 from .extensions import db, login_manager
-from .models import User
+from .models import InvoiceStatus, User
 from .money import Money, decimal_to_micros, format_micros, format_money
 from .services import accounts
 
@@ -113,7 +113,7 @@ def init_web(app: Flask) -> None:
             response.headers.setdefault("Strict-Transport-Security", "max-age=63072000")
         if request.endpoint and not request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
-        return hx.vary_on_htmx(response)
+        return hx.vary_on_htmx(hx.keep_url_on_refusal(response))
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc: CSRFError):
@@ -155,7 +155,11 @@ def init_web(app: Flask) -> None:
             "errors/error.html",
             code=status,
             title=titles.get(status, exc.name),
-            message=exc.description,
+            message=(
+                f"You tried too often ({exc.description}). Wait a minute, then try again."
+                if status == 429
+                else exc.description
+            ),
         ), status
 
     @app.errorhandler(ServiceError)
@@ -238,6 +242,11 @@ def init_web(app: Flask) -> None:
     @app.template_filter("unit_price")
     def unit_price_filter(value: Decimal, currency: str) -> str:
         return format_micros(decimal_to_micros(value), currency, app.config["BABEL_DEFAULT_LOCALE"])
+
+    @app.template_filter("invoice_status_name")
+    def invoice_status_name(label: str) -> str:
+        """A status filter's value ("sent") as pages name it ("Open")."""
+        return InvoiceStatus.from_label(label).display
 
     @app.template_filter("dt")
     def datetime_filter(value: datetime | None, with_time: bool = True) -> str:

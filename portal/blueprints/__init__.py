@@ -8,6 +8,7 @@ from . import (
     auth,
     invoices,
     ops,
+    overview,
     payment_methods,
     subscription,
     usage,
@@ -19,7 +20,16 @@ from .api import bp as api_bp
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (auth, account, wallet, usage, invoices, payment_methods, subscription):
+    for module in (
+        auth,
+        account,
+        overview,
+        wallet,
+        usage,
+        invoices,
+        payment_methods,
+        subscription,
+    ):
         app.register_blueprint(module.bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(api_bp)
@@ -30,5 +40,5 @@ def register_blueprints(app: Flask) -> None:
 
 def _index():
     if current_user.is_authenticated:
-        return redirect(url_for("wallet.index"))
+        return redirect(url_for("overview.index"))
     return redirect(url_for("auth.login"))

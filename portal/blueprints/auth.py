@@ -69,13 +69,13 @@ def _log_in(user: User) -> None:
 @limiter.limit(_login_limit, methods=["POST"])
 def login():
     if current_user.is_authenticated:
-        return redirect(url_for("wallet.index"))
+        return redirect(url_for("overview.index"))
     form = LoginForm()
     if form.validate_on_submit():
         user = accounts.authenticate(form.email.data, form.password.data)
         if user is not None:
             _log_in(user)  # a rehashed password is saved too, if the parameters moved on
-            return redirect(safe_next(url_for("wallet.index")), code=303)
+            return redirect(safe_next(url_for("overview.index")), code=303)
         form.password.errors.append("Email or password is incorrect.")
     return render_template("auth/login.html", form=form)
 
@@ -141,5 +141,5 @@ def reset_password(token: str):
         else:
             _log_in(user)
             flash("Your password is set.", "success")
-            return see_other("wallet.index")
+            return see_other("overview.index")
     return render_template("auth/reset.html", form=form, user=user)

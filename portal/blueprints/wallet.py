@@ -18,7 +18,7 @@ from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
 from ..services.payments import card_charges, cards, pay, topups
-from ..services.wallet import ledger, vouchers
+from ..services.wallet import credits, ledger, vouchers
 from ..web import discard_changes
 from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
 from .limits import voucher_redeem_limit
@@ -52,7 +52,7 @@ class RequestForm(FlaskForm):
 
 def _render(redeem_form=None, request_form=None, topup_form=None, status: int = 200):
     history = ledger.wallet_history(current_user, page=page_arg())
-    context = {"balances": ledger.balances(current_user), "history": history}
+    context = {"balances": credits.spendable_balances(current_user), "history": history}
     if hx.is_fragment_request("wallet-panel"):
         return render_template("wallet/_panel.html", **context)
     enabled = cards.cards_enabled()

@@ -4,6 +4,7 @@ from .audit import AuditEntry
 from .catalog import PriceVersion, SkuPrice
 from .deployments import Deployment, DeploymentInterval, DeploymentKind, DeploymentState
 from .invoices import (
+    INVOICE_STATUS_DISPLAYS,
     INVOICE_STATUS_LABELS,
     USER_INVOICE_STATUS_LABELS,
     Event,
@@ -79,6 +80,7 @@ __all__ = [
     "InvoicePayment",
     "InvoicePdf",
     "InvoiceStatus",
+    "INVOICE_STATUS_DISPLAYS",
     "INVOICE_STATUS_LABELS",
     "USER_INVOICE_STATUS_LABELS",
     "JobRequest",

@@ -27,7 +27,11 @@ from .types import BigIntPK, UTCDateTime, utcnow
 from .usage import UsageColumns
 
 if TYPE_CHECKING:
+    from .ledger import LedgerTransaction
     from .users import User
+
+# The ledger transaction kind of credits applied at issue (services/invoicing/run.py).
+ISSUE_CREDIT_KIND = "invoice_credit"
 
 
 class InvoiceStatus(enum.StrEnum):
@@ -49,6 +53,30 @@ class InvoiceStatus(enum.StrEnum):
     def from_label(cls, label: str) -> InvoiceStatus:
         """The status a page, filter or API call names by its label ("sent" is open)."""
         return cls.OPEN if label == "sent" else cls(label)
+
+    @property
+    def display(self) -> str:
+        """The status as people read it (pages, PDF, the API's ``status_display``)."""
+        return STATUS_DISPLAY[self]
+
+
+STATUS_DISPLAY = {
+    InvoiceStatus.DRAFT: "Draft",
+    InvoiceStatus.OPEN: "Open",
+    InvoiceStatus.OVERDUE: "Past due",
+    InvoiceStatus.PAID: "Paid",
+    InvoiceStatus.VOID: "Void",
+}
+PARTIALLY_PAID = "Partially paid"
+INVOICE_STATUS_DISPLAYS = (*STATUS_DISPLAY.values(), PARTIALLY_PAID)
+
+
+def display_status(status: InvoiceStatus, amount_paid_minor: int) -> str:
+    """Draft, Open, Past due, Partially paid, Paid or Void: an open invoice with a payment
+    that does not cover it is partially paid (past due wins: it is what needs doing)."""
+    if status is InvoiceStatus.OPEN and amount_paid_minor > 0:
+        return PARTIALLY_PAID
+    return status.display
 
 
 # The status vocabulary, as pages, filters and the API name it: all of it (admins, the API)
@@ -121,6 +149,22 @@ class Invoice(Model):
     @property
     def invoice_status(self) -> InvoiceStatus:
         return InvoiceStatus(self.status)
+
+    @property
+    def display_status(self) -> str:
+        return display_status(self.invoice_status, self.amount_paid_minor)
+
+    @property
+    def status_css(self) -> str:
+        if self.display_status == PARTIALLY_PAID:
+            return "status status-partial"
+        return self.invoice_status.css_class
+
+    @property
+    def settlement_payments(self) -> list[InvoicePayment]:
+        """The payments that count toward "Paid": every one but the credits applied when
+        the invoice was issued, which its "Credits applied" line already takes off."""
+        return [p for p in self.payments if not p.is_issue_credit]
 
     @property
     def period_last_day(self) -> date:
@@ -198,6 +242,14 @@ class InvoicePayment(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     invoice: Mapped[Invoice] = relationship(back_populates="payments")
+    ledger_transaction: Mapped[LedgerTransaction] = relationship(lazy="select", viewonly=True)
+
+    @property
+    def is_issue_credit(self) -> bool:
+        """Credits applied when the invoice was issued (in its credits, not its payments)."""
+        return self.tender == PaymentTender.CREDIT and self.ledger_transaction.kind == (
+            ISSUE_CREDIT_KIND
+        )
 
     @property
     def amount(self) -> Money:

@@ -100,6 +100,8 @@ class Registration:
     id_prefix: str
     args: Callable[[datetime], tuple]
     enabled: Callable[[Config], bool]
+    # "Run now" at a time -> the arguments; None: ``args`` of that time.
+    manual_args: Callable[[datetime], tuple] | None = None
 
 
 _SCHEDULE: dict[str, Registration] = {}
@@ -114,8 +116,9 @@ def schedule(
     id_prefix: str,
     args: Callable[[datetime], tuple] = _no_args,
     enabled: Callable[[Config], bool] = lambda config: True,
+    manual_args: Callable[[datetime], tuple] | None = None,
 ) -> Registration:
-    registration = Registration(name, cron, func, queue, id_prefix, args, enabled)
+    registration = Registration(name, cron, func, queue, id_prefix, args, enabled, manual_args)
     _SCHEDULE[name] = registration
     return registration
 

@@ -74,6 +74,10 @@ class PeriodicJob:
     queue: str  # RQ queue
     id_prefix: str  # job ids are "<prefix>:<slot>", e.g. "meter:2026-11-21T18"
     args: Callable[[datetime], tuple] = _no_args  # due time -> the function's arguments
+    manual_args: Callable[[datetime], tuple] | None = None  # Run now's, when not ``args``
+
+    def run_now_args(self, now: datetime) -> tuple:
+        return (self.manual_args or self.args)(now)
 
     def job_id(self, slot: str) -> str:
         return f"{self.id_prefix}:{slot}"
@@ -121,6 +125,7 @@ def periodic_jobs(config: registry.Config | None = None) -> list[PeriodicJob]:
             r.queue,
             r.id_prefix,
             r.args,
+            r.manual_args,
         )
         for r in registry.registrations(config)
     ]
@@ -391,7 +396,7 @@ def request_run(
                 "origin": RunOrigin.MANUAL,
                 "job_id": job.job_id(slot),
                 "func": job.func,
-                "args": list(job.args(now)),
+                "args": list(job.run_now_args(now)),
                 "queue": job.queue,
                 "status": RunStatus.PENDING,
                 "scheduled_by": who[:255],

@@ -69,7 +69,9 @@ def registered_flash(email: str) -> str:
 
 
 def flashes(page: str) -> list[str]:
-    return [html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)]
+    return [
+        html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
+    ]
 
 
 def user_count(app) -> int:
@@ -99,7 +101,7 @@ def test_register_mails_a_link_that_sets_the_password_and_logs_in(app, client):
     assert response.status_code == 200 and "Passwords differ." in text_of(response)
     response = client.submit(link, {"password": PASSWORD, "confirm": PASSWORD})
     assert response.status_code == 303
-    assert path_of(response) == "/wallet/"
+    assert path_of(response) == "/overview/"
     page = text_of(client.get("/wallet/"))
     assert "Your password is set." in page
     assert "Nia New" in page  # the account menu names the user
@@ -186,11 +188,11 @@ def test_passwords_are_stored_as_argon2id(app, client, make_user):
 # -- log in and out ----------------------------------------------------------------------
 
 
-def test_login_succeeds_and_goes_to_the_wallet(client, auth, make_user):
+def test_login_succeeds_and_goes_to_the_overview(client, auth, make_user):
     user = make_user()
     response = auth.login(user)
     assert response.status_code == 303
-    assert response.headers["Location"] == "/wallet/"
+    assert response.headers["Location"] == "/overview/"
     assert is_logged_in(client)
 
 
@@ -204,7 +206,7 @@ def test_login_follows_a_local_next_but_not_an_external_one(client, make_user):
     response = client.submit(
         "/auth/login?next=https://evil.example/", {"email": user.email, "password": PASSWORD}
     )
-    assert response.headers["Location"] == "/wallet/"
+    assert response.headers["Location"] == "/overview/"
 
 
 @pytest.mark.parametrize(
@@ -484,7 +486,7 @@ def test_reset_link_sets_a_password_once(app, client, make_user):
     assert "For known@example.com." in text_of(page)
     response = client.submit(link, {"password": NEW_PASSWORD, "confirm": NEW_PASSWORD})
     assert response.status_code == 303
-    assert path_of(response) == "/wallet/"
+    assert path_of(response) == "/overview/"
     assert "Your password is set." in text_of(client.get("/wallet/"))
 
     fresh = AuthActions(app.test_client())

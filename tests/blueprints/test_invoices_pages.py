@@ -52,10 +52,10 @@ def test_the_list_shows_the_users_invoices_newest_first(client, auth, customer):
     oct_row = page[page.index(f'id="invoice-{customer.invoices["oct"]}"') :]
     oct_row = oct_row[: oct_row.index("</tr>")]
     assert "2026-10-01 – 2026-10-31" in oct_row  # the period's end shown inclusively
-    assert ">sent<" in oct_row and oct_row.count(OCT_TOTAL) == 2  # total and amount due
+    assert ">Open<" in oct_row and oct_row.count(OCT_TOTAL) == 2  # total and amount due
     sep_row = page[page.index(f'id="invoice-{customer.invoices["sep"]}"') :]
     sep_row = sep_row[: sep_row.index("</tr>")]
-    assert ">paid<" in sep_row and SEP_TOTAL in sep_row and "$0.00" in sep_row
+    assert ">Paid<" in sep_row and SEP_TOTAL in sep_row and "$0.00" in sep_row
     # The filter is a real GET form (works without JavaScript) that htmx turns into a swap.
     assert 'action="/invoices/"' in page and 'method="get"' in page
     assert 'hx-target="#invoice-table"' in page and 'hx-push-url="true"' in page
@@ -133,7 +133,7 @@ def test_the_invoice_page_shows_lines_totals_payments_and_the_pdf(app, client, a
     page = response.get_data(as_text=True)
     assert response.status_code == 200
     assert f"<h1>Invoice {customer.numbers['sep']}</h1>" in page
-    assert re.search(r'id="invoice-status"[^>]*>paid<', page)
+    assert re.search(r'id="invoice-status"[^>]*>Paid<', page)
     assert '<td id="invoice-period">2026-09-01 – 2026-09-30</td>' in page
     assert re.search(r"<th scope=\"row\">Issued</th><td>\d{4}-\d\d-\d\d</td>", page)
     assert re.search(r"<th scope=\"row\">Due</th><td>\d{4}-\d\d-\d\d</td>", page)
@@ -145,7 +145,7 @@ def test_the_invoice_page_shows_lines_totals_payments_and_the_pdf(app, client, a
     )
     assert line.groups() == (f"web (web-{customer.id}) · CPU", "720 core-hours", "$0.05", SEP_TOTAL)
     assert f'id="invoice-subtotal">{SEP_TOTAL}<' in page
-    assert 'id="invoice-credits">$0.00<' in page
+    assert 'id="invoice-credits"' not in page  # no credits applied: no line for them
     assert re.search(r'id="invoice-due"><h2>Amount due</h2><p class="amount">\$0.00<', page)
     payment = re.search(
         r'<tr id="payment-\d+"><td>[^<]+</td><td>Bank transfer</td>'
@@ -174,7 +174,9 @@ def test_credits_show_on_the_invoice(app, client, auth, make_user, api):
     page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)
     assert 'id="invoice-credits">-$10.00<' in page
     assert re.search(r'id="invoice-total"><h2>Total</h2><p class="amount">\$26.00<', page)
-    assert re.search(r"<td>[^<]+</td><td>Credits</td><td></td><td class=\"num\">\$10.00</td>", page)
+    # Credits appear once: as "Credits applied", not again as a payment.
+    assert "<td>Credits</td>" not in page and "No payments yet." in page
+    assert re.search(r'id="invoice-paid"><h2>Paid</h2><p class="amount">\$0.00<', page)
 
 
 def test_another_users_invoice_is_404(app, client, auth, customer, make_user):

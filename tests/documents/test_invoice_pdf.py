@@ -53,7 +53,8 @@ def test_pdf_shows_the_snapshot_figures(snapshot, fetched):
     assert text_line(text, "Subtotal").split()[-1] == "$36.50"
     assert text_line(text, "Credits applied").split()[-1] == "−$5.00"
     assert re.search(r"^\s*Total\s+\$31\.50$", text, re.M), text
-    assert text_line(text, "Amount paid").split()[-1] == "$9.99"
+    # Every figure adds up: 36.50 - 5.00 = 31.50; 31.50 - 9.99 (the payments listed) = 21.51.
+    assert re.search(r"^\s*Paid\s+−\$9\.99$", text, re.M), text
     assert text_line(text, "Amount due").split()[-1] == "$21.51"
     # Seller, customer, number, dates, period, status, payments.
     for shown in (
@@ -65,14 +66,14 @@ def test_pdf_shows_the_snapshot_figures(snapshot, fetched):
         "Alice Liddell",
         "alice@example.com",
         "Account 12",
-        "SENT",
+        "PARTIALLY PAID",
     ):
         assert shown in text, shown
     assert text_line(text, "Invoice number").split()[-1] == "INV-2026-000001"
     assert text_line(text, "Issue date").split()[-1] == "2026-11-01"
     assert text_line(text, "Due date").split()[-1] == "2026-11-15"
     assert "2026-10-01 – 2026-10-31" in text_line(text, "Service period")
-    assert re.search(r"2026-11-01\s+Account credit\s+—\s+\$5\.00$", text, re.M), text
+    assert "Account credit" not in text and "SENT" not in text  # credits appear once
     assert re.search(r"2026-11-03\s+Card\s+pi_3Q0example\s+\$9\.99$", text, re.M), text
     assert "Please pay $21.51 by 2026-11-15, quoting invoice INV-2026-000001." in text
     assert "Page 1 of 1" in text
@@ -85,7 +86,9 @@ def test_same_snapshot_same_bytes(snapshot):
 
 
 def test_paid_invoice_and_long_invoice(snapshot):
-    paid = snapshot(status="paid", amount_paid="$26.50", amount_due="$0.00", due_at=None)
+    paid = snapshot(
+        status="paid", status_display="Paid", amount_paid="$26.50", amount_due="$0.00", due_at=None
+    )
     text = pdf_text(invoice_pdf.render_pdf_bytes(paid))
     assert "PAID" in text and "Nothing is due on this invoice." in text
     assert text_line(text, "Due date").split()[-2:] == ["On", "receipt"]
@@ -117,7 +120,7 @@ def test_long_words_wrap_inside_the_page(snapshot):
     snap["seller"]["address"] = ["Z" * 120]
     snap["customer"]["name"] = "Y" * 90
     snap["lines"][0]["description"] = "x" * 150
-    snap["payments"][1]["reference"] = "R" * 80
+    snap["payments"][0]["reference"] = "R" * 80
     content = invoice_pdf.render_pdf_bytes(snap)
     assert "x" * 20 in pdf_text(content)
     boxes = subprocess.run(

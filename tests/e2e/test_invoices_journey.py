@@ -25,7 +25,7 @@ def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
+    expect(page.get_by_role("heading", level=1, name="Overview")).to_be_visible()
 
 
 def stored(app, invoice_id: int) -> tuple[str, str]:
@@ -52,7 +52,7 @@ def test_a_customer_filters_opens_and_downloads_an_invoice(
     table_rows = page.locator("#invoice-table tbody tr")
     expect(table_rows).to_have_count(2)
     expect(table_rows.nth(0)).to_contain_text(oct_number)
-    expect(table_rows.nth(0)).to_contain_text("sent")
+    expect(table_rows.nth(0)).to_contain_text("Open")
     expect(table_rows.nth(1)).to_contain_text(sep_number)
     expect(table_rows.nth(1)).to_contain_text(SEP_TOTAL)
     page.screenshot(path=INVOICES_SHOT, full_page=True)
@@ -83,7 +83,7 @@ def test_a_customer_filters_opens_and_downloads_an_invoice(
     expect(table_rows).to_have_count(2)
     page.get_by_role("link", name=sep_number).click()
     expect(page.get_by_role("heading", level=1, name=f"Invoice {sep_number}")).to_be_visible()
-    expect(page.locator("#invoice-status")).to_have_text("paid")
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
     expect(page.locator("#invoice-period")).to_have_text("2026-09-01 – 2026-09-30")
     expect(page.locator("#line-1")).to_contain_text("720 core-hours")
     expect(page.locator("#invoice-subtotal")).to_have_text(SEP_TOTAL)

@@ -50,7 +50,7 @@ def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
+    expect(page.get_by_role("heading", level=1, name="Overview")).to_be_visible()
 
 
 def go_to(page: Page, name: str) -> None:
@@ -208,7 +208,7 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
     go_to(page, "Invoices")
     page.get_by_role("link", name=number).click()
     expect(page.get_by_role("heading", level=1, name=f"Invoice {number}")).to_be_visible()
-    expect(page.locator("#invoice-status")).to_have_text("sent")
+    expect(page.locator("#invoice-status")).to_have_text("Open")
     expect(page.locator("#invoice-due .amount")).to_have_text(OCT_TOTAL)
     preview = page.locator("#payment-preview tbody tr")
     expect(preview).to_have_count(2)
@@ -219,7 +219,7 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
     page.get_by_role("button", name="Pay now").click()
 
     expect(page.locator(".flash-success")).to_have_text("The invoice is paid.")
-    expect(page.locator("#invoice-status")).to_have_text("paid")
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
     expect(page.locator("#invoice-paid .amount")).to_have_text(OCT_TOTAL)
     expect(page.locator("#invoice-due .amount")).to_have_text("$0.00")
     expect(page.locator("#invoice-pay")).to_have_count(0)
@@ -300,7 +300,7 @@ def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
 
     go_to(page, "Invoices")
     page.get_by_role("link", name=number).click()
-    expect(page.locator("#invoice-status")).to_have_text("sent")
+    expect(page.locator("#invoice-status")).to_have_text("Open")
     expect(page.locator("#payment-action-needed")).to_have_text(
         f"Your bank asks you to confirm the payment of {OCT_TOTAL} with Visa •••• 3184."
     )
@@ -322,7 +322,7 @@ def test_a_3d_secure_card_pays_an_invoice_after_complete_payment(
     authenticate_on_sandbox(page, live.standin.base_url, "a payment of 37.20 USD")
     expect(page).to_have_url(f"{live.url}/invoices/{invoice_id}")
     expect(page.locator(".flash-success")).to_have_text("Thank you: the card payment went through.")
-    expect(page.locator("#invoice-status")).to_have_text("paid")
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
     expect(page.locator("#invoice-due .amount")).to_have_text("$0.00")
     payments = page.locator(".invoice-payments tbody tr")
     expect(payments).to_have_count(1)
@@ -361,6 +361,7 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
 
     page = open_page("customer")
     log_in(page, user.email)
+    go_to(page, "Wallet")
     topup = page.get_by_role("region", name="Top up your prepaid balance")
     topup.get_by_label("Amount").fill("50.00")
     expect(topup.get_by_label("Card on the secure checkout page")).to_be_checked()
@@ -391,7 +392,7 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
 
     go_to(page, "Invoices")
     page.get_by_role("link", name=number).click()
-    expect(page.locator("#invoice-status")).to_have_text("paid")
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
     payments = page.locator(".invoice-payments tbody tr")
     expect(payments).to_have_count(1)
     expect(cell(payments.first, 1)).to_have_text("Prepaid balance")

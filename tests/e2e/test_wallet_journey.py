@@ -26,6 +26,9 @@ def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(re.compile(r"/overview/$"))  # where users land
+    expect(page.get_by_role("heading", level=1, name="Overview")).to_be_visible()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Wallet").click()
     expect(page).to_have_url(re.compile(r"/wallet/$"))
     expect(page.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
 
@@ -82,9 +85,11 @@ def test_open_wallet_page_shows_a_new_credit_without_reload(
     visitor.get_by_label("Repeat new password").fill(PASSWORD)
     visitor.get_by_role("button", name="Set password").click()
 
+    expect(visitor).to_have_url(f"{live_server.url}/overview/")
+    expect(visitor.locator(".flash-success")).to_have_text("Your password is set.")
+    visitor.get_by_role("navigation", name="Main").get_by_role("link", name="Wallet").click()
     expect(visitor).to_have_url(f"{live_server.url}/wallet/")
     expect(visitor.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
-    expect(visitor.locator(".flash-success")).to_have_text("Your password is set.")
     expect(visitor.locator("#balance-credit .amount")).to_have_text("$0.00")
     expect(visitor.locator("#balance-cash .amount")).to_have_text("$0.00")
     expect(visitor.get_by_text("No money has moved yet.")).to_be_visible()

@@ -311,7 +311,7 @@ def test_change_password_without_csrf_changes_nothing(client, auth, make_user):
     assert response.status_code == 400
     auth.logout()
     assert auth.login(user.email, "brand-new-password").status_code == 200  # form again
-    assert auth.login(user.email, PASSWORD).headers["Location"] == "/wallet/"
+    assert auth.login(user.email, PASSWORD).headers["Location"] == "/overview/"
 
 
 def test_logout_without_csrf_keeps_the_session(client, auth, make_user):

@@ -19,6 +19,7 @@ SNAPSHOT = {
     "template_version": 1,
     "number": "INV-2026-000001",
     "status": "sent",
+    "status_display": "Partially paid",
     "issued_at": "2026-11-01",
     "due_at": "2026-11-15",
     "period_start": "2026-10-01",
@@ -79,7 +80,6 @@ SNAPSHOT = {
     "amount_paid": "$9.99",
     "amount_due": "$21.51",
     "payments": [
-        {"date": "2026-11-01", "tender": "credit", "amount": "$5.00", "reference": ""},
         {"date": "2026-11-03", "tender": "card", "amount": "$9.99", "reference": "pi_3Q0example"},
     ],
 }

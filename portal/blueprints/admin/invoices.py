@@ -17,6 +17,7 @@ from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
+from ...services.payments import settlement
 from ...web import discard_changes
 from .. import helpers
 from . import bp
@@ -105,6 +106,7 @@ def _render_invoice(
         invoice=invoice,
         void_form=void_form or VoidInvoiceForm(formdata=None),
         payment_form=payment_form,
+        tender_labels=settlement.TENDER_LABELS,
     ), status
 
 

@@ -49,7 +49,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         user=user,
         form=form,
         revoke_admin_form=RevokeAdminForm(),
-        balances=ledger.balances(user),
+        balances=credits.spendable_balances(user),
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),

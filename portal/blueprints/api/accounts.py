@@ -108,7 +108,7 @@ def grant_credit(body: GrantCredit):
 )
 def wallet(query: ForUser):
     user = acting_user(query.user_id)
-    b = ledger.balances(user)
+    b = credits.spendable_balances(user)
     return WalletOut(
         user_id=user.id,
         currency=b.currency,

@@ -46,6 +46,7 @@ def _fields(invoice: Invoice) -> dict:
         **invoice.amount_due.to_json("amount_due"),
         currency=invoice.currency,
         status=invoice.invoice_status.label,
+        status_display=invoice.display_status,
         due_date=iso(invoice.due_at),
         paid_at=iso(invoice.paid_at),
         created_at=iso(invoice.created_at),
@@ -86,7 +87,7 @@ def detail_fields(invoice: Invoice) -> dict:
                 reference=p.reference,
                 created_at=iso(p.created_at),
             )
-            for p in invoice.payments
+            for p in invoice.settlement_payments
         ],
     )
 

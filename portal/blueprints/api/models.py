@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
-from ...models import INVOICE_STATUS_LABELS
+from ...models import INVOICE_STATUS_DISPLAYS, INVOICE_STATUS_LABELS
 from ...services.metering.deployments import MAX_NAME, MAX_SIZE
 from ...services.wallet.vouchers import MAX_BATCH
 from .fields import (
@@ -37,6 +37,7 @@ from .fields import (
 )
 
 INVOICE_STATUSES = INVOICE_STATUS_LABELS
+STATUS_DISPLAYS = INVOICE_STATUS_DISPLAYS
 DEPLOYMENT_STATES = (
     "pending",
     "active",
@@ -388,6 +389,9 @@ class InvoiceOut(Out):
     amount_due_minor: Minor
     currency: Currency
     status: Literal[INVOICE_STATUSES]  # type: ignore[valid-type]
+    status_display: Literal[STATUS_DISPLAYS] = Field(  # type: ignore[valid-type]
+        description="the status as the invoice page and PDF show it"
+    )
     due_date: Time | None
     paid_at: Time | None
     created_at: Time

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app, g, stream_with_context
 
 from ...models import TokenScope
-from ...services.wallet import ledger, vouchers
+from ...services.wallet import credits, vouchers
 from ..limits import voucher_redeem_limit
 from . import bp
 from .fields import iso, to_money
@@ -37,7 +37,7 @@ def redeem_voucher(body: Redeem):
     """Into the voucher balance: 404 unknown code, 409 used or expired, 429 after
     VOUCHER_RATE_LIMIT attempts (one count with the Wallet form's)."""
     value = vouchers.redeem(g.api_user, body.code)
-    b = ledger.balances(g.api_user)
+    b = credits.spendable_balances(g.api_user)
     return RedeemOut(
         redeemed=str(value.amount),
         redeemed_minor=value.amount_minor,

@@ -22,7 +22,7 @@ from ...models import (
 )
 from ...money import Money
 from ..calendar import invoice_day, period_containing
-from . import projection
+from ..metering import projection
 from .standing import STANDINGS, standing_of
 
 FAILED_PAYMENTS_DAYS = 7

@@ -18,7 +18,7 @@ from sqlalchemy import and_, case, false, func, or_, select
 from ...extensions import db
 from ...models import AccountKind, CurrencyPin, Invoice, InvoiceStatus, LedgerAccount, User
 from ...money import Money
-from . import projection
+from ..metering import projection
 from .standing import STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")

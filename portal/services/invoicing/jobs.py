@@ -94,6 +94,12 @@ def render_invoice_pdf(invoice_id: int) -> str:
     return sha256
 
 
+def last_ended_period(now: datetime) -> tuple[str]:
+    """Run now's arguments: the last billing period that has ended at ``now`` (any day,
+    not only the invoice day)."""
+    return (calendar.last_complete_period(now)[0].strftime("%Y-%m-%d"),)
+
+
 # On the invoice day, just after midnight UTC, the period that ended is invoiced.
 schedule(
     "generate-invoices",
@@ -102,6 +108,7 @@ schedule(
     queue="invoicing",
     id_prefix="invoices",
     args=period_ending_at,
+    manual_args=last_ended_period,
     enabled=lambda config: config["BILLING"].enabled,
 )
 schedule(

@@ -57,7 +57,6 @@ from .snapshot import Customer, seller, snapshot_data
 log = logging.getLogger(__name__)
 
 _USAGE = str(InvoiceKind.USAGE)
-_CREDIT = str(PaymentTender.CREDIT)
 
 
 def check_period(start: datetime, end: datetime, now: datetime | None = None) -> None:
@@ -496,7 +495,7 @@ def _finalize(
                     credits=d.credits,
                     total=d.total,
                     amount_paid=0,
-                    payments=[(paid_at, _CREDIT, d.credits, "")] if d.credits else [],
+                    payments=[],  # credits applied are in ``credits``, not payments
                     locale=locale,
                 ),
             ]

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from flask import current_app
 
 from ...models import Invoice, InvoiceStatus, User
+from ...models.invoices import display_status
 from ...money import decimal_to_micros, format_micros
 from .formatting import money_formatter
 from .lines import LineDraft
@@ -62,13 +63,15 @@ def snapshot_data(
     locale: str | None = None,
 ) -> Snapshot:
     """The plain data a PDF is rendered from. ``lines`` as stored; ``payments``: (created
-    at, tender, amount in minor units, reference)."""
+    at, tender, amount in minor units, reference), those that make up ``amount_paid`` (the
+    credits applied at issue are ``credits``, not a payment)."""
     locale = locale or current_app.config["BABEL_DEFAULT_LOCALE"]
     fmt = money_formatter(currency, locale)
     return {
         "template_version": 1,
         "number": number,
         "status": status.label,
+        "status_display": display_status(status, amount_paid),
         "issued_at": issued_at.date().isoformat(),
         "due_at": due_at.date().isoformat() if due_at else None,
         "period_start": period_start.date().isoformat(),
@@ -134,7 +137,10 @@ def build_snapshot(invoice: Invoice, user: User) -> Snapshot:
         credits=invoice.credits_minor,
         total=invoice.total_minor,
         amount_paid=invoice.amount_paid_minor,
-        payments=[(p.created_at, p.tender, p.amount_minor, p.reference) for p in invoice.payments],
+        payments=[
+            (p.created_at, p.tender, p.amount_minor, p.reference)
+            for p in invoice.settlement_payments
+        ],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from ...extensions import db
 from ...models import AccountKind, CreditLot, LedgerAccount, LedgerTransaction, User, utcnow
 from ...money import Money
 from .. import audit, events
-from . import ledger
+from . import ledger, settlement_requests
 
 MAX_REASON = 500
 
@@ -87,6 +88,7 @@ def grant_credit(
         },
         user.id,
     )
+    settlement_requests.request_settlement(user.id)  # new money: pay what is pending
     if source == AccountKind.CREDIT_GRANTS:
         audit.record(
             "credit.granted",
@@ -125,6 +127,13 @@ def available_credit(user: User, now: datetime | None = None) -> Money:
     return Money(
         sum(lot.remaining_minor for lot in _open_lots(account, now or utcnow())), user.currency
     )
+
+
+def spendable_balances(user: User, now: datetime | None = None) -> ledger.Balances:
+    """The balances a user can spend now: credit lots past their expiry no longer count,
+    even before ``expire-credits`` books their expiry in the ledger."""
+    balances = ledger.balances(user)
+    return dataclasses.replace(balances, credit=available_credit(user, now))
 
 
 def spend_credit(

@@ -129,7 +129,7 @@ def test_void_needs_a_reason_then_reverses_the_invoice(app, client, shop):
     assert done.status_code == 303 and done.headers["Location"] == f"/admin/invoices/{invoice_id}"
     page = client.get(done.headers["Location"]).get_data(as_text=True)
     assert f"Voided invoice {shop['numbers']['ann'][1]}." in page
-    assert re.search(r'id="invoice-status"[^>]*>void<', page) and "Wrong prices" in page
+    assert re.search(r'id="invoice-status"[^>]*>Void<', page) and "Wrong prices" in page
     assert "Void this invoice" not in page and "Record an offline payment" not in page
     invoice = invoice_row(app, invoice_id)
     assert (invoice.status, invoice.void_reason) == ("void", "Wrong prices")

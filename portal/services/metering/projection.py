@@ -16,8 +16,8 @@ from ...extensions import db
 from ...models import DeploymentInterval, MeterMark, UsageDaily, User
 from ...money import Money
 from ..calendar import invoice_day, period_containing
-from ..metering import rollups
-from ..metering.usage import month_seconds, round_micros
+from . import rollups
+from .usage import month_seconds, round_micros
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,187 @@
+"""A user's overview, the page they land on: what is due now, the next invoice's date and
+projected amount, the balances they can spend, their standing, what needs them, and what
+happened lately. Read only: it gathers what the domain packages say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import (
+    AttemptStatus,
+    Invoice,
+    InvoiceStatus,
+    PaymentAttempt,
+    PaymentMethod,
+    User,
+    utcnow,
+)
+from ..money import Money
+from .admin.standing import GOOD, standing_of
+from .calendar import invoice_day, period_containing
+from .invoicing.invoices import UNPAID
+from .metering import projection
+from .wallet import credits, ledger
+
+RECENT = 5
+# A card is "expiring" in the month it expires and the month before.
+EXPIRING_MONTHS = 1
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something that needs the user: a kind (``confirm_payment``, ``overdue``,
+    ``card_expiring``, ``card_expired``), what to say and where to go."""
+
+    kind: str
+    message: str
+    invoice_id: int | None = None
+    card_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Overview:
+    currency: str
+    due_now: Money
+    unpaid: list[Invoice]
+    next_invoice_on: datetime
+    next_invoice_period: tuple[datetime, datetime]
+    usage_so_far: Money
+    next_invoice_projected: Money
+    balances: ledger.Balances
+    standing: str
+    actions: list[Action]
+    activity: list[ledger.HistoryRow]
+    recent_invoices: list[Invoice]
+
+    @property
+    def period_last_day(self) -> datetime:
+        """The current period's last day (the period is half-open)."""
+        return self.next_invoice_period[1] - timedelta(days=1)
+
+    @property
+    def in_good_standing(self) -> bool:
+        return self.standing == GOOD
+
+
+def _unpaid(user: User) -> list[Invoice]:
+    # Oldest due date first: what is late comes first.
+    return list(
+        db.session.scalars(
+            select(Invoice)
+            .where(Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in UNPAID]))
+            .order_by(Invoice.due_at, Invoice.id)
+        )
+    )
+
+
+def _awaiting_confirmation(user: User) -> list[PaymentAttempt]:
+    return list(
+        db.session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.user_id == user.id,
+                PaymentAttempt.invoice_id.is_not(None),
+                PaymentAttempt.status == AttemptStatus.REQUIRES_ACTION.value,
+            )
+            .order_by(PaymentAttempt.id)
+        )
+    )
+
+
+def _cards(user: User) -> list[PaymentMethod]:
+    return list(
+        db.session.scalars(
+            select(PaymentMethod)
+            .where(PaymentMethod.user_id == user.id, PaymentMethod.removed_at.is_(None))
+            .order_by(PaymentMethod.id)
+        )
+    )
+
+
+def months_left(card: PaymentMethod, now: datetime) -> int:
+    """Whole months from this one to the card's expiry month (0: it expires this month)."""
+    return (card.exp_year * 12 + card.exp_month) - (now.year * 12 + now.month)
+
+
+def _actions(user: User, unpaid: list[Invoice], now: datetime) -> list[Action]:
+    actions = []
+    by_id = {i.id: i for i in unpaid}
+    for attempt in _awaiting_confirmation(user):
+        invoice = by_id.get(attempt.invoice_id or 0)
+        if invoice is None:
+            continue
+        amount = Money(attempt.amount_minor, attempt.currency)
+        actions.append(
+            Action(
+                "confirm_payment",
+                f"Your bank asks you to confirm the payment of {amount.format()} "
+                f"for invoice {invoice.number}.",
+                invoice_id=invoice.id,
+            )
+        )
+    for invoice in unpaid:
+        if invoice.status == InvoiceStatus.OVERDUE.value:
+            due = invoice.due_at.date().isoformat() if invoice.due_at else "its due date"
+            actions.append(
+                Action(
+                    "overdue",
+                    f"Invoice {invoice.number} is past due since {due}: "
+                    f"{invoice.amount_due.format()} is still to pay.",
+                    invoice_id=invoice.id,
+                )
+            )
+    for card in _cards(user):
+        left = months_left(card, now)
+        expiry = f"{card.exp_month:02d}/{card.exp_year}"
+        if left < 0:
+            actions.append(
+                Action(
+                    "card_expired",
+                    f"{card.label} expired at the end of {expiry}: add a new card.",
+                    card_id=card.id,
+                )
+            )
+        elif left <= EXPIRING_MONTHS:
+            actions.append(
+                Action(
+                    "card_expiring",
+                    f"{card.label} expires at the end of {expiry}: add a new card before then.",
+                    card_id=card.id,
+                )
+            )
+    return actions
+
+
+def overview(user: User, now: datetime | None = None) -> Overview:
+    now = now or utcnow()
+    unpaid = _unpaid(user)
+    due = sum((i.amount_due.amount_minor for i in unpaid), 0)
+    start, end = period_containing(now, invoice_day())
+    projected = projection.by_user([(user.id, user.currency)], now)[user.id]
+    standing = db.session.scalar(select(standing_of(User.id)).where(User.id == user.id))
+    recent = list(
+        db.session.scalars(
+            select(Invoice)
+            .where(Invoice.user_id == user.id, Invoice.status != InvoiceStatus.DRAFT.value)
+            .order_by(Invoice.period_start.desc(), Invoice.id.desc())
+            .limit(3)
+        )
+    )
+    return Overview(
+        currency=user.currency,
+        due_now=Money(due, user.currency),
+        unpaid=unpaid,
+        next_invoice_on=end,
+        next_invoice_period=(start, end),
+        usage_so_far=projected.so_far,
+        next_invoice_projected=projected.projected,
+        balances=credits.spendable_balances(user, now),
+        standing=standing or GOOD,
+        actions=_actions(user, unpaid, now),
+        activity=list(ledger.wallet_history(user, page=1, per_page=RECENT).items),
+        recent_invoices=recent,
+    )
