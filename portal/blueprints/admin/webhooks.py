@@ -19,11 +19,11 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from ...errors import ServiceError
-from ...extensions import db
 from ...forms import WholeNumberField
 from ...models import DeliveryStatus, utcnow
 from ...services.events.catalog import NAMES
 from ...services.webhooks import delivery, endpoints
+from ...web import discard_changes
 from .. import helpers
 from . import bp
 
@@ -95,10 +95,9 @@ def create_webhook():
             form.data_in(), actor=current_user, now=utcnow()
         )
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()  # show what is stored; the 422 keeps nothing
         helpers.form_errors_from(form, exc)
         return _index(form, 422)
-    db.session.commit()
     flash(f"Endpoint {endpoint.url} added.", "success")
     return _index(EndpointForm(formdata=None), created=endpoint, secret=secret)
 
@@ -150,10 +149,9 @@ def update_webhook(endpoint_id: int):
     try:
         endpoints.update_endpoint(endpoint, form.data_in(), actor=current_user, now=utcnow())
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()  # show what is stored; the 422 keeps nothing
         helpers.form_errors_from(form, exc)
         return _show(endpoint_id, form=form, status=422)
-    db.session.commit()
     flash("Endpoint saved.", "success")
     return helpers.see_other("admin.webhook", endpoint_id=endpoint_id)
 
@@ -162,7 +160,6 @@ def _set_enabled(endpoint_id: int, enabled: bool):
     endpoint = endpoints.get_endpoint(endpoint_id)
     if ActionForm().validate_on_submit():
         endpoints.set_enabled(endpoint, enabled, actor=current_user, now=utcnow())
-        db.session.commit()
         flash(f"Endpoint {'enabled' if enabled else 'disabled'}.", "success")
     return helpers.see_other("admin.webhook", endpoint_id=endpoint_id)
 
@@ -183,7 +180,6 @@ def rotate_webhook_secret(endpoint_id: int):
     if not ActionForm().validate_on_submit():
         return helpers.see_other("admin.webhook", endpoint_id=endpoint_id)
     secret = endpoints.rotate_secret(endpoint, actor=current_user, now=utcnow())
-    db.session.commit()
     return _show(endpoint_id, secret=secret)
 
 
@@ -196,10 +192,9 @@ def replay_webhook_event(endpoint_id: int):
     try:
         delivery.replay_event(endpoint, form.event_id.data, actor=current_user, now=utcnow())
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()  # show what is stored; the 422 keeps nothing
         form.event_id.errors = [exc.message]
         return _show(endpoint_id, replay=form, status=422)
-    db.session.commit()
     flash(f"Event {form.event_id.data} will be sent again.", "success")
     return helpers.see_other("admin.webhook", endpoint_id=endpoint_id)
 
@@ -219,10 +214,9 @@ def replay_webhook_range(endpoint_id: int):
             now=utcnow(),
         )
     except ServiceError as exc:
-        db.session.rollback()
+        discard_changes()  # show what is stored; the 422 keeps nothing
         helpers.form_errors_from(form, exc)
         return _show(endpoint_id, replay_range=form, status=422)
-    db.session.commit()
     flash(f"{count} event(s) will be sent again.", "success")
     return helpers.see_other("admin.webhook", endpoint_id=endpoint_id)
 
