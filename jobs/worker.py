@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
                 return
             worker = None
             try:
-                worker = AppWorker(queues, connection=connection)
+                worker = AppWorker(
+                    queues,
+                    connection=connection,
+                    job_monitoring_interval=app.config["JOB_MONITORING_SECONDS"],
+                )
                 worker.work(burst=args.burst, with_scheduler=False)
             except (RedisError, OSError) as exc:  # its start or its teardown met no Redis
                 log.warning("lost Redis: %s", exc)
