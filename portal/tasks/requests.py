@@ -19,7 +19,18 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 
 from ..db import dialect_insert
 from ..extensions import db
@@ -97,6 +108,16 @@ def add(
         request_id = db.session.execute(insert.returning(_TABLE.c.id)).scalar_one()
     db.session().info.setdefault(COMMITTED, []).append(request_id)
     return request_id
+
+
+def no_open_request(prefix: str, id_column: Any) -> ColumnElement[bool]:
+    """SQL: no job request under the key ``prefix`` + the row's id is waiting, running or
+    failed for good (that one waits for a person: Admin › Jobs › Retry all failed). What
+    the sweeps ask for again (a request done, pruned or never written)."""
+    key = literal(prefix) + cast(id_column, String)
+    return ~exists().where(
+        _TABLE.c.dedupe_key == key, _TABLE.c.status.in_((REQUESTED, SENT, FAILED))
+    )
 
 
 def backoff(attempts: int, first: Decimal | float | int) -> timedelta:
