@@ -16,6 +16,7 @@ from ...extensions import db
 from ...forms import AmountField
 from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
+from ...services.admin import waiting
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
 from .. import helpers
@@ -105,6 +106,7 @@ def _render_invoice(
         invoice=invoice,
         void_form=void_form or VoidInvoiceForm(formdata=None),
         payment_form=payment_form,
+        waiting=waiting.for_invoice(invoice.id),
     ), status
 
 
