@@ -42,6 +42,21 @@ def wait_for_redis(connection: Redis, stopping: threading.Event) -> bool:
     return False
 
 
+def stop_listening(worker: AppWorker) -> None:
+    """Stop the command listener of an RQ worker that quit. RQ's teardown records the
+    worker's death in Redis before it unsubscribes; with Redis gone that fails first, and the
+    listener thread would go on retrying beside every later worker."""
+    thread = worker.pubsub_thread
+    if thread is not None and thread.is_alive():
+        thread.stop()
+        thread.join(timeout=5)
+    if worker.pubsub is not None:
+        try:
+            worker.pubsub.close()
+        except (RedisError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.worker")
     parser.add_argument("--burst", action="store_true", help="run the jobs waiting now, then exit")
@@ -70,10 +85,17 @@ def main(argv: list[str] | None = None) -> None:
                 return
             worker = None
             try:
-                worker = AppWorker(queues, connection=connection)
+                worker = AppWorker(
+                    queues,
+                    connection=connection,
+                    job_monitoring_interval=app.config["JOB_MONITORING_SECONDS"],
+                )
                 worker.work(burst=args.burst, with_scheduler=False)
             except (RedisError, OSError) as exc:  # its start or its teardown met no Redis
                 log.warning("lost Redis: %s", exc)
+            finally:
+                if worker is not None:
+                    stop_listening(worker)
             # RQ's loop also quits, logging why, on an error it does not handle itself.
             if args.burst or (worker is not None and worker._shutdown_requested_date):
                 return

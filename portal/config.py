@@ -437,6 +437,11 @@ def build_config(
     cfg["WEBHOOK_CONCURRENCY"] = _parse_int(
         "WEBHOOK_CONCURRENCY", env.get("WEBHOOK_CONCURRENCY", "8"), 1, 64
     )
+    # How often a worker running a job says it is alive; a job whose worker missed three of
+    # these is retried (the worker was killed).
+    cfg["JOB_MONITORING_SECONDS"] = _parse_int(
+        "JOB_MONITORING_SECONDS", env.get("JOB_MONITORING_SECONDS", "10"), 1, 3600
+    )
     cfg["LOG_LEVEL"] = env.get("LOG_LEVEL", "info").lower()
     if cfg["LOG_LEVEL"] not in ("error", "warn", "warning", "info", "debug"):
         raise ConfigError(

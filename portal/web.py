@@ -13,8 +13,19 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from flask import Flask, current_app, g, jsonify, render_template, request, session
+from flask import (
+    Flask,
+    current_app,
+    g,
+    has_request_context,
+    jsonify,
+    render_template,
+    request,
+    session,
+)
 from flask_wtf.csrf import CSRFError, generate_csrf
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from . import htmx as hx
@@ -87,7 +98,42 @@ def server_error_response():
     ), 500
 
 
+_COMMITTED, _RETRIED = "_portal_db_committed", "_portal_db_retried"
+
+
+def _dropped_before_any_work(exc: Exception) -> bool:
+    """The database connection dropped (a restart) before this request committed anything:
+    nothing it did is written, and it may run once more on a new connection."""
+    return (
+        isinstance(exc, DBAPIError)
+        and exc.connection_invalidated
+        and not g.get(_COMMITTED)
+        and not g.get(_RETRIED)
+    )
+
+
+def _run_again(app: Flask):
+    """The request once more, on a fresh session (and so a fresh connection)."""
+    db.session.remove()
+    g.pop("_login_user", None)  # Flask-Login's user came from the dropped session
+    setattr(g, _RETRIED, True)
+    app.logger.warning(
+        "the database connection dropped before %s %s did any work: running it again",
+        request.method,
+        request.path,
+    )
+    response = app.preprocess_request()
+    if response is None:
+        response = app.dispatch_request()
+    return response
+
+
 def init_web(app: Flask) -> None:
+    @event.listens_for(db.session.session_factory.class_, "after_commit")
+    def _committed(_session):
+        if has_request_context():
+            setattr(g, _COMMITTED, True)
+
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in to continue."
     login_manager.login_message_category = "info"
@@ -178,6 +224,8 @@ def init_web(app: Flask) -> None:
     def server_error(exc: Exception):
         if isinstance(exc, HTTPException):
             return http_error(exc)
+        if _dropped_before_any_work(exc):
+            return _run_again(app)
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         _rollback_quietly()
         return server_error_response()

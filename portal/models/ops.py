@@ -72,3 +72,5 @@ class JobRequest(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # last asked for
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The run whose chunk this is: the run ends when its chunks do (portal.tasks.runs).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("job_runs.id"), index=True)

@@ -18,6 +18,7 @@ from ..db import rowcount
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
+from ..tasks.clock import database_now, database_now_sql
 from ..tasks.queues import enqueue_after_commit
 from . import audit, mail
 from .wallet import ledger
@@ -171,14 +172,17 @@ def session_max_age() -> timedelta:
 
 
 def start_session(user: User) -> str:
-    """A new login for ``user``; sets and returns ``user.session_key``."""
+    """A new login for ``user``; sets and returns ``user.session_key``. Its age is kept and
+    read in the database's time (portal.tasks.clock): web servers whose clocks disagree
+    agree on when it ends."""
     key = secrets.token_urlsafe(32)
+    now = database_now()
     db.session.execute(
         delete(UserSession).where(  # tidy this user's expired logins
-            UserSession.user_id == user.id, UserSession.created_at < utcnow() - session_max_age()
+            UserSession.user_id == user.id, UserSession.created_at < now - session_max_age()
         )
     )
-    db.session.add(UserSession(user_id=user.id, key_hash=_hash_token(key)))
+    db.session.add(UserSession(user_id=user.id, key_hash=_hash_token(key), created_at=now))
     db.session.flush()
     user.session_key = key
     return key
@@ -195,7 +199,7 @@ def user_for_session(session_id: str) -> User | None:
         .where(
             UserSession.key_hash == _hash_token(key),
             User.id == int(user_id),
-            UserSession.created_at >= utcnow() - session_max_age(),
+            UserSession.created_at >= database_now_sql(minus=session_max_age()),
         )
     )
     if user is None or not user.is_enabled:

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select, update
 from ..db import Page, rowcount
 from ..extensions import db
 from ..models import EmailStatus, Invoice, InvoicePdf, OutboundEmail, utcnow
+from ..tasks import requests
 from ..tasks.queues import enqueue_after_commit
 
 
@@ -48,6 +49,28 @@ def queue_email(
     if smtp:
         enqueue_after_commit("default", "mail.send_email", message.id, job_id=f"mail:{message.id}")
     return message
+
+
+def request_unsent(limit: int = 500) -> int:
+    """The sweep: every message waiting to be sent (pending, refused before, or "sending"
+    by a worker gone for MAIL_SENDING_STALE_SECONDS) whose send job is not waiting, running
+    or failed for good gets one. Returns how many."""
+    stale = utcnow() - timedelta(seconds=float(current_app.config["MAIL_SENDING_STALE_SECONDS"]))
+    ids = db.session.scalars(
+        select(OutboundEmail.id)
+        .where(
+            or_(
+                OutboundEmail.status.in_((EmailStatus.PENDING, EmailStatus.FAILED)),
+                (OutboundEmail.status == EmailStatus.SENDING) & (OutboundEmail.claimed_at < stale),
+            ),
+            requests.no_open_request("mail:", OutboundEmail.id),
+        )
+        .order_by(OutboundEmail.id)
+        .limit(limit)
+    ).all()
+    for message_id in ids:
+        enqueue_after_commit("default", "mail.send_email", message_id, job_id=f"mail:{message_id}")
+    return len(ids)
 
 
 class MailBusy(Exception):

@@ -1,15 +1,16 @@
-"""One clock: the database server's. Leases, heartbeats and the schedule's slots are read
-against it, so machines whose clocks disagree still agree on what time it is. (SQLite runs
+"""One clock: the database server's. Leases, heartbeats, the schedule's slots and login
+sessions' ages are read against it, so machines whose clocks disagree still agree on what time it is. (SQLite runs
 inside the process: its clock is the process's.)"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, Interval, func, literal, text
 
 from ..extensions import db
 from ..models import utcnow
+from ..models.types import UTCDateTime
 
 # A scheduler whose own clock differs from the database's by more than this does not lead.
 MAX_SKEW = timedelta(minutes=1)
@@ -23,3 +24,11 @@ def database_now() -> datetime:
     with db.engine.connect() as connection:
         value = connection.scalar(text("SELECT clock_timestamp()"))
     return value.astimezone(UTC)
+
+
+def database_now_sql(minus: timedelta = timedelta(0)) -> ColumnElement[datetime]:
+    """The database server's time less ``minus``, inside a statement (no round trip of its
+    own): on PostgreSQL now() (the transaction's start); on SQLite this process's time."""
+    if db.engine.dialect.name != "postgresql":
+        return literal(utcnow() - minus, UTCDateTime)
+    return func.now(type_=UTCDateTime) - literal(minus, Interval())

@@ -19,13 +19,14 @@ from decimal import Decimal
 
 from flask import Flask, current_app
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from sqlalchemy import event
 
 from ..extensions import db
 from ..models import utcnow
-from . import monitor, queues, requests
+from . import monitor, queues, requests, worker
 from .queues import BATCH_AT, get_queue, redis_connection, rq_job_id
 
 log = logging.getLogger("jobs.relay")
@@ -34,6 +35,7 @@ _WAITING = frozenset(
 )
 _FAILED = frozenset(s.value for s in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED))
 DONE_KEPT = timedelta(days=1)
+LOST = "the worker running it stopped mid-job (killed?)"
 
 
 def _retry_settings() -> tuple[int, Decimal | float | int]:
@@ -98,13 +100,14 @@ def _forget_failures(queue_name: str, rows: list) -> None:
         pipe.execute()
 
 
-def _record(connection, row, status, job: Job | None, *, now) -> None:
+def _record(connection, row, status, job: Job | None, *, now, error: str | None = None) -> None:
     status = getattr(status, "value", status)
     if status == JobStatus.FINISHED.value:
         requests.mark_done(connection, [row.id], now=now)
     elif status in _FAILED:
         max_attempts, first_retry = _retry_settings()
-        error = monitor.error_text(job) if job is not None else f"the job was {status}"
+        if error is None:
+            error = monitor.error_text(job) if job is not None else f"the job was {status}"
         retry = requests.mark_failed(
             connection, row, error, now=now, max_attempts=max_attempts, first_retry=first_retry
         )
@@ -116,6 +119,13 @@ def _record(connection, row, status, job: Job | None, *, now) -> None:
             ", will retry" if retry else ", giving up",
             error,
         )
+
+
+def _forget(redis, job_id: str) -> None:
+    try:
+        Job.fetch(job_id, connection=redis).delete()
+    except NoSuchJobError:
+        pass
 
 
 def check_sent(*, grace: timedelta) -> dict[str, int]:
@@ -130,11 +140,25 @@ def check_sent(*, grace: timedelta) -> dict[str, int]:
     ids = [rq_job_id(requests.rq_id(row)) for row in rows]
     with redis.pipeline() as pipe:
         for job_id in ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        statuses = [s.decode() if s is not None else None for s in pipe.execute()]
+            pipe.hmget(Job.key_for(job_id), ["status", "worker_name"])
+        fields = [[v.decode() if v is not None else None for v in f] for f in pipe.execute()]
+    statuses = [status for status, _ in fields]
+    running_on = {
+        job_id: name
+        for job_id, (status, name) in zip(ids, fields, strict=True)
+        if status == JobStatus.STARTED.value and name
+    }
+    dead = worker.gone(redis, sorted(set(running_on.values())))
     counts = {"done": 0, "failed": 0, "lost": 0}
     with db.engine.begin() as connection:
         for row, job_id, status in zip(rows, ids, statuses, strict=True):
+            if running_on.get(job_id) in dead:
+                # Its worker died mid-job (its work rolled back): a failed attempt. RQ's
+                # record of it goes, so that the retry is enqueued afresh.
+                _forget(redis, job_id)
+                _record(connection, row, JobStatus.FAILED.value, None, now=now, error=LOST)
+                counts["failed"] += 1
+                continue
             if status in _WAITING:
                 continue
             if status is None:

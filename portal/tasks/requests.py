@@ -11,17 +11,38 @@ makes it requested again, so work committed while that job ran is never missed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 
 from ..db import dialect_insert
 from ..extensions import db
-from ..models import EmailStatus, Invoice, JobRequest, JobRequestStatus, OutboundEmail
+from ..models import (
+    EmailStatus,
+    Invoice,
+    JobRequest,
+    JobRequestStatus,
+    JobRun,
+    OutboundEmail,
+    RunStatus,
+)
 
 REQUESTED, SENT, DONE, FAILED = (
     JobRequestStatus.REQUESTED,
@@ -32,7 +53,28 @@ REQUESTED, SENT, DONE, FAILED = (
 MAX_BACKOFF = timedelta(hours=1)
 _TABLE = JobRequest.__table__
 COMMITTED = "job_requests_committed"  # session.info: ids for the fast path
-_RESET = ("queue", "task", "args", "status", "attempts", "next_attempt_at", "last_error")
+_RESET = (
+    "queue",
+    "task",
+    "args",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "run_id",
+)
+# The run whose job is executing in this context: what it asks for are its chunks.
+_CURRENT_RUN: ContextVar[int | None] = ContextVar("current_run", default=None)
+
+
+@contextmanager
+def for_run(run_id: int) -> Iterator[None]:
+    """Requests written inside belong to run ``run_id`` (which then waits for them)."""
+    token = _CURRENT_RUN.set(run_id)
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)
 
 
 def rq_id(row: Any) -> str:
@@ -54,6 +96,7 @@ def add(
         attempts=0,
         next_attempt_at=now,
         created_at=now,
+        run_id=_CURRENT_RUN.get(),
     )
     if dedupe_key is not None:
         insert = insert.on_conflict_do_update(
@@ -65,6 +108,16 @@ def add(
         request_id = db.session.execute(insert.returning(_TABLE.c.id)).scalar_one()
     db.session().info.setdefault(COMMITTED, []).append(request_id)
     return request_id
+
+
+def no_open_request(prefix: str, id_column: Any) -> ColumnElement[bool]:
+    """SQL: no job request under the key ``prefix`` + the row's id is waiting, running or
+    failed for good (that one waits for a person: Admin › Jobs › Retry all failed). What
+    the sweeps ask for again (a request done, pruned or never written)."""
+    key = literal(prefix) + cast(id_column, String)
+    return ~exists().where(
+        _TABLE.c.dedupe_key == key, _TABLE.c.status.in_((REQUESTED, SENT, FAILED))
+    )
 
 
 def backoff(attempts: int, first: Decimal | float | int) -> timedelta:
@@ -163,15 +216,59 @@ def retry_failed(*, task: str | None, now: datetime) -> int:
             .where(_TABLE.c.id.in_(ids), _TABLE.c.status == FAILED)
             .values(status=REQUESTED, attempts=0, next_attempt_at=now, finished_at=None)
         )
+        # A run that failed because these did is running again until they end.
+        runs = select(_TABLE.c.run_id).where(_TABLE.c.id.in_(ids)).scalar_subquery()
+        db.session.execute(
+            update(JobRun)
+            .where(JobRun.id.in_(runs), JobRun.status == RunStatus.FAILED)
+            .values(status=RunStatus.RUNNING, finished_at=None, error=None)
+        )
         db.session().info.setdefault(COMMITTED, []).extend(ids)
     return len(ids)
 
 
+@dataclass(frozen=True)
+class Chunks:
+    """Where a run's chunks are: how many, done, failed for good, and the newest error."""
+
+    total: int
+    done: int
+    failed: int
+    error: str | None
+
+    @property
+    def open(self) -> int:
+        return self.total - self.done - self.failed
+
+
+def chunks_of(run_id: int) -> Chunks:
+    rows = db.session.execute(
+        select(_TABLE.c.status, func.count())
+        .where(_TABLE.c.run_id == run_id)
+        .group_by(_TABLE.c.status)
+    ).all()
+    counts = {status: count for status, count in rows}
+    error = None
+    if counts.get(FAILED):
+        error = db.session.scalar(
+            select(_TABLE.c.last_error)
+            .where(_TABLE.c.run_id == run_id, _TABLE.c.status == FAILED)
+            .order_by(_TABLE.c.id.desc())
+            .limit(1)
+        )
+    return Chunks(sum(counts.values()), counts.get(DONE, 0), counts.get(FAILED, 0), error)
+
+
 def prune(connection: Connection, *, before: datetime, limit: int = 1000) -> int:
-    """Forget done requests finished before ``before``."""
+    """Forget done requests finished before ``before`` (those of a run that has ended)."""
+    ended = select(JobRun.id).where(JobRun.status.in_((RunStatus.SUCCEEDED, RunStatus.FAILED)))
     old = (
         select(_TABLE.c.id)
-        .where(_TABLE.c.status == DONE, _TABLE.c.finished_at < before)
+        .where(
+            _TABLE.c.status == DONE,
+            _TABLE.c.finished_at < before,
+            _TABLE.c.run_id.is_(None) | _TABLE.c.run_id.in_(ended),
+        )
         .limit(limit)
         .scalar_subquery()
     )

@@ -360,6 +360,8 @@ def sweep_runs(*, now: datetime, grace: timedelta, limit: int = 100) -> list[Job
     ).all()
     again: list[JobRun] = []
     for run in stale:
+        if run.status == RunStatus.RUNNING and _settle_fan_out(run, now=now):
+            continue
         rq_status = monitor.job_status(run.queue, run.job_id)
         if rq_status in ("failed", "stopped", "canceled") or (
             run.status == RunStatus.RUNNING and rq_status is None
@@ -373,6 +375,33 @@ def sweep_runs(*, now: datetime, grace: timedelta, limit: int = 100) -> list[Job
             run.status, run.enqueued_at = RunStatus.QUEUED, run.enqueued_at or now
     db.session.flush()
     return again
+
+
+def _settle_fan_out(run: JobRun, *, now: datetime) -> bool:
+    """A run waiting for its chunks ends with them: succeeded when every chunk is done,
+    failed when one failed on every attempt (the others done). False: not a fan-out run."""
+    chunks = requests.chunks_of(run.id)
+    if not chunks.total:
+        return False
+    if chunks.open:
+        return True  # still running (a failed attempt waits for its retry)
+    duration = int((now - (run.started_at or run.created_at)).total_seconds() * 1000)
+    figures = {**(run.figures or {}), "chunks_done": chunks.done, "chunks_failed": chunks.failed}
+    error = None
+    if chunks.failed:
+        error = (
+            f"{chunks.failed} of {chunks.total} chunks failed on every attempt "
+            f"(Admin › Jobs › Retry all failed resumes the run): {chunks.error}"
+        )
+    finish_run(run.id, now=now, duration_ms=max(duration, 0), result=figures, error=error)
+    return True
+
+
+def await_chunks(run_id: int, *, result: Any) -> None:
+    """The run asked for its chunks: it keeps running, with what it reported so far."""
+    run = get_run(run_id)
+    run.figures = _clean_figures(result)
+    db.session.flush()
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -605,6 +634,9 @@ class Overview:
 def run_view(run: JobRun) -> RunView:
     progress = None
     if run.status == RunStatus.RUNNING:
+        chunks = requests.chunks_of(run.id)
+        if chunks.total:  # a run waiting for its chunks: how many have ended
+            return RunView(run, (chunks.done + chunks.failed, chunks.total))
         meta = monitor.job_meta(run.queue, run.job_id)
         value = meta.get("progress")
         if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):

@@ -298,6 +298,28 @@ def test_a_login_older_than_the_session_lifetime_is_refused(app, client, auth, m
     assert not is_logged_in(client)
 
 
+def test_a_login_ages_in_the_database_time_not_the_web_servers(
+    app, client, auth, make_user, monkeypatch
+):
+    """A web server whose clock runs 40 days fast neither ends a fresh login nor keeps one
+    the database's clock has seen expire. (SQLite's clock is the process's: there the
+    check is that sessions do not read the module's own clock.)"""
+    user = make_user()
+    monkeypatch.setattr(accounts, "utcnow", lambda: utcnow() + timedelta(days=40))
+    auth.login(user)
+    assert is_logged_in(client)
+    monkeypatch.setattr(accounts, "utcnow", lambda: utcnow() - timedelta(days=40))
+    with app.app_context():
+        db_now = accounts.database_now()
+        db.session.execute(
+            update(UserSession).values(
+                created_at=db_now - app.permanent_session_lifetime - timedelta(minutes=1)
+            )
+        )
+        db.session.commit()
+    assert not is_logged_in(client)
+
+
 def test_the_csrf_token_changes_at_login(app, client, auth, make_user):
     """A token seen before logging in (a page an attacker planted or read) is refused after."""
     client.get("/auth/login")

@@ -7,7 +7,10 @@ import time
 
 
 def slow_touch(path: str, slot: str, seconds: float) -> str:
-    """Takes its time, then appends ``slot`` to the file at ``path``."""
+    """Marks ``slot:started`` in the file at ``path``, takes its time, then appends
+    ``slot``."""
+    with open(path, "a") as trace:
+        trace.write(slot + ":started\n")
     time.sleep(seconds)
     with open(path, "a") as trace:
         trace.write(slot + "\n")

@@ -4,17 +4,22 @@ every invoice gets its PDF and its mail, and the ledger and the usage still reco
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from rq.job import Job
+from sqlalchemy import func, select, text
 
 from portal.extensions import db
-from portal.models import Invoice, JobRequest, OutboundEmail, User
+from portal.models import Invoice, JobRequest, JobRun, OutboundEmail, User, utcnow
 from portal.services.invoicing import jobs as invoicing_jobs
 from portal.services.metering import deployments, rollups
+from portal.services.metering.rollups import MeterMark
 from portal.services.wallet.reconcile import find_discrepancies
-from portal.tasks import relay
+from portal.tasks import queues, relay, runs, scheduler
+from portal.tasks.queues import rq_job_id
 from tests.support.invoices import SEP
 from tests.support.processes import query, wait_until
 from tests.support.smtp import smtp_server, smtp_sink  # noqa: F401  (fixtures)
@@ -150,3 +155,107 @@ def test_post_admin_invoices_with_redis_down_is_201_and_the_pdf_comes_when_redis
         interval=0.5,
         message="the PDF",
     )
+
+
+def _horse(worker_pid: int) -> int | None:
+    """The worker's work horse (its only child: built-in billing is off)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == worker_pid:
+                    return int(pid)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _waiting_on_a_lock(app) -> bool:
+    def read() -> bool:
+        if db.engine.dialect.name != "postgresql":
+            return True  # SQLite's lock is the whole database's: the chunk cannot begin
+        return bool(
+            db.session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
+
+    return query(app, read)
+
+
+def test_a_chunk_killed_mid_run_is_resumed_on_its_own_and_the_run_succeeds(
+    app, make_app, make_user, processes, private_redis
+):
+    private_redis.start()
+    portal = make_app(RQ_ASYNC=True, REDIS_URL=private_redis.url, RATELIMIT_STORAGE_URI="memory://")
+    make_usage(app, make_user)
+
+    def fan_out() -> tuple[int, JobRequest]:
+        run, _ = scheduler.request_run(
+            "generate-invoices", requested_by=None, request_key="killed", now=utcnow()
+        )
+        run.args = [SEP[0].strftime("%Y-%m-%d")]
+        db.session.commit()
+        runs.execute(run.id)  # the run asks for its chunk
+        chunk = db.session.scalars(select(JobRequest).where(JobRequest.run_id == run.id)).one()
+        # Both jobs are taken out of RQ for now: the chunk goes back once its mark is held
+        # (a worker starting reads the database), the run's job when the relay finds it gone
+        # (it then finds the run under way and does nothing).
+        for job_id in (run.job_id, chunk.dedupe_key):
+            Job.fetch(rq_job_id(job_id), connection=private_redis.client()).delete()
+        db.session.expunge(chunk)
+        return run.id, chunk
+
+    run_id, chunk = query(portal, fan_out)
+    run_status = lambda: query(app, lambda: db.session.get(JobRun, run_id).status)  # noqa: E731
+    assert run_status() == "running"  # it asked for its chunk: not "succeeded" yet
+
+    settings = {
+        "REDIS_URL": private_redis.url,
+        "BUILTIN_BILLING": "false",
+        "JOB_MONITORING_SECONDS": "1",
+        "JOB_RETRY_SECONDS": "0.5",
+    }
+    worker = processes.worker(**settings)
+    worker.wait_for_line("Listening on", timeout=60)
+    # A transaction holds the chunk's mark: the chunk job stops there, mid-run.
+    with app.app_context():
+        blocker = db.engine.connect()
+        blocker.begin()
+        blocker.execute(select(MeterMark).where(MeterMark.chunk == 0).with_for_update()).all()
+        db.session.remove()
+    try:
+        with portal.app_context():
+            queues.enqueue(chunk.queue, chunk.task, *chunk.args, job_id=chunk.dedupe_key)
+        worker.wait_for_line(r"\(invoice_0_", timeout=60)
+        horse = wait_until(lambda: _horse(worker.pid), message="the chunk's work horse")
+        wait_until(lambda: _waiting_on_a_lock(app), message="the chunk waiting for its mark")
+        os.kill(horse, signal.SIGKILL)  # kill -9 of the worker, its horse with it
+        worker.kill()
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    processes.worker(name="worker-2", **settings)
+    daemon = processes.daemon(JOB_RELAY_SECONDS="0.5", BILLING_ENABLED="false", **settings)
+    daemon.wait_for_line("leading the schedule", timeout=60)
+    wait_until(lambda: run_status() != "running", timeout=90, interval=0.5, message="the run's end")
+
+    def outcome():
+        run = db.session.get(JobRun, run_id)
+        chunk = db.session.scalars(select(JobRequest).where(JobRequest.run_id == run_id)).one()
+        per_user = db.session.execute(
+            select(Invoice.user_id, func.count()).group_by(Invoice.user_id)
+        ).all()
+        return run.status, run.figures["chunks_done"], chunk.status, chunk.attempts, per_user
+
+    status, chunks_done, chunk_status, attempts, per_user = query(app, outcome)
+    assert (status, chunks_done, chunk_status) == ("succeeded", 1, "done")
+    assert attempts == 1  # the killed attempt, counted; the next one did the work
+    assert len(per_user) == USERS and all(count == 1 for _, count in per_user)
+    with app.app_context():
+        assert find_discrepancies() == []
+        assert rollups.audit_usage() == []
+        db.session.remove()

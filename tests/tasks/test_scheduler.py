@@ -24,7 +24,7 @@ from portal.models import (
     SchedulerRole,
     utcnow,
 )
-from portal.tasks import queues, scheduler
+from portal.tasks import queues, requests, scheduler
 from portal.tasks.daemon import Scheduler
 from tests.support.processes import query
 from tests.support.schedule import BASE
@@ -404,3 +404,51 @@ def test_a_daemon_three_hours_fast_does_not_lead_and_schedules_nothing_in_the_fu
     assert lease(fast_app)[0] is None
     latest = query(fast_app, lambda: db.session.scalar(select(func.max(JobRun.due_at))))
     assert latest is not None and latest <= utcnow()
+
+
+def test_a_run_ends_with_its_chunks_failed_when_one_gave_up_and_a_retry_reopens_it(
+    app, async_app, counting_job, clock
+):
+    later, grace = clock() + timedelta(minutes=2), timedelta(minutes=1)
+    with async_app.app_context():
+        run, _ = scheduler.request_run("count", requested_by=None, request_key="c", now=clock())
+        db.session.execute(update(JobRun).where(JobRun.id == run.id).values(status="running"))
+        with requests.for_run(run.id):  # what a run's job asks for are its chunks
+            chunks = [
+                requests.add(
+                    "default", "tests.tasks.fake_jobs.record", [n], dedupe_key=None, now=clock()
+                )
+                for n in range(3)
+            ]
+        db.session.commit()
+
+        def chunk_status(ids, status, error=None):
+            db.session.execute(
+                update(JobRequest)
+                .where(JobRequest.id.in_(ids))
+                .values(status=status, last_error=error)
+            )
+            db.session.commit()
+
+        chunk_status(chunks[:2], "done")
+        scheduler.sweep_runs(now=later, grace=grace)
+        db.session.commit()
+        assert scheduler.get_run(run.id).status == "running"  # one chunk still under way
+
+        chunk_status(chunks[2:], "failed", "chunk 2: database is locked")
+        scheduler.sweep_runs(now=later, grace=grace)
+        db.session.commit()
+        failed = scheduler.get_run(run.id)
+        assert failed.status == "failed"
+        assert failed.error.startswith("1 of 3 chunks failed on every attempt")
+        assert failed.error.endswith("chunk 2: database is locked")
+        assert (failed.figures["chunks_done"], failed.figures["chunks_failed"]) == (2, 1)
+
+        assert requests.retry_failed(task=None, now=later) == 1  # Retry all failed
+        db.session.commit()
+        assert scheduler.get_run(run.id).status == "running"
+        chunk_status(chunks[2:], "done")
+        scheduler.sweep_runs(now=later, grace=grace)
+        db.session.commit()
+        assert scheduler.get_run(run.id).status == "succeeded"
+        db.session.remove()

@@ -15,6 +15,7 @@ from ...errors import NotFound, ServiceError
 from ...forms import AmountField
 from ...models import INVOICE_STATUS_LABELS, Invoice
 from ...money import AmountError, Money
+from ...services.admin import waiting
 from ...services.invoicing import invoices as invoicing
 from ...services.invoicing import run
 from ...services.payments import settlement
@@ -107,6 +108,7 @@ def _render_invoice(
         void_form=void_form or VoidInvoiceForm(formdata=None),
         payment_form=payment_form,
         tender_labels=settlement.TENDER_LABELS,
+        waiting=waiting.for_invoice(invoice.id),
     ), status
 
 

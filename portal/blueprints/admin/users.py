@@ -19,6 +19,7 @@ from ...models import User
 from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
+from ...services.admin import waiting
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
 from .. import helpers
@@ -53,6 +54,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
+        waiting=waiting.for_user(user.id),
     ), status
 
 

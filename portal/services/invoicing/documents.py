@@ -17,6 +17,7 @@ from ...documents import invoice_pdf
 from ...errors import Conflict, InvalidTransition, ServiceError
 from ...extensions import db
 from ...models import Invoice, InvoicePdf, InvoiceStatus, OutboundEmail, User
+from ...tasks import requests
 from ...tasks.queues import enqueue_after_commit
 from .. import mail
 from .invoices import get_for_owner
@@ -60,6 +61,33 @@ def enqueue_render(invoice_id: int) -> None:
     enqueue_after_commit(
         "invoicing", "invoicing.render_invoice_pdf", invoice_id, job_id=f"pdf:{invoice_id}"
     )
+
+
+def request_missing_pdfs(limit: int = 500) -> int:
+    """The sweep: every issued invoice without its PDF (pending, or failed) whose render job
+    is not waiting, running or failed for good gets one. Returns how many."""
+    ids = db.session.scalars(
+        select(Invoice.id)
+        .where(
+            Invoice.snapshot.is_not(None),
+            Invoice.pdf_status.in_(("pending", "failed")),
+            requests.no_open_request("pdf:", Invoice.id),
+        )
+        .order_by(Invoice.id)
+        .limit(limit)
+    ).all()
+    for invoice_id in ids:
+        enqueue_render(invoice_id)
+    return len(ids)
+
+
+def mark_pdf_failed(invoice_id: int) -> None:
+    """The render job failed otherwise than in the render (storing it, the database): the
+    invoice's page says so and stops polling; the retry or the sweep makes it."""
+    invoice = db.session.get(Invoice, invoice_id)
+    if invoice is not None and invoice.pdf_status == "pending":
+        invoice.pdf_status = "failed"
+        db.session.flush()
 
 
 def render_invoice_pdf(invoice_id: int) -> InvoicePdf:

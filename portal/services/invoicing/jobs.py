@@ -85,10 +85,15 @@ def render_invoice_pdf(invoice_id: int) -> str:
     """Render and store an issued invoice's PDF, then mail it (the mail needs the PDF)."""
     try:
         sha256 = documents.render_invoice_pdf(invoice_id).sha256
+        db.session.commit()
     except documents.PdfRenderFailed:
         db.session.commit()  # keeps pdf_status "failed"; the job fails with the reason
         raise
-    db.session.commit()
+    except Exception:
+        db.session.rollback()  # storing it failed (a full disk, the database): say so
+        documents.mark_pdf_failed(invoice_id)
+        db.session.commit()
+        raise
     documents.queue_invoice_created_email(db.session.get_one(Invoice, invoice_id))
     db.session.commit()
     return sha256

@@ -29,14 +29,16 @@ from ...models import (
     Event,
     Invoice,
     InvoiceStatus,
+    LedgerAccount,
     PaymentAttempt,
     PaymentTender,
     User,
     utcnow,
 )
 from ...money import Money
+from ...tasks import requests
 from ..invoicing import invoices
-from ..wallet import credits, ledger
+from ..wallet import credits, ledger, settlement_requests
 from . import card_charges, cards
 
 log = logging.getLogger(__name__)
@@ -359,3 +361,29 @@ def users_with_unpaid() -> list[int]:
             .distinct()
         )
     )
+
+
+def request_where_money_waits(limit: int = 500) -> int:
+    """The sweep: every user with an unpaid invoice and a voucher or prepaid balance whose
+    settlement job is not waiting, running or failed for good gets one. (Cards alone wait
+    for the nightly run: a declined card is not tried again every few minutes.)"""
+    a = LedgerAccount.__table__.c
+    funded = select(a.user_id).where(
+        a.user_id.is_not(None),
+        a.balance_minor > 0,
+        a.kind.in_([str(AccountKind.CASH), str(AccountKind.VOUCHER)]),
+    )
+    ids = db.session.scalars(
+        select(Invoice.user_id)
+        .where(
+            Invoice.status.in_([str(s) for s in invoices.UNPAID]),
+            Invoice.user_id.in_(funded),
+            requests.no_open_request("settle:", Invoice.user_id),
+        )
+        .distinct()
+        .order_by(Invoice.user_id)
+        .limit(limit)
+    ).all()
+    for user_id in ids:
+        settlement_requests.request_settlement(user_id)
+    return len(ids)

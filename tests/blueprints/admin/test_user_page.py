@@ -4,10 +4,13 @@ on the account."""
 
 from __future__ import annotations
 
+from sqlalchemy import update
+
 from portal.extensions import db
-from portal.models import PaymentMethod, User
+from portal.models import JobRequest, OutboundEmail, PaymentMethod, User, utcnow
 from portal.money import Money
 from portal.services.wallet import vouchers
+from portal.tasks import requests
 from tests.support.app import AuthActions
 from tests.support.invoices import SEP, issue_invoices
 
@@ -69,3 +72,54 @@ def test_the_page_shows_everything_about_the_account(app, make_user):
     assert f"/admin/audit?user_id={ann.id}" in actions
     log = client.get(f"/admin/audit?user_id={ann.id}").get_data(as_text=True)
     assert log.count('<tr id="audit-') == 2
+
+
+def test_the_user_and_invoice_pages_show_the_pdfs_and_mail_still_waiting(
+    app, make_user, make_invoice
+):
+    ann = make_user("waiting@example.com")
+    pending = make_invoice(ann.id, pdf_status="pending")
+    failed = make_invoice(ann.id, pdf_status="failed")
+    done = make_invoice(ann.id, pdf_status="ready")
+    with app.app_context():
+        mail = OutboundEmail(
+            user_id=ann.id,
+            to_addr=ann.email,
+            subject="Your invoice is ready",
+            body_text="hello",
+            status="pending",
+            attachment_invoice_id=failed,
+        )
+        db.session.add(mail)
+        db.session.flush()
+        requests.add(
+            "invoicing",
+            "invoicing.render_invoice_pdf",
+            [failed],
+            dedupe_key=f"pdf:{failed}",
+            now=utcnow(),
+        )
+        db.session.execute(
+            update(JobRequest)
+            .where(JobRequest.dedupe_key == f"pdf:{failed}")
+            .values(status="failed", attempts=5, last_error="OSError: No space left on device")
+        )
+        db.session.commit()
+        mail_id = mail.id
+        db.session.remove()
+    client = app.test_client()
+    AuthActions(client).login(make_user("boss2@example.com", admin=True))
+
+    waiting = section(client.get(f"/admin/users/{ann.id}").get_data(as_text=True), "waiting-work")
+    assert f"/admin/invoices/{pending}" in waiting and f"/admin/invoices/{failed}" in waiting
+    assert f"/admin/invoices/{done}" not in waiting
+    assert "No space left on device" in waiting and "failed on every attempt (5)" in waiting
+    assert f"/admin/outbox/{mail_id}" in waiting and "Your invoice is ready" in waiting
+    assert "no job yet" in waiting  # the pending PDF's request is gone: the sweep asks again
+
+    invoice_page = client.get(f"/admin/invoices/{failed}").get_data(as_text=True)
+    waiting = section(invoice_page, "waiting-work")
+    assert "No space left on device" in waiting and f"/admin/outbox/{mail_id}" in waiting
+    assert f"/admin/invoices/{pending}" not in waiting
+    done_page = client.get(f"/admin/invoices/{done}").get_data(as_text=True)
+    assert "Nothing waiting" in section(done_page, "waiting-work")
