@@ -2,7 +2,7 @@
 that the run ends when its chunks end, not when it has asked for them
 
 Revision ID: 0014_job_request_runs
-Revises: 0012_audit_log
+Revises: 0013_outgoing_webhooks
 Create Date: 2026-12-06 07:00:00.000000
 
 """
