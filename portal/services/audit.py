@@ -30,6 +30,11 @@ ACTIONS = (
     "token.created",
     "token.revoked",
     "job.run_requested",
+    "plan.created",
+    "plan.versioned",
+    "plan.retired",
+    "subscription.set_by_admin",
+    "user.billing_mode_set",
 )
 
 
