@@ -324,10 +324,10 @@ def _generate_chunk(
     plans = subscribed.plan_billing(in_chunk, start, end)
     for uid, keep in plans.usage_kept.items():  # the plan's resources bill as fee + overage
         kept = {}
-        for dep, usage in usage_by_user.get(uid, {}).items():
+        for dep_id, usage in usage_by_user.get(uid, {}).items():
             left = subscribed.keep_resources(usage, keep)
             if left is not None:
-                kept[dep] = left
+                kept[dep_id] = left
         if kept:
             usage_by_user[uid] = kept
         else:
