@@ -31,5 +31,6 @@ from . import (  # noqa: E402,F401
     jobs,
     payments,
     reference,
+    subscriptions,
     vouchers,
 )

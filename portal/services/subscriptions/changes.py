@@ -29,6 +29,7 @@ from ...models import (
     BillingMode,
     ChangeKind,
     ChangeStatus,
+    CheckoutSession,
     Invoice,
     InvoiceKind,
     InvoiceStatus,
@@ -44,7 +45,7 @@ from .. import audit, events
 from ..invoicing import invoices, run
 from ..invoicing.lines import Proration, prorate, proration_lines
 from ..invoicing.subscribed import mode_of, period_label, subscription_period
-from ..payments import settlement
+from ..payments import settlement, topups
 from . import plans, quotas
 
 
@@ -461,3 +462,83 @@ def set_mode(user: User, mode: str | None, *, actor: User | None = None) -> User
     )
     db.session.flush()
     return user
+
+
+# -- what the page and the API show --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    user: User
+    mode: BillingMode
+    subscription: Subscription | None
+    status: str  # none, active, pending, canceled, suspended
+    version: PlanVersion | None  # the plan held (or waited for, or last held)
+    pending: SubscriptionChange | None
+    pending_invoice: Invoice | None
+    meters: list[quotas.Meter]
+    renewal: Money | None
+
+    @property
+    def offered(self) -> bool:
+        return self.mode is not BillingMode.USAGE
+
+
+def describe(user: User, now: datetime | None = None) -> Overview:
+    sub = get_subscription(user, now)
+    mode = mode_of(user.billing_mode)
+    pending = pending_change(sub) if sub is not None else None
+    version = sub.plan_version if sub is not None else None
+    if sub is None:
+        status = "none"
+    elif sub.status == SubscriptionStatus.CANCELED:
+        status = "canceled"
+    elif sub.status == SubscriptionStatus.PENDING or pending is not None:
+        status = "pending"
+    elif quotas.suspended_count(user.id):
+        status = "suspended"
+    else:
+        status = "active"
+    live = is_live(sub) and sub is not None and sub.status == SubscriptionStatus.ACTIVE
+    renewal = None
+    if live and sub is not None and not sub.cancel_at_period_end:
+        renewal = (sub.scheduled_version or sub.plan_version).price
+    return Overview(
+        user,
+        mode,
+        sub,
+        status,
+        version,
+        pending,
+        pending_invoice(sub),
+        quotas.meters(user.id, version) if live and version is not None else [],
+        renewal,
+    )
+
+
+def checkout_change(
+    user: User, plan_code: object, *, success_url: str, cancel_url: str
+) -> tuple[Subscription, Invoice | None, CheckoutSession | None]:
+    """Choose a plan and pay on the hosted checkout page what the balances do not cover
+    (GATEWAY CALL): the change is made first (or the one already waiting for this plan is
+    taken up); no page when nothing is left to pay."""
+    sub = get_subscription(user)
+    waiting = pending_change(sub) if sub is not None else None
+    if waiting is None or waiting.to_version is None or waiting.to_version.code != plan_code:
+        _, sub = change_plan(user, plan_code)
+    assert sub is not None
+    invoice = pending_invoice(sub)
+    if invoice is None or invoice.status not in invoices.UNPAID:
+        return sub, None, None
+    session = topups.start_invoice_checkout(
+        user, invoice, success_url=success_url, cancel_url=cancel_url
+    )
+    return sub, invoice, session
+
+
+def return_from_checkout(user: User, gateway_session_id: str) -> Subscription | None:
+    """GATEWAY CALL. Back from the checkout page: the payment is booked, the invoice paid
+    from it, and the change applied."""
+    topups.return_from_checkout(user, gateway_session_id)
+    settlement.settle_user(user)
+    return get_subscription(user)

@@ -174,8 +174,10 @@ def get_plan(code: object, *, field: str = "plan_id", offered: bool = True) -> P
     return plan
 
 
-def get_plan_by_id(plan_id: int) -> Plan:
-    plan = db.session.get(Plan, plan_id)
+def find_plan(code: str) -> Plan:
+    """A plan by its id, retired ones too; NotFound otherwise (a path names it)."""
+    ensure_plans()
+    plan = db.session.scalar(select(Plan).where(Plan.code == code))
     if plan is None:
         raise NotFound("no such plan")
     return plan

@@ -112,6 +112,17 @@ def meters(user_id: int, version: PlanVersion) -> list[Meter]:
     return [Meter(r, limits[r], held[r], threshold()) for r in RESOURCES]
 
 
+def suspended_count(user_id: int) -> int:
+    return int(
+        db.session.scalar(
+            select(func.count()).where(
+                QuotaSuspension.user_id == user_id, QuotaSuspension.resumed_at.is_(None)
+            )
+        )
+        or 0
+    )
+
+
 def refusal_for(user: User, version: PlanVersion) -> str | None:
     """Why the user cannot move down to ``version`` now: what runs exceeds its limits."""
     held = allocation(user.id)

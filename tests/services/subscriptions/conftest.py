@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import pytest
 
-from portal.config import PlanSetting
 from portal.extensions import db
 from portal.models import User
 from portal.money import Money
 from portal.services.metering import deployments
 from portal.services.wallet import credits
-
-D = Decimal
-SEED_PLANS = (
-    PlanSetting("free", "Free Tier", D("0"), "month", D(2), D(4), D(10)),
-    PlanSetting("pro", "Professional", D("29.99"), "month", D(8), D(16), D(100)),
-    PlanSetting("enterprise", "Enterprise", D("99.99"), "month", D(32), D(64), D(500)),
-    PlanSetting("pro-annual", "Professional (annual)", D("299.99"), "year", D(8), D(16), D(100)),
-    PlanSetting(
-        "enterprise-annual", "Enterprise (annual)", D("999.99"), "year", D(32), D(64), D(500)
-    ),
-)
+from tests.support.plans import SEED_PLANS
 
 
 @pytest.fixture
