@@ -8,7 +8,7 @@ deployments' quantities are (1000 = one core, one GB).
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import (
     JSON,
@@ -118,6 +118,11 @@ class Subscription(Model):
     scheduled_version: Mapped[PlanVersion | None] = relationship(
         foreign_keys=[scheduled_version_id], lazy="joined"
     )
+
+    @property
+    def period_last_day(self) -> date:
+        """The period's last day, for showing it inclusively (the period is half-open)."""
+        return (self.period_end - timedelta(days=1)).date()
 
 
 class ChangeKind(enum.StrEnum):
