@@ -71,6 +71,8 @@ def index():
 def preview():
     """What choosing a plan would do: the fragment for htmx, else the same on the page."""
     plan_id = query_arg("plan_id", MAX_PLAN_ID)
+    if not plan_id and not hx.is_fragment_request(PREVIEW_ID):
+        return _page()  # nothing chosen yet
     try:
         result, error, status = changes.preview(current_user, plan_id), None, 200
     except ServiceError as exc:
@@ -148,10 +150,6 @@ def checkout_done():
     except GatewayError as exc:
         db.session.rollback()
         flash(f"We could not check the payment yet: {exc.message}", "error")
-        return see_other("subscription.index")
-    except ServiceError as exc:
-        db.session.rollback()
-        flash(_sentence(exc), "error")
         return see_other("subscription.index")
     db.session.commit()
     overview = changes.describe(current_user)
