@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from flask import current_app
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from ...config import PLAN_ID_CHARS, PLAN_INTERVALS, PlanSetting
 from ...errors import Conflict, NotFound, ValidationFailed
@@ -55,6 +56,18 @@ def ensure_plans(now: datetime | None = None) -> None:
     if not settings:
         return
     now = now or utcnow()
+    try:
+        with db.session.begin_nested():
+            _sync(settings, now)
+    except IntegrityError:
+        # Another transaction wrote the same plans first (two processes, the first read of
+        # plans after a start): theirs are the ones, once it has committed.
+        db.session.expire_all()
+        with db.session.begin_nested():
+            _sync(settings, now)
+
+
+def _sync(settings: tuple[PlanSetting, ...], now: datetime) -> None:
     existing = {p.code: p for p in db.session.scalars(select(Plan))}
     for position, setting in enumerate(settings):
         wanted = _setting_json(setting)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import func, select
 
-from ...db import dialect_insert, rowcount
+from ...db import dialect_insert
 from ...extensions import db
 from ...models import (
     BillingMode,
@@ -193,22 +193,21 @@ def _check_user(user: User, version: PlanVersion, now: datetime, result: CheckRe
 
 
 def _alert(user: User, meter: Meter, period_start: datetime, now: datetime, result) -> None:
-    inserted = rowcount(
-        db.session.execute(
-            dialect_insert(QuotaAlert.__table__)
-            .values(
-                user_id=user.id,
-                resource=meter.resource,
-                level=meter.level,
-                period_start=period_start,
-                limit_milli=meter.limit_milli,
-                allocated_milli=meter.allocated_milli,
-                created_at=now,
-            )
-            .on_conflict_do_nothing()
+    inserted = db.session.execute(
+        dialect_insert(QuotaAlert.__table__)
+        .values(
+            user_id=user.id,
+            resource=meter.resource,
+            level=meter.level,
+            period_start=period_start,
+            limit_milli=meter.limit_milli,
+            allocated_milli=meter.allocated_milli,
+            created_at=now,
         )
-    )
-    if not inserted:
+        .on_conflict_do_nothing()
+        .returning(QuotaAlert.__table__.c.id)
+    ).scalar()
+    if inserted is None:  # alerted already this period
         return
     name = f"billing.quota.{meter.level}"
     events.record(
