@@ -30,4 +30,14 @@ def failed_payments():
     )
 
 
-from . import accounts, audit, catalog, invoices, jobs, outbox, users, vouchers  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    accounts,
+    audit,
+    catalog,
+    invoices,
+    jobs,
+    outbox,
+    plans,
+    users,
+    vouchers,
+)

@@ -19,9 +19,11 @@ from ...models import User
 from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
+from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from .. import helpers
 from . import bp
+from . import plans as plans_admin
 
 
 class GrantCreditForm(FlaskForm):
@@ -52,6 +54,8 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         lots=credits.list_lots(user),
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
+        subscription=changes.describe(user),
+        modes=plans_admin.MODES,
     ), status
 
 
