@@ -338,15 +338,43 @@ def _changed_event(
 
 def refresh(sub: Subscription, now: datetime | None = None) -> None:
     """A pending change whose invoice was paid takes effect; one whose invoice was voided
-    is cancelled."""
+    is cancelled, and so is one still unpaid when the period it prorated has ended (its
+    invoice is voided: the period's own invoice has billed the plan held)."""
     change = pending_change(sub)
     if change is None or change.invoice_id is None:
         return
+    now = now or utcnow()
     invoice = db.session.get_one(Invoice, change.invoice_id)
     if invoice.status == InvoiceStatus.PAID:
-        _apply(sub, change, now or utcnow())
+        if sub.status == SubscriptionStatus.PENDING and sub.period_end <= now:
+            # Paid after its period: the subscription starts in the period of the payment.
+            version = change.to_version or sub.plan_version
+            sub.period_start, sub.period_end = subscription_period(now, version.interval)
+        _apply(sub, change, now)
     elif invoice.status == InvoiceStatus.VOID:
         _drop_pending(sub, change)
+    elif invoice.period_end <= now and not invoice.amount_paid_minor:
+        invoices.void_invoice(invoice, reason="Plan change not paid before its period ended")
+        _drop_pending(sub, change)
+
+
+def refresh_pending(now: datetime | None = None) -> int:
+    """Every subscription with a change waiting for payment, refreshed (the check-quotas
+    job): paid ones take effect, stale ones are dropped. Returns how many were looked at."""
+    subs = list(
+        db.session.scalars(
+            select(Subscription).where(
+                Subscription.id.in_(
+                    select(SubscriptionChange.subscription_id).where(
+                        SubscriptionChange.status == str(ChangeStatus.PENDING)
+                    )
+                )
+            )
+        )
+    )
+    for sub in subs:
+        refresh(sub, now)
+    return len(subs)
 
 
 def _drop_pending(sub: Subscription, change: SubscriptionChange) -> None:

@@ -1,4 +1,5 @@
-"""Subscription jobs: "check-quotas" every 15 minutes."""
+"""Subscription jobs: "check-quotas" every 15 minutes (changes waiting for payment are looked
+at first: paid ones take effect, ones whose period ended unpaid are dropped)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import UTC, datetime
 
 from ...extensions import db
 from ...tasks.registry import schedule, task
-from . import quotas
+from . import changes, quotas
 
 
 @task("subscriptions.check_quotas")
@@ -14,9 +15,10 @@ def check_quotas(at_iso: str | None = None) -> dict[str, int]:
     """At the schedule's slot time (the daemon's ``--now`` moves it), so a replay decides
     as the run it replays."""
     now = datetime.fromisoformat(at_iso).astimezone(UTC) if at_iso else None
+    pending = changes.refresh_pending(now)  # paid changes take effect before quotas are read
     result = quotas.check_quotas(now)
     db.session.commit()
-    return result.figures()
+    return {**result.figures(), "pending_changes": pending}
 
 
 def _at(due: datetime) -> tuple[str]:

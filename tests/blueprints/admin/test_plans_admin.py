@@ -10,6 +10,9 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Plan, User
+from portal.money import Money
+from portal.services.subscriptions import changes
+from portal.services.wallet import credits
 
 
 def text(response) -> str:
@@ -92,3 +95,24 @@ def test_a_users_billing_mode(app, client, auth, make_user, with_plans):
 def test_plans_page_is_for_admins(app, client, auth, make_user, with_plans):
     auth.login(make_user())
     assert client.get("/admin/plans").status_code == 403
+
+
+def test_the_overview_counts_subscribers_and_monthly_recurring_revenue(
+    app, client, auth, make_user, with_plans
+):
+    subscribers = [(make_user(), "pro"), (make_user(), "pro"), (make_user(), "enterprise-annual")]
+    with app.app_context():
+        for n, (u, plan) in enumerate(subscribers):
+            row = db.session.get(User, u.id)
+            credits.grant_credit(
+                user=row, amount=Money(200_000, "USD"), reason="t", idempotency_key=f"mrr:{n}"
+            )
+            changes.change_plan(row, plan)
+        db.session.commit()
+        db.session.remove()
+    auth.login(make_user(admin=True))
+    page = words(client.get("/admin/"))
+    # pro: 2 x 29.99 = 59.98; enterprise-annual: 999.99 / 12 = 83.3325 -> 83.33; all: 143.31
+    assert "pro 2 $59.98" in page
+    assert "enterprise-annual 1 $83.33" in page
+    assert "All plans (USD) $143.31" in page

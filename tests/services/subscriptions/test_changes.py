@@ -291,3 +291,21 @@ def test_one_subscription_row_per_user(user):
     changes.cancel(user)
     db.session.commit()
     assert db.session.scalar(select(func.count()).select_from(Subscription)) == 1
+
+
+def test_a_change_unpaid_when_its_period_ends_is_dropped_and_its_invoice_voided(user):
+    fund(user, "29.99")
+    subscribe(user, "pro", NOV[0])
+    subscribe(user, "enterprise", at(2026, 11, 16))  # nothing left to pay it with
+    invoice = invoices_of(user, InvoiceKind.PLAN_CHANGE)[-1]
+    assert invoice.status == "open"
+    # still waiting inside the period; dropped once the period is over (the job looks)
+    assert changes.refresh_pending(at(2026, 11, 30)) == 1
+    db.session.commit()
+    assert db.session.get(Invoice, invoice.id).status == "open"
+    changes.refresh_pending(at(2026, 12, 1))
+    db.session.commit()
+    assert db.session.get(Invoice, invoice.id).status == "void"
+    sub = changes.get_subscription(user)
+    assert sub.plan_version.code == "pro" and changes.pending_change(sub) is None
+    assert not find_discrepancies()
