@@ -143,16 +143,16 @@ def test_an_upgrade_nothing_pays_is_pending_until_paid_and_can_be_cancelled(user
     preview, sub = subscribe(user, "enterprise", at(2026, 11, 16))
     invoice = invoices_of(user, InvoiceKind.PLAN_CHANGE)[-1]
     assert invoice.status == "open" and invoice.total_minor == preview.due_now.amount_minor
-    sub = changes.get_subscription(db.session.merge(user))
+    sub = changes.get_subscription(user, at(2026, 11, 17))
     assert sub.plan_version.code == "pro"  # not yet
     assert changes.pending_change(sub).invoice_id == invoice.id
     with pytest.raises(Conflict):  # one change at a time
         changes.change_plan(user, "free", now=at(2026, 11, 17))
     db.session.rollback()
-    changes.cancel_pending(user)
+    changes.cancel_pending(user, now=at(2026, 11, 17))
     db.session.commit()
     assert db.session.get(Invoice, invoice.id).status == "void"
-    assert changes.get_subscription(user).plan_version.code == "pro"
+    assert changes.get_subscription(user, at(2026, 11, 18)).plan_version.code == "pro"
     assert not find_discrepancies()
 
 

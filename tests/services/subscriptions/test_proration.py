@@ -80,3 +80,22 @@ def test_the_fee_line():
     assert line.amount_minor == 2999
     assert line.unit_price == "29.99"
     assert line.description == "Professional plan · 2026-12-01 to 2026-12-31"
+
+
+@given(
+    segments=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 5_000)), max_size=6
+    ),
+    limits=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8_000)), max_size=4),
+)
+def test_excess_equals_a_second_by_second_count(segments, limits):
+    segments = [(min(a, b), max(a, b), m) for a, b, m in segments]
+    steps = sorted([(0, 2_000), *limits])
+
+    def limit_at(t):
+        return [v for at, v in steps if at <= t][-1]
+
+    brute = sum(
+        max(0, sum(m for s, e, m in segments if s <= t < e) - limit_at(t)) for t in range(10, 50)
+    )
+    assert lines.excess_milli_seconds(segments, steps, 10, 50) == brute
