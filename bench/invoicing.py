@@ -40,6 +40,11 @@ Environment:
                    job (generate_chunk, commit), as N RQ workers would; adds "workers" to the
                    line.
     BENCH_PROFILE  a file for a pyinstrument report of the timed run (pip install pyinstrument).
+    BENCH_SUBSCRIBED  default 0: the share of users (0 to 1, every n-th user) subscribed to the
+                   seed's Pro plan ($29.99 a month, 8 cores, 16 GB, 100 GB) in hybrid billing
+                   mode since before the period: their invoices add the next month's fee in
+                   advance and October's overage above the plan's limits; adds "subscribed"
+                   to the line.
 
 Usage: .venv/bin/python bench/invoicing.py
 """
@@ -77,6 +82,7 @@ from portal.models.types import UTCDateTime
 from portal.money import Money
 from portal.services.invoicing import run as invoice_run
 from portal.services.metering import catalog, rollups, runs
+from portal.services.subscriptions import plans
 from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
 
@@ -90,6 +96,7 @@ sys.path.insert(0, str(ROOT))
 
 USERS = int(os.environ.get("BENCH_USERS", "10000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+SUBSCRIBED = float(os.environ.get("BENCH_SUBSCRIBED", "0"))
 PER_USER = 5
 CREDIT_USERS = min(300, USERS)
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -266,6 +273,9 @@ def seed(app) -> None:
                 )
         db.session.commit()
 
+        if SUBSCRIBED > 0:
+            subscribe(app)
+
         upto = START
         while upto < END:
             upto = min(upto + timedelta(days=1), END)
@@ -274,6 +284,40 @@ def seed(app) -> None:
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE")
+
+
+def subscribe(app) -> None:
+    """Every n-th user on Pro since before October, in set-based SQL: the subscription and
+    the applied change the overage's limits are read from."""
+    plan = plans.create_plan(
+        "pro", plans.PlanInput("Professional", "29.99", "month", "8", "16", "100")
+    )
+    db.session.commit()
+    every = max(1, round(1 / SUBSCRIBED))
+    params = {
+        "version": plan.versions[-1].id,
+        "start": START,
+        "end": END,
+        "since": START - timedelta(days=1),
+        "every": every,
+    }
+    db.session.execute(
+        text("""
+        INSERT INTO subscriptions (user_id, plan_version_id, status, period_start, period_end,
+                                   cancel_at_period_end, revision, created_at)
+        SELECT id, :version, 'active', :start, :end, false, 1, :since FROM users
+        WHERE id % :every = 0"""),
+        params,
+    )
+    db.session.execute(
+        text("""
+        INSERT INTO subscription_changes (subscription_id, user_id, revision, kind, status,
+                                          to_version_id, effective_at, created_at)
+        SELECT id, user_id, 1, 'subscribe', 'applied', :version, :since, :since
+        FROM subscriptions"""),
+        params,
+    )
+    db.session.commit()
 
 
 def server_state(app) -> tuple:
@@ -405,7 +449,11 @@ def build_app(database_url: str, redis_url: str):
             "METER_CHUNK_USERS": 1000,
         }
     )
-    app.config["BILLING"] = dataclasses.replace(app.config["BILLING"], invoice_day=1)
+    app.config["BILLING"] = dataclasses.replace(
+        app.config["BILLING"],
+        invoice_day=1,
+        billing_mode="hybrid" if SUBSCRIBED > 0 else "usage",
+    )
     return app
 
 
@@ -509,6 +557,8 @@ def main() -> None:
     }
     if WORKERS > 1:
         figures["workers"] = WORKERS
+    if SUBSCRIBED > 0:
+        figures["subscribed"] = SUBSCRIBED
     print(json.dumps(figures), file=out, flush=True)
 
 

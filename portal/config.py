@@ -24,7 +24,11 @@ from limits import parse_many
 from .money import AmountError, currency_digits, to_decimal
 
 BILLING_MODES = ("usage", "subscription", "hybrid", "prepaid")
-SUPPORTED_BILLING_MODE = "usage"
+SUPPORTED_BILLING_MODES = ("usage", "subscription", "hybrid")
+PLAN_INTERVALS = ("month", "year")
+PLAN_KEYS = ("id", "name", "price", "interval", "cpu_limit", "memory_limit", "storage_limit")
+PLAN_LIMIT_KEYS = ("cpu_limit", "memory_limit", "storage_limit")
+PLAN_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 RATE_KEYS = ("cpu_per_core_hour", "memory_per_gb_hour", "storage_per_gb_month")
 SECRET_JSON_KEYS = ("stripeSecretKey", "stripeWebhookSecret", "stripePublishableKey")
 
@@ -43,15 +47,8 @@ BILLING_KEYS: dict[str, tuple[str, str]] = {
 }
 
 # The plugin's settings that no code honours yet, and what will bring each.
-NOT_SUPPORTED_YET = {
-    "subscriptionPlans": "plans come with subscriptions",
-    "alertThreshold": "quota alerts come with subscriptions",
-    "autoSuspendOnOverage": "suspending over a quota comes with subscriptions",
-    "gracePeriodDays": "grace periods come with account standing and dunning",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 MODE_FEATURES = {
-    "subscription": "plan fees come with subscriptions",
-    "hybrid": "plan fees plus overage come with subscriptions",
     "prepaid": "charging prepaid funds by the hour comes with account standing",
 }
 # Not a switch the portal needs: the key decides.
@@ -76,13 +73,32 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PlanSetting:
+    """A plan as ``subscriptionPlans`` gives it: price in major units, limits in whole units
+    (cores, GB), all exact decimals."""
+
+    id: str
+    name: str
+    price: Decimal
+    interval: str
+    cpu_limit: Decimal
+    memory_limit: Decimal
+    storage_limit: Decimal
+
+
+@dataclass(frozen=True)
 class BillingSettings:
-    """The billing settings the portal honours (usage billing: pay for what you use)."""
+    """The billing settings the portal honours."""
 
     enabled: bool = True
+    billing_mode: str = "usage"
     compute_rates: dict[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    subscription_plans: tuple[PlanSetting, ...] = ()
     usage_calculation_interval: str = "0 * * * *"
     invoice_day: int = 1
+    alert_threshold: int = 80  # percent of a quota at which the user is warned
+    auto_suspend_on_overage: bool = False
+    grace_period_days: int = 7  # days over a quota before deployments are suspended
 
 
 def _parse_bool(key: str, value: Any) -> bool:
@@ -139,6 +155,62 @@ def _parse_rates(key: str, value: Any) -> dict[str, Decimal]:
     return rates
 
 
+def _parse_limit(key: str, value: Any) -> Decimal:
+    amount = _parse_decimal(key, value)
+    if amount.as_tuple().exponent < -3:  # type: ignore[operator]
+        raise ConfigError(key, f"must have at most 3 decimals, not {amount}")
+    if amount > 1_000_000:
+        raise ConfigError(key, f"must be at most 1000000, not {amount}")
+    return amount
+
+
+def _parse_plans(key: str, value: Any) -> tuple[PlanSetting, ...]:
+    """The seed's plan list: ``[{id, name, price, interval, cpu_limit, memory_limit,
+    storage_limit}]``; ids unique."""
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of plans")
+    plans: list[PlanSetting] = []
+    for n, raw in enumerate(value):
+        where = f"{key}[{n}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(where, "must be an object")
+        unknown = sorted(set(raw) - set(PLAN_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(PLAN_KEYS)})"
+            )
+        missing = [k for k in PLAN_KEYS if k not in raw and k != "interval"]
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]}", "is required")
+        plan_id = raw["id"]
+        if (
+            not isinstance(plan_id, str)
+            or not 1 <= len(plan_id) <= 40
+            or not set(plan_id) <= PLAN_ID_CHARS
+        ):
+            raise ConfigError(
+                f"{where}.id", f"must be 1 to 40 of a-z, 0-9, - and _, not {plan_id!r}"
+            )
+        if any(p.id == plan_id for p in plans):
+            raise ConfigError(f"{where}.id", f"{plan_id!r} is given twice")
+        name = raw["name"]
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 100:
+            raise ConfigError(f"{where}.name", "must be text of 1 to 100 characters")
+        interval = raw.get("interval", "month")
+        if interval not in PLAN_INTERVALS:
+            raise ConfigError(f"{where}.interval", f"must be month or year, not {interval!r}")
+        plans.append(
+            PlanSetting(
+                plan_id,
+                name.strip(),
+                _parse_decimal(f"{where}.price", raw["price"]),
+                interval,
+                *(_parse_limit(f"{where}.{k}", raw[k]) for k in PLAN_LIMIT_KEYS),
+            )
+        )
+    return tuple(plans)
+
+
 def _refuse_unsupported(raw: dict[str, Any], names: dict[str, str]) -> None:
     """Stop on the first setting nothing honours yet, named as it was set (the seed key, or
     the environment variable that set it)."""
@@ -150,11 +222,11 @@ def _refuse_unsupported(raw: dict[str, Any], names: dict[str, str]) -> None:
             mode = raw[key]
             if mode not in BILLING_MODES:
                 raise ConfigError(name, f"must be one of {', '.join(BILLING_MODES)}, not {mode!r}")
-            if mode != SUPPORTED_BILLING_MODE:
+            if mode not in SUPPORTED_BILLING_MODES:
                 raise ConfigError(
                     name,
                     f"{mode!r} is not supported yet ({MODE_FEATURES[mode]}); "
-                    f'only "{SUPPORTED_BILLING_MODE}" is: you pay for what you use',
+                    f"use {', '.join(SUPPORTED_BILLING_MODES)}",
                 )
         elif key == "stripeEnabled":
             raise ConfigError(name, f"{STRIPE_ENABLED_PROBLEM}; remove the setting")
@@ -192,6 +264,18 @@ def parse_billing_settings(
         )
     if "invoiceDay" in raw:
         values["invoice_day"] = _parse_int("invoiceDay", raw["invoiceDay"], 1, 28)
+    if "billingMode" in raw:
+        values["billing_mode"] = raw["billingMode"]
+    if "subscriptionPlans" in raw:
+        values["subscription_plans"] = _parse_plans("subscriptionPlans", raw["subscriptionPlans"])
+    if "alertThreshold" in raw:
+        values["alert_threshold"] = _parse_int("alertThreshold", raw["alertThreshold"], 1, 100)
+    if "autoSuspendOnOverage" in raw:
+        values["auto_suspend_on_overage"] = _parse_bool(
+            "autoSuspendOnOverage", raw["autoSuspendOnOverage"]
+        )
+    if "gracePeriodDays" in raw:
+        values["grace_period_days"] = _parse_int("gracePeriodDays", raw["gracePeriodDays"], 0, 365)
     return BillingSettings(**{**s.__dict__, **values})
 
 
@@ -456,6 +540,12 @@ def build_config(
     cfg["METRICS_LOCAL"] = _env_bool(env, "METRICS_LOCAL", False)
     cfg["TESTING"] = testing
     cfg["BILLING"] = load_billing_settings(env, env.get("BILLING_CONFIG"))
+    for n, plan in enumerate(cfg["BILLING"].subscription_plans):
+        if plan.price.as_tuple().exponent < -currency_digits(cfg["CURRENCY"]):
+            raise ConfigError(
+                f"subscriptionPlans[{n}].price",
+                f"has more decimals than {cfg['CURRENCY']} has, not {plan.price}",
+            )
     cfg.update(overrides)
     cfg["SELLER_ADDRESS_LINES"] = address_lines(cfg["SELLER_ADDRESS"])
     if "DATABASE_URL" in overrides:

@@ -35,6 +35,7 @@ pytest_plugins = [
     "tests.support.documents",
     "tests.support.gateway",
     "tests.support.payments",
+    "tests.support.plans",
     "tests.support.processes",
     "tests.support.schedule",
     "tests.support.smtp",

@@ -26,7 +26,7 @@ SUPPORTED_EXAMPLE = {
     "usageCalculationInterval": "0 * * * *",
     "invoiceDay": 1,
 }
-# The plugin's whole example: plans, alerts, overage and grace are not supported yet.
+# The plugin's whole example: plans, alerts, overage and grace are honoured too.
 SEED_EXAMPLE = {
     **SUPPORTED_EXAMPLE,
     "subscriptionPlans": [
@@ -81,38 +81,90 @@ def test_environment_overrides_the_file(tmp_path):
     assert settings.usage_calculation_interval == "*/30 * * * *"
 
 
-def test_the_plugins_whole_example_is_refused_at_its_first_unsupported_setting(tmp_path):
+def test_the_plugins_whole_example_loads_but_for_stripe_enabled(tmp_path):
+    """Plans, alerts, overage and grace are honoured; stripeEnabled alone is refused (the
+    key decides)."""
     path = tmp_path / "billing.json"
     path.write_text(json.dumps(SEED_EXAMPLE))
-    with pytest.raises(ConfigError, match=r"^subscriptionPlans: not supported yet \(plans come"):
+    with pytest.raises(ConfigError, match=r"^stripeEnabled: not supported"):
         load_billing_settings({}, str(path))
+    path.write_text(json.dumps({k: v for k, v in SEED_EXAMPLE.items() if k != "stripeEnabled"}))
+    settings = load_billing_settings({"BILLING_MODE": "hybrid"}, str(path))
+    assert settings.billing_mode == "hybrid"
+    assert [p.id for p in settings.subscription_plans] == ["free", "pro"]
+    pro = settings.subscription_plans[1]
+    assert (pro.name, pro.price, pro.interval) == ("Professional", Decimal("29.99"), "month")
+    assert (pro.cpu_limit, pro.memory_limit, pro.storage_limit) == (8, 16, 100)
+    assert settings.alert_threshold == 80 and settings.grace_period_days == 7
+    assert settings.auto_suspend_on_overage is False
 
 
-# (setting, a value, its environment variable, the feature named in the refusal)
-UNSUPPORTED = [
-    ("billingMode", "subscription", "BILLING_MODE", "plan fees come with subscriptions"),
-    ("billingMode", "hybrid", "BILLING_MODE", "plan fees plus overage come with subscriptions"),
-    ("billingMode", "prepaid", "BILLING_MODE", "comes with account standing"),
-    ("subscriptionPlans", [], "SUBSCRIPTION_PLANS", "plans come with subscriptions"),
-    ("alertThreshold", 80, "ALERT_THRESHOLD", "quota alerts come with subscriptions"),
-    ("autoSuspendOnOverage", False, "AUTO_SUSPEND_ON_OVERAGE", "comes with subscriptions"),
-    ("gracePeriodDays", 7, "GRACE_PERIOD_DAYS", "grace periods come with account standing"),
-]
+def test_plans_from_the_environment():
+    plans = json.dumps(SEED_EXAMPLE["subscriptionPlans"])
+    settings = load_billing_settings(
+        {
+            "SUBSCRIPTION_PLANS": plans,
+            "BILLING_MODE": "subscription",
+            "ALERT_THRESHOLD": "90",
+            "AUTO_SUSPEND_ON_OVERAGE": "true",
+            "GRACE_PERIOD_DAYS": "3",
+        },
+        None,
+    )
+    assert settings.billing_mode == "subscription" and len(settings.subscription_plans) == 2
+    assert settings.alert_threshold == 90 and settings.auto_suspend_on_overage is True
+    assert settings.grace_period_days == 3
 
 
-@pytest.mark.parametrize("key, value, env, feature", UNSUPPORTED)
-def test_settings_nothing_honours_yet_are_refused_naming_the_feature(key, value, env, feature):
-    """Validated and never read would be a setting that pretends: each is refused, named as
-    it was set (the file's key or the environment variable), with what will bring it."""
+PLAN = SEED_EXAMPLE["subscriptionPlans"][1]
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"subscriptionPlans": {}}, "subscriptionPlans"),
+        ({"subscriptionPlans": [1]}, "subscriptionPlans[0]"),
+        ({"subscriptionPlans": [{**PLAN, "id": "Pro!"}]}, "subscriptionPlans[0].id"),
+        ({"subscriptionPlans": [PLAN, PLAN]}, "subscriptionPlans[1].id"),
+        ({"subscriptionPlans": [{**PLAN, "interval": "week"}]}, "subscriptionPlans[0].interval"),
+        ({"subscriptionPlans": [{**PLAN, "price": -1}]}, "subscriptionPlans[0].price"),
+        (
+            {"subscriptionPlans": [{**PLAN, "cpu_limit": "1.0005"}]},
+            "subscriptionPlans[0].cpu_limit",
+        ),
+        ({"subscriptionPlans": [{**PLAN, "colour": "red"}]}, "subscriptionPlans[0].colour"),
+        (
+            {"subscriptionPlans": [{k: v for k, v in PLAN.items() if k != "name"}]},
+            "subscriptionPlans[0].name",
+        ),
+        ({"alertThreshold": 0}, "alertThreshold"),
+        ({"alertThreshold": 101}, "alertThreshold"),
+        ({"gracePeriodDays": -1}, "gracePeriodDays"),
+        ({"autoSuspendOnOverage": "maybe"}, "autoSuspendOnOverage"),
+    ],
+)
+def test_bad_plan_and_quota_settings_name_the_key(raw, key):
+    raw = json.loads(json.dumps(raw), parse_float=Decimal)
     with pytest.raises(ConfigError) as info:
-        parse_billing_settings({**SUPPORTED_EXAMPLE, key: value})
+        parse_billing_settings(raw)
     assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: ")
-    assert "not supported yet" in str(info.value) and feature in str(info.value)
+
+
+def test_a_plan_price_with_more_decimals_than_the_currency_is_refused(tmp_path):
+    plans = json.dumps([{**PLAN, "price": "29.999"}])
+    with pytest.raises(ConfigError, match=r"^subscriptionPlans\[0\].price: has more decimals"):
+        build_config(str(tmp_path), environ={"TESTING": "1", "SUBSCRIPTION_PLANS": plans})
+
+
+def test_prepaid_is_refused_naming_the_feature():
+    """Validated and never read would be a setting that pretends: prepaid is refused, named
+    as it was set (the file's key or the environment variable), with what will bring it."""
     with pytest.raises(ConfigError) as info:
-        load_billing_settings({env: json.dumps(value) if key != "billingMode" else value}, None)
-    assert str(info.value).startswith(f"{env}: ")
-    assert "not supported yet" in str(info.value) and feature in str(info.value)
+        parse_billing_settings({"billingMode": "prepaid"})
+    assert info.value.key == "billingMode"
+    assert "not supported yet" in str(info.value) and "account standing" in str(info.value)
+    with pytest.raises(ConfigError, match="^BILLING_MODE: 'prepaid' is not supported yet"):
+        load_billing_settings({"BILLING_MODE": "prepaid"}, None)
 
 
 @pytest.mark.parametrize("value", [True, False])
@@ -238,17 +290,12 @@ def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
 
 def test_start_up_stops_on_a_setting_not_supported_yet(tmp_path, monkeypatch):
     path = tmp_path / "billing.json"
-    path.write_text(json.dumps({**SUPPORTED_EXAMPLE, "gracePeriodDays": 7}))
+    path.write_text(json.dumps(SUPPORTED_EXAMPLE))
     monkeypatch.setenv("BILLING_CONFIG", str(path))
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("BILLING_MODE", "prepaid")
     with pytest.raises(
-        SystemExit, match="^configuration error: gracePeriodDays: not supported yet"
-    ):
-        create_app({"TESTING": True})
-    path.write_text(json.dumps(SUPPORTED_EXAMPLE))
-    monkeypatch.setenv("BILLING_MODE", "hybrid")
-    with pytest.raises(
-        SystemExit, match="^configuration error: BILLING_MODE: 'hybrid' is not supported yet"
+        SystemExit, match="^configuration error: BILLING_MODE: 'prepaid' is not supported yet"
     ):
         create_app({"TESTING": True})
 

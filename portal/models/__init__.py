@@ -44,6 +44,19 @@ from .scheduling import (
     SchedulerLease,
     SchedulerRole,
 )
+from .subscriptions import (
+    BillingMode,
+    ChangeKind,
+    ChangeStatus,
+    Plan,
+    PlanVersion,
+    QuotaAlert,
+    QuotaBreach,
+    QuotaSuspension,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
+)
 from .types import utcnow
 from .usage import MeterMark, UsageDaily
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
@@ -56,6 +69,17 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "AttemptPurpose",
+    "BillingMode",
+    "ChangeKind",
+    "ChangeStatus",
+    "Plan",
+    "PlanVersion",
+    "QuotaAlert",
+    "QuotaBreach",
+    "QuotaSuspension",
+    "Subscription",
+    "SubscriptionChange",
+    "SubscriptionStatus",
     "AttemptStatus",
     "CheckoutSession",
     "CurrencyPin",

@@ -86,7 +86,8 @@ USER_INVOICE_STATUS_LABELS = tuple(s.label for s in InvoiceStatus if s is not In
 
 
 class InvoiceKind(enum.StrEnum):
-    USAGE = "usage"
+    USAGE = "usage"  # the period invoice (usage, plan fee in advance, overage)
+    PLAN_CHANGE = "plan_change"  # a subscription or upgrade's proration, issued at once
 
 
 class Invoice(Model):
@@ -201,7 +202,7 @@ class InvoiceLine(Model):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"), index=True)
     position: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16))  # usage | adjustment | fee
+    kind: Mapped[str] = mapped_column(String(16))  # usage|adjustment|fee|overage|proration
     # No foreign key: the line is a frozen copy of what was billed (from the rollups, which
     # carry none either), and checking one per line was a large part of an invoice run's cost.
     deployment_id: Mapped[int | None] = mapped_column(BigIntPK)  # the type deployments.id has

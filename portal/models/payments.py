@@ -178,7 +178,7 @@ class CheckoutSession(Model):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     gateway_session_id: Mapped[str] = mapped_column(String(255), unique=True)
-    purpose: Mapped[str] = mapped_column(String(16))  # topup, setup
+    purpose: Mapped[str] = mapped_column(String(16))  # topup, setup, subscription
     amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     url: Mapped[str] = mapped_column(Text)

@@ -32,6 +32,8 @@ class User(UserMixin, Model):
     # Bumped when the password is set: spends every password link sent before.
     auth_version: Mapped[int] = mapped_column(Integer, default=1)
     currency: Mapped[str] = mapped_column(String(3))
+    # An admin's override of the installation's billingMode for this account (None: follow it).
+    billing_mode: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", lazy="raise")

@@ -36,6 +36,11 @@ ACTIONS = (
     "webhook_endpoint.disabled",
     "webhook_endpoint.secret_rotated",
     "webhook.replayed",
+    "plan.created",
+    "plan.versioned",
+    "plan.retired",
+    "subscription.set_by_admin",
+    "user.billing_mode_set",
 )
 
 

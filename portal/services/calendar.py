@@ -3,7 +3,7 @@ the next, [start, end), in UTC."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from flask import current_app
 
@@ -30,6 +30,11 @@ def parse_period(value: str, invoice_day: int) -> tuple[datetime, datetime]:
         return period_starting(year, month, invoice_day)
     except (ValueError, TypeError):
         raise ValueError("period must look like 2026-11") from None
+
+
+def last_day(end: datetime) -> date:
+    """The last day of a half-open period ending at ``end`` (shown inclusively)."""
+    return (end - timedelta(days=1)).date()
 
 
 def invoice_day() -> int:

@@ -12,11 +12,18 @@ from ..models import LedgerTransaction, User, Voucher, utcnow
 from ..money import Money
 from . import accounts
 from .metering import catalog, deployments, rollups, runs
+from .subscriptions import plans
 from .wallet import credits, vouchers
 
 DEMO_PASSWORD = "demo-password"
 ADMIN_EMAIL = "admin@example.com"
 DEMO_VOUCHER_NOTE = "Demo voucher (printed by seed-demo)"
+# The StreamSpace plugin's example plans: id, name, price a month, cores, GB memory, GB storage.
+DEMO_PLANS = (
+    ("free", "Free Tier", "0", "2", "4", "10"),
+    ("pro", "Professional", "29.99", "8", "16", "100"),
+    ("enterprise", "Enterprise", "99.99", "32", "64", "500"),
+)
 
 
 def _user(
@@ -128,6 +135,18 @@ def seed() -> list[str]:
     db.session.flush()
     runs.meter_all(rollups.last_complete_hour())
 
+    # The seed's plans, and Alice on hybrid billing (an admin's override) to try them with
+    # her credit; everyone else pays for what they use.
+    if not plans.list_plans(include_retired=True):
+        for code, name, price, cpu, memory, storage in DEMO_PLANS:
+            plans.create_plan(
+                code,
+                plans.PlanInput(name, price, "month", cpu, memory, storage),
+                created_by=admin,
+            )
+    if alice.billing_mode is None:
+        alice.billing_mode = "hybrid"
+
     # A code anyone may redeem once on Wallet > Redeem a voucher (the same code every run).
     voucher = db.session.scalar(select(Voucher).where(Voucher.note == DEMO_VOUCHER_NOTE))
     if voucher is None:
@@ -139,7 +158,8 @@ def seed() -> list[str]:
     return [
         "demo data ready:",
         f"  admin  {admin.email} / {DEMO_PASSWORD}",
-        f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit, three deployments)",
+        f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit, three deployments, "
+        "hybrid billing: try Subscription)",
         f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired, one session)",
         f"  user   {carol.email}  (created by the platform; set-password link in Admin > Outbox)",
         f"  voucher {voucher.display_code}  ({voucher.value.format()}, "

@@ -427,6 +427,7 @@ RETURN_PAGES = {
     "wallet.top_up_done",
     "wallet.top_up_card_return",
     "invoices.confirmed",
+    "subscription.checkout_done",
 }
 
 

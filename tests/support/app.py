@@ -80,3 +80,13 @@ class Api:
         return self.client.post(
             self.prefix + path, json=json, headers=self._headers(token, headers), **kwargs
         )
+
+    def put(self, path, json=None, token=None, headers=None, **kwargs):
+        return self.client.put(
+            self.prefix + path, json=json, headers=self._headers(token, headers), **kwargs
+        )
+
+    def delete(self, path, token=None, headers=None, **kwargs):
+        return self.client.delete(
+            self.prefix + path, headers=self._headers(token, headers), **kwargs
+        )

@@ -37,6 +37,7 @@ from . import (  # noqa: E402,F401
     invoices,
     jobs,
     outbox,
+    plans,
     users,
     vouchers,
     webhooks,

@@ -20,10 +20,12 @@ from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.admin import waiting
+from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
 from .. import helpers
 from . import bp
+from . import plans as plans_admin
 
 
 class GrantCreditForm(FlaskForm):
@@ -55,6 +57,8 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
         waiting=waiting.for_user(user.id),
+        subscription=changes.describe(user),
+        modes=plans_admin.MODES,
     ), status
 
 

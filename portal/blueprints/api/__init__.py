@@ -32,5 +32,6 @@ from . import (  # noqa: E402,F401
     jobs,
     payments,
     reference,
+    subscriptions,
     vouchers,
 )

@@ -485,17 +485,31 @@ class CardList(RootModel[list[CardOut]]):
 
 
 class CreateCheckout(StrictModel):
-    purpose: Literal["topup"] = Field(description="topup (subscriptions are not offered yet)")
-    amount: Amount = Field(description="between TOPUP_MIN and TOPUP_MAX")
+    purpose: Literal["topup", "subscription"] = Field(
+        description="topup (with amount), or subscription (with plan_id): subscribe or "
+        "upgrade, and pay what the balances do not cover on the checkout page"
+    )
+    amount: Amount | None = Field(
+        default=None, description="topup: between TOPUP_MIN and TOPUP_MAX"
+    )
+    plan_id: Annotated[str, Text(40)] | None = Field(
+        default=None, description="subscription: the plan chosen"
+    )
 
 
 class CheckoutOut(Out):
-    checkout_url: str
-    session_id: str
-    purpose: Literal["topup"]
-    amount: Decimal_
+    checkout_url: str | None = Field(
+        description="the page to open in a browser; null for a subscription the balances "
+        "paid at once (it is active)"
+    )
+    session_id: str | None
+    purpose: Literal["topup", "subscription"]
+    amount: Decimal_ = Field(description="what the page collects")
     amount_minor: Minor
     currency: Currency
+    invoice_id: int | None = Field(
+        default=None, description="subscription: the plan change's invoice the page pays"
+    )
 
 
 class PreviewPart(Out):
@@ -834,3 +848,123 @@ class WebhookAck(Out):
 
 class OpenApiDocument(RootModel[dict[str, Any]]):
     """This document."""
+
+
+# -- subscriptions -----------------------------------------------------------------------------
+
+PlanId = Annotated[str, Text(40, description="a plan's id, such as pro")]
+QuotaResource = Literal["cpu", "memory", "storage"]
+QuotaLevel = Literal["ok", "warning", "exceeded"]
+SubscriptionState = Literal["none", "active", "pending", "canceled", "suspended"]
+ChangeKindOut = Literal["subscribe", "upgrade", "downgrade", "same"]
+BILLING_MODES = ("usage", "subscription", "hybrid")
+
+
+class PlanOut(Out):
+    plan_id: str
+    name: str
+    version: int
+    effective_from: Time
+    price: Decimal_
+    price_minor: Minor
+    currency: Currency
+    interval: Literal["month", "year"]
+    cpu_limit: Decimal_ = Field(description="cores")
+    memory_limit: Decimal_ = Field(description="GB")
+    storage_limit: Decimal_ = Field(description="GB")
+    retired: bool
+
+
+class PlanList(Out):
+    items: list[PlanOut]
+
+
+class QuotaOut(Out):
+    resource: QuotaResource
+    limit: Decimal_
+    allocated: Decimal_ = Field(description="what the running deployments hold now")
+    percent: int
+    level: QuotaLevel
+
+
+class PendingOut(Out):
+    change: Literal["subscribe", "upgrade"]
+    plan_id: str
+    invoice_id: int
+    amount_due: Decimal_
+    amount_due_minor: Minor
+
+
+class SubscriptionOut(Out):
+    user_id: int
+    billing_mode: Literal[BILLING_MODES]  # type: ignore[valid-type]
+    plans_offered: bool = Field(description="false in the usage mode: you pay for what you use")
+    status: SubscriptionState = Field(
+        description="none: no plan; pending: a subscription or upgrade waits for payment; "
+        "suspended: deployments were suspended over a quota"
+    )
+    plan: PlanOut | None
+    current_period_start: Time | None
+    current_period_end: Time | None
+    cancel_at_period_end: bool
+    scheduled_plan_id: str | None = Field(description="a downgrade taking effect at the period end")
+    renewal: Decimal_ | None = Field(description="what the next period costs, billed in advance")
+    renewal_minor: Minor | None
+    currency: Currency
+    pending: PendingOut | None
+    alert_threshold: int
+    quotas: list[QuotaOut]
+
+
+class ChoosePlan(StrictModel):
+    plan_id: PlanId
+
+
+class PreviewLine(Out):
+    description: str
+    amount: Decimal_
+    amount_minor: Minor
+
+
+class SubscriptionPreview(Out):
+    kind: ChangeKindOut
+    plan: PlanOut
+    current_plan_id: str | None
+    effective_at: Time = Field(description="now, or the period's end for a downgrade")
+    lines: list[PreviewLine] = Field(description="the change's invoice, line by line")
+    due_now: Decimal_
+    due_now_minor: Minor
+    renewal: Decimal_
+    renewal_minor: Minor
+    currency: Currency
+    refused: str | None = Field(description="why it cannot be done now")
+
+
+class CreatePlan(StrictModel):
+    plan_id: PlanId
+    name: Annotated[str, Text(100)]
+    price: Annotated[Decimal, Quantity(1_000_000_000, "major units of the currency")]
+    interval: Literal["month", "year"] = "month"
+    cpu_limit: Annotated[Decimal, Quantity(1_000_000, "cores")]
+    memory_limit: Annotated[Decimal, Quantity(1_000_000, "GB")]
+    storage_limit: Annotated[Decimal, Quantity(1_000_000, "GB")]
+
+
+class PlanVersionIn(StrictModel):
+    name: Annotated[str, Text(100)]
+    price: Annotated[Decimal, Quantity(1_000_000_000, "major units of the currency")]
+    interval: Literal["month", "year"] = "month"
+    cpu_limit: Annotated[Decimal, Quantity(1_000_000, "cores")]
+    memory_limit: Annotated[Decimal, Quantity(1_000_000, "GB")]
+    storage_limit: Annotated[Decimal, Quantity(1_000_000, "GB")]
+    effective_from: Instant | None = Field(default=None, description="now when left out")
+
+
+class SetSubscription(StrictModel):
+    plan_id: PlanId | None = Field(default=None, description="change the user's plan")
+    billing_mode: Literal[BILLING_MODES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="the user's billing mode (override)"
+    )
+    follow_installation: Flag = Field(
+        default=False, description="true: drop the override, follow billingMode"
+    )

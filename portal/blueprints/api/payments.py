@@ -7,12 +7,13 @@ from typing import cast
 
 from flask import current_app, g
 
-from ...errors import InvalidTransition, ServiceError
+from ...errors import Conflict, InvalidTransition, ServiceError, ValidationFailed
 from ...gateways import GatewayError
 from ...models import TokenScope
 from ...money import Money
 from ...services.invoicing import invoices
 from ...services.payments import cards, pay, settlement, topups
+from ...services.subscriptions import changes
 from ...web import discard_changes, json_error
 from . import bp
 from .fields import idempotency_key, to_money
@@ -90,21 +91,30 @@ def delete_payment_method(card_id: int):
 
 @bp.post("/create-checkout")
 @operation(
-    summary="Open a checkout page for a top-up",
+    summary="Open a checkout page for a top-up or a plan",
     tag="Payments",
     scopes=(USER,),
     body=CreateCheckout,
     responses={201: CheckoutOut},
     errors=(409, 502, 503),
-    idempotency_key="a repeat returns the same page; with another amount it is 409 "
+    idempotency_key="topup: a repeat returns the same page; with another amount it is 409 "
     "idempotency_conflict",
 )
 def create_checkout(body: CreateCheckout):
     """``{purpose: "topup", amount}`` -> the checkout page's URL: open it in a browser. An
-    amount outside TOPUP_MIN..TOPUP_MAX is 422."""
+    amount outside TOPUP_MIN..TOPUP_MAX is 422.
+
+    ``{purpose: "subscription", plan_id}`` subscribes or upgrades (as ``POST
+    /subscription``) and opens the page for what the balances do not cover of the change's
+    invoice; ``checkout_url`` is null when nothing is left to pay (the plan is active). A
+    downgrade needs no payment: 409."""
+    base = current_app.config["PUBLIC_URL"]
+    if body.purpose == "subscription":
+        return _subscription_checkout(body, base)
+    if body.amount is None:
+        raise ValidationFailed.field("amount", "is required")
     amount = to_money(body.amount, g.api_user.currency, "amount")
     _require_cards()
-    base = current_app.config["PUBLIC_URL"]
     session = topups.start_checkout(
         g.api_user,
         amount,
@@ -117,6 +127,42 @@ def create_checkout(body: CreateCheckout):
         session_id=session.gateway_session_id,
         purpose="topup",
         **session_amount(session),
+    ), 201
+
+
+def _subscription_checkout(body: CreateCheckout, base: str):
+    if body.plan_id is None:
+        raise ValidationFailed.field("plan_id", "is required")
+    if body.amount is not None:
+        raise ValidationFailed.field("amount", "is for top-ups; a plan's price decides")
+    _require_cards()
+    kind = changes.preview(g.api_user, body.plan_id).kind
+    if kind not in (changes.Kind.SUBSCRIBE, changes.Kind.UPGRADE):
+        raise Conflict(
+            "nothing to pay now: a downgrade takes effect at the period's end (POST /subscription)",
+            fields={"plan_id": "is not a subscription or an upgrade"},
+        )
+    _, invoice, session = changes.checkout_change(
+        g.api_user,
+        body.plan_id,
+        success_url=f"{base}/subscription/checkout/done?session_id={{CHECKOUT_SESSION_ID}}",
+        cancel_url=f"{base}/subscription/",
+    )
+    if session is None:
+        return CheckoutOut(
+            checkout_url=None,
+            session_id=None,
+            purpose="subscription",
+            **Money(0, g.api_user.currency).to_json("amount"),
+            currency=g.api_user.currency,
+            invoice_id=invoice.id if invoice else None,
+        ), 201
+    return CheckoutOut(
+        checkout_url=session.url,
+        session_id=session.gateway_session_id,
+        purpose="subscription",
+        **session_amount(session),
+        invoice_id=invoice.id if invoice else None,
     ), 201
 
 

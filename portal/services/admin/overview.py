@@ -18,6 +18,9 @@ from ...models import (
     InvoiceStatus,
     LedgerAccount,
     PaymentAttempt,
+    Plan,
+    PlanVersion,
+    Subscription,
     User,
 )
 from ...money import Money
@@ -50,6 +53,46 @@ class Overview:
     figures: list[Figures]
     standing: dict[str, int] = field(default_factory=dict)  # accounts by standing
     accounts: int = 0
+    plans: list[PlanFigure] = field(default_factory=list)  # active subscribers per plan
+    mrr: list[Money] = field(default_factory=list)  # per currency
+
+
+@dataclass
+class PlanFigure:
+    code: str
+    subscribers: int
+    mrr: Money  # monthly recurring revenue: month fees, and a twelfth of year fees
+
+
+def plan_figures() -> tuple[list[PlanFigure], list[Money]]:
+    """Active subscribers per plan and the monthly recurring revenue their fees make (the
+    price each one holds; a year's fee counts a twelfth, rounded once per figure)."""
+    twelfths: dict[tuple[str, str], int] = defaultdict(int)  # (plan, currency) -> 12 x MRR
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for code, interval, currency, n, total in db.session.execute(
+        select(
+            Plan.code,
+            PlanVersion.interval,
+            PlanVersion.currency,
+            func.count(),
+            func.coalesce(func.sum(PlanVersion.price_minor), 0),
+        )
+        .select_from(Subscription)
+        .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
+        .join(Plan, Plan.id == PlanVersion.plan_id)
+        .where(Subscription.status == "active")
+        .group_by(Plan.code, PlanVersion.interval, PlanVersion.currency)
+    ):
+        twelfths[(code, currency)] += int(total) * (1 if interval == "year" else 12)
+        counts[(code, currency)] += int(n)
+    figures = [
+        PlanFigure(code, counts[(code, cur)], Money((twelfths[(code, cur)] + 6) // 12, cur))
+        for code, cur in sorted(counts)
+    ]
+    totals: dict[str, int] = defaultdict(int)
+    for (_, cur), value in twelfths.items():
+        totals[cur] += value
+    return figures, [Money((v + 6) // 12, cur) for cur, v in sorted(totals.items())]
 
 
 def overview(now: datetime) -> Overview:
@@ -105,6 +148,7 @@ def overview(now: datetime) -> Overview:
             select(standing, func.count()).select_from(User).group_by(standing)
         )
     )
+    plans, mrr = plan_figures()
     return Overview(
         now=now,
         period_start=start,
@@ -112,6 +156,8 @@ def overview(now: datetime) -> Overview:
         figures=figures,
         standing={s: counts.get(s, 0) for s in STANDINGS},
         accounts=sum(counts.values()),
+        plans=plans,
+        mrr=mrr,
     )
 
 

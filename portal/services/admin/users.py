@@ -16,13 +16,23 @@ from decimal import ROUND_FLOOR, Decimal
 from sqlalchemy import and_, case, false, func, or_, select
 
 from ...extensions import db
-from ...models import AccountKind, CurrencyPin, Invoice, InvoiceStatus, LedgerAccount, User
+from ...models import (
+    AccountKind,
+    CurrencyPin,
+    Invoice,
+    InvoiceStatus,
+    LedgerAccount,
+    Plan,
+    PlanVersion,
+    Subscription,
+    User,
+)
 from ...money import Money
 from ..metering import projection
 from .standing import STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")
-# Until subscriptions exist every account pays for what it uses.
+# The plan of an account with no active subscription: it pays for what it uses.
 PLAN = "usage"
 
 
@@ -199,6 +209,14 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
             ).where(Invoice.id.in_(invoice_ids))
         )
     }
+    plans = dict(
+        db.session.execute(
+            select(Subscription.user_id, Plan.code)
+            .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
+            .join(Plan, Plan.id == PlanVersion.plan_id)
+            .where(Subscription.user_id.in_(ids), Subscription.status == "active")
+        ).all()
+    )
     projected = projection.by_user([(r[0], r[5]) for r in rows], now)
     by_id = {}
     for uid, email, name, admin, created, cur, cash, voucher, credit, owed, standing, inv in rows:
@@ -214,7 +232,7 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
             credit=Money(int(credit), cur),
             owed=Money(int(owed), cur),
             standing=standing,
-            plan=PLAN,
+            plan=plans.get(uid, PLAN),
             last_invoice=invoices.get(inv),
             next_invoice=projected[uid].projected,
         )

@@ -5,6 +5,7 @@ the usage page uses too). No database."""
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NamedTuple
 
@@ -119,3 +120,158 @@ def build_lines(
                     )
                 )
     return lines
+
+
+# -- plans: fee in advance, proration, overage in arrears ----------------------------------
+
+
+def _major_text(amount_minor: int, digits: int) -> str:
+    return f"{Decimal(amount_minor).scaleb(-digits):f}"
+
+
+def fee_line(
+    plan_name: str, price_minor: int, interval: str, label: str, currency: str
+) -> LineDraft:
+    """A plan's fee for one period, billed in advance: ``label`` names the period."""
+    return LineDraft(
+        "fee",
+        None,
+        None,
+        f"{plan_name} plan · {label}"[:300],
+        "1",
+        interval,
+        _major_text(price_minor, currency_digits(currency)),
+        price_minor,
+    )
+
+
+def share_minor(price_minor: int, seconds: int, total_seconds: int) -> int:
+    """``price * seconds / total`` rounded once, ROUND_HALF_UP, in integers."""
+    if total_seconds <= 0:
+        raise ValueError("a period has a length")
+    num, den = price_minor * seconds, total_seconds
+    return (2 * num + den) // (2 * den) if num >= 0 else -((-2 * num + den) // (2 * den))
+
+
+class Proration(NamedTuple):
+    """A plan change at ``seconds_left`` of a ``seconds_total`` period: what is credited for
+    the old plan's unused time, what the new plan costs for the rest, and the difference."""
+
+    seconds_left: int
+    seconds_total: int
+    credit_minor: int  # unused time of the old plan (0 when there was none)
+    charge_minor: int  # the new plan for the rest of the period
+    due_minor: int  # charge - credit
+
+
+def prorate(
+    old_price_minor: int, new_price_minor: int, seconds_left: int, seconds_total: int
+) -> Proration:
+    """Exact seconds left in the period; each of the two amounts rounded once."""
+    if not 0 <= seconds_left <= seconds_total:
+        raise ValueError("the change lies inside the period")
+    credit = share_minor(old_price_minor, seconds_left, seconds_total)
+    charge = share_minor(new_price_minor, seconds_left, seconds_total)
+    return Proration(seconds_left, seconds_total, credit, charge, charge - credit)
+
+
+def proration_lines(
+    old_name: str | None,
+    new_name: str,
+    proration: Proration,
+    label: str,
+    currency: str,
+) -> list[LineDraft]:
+    """The change invoice's lines: the credit for the old plan's unused time (a negative
+    line) and the charge for the new plan's rest of the period."""
+    digits = currency_digits(currency)
+    days = _decimal_text(proration.seconds_left, 86400)
+    lines = []
+    if old_name is not None and proration.credit_minor:
+        lines.append(
+            LineDraft(
+                "proration",
+                None,
+                None,
+                f"Unused time on {old_name} plan · {label}"[:300],
+                days,
+                "days",
+                _major_text(-proration.credit_minor, digits),
+                -proration.credit_minor,
+            )
+        )
+    lines.append(
+        LineDraft(
+            "proration",
+            None,
+            None,
+            f"Remaining time on {new_name} plan · {label}"[:300],
+            days,
+            "days",
+            _major_text(proration.charge_minor, digits),
+            proration.charge_minor,
+        )
+    )
+    return lines
+
+
+# An allocation segment: [start, end) in Unix seconds and the milli-units allocated.
+Segment = tuple[int, int, int]
+# The plan's limit from a time on: (from, limit in milli-units); sorted by time.
+LimitStep = tuple[int, int]
+
+
+def excess_milli_seconds(
+    segments: list[Segment], limits: list[LimitStep], start: int, end: int
+) -> int:
+    """The integral over [start, end) of max(0, allocated - limit), in milli-unit seconds:
+    the deployments' allocations add up (they run at once), the limit follows the plan held
+    at each instant."""
+    points = {start, end}
+    deltas: dict[int, int] = defaultdict(int)
+    for s, e, milli in segments:
+        s, e = max(s, start), min(e, end)
+        if s >= e or not milli:
+            continue
+        deltas[s] += milli
+        deltas[e] -= milli
+        points.update((s, e))
+    for at, _ in limits:
+        if start < at < end:
+            points.add(at)
+    total, allocated, limit, li = 0, 0, 0, 0
+    ordered = sorted(points)
+    for i, at in enumerate(ordered[:-1]):
+        allocated += deltas.get(at, 0)
+        while li < len(limits) and limits[li][0] <= at:
+            limit = limits[li][1]
+            li += 1
+        if allocated > limit:
+            total += (allocated - limit) * (ordered[i + 1] - at)
+    return total
+
+
+# Seconds per priced unit of time: CPU and memory per hour; storage per month (its length).
+def overage_line(
+    resource: str,
+    excess_ms: int,
+    rate_micros: int,
+    unit_seconds: int,
+    currency: str,
+) -> LineDraft | None:
+    """``excess_ms`` milli-unit seconds above the limit at ``rate_micros`` per unit and
+    ``unit_seconds``: one line, rounded once; None when there is no excess."""
+    if excess_ms <= 0:
+        return None
+    den = 1000 * unit_seconds
+    amount = round_ratio(excess_ms * rate_micros, den, currency_digits(currency))
+    return LineDraft(
+        "overage",
+        None,
+        resource,
+        f"Overage · {LABELS[resource]} above the plan's limit"[:300],
+        _decimal_text(excess_ms, den),
+        UNITS[resource],
+        _rate_text(rate_micros),
+        amount,
+    )

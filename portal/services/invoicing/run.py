@@ -49,6 +49,7 @@ from .. import calendar, events
 from ..metering import rollups
 from ..metering.costs import Usage
 from ..wallet import credits, ledger, settlement_requests
+from . import subscribed
 from .documents import enqueue_render
 from .invoices import S, event_payload, reserve_numbers
 from .lines import LineDraft, build_lines
@@ -318,11 +319,23 @@ def _generate_chunk(
         rollups.meter_chunk(chunk, end)
     usage_by_user = _period_usage(lo, hi, start, end, user_ids)
     adjustments = _pending_adjustments(lo, hi, user_ids)
-    candidates = set(usage_by_user) | set(adjustments)
+    in_chunk = _in_chunk(lo, hi, user_ids)
+    plans = subscribed.plan_billing(in_chunk, start, end)
+    for uid, keep in plans.usage_kept.items():  # the plan's resources bill as fee + overage
+        kept = {}
+        for dep_id, usage in usage_by_user.get(uid, {}).items():
+            left = subscribed.keep_resources(usage, keep)
+            if left is not None:
+                kept[dep_id] = left
+        if kept:
+            usage_by_user[uid] = kept
+        else:
+            usage_by_user.pop(uid, None)
+    candidates = set(usage_by_user) | set(adjustments) | set(plans.lines)
     result.considered = len(candidates)
     if not candidates:
+        subscribed.renew(plans.renew, end)
         return result
-    in_chunk = _in_chunk(lo, hi, user_ids)
     inv = Invoice.__table__.c  # plain rows (no ORM entities to load) where only values are read
     existing = candidates.intersection(
         db.session.scalars(
@@ -337,6 +350,7 @@ def _generate_chunk(
     todo = sorted(candidates - existing)
     result.skipped = len(existing)
     if not todo:
+        subscribed.renew(plans.renew, end)
         return result
 
     u, dep = User.__table__.c, Deployment.__table__.c
@@ -357,7 +371,9 @@ def _generate_chunk(
         currency = users[uid].currency
         lines = build_lines(usage_by_user.get(uid, {}), names, currency)
         lines += build_lines(adjustments.get(uid, ({}, []))[0], names, currency, "adjustment")
+        lines += plans.lines.get(uid, [])
         drafts[uid] = _Draft(uid, currency, lines, sum(l.amount_minor for l in lines))
+    subscribed.renew(plans.renew, end)
 
     _finalize(drafts, users, start, end, now, created_by, in_chunk, before_numbers)
     for uid, (_, adj_ids) in adjustments.items():
@@ -417,6 +433,7 @@ def _finalize(
     created_by: User | None,
     in_chunk: _InChunk,
     before_numbers: Callable[[], None] | None = None,
+    kind: str = _USAGE,
 ) -> None:
     """Credits, numbers, then the invoices (already finalized), their lines, the ledger
     postings, credit payments, late-usage credit-backs, events and PDF requests."""
@@ -464,7 +481,7 @@ def _finalize(
             [
                 invoice_id,
                 uid,
-                _USAGE,
+                kind,
                 str(status),
                 None,
                 start,
@@ -808,6 +825,34 @@ def _generate_overlapped(
 
 
 def chunks_with_users() -> list[int]:
-    return list(
-        db.session.scalars(select(rollups.MeterMark.chunk).order_by(rollups.MeterMark.chunk))
+    """The chunks with metered users, and those with subscribers (who may have no usage)."""
+    metered = set(db.session.scalars(select(rollups.MeterMark.chunk)))
+    return sorted(metered | subscribed.chunks_with_subscribers(rollups.chunk_size()))
+
+
+# -- one invoice of given lines (a plan change) ------------------------------------------------
+
+
+def issue_invoice(
+    user: User,
+    kind: InvoiceKind,
+    start: datetime,
+    end: datetime,
+    lines: list[LineDraft],
+    *,
+    now: datetime | None = None,
+    created_by: User | None = None,
+) -> Invoice:
+    """Issue one finalized invoice of ``lines`` now (a plan change's proration), through
+    the same path as a period's invoices: credits first, the ledger, a number, the event and
+    the PDF. UNIQUE per user, ``start`` and kind. Flushes only."""
+    now = now or utcnow()
+    subtotal = sum(line.amount_minor for line in lines)
+    if subtotal <= 0:
+        raise ValueError("an issued invoice has something to pay")
+    draft = _Draft(user.id, user.currency, lines, subtotal)
+    in_chunk = _in_chunk(user.id, user.id + 1, [user.id])
+    _finalize(
+        {user.id: draft}, {user.id: user}, start, end, now, created_by, in_chunk, kind=str(kind)
     )
+    return db.session.get_one(Invoice, draft.invoice_id)

@@ -27,6 +27,7 @@ from ...models import (
     Deployment,
     DeploymentInterval,
     Invoice,
+    InvoiceKind,
     MeterMark,
     UsageAdjustment,
     UsageDaily,
@@ -358,6 +359,7 @@ def invoiced_periods(
             .where(
                 Invoice.user_id == user_id,
                 Invoice.status != "void",
+                Invoice.kind == USAGE_INVOICE,
                 Invoice.period_end > start,
                 Invoice.period_start < end,
             )
@@ -366,11 +368,15 @@ def invoiced_periods(
     ]
 
 
+# Usage is billed by the period invoices only (a plan change's invoice bills no usage).
+USAGE_INVOICE = str(InvoiceKind.USAGE)
+
+
 def invoiced_through(user_id: int) -> datetime | None:
     """The end of the user's last invoiced period: usage before it is already billed."""
     return db.session.scalar(
         select(func.max(Invoice.period_end)).where(
-            Invoice.user_id == user_id, Invoice.status != "void"
+            Invoice.user_id == user_id, Invoice.status != "void", Invoice.kind == USAGE_INVOICE
         )
     )
 

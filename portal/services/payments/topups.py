@@ -15,11 +15,14 @@ from sqlalchemy import select
 from ...errors import IdempotencyConflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...gateways import CheckoutSessionInfo, GatewayError, get_gateway
-from ...models import AccountKind, CheckoutSession, User, utcnow
+from ...models import AccountKind, CheckoutSession, Invoice, User, utcnow
 from ...money import Money
 from .. import events
 from ..wallet import ledger, settlement_requests
 from . import cards
+
+TOPUP = "topup"
+INVOICE = "subscription"  # a plan change's invoice, paid on the checkout page
 
 
 def credit_top_up(user: User, amount: Money, *, reference: str, description: str = "Top-up") -> int:
@@ -112,9 +115,44 @@ def start_checkout(
         row = CheckoutSession(
             user_id=user.id,
             gateway_session_id=session.id,
-            purpose="topup",
+            purpose=TOPUP,
             amount_minor=amount.amount_minor,
             currency=amount.currency,
+            url=session.url or "",
+            created_at=utcnow(),
+        )
+        db.session.add(row)
+        db.session.flush()
+    return row
+
+
+def start_invoice_checkout(
+    user: User, invoice: Invoice, *, success_url: str, cancel_url: str
+) -> CheckoutSession:
+    """Open the gateway's checkout page for what is due on a plan change's invoice (GATEWAY
+    CALL); asked again for the same amount due, the same page."""
+    due = Money(invoice.total_minor - invoice.amount_paid_minor, invoice.currency)
+    if due.amount_minor <= 0:
+        raise ValidationFailed("nothing is due on this invoice")
+    session = get_gateway().create_checkout_session(
+        cards.customer_id(user),
+        due,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        description=f"Invoice {invoice.number}",
+        metadata={"purpose": INVOICE, "user_id": str(user.id), "invoice_id": str(invoice.id)},
+        idempotency_key=f"checkout:{user.id}:invoice:{invoice.id}:{due.amount_minor}",
+    )
+    row = db.session.scalar(
+        select(CheckoutSession).where(CheckoutSession.gateway_session_id == session.id)
+    )
+    if row is None:
+        row = CheckoutSession(
+            user_id=user.id,
+            gateway_session_id=session.id,
+            purpose=INVOICE,
+            amount_minor=due.amount_minor,
+            currency=due.currency,
             url=session.url or "",
             created_at=utcnow(),
         )
@@ -138,18 +176,23 @@ def finish_checkout(info: CheckoutSessionInfo, *, user: User | None = None) -> C
     if row is None or (user is not None and row.user_id != user.id):
         raise NotFound("no such checkout")
     paid = info.status == "complete" and info.payment_status == "paid"
-    if row.purpose == "topup" and paid and info.payment_intent and info.amount_total:
+    pays = row.purpose in (TOPUP, INVOICE)
+    if pays and paid and info.payment_intent and info.amount_total:
         owner = db.session.get_one(User, row.user_id)
+        # An invoice's checkout lands in the prepaid balance too, and settlement pays the
+        # invoice from it: money received is booked once, whatever happens to the invoice.
         credit_top_up(
             owner,
             info.amount_total,
             reference=info.payment_intent,
-            description="Top-up by card (checkout)",
+            description="Top-up by card (checkout)"
+            if row.purpose == TOPUP
+            else "Card payment (checkout) for a plan change",
         )
     if info.status == "complete" and row.status != "complete":
         row.status, row.completed_at = "complete", utcnow()
     db.session.flush()
-    return CheckoutOutcome(row, paid and row.purpose == "topup")
+    return CheckoutOutcome(row, paid and pays)
 
 
 def mark_complete(gateway_session_id: str) -> None:

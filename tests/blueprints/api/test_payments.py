@@ -145,7 +145,7 @@ def test_a_checkout_top_up_gives_the_page_to_pay_on(pay_app, api, make_user, sta
         ({"purpose": "topup", "amount": "0.50"}, "amount"),  # under the minimum
         ({"purpose": "topup", "amount": "1000000"}, "amount"),  # over the maximum
         ({"purpose": "topup"}, "amount"),
-        ({"purpose": "subscription", "amount": "25.00"}, "purpose"),
+        ({"purpose": "subscription", "amount": "25.00"}, "plan_id"),
         ({"purpose": "donation", "amount": "25.00"}, "purpose"),
         ({"amount": "25.00"}, "purpose"),
     ],
