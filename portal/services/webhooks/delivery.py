@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import BigInteger, and_, bindparam, func, literal, select, text, update
+from sqlalchemy import BigInteger, and_, bindparam, case, func, literal, select, text, update
 
 from ...db import Page, bulk_insert, dialect_insert, ids_in
 from ...errors import NotFound, ValidationFailed
@@ -743,17 +743,21 @@ def waiting_by_endpoint() -> list[tuple[int, str, int]]:
     ``retrying`` (failed at least once, tried again later), ``failed`` (given up). One
     indexed count per endpoint and status (the metrics)."""
     out = []
+    tried = func.coalesce(func.sum(case((D.c.attempts > 0, 1), else_=0)), 0)
     for endpoint_id in db.session.scalars(select(WebhookEndpoint.id).order_by(WebhookEndpoint.id)):
-        for status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-            rows = db.session.execute(
-                select(D.c.attempts > 0, func.count())
-                .where(D.c.endpoint_id == endpoint_id, D.c.status == status)
-                .group_by(D.c.attempts > 0)
-            ).all()
-            if status == DeliveryStatus.FAILED:
-                out.append((endpoint_id, "failed", sum(n for _, n in rows)))
-                continue
-            counts = {bool(tried): n for tried, n in rows}
-            out.append((endpoint_id, "pending", counts.get(False, 0)))
-            out.append((endpoint_id, "retrying", counts.get(True, 0)))
+        pending, retrying = db.session.execute(
+            select(func.count(), tried).where(
+                D.c.endpoint_id == endpoint_id, D.c.status == DeliveryStatus.PENDING
+            )
+        ).one()
+        failed = db.session.scalar(
+            select(func.count()).where(
+                D.c.endpoint_id == endpoint_id, D.c.status == DeliveryStatus.FAILED
+            )
+        )
+        out += [
+            (endpoint_id, "pending", pending - retrying),
+            (endpoint_id, "retrying", retrying),
+            (endpoint_id, "failed", failed or 0),
+        ]
     return out
