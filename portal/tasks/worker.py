@@ -60,7 +60,7 @@ class AppWorker(Worker):
         ttl = max(int(self.job_monitoring_interval) * ALIVE_BEATS, 3)
         connection = pipeline if pipeline is not None else self.connection
         connection.set(alive_key(self.name), 1, ex=ttl)
-        connection.hset(self.key, ALIVE_FIELD, 1)
+        connection.hset(self.key, ALIVE_FIELD, "1")
 
     def perform_job(self, job, queue):
         with self.app.app_context():  # db.engine is the app's: look it up inside the context
