@@ -22,12 +22,13 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from ..extensions import db
-from ..models import utcnow
+from ..models import JobRun, RunStatus, utcnow
 from . import monitor, queues, requests, worker
 from .queues import BATCH_AT, get_queue, redis_connection, rq_job_id
+from .registry import RUNNER
 
 log = logging.getLogger("jobs.relay")
 _WAITING = frozenset(
@@ -156,6 +157,12 @@ def check_sent(*, grace: timedelta) -> dict[str, int]:
                 # Its worker died mid-job (its work rolled back): a failed attempt. RQ's
                 # record of it goes, so that the retry is enqueued afresh.
                 _forget(redis, job_id)
+                if row.task == RUNNER and row.args:  # a run's own job: its retry starts it again
+                    connection.execute(
+                        update(JobRun)
+                        .where(JobRun.id == row.args[0], JobRun.status == RunStatus.RUNNING)
+                        .values(status=RunStatus.FAILED, finished_at=now, error=LOST)
+                    )
                 _record(connection, row, JobStatus.FAILED.value, None, now=now, error=LOST)
                 counts["failed"] += 1
                 continue

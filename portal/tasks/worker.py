@@ -28,13 +28,25 @@ def alive_key(worker_name: str) -> str:
     return ALIVE_KEY.format(worker_name)
 
 
+ALIVE_FIELD = "portal_alive_key"  # on RQ's record of the worker: it keeps an alive key
+
+
 def gone(connection: Redis, worker_names: list[str]) -> set[str]:
-    """The workers of ``worker_names`` whose alive key has expired."""
+    """The workers of ``worker_names`` that are gone: their alive key has expired, and RQ's
+    record of them says they kept one (or has expired too). A worker of another kind (RQ's
+    own, a test's) is never judged."""
     with connection.pipeline() as pipe:
         for name in worker_names:
             pipe.exists(alive_key(name))
-        alive = pipe.execute()
-    return {name for name, exists in zip(worker_names, alive, strict=True) if not exists}
+            pipe.exists(Worker.redis_worker_namespace_prefix + name)
+            pipe.hget(Worker.redis_worker_namespace_prefix + name, ALIVE_FIELD)
+        answers = pipe.execute()
+    dead = set()
+    for i, name in enumerate(worker_names):
+        alive, recorded, keeps_one = answers[3 * i : 3 * i + 3]
+        if not alive and (not recorded or keeps_one):
+            dead.add(name)
+    return dead
 
 
 class AppWorker(Worker):
@@ -46,7 +58,9 @@ class AppWorker(Worker):
         super().heartbeat(timeout, pipeline)
         # Also in the horse's pipeline that marks the job started: never started without it.
         ttl = max(int(self.job_monitoring_interval) * ALIVE_BEATS, 3)
-        (pipeline if pipeline is not None else self.connection).set(alive_key(self.name), 1, ex=ttl)
+        connection = pipeline if pipeline is not None else self.connection
+        connection.set(alive_key(self.name), 1, ex=ttl)
+        connection.hset(self.key, ALIVE_FIELD, "1")
 
     def perform_job(self, job, queue):
         with self.app.app_context():  # db.engine is the app's: look it up inside the context

@@ -231,6 +231,11 @@ def test_a_chunk_killed_mid_run_is_resumed_on_its_own_and_the_run_succeeds(
             queues.enqueue(chunk.queue, chunk.task, *chunk.args, job_id=chunk.dedupe_key)
         worker.wait_for_line(r"\(invoice_0_", timeout=60)
         horse = wait_until(lambda: _horse(worker.pid), message="the chunk's work horse")
+        job_key = Job.key_for(rq_job_id(chunk.dedupe_key))
+        wait_until(  # RQ has it as started (a horse killed before that never began)
+            lambda: private_redis.client().hget(job_key, "status") == b"started",
+            message="the chunk started",
+        )
         wait_until(lambda: _waiting_on_a_lock(app), message="the chunk waiting for its mark")
         os.kill(horse, signal.SIGKILL)  # kill -9 of the worker, its horse with it
         worker.kill()

@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 from sqlalchemy import select, text, update
 
 from portal.extensions import db
 from portal.models import JobRequest, utcnow
-from portal.tasks import queues, relay, requests
+from portal.tasks import queues, relay, requests, worker
 from tests.support.processes import query
 from tests.tasks import fake_jobs
 
@@ -99,6 +100,34 @@ def test_a_job_redis_lost_is_sent_again_and_asking_twice_is_one_row(app, make_ap
         assert relay.relay(grace=timedelta(0)) == {"done": 0, "failed": 0, "lost": 0, "sent": 0}
         db.session.remove()
     assert [(key, status) for key, status, _ in rows(app)] == [("rec:2", "sent"), (None, "sent")]
+
+
+def test_a_started_job_whose_worker_is_gone_is_a_failed_attempt_retried(app, make_app, redis_url):
+    up = make_app(RQ_ASYNC=True, JOB_RETRY_SECONDS=60)
+    connection = Redis.from_url(redis_url)
+    with up.app_context():
+        for slot in ("killed", "alive", "other kind"):
+            queues.enqueue_after_commit("default", FUNC, slot, job_id=f"rec:{slot}")
+        db.session.commit()
+        # As workers would leave them: each job started on a worker of its own. The first
+        # worker kept an alive key and was killed (the key expired); the second's key is
+        # fresh; the third is not one of ours (no alive key ever) and is never judged.
+        workers = {"killed": "w-killed", "alive": "w-alive", "other kind": "w-other"}
+        for slot, name in workers.items():
+            key = Job.key_for(queues.rq_job_id(f"rec:{slot}"))
+            connection.hset(key, mapping={"status": "started", "worker_name": name})
+            connection.hset(f"rq:worker:{name}", "birth", "x")
+        for name in ("w-killed", "w-alive"):
+            connection.hset(f"rq:worker:{name}", worker.ALIVE_FIELD, 1)
+        connection.set(worker.alive_key("w-alive"), 1, ex=60)
+
+        assert relay.relay(grace=timedelta(0)) == {"done": 0, "failed": 1, "lost": 0, "sent": 0}
+        assert not connection.exists(Job.key_for("rec_killed"))  # enqueued afresh when due
+        killed = db.session.scalar(select(JobRequest).where(JobRequest.dedupe_key == "rec:killed"))
+        assert (killed.status, killed.attempts) == ("requested", 1)
+        assert killed.last_error == relay.LOST
+        db.session.remove()
+    assert [status for _, status, _ in rows(app)] == ["requested", "sent", "sent"]
 
 
 def test_a_finished_job_is_done_and_a_failing_one_is_retried_then_failed(app, make_app):
