@@ -9,7 +9,7 @@ from flask_wtf import FlaskForm
 from ..errors import ServiceError
 from ..extensions import db
 from ..gateways import GatewayError
-from ..services.payments import cards
+from ..services.payments import cards, outcomes, settlement
 from .helpers import public_url, see_other
 
 bp = Blueprint("payment_methods", __name__, url_prefix="/payment-methods")
@@ -27,6 +27,7 @@ def _render(status: int = 200):
         form=ActionForm(),
         enabled=cards.cards_enabled(),
         rule=cards.LAST_CARD_RULE,
+        would_pay=outcomes.card_would_pay(current_user),
     ), status
 
 
@@ -61,14 +62,21 @@ def add():
 def added():
     """Back from the gateway's page: save the card it verified (the webhook may do it too)."""
     session_id = request.args.get("session_id", "")
+    marker = outcomes.payments_marker(current_user)
     try:
         saved = cards.finish_setup_session(current_user, session_id)
+        db.session.commit()
+        if saved.created:
+            # The new card pays the open invoices now, so the page can say what it paid
+            # (the settlement job that saving starts then finds nothing left).
+            settlement.settle(current_user.id)
     except GatewayError as exc:
         db.session.rollback()
-        flash(f"We could not check the new card: {exc.message}", "error")
+        flash(f"We could not check the new card ({exc.message}). Reload in a minute.", "error")
         return see_other(".index")
-    db.session.commit()
-    flash(saved.message, "success" if saved.card else "error")
+    paid = outcomes.paid_since(current_user, marker) if saved.card else []
+    message = saved.message + (" " + outcomes.describe(paid) if paid else "")
+    flash(message, "success" if saved.card else "error")
     return see_other(".index")
 
 

@@ -33,6 +33,10 @@ class User(UserMixin, Model):
     auth_version: Mapped[int] = mapped_column(Integer, default=1)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the next invoices print under "Bill to" (the account menu's Billing details).
+    billing_company: Mapped[str | None] = mapped_column(String(200))
+    billing_address: Mapped[str | None] = mapped_column(String(500))
+    billing_tax_id: Mapped[str | None] = mapped_column(String(64))
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", lazy="raise")
 
