@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 
@@ -89,6 +89,22 @@ def make_default(card_id: int):
     db.session.commit()
     flash(f"{card.label} is your default card.", "success")
     return see_other(".index")
+
+
+@bp.get("/<int:card_id>/delete")
+@login_required
+def confirm_delete(card_id: int):
+    """Remove: are you sure? (another user's card: 404)"""
+    card = cards.get_card(current_user, card_id)
+    return render_template(
+        "confirm.html",
+        title=f"Remove {card.label}?",
+        message=f"{card.label} will no longer pay your invoices. You can add it again later.",
+        action=url_for(".delete", card_id=card.id),
+        confirm=f"Remove {card.label}",
+        cancel=url_for(".index"),
+        danger=True,
+    )
 
 
 @bp.post("/<int:card_id>/delete")

@@ -154,7 +154,10 @@ def change_password(user: User, current: str, new_password: str) -> None:
             raise VerificationError()
         _hasher().verify(user.password_hash, current or "")
     except (VerificationError, InvalidHashError):
-        raise ValidationFailed.field("current_password", "is not correct") from None
+        raise ValidationFailed.field(
+            "current_password",
+            "is not your current password: type it again, or log out and use “Forgot your password?”",
+        ) from None
     set_password(user, new_password, keep_session=user.session_key)
 
 
@@ -399,12 +402,34 @@ def list_tokens(user: User) -> list[ApiToken]:
     )
 
 
-def revoke_token(user: User, token_id: int) -> None:
+def set_billing_details(user: User, *, company: str, address: str, tax_id: str) -> None:
+    """What the user's next invoices print under "Bill to" (issued ones keep theirs)."""
+    company, address, tax_id = company.strip(), address.strip(), tax_id.strip()
+    for name, value, limit in (
+        ("company", company, 200),
+        ("address", address, 500),
+        ("tax_id", tax_id, 64),
+    ):
+        if len(value) > limit:
+            raise ValidationFailed.field(name, f"must be at most {limit} characters")
+    user.billing_company = company or None
+    user.billing_address = address or None
+    user.billing_tax_id = tax_id or None
+    db.session.flush()
+
+
+def get_token(user: User, token_id: int) -> ApiToken:
+    """The user's own token (another user's: NotFound)."""
     token = db.session.scalar(
         select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id)
     )
     if token is None:
         raise NotFound("no such token")
+    return token
+
+
+def revoke_token(user: User, token_id: int) -> None:
+    token = get_token(user, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         audit.record(

@@ -24,7 +24,7 @@ def text(response) -> str:
 
 
 def flashes(page: str) -> list[str]:
-    return re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)
+    return re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
 
 
 def payment_rows(page: str) -> list[tuple[str, str]]:

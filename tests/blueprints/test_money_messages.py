@@ -22,7 +22,7 @@ def text(response) -> str:
 
 
 def flashes(page: str) -> list[str]:
-    return re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)
+    return re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
 
 
 def number_of(invoice_id: int) -> str:

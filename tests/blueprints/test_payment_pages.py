@@ -31,7 +31,7 @@ def text(response) -> str:
 
 
 def flashes(page: str) -> list[str]:
-    return re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)
+    return re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
 
 
 def cash_shown(page: str) -> str:
