@@ -120,7 +120,11 @@ def init_web(app: Flask) -> None:
             "errors/error.html",
             code=status,
             title=titles.get(status, exc.name),
-            message=exc.description,
+            message=(
+                f"You tried too often ({exc.description}). Wait a minute, then try again."
+                if status == 429
+                else exc.description
+            ),
         ), status
 
     @app.errorhandler(ServiceError)

@@ -106,7 +106,7 @@ def pay(invoice_id: int):
         abort(400)
     outcome = pay_invoice(current_user, invoice_id)
     if outcome.kind is Outcome.NOTHING_TO_PAY:
-        label = outcome.invoice.invoice_status.label
+        label = outcome.invoice.display_status.lower()
         flash(f"This invoice is {label}: there is nothing to pay.", "info")
     elif outcome.kind is Outcome.FAILED and outcome.card:
         flash(

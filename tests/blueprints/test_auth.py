@@ -69,7 +69,9 @@ def registered_flash(email: str) -> str:
 
 
 def flashes(page: str) -> list[str]:
-    return [html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)]
+    return [
+        html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
+    ]
 
 
 def user_count(app) -> int:

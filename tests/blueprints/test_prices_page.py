@@ -75,6 +75,7 @@ def test_the_nav_no_longer_offers_a_subscription_and_usage_links_the_prices(
     nav = re.search(r'<nav aria-label="Main">(.*?)</nav>', usage, re.S).group(1)
     assert "Subscription" not in nav and "/subscription/" not in nav
     assert [label for label in re.findall(r">([^<>]+)</a>", nav)] == [
+        "Overview",
         "Usage",
         "Invoices",
         "Payment methods",

@@ -138,7 +138,7 @@ def test_login_rate_limit(app, live_server, open_page, make_user, browser_proble
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("heading", level=1, name="Too many attempts")).to_be_visible()
-        shows_error(page, js, "Too many")
+        shows_error(page, js, "You tried too often (2 per 1 minute). Wait a minute, then try")
     finally:
         config["LOGIN_RATE_LIMIT"] = saved
     browser_problems.assert_none(allow=(401, 422, 429))

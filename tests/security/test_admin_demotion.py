@@ -31,7 +31,9 @@ def revoked_scopes(app, user_id: int) -> list[str]:
 
 
 def flashes(page: str) -> list[str]:
-    return [html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+">([^<]*)</p>', page)]
+    return [
+        html.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)
+    ]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from portal.services.invoicing import run as invoice_run
 from portal.services.metering import deployments
 from portal.services.payments import settlement, topups
 from portal.services.wallet import credits, ledger, vouchers
+from tests.support.payments import settlement_held
 
 OCT = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
 USD = lambda minor: Money(minor, "USD")  # noqa: E731
@@ -113,9 +114,10 @@ def test_voucher_balance_and_cash_mix_on_one_invoice(user):
 
 def test_credits_then_voucher_then_cash_and_the_preview(user):
     (invoice,) = invoice_for(user, {"a": 200})  # 10.00
-    credits.grant_credit(user=user, amount=USD(100), reason="r", idempotency_key="k")
-    db.session.commit()
-    # No settlement was triggered by the grant: the preview shows what would happen.
+    with settlement_held():  # a grant starts a settlement: hold it to see the preview
+        credits.grant_credit(user=user, amount=USD(100), reason="r", idempotency_key="k")
+        db.session.commit()
+    # No settlement ran: the preview shows what would happen.
     balances_before = ledger.balances(user)
     vouchers.create_vouchers(value=USD(300))
     preview = settlement.preview(invoice, user)
