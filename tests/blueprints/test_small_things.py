@@ -39,9 +39,7 @@ def test_remove_card_asks_first(pay_app, client, auth, make_user, in_app):
     assert f'id="card-{card}"' in text(client.get("/payment-methods/"))
 
 
-def test_revoke_token_asks_first_and_a_new_token_has_a_copy_button(
-    app, client, auth, make_user
-):
+def test_revoke_token_asks_first_and_a_new_token_has_a_copy_button(app, client, auth, make_user):
     user, other = make_user(), make_user()
     auth.login(user)
     created = text(client.submit("/account/tokens", {"name": "ci", "scope": "user"}))
@@ -69,7 +67,7 @@ def test_void_and_run_now_ask_first(pay_app, client, auth, make_user, in_app):
     page = text(client.get(f"/admin/invoices/{invoice}"))
     assert f'method="get" action="/admin/invoices/{invoice}/void"' in page
     page = text(client.get(f"/admin/invoices/{invoice}/void?reason=Billed+twice"))
-    assert "Void invoice INV-" in page and 'value="Billed twice"' in page
+    assert "Void invoice INV-" in page and "Billed twice" in page
     assert f'method="post" action="/admin/invoices/{invoice}/void"' in page
     with pay_app.app_context():
         assert db.session.get_one(Invoice, invoice).status == "open"
@@ -116,9 +114,7 @@ def test_billing_details_print_on_the_next_invoice(pay_app, client, auth, make_u
     assert 'value="Acme GmbH"' in text(client.get("/account/billing"))
 
     def issue() -> dict:
-        return invoice_of(db.session.get_one(User, user.id), {"web": 10}, OCT).snapshot[
-            "customer"
-        ]
+        return invoice_of(db.session.get_one(User, user.id), {"web": 10}, OCT).snapshot["customer"]
 
     customer = in_app(issue)
     assert customer["company"] == "Acme GmbH"
