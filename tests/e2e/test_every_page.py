@@ -112,7 +112,13 @@ def test_every_page_fits_and_passes_axe(
         assert answer is not None and answer.status == 200, url
         wide = page.evaluate("document.scrollingElement.scrollWidth")
         if wide > width:
-            problems.append(f"{url} is {wide} px wide at {width} px")
+            culprits = page.evaluate(
+                """(w) => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > w && !e.closest('nav'))
+                    .slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ':' + Math.round(e.getBoundingClientRect().right) + '/' + getComputedStyle(e).display)""",
+                width,
+            )
+            problems.append(f"{url} is {wide} px wide at {width} px: {culprits}")
         problems += [f"{url}: {p}" for p in serious(page)]
         name = re.sub(r"[^a-z0-9]+", "-", url.strip("/")) or "root"
         page.screenshot(path=str(SHOTS / f"{role}-{name}-{width}.png"), full_page=True)

@@ -63,3 +63,18 @@ function showCopyButtons() {
     button.hidden = false;
   }
 }
+
+// On a narrow screen a wide table scrolls in its own box: keyboard users reach it with Tab
+// and scroll it with the arrow keys.
+function focusableScrollers() {
+  for (const table of document.querySelectorAll("main table")) {
+    if (table.scrollWidth > table.clientWidth + 1) {
+      table.tabIndex = 0;
+    } else if (table.getAttribute("tabindex") === "0") {
+      table.removeAttribute("tabindex");
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", focusableScrollers);
+document.addEventListener("htmx:afterSettle", focusableScrollers);
+window.addEventListener("resize", focusableScrollers);
