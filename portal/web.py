@@ -10,7 +10,7 @@ answers 500 (the JSON error body under /api/) instead of the success the view pr
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from flask import (
@@ -295,6 +295,16 @@ def init_web(app: Flask) -> None:
     def invoice_status_name(label: str) -> str:
         """A status filter's value ("sent") as pages name it ("Open")."""
         return InvoiceStatus.from_label(label).display
+
+    @app.template_filter("valid_through")
+    def valid_through_filter(value: datetime | None) -> str:
+        """An expiry stored as the first instant it no longer holds (midnight after the last
+        day) shown as the day entered: "Valid through 2027-01-31"."""
+        if value is None:
+            return ""
+        if (value.hour, value.minute, value.second, value.microsecond) == (0, 0, 0, 0):
+            return (value - timedelta(days=1)).strftime("%Y-%m-%d")
+        return value.strftime("%Y-%m-%d %H:%M UTC")
 
     @app.template_filter("dt")
     def datetime_filter(value: datetime | None, with_time: bool = True) -> str:

@@ -456,6 +456,8 @@ class CheckoutSession(ls.StripeObject):
         self.url = f"{Sandbox.base_url}/checkout/{self.id}"
         self._line_item_name = name or "Payment"
         self._payment_intent_metadata = dict(pi_metadata)
+        # Stripe keeps the card on the customer after the payment when asked to.
+        self._setup_future_usage = (payment_intent_data or {}).get("setup_future_usage")
         if setup_intent is not None:
             setup_intent._checkout_session = self.id
 
@@ -551,6 +553,12 @@ def card_from_form(form) -> ls.PaymentMethod:
     )
 
 
+def keep_card(session: CheckoutSession, intent) -> None:
+    """A payment with ``setup_future_usage``: its card stays on the customer, as on Stripe."""
+    if getattr(session, "_setup_future_usage", None) and session.customer and intent.payment_method:
+        ls.PaymentMethod._api_retrieve(intent.payment_method).customer = session.customer
+
+
 def pay_session(session: CheckoutSession, pm) -> str | None:
     """Use the typed card for the session. Returns where to send the browser (the success
     URL, or the 3-D Secure step), or raises UserError with what to tell the customer."""
@@ -581,6 +589,7 @@ def pay_session(session: CheckoutSession, pm) -> str | None:
         if intent.status == "requires_action":
             return intent.next_action["redirect_to_url"]["url"]
         if intent.status in ("succeeded", "processing"):
+            keep_card(session, intent)
             return session._complete()
         raise UserError(402, "Your card was declined.")
     intent = ls.SetupIntent._api_retrieve(session.setup_intent)

@@ -490,6 +490,8 @@ async def authenticate_submit(request):
     if session_id:
         session = objects.retrieve_session(session_id)
         if ok:
+            if intent.object == "payment_intent":
+                objects.keep_card(session, intent)
             raise web.HTTPSeeOther(session._complete())
         message = error or "Authentication failed. Try again or use another card."
         raise web.HTTPSeeOther(f"/checkout/{session.id}?" + urlencode({"error": message}))

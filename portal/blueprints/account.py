@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, render_template
+from flask import Blueprint, flash, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectChoice, SelectField, StringField
+from wtforms import PasswordField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..errors import ServiceError
@@ -37,6 +37,37 @@ class TokenForm(FlaskForm):
 
 class RevokeForm(FlaskForm):
     pass
+
+
+class BillingForm(FlaskForm):
+    company = StringField("Company name", validators=[Length(max=200)])
+    address = TextAreaField("Address", validators=[Length(max=500)])
+    tax_id = StringField("Tax id (VAT number)", validators=[Length(max=64)])
+
+
+@bp.route("/billing", methods=["GET", "POST"])
+def billing():
+    """Billing details that the next invoices print under "Bill to"."""
+    form = BillingForm(
+        data={
+            "company": current_user.billing_company or "",
+            "address": current_user.billing_address or "",
+            "tax_id": current_user.billing_tax_id or "",
+        }
+    )
+    if form.is_submitted():
+        form = BillingForm()
+        if form.validate():
+            accounts.set_billing_details(
+                current_user,
+                company=form.company.data or "",
+                address=form.address.data or "",
+                tax_id=form.tax_id.data or "",
+            )
+            flash("Billing details saved. Your next invoices show them.", "success")
+            return see_other("account.billing")
+        return render_template("account/billing.html", form=form), 422
+    return render_template("account/billing.html", form=form)
 
 
 @bp.route("/password", methods=["GET", "POST"])
@@ -84,6 +115,21 @@ def tokens():
         new_token=new_token,
         tokens=accounts.list_tokens(current_user),
         revoke_form=RevokeForm(),
+    )
+
+
+@bp.get("/tokens/<int:token_id>/revoke")
+def confirm_revoke(token_id: int):
+    """Revoke: are you sure? (another user's token: 404)"""
+    token = accounts.get_token_for_owner(current_user, token_id)
+    return render_template(
+        "confirm.html",
+        title=f"Revoke the token “{token.name}”?",
+        message="Programs that use it stop working at once. This cannot be undone.",
+        action=url_for("account.revoke_token", token_id=token.id),
+        confirm="Revoke token",
+        cancel=url_for("account.tokens"),
+        danger=True,
     )
 
 

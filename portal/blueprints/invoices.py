@@ -2,19 +2,25 @@
 htmx), one invoice with its lines, payments and PDF, the PDF download and the widget that
 waits for it. Users cannot delete invoices."""
 
+import secrets
+
 from flask import Blueprint, abort, flash, redirect, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
+from wtforms import BooleanField, HiddenField
+from wtforms.validators import Length
 
 from .. import htmx as hx
+from ..errors import ServiceError
 from ..gateways import GatewayError
 from ..models import USER_INVOICE_STATUS_LABELS, AttemptStatus
+from ..money import Money
 from ..services.invoicing import documents
 from ..services.invoicing import invoices as invoicing
-from ..services.payments import card_charges, settlement
+from ..services.payments import card_charges, cards, invoice_checkout, outcomes, settlement
 from ..services.payments.pay import Outcome, pay_invoice
 from ..web import discard_changes
-from .helpers import page_arg, pdf_response, public_url, see_other
+from .helpers import page_arg, pdf_response, public_url, query_arg, see_other
 
 bp = Blueprint("invoices", __name__, url_prefix="/invoices")
 
@@ -36,13 +42,29 @@ class PayForm(FlaskForm):
     """The "Pay now" and "Complete payment" buttons: CSRF only."""
 
 
+class CardCheckoutForm(FlaskForm):
+    """ "Pay by card" on the card processor's checkout page, optionally keeping the card."""
+
+    save_card = BooleanField("Save this card for future payments")
+    # One per rendered form: sent twice, it opens the same checkout page.
+    nonce = HiddenField(validators=[Length(max=64)])
+
+    def fill(self) -> "CardCheckoutForm":
+        if not self.nonce.data:
+            self.nonce.data = secrets.token_urlsafe(16)
+        return self
+
+
 def _payment_context(invoice) -> dict:
     unpaid = invoice.invoice_status in invoicing.UNPAID
     return {
         "pay_form": PayForm(),
+        "checkout_form": CardCheckoutForm().fill() if unpaid and cards.cards_enabled() else None,
+        "amount_due": invoice_checkout.amount_due(invoice),
         "preview": settlement.preview(invoice, current_user) if unpaid else None,
         "waiting": card_charges.open_attempt_for(current_user, invoice) if unpaid else None,
         "tender_labels": settlement.TENDER_LABELS,
+        "attempts": outcomes.card_attempts(invoice),
     }
 
 
@@ -86,8 +108,74 @@ def pay(invoice_id: int):
     if outcome.kind is Outcome.NOTHING_TO_PAY:
         label = outcome.invoice.display_status.lower()
         flash(f"This invoice is {label}: there is nothing to pay.", "info")
+    elif outcome.kind is Outcome.FAILED and outcome.card:
+        flash(
+            f"{outcome.card} was declined: {outcome.reason}. Pay by card on the secure page "
+            "with another card, add money to your balance or redeem a voucher.",
+            "error",
+        )
     else:
         flash(*PAY_FLASHES[outcome.kind])
+    return see_other("invoices.show", invoice_id=invoice_id)
+
+
+@bp.post("/<int:invoice_id>/pay-by-card")
+@login_required
+def pay_by_card(invoice_id: int):
+    """What the invoice owes, paid on the card processor's checkout page (full page load)."""
+    invoicing.get_for_owner(current_user, invoice_id)  # another user's: 404
+    form = CardCheckoutForm()
+    if not form.validate_on_submit():
+        abort(400)
+    if not cards.cards_enabled():
+        flash("Card payments are not set up on this portal.", "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    try:
+        session = invoice_checkout.start(
+            current_user,
+            invoice_id,
+            save_card=bool(form.save_card.data),
+            success_url=public_url("invoices.card_paid", invoice_id=invoice_id)
+            + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=public_url("invoices.show", invoice_id=invoice_id),
+            idempotency_key=form.nonce.data or None,
+        )
+    except ServiceError as exc:
+        discard_changes()
+        flash(str(exc), "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    except GatewayError as exc:
+        discard_changes()
+        flash(f"The card processor did not answer ({exc.message}). Try again in a minute.", "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    return redirect(session.url, code=303)
+
+
+@bp.get("/<int:invoice_id>/card-paid")
+@login_required
+def card_paid(invoice_id: int):
+    """Back from the checkout page: the payment is booked now unless the webhook was first."""
+    invoicing.get_for_owner(current_user, invoice_id)
+    try:
+        paid = invoice_checkout.return_from_checkout(current_user, query_arg("session_id", 255))
+    except GatewayError as exc:
+        discard_changes()
+        flash(f"We could not check the payment yet ({exc.message}). Reload in a minute.", "error")
+        return see_other("invoices.show", invoice_id=invoice_id)
+    if paid.invoice is None or paid.invoice.id != invoice_id:
+        abort(404)
+    if paid.paid:
+        amount = Money(paid.session.amount_minor or 0, paid.session.currency)
+        flash(f"Thank you: {paid.card} paid {amount.format()} of {paid.invoice.number}.", "success")
+        if paid.saved is not None and paid.saved.message:
+            flash(
+                paid.saved.message
+                if paid.saved.card is None
+                else f"{paid.saved.card.label} is saved for future payments.",
+                "info",
+            )
+    else:
+        flash("The card payment was not completed; nothing was charged.", "error")
     return see_other("invoices.show", invoice_id=invoice_id)
 
 

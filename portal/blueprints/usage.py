@@ -30,6 +30,7 @@ def index():
         "periods": periods,
         "selected": selected,
         "chart": usage.daily_chart(report.daily),
+        "carried": usage.carried_usage(current_user, start, end),
     }
     if hx.is_fragment_request("usage-report"):
         return render_template("usage/_report.html", **context)

@@ -17,7 +17,7 @@ from ..forms import AmountField
 from ..gateways import GatewayError
 from ..models import AttemptStatus
 from ..money import AmountError, Money
-from ..services.payments import card_charges, cards, pay, topups
+from ..services.payments import card_charges, cards, outcomes, pay, topups
 from ..services.wallet import credits, ledger, vouchers
 from ..web import discard_changes
 from .helpers import form_errors_from, page_arg, public_url, query_arg, see_other
@@ -78,13 +78,15 @@ def index():
 def redeem():
     form = RedeemForm()
     if form.validate_on_submit():
+        marker = outcomes.payments_marker(current_user)
         try:
             value = vouchers.redeem(current_user, form.code.data)
         except ServiceError as exc:
             discard_changes()
             form.code.errors = [exc.message[:1].upper() + exc.message[1:] + "."]
         else:
-            flash(f"{value.format()} added to your voucher balance.", "success")
+            paid = outcomes.describe(outcomes.settle_wallets(current_user, marker))
+            flash(f"{value.format()} added to your voucher balance. {paid}".strip(), "success")
             return see_other("wallet.index")
     return _render(redeem_form=form, status=422)
 
@@ -119,6 +121,7 @@ def top_up():
     form = TopUpForm().fill(current_user)
     if not form.validate_on_submit():
         return _render(topup_form=form, status=422)
+    marker = outcomes.payments_marker(current_user)
     try:
         amount = Money.from_decimal(form.amount.decimal, current_user.currency)
         started = pay.top_up(
@@ -141,19 +144,21 @@ def top_up():
     else:
         if started.redirect_url:
             return redirect(started.redirect_url, code=303)
-        _flash_attempt(started.attempt)
+        _flash_attempt(started.attempt, marker)
         return see_other("wallet.index")
     return _render(topup_form=form, status=422)
 
 
-def _flash_attempt(attempt) -> None:
+def _flash_attempt(attempt, marker: int) -> None:
     status = AttemptStatus(attempt.status)
     if status is AttemptStatus.SUCCEEDED:
-        flash(f"{attempt.amount.format()} added to your prepaid balance.", "success")
+        paid = outcomes.describe(outcomes.settle_wallets(current_user, marker))
+        flash(f"{attempt.amount.format()} added to your prepaid balance. {paid}".strip(), "success")
     elif status is AttemptStatus.FAILED:
+        reason = outcomes.decline_reason(attempt.decline_code, attempt.message)
         flash(
-            f"{attempt.payment_method.label} was declined"
-            f"{': ' + attempt.message if attempt.message else '.'}",
+            f"{attempt.payment_method.label} was declined: {reason}. Nothing was charged; "
+            "try another card or the checkout page.",
             "error",
         )
     else:
@@ -164,6 +169,7 @@ def _flash_attempt(attempt) -> None:
 @login_required
 def top_up_done():
     """Back from the checkout page."""
+    marker = outcomes.payments_marker(current_user)
     try:
         outcome = topups.return_from_checkout(current_user, query_arg("session_id", 255))
     except GatewayError as exc:
@@ -172,7 +178,8 @@ def top_up_done():
         return see_other("wallet.index")
     if outcome.credited:
         amount = Money(outcome.session.amount_minor or 0, outcome.session.currency)
-        flash(f"{amount.format()} added to your prepaid balance.", "success")
+        paid = outcomes.describe(outcomes.settle_wallets(current_user, marker))
+        flash(f"{amount.format()} added to your prepaid balance. {paid}".strip(), "success")
     else:
         flash("The payment is not complete.", "error")
     return see_other("wallet.index")
@@ -182,11 +189,12 @@ def top_up_done():
 @login_required
 def top_up_card_return():
     """Back from the bank's 3-D Secure page for a saved-card top-up."""
+    marker = outcomes.payments_marker(current_user)
     try:
         attempt = card_charges.refresh(current_user, query_arg("payment_intent", 255))
     except GatewayError as exc:
         discard_changes()
         flash(f"We could not check the payment yet: {exc.message}", "error")
         return see_other("wallet.index")
-    _flash_attempt(attempt)
+    _flash_attempt(attempt, marker)
     return see_other("wallet.index")

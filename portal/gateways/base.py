@@ -330,6 +330,7 @@ class PaymentGateway(Protocol):
         metadata: dict[str, str] | None = None,
         description: str = "",
         idempotency_key: str | None = None,
+        save_card: bool = False,
     ) -> CheckoutSessionInfo: ...
 
     def create_setup_session(

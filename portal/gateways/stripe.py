@@ -525,10 +525,16 @@ class StripeGateway:
         metadata: dict[str, str] | None = None,
         description: str = "",
         idempotency_key: str | None = None,
+        save_card: bool = False,
     ) -> CheckoutSessionInfo:
-        """A one-off payment on Stripe's hosted page (a balance top-up). The metadata goes on
-        the session and on its payment intent, so either webhook can be traced back."""
+        """A one-off payment on Stripe's hosted page (a balance top-up, an invoice). The
+        metadata goes on the session and on its payment intent, so either webhook can be
+        traced back. ``save_card``: the card is kept on the customer for later charges
+        (``setup_future_usage``)."""
         metadata = dict(metadata or {})
+        payment_intent_data: dict[str, Any] = {"metadata": metadata}
+        if save_card:
+            payment_intent_data["setup_future_usage"] = "off_session"
         params = {
             "mode": "payment",
             "customer": customer,
@@ -544,7 +550,7 @@ class StripeGateway:
                     },
                 }
             ],
-            "payment_intent_data": {"metadata": metadata},
+            "payment_intent_data": payment_intent_data,
             "metadata": metadata,
         }
         session = self._call(

@@ -40,6 +40,9 @@ class OutboundEmail(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A message sent at most once per key (payment-failure mail: once per invoice per day);
+    # the database refuses the second.
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
 
 
 class JobRequestStatus(enum.StrEnum):

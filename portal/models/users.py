@@ -35,6 +35,10 @@ class User(UserMixin, Model):
     # An admin's override of the installation's billingMode for this account (None: follow it).
     billing_mode: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the next invoices print under "Bill to" (the account menu's Billing details).
+    billing_company: Mapped[str | None] = mapped_column(String(200))
+    billing_address: Mapped[str | None] = mapped_column(String(500))
+    billing_tax_id: Mapped[str | None] = mapped_column(String(64))
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", lazy="raise")
 

@@ -155,7 +155,10 @@ def change_password(user: User, current: str, new_password: str) -> None:
             raise VerificationError()
         _hasher().verify(user.password_hash, current or "")
     except (VerificationError, InvalidHashError):
-        raise ValidationFailed.field("current_password", "is not correct") from None
+        raise ValidationFailed.field(
+            "current_password",
+            "is not your current password: type it again, or log out and use “Forgot your password?”",
+        ) from None
     set_password(user, new_password, keep_session=user.session_key)
 
 
@@ -403,6 +406,22 @@ def list_tokens(user: User) -> list[ApiToken]:
             .order_by(ApiToken.id.desc())
         )
     )
+
+
+def set_billing_details(user: User, *, company: str, address: str, tax_id: str) -> None:
+    """What the user's next invoices print under "Bill to" (issued ones keep theirs)."""
+    company, address, tax_id = company.strip(), address.strip(), tax_id.strip()
+    for name, value, limit in (
+        ("company", company, 200),
+        ("address", address, 500),
+        ("tax_id", tax_id, 64),
+    ):
+        if len(value) > limit:
+            raise ValidationFailed.field(name, f"must be at most {limit} characters")
+    user.billing_company = company or None
+    user.billing_address = address or None
+    user.billing_tax_id = tax_id or None
+    db.session.flush()
 
 
 def get_token_for_owner(user: User, token_id: int) -> ApiToken:

@@ -14,6 +14,7 @@ import flask_mail
 from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..db import Page, rowcount
 from ..extensions import db
@@ -29,11 +30,18 @@ def queue_email(
     template: str,
     user_id: int | None = None,
     attachment_invoice_id: int | None = None,
+    dedupe_key: str | None = None,
     **context,
-) -> OutboundEmail:
+) -> OutboundEmail | None:
     """Render ``email/<template>.txt`` and keep it; the send job runs after commit.
     With no SMTP server configured the message stays in the outbox for admins to read.
-    ``attachment_invoice_id``: that invoice's stored PDF is attached when the mail is sent."""
+    ``attachment_invoice_id``: that invoice's stored PDF is attached when the mail is sent.
+    ``dedupe_key``: one message per key, ever (a UNIQUE column): a second is not written
+    and None is returned."""
+    if dedupe_key is not None and db.session.scalar(
+        select(OutboundEmail.id).where(OutboundEmail.dedupe_key == dedupe_key)
+    ):
+        return None
     body = render_template(f"email/{template}.txt", **context)
     smtp = bool(current_app.config.get("MAIL_SERVER"))
     message = OutboundEmail(
@@ -43,9 +51,16 @@ def queue_email(
         body_text=body,
         attachment_invoice_id=attachment_invoice_id,
         status=EmailStatus.PENDING if smtp else EmailStatus.OUTBOX,
+        dedupe_key=dedupe_key,
     )
-    db.session.add(message)
-    db.session.flush()
+    try:
+        with db.session.begin_nested():  # the same key written at the same moment
+            db.session.add(message)
+            db.session.flush()
+    except IntegrityError:
+        if dedupe_key is None:
+            raise
+        return None
     if smtp:
         enqueue_after_commit("default", "mail.send_email", message.id, job_id=f"mail:{message.id}")
     return message

@@ -358,7 +358,7 @@ def test_change_password_with_a_wrong_current_password_is_refused(client, auth, 
     auth.login(user)
     response = change_password(client, "not-my-password")
     assert response.status_code == 200
-    assert "is not correct" in text_of(response)
+    assert "is not your current password: type it again" in text_of(response)
     auth.logout()
     assert auth.login(user.email, PASSWORD).status_code == 303
     auth.logout()

@@ -396,10 +396,11 @@ def test_an_invoice_nothing_can_pay_says_how_to_pay_it(pay_app, client, auth, ma
     client.submit(f"/invoices/{invoice}/pay")
     page = text(client.get(f"/invoices/{invoice}"))
     assert flashes(page) == [
-        "No payment method could pay the rest of this invoice. Add money "
-        "to your balance, redeem a voucher or add a card."
+        "Visa •••• 0341 was declined: declined by the bank. Pay by card on the secure page "
+        "with another card, add money to your balance or redeem a voucher."
     ]
     assert payment_rows(page) == []
+    assert "Visa •••• 0341 declined: declined by the bank" in page  # the attempts listed
 
 
 def test_another_users_invoice_cannot_be_paid(pay_app, client, auth, make_user, in_app):

@@ -63,3 +63,26 @@ def test_usage_page_shows_the_period_and_switches_with_htmx(app, client, auth, m
 def test_unknown_period_is_404(app, client, auth, make_user):
     auth.login(make_user())
     assert client.get("/usage/?period=next-year").status_code == 404
+
+
+def test_the_chart_has_axes_and_its_values_are_read_out_and_a_past_period_has_one_total(
+    app, client, auth, make_user
+):
+    user = make_user()
+    seed_usage(app, user.id)
+    auth.login(user)
+    page = client.get("/usage/?period=2026-10").get_data(as_text=True)
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    # An amount axis (0, half, the highest day) and a date axis.
+    assert ">$0.00</text>" in svg and ">$0.70</text>" in svg and ">$1.40</text>" in svg
+    assert ">Oct 1</text>" in svg and ">Oct 8</text>" in svg
+    assert 'aria-hidden="true"' in svg
+    # Each bar's value for screen readers, in a table they read.
+    table = page[page.index('<table class="visually-hidden" id="chart-values">') :]
+    assert '<th scope="row">2026-10-01</th><td>$1.40</td>' in table
+    assert '<th scope="row">2026-10-02</th><td>$0.00</td>' in table
+    # A past period: one total, no projection.
+    assert page.count('class="amount"') == 1 and "Period total" in page
+    assert "Projected for the period" not in page and "Cost so far" not in page
+    # Quantities with at most two decimals.
+    assert "20 core-hours" in page and "40 gb-hours" in page

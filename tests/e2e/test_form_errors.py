@@ -110,6 +110,8 @@ def test_remove_the_last_card(app, live_payments, open_page, make_user, browser_
     in_app(live_payments.app, running_deployment, user.id)
     page = user_page(open_page, js, user.email, "/payment-methods/")
     page.get_by_role("button", name="Remove Visa •••• 4242").click()
+    expect(page.get_by_role("heading", name="Remove Visa •••• 4242?")).to_be_visible()
+    page.get_by_role("button", name="Remove Visa •••• 4242").click()  # are you sure? yes
     shows_error(page, js, "This is your last card and you have active deployments")
     expect(page.locator(".flash-error")).to_be_focused()
     expect(page.locator(f"#card-{card_id}")).to_be_visible()
@@ -199,6 +201,8 @@ def test_offline_payment(
 def test_void(app, live_server, open_page, make_user, browser_problems, js, open_invoice):
     page = admin_page(open_page, make_user, js, f"/admin/invoices/{open_invoice}")
     page.get_by_role("button", name="Void invoice").click()
+    expect(page.get_by_role("heading", name="Void invoice")).to_be_visible()
+    page.get_by_role("button", name="Void invoice").click()  # are you sure? yes, no reason
     shows_error(page, js, "This field is required.")
     expect(page.get_by_label("Reason")).to_be_focused()
     expect(page.locator("#invoice-status")).to_have_text("Open")

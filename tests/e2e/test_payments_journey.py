@@ -372,7 +372,12 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
     authenticate_on_sandbox(page, live.standin.base_url, "a payment of 50.00 USD")
 
     expect(page).to_have_url(f"{live.url}/wallet/")
-    expect(page.locator(".flash-success")).to_have_text("$50.00 added to your prepaid balance.")
+    # Which invoice the money paid is said when the return page was first to book it.
+    expect(page.locator(".flash-success")).to_have_text(
+        re.compile(
+            r"^\$50\.00 added to your prepaid balance\.( It paid .* in full \(\$37\.20\)\.)?$"
+        )
+    )
     # The top-up paid the open invoice ($37.20) from the prepaid balance: $12.80 is left.
     expect(page.locator("#balance-cash .amount")).to_have_text("$12.80")
     history = page.locator("#wallet-panel table.history tbody tr")
@@ -398,4 +403,61 @@ def test_a_checkout_top_up_with_3d_secure_is_credited_once_and_pays_the_open_inv
     expect(cell(payments.first, 1)).to_have_text("Prepaid balance")
     expect(cell(payments.first, 3)).to_have_text(OCT_TOTAL)
 
+    browser_problems.assert_none()
+
+
+@pytest.mark.parametrize("width,height", [(1280, 900), (390, 844)])
+def test_an_invoice_nothing_covers_is_paid_by_card_on_the_checkout_page(
+    app, live_payments, open_page, make_user, browser_problems, width, height
+):
+    """No balance, no card: the invoice offers "Pay $37.20 by card"; the card is typed on
+    the stand-in's checkout page (3-D Secure included) and kept; back on the invoice it is
+    paid once, the card is saved, and the webhooks that follow book nothing more."""
+    live = live_payments
+    user = make_user(name="Cass Checkout")
+    [invoice_id] = issue_invoices(app, user.id, periods=(OCT,))
+    number = invoice_number(app, invoice_id)
+
+    page = open_page("customer", viewport={"width": width, "height": height})
+    log_in(page, user.email)
+    page.goto(f"/invoices/{invoice_id}")
+    expect(page.get_by_role("row", name=re.compile("Not covered"))).to_be_visible()
+    page.get_by_label("Save this card for future payments").check()
+    shot(page, f"/tmp/e2e-pay-by-card-{width}.png")
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+    page.get_by_role("button", name=f"Pay {OCT_TOTAL} by card").click()
+
+    card_on_sandbox(page, live.standin.base_url, CARDS["three_d_secure"], "Pay 37.20 USD")
+    authenticate_on_sandbox(page, live.standin.base_url, "a payment of 37.20 USD")
+
+    expect(page).to_have_url(f"{live.url}/invoices/{invoice_id}")
+    expect(page.locator("#invoice-status")).to_have_text("Paid")
+    payments = page.locator(".invoice-payments tbody tr")
+    expect(payments).to_have_count(1)
+    expect(cell(payments.first, 1)).to_have_text("Card")
+    expect(cell(payments.first, 3)).to_have_text(OCT_TOTAL)
+    expect(page.get_by_role("button", name=re.compile("by card"))).to_have_count(0)
+    shot(page, f"/tmp/e2e-paid-by-card-{width}.png")
+
+    live.wait_for_webhooks()
+    assert read(app, unprocessed_events) == []
+    page.reload()
+    expect(payments).to_have_count(1)
+    paid = read(
+        app,
+        lambda: db.session.scalar(
+            select(func.count())
+            .select_from(InvoicePayment)
+            .where(InvoicePayment.invoice_id == invoice_id)
+        ),
+    )
+    assert paid == 1
+    go_to(page, "Payment methods")
+    expect(page.get_by_text("Visa •••• 3184")).to_be_visible()
+    assert number in read(
+        app,
+        lambda: db.session.scalar(
+            select(OutboundEmail.subject).where(OutboundEmail.subject.like("Receipt:%"))
+        ),
+    )
     browser_problems.assert_none()

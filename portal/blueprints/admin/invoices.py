@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import flash, render_template
+from flask import flash, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, StringField, TextAreaField
@@ -149,6 +149,26 @@ def generate_invoice():
 @bp.get("/invoices/<int:invoice_id>")
 def invoice(invoice_id: int):
     return _render_invoice(invoicing.get_for_owner(None, invoice_id))
+
+
+@bp.get("/invoices/<int:invoice_id>/void")
+def confirm_void(invoice_id: int):
+    """Void: are you sure? The reason typed on the invoice page comes along."""
+    invoice = invoicing.get_for_owner(None, invoice_id)
+    form = VoidInvoiceForm(formdata=request.args, meta={"csrf": False})
+    return render_template(
+        "confirm.html",
+        title=f"Void invoice {invoice.number or invoice.id}?",
+        message=(
+            f"{invoice.number or 'The draft'} ({invoice.total.format()}) will no longer be owed; "
+            "the user is told by mail. This cannot be undone."
+        ),
+        action=url_for("admin.void_invoice", invoice_id=invoice.id),
+        form_field=form.reason,
+        confirm="Void invoice",
+        cancel=url_for("admin.invoice", invoice_id=invoice.id),
+        danger=True,
+    )
 
 
 @bp.post("/invoices/<int:invoice_id>/void")

@@ -38,6 +38,21 @@ def jobs():
     )
 
 
+@bp.get("/jobs/<name>/run")
+def confirm_run(name: str):
+    """Run now: are you sure? (an unknown job: 404)"""
+    job = scheduler.find_job(name)
+    return render_template(
+        "confirm.html",
+        title=f"Run {job.name} now?",
+        message=f"{job.name} runs now, outside its schedule ({job.cron} UTC).",
+        action=url_for("admin.run_job", name=job.name),
+        hidden={"request_id": helpers.query_arg("request_id", 64) or uuid.uuid4().hex},
+        confirm=f"Run {job.name} now",
+        cancel=url_for("admin.jobs", _anchor=f"job-{job.name}"),
+    )
+
+
 @bp.post("/jobs/<name>/run")
 def run_job(name: str):
     form = RunNowForm()

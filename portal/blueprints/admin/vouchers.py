@@ -53,13 +53,15 @@ def _batch_arg() -> str | None:
 
 def _page(form: VoucherForm, status: int = 200, created=None):
     batch = _batch_arg()
+    pending = vouchers.list_requests(status="pending")
     return render_template(
         "admin/vouchers.html",
         form=form,
         created=created or [],
         vouchers=vouchers.list_vouchers(batch=batch, page=helpers.page_arg()),
         batch=batch,
-        requests=vouchers.list_requests(status="pending"),
+        requests=pending,
+        requesters=vouchers.requesters(pending),
         decision=DecisionForm(formdata=None),
     ), status
 

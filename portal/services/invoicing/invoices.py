@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import func, select, update
 
 from ...db import Page, dialect_insert
@@ -29,7 +30,7 @@ from ...models import (
     utcnow,
 )
 from ...money import Money, format_money
-from .. import audit, events
+from .. import audit, events, mail
 from ..wallet import ledger
 from .formatting import major_text
 
@@ -282,6 +283,18 @@ def void_invoice(invoice: Invoice, *, reason: str, voided_by: User | None = None
         before={"status": before_status},
         after={"status": str(invoice.status), "reason": invoice.void_reason},
     )
+    if invoice.number:  # a draft was never sent: nothing to tell
+        mail.queue_email(
+            to=user.email,
+            subject=f"Invoice {invoice.number} is void",
+            template="invoice_void",
+            user_id=user.id,
+            dedupe_key=f"invoice-void:{invoice.id}",
+            invoice=invoice,
+            total=Money(invoice.total_minor, invoice.currency),
+            credits=Money(invoice.credits_minor, invoice.currency),
+            link=f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}",
+        )
     return invoice
 
 

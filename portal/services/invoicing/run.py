@@ -357,7 +357,15 @@ def _generate_chunk(
     users = {
         row.id: row
         for row in db.session.execute(
-            select(u.id, u.currency, u.name, u.email).where(*in_chunk(u.id))
+            select(
+                u.id,
+                u.currency,
+                u.name,
+                u.email,
+                u.billing_company,
+                u.billing_address,
+                u.billing_tax_id,
+            ).where(*in_chunk(u.id))
         ).all()
     }
     names = {

@@ -33,6 +33,21 @@ class Customer(Protocol):
     def email(self) -> str: ...
 
 
+def customer_data(user: Customer) -> Snapshot:
+    """ "Bill to": the billing details the user entered (company, address, tax id), as they
+    are when the invoice is issued; each invoice keeps its own copy."""
+    company = getattr(user, "billing_company", None) or ""
+    address = getattr(user, "billing_address", None) or ""
+    return {
+        "name": user.name or user.email,
+        "email": user.email,
+        "account": str(user.id),
+        "company": company,
+        "address": [line.strip() for line in address.splitlines() if line.strip()],
+        "tax_id": getattr(user, "billing_tax_id", None) or "",
+    }
+
+
 def seller() -> Snapshot:
     cfg = current_app.config
     return {
@@ -77,7 +92,7 @@ def snapshot_data(
         "period_start": period_start.date().isoformat(),
         "period_end": (period_end - timedelta(days=1)).date().isoformat(),
         "seller": {**seller, "address": list(seller["address"])},
-        "customer": {"name": user.name or user.email, "email": user.email, "account": str(user.id)},
+        "customer": customer_data(user),
         "currency": currency,
         "lines": [
             {

@@ -18,7 +18,15 @@ from fractions import Fraction
 from sqlalchemy import select
 
 from ...extensions import db
-from ...models import Deployment, DeploymentInterval, UsageDaily, User, utcnow
+from ...models import (
+    Deployment,
+    DeploymentInterval,
+    Invoice,
+    UsageAdjustment,
+    UsageDaily,
+    User,
+    utcnow,
+)
 from ...money import Money, currency_digits
 from . import rollups
 from .costs import Usage, micros_to_minor, round_ratio
@@ -93,6 +101,25 @@ class ResourceItem:
     @property
     def label(self) -> str:
         return LABELS[self.resource_type]
+
+    @property
+    def quantity_text(self) -> str:
+        """At most two decimals, with thousands separators: 1,234.57 GB-months."""
+        rounded = self.quantity.quantize(Decimal("0.01"))
+        if rounded == 0 and self.quantity:
+            return f"< 0.01 {self.unit}"
+        text = f"{rounded:,.2f}".rstrip("0").rstrip(".")
+        return f"{text} {self.unit}"
+
+    @property
+    def blended(self) -> bool:
+        """Several prices were in force (sizes, price changes): the unit price is an
+        average, shown rounded and said to be one."""
+        return self.unit_price != self.unit_price.quantize(Decimal("0.0001"))
+
+    @property
+    def unit_price_shown(self) -> Decimal:
+        return self.unit_price.quantize(Decimal("0.0001")) if self.blended else self.unit_price
 
 
 @dataclass
@@ -213,6 +240,48 @@ def usage_report(
     )
 
 
+@dataclass(frozen=True)
+class Carried:
+    """Usage of the period reported after it was invoiced, carried to a later invoice (or
+    waiting for the next one: ``invoice_id`` None)."""
+
+    invoice_id: int | None
+    invoice_number: str | None
+    days: int
+    amount: Money
+
+
+def carried_usage(user: User, period_start: datetime, period_end: datetime) -> list[Carried]:
+    """The period's late usage and the invoice that carries it."""
+    rows = db.session.scalars(
+        select(UsageAdjustment).where(
+            UsageAdjustment.user_id == user.id,
+            UsageAdjustment.day >= period_start.date(),
+            UsageAdjustment.day < period_end.date(),
+        )
+    ).all()
+    grouped: dict[int | None, tuple[set[date], Fraction]] = {}
+    for row in rows:
+        days, exact = grouped.get(row.invoice_id, (set(), Fraction(0)))
+        days.add(row.day)
+        grouped[row.invoice_id] = (days, exact + sum(row_costs(row).values(), Fraction(0)))
+    numbers = {
+        i.id: i.number
+        for i in db.session.scalars(
+            select(Invoice).where(Invoice.id.in_([k for k in grouped if k is not None]))
+        )
+    }
+    return [
+        Carried(
+            invoice_id,
+            numbers.get(invoice_id) if invoice_id else None,
+            len(days),
+            round_micros(exact, user.currency),
+        )
+        for invoice_id, (days, exact) in sorted(grouped.items(), key=lambda kv: kv[0] or 0)
+    ]
+
+
 def hourly_burn_micros(user: User, at: datetime) -> Fraction:
     """What the user's running deployments cost per hour now (exact micro-units)."""
     hours_in_month = Fraction(month_seconds(at.date() - timedelta(days=1)), 3600)
@@ -242,8 +311,10 @@ class Bar:
 def daily_chart(
     daily: list[tuple[date, Money]], height: int = 120, bar: int = 14, gap: int = 4
 ) -> dict:
-    """Plain numbers for the server-rendered SVG bar chart of the period's days."""
+    """Plain numbers for the server-rendered SVG bar chart of the period's days: the bars,
+    an amount axis (0, half and the highest day) and a date axis (every 7th day)."""
     top = max((m.amount_minor for _, m in daily), default=0)
+    left, bottom, head = 64, 20, 8  # room for the amount labels, the dates, the top label
     bars = []
     for n, (day, money) in enumerate(daily):
         h = (
@@ -251,11 +322,21 @@ def daily_chart(
             if top == 0
             else max(1 if money.amount_minor else 0, money.amount_minor * height // top)
         )
-        bars.append(Bar(day, money, n * (bar + gap), height - h, h))
+        bars.append(Bar(day, money, left + n * (bar + gap), head + height - h, h))
+    currency = daily[0][1].currency if daily else "USD"
+    y_ticks = [
+        (head + height - height * part // 2, Money(top * part // 2, currency)) for part in (0, 1, 2)
+    ]
+    x_ticks = [(b.x + bar // 2, b.day.strftime("%b %-d")) for n, b in enumerate(bars) if n % 7 == 0]
     return {
         "bars": bars,
-        "width": max(1, len(daily) * (bar + gap) - gap),
-        "height": height,
+        "width": left + max(1, len(daily) * (bar + gap) - gap),
+        "height": head + height + bottom,
+        "plot_top": head,
+        "plot_bottom": head + height,
+        "left": left,
         "bar": bar,
-        "max": Money(top, daily[0][1].currency) if daily else None,
+        "y_ticks": y_ticks,
+        "x_ticks": x_ticks,
+        "max": Money(top, currency) if daily else None,
     }

@@ -41,6 +41,7 @@ from ...models import (
     AttemptStatus,
     Invoice,
     InvoiceStatus,
+    LedgerTransaction,
     PaymentAttempt,
     PaymentMethod,
     PaymentTender,
@@ -51,7 +52,7 @@ from ...money import Money
 from .. import events, mail
 from ..invoicing import invoices
 from ..wallet import ledger
-from . import cards, topups
+from . import cards, receipts, topups
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
             amount,
             reference=attempt.gateway_payment_id or attempt.idempotency_key,
             description=f"Top-up by {card.label}",
+            card=card.label,
         )
         return
     invoice = invoices.lock_invoice(db.session.get_one(Invoice, attempt.invoice_id))
@@ -293,13 +295,25 @@ def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
             Money(excess, amount.currency),
             invoice.id,
         )
+    key = f"card:{attempt.idempotency_key}"
+    new = not db.session.scalar(
+        select(LedgerTransaction.id).where(LedgerTransaction.idempotency_key == key)
+    )
     txn = ledger.post_transaction(
-        idempotency_key=f"card:{attempt.idempotency_key}",
+        idempotency_key=key,
         kind="card_payment",
         user_id=user.id,
         description=f"{card.label} paid {invoice.number}",
         legs=legs,
     )
+    if new:
+        receipts.card_payment(
+            user,
+            amount=amount,
+            card=card.label,
+            invoice=invoice,
+            reference=attempt.gateway_payment_id or attempt.idempotency_key,
+        )
     if pay:
         invoices.record_payment(
             invoice,
@@ -360,11 +374,14 @@ def payment_failed(
         user.id,
     )
     link = f"{current_app.config['PUBLIC_URL']}/invoices/{invoice.id}"
+    # One mail per invoice per day whatever the number of failed rounds (Pay now pressed
+    # again and again, each new card, the nightly run): the outbox's UNIQUE key keeps it so.
     mail.queue_email(
         to=user.email,
         subject=f"We could not collect payment for {invoice.number}",
         template="payment_failed",
         user_id=user.id,
+        dedupe_key=f"payment-failed:{invoice.id}:{utcnow().date().isoformat()}",
         invoice=invoice,
         due=due,
         attempts=attempts,

@@ -36,7 +36,7 @@ from ...models import (
 from ...money import Money
 from .. import events
 from ..wallet import ledger
-from . import card_charges, cards, topups
+from . import card_charges, cards, invoice_checkout, topups
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,14 @@ def checkout_session_completed(event: GatewayEvent) -> None:
         if info.status == "complete":
             topups.mark_complete(info.id)
         return
-    if (info.metadata or {}).get("purpose") != "topup":
+    purpose = (info.metadata or {}).get("purpose")
+    if purpose == invoice_checkout.PURPOSE:
+        try:
+            invoice_checkout.finish(info)
+        except NotFound:
+            log.warning("checkout session %s is not one of ours; nothing to do", info.id)
+        return
+    if purpose != "topup":
         log.info("checkout session %s is not a top-up; nothing to do", info.id)
         return
     try:
@@ -132,6 +139,11 @@ def _payer(payment_intent: str) -> _Paid:
     topup = _booked(f"topup:{payment_intent}")
     if topup is not None and topup.user_id is not None:
         return _Paid(_user(topup.user_id), AttemptPurpose.TOPUP.value, _received(topup))
+    paid_invoice = _booked(invoice_checkout.ledger_key(payment_intent))
+    if paid_invoice is not None and paid_invoice.user_id is not None:
+        return _Paid(
+            _user(paid_invoice.user_id), AttemptPurpose.INVOICE.value, _received(paid_invoice)
+        )
     # Ours (our customer, our purpose) but not recorded yet: wait for it. Anything else was
     # paid without the portal (another portal on the same gateway account, the dashboard).
     payment = get_gateway().retrieve_payment_intent(payment_intent)

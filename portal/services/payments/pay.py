@@ -18,7 +18,7 @@ from ...extensions import db
 from ...models import AttemptStatus, Invoice, PaymentAttempt, User
 from ...money import Money
 from ..invoicing import invoices
-from . import card_charges, settlement, topups
+from . import card_charges, outcomes, settlement, topups
 
 
 class Outcome(enum.StrEnum):
@@ -66,7 +66,9 @@ def pay_invoice(user: User, invoice_id: int, *, now: datetime | None = None) -> 
             Outcome.FAILED,
             invoice,
             card=declined.payment_method.label if declined else None,
-            reason=(declined.message or declined.decline_code) if declined else None,
+            reason=outcomes.decline_reason(declined.decline_code, declined.message)
+            if declined
+            else None,
         )
     return PayOutcome(Outcome.PARTIAL if invoice.amount_paid_minor else Outcome.UNPAID, invoice)
 

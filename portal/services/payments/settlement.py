@@ -88,6 +88,11 @@ def _available(user: User, now: datetime) -> dict[PaymentTender, int]:
     }
 
 
+def available_balances(user: User, now: datetime) -> dict[PaymentTender, int]:
+    """What the credits, the voucher balance and the prepaid balance can pay now."""
+    return _available(user, now)
+
+
 def _split(due: int, available: dict[PaymentTender, int]) -> list[tuple[PaymentTender, int]]:
     parts = []
     for tender in WALLET_TENDERS:

@@ -15,25 +15,37 @@ from sqlalchemy import select
 from ...errors import IdempotencyConflict, NotFound, ValidationFailed
 from ...extensions import db
 from ...gateways import CheckoutSessionInfo, GatewayError, get_gateway
-from ...models import AccountKind, CheckoutSession, Invoice, User, utcnow
+from ...models import AccountKind, CheckoutSession, Invoice, LedgerTransaction, User, utcnow
 from ...money import Money
 from .. import events
 from ..wallet import ledger, settlement_requests
-from . import cards
+from . import cards, receipts
 
 TOPUP = "topup"
 INVOICE = "subscription"  # a plan change's invoice, paid on the checkout page
 
 
-def credit_top_up(user: User, amount: Money, *, reference: str, description: str = "Top-up") -> int:
+def credit_top_up(
+    user: User,
+    amount: Money,
+    *,
+    reference: str,
+    description: str = "Top-up",
+    card: str | None = None,
+) -> int:
     """Credit the cash wallet for a confirmed payment ``reference``; the same reference
-    twice credits once. Returns the ledger transaction id."""
+    twice credits once, and mails one receipt (``card``: the card's label, when known).
+    Returns the ledger transaction id."""
     if amount.amount_minor <= 0:
         raise ValidationFailed.field("amount", "must be greater than 0")
     if amount.currency != user.currency:
         raise ValidationFailed.field("amount", f"must be in {user.currency}")
+    key = f"topup:{reference}"
+    new = not db.session.scalar(
+        select(LedgerTransaction.id).where(LedgerTransaction.idempotency_key == key)
+    )
     txn = ledger.post_transaction(
-        idempotency_key=f"topup:{reference}",
+        idempotency_key=key,
         kind="topup",
         user_id=user.id,
         description=description,
@@ -59,6 +71,8 @@ def credit_top_up(user: User, amount: Money, *, reference: str, description: str
         },
         user.id,
     )
+    if new:
+        receipts.top_up(user, amount=amount, card=card, reference=reference)
     settlement_requests.request_settlement(user.id)
     return txn.id
 

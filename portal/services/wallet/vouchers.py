@@ -322,3 +322,11 @@ def list_requests(
     if user is not None:
         query = query.where(VoucherRequest.user_id == user.id)
     return list(db.session.scalars(query.order_by(VoucherRequest.id.desc()).limit(200)))
+
+
+def requesters(requests: list[VoucherRequest]) -> dict[int, User]:
+    """The users who asked, by id (one query): the admin page shows name and email."""
+    ids = {r.user_id for r in requests}
+    if not ids:
+        return {}
+    return {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(ids)))}
