@@ -3,7 +3,7 @@ dedupe_key: a message that may be sent at most once per key (payment-failure mai
 invoice per day) is refused by the database the second time
 
 Revision ID: 0016_billing_details_mail_once
-Revises: 0012_audit_log
+Revises: 0015_subscriptions
 Create Date: 2026-12-06 07:20:00.000000
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = "0016_billing_details_mail_once"
-down_revision = "0012_audit_log"
+down_revision = "0015_subscriptions"
 branch_labels = None
 depends_on = None
 
