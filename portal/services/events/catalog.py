@@ -2,9 +2,9 @@
 schema of its ``data``. ``events.record`` refuses a name that is not here, and the OpenAPI
 document's ``webhooks`` section is generated from this list, so the two cannot drift.
 
-Some events' causes do not exist in the portal yet (quotas, budgets, subscriptions, the
-removal of deployments); they are catalogued so the platform can be written against them,
-and are recorded once their cause ships.
+Some events' causes do not exist in the portal yet (budgets, the removal of deployments);
+they are catalogued so the platform can be written against them, and are recorded once
+their cause ships.
 """
 
 from __future__ import annotations
@@ -108,18 +108,24 @@ class VoucherRedeemedData(Payload):
 
 class QuotaData(Payload):
     user_id: int
-    resource: str = Field(description="cpu, memory, storage, deployments, ...")
-    used: DecimalText
-    limit: DecimalText
-    threshold_percent: int = Field(description="the alert threshold that was crossed")
+    resource: Literal["cpu", "memory", "storage"]
+    limit: DecimalText = Field(description="the plan's limit: cores, or GiB")
+    allocated: DecimalText = Field(description="what the live deployments hold at once")
+    percent: int = Field(description="allocated as a whole percentage of the limit")
+    threshold: int = Field(description="the alert threshold (alertThreshold), in percent")
 
 
 class DeploymentData(Payload):
     user_id: int
     external_id: str = Field(description="the platform's id of the deployment")
-    state: Literal["pending", "active", "suspended", "removing", "removed", "failed", "terminated"]
-    reason: str = Field(description="why: overdue, quota, admin, platform, ...")
-    effective_at: str = Field(description="ISO 8601: when it takes (took) effect")
+    reason: str = Field(description="why: quota_exceeded, quota_fits, overdue, paid, ...")
+    resource: str | None = Field(
+        default=None, description="for a quota: the resource over its limit"
+    )
+    limit: DecimalText | None = Field(default=None, description="for a quota: the plan's limit")
+    effective_at: str | None = Field(
+        default=None, description="ISO 8601: when it takes (took) effect; null: now"
+    )
 
 
 class BudgetData(Payload):
@@ -135,9 +141,13 @@ class BudgetData(Payload):
 
 class SubscriptionChangedData(Payload):
     user_id: int
-    plan: str | None = Field(description="the plan now in force; null: none")
-    previous_plan: str | None
-    effective_at: str
+    subscription_id: int
+    change: Literal["subscribe", "upgrade", "downgrade", "cancel"]
+    state: str = Field(description="requested, scheduled, applied, canceled, ...")
+    plan_id: str = Field(description="the plan the change is to")
+    status: str = Field(description="the subscription's status: active, pending, canceled, ...")
+    effective_at: str | None = Field(description="ISO 8601: when it takes (took) effect")
+    invoice_id: int | None = Field(description="the change's invoice, when it has one")
 
 
 @dataclass(frozen=True)
@@ -174,12 +184,12 @@ _TYPES = (
     ),
     EventType("billing.credit.expired", "A credit expired unused", CreditExpiredData, True),
     EventType("billing.voucher.redeemed", "A voucher was redeemed", VoucherRedeemedData, True),
-    EventType("billing.quota.warning", "Usage crossed a quota's alert threshold", QuotaData, False),
-    EventType("billing.quota.exceeded", "Usage exceeded a quota", QuotaData, False),
+    EventType("billing.quota.warning", "Usage crossed a quota's alert threshold", QuotaData, True),
+    EventType("billing.quota.exceeded", "Usage exceeded a quota", QuotaData, True),
     EventType(
-        "billing.deployment.suspended", "A deployment must be suspended", DeploymentData, False
+        "billing.deployment.suspended", "A deployment must be suspended", DeploymentData, True
     ),
-    EventType("billing.deployment.resumed", "A deployment may run again", DeploymentData, False),
+    EventType("billing.deployment.resumed", "A deployment may run again", DeploymentData, True),
     EventType(
         "billing.deployment.removing",
         "A deployment is scheduled for removal",
@@ -193,7 +203,7 @@ _TYPES = (
     EventType("billing.budget.warning", "Spending crossed a budget's warning", BudgetData, False),
     EventType("billing.budget.reached", "Spending reached a budget", BudgetData, False),
     EventType(
-        "billing.subscription.changed", "An account's plan changed", SubscriptionChangedData, False
+        "billing.subscription.changed", "An account's plan changed", SubscriptionChangedData, True
     ),
 )
 EVENT_TYPES: dict[str, EventType] = {t.name: t for t in _TYPES}

@@ -288,7 +288,9 @@ def renew(subs: list[Subscription], end: datetime) -> None:
                         "plan_id": version.code,
                         "status": str(status),
                         "change": "cancel" if sub.cancel_at_period_end else "downgrade",
+                        "state": "applied",
                         "effective_at": end.astimezone(UTC).isoformat(),
+                        "invoice_id": None,
                     },
                     sub.user_id,
                 )
