@@ -271,10 +271,8 @@ def renew(subs: list[Subscription], end: datetime) -> None:
                     f"subscription:{sub.id}:renewal:{end.isoformat()}",
                     {
                         "user_id": sub.user_id,
-                        "subscription_id": sub.id,
-                        "plan_id": version.code,
-                        "status": "canceled" if canceled else sub.status,
-                        "change": "cancel" if canceled else "downgrade",
+                        "plan": None if canceled else version.code,
+                        "previous_plan": sub.plan_version.code,
                         "effective_at": end.astimezone(UTC).isoformat(),
                     },
                     sub.user_id,
