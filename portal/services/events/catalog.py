@@ -108,24 +108,18 @@ class VoucherRedeemedData(Payload):
 
 class QuotaData(Payload):
     user_id: int
-    resource: Literal["cpu", "memory", "storage"]
-    limit: DecimalText = Field(description="the plan's limit: cores, or GiB")
-    allocated: DecimalText = Field(description="what the live deployments hold at once")
-    percent: int = Field(description="allocated as a whole percentage of the limit")
-    threshold: int = Field(description="the alert threshold (alertThreshold), in percent")
+    resource: str = Field(description="cpu, memory, storage, deployments, ...")
+    used: DecimalText
+    limit: DecimalText
+    threshold_percent: int = Field(description="the alert threshold that was crossed")
 
 
 class DeploymentData(Payload):
     user_id: int
     external_id: str = Field(description="the platform's id of the deployment")
-    reason: str = Field(description="why: quota_exceeded, quota_fits, overdue, paid, ...")
-    resource: str | None = Field(
-        default=None, description="for a quota: the resource over its limit"
-    )
-    limit: DecimalText | None = Field(default=None, description="for a quota: the plan's limit")
-    effective_at: str | None = Field(
-        default=None, description="ISO 8601: when it takes (took) effect; null: now"
-    )
+    state: Literal["pending", "active", "suspended", "removing", "removed", "failed", "terminated"]
+    reason: str = Field(description="why: overdue, quota, admin, platform, ...")
+    effective_at: str = Field(description="ISO 8601: when it takes (took) effect")
 
 
 class BudgetData(Payload):
@@ -141,13 +135,9 @@ class BudgetData(Payload):
 
 class SubscriptionChangedData(Payload):
     user_id: int
-    subscription_id: int
-    change: Literal["subscribe", "upgrade", "downgrade", "cancel"]
-    state: str = Field(description="requested, scheduled, applied, canceled, ...")
-    plan_id: str = Field(description="the plan the change is to")
-    status: str = Field(description="the subscription's status: active, pending, canceled, ...")
-    effective_at: str | None = Field(description="ISO 8601: when it takes (took) effect")
-    invoice_id: int | None = Field(description="the change's invoice, when it has one")
+    plan: str | None = Field(description="the plan now in force; null: none")
+    previous_plan: str | None
+    effective_at: str
 
 
 @dataclass(frozen=True)

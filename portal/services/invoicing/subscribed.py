@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from flask import current_app
-from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, select, update
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, select, update
 
+from ...db import ids_in
 from ...extensions import db
 from ...models import (
     BillingMode,
@@ -178,7 +179,7 @@ def _limit_steps(user_ids: list[int], start: datetime, end: datetime) -> dict[in
     for change in db.session.scalars(
         select(SubscriptionChange)
         .where(
-            SubscriptionChange.user_id.in_(user_ids),
+            ids_in(SubscriptionChange.user_id, user_ids),
             SubscriptionChange.status == str(ChangeStatus.APPLIED),
             SubscriptionChange.effective_at < end,
         )
@@ -205,7 +206,7 @@ def _segments(
         select(
             i.user_id, i.start_epoch, i.end_epoch, i.cpu_milli, i.memory_mgb, i.storage_mgb
         ).where(
-            i.user_id.in_(user_ids),
+            ids_in(i.user_id, user_ids),
             i.start_epoch < hi,
             (i.end_epoch.is_(None)) | (i.end_epoch > lo),
         )
@@ -252,74 +253,56 @@ def _overage(
 
 def renew(subs: list[Subscription], end: datetime) -> None:
     """The subscriptions whose period ends at ``end`` start their next one: a scheduled
-    downgrade takes effect, a cancellation ends the subscription. Conditional on the period
-    end, so a second run changes nothing."""
+    downgrade takes effect, a cancellation ends the subscription. Set-based (one UPDATE per
+    outcome), conditional on the period end, so a second run changes nothing."""
     if not subs:
         return
-    now_changes: list[tuple[str, str, dict[str, object], int | None]] = []
-    params = []
+    changed: list[tuple[str, str, dict[str, object], int | None]] = []
+    groups: dict[tuple[str, datetime, datetime], list[int]] = defaultdict(list)
     for sub in subs:
         version = sub.scheduled_version or sub.plan_version
         nxt_start, nxt_end = period_after(end, version.interval)
-        status = (
-            SubscriptionStatus.CANCELED
-            if sub.cancel_at_period_end
-            else SubscriptionStatus(sub.status)
-        )
-        params.append(
-            {
-                "sid": sub.id,
-                "old_end": end,
-                "version_id": version.id,
-                "new_status": str(status),
-                "new_start": nxt_start,
-                "new_end": nxt_end,
-                "canceled_at": end if status is SubscriptionStatus.CANCELED else None,
-            }
-        )
-        if sub.cancel_at_period_end or sub.scheduled_version_id:
-            now_changes.append(
+        canceled = sub.cancel_at_period_end
+        groups[("canceled" if canceled else sub.status, nxt_start, nxt_end)].append(sub.id)
+        if canceled or sub.scheduled_version_id:
+            changed.append(
                 (
                     "billing.subscription.changed",
                     f"subscription:{sub.id}:renewal:{end.isoformat()}",
                     {
                         "user_id": sub.user_id,
-                        "subscription_id": sub.id,
-                        "plan_id": version.code,
-                        "status": str(status),
-                        "change": "cancel" if sub.cancel_at_period_end else "downgrade",
-                        "state": "applied",
+                        "plan": None if canceled else version.code,
+                        "previous_plan": sub.plan_version.code,
                         "effective_at": end.astimezone(UTC).isoformat(),
-                        "invoice_id": None,
                     },
                     sub.user_id,
                 )
             )
-    s = Subscription.__table__
+    s = Subscription.__table__.c
+    for (status, nxt_start, nxt_end), ids in groups.items():
+        db.session.execute(
+            update(Subscription.__table__)
+            .where(ids_in(s.id, ids), s.period_end == end)
+            .values(
+                plan_version_id=func.coalesce(s.scheduled_version_id, s.plan_version_id),
+                scheduled_version_id=None,
+                status=status,
+                period_start=nxt_start,
+                period_end=nxt_end,
+                canceled_at=end if status == SubscriptionStatus.CANCELED else None,
+                cancel_at_period_end=False,
+                revision=s.revision + 1,
+            )
+        )
+    c = SubscriptionChange.__table__.c
     db.session.execute(
-        update(s)
-        .where(s.c.id == bindparam("sid"), s.c.period_end == bindparam("old_end"))
-        .values(
-            plan_version_id=bindparam("version_id"),
-            scheduled_version_id=None,
-            status=bindparam("new_status"),
-            period_start=bindparam("new_start"),
-            period_end=bindparam("new_end"),
-            canceled_at=bindparam("canceled_at"),
-            cancel_at_period_end=False,
-            revision=s.c.revision + 1,
-        ),
-        params,
-    )
-    c = SubscriptionChange.__table__
-    db.session.execute(
-        update(c)
+        update(SubscriptionChange.__table__)
         .where(
-            c.c.subscription_id.in_([sub.id for sub in subs]),
-            c.c.status == str(ChangeStatus.SCHEDULED),
+            ids_in(c.subscription_id, [sub.id for sub in subs]),
+            c.status == str(ChangeStatus.SCHEDULED),
         )
         .values(status=str(ChangeStatus.APPLIED), effective_at=end)
     )
     for sub in subs:
         db.session.expire(sub)
-    events.record_many(now_changes)
+    events.record_many(changed)

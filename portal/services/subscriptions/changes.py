@@ -319,18 +319,21 @@ def _apply(sub: Subscription, change: SubscriptionChange, now: datetime) -> None
 def _changed_event(
     sub: Subscription, change: SubscriptionChange, version: PlanVersion, state: str
 ) -> None:
+    """``billing.subscription.changed`` when a plan change takes effect (the plan in force
+    and the one before); scheduled, undone and dropped changes change no plan."""
+    if state != "applied":
+        return
+    previous = (
+        db.session.get(PlanVersion, change.from_version_id) if change.from_version_id else None
+    )
     events.record(
         "billing.subscription.changed",
         f"subscription-change:{change.id}:{state}",
         {
             "user_id": sub.user_id,
-            "subscription_id": sub.id,
-            "change": change.kind,
-            "state": state,
-            "plan_id": version.code,
-            "status": sub.status,
-            "effective_at": change.effective_at.isoformat() if change.effective_at else None,
-            "invoice_id": change.invoice_id,
+            "plan": version.code,
+            "previous_plan": previous.code if previous else None,
+            "effective_at": (change.effective_at or utcnow()).isoformat(),
         },
         sub.user_id,
     )

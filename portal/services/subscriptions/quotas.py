@@ -216,10 +216,9 @@ def _alert(user: User, meter: Meter, period_start: datetime, now: datetime, resu
         {
             "user_id": user.id,
             "resource": meter.resource,
+            "used": meter.allocated,
             "limit": meter.limit,
-            "allocated": meter.allocated,
-            "percent": meter.percent,
-            "threshold": meter.threshold,
+            "threshold_percent": meter.threshold if meter.level == "warning" else 100,
         },
         user.id,
     )
@@ -313,9 +312,9 @@ def _suspend_over(user: User, version: PlanVersion, now: datetime, grace_days: i
             {
                 "user_id": user.id,
                 "external_id": dep.external_id,
-                "reason": "quota_exceeded",
-                "resource": over[0],
-                "limit": units(limits[over[0]]),
+                "state": "suspended",
+                "reason": "quota",
+                "effective_at": now.isoformat(),
             },
             user.id,
         )
@@ -376,7 +375,13 @@ def resume_fitting(user: User, now: datetime | None = None) -> int:
         events.record(
             "billing.deployment.resumed",
             f"quota-resumption:{row.id}",
-            {"user_id": user.id, "external_id": dep.external_id, "reason": "quota_fits"},
+            {
+                "user_id": user.id,
+                "external_id": dep.external_id,
+                "state": "active",
+                "reason": "quota",
+                "effective_at": now.isoformat(),
+            },
             user.id,
         )
         resumed += 1

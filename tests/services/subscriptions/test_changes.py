@@ -97,7 +97,7 @@ def test_upgrade_on_day_10_of_a_30_day_period_by_hand(user):
     event = db.session.scalars(
         select(Event).where(Event.name == "billing.subscription.changed").order_by(Event.id)
     ).all()[-1]
-    assert event.payload["plan_id"] == "enterprise" and event.payload["change"] == "upgrade"
+    assert (event.payload["plan"], event.payload["previous_plan"]) == ("enterprise", "pro")
     assert not find_discrepancies()
 
 

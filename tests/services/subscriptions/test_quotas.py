@@ -61,10 +61,9 @@ def test_warning_once_then_exceeded_once(user):
     assert warning.payload == {
         "user_id": user.id,
         "resource": "cpu",
+        "used": "7",
         "limit": "8",
-        "allocated": "7",
-        "percent": 87,
-        "threshold": 80,
+        "threshold_percent": 80,
     }
     assert mails(user)[-1].subject == "You have reached 87% of your CPU cores quota"
     again = quotas.check_quotas(T0 + timedelta(minutes=15))
@@ -78,7 +77,7 @@ def test_warning_once_then_exceeded_once(user):
     assert quotas.check_quotas(T0 + timedelta(minutes=45)).exceeded == 0
     db.session.commit()
     [exceeded] = events("billing.quota.exceeded")
-    assert exceeded.payload["allocated"] == "9" and exceeded.payload["percent"] == 112
+    assert exceeded.payload["used"] == "9" and exceeded.payload["threshold_percent"] == 100
     assert mails(user)[-1].subject == "You are over your CPU cores quota"
     # nothing is suspended without autoSuspendOnOverage
     assert db.session.get(Deployment, web.id).state == "active"
@@ -104,7 +103,7 @@ def test_auto_suspend_after_the_grace_period_and_resume_on_upgrade(user, billing
     assert db.session.get(Deployment, old.id).state == "active"
     [suspended] = events("billing.deployment.suspended")
     assert suspended.payload["external_id"] == "new"
-    assert suspended.payload["reason"] == "quota_exceeded"
+    assert (suspended.payload["state"], suspended.payload["reason"]) == ("suspended", "quota")
     assert "- new (new): over the CPU cores quota" in mails(user)[-1].body_text
     assert changes.describe(user).status == "suspended"
     # a second run, or a second daemon, suspends nothing more
@@ -147,4 +146,4 @@ def test_the_daemon_runs_check_quotas_at_its_frozen_time(user, runner):
     assert second.exit_code == 0, second.output
     db.session.remove()
     [warning] = events("billing.quota.warning")
-    assert warning.payload["allocated"] == "7"
+    assert warning.payload["used"] == "7"
