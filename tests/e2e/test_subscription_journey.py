@@ -37,7 +37,7 @@ def log_in(page: Page, email: str, password: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", level=1, name="Wallet")).to_be_visible()
+    expect(page.get_by_role("heading", level=1, name="Overview")).to_be_visible()
 
 
 def plan_held(app, user_id):
