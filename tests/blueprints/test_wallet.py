@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import select
 
 from portal.extensions import db
@@ -94,7 +92,7 @@ def test_admin_grant_with_expiry_is_valid_through_the_day(app, client, auth, mak
         lot = db.session.scalars(select(CreditLot)).one()
         assert lot.expires_at.isoformat() == "2099-04-01T00:00:00+00:00"
     page = client.get(f"/admin/users/{user.id}").get_data(as_text=True)
-    assert re.search(r"2099-04-01 00:00 UTC", page)
+    assert "2099-03-31" in page and "2099-04-01" not in page  # valid through, as entered
 
 
 def test_admin_pages_404_for_unknown_user(app, client, auth, make_user):

@@ -167,11 +167,11 @@ def queued_jobs(live_payments, redis_url):
 def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
     app, live_payments, queued_jobs, open_page, make_user, browser_problems
 ):
-    """October's invoice ($37.20) is open. The customer saves a card and redeems a $10.00
-    voucher; each asks for a settlement, but those jobs wait in the queue (no worker has run
-    yet), so the invoice is still open and the customer presses "Pay now": the voucher pays
-    $10.00 and the card $27.20. When the worker catches up (the queued settlements and the
-    stand-in's webhooks), nothing is paid twice."""
+    """October's invoice ($37.20) is open. The customer redeems a $10.00 voucher, which pays
+    $10.00 of it at once (the message says so); the Payment methods page says what a card
+    would pay, and the card, once saved, pays the $27.20 left at once (the message says so).
+    The settlement jobs each step also asked for wait in the queue (no worker has run yet);
+    when the worker catches up (they and the stand-in's webhooks), nothing is paid twice."""
     live = live_payments
     user = make_user(name="Paula Payer")
     [invoice_id] = issue_invoices(app, user.id, periods=(OCT,))
@@ -181,11 +181,25 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
     page = open_page("customer")
     log_in(page, user.email)
 
-    # Payment methods: no card yet; add one on the card processor's page.
+    # Wallet: redeem the voucher; new money pays the open invoice at once, and says so.
+    go_to(page, "Wallet")
+    page.get_by_label("Voucher code").fill(code)
+    page.get_by_role("button", name="Redeem").click()
+    expect(page.locator(".flash-success")).to_have_text(
+        f"$10.00 added to your voucher balance. It paid $10.00 of {number}."
+    )
+    expect(page.locator("#balance-voucher .amount")).to_have_text("$0.00")
+
+    # Payment methods: what a card would pay; add one on the card processor's page.
     go_to(page, "Payment methods")
     expect(page.get_by_text("No saved cards.")).to_be_visible()
+    expect(page.locator("#card-would-pay")).to_have_text(
+        "Saving this card pays $27.20 of 1 open invoice."
+    )
     add_card_on_page(page, live, CARDS["ok"])
-    expect(page.locator(".flash-success")).to_have_text("Visa •••• 4242 is saved.")
+    expect(page.locator(".flash-success")).to_have_text(
+        f"Visa •••• 4242 is saved. It paid {number} in full ($27.20)."
+    )
     cards = page.locator("table.cards tbody tr")
     expect(cards).to_have_count(1)
     expect(cell(cards.first, 0)).to_have_text("Visa •••• 4242")
@@ -194,31 +208,14 @@ def test_a_customer_adds_a_card_redeems_a_voucher_and_pays_an_invoice(
     expect(cards.first.get_by_role("button", name="Make default")).to_have_count(0)
     expect(page.locator("#last-card-rule")).to_contain_text("Your last card can be removed")
     shot(page, CARDS_SHOT)
-
-    # Wallet: the card is offered for top-ups; redeem the voucher.
     go_to(page, "Wallet")
     topup = page.get_by_role("region", name="Top up your prepaid balance")
     expect(topup.get_by_label("Saved card Visa •••• 4242")).to_be_visible()
-    page.get_by_label("Voucher code").fill(code)
-    page.get_by_role("button", name="Redeem").click()
-    expect(page.locator(".flash-success")).to_have_text("$10.00 added to your voucher balance.")
-    expect(page.locator("#balance-voucher .amount")).to_have_text("$10.00")
 
-    # The invoice: how "Pay now" would pay it, then pay.
+    # The invoice: the voucher paid $10.00 and the card the rest.
     go_to(page, "Invoices")
     page.get_by_role("link", name=number).click()
     expect(page.get_by_role("heading", level=1, name=f"Invoice {number}")).to_be_visible()
-    expect(page.locator("#invoice-status")).to_have_text("Open")
-    expect(page.locator("#invoice-due .amount")).to_have_text(OCT_TOTAL)
-    preview = page.locator("#payment-preview tbody tr")
-    expect(preview).to_have_count(2)
-    expect(preview.nth(0).locator("th")).to_have_text("Voucher balance")
-    expect(preview.nth(0).locator("td")).to_have_text("$10.00")
-    expect(preview.nth(1).locator("th")).to_have_text("Card Visa •••• 4242")
-    expect(preview.nth(1).locator("td")).to_have_text("$27.20")
-    page.get_by_role("button", name="Pay now").click()
-
-    expect(page.locator(".flash-success")).to_have_text("The invoice is paid.")
     expect(page.locator("#invoice-status")).to_have_text("Paid")
     expect(page.locator("#invoice-paid .amount")).to_have_text(OCT_TOTAL)
     expect(page.locator("#invoice-due .amount")).to_have_text("$0.00")
