@@ -33,6 +33,7 @@ from .services.metering import jobs as _metering_jobs  # noqa: F401
 from .services.invoicing import jobs as _invoicing_jobs  # noqa: F401
 from .services.payments import jobs as _payments_jobs  # noqa: F401
 from .services.subscriptions import jobs as _subscriptions_jobs  # noqa: F401
+from .services.standing import jobs as _standing_jobs  # noqa: F401
 # isort: on
 
 

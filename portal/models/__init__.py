@@ -43,6 +43,7 @@ from .scheduling import (
     SchedulerLease,
     SchedulerRole,
 )
+from .standing import DunningStep
 from .subscriptions import (
     BillingMode,
     ChangeKind,
@@ -70,6 +71,7 @@ __all__ = [
     "BillingMode",
     "ChangeKind",
     "ChangeStatus",
+    "DunningStep",
     "Plan",
     "PlanVersion",
     "QuotaAlert",

@@ -31,6 +31,7 @@ from . import (  # noqa: E402,F401
     jobs,
     payments,
     reference,
+    standing,
     subscriptions,
     vouchers,
 )

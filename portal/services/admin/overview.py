@@ -25,8 +25,8 @@ from ...models import (
 )
 from ...money import Money
 from ..calendar import invoice_day, period_containing
+from ..standing.status import STANDINGS, standing_of
 from . import projection
-from .standing import STANDINGS, standing_of
 
 FAILED_PAYMENTS_DAYS = 7
 

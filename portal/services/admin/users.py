@@ -28,8 +28,8 @@ from ...models import (
     User,
 )
 from ...money import Money
+from ..standing.status import STANDINGS, standing_of
 from . import projection
-from .standing import STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")
 # The plan of an account with no active subscription: it pays for what it uses.
