@@ -305,15 +305,17 @@ def run(now: datetime | None = None) -> DunningResult:
         _dun(invoice, now, result)
     settled = (
         select(Invoice)
-        .join(DunningStep, DunningStep.invoice_id == Invoice.id)
         .where(
             Invoice.status.in_((str(InvoiceStatus.PAID), str(InvoiceStatus.VOID))),
-            DunningStep.step.in_(("suspended", "removing")),
+            Invoice.id.in_(
+                select(DunningStep.invoice_id).where(
+                    DunningStep.step.in_(("suspended", "removing"))
+                )
+            ),
             ~Invoice.id.in_(
                 select(DunningStep.invoice_id).where(DunningStep.step.in_(("restored", "removed")))
             ),
         )
-        .distinct()
         .order_by(Invoice.id)
     )
     for invoice in db.session.scalars(settled):
