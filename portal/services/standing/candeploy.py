@@ -143,21 +143,22 @@ def planned_deployment(
         storage_gb=storage_gb,
         public_ip=public_ip,
     )
-    month_seconds = calendar.monthrange(now.year, now.month)[1] * 86400
-    storage = Fraction(
-        spec.storage_mgb * version.storage_per_gb_month_micros * 3600, 1000 * month_seconds
-    )
     if spec.sku_code:
+        # a SKU's hourly price covers its disk while it runs (as metering bills it)
         price = version.sku(spec.sku_code)
         assert price is not None  # resolve_spec checked it
-        hourly = Fraction(price.hourly_micros) + storage
-    else:
-        hourly = (
-            Fraction(spec.cpu_milli * version.cpu_per_core_hour_micros, 1000)
-            + Fraction(spec.memory_mgb * version.memory_per_gb_hour_micros, 1000)
-            + (version.public_ip_per_hour_micros if spec.public_ip else 0)
-            + storage
+        return Planned(
+            spec.cpu_milli, spec.memory_mgb, spec.storage_mgb, Fraction(price.hourly_micros)
         )
+    month_seconds = calendar.monthrange(now.year, now.month)[1] * 86400
+    hourly = (
+        Fraction(spec.cpu_milli * version.cpu_per_core_hour_micros, 1000)
+        + Fraction(spec.memory_mgb * version.memory_per_gb_hour_micros, 1000)
+        + (version.public_ip_per_hour_micros if spec.public_ip else 0)
+        + Fraction(
+            spec.storage_mgb * version.storage_per_gb_month_micros * 3600, 1000 * month_seconds
+        )
+    )
     return Planned(spec.cpu_milli, spec.memory_mgb, spec.storage_mgb, hourly)
 
 
