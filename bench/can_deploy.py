@@ -87,7 +87,7 @@ def seed(app) -> str:
             insert(LedgerAccount),
             [
                 {"user_id": u, "kind": k.value, "currency": currency, "balance_minor": 0}
-                for u in [target.id] + [r["id"] for r in users]
+                for u in [r["id"] for r in users]
                 for k in (AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT)
             ],
         )
