@@ -118,8 +118,15 @@ def _deployments(user_id: int, states: tuple[S, ...]) -> list[Deployment]:
 
 
 def _move(
-    deps: list[Deployment], target: S, event: str, invoice: Invoice, step: str, **payload
+    deps: list[Deployment],
+    target: S,
+    event: str,
+    invoice: Invoice,
+    step: str,
+    effective_at: datetime,
 ) -> list[str]:
+    """Change each deployment's state and record the event, in the shape of the events
+    catalogue's deployment data (reason "overdue", or "paid" when restored)."""
     moved = []
     for dep in deps:
         deployment_service.update_deployment(dep, state=str(target))
@@ -129,9 +136,9 @@ def _move(
             {
                 "user_id": invoice.user_id,
                 "external_id": dep.external_id,
-                "reason": "invoice_overdue" if step != "restored" else "invoice_paid",
-                "invoice_id": invoice.id,
-                **payload,
+                "state": str(target),
+                "reason": "paid" if step == "restored" else "overdue",
+                "effective_at": effective_at.isoformat(),
             },
             invoice.user_id,
         )
@@ -176,6 +183,7 @@ def _dun(invoice: Invoice, now: datetime, result: DunningResult) -> None:
                 "billing.deployment.removed",
                 invoice,
                 "removed",
+                now,
             )
             _mail(
                 row,
@@ -198,7 +206,7 @@ def _dun(invoice: Invoice, now: datetime, result: DunningResult) -> None:
                 "billing.deployment.suspended",
                 invoice,
                 "suspended",
-                removal_at=sched.removal_at.isoformat(),
+                now,
             )
             _mail(
                 row,
@@ -220,7 +228,7 @@ def _dun(invoice: Invoice, now: datetime, result: DunningResult) -> None:
                 "billing.deployment.removing",
                 invoice,
                 "removing",
-                removal_at=sched.removal_at.isoformat(),
+                sched.removal_at,  # the removal time: when it takes effect
             )
             _mail(
                 row,
@@ -279,7 +287,7 @@ def _restore(invoice: Invoice, now: datetime, result: DunningResult) -> None:
         for d in _deployments(invoice.user_id, (S.SUSPENDED, S.REMOVING))
         if d.external_id in names
     ]
-    row.deployments = _move(deps, S.ACTIVE, "billing.deployment.resumed", invoice, "restored")
+    row.deployments = _move(deps, S.ACTIVE, "billing.deployment.resumed", invoice, "restored", now)
     user = db.session.get_one(User, invoice.user_id)
     number = invoice.number or f"#{invoice.id}"
     _mail(

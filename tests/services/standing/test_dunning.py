@@ -100,6 +100,14 @@ def test_weeks_one_to_thirteen(overdue):
     assert names("billing.deployment.suspended") == ["vm-live"]
     assert names("billing.deployment.removing") == ["vm-live"]
     assert names("billing.deployment.removed") == ["vm-live"]
+    removing = db.session.scalar(select(Event).where(Event.name == "billing.deployment.removing"))
+    assert removing.payload == {
+        "user_id": user.id,
+        "external_id": "vm-live",
+        "state": "removing",
+        "reason": "overdue",
+        "effective_at": (due + 90 * DAY).isoformat(),  # the removal time
+    }
     assert len(mails(user, "Deployments suspended")) == 1
     assert len(mails(user, "Deployments removed")) == 1
     steps = db.session.scalars(select(DunningStep.step).where(DunningStep.invoice_id == invoice.id))
