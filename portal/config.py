@@ -43,6 +43,8 @@ BILLING_KEYS: dict[str, tuple[str, str]] = {
     "alertThreshold": ("ALERT_THRESHOLD", "int"),
     "autoSuspendOnOverage": ("AUTO_SUSPEND_ON_OVERAGE", "bool"),
     "gracePeriodDays": ("GRACE_PERIOD_DAYS", "int"),
+    "deletionDelayDays": ("DELETION_DELAY_DAYS", "int"),
+    "requireCardToDeploy": ("REQUIRE_CARD_TO_DEPLOY", "bool"),
     "stripeEnabled": ("STRIPE_ENABLED", "bool"),
 }
 
@@ -98,7 +100,11 @@ class BillingSettings:
     invoice_day: int = 1
     alert_threshold: int = 80  # percent of a quota at which the user is warned
     auto_suspend_on_overage: bool = False
-    grace_period_days: int = 7  # days over a quota before deployments are suspended
+    grace_period_days: int = 7  # days over a quota (or past due) before suspension
+    # Days past an unpaid invoice's due date after which its deployments are removed.
+    deletion_delay_days: int = 90
+    # Postpaid users need a valid card to deploy, unless their vouchers cover it.
+    require_card_to_deploy: bool = True
 
 
 def _parse_bool(key: str, value: Any) -> bool:
@@ -276,6 +282,14 @@ def parse_billing_settings(
         )
     if "gracePeriodDays" in raw:
         values["grace_period_days"] = _parse_int("gracePeriodDays", raw["gracePeriodDays"], 0, 365)
+    if "deletionDelayDays" in raw:
+        values["deletion_delay_days"] = _parse_int(
+            "deletionDelayDays", raw["deletionDelayDays"], 1, 3650
+        )
+    if "requireCardToDeploy" in raw:
+        values["require_card_to_deploy"] = _parse_bool(
+            "requireCardToDeploy", raw["requireCardToDeploy"]
+        )
     return BillingSettings(**{**s.__dict__, **values})
 
 

@@ -44,6 +44,7 @@ from .scheduling import (
     SchedulerLease,
     SchedulerRole,
 )
+from .standing import DunningStep
 from .subscriptions import (
     BillingMode,
     ChangeKind,
@@ -72,6 +73,7 @@ __all__ = [
     "BillingMode",
     "ChangeKind",
     "ChangeStatus",
+    "DunningStep",
     "Plan",
     "PlanVersion",
     "QuotaAlert",

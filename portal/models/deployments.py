@@ -69,6 +69,8 @@ class DeploymentInterval(Model):
     __tablename__ = "deployment_intervals"
     __table_args__ = (
         Index("ix_deployment_intervals_user_id_start_epoch", "user_id", "start_epoch"),
+        # can-deploy's one read: the user's open intervals (what runs now, at its rates).
+        Index("ix_deployment_intervals_user_id_end_epoch", "user_id", "end_epoch"),
         Index(
             "ix_deployment_intervals_deployment_id_start_epoch",
             "deployment_id",

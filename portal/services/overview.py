@@ -20,10 +20,11 @@ from ..models import (
     utcnow,
 )
 from ..money import Money
-from .admin.standing import GOOD, standing_of
 from .calendar import invoice_day, period_containing
 from .invoicing.invoices import UNPAID
 from .metering import projection
+from .standing import status as standing_status
+from .standing.status import GOOD
 from .wallet import credits, ledger
 
 RECENT = 5
@@ -53,6 +54,7 @@ class Overview:
     next_invoice_projected: Money
     balances: ledger.Balances
     standing: str
+    standing_reasons: tuple[str, ...]
     actions: list[Action]
     activity: list[ledger.HistoryRow]
     recent_invoices: list[Invoice]
@@ -162,7 +164,7 @@ def overview(user: User, now: datetime | None = None) -> Overview:
     due = sum((i.amount_due.amount_minor for i in unpaid), 0)
     start, end = period_containing(now, invoice_day())
     projected = projection.by_user([(user.id, user.currency)], now)[user.id]
-    standing = db.session.scalar(select(standing_of(User.id)).where(User.id == user.id))
+    standing = standing_status.standing(user, now)
     recent = list(
         db.session.scalars(
             select(Invoice)
@@ -180,7 +182,8 @@ def overview(user: User, now: datetime | None = None) -> Overview:
         usage_so_far=projected.so_far,
         next_invoice_projected=projected.projected,
         balances=credits.spendable_balances(user, now),
-        standing=standing or GOOD,
+        standing=standing.status,
+        standing_reasons=standing.reasons,
         actions=_actions(user, unpaid, now),
         activity=list(ledger.wallet_history(user, page=1, per_page=RECENT).items),
         recent_invoices=recent,

@@ -21,7 +21,12 @@ def users_filter() -> account_list.UsersFilter:
     """The list's query string; a value out of its list or not an amount is 400."""
     standing = helpers.query_arg("standing", 20)
     if standing and standing not in account_list.STANDINGS:
-        abort(400, description="The parameter “standing” must be good or overdue.")
+        abort(
+            400,
+            description="The parameter “standing” must be one of "
+            + ", ".join(account_list.STANDINGS)
+            + ".",
+        )
     sort = helpers.query_arg("sort", 20) or "owed"
     if sort not in account_list.SORTS:
         abort(400, description="The parameter “sort” must be owed, email or newest.")

@@ -32,6 +32,7 @@ from . import (  # noqa: E402,F401
     jobs,
     payments,
     reference,
+    standing,
     subscriptions,
     vouchers,
 )

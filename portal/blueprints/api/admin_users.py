@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import Field
 
@@ -14,10 +14,12 @@ from .fields import Amount, Text, iso
 from .models import INVOICE_STATUSES, Currency, Decimal_, Minor, Out, Page, Time
 from .spec import operation
 
+Standing = Literal["good", "at_risk", "overdue", "suspended", "removing"]
+
 
 class AdminUsersQuery(Page):
     q: Annotated[str, Text(254, required=False, description="part of the email or name")] = ""
-    standing: Literal["good", "overdue"] | None = None
+    standing: Standing | None = None
     owes_more_than: Amount | None = Field(
         default=None, description="only accounts owing more than this, in their currency"
     )
@@ -50,8 +52,13 @@ class AccountStatusOut(Out):
     voucher: MoneyOut
     credit: MoneyOut
     owed: MoneyOut = Field(description="what the account owes on its invoices")
-    standing: Literal["good", "overdue"] = Field(
-        description="overdue while the account has an overdue invoice"
+    standing: Standing = Field(
+        description=(
+            "worst first: removing (deployments scheduled for deletion for an unpaid "
+            "invoice), suspended (deployments suspended for one), overdue (an overdue "
+            "invoice), at_risk (the default card expires before the next invoice), good; "
+            "GET /standing adds the runway for one account"
+        )
     )
     plan: str = Field(description="usage: pay for what you use (no plans exist yet)")
     last_invoice: LastInvoiceOut | None
@@ -81,7 +88,7 @@ def _account(a: account_list.AccountStatus) -> AccountStatusOut:
         voucher=_money(a.voucher),
         credit=_money(a.credit),
         owed=_money(a.owed),
-        standing="overdue" if a.standing == "overdue" else "good",
+        standing=cast(Standing, a.standing),
         plan=a.plan,
         last_invoice=LastInvoiceOut(
             id=inv.id,

@@ -26,7 +26,7 @@ from ...models import (
 from ...money import Money
 from ..calendar import invoice_day, period_containing
 from ..metering import projection
-from .standing import STANDINGS, standing_of
+from ..standing.status import STANDINGS, standing_of
 
 FAILED_PAYMENTS_DAYS = 7
 

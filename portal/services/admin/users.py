@@ -29,7 +29,7 @@ from ...models import (
 )
 from ...money import Money
 from ..metering import projection
-from .standing import STANDINGS, standing_of
+from ..standing.status import STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")
 # The plan of an account with no active subscription: it pays for what it uses.

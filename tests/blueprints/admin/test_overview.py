@@ -117,7 +117,14 @@ def test_the_figures_match_sums_worked_out_by_hand(app, books):
     assert (usd.overdue, usd.overdue_count) == (Money(6600, "USD"), 2)
     # Failed in the last 7 days: the 5.00 from two days ago (not the 7.00 of eight days).
     assert (usd.failed_payments, usd.failed_payments_count) == (Money(500, "USD"), 1)
-    assert o.standing == {"good": 2, "overdue": 2} and o.accounts == 4
+    assert o.standing == {
+        "good": 2,
+        "at_risk": 0,
+        "overdue": 2,
+        "suspended": 0,
+        "removing": 0,
+    }
+    assert o.accounts == 4
 
 
 def test_the_page_shows_the_figures_each_linking_to_its_list(app, books):

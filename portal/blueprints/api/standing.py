@@ -1,0 +1,135 @@
+"""Standing and can-deploy in the JSON API: an account's computed standing, and whether the
+platform may start a deployment for a user (with why, the runway and the cost)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal, cast
+
+from pydantic import Field
+
+from ...models import TokenScope
+from ...services.metering.deployments import MAX_SIZE
+from ...services.standing import candeploy, status
+from . import bp
+from .auth import acting_user
+from .deployments import _platform_user
+from .fields import Flag, Quantity, StrictModel, Text, UserRef
+from .models import Currency, Decimal_, ForUser, Kind, Minor, Out
+from .spec import operation
+
+USER, ADMIN, PLATFORM = TokenScope.USER, TokenScope.ADMIN, TokenScope.PLATFORM
+
+StandingStatus = Literal["good", "at_risk", "overdue", "suspended", "removing"]
+Reason = Literal[
+    "removing",
+    "suspended",
+    "overdue",
+    "funds_cover_a_day",
+    "funds_short",
+    "within_quotas",
+    "quota_exceeded",
+    "not_subscribed",
+    "card_on_file",
+    "vouchers_cover",
+    "card_not_required",
+    "card_required",
+]
+
+
+class StandingOut(Out):
+    user_id: int
+    status: StandingStatus = Field(
+        description="worst first: removing, suspended, overdue, at_risk (runway under 72 "
+        "hours, or the default card expires before the next invoice), good"
+    )
+    reasons: list[str] = Field(description="each thing that makes the standing what it is")
+    runway_hours: int | None = Field(
+        description="whole hours the balances pay for what runs now, for an account with no "
+        "valid card; null when a card pays or nothing bills by the hour"
+    )
+
+
+class CanDeploy(StrictModel):
+    user_id: UserRef
+    kind: Kind
+    sku: Annotated[str, Text(40, required=False)] | None = Field(
+        default=None,
+        description="a SKU code from GET /prices; or give cpu_cores, memory_gb and storage_gb",
+    )
+    cpu_cores: Annotated[Decimal, Quantity(MAX_SIZE["cpu_cores"], "cores")] | None = None
+    memory_gb: Annotated[Decimal, Quantity(MAX_SIZE["memory_gb"], "GB")] | None = None
+    storage_gb: Annotated[Decimal, Quantity(MAX_SIZE["storage_gb"], "GB")] | None = None
+    public_ip: Flag | None = None
+
+
+class CanDeployOut(Out):
+    allowed: bool
+    reason: Reason = Field(description="why, as a code; message says it in a sentence")
+    message: str
+    runway_hours: int | None = Field(
+        description="whole hours the balances pay for what runs plus the new deployment"
+    )
+    hourly_cost: Decimal_ = Field(description="the new deployment's cost an hour")
+    hourly_cost_minor: Minor
+    required: Decimal_ = Field(
+        description="what the funds must cover: a day of everything (prepaid), or the rest "
+        "of the period net of other deployments (vouchers); 0 when nothing"
+    )
+    required_minor: Minor
+    currency: Currency
+
+
+@bp.get("/standing")
+@operation(
+    summary="An account's standing",
+    tag="Standing",
+    scopes=(USER, ADMIN),
+    query=ForUser,
+    responses={200: StandingOut},
+    errors=(404,),
+)
+def get_standing(query: ForUser):
+    """Good, at risk, overdue, suspended or removing, with the reasons and the runway."""
+    user = acting_user(query.user_id)
+    s = status.standing(user)
+    return StandingOut(
+        user_id=user.id,
+        status=cast(StandingStatus, s.status),
+        reasons=list(s.reasons),
+        runway_hours=s.runway_hours,
+    )
+
+
+@bp.post("/can-deploy")
+@operation(
+    summary="May the user start this deployment?",
+    tag="Standing",
+    scopes=(PLATFORM,),
+    body=CanDeploy,
+    responses={200: CanDeployOut},
+)
+def can_deploy(body: CanDeploy):
+    """The rules by billing mode (see the README's "Standing, can-deploy and dunning"):
+    refused while an invoice is overdue or deployments are suspended or being removed;
+    usage: a valid card, or vouchers covering the rest of the period net of what runs;
+    subscription: within the plan's quotas; prepaid: funds for 24 hours of everything."""
+    user = _platform_user(body.user_id)
+    planned = candeploy.planned_deployment(
+        kind=body.kind,
+        sku=body.sku,
+        cpu_cores=body.cpu_cores,
+        memory_gb=body.memory_gb,
+        storage_gb=body.storage_gb,
+        public_ip=body.public_ip,
+    )
+    d = candeploy.can_deploy(user, planned)
+    return CanDeployOut(
+        allowed=d.allowed,
+        reason=cast(Reason, d.reason),
+        message=d.message,
+        runway_hours=d.runway_hours,
+        **candeploy.to_money(d.hourly_micros, user.currency).to_json("hourly_cost"),
+        **candeploy.to_money(d.required_micros, user.currency).to_json("required"),
+        currency=user.currency,
+    )

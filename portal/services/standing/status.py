@@ -1,0 +1,119 @@
+"""The standing of an account, from worst to best: removing (deployments scheduled for
+deletion), suspended (deployments suspended for an unpaid invoice), overdue (an overdue
+invoice), at risk (the default card expires before the next invoice, or, for an account
+living on its balances, they last less than 72 hours), good.
+
+``standing_of`` is the SQL expression lists filter and count by (all but the runway, which
+needs the account's hourly cost); ``standing`` adds the runway for one account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, exists, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from ...models import (
+    Deployment,
+    DeploymentState,
+    DunningStep,
+    Invoice,
+    InvoiceStatus,
+    PaymentMethod,
+    User,
+    utcnow,
+)
+from .account import Account, card_expiry_limit, read_account
+
+GOOD, AT_RISK, OVERDUE, SUSPENDED, REMOVING = "good", "at_risk", "overdue", "suspended", "removing"
+STANDINGS = (GOOD, AT_RISK, OVERDUE, SUSPENDED, REMOVING)
+RUNWAY_AT_RISK_HOURS = 72
+
+
+def standing_of(
+    user_id: ColumnElement[Any] | InstrumentedAttribute[int] = User.id,
+    now: datetime | None = None,
+) -> ColumnElement[str]:
+    """The standing of the account whose id is ``user_id`` (a column of the outer query),
+    without the runway."""
+    removing = exists(
+        select(Deployment.id).where(
+            Deployment.user_id == user_id, Deployment.state == str(DeploymentState.REMOVING)
+        )
+    )
+    suspended = exists(
+        select(DunningStep.id)
+        .join(Invoice, Invoice.id == DunningStep.invoice_id)
+        .where(
+            DunningStep.user_id == user_id,
+            DunningStep.step == "suspended",
+            Invoice.status == InvoiceStatus.OVERDUE.value,
+        )
+    )
+    overdue = exists(
+        select(Invoice.id).where(
+            Invoice.user_id == user_id, Invoice.status == InvoiceStatus.OVERDUE.value
+        )
+    )
+    expiring = exists(
+        select(PaymentMethod.id).where(
+            and_(
+                PaymentMethod.user_id == user_id,
+                PaymentMethod.is_default.is_(True),
+                PaymentMethod.removed_at.is_(None),
+                PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
+                < card_expiry_limit(now or utcnow()),
+            )
+        )
+    )
+    return case(
+        (removing, REMOVING),
+        (suspended, SUSPENDED),
+        (overdue, OVERDUE),
+        (expiring, AT_RISK),
+        else_=GOOD,
+    )
+
+
+@dataclass(frozen=True)
+class Standing:
+    status: str
+    reasons: tuple[str, ...]
+    runway_hours: int | None  # None: nothing bills by the hour, or a valid card pays
+
+
+def status_of(account: Account, runway_hours: int | None) -> tuple[str, tuple[str, ...]]:
+    """The standing and why, worst first."""
+    reasons = []
+    if account.removing:
+        reasons.append("deployments are scheduled for removal for an unpaid invoice")
+    if account.suspended:
+        reasons.append("deployments are suspended for an unpaid invoice")
+    if account.overdue:
+        reasons.append("an invoice is overdue")
+    if account.card_expiring:
+        reasons.append("the default card expires before the next invoice")
+    if runway_hours is not None and runway_hours < RUNWAY_AT_RISK_HOURS:
+        reasons.append(f"the balances last about {runway_hours} hours at the current rate")
+    if account.removing:
+        return REMOVING, tuple(reasons)
+    if account.suspended:
+        return SUSPENDED, tuple(reasons)
+    if account.overdue:
+        return OVERDUE, tuple(reasons)
+    if reasons:
+        return AT_RISK, tuple(reasons)
+    return GOOD, ()
+
+
+def standing(user: User, now: datetime | None = None) -> Standing:
+    """One account's standing, the runway included (for accounts with no valid card)."""
+    now = now or utcnow()
+    account = read_account(user, now)
+    runway = None
+    if not account.valid_card and account.hourly_micros > 0:
+        runway = int(account.funds_micros(user.currency) / account.hourly_micros)
+    status, reasons = status_of(account, runway)
+    return Standing(status, reasons, runway)
