@@ -1,14 +1,27 @@
 #!/usr/bin/env python
-"""Benchmark: server time of the Wallet page for a user with 10,000 ledger entries.
+"""Benchmark: server time and SQL statements of every user page and every admin page.
 
-Builds a fresh database (PostgreSQL ``portal_bench`` by default, or a temporary SQLite file),
-seeds one user whose wallets carry 10,000 entries (credit grants, card top-ups, charges) and a
-few other users, checks that the ledger reconciles, logs the user in with the Flask test
-client and times ``GET /wallet/``. The test client calls the WSGI app in-process, so the time
+Builds a fresh database (PostgreSQL ``portal_bench`` by default, or a temporary SQLite file)
+and seeds: one user whose wallets carry 10,000 entries (credit grants, card top-ups, charges)
+and a few other users; ten deployments of that user, metered and invoiced for the last three
+full months through the real services; an outbox message and a webhook endpoint; then, as
+bench/admin_users.py does, 10,000 more accounts (30% owing on an invoice) and the admin.
+It checks that the ledger reconciles.
+
+The pages are found from the app's url_map: every GET route without arguments outside
+/api/, /auth/ and /static/ (less downloads, CSV exports, the card processor's return URLs
+and the "/" redirect), plus the detail pages of the seeded rows (an invoice, a user, an
+outbox message, a webhook endpoint). User pages are requested as the wallet user, admin pages
+as the admin, through the Flask test client: it calls the WSGI app in-process, so the time
 around ``client.get`` is server time (routing, session, login, queries, template).
+Each page gets 20 warm-up requests and BENCH_REQUESTS timed ones; one more request counts
+its SQL statements (a ``before_cursor_execute`` listener).
 
 Prints one JSON line on stdout:
-    {"bench": "pages", "db": "postgresql", "entries": 10000, "median_ms": ..., "p99_ms": ...}
+    {"bench": "pages", "db": "postgresql", "worst_median_ms": ..., "worst_p99_ms": ...,
+     "max_queries": ..., "goal_met": ..., "pages": {"/wallet/": {"median_ms": ...,
+     "p99_ms": ..., "queries": ...}, ...}}
+Goal on PostgreSQL: median < 12 ms and p99 < 30 ms for each page.
 
 Environment:
     DATABASE_URL   postgresql://... (the database named there is dropped and re-created,
@@ -16,7 +29,7 @@ Environment:
                    temporary file is used). Default: portal_bench on
                    postgresql://postgres@127.0.0.1:5432.
     REDIS_URL      default redis://127.0.0.1:6379/14 (rate-limit storage only).
-    BENCH_REQUESTS timed requests (default 500).
+    BENCH_REQUESTS timed requests per page (default 300).
 """
 
 from __future__ import annotations
