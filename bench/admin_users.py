@@ -35,7 +35,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from pages import CSRF_RE, PASSWORD, build_app, fail, percentile, prepare_database
+import pages
 from sqlalchemy import insert, select
 
 from portal.extensions import db
@@ -70,7 +70,9 @@ def seed(app) -> None:
     rng = random.Random(20261206)
     now = utcnow()
     with app.app_context():
-        admin = accounts.create_user(email=ADMIN, password=PASSWORD, name="Admin", is_admin=True)
+        admin = accounts.create_user(
+            email=ADMIN, password=pages.PASSWORD, name="Admin", is_admin=True
+        )
         currency = admin.currency
         revenue = ledger.system_account(AccountKind.REVENUE, currency)
         db.session.commit()
@@ -199,18 +201,19 @@ def seed(app) -> None:
 def measure(app) -> list[float]:
     client = app.test_client()
     page = client.get("/auth/login")
-    match = CSRF_RE.search(page.get_data(as_text=True))
+    match = pages.CSRF_RE.search(page.get_data(as_text=True))
     if page.status_code != 200 or not match:
-        fail(f"no CSRF token on the login page (status {page.status_code})")
+        pages.fail(f"no CSRF token on the login page (status {page.status_code})")
     login = client.post(
-        "/auth/login", data={"email": ADMIN, "password": PASSWORD, "csrf_token": match.group(1)}
+        "/auth/login",
+        data={"email": ADMIN, "password": pages.PASSWORD, "csrf_token": match.group(1)},
     )
     if login.status_code != 303:
-        fail(f"login failed with status {login.status_code}")
+        pages.fail(f"login failed with status {login.status_code}")
     first = client.get("/admin/users")
     body = first.get_data(as_text=True)
     if first.status_code != 200 or body.count('<tr id="user-') != 25:
-        fail(f"unexpected users page (status {first.status_code})")
+        pages.fail(f"unexpected users page (status {first.status_code})")
     for _ in range(WARMUP):
         client.get("/admin/users")
     timings = []
@@ -219,7 +222,7 @@ def measure(app) -> list[float]:
         response = client.get("/admin/users")
         timings.append((time.perf_counter() - t0) * 1000)
         if response.status_code != 200:
-            fail(f"GET /admin/users answered {response.status_code}")
+            pages.fail(f"GET /admin/users answered {response.status_code}")
     return timings
 
 
@@ -229,8 +232,8 @@ def main() -> None:
     out = sys.stdout
     with contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        database_url = prepare_database(url, stack)
-        app = build_app(database_url, redis_url)
+        database_url = pages.prepare_database(url, stack)
+        app = pages.build_app(database_url, redis_url)
         try:
             seed(app)
             timings = measure(app)
@@ -246,7 +249,7 @@ def main() -> None:
                 "db": dialect,
                 "accounts": ACCOUNTS,
                 "median_ms": round(statistics.median(timings), 2),
-                "p99_ms": round(percentile(timings, 99), 2),
+                "p99_ms": round(pages.percentile(timings, 99), 2),
             }
         ),
         file=out,

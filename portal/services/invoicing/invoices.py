@@ -12,6 +12,7 @@ from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import joinedload
 
 from ...db import Page, dialect_insert
 from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
@@ -377,7 +378,9 @@ def list_invoices(
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     items = list(
         db.session.scalars(
-            query.order_by(Invoice.period_start.desc(), Invoice.id.desc())
+            # Admin › Invoices shows each row's user: loaded in the same query, not one each.
+            query.options(joinedload(Invoice.user))
+            .order_by(Invoice.period_start.desc(), Invoice.id.desc())
             .limit(per_page)
             .offset((page - 1) * per_page)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 
 from ...errors import InsufficientFunds, ValidationFailed
 from ...extensions import db
@@ -106,16 +106,20 @@ def grant_credit(
     return lot, True
 
 
+def _open_lots_where(account: LedgerAccount, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        CreditLot.account_id == account.id,
+        CreditLot.remaining_minor > 0,
+        (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
+    )
+
+
 def _open_lots(account: LedgerAccount, now: datetime) -> list[CreditLot]:
     # Oldest expiry first; lots that never expire last; then in grant order.
     return list(
         db.session.scalars(
             select(CreditLot)
-            .where(
-                CreditLot.account_id == account.id,
-                CreditLot.remaining_minor > 0,
-                (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
-            )
+            .where(*_open_lots_where(account, now))
             .order_by(CreditLot.expires_at.is_(None), CreditLot.expires_at, CreditLot.id)
             .execution_options(populate_existing=True)
         )
@@ -124,9 +128,13 @@ def _open_lots(account: LedgerAccount, now: datetime) -> list[CreditLot]:
 
 def available_credit(user: User, now: datetime | None = None) -> Money:
     account = ledger.user_account(user, AccountKind.CREDIT)
-    return Money(
-        sum(lot.remaining_minor for lot in _open_lots(account, now or utcnow())), user.currency
+    # Summed by the database: a user may hold hundreds of lots, and pages only need the sum.
+    total = db.session.scalar(
+        select(func.coalesce(func.sum(CreditLot.remaining_minor), 0)).where(
+            *_open_lots_where(account, now or utcnow())
+        )
     )
+    return Money(int(total or 0), user.currency)
 
 
 def spendable_balances(user: User, now: datetime | None = None) -> ledger.Balances:
