@@ -42,6 +42,12 @@ NOT_PAGES = {
     "/auth/reset/<token>": "a mailed link's form (no data listed)",
     "/admin/jobs/runs/<int:run_id>": "one run's progress bar (no list)",
     "/admin/webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>": "one delivery (no list)",
+    "/invoices/<int:invoice_id>/card-paid": "return from the card processor",
+    "/subscription/checkout/done": "return from the card processor",
+    "/account/tokens/<int:token_id>/revoke": "a confirmation of one object (no list)",
+    "/payment-methods/<int:card_id>/delete": "a confirmation of one object (no list)",
+    "/admin/invoices/<int:invoice_id>/void": "a confirmation of one object (no list)",
+    "/admin/jobs/<name>/run": "a confirmation of one job (no list)",
 }
 SKIP_PREFIXES = ("/api/", "/static/")
 
