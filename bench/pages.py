@@ -93,6 +93,7 @@ NOT_PAGES = {
     "/wallet/top-up/done",
     "/wallet/top-up/confirmed",
     "/payment-methods/added",
+    "/subscription/checkout/done",
     "/",  # a redirect to the Overview
 }
 PASSWORD = "bench-password-0123"

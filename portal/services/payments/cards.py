@@ -109,6 +109,29 @@ def get_for_owner(user: User, card_id: int) -> PaymentMethod:
     return card
 
 
+def record_checkout_page(
+    user: User, gateway_session_id: str, url: str | None, *, purpose: str, amount: Money
+) -> CheckoutSession:
+    """Our record of a payment page the gateway opened (a top-up, an invoice): the same
+    gateway session (an idempotent repeat) gives the same row."""
+    row = db.session.scalar(
+        select(CheckoutSession).where(CheckoutSession.gateway_session_id == gateway_session_id)
+    )
+    if row is None:
+        row = CheckoutSession(
+            user_id=user.id,
+            gateway_session_id=gateway_session_id,
+            purpose=purpose,
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            url=url or "",
+            created_at=utcnow(),
+        )
+        db.session.add(row)
+        db.session.flush()
+    return row
+
+
 # -- adding ----------------------------------------------------------------------------------
 def start_adding(user: User, *, success_url: str, cancel_url: str) -> CheckoutSession:
     """Open the gateway's "add a card" page; returns our record of it (its ``url``).

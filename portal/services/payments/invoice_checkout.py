@@ -87,22 +87,7 @@ def start(
                 "this payment was already started with other details"
             ) from None
         raise
-    row = db.session.scalar(
-        select(CheckoutSession).where(CheckoutSession.gateway_session_id == session.id)
-    )
-    if row is None:
-        row = CheckoutSession(
-            user_id=user.id,
-            gateway_session_id=session.id,
-            purpose=PURPOSE,
-            amount_minor=due.amount_minor,
-            currency=due.currency,
-            url=session.url or "",
-            created_at=utcnow(),
-        )
-        db.session.add(row)
-        db.session.flush()
-    return row
+    return cards.record_checkout_page(user, session.id, session.url, purpose=PURPOSE, amount=due)
 
 
 @dataclass(frozen=True)

@@ -122,22 +122,7 @@ def start_checkout(
                 "(another amount) under the same key"
             ) from None
         raise
-    row = db.session.scalar(
-        select(CheckoutSession).where(CheckoutSession.gateway_session_id == session.id)
-    )
-    if row is None:
-        row = CheckoutSession(
-            user_id=user.id,
-            gateway_session_id=session.id,
-            purpose=TOPUP,
-            amount_minor=amount.amount_minor,
-            currency=amount.currency,
-            url=session.url or "",
-            created_at=utcnow(),
-        )
-        db.session.add(row)
-        db.session.flush()
-    return row
+    return cards.record_checkout_page(user, session.id, session.url, purpose=TOPUP, amount=amount)
 
 
 def start_invoice_checkout(
@@ -157,22 +142,7 @@ def start_invoice_checkout(
         metadata={"purpose": INVOICE, "user_id": str(user.id), "invoice_id": str(invoice.id)},
         idempotency_key=f"checkout:{user.id}:invoice:{invoice.id}:{due.amount_minor}",
     )
-    row = db.session.scalar(
-        select(CheckoutSession).where(CheckoutSession.gateway_session_id == session.id)
-    )
-    if row is None:
-        row = CheckoutSession(
-            user_id=user.id,
-            gateway_session_id=session.id,
-            purpose=INVOICE,
-            amount_minor=due.amount_minor,
-            currency=due.currency,
-            url=session.url or "",
-            created_at=utcnow(),
-        )
-        db.session.add(row)
-        db.session.flush()
-    return row
+    return cards.record_checkout_page(user, session.id, session.url, purpose=INVOICE, amount=due)
 
 
 @dataclass(frozen=True)
