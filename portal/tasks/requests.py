@@ -110,6 +110,40 @@ def add(
     return request_id
 
 
+def add_many(
+    queue: str, task: str, items: Sequence[tuple[Sequence[Any], str]], *, now: datetime
+) -> list[int]:
+    """``add`` for many requests of one task at once, each with its dedupe key: one INSERT
+    (an invoice run asks for thousands of PDFs)."""
+    if not items:
+        return []
+    run_id = _CURRENT_RUN.get()
+    insert = dialect_insert(_TABLE).values(
+        [
+            {
+                "queue": queue,
+                "task": task,
+                "args": list(args),
+                "dedupe_key": key,
+                "status": REQUESTED,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "run_id": run_id,
+            }
+            for args, key in items
+        ]
+    )
+    insert = insert.on_conflict_do_update(
+        index_elements=["dedupe_key"],
+        set_={**{c: insert.excluded[c] for c in _RESET}, "created_at": now},
+    )
+    with db.session.no_autoflush:
+        ids = list(db.session.execute(insert.returning(_TABLE.c.id)).scalars())
+    db.session().info.setdefault(COMMITTED, []).extend(ids)
+    return ids
+
+
 def no_open_request(prefix: str, id_column: Any) -> ColumnElement[bool]:
     """SQL: no job request under the key ``prefix`` + the row's id is waiting, running or
     failed for good (that one waits for a person: Admin › Jobs › Retry all failed). What

@@ -8,6 +8,7 @@ kept with its SHA-256; it is never rendered again. pdf_status: none -> pending (
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from flask import current_app
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from ...errors import Conflict, InvalidTransition, ServiceError
 from ...extensions import db
 from ...models import Invoice, InvoicePdf, InvoiceStatus, OutboundEmail, User
 from ...tasks import requests
-from ...tasks.queues import enqueue_after_commit
+from ...tasks.queues import enqueue_after_commit, enqueue_many_after_commit
 from .. import mail
 from .invoices import get_for_owner
 from .snapshot import Snapshot
@@ -63,6 +64,15 @@ def enqueue_render(invoice_id: int) -> None:
     )
 
 
+def enqueue_renders(invoice_ids: Sequence[int]) -> None:
+    """``enqueue_render`` for many invoices (an invoice run's): one write."""
+    enqueue_many_after_commit(
+        "invoicing",
+        "invoicing.render_invoice_pdf",
+        [((invoice_id,), f"pdf:{invoice_id}") for invoice_id in invoice_ids],
+    )
+
+
 def request_missing_pdfs(limit: int = 500) -> int:
     """The sweep: every issued invoice without its PDF (pending, or failed) whose render job
     is not waiting, running or failed for good gets one. Returns how many."""
@@ -76,8 +86,7 @@ def request_missing_pdfs(limit: int = 500) -> int:
         .order_by(Invoice.id)
         .limit(limit)
     ).all()
-    for invoice_id in ids:
-        enqueue_render(invoice_id)
+    enqueue_renders(ids)
     return len(ids)
 
 

@@ -50,7 +50,7 @@ from ..metering import rollups
 from ..metering.costs import Usage
 from ..wallet import credits, ledger, settlement_requests
 from . import subscribed
-from .documents import enqueue_render
+from .documents import enqueue_renders
 from .invoices import S, event_payload, reserve_numbers
 from .lines import LineDraft, build_lines
 from .snapshot import Customer, seller, snapshot_data
@@ -659,7 +659,7 @@ def _finalize(
         created.append(("billing.invoice.created", f"invoice:{d.invoice_id}", payload, uid))
         if statuses[uid] == S.PAID:
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
-        enqueue_render(d.invoice_id)
+    enqueue_renders([drafts[uid].invoice_id for uid in todo])
     events.record_new_many(created + paid)
     if log.isEnabledFor(logging.INFO):
         for uid in todo:
