@@ -152,8 +152,11 @@ def enqueue_after_commit(queue_name: str, func: str, *args: Any, job_id: str | N
 
 
 def enqueue_many_after_commit(
-    queue_name: str, func: str, jobs: Sequence[tuple[Sequence[Any], str]]
+    queue_name: str, func: str, jobs: Sequence[tuple[Sequence[Any], str]], *, new: bool = False
 ) -> None:
     """``enqueue_after_commit`` for many jobs of one task, each ``(args, job_id)``: one
-    INSERT of their requests."""
-    requests.add_many(queue_name, func, jobs, now=utcnow())
+    write of their requests. ``new``: the job ids name rows this transaction created."""
+    if new:
+        requests.add_new_many(queue_name, func, jobs, now=utcnow())
+    else:
+        requests.add_many(queue_name, func, jobs, now=utcnow())

@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..db import dialect_insert
+from ..db import allocate_ids, bulk_insert, dialect_insert
 from ..extensions import db
 from ..models import (
     EmailStatus,
@@ -142,6 +142,38 @@ def add_many(
         ids = list(db.session.execute(insert.returning(_TABLE.c.id)).scalars())
     db.session().info.setdefault(COMMITTED, []).extend(ids)
     return ids
+
+
+def add_new_many(
+    queue: str, task: str, items: Sequence[tuple[Sequence[Any], str]], *, now: datetime
+) -> None:
+    """``add_many`` for keys of rows this transaction created (a new invoice's id): no
+    earlier request can carry them, so they are written in bulk (COPY on PostgreSQL)
+    without the conflict check; a duplicate would still fail on the unique index."""
+    if not items:
+        return
+    ids = allocate_ids(_TABLE, len(items))
+    run_id = _CURRENT_RUN.get()
+    bulk_insert(
+        _TABLE,
+        (
+            "id",
+            "queue",
+            "task",
+            "args",
+            "dedupe_key",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "created_at",
+            "run_id",
+        ),
+        [
+            (request_id, queue, task, list(args), key, REQUESTED, 0, now, now, run_id)
+            for request_id, (args, key) in zip(ids, items, strict=True)
+        ],
+    )
+    db.session().info.setdefault(COMMITTED, []).extend(ids)
 
 
 def no_open_request(prefix: str, id_column: Any) -> ColumnElement[bool]:

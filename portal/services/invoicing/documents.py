@@ -64,12 +64,14 @@ def enqueue_render(invoice_id: int) -> None:
     )
 
 
-def enqueue_renders(invoice_ids: Sequence[int]) -> None:
-    """``enqueue_render`` for many invoices (an invoice run's): one write."""
+def enqueue_renders(invoice_ids: Sequence[int], *, new: bool = False) -> None:
+    """``enqueue_render`` for many invoices in one write (``new``: issued in this
+    transaction, as an invoice run's are)."""
     enqueue_many_after_commit(
         "invoicing",
         "invoicing.render_invoice_pdf",
         [((invoice_id,), f"pdf:{invoice_id}") for invoice_id in invoice_ids],
+        new=new,
     )
 
 

@@ -659,7 +659,7 @@ def _finalize(
         created.append(("billing.invoice.created", f"invoice:{d.invoice_id}", payload, uid))
         if statuses[uid] == S.PAID:
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
-    enqueue_renders([drafts[uid].invoice_id for uid in todo])
+    enqueue_renders([drafts[uid].invoice_id for uid in todo], new=True)
     events.record_new_many(created + paid)
     if log.isEnabledFor(logging.INFO):
         for uid in todo:
