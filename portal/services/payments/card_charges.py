@@ -41,6 +41,7 @@ from ...models import (
     AttemptStatus,
     Invoice,
     InvoiceStatus,
+    LedgerAccount,
     LedgerTransaction,
     PaymentAttempt,
     PaymentMethod,
@@ -275,20 +276,8 @@ def _book_success(attempt: PaymentAttempt, amount: Money) -> None:
         )
         return
     invoice = invoices.lock_invoice(db.session.get_one(Invoice, attempt.invoice_id))
-    due = (
-        invoice.total_minor - invoice.amount_paid_minor
-        if InvoiceStatus(invoice.status) in invoices.UNPAID
-        else 0
-    )
-    pay = min(amount.amount_minor, due)
-    excess = amount.amount_minor - pay
-    legs = [
-        (ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency), -amount.amount_minor)
-    ]
-    if pay:
-        legs.append((ledger.user_account(user, AccountKind.RECEIVABLE), pay))
-    if excess:  # paid meanwhile by other means: the money waits in the prepaid balance
-        legs.append((ledger.user_account(user, AccountKind.CASH), excess))
+    pay, excess, legs = card_payment_legs(user, invoice, amount)
+    if excess:
         log.info(
             "attempt %s: %s more than invoice %s needed went to the prepaid balance",
             attempt.id,
@@ -562,3 +551,26 @@ def top_up_with_card(
         db.session.commit()
         return db.session.get_one(PaymentAttempt, attempt_id), url
     return attempt, None
+
+
+def card_payment_legs(
+    user: User, invoice: Invoice, amount: Money
+) -> tuple[int, int, list[tuple[LedgerAccount, int]]]:
+    """The ledger legs of card money taken for a locked ``invoice``: what it still owes is
+    paid, the rest (paid meanwhile by other means) waits in the prepaid balance. Returns
+    (paid, excess, legs)."""
+    due = (
+        invoice.total_minor - invoice.amount_paid_minor
+        if InvoiceStatus(invoice.status) in invoices.UNPAID
+        else 0
+    )
+    pay = min(amount.amount_minor, due)
+    excess = amount.amount_minor - pay
+    legs = [
+        (ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency), -amount.amount_minor)
+    ]
+    if pay:
+        legs.append((ledger.user_account(user, AccountKind.RECEIVABLE), pay))
+    if excess:  # paid meanwhile by other means: the money waits in the prepaid balance
+        legs.append((ledger.user_account(user, AccountKind.CASH), excess))
+    return pay, excess, legs

@@ -22,7 +22,6 @@ from ...models import (
     AccountKind,
     CheckoutSession,
     Invoice,
-    InvoiceStatus,
     LedgerTransaction,
     PaymentTender,
     User,
@@ -31,7 +30,7 @@ from ...models import (
 from ...money import Money
 from ..invoicing import invoices
 from ..wallet import ledger
-from . import cards, receipts
+from . import card_charges, cards, receipts
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +149,7 @@ def _book(user: User, invoice: Invoice, amount: Money, payment_intent: str, labe
     ):
         return
     invoice = invoices.lock_invoice(invoice)
-    due = (
-        invoice.total_minor - invoice.amount_paid_minor
-        if InvoiceStatus(invoice.status) in invoices.UNPAID
-        else 0
-    )
-    pay = min(amount.amount_minor, due)
-    excess = amount.amount_minor - pay
-    legs = [
-        (ledger.system_account(AccountKind.STRIPE_CLEARING, amount.currency), -amount.amount_minor)
-    ]
-    if pay:
-        legs.append((ledger.user_account(user, AccountKind.RECEIVABLE), pay))
-    if excess:  # paid meanwhile by other means: the money waits in the prepaid balance
-        legs.append((ledger.user_account(user, AccountKind.CASH), excess))
+    pay, excess, legs = card_charges.card_payment_legs(user, invoice, amount)
     txn = ledger.post_transaction(
         idempotency_key=key,
         kind="checkout_payment",
