@@ -311,7 +311,33 @@ def run(now: datetime | None = None) -> DunningResult:
         select(Invoice).where(Invoice.status == str(InvoiceStatus.OVERDUE)).order_by(Invoice.id)
     ):
         _dun(invoice, now, result)
-    settled = (
+    for invoice in db.session.scalars(_settled_dunned()):
+        _restore(invoice, now, result)
+    db.session.flush()
+    if any(result.figures().values()):
+        log.info("dunning: %s", result.figures())
+    return result
+
+
+def restore_user(user_id: int, now: datetime | None = None) -> list[str]:
+    """Right after a payment: resume what the user's settled invoices had suspended or put up
+    for removal (the hourly run would, later). Returns the external ids restored. Flushes;
+    the caller commits."""
+    now = now or utcnow()
+    result = DunningResult()
+    restored: list[str] = []
+    for invoice in db.session.scalars(_settled_dunned().where(Invoice.user_id == user_id)):
+        _restore(invoice, now, result)
+        row = _taken(invoice.id).get("restored")
+        restored.extend(row.deployments if row is not None else [])
+    db.session.flush()
+    return restored
+
+
+def _settled_dunned():
+    """Paid or voided invoices whose dunning suspended or put up for removal, not yet
+    restored (nor past removal)."""
+    return (
         select(Invoice)
         .where(
             Invoice.status.in_((str(InvoiceStatus.PAID), str(InvoiceStatus.VOID))),
@@ -326,9 +352,3 @@ def run(now: datetime | None = None) -> DunningResult:
         )
         .order_by(Invoice.id)
     )
-    for invoice in db.session.scalars(settled):
-        _restore(invoice, now, result)
-    db.session.flush()
-    if any(result.figures().values()):
-        log.info("dunning: %s", result.figures())
-    return result

@@ -141,3 +141,24 @@ def test_payment_restores_what_is_not_removed(app, overdue):
     assert len(mails(user, "Reminder: invoice")) == 2
     assert not find_discrepancies()
     assert not audit_usage()
+
+
+def test_restore_user_right_after_payment(app, overdue):
+    """restore_user resumes at once what the paid invoice suspended; the hourly run then
+    finds nothing left to do."""
+    user, invoice = overdue
+    due = invoice.due_at
+    for day in range(0, 11):
+        run_at(due + day * DAY + timedelta(hours=1))
+    assert state() == "suspended"
+    invoice_id, user_id = invoice.id, user.id
+    assert dunning.restore_user(user_id, due + 11 * DAY) == []  # not paid yet
+    db.session.remove()
+    pay_offline(app, invoice_id)
+    assert dunning.restore_user(user_id, due + 11 * DAY) == ["vm-live"]
+    db.session.commit()
+    assert state() == "active"
+    assert dunning.restore_user(user_id, due + 11 * DAY) == []
+    assert run_at(due + 11 * DAY + timedelta(hours=1)).restored == 0
+    assert names("billing.deployment.resumed") == ["vm-live"]
+    assert not find_discrepancies()
