@@ -24,7 +24,6 @@ from limits import parse_many
 from .money import AmountError, currency_digits, to_decimal
 
 BILLING_MODES = ("usage", "subscription", "hybrid", "prepaid")
-SUPPORTED_BILLING_MODES = ("usage", "subscription", "hybrid")
 PLAN_INTERVALS = ("month", "year")
 PLAN_KEYS = ("id", "name", "price", "interval", "cpu_limit", "memory_limit", "storage_limit")
 PLAN_LIMIT_KEYS = ("cpu_limit", "memory_limit", "storage_limit")
@@ -50,9 +49,6 @@ BILLING_KEYS: dict[str, tuple[str, str]] = {
 
 # The plugin's settings that no code honours yet, and what will bring each.
 NOT_SUPPORTED_YET: dict[str, str] = {}
-MODE_FEATURES = {
-    "prepaid": "charging prepaid funds by the hour comes with account standing",
-}
 # Not a switch the portal needs: the key decides.
 STRIPE_ENABLED_PROBLEM = (
     "not supported, and not needed: STRIPE_SECRET_KEY decides (set: card payments go to "
@@ -228,12 +224,6 @@ def _refuse_unsupported(raw: dict[str, Any], names: dict[str, str]) -> None:
             mode = raw[key]
             if mode not in BILLING_MODES:
                 raise ConfigError(name, f"must be one of {', '.join(BILLING_MODES)}, not {mode!r}")
-            if mode not in SUPPORTED_BILLING_MODES:
-                raise ConfigError(
-                    name,
-                    f"{mode!r} is not supported yet ({MODE_FEATURES[mode]}); "
-                    f"use {', '.join(SUPPORTED_BILLING_MODES)}",
-                )
         elif key == "stripeEnabled":
             raise ConfigError(name, f"{STRIPE_ENABLED_PROBLEM}; remove the setting")
         elif key in NOT_SUPPORTED_YET:

@@ -156,15 +156,9 @@ def test_a_plan_price_with_more_decimals_than_the_currency_is_refused(tmp_path):
         build_config(str(tmp_path), environ={"TESTING": "1", "SUBSCRIPTION_PLANS": plans})
 
 
-def test_prepaid_is_refused_naming_the_feature():
-    """Validated and never read would be a setting that pretends: prepaid is refused, named
-    as it was set (the file's key or the environment variable), with what will bring it."""
-    with pytest.raises(ConfigError) as info:
-        parse_billing_settings({"billingMode": "prepaid"})
-    assert info.value.key == "billingMode"
-    assert "not supported yet" in str(info.value) and "account standing" in str(info.value)
-    with pytest.raises(ConfigError, match="^BILLING_MODE: 'prepaid' is not supported yet"):
-        load_billing_settings({"BILLING_MODE": "prepaid"}, None)
+def test_prepaid_is_accepted():
+    assert parse_billing_settings({"billingMode": "prepaid"}).billing_mode == "prepaid"
+    assert load_billing_settings({"BILLING_MODE": "prepaid"}, None).billing_mode == "prepaid"
 
 
 @pytest.mark.parametrize("value", [True, False])
@@ -288,16 +282,13 @@ def test_start_up_stops_on_a_bad_value(tmp_path, monkeypatch):
         create_app({"TESTING": True})
 
 
-def test_start_up_stops_on_a_setting_not_supported_yet(tmp_path, monkeypatch):
+def test_start_up_takes_prepaid(tmp_path, monkeypatch):
     path = tmp_path / "billing.json"
     path.write_text(json.dumps(SUPPORTED_EXAMPLE))
     monkeypatch.setenv("BILLING_CONFIG", str(path))
     monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
     monkeypatch.setenv("BILLING_MODE", "prepaid")
-    with pytest.raises(
-        SystemExit, match="^configuration error: BILLING_MODE: 'prepaid' is not supported yet"
-    ):
-        create_app({"TESTING": True})
+    assert create_app({"TESTING": True}).config["BILLING"].billing_mode == "prepaid"
 
 
 def test_cli_start_up_reports_the_key(tmp_path):

@@ -44,7 +44,7 @@ from .scheduling import (
     SchedulerLease,
     SchedulerRole,
 )
-from .standing import DunningStep
+from .standing import DunningStep, PrepaidCharge, PrepaidRemoval
 from .subscriptions import (
     BillingMode,
     ChangeKind,
@@ -74,6 +74,8 @@ __all__ = [
     "ChangeKind",
     "ChangeStatus",
     "DunningStep",
+    "PrepaidCharge",
+    "PrepaidRemoval",
     "Plan",
     "PlanVersion",
     "QuotaAlert",

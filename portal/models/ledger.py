@@ -34,6 +34,8 @@ class AccountKind(enum.StrEnum):
     WRITE_OFF = "write_off"
     REFUNDS = "refunds"  # card payments given back (contra-revenue)
     DISPUTES = "disputes"  # card payments the cardholder's bank took back
+    # prepaid accounts' hourly charges, held until the period's statement is issued
+    PREPAID_USAGE = "prepaid_usage"
 
     @property
     def normal_sign(self) -> int:
@@ -43,7 +45,7 @@ class AccountKind(enum.StrEnum):
 
 WALLET_KINDS = frozenset({AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT})
 USER_KINDS = WALLET_KINDS | {AccountKind.RECEIVABLE}
-CREDIT_NORMAL = frozenset(WALLET_KINDS | {AccountKind.REVENUE})
+CREDIT_NORMAL = frozenset(WALLET_KINDS | {AccountKind.REVENUE, AccountKind.PREPAID_USAGE})
 
 
 class LedgerAccount(Model):

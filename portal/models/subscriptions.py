@@ -32,6 +32,12 @@ class BillingMode(enum.StrEnum):
     USAGE = "usage"  # everything metered at the rates
     SUBSCRIPTION = "subscription"  # the plan fee in advance; limits are quotas
     HYBRID = "hybrid"  # the plan fee in advance, plus overage above the limits in arrears
+    PREPAID = "prepaid"  # everything metered at the rates, paid hour by hour from the funds
+
+    @property
+    def plans(self) -> bool:
+        """Whether plans are offered (and their fees and quotas apply)."""
+        return self in (BillingMode.SUBSCRIPTION, BillingMode.HYBRID)
 
 
 class Plan(Model):

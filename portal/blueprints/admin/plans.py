@@ -26,6 +26,7 @@ MODES = [
     ("usage", "usage"),
     ("subscription", "subscription"),
     ("hybrid", "hybrid"),
+    ("prepaid", "prepaid"),
 ]
 
 

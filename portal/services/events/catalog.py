@@ -2,7 +2,7 @@
 schema of its ``data``. ``events.record`` refuses a name that is not here, and the OpenAPI
 document's ``webhooks`` section is generated from this list, so the two cannot drift.
 
-Some events' causes do not exist in the portal yet (budgets, the removal of deployments);
+Some events' causes do not exist in the portal yet (budgets);
 they are catalogued so the platform can be written against them, and are recorded once
 their cause ships.
 """
@@ -184,12 +184,12 @@ _TYPES = (
         "billing.deployment.removing",
         "A deployment is scheduled for removal",
         DeploymentData,
-        False,
+        True,
     ),
     EventType(
-        "billing.deployment.restored", "A scheduled removal was called off", DeploymentData, False
+        "billing.deployment.restored", "A scheduled removal was called off", DeploymentData, True
     ),
-    EventType("billing.deployment.removed", "A deployment must be removed", DeploymentData, False),
+    EventType("billing.deployment.removed", "A deployment must be removed", DeploymentData, True),
     EventType("billing.budget.warning", "Spending crossed a budget's warning", BudgetData, False),
     EventType("billing.budget.reached", "Spending reached a budget", BudgetData, False),
     EventType(

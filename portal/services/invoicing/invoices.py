@@ -32,7 +32,7 @@ from ...models import (
 )
 from ...money import Money, format_money
 from .. import audit, events, mail
-from ..wallet import ledger
+from ..wallet import ledger, settlement_requests
 from .formatting import major_text
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ def record_payment(
         events.record(
             "billing.invoice.paid", f"invoice:{invoice.id}", invoice_event(invoice), invoice.user_id
         )
+        settlement_requests.request_restore(invoice.user_id)  # what it left unpaid stopped
     db.session.flush()
     db.session.expire(invoice, ["payments"])  # read again with this one, if loaded before
     return payment

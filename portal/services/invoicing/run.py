@@ -17,14 +17,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, insert, select, text, update
+from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, insert, select, update
 
 from ...db import allocate_ids, bulk_insert
 from ...errors import Conflict, ValidationFailed
@@ -49,10 +49,11 @@ from .. import calendar, events
 from ..metering import rollups
 from ..metering.costs import Usage
 from ..wallet import credits, ledger, settlement_requests
-from . import subscribed
+from . import prepaid, subscribed
 from .documents import enqueue_renders
 from .invoices import S, event_payload, reserve_numbers
 from .lines import LineDraft, build_lines
+from .period_usage import period_usage as _period_usage
 from .snapshot import Customer, seller, snapshot_data
 
 log = logging.getLogger(__name__)
@@ -73,103 +74,6 @@ def check_period(start: datetime, end: datetime, now: datetime | None = None) ->
         )
     if end > rollups.last_complete_hour(now):
         raise ValidationFailed.field("period_end", "has not ended yet")
-
-
-# -- aggregation -----------------------------------------------------------------------------
-
-
-def _sums(*terms: str) -> str:
-    # As integers: PostgreSQL's SUM(bigint) is a numeric, which would arrive as Decimals.
-    return ", ".join(f"CAST(SUM({term}) AS BIGINT)" for term in terms)
-
-
-_SUMS = _sums(
-    "cpu_ms",
-    "cpu_cost",
-    "memory_ms",
-    "memory_cost",
-    "CASE WHEN day < :split THEN storage_ms ELSE 0 END",
-    "CASE WHEN day < :split THEN storage_cost ELSE 0 END",
-    "CASE WHEN day >= :split THEN storage_ms ELSE 0 END",
-    "CASE WHEN day >= :split THEN storage_cost ELSE 0 END",
-    "instance_s",
-    "instance_cost",
-    "ip_s",
-    "ip_cost",
-)
-# A period inside one calendar month (invoice day 1) has no second month to split off.
-_SUMS_ONE_MONTH = (
-    _sums("cpu_ms", "cpu_cost", "memory_ms", "memory_cost", "storage_ms", "storage_cost")
-    + ", 0, 0, "
-    + _sums("instance_s", "instance_cost", "ip_s", "ip_cost")
-)
-
-
-def _to_usage(
-    row: Sequence[int], first_month: tuple[int, int], second_month: tuple[int, int]
-) -> Usage:
-    (
-        cpu_ms,
-        cpu_cost,
-        memory_ms,
-        memory_cost,
-        storage1_ms,
-        storage1_cost,
-        storage2_ms,
-        storage2_cost,
-        instance_s,
-        instance_cost,
-        ip_s,
-        ip_cost,
-    ) = row
-    storage: dict[tuple[int, int], list[int]] = {}
-    if storage1_ms or storage1_cost:
-        storage[first_month] = [storage1_ms, storage1_cost]
-    if storage2_ms or storage2_cost:
-        storage[second_month] = [storage2_ms, storage2_cost]
-    return Usage(
-        cpu_ms, cpu_cost, memory_ms, memory_cost, storage, instance_s, instance_cost, ip_s, ip_cost
-    )
-
-
-def _period_usage(
-    user_lo: int, user_hi: int, start: datetime, end: datetime, user_ids: list[int] | None
-) -> dict[int, dict[int, Usage]]:
-    """Per user, per deployment: the period's summed rollups, in one query."""
-    split = date(start.year + (start.month == 12), start.month % 12 + 1, 1)
-    months = ((start.year, start.month), (split.year, split.month))
-    where = "user_id >= :lo AND user_id < :hi AND day >= :start AND day < :end"
-    params = {
-        "lo": user_lo,
-        "hi": user_hi,
-        "start": start.date(),
-        "end": end.date(),
-        "split": split,
-    }
-    if user_ids is not None:
-        where += " AND user_id IN (" + ", ".join(str(int(u)) for u in user_ids) + ")"
-    sums = _SUMS_ONE_MONTH if end.date() <= split else _SUMS
-    if db.engine.dialect.name == "postgresql":
-        # For this transaction: room to aggregate a chunk's month (~30 rows per deployment) in
-        # memory, not in a sort spilled to disk; and the snapshots, which TOAST compresses,
-        # compressed with lz4 where the server has it (a fraction of pglz's CPU).
-        db.session.execute(
-            text(
-                "SELECT set_config('work_mem', '64MB', true), "
-                "(SELECT set_config(name, 'lz4', true) FROM pg_settings "
-                " WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))"
-            )
-        )
-    result: dict[int, dict[int, Usage]] = defaultdict(dict)
-    for row in db.session.execute(
-        text(
-            f"SELECT user_id, deployment_id, {sums} FROM usage_daily WHERE {where} "
-            "GROUP BY user_id, deployment_id"
-        ),
-        params,
-    ).all():
-        result[row[0]][row[1]] = _to_usage(row[2:], *months)
-    return result
 
 
 def _pending_adjustments(
@@ -447,6 +351,10 @@ def _finalize(
     postings, credit payments, late-usage credit-backs, events and PDF requests."""
     todo = sorted(drafts)
     billed = {uid for uid in todo if drafts[uid].subtotal > 0}
+    # Prepaid accounts' invoices are statements, paid by the period's hourly charges (which
+    # drew their credits already): no credits are applied at issue.
+    prepaid_users = prepaid.prepaid_user_ids(in_chunk(User.id), todo) if kind == _USAGE else set()
+    charged = prepaid.uninvoiced_charges(sorted(prepaid_users), start)
     a = LedgerAccount.__table__.c
     accounts = [
         (uid, aid, kind, balance)
@@ -464,7 +372,7 @@ def _finalize(
     holders = {
         uid: aid
         for uid, aid, kind, balance in accounts
-        if kind == AccountKind.CREDIT and balance > 0
+        if kind == AccountKind.CREDIT and balance > 0 and uid not in prepaid_users
     }
     # The user accounts this run moves, locked in id order (as every posting locks them):
     # credit lots are read and drawn under their account's lock.
@@ -481,10 +389,35 @@ def _finalize(
     created_by_id = created_by.id if created_by else None
     statuses: dict[int, S] = {}
     rows: list[list[Any]] = []  # column values in bulk_insert's order, the snapshot last
+    paid_by_charges: dict[int, tuple[dict[str, int], int]] = {}
+    for uid in prepaid_users:
+        paid_by_charges[uid] = prepaid.statement_parts(charged.get(uid, {}), drafts[uid].total)
     for uid, invoice_id in zip(todo, ids, strict=False):
         d = drafts[uid]
         d.invoice_id = invoice_id
-        status = statuses[uid] = S.PAID if d.total == 0 else S.OPEN
+        parts = paid_by_charges.get(uid, ({}, 0))[0]
+        amount_paid = sum(parts.values())
+        status = statuses[uid] = S.PAID if d.total == amount_paid else S.OPEN
+        snapshot = snapshot_data(
+            number=None,
+            status=status,
+            issued_at=now,
+            due_at=due_at,
+            period_start=start,
+            period_end=end,
+            seller=seller_data,
+            user=users[uid],
+            currency=d.currency,
+            lines=d.lines,
+            subtotal=d.subtotal,
+            credits=d.credits,
+            total=d.total,
+            amount_paid=amount_paid,
+            payments=[(paid_at, tender, amount, "") for tender, amount in parts.items()],
+            locale=locale,
+        )
+        if uid in prepaid_users:
+            snapshot["statement"] = True
         rows.append(
             [
                 invoice_id,
@@ -498,31 +431,14 @@ def _finalize(
                 d.subtotal,
                 d.credits,
                 d.total,
-                0,
+                amount_paid,
                 due_at,
                 now,
                 now if status == S.PAID else None,
                 now,
                 created_by_id,
                 "pending",
-                snapshot_data(
-                    number=None,
-                    status=status,
-                    issued_at=now,
-                    due_at=due_at,
-                    period_start=start,
-                    period_end=end,
-                    seller=seller_data,
-                    user=users[uid],
-                    currency=d.currency,
-                    lines=d.lines,
-                    subtotal=d.subtotal,
-                    credits=d.credits,
-                    total=d.total,
-                    amount_paid=0,
-                    payments=[],  # credits applied are in ``credits``, not payments
-                    locale=locale,
-                ),
+                snapshot,  # credits applied are in ``credits``, not payments
             ]
         )
     lines = [
@@ -612,7 +528,12 @@ def _finalize(
                     ),
                 )
             )
-    txn_ids = ledger.post_many(postings + credit_postings, locked=locked)
+    statement_postings = _statement_postings(drafts, paid_by_charges, receivables)
+    txn_ids = ledger.post_many(postings + credit_postings + statement_postings, locked=locked)
+    _statement_payments(drafts, paid_by_charges, txn_ids, paid_at)
+    prepaid.attach_charges(
+        sorted(prepaid_users), start, {uid: drafts[uid].invoice_id for uid in prepaid_users}
+    )
 
     credited = [drafts[uid] for uid in todo if drafts[uid].credits]
     if credited:
@@ -675,6 +596,68 @@ def _finalize(
                 str(statuses[uid]),
             )
     _settle_where_money_waits({uid for uid in todo if statuses[uid] == S.OPEN}, in_chunk)
+
+
+def _statement_postings(
+    drafts: dict[int, _Draft],
+    paid_by_charges: dict[int, tuple[dict[str, int], int]],
+    receivables: dict[int, int],
+) -> list[ledger.Posting]:
+    """Prepaid statements: the hourly charges, held in prepaid_usage, pay the receivable (one
+    posting per wallet they came from); what they took beyond the statement goes back to
+    the prepaid balance."""
+    postings = []
+    for uid, (parts, excess) in sorted(paid_by_charges.items()):
+        d = drafts[uid]
+        usage = ledger.system_account(AccountKind.PREPAID_USAGE, d.currency).id
+        for tender, amount in parts.items():
+            postings.append(
+                ledger.Posting(
+                    f"invoice:{d.invoice_id}:prepaid:{tender}",
+                    "invoice_payment",
+                    uid,
+                    f"Hourly charges paid {d.number}",
+                    d.currency,
+                    ((usage, "prepaid_usage", -amount), (receivables[uid], "receivable", amount)),
+                )
+            )
+        if excess > 0:
+            cash = ledger.user_account(uid, AccountKind.CASH, d.currency).id
+            postings.append(
+                ledger.Posting(
+                    f"invoice:{d.invoice_id}:prepaid:returned",
+                    "prepaid_returned",
+                    uid,
+                    f"Hourly charges beyond {d.number}, returned",
+                    d.currency,
+                    ((usage, "prepaid_usage", -excess), (cash, "cash", excess)),
+                )
+            )
+    return postings
+
+
+def _statement_payments(
+    drafts: dict[int, _Draft],
+    paid_by_charges: dict[int, tuple[dict[str, int], int]],
+    txn_ids: dict[str, int],
+    paid_at: datetime,
+) -> None:
+    rows = [
+        {
+            "invoice_id": drafts[uid].invoice_id,
+            "tender": tender,
+            "amount_minor": amount,
+            "currency": drafts[uid].currency,
+            "reference": "Hourly charges",
+            "ledger_transaction_id": txn_ids[f"invoice:{drafts[uid].invoice_id}:prepaid:{tender}"],
+            "created_by_id": None,
+            "created_at": paid_at,
+        }
+        for uid, (parts, _) in sorted(paid_by_charges.items())
+        for tender, amount in parts.items()
+    ]
+    if rows:
+        db.session.execute(insert(InvoicePayment), rows)
 
 
 def _settle_where_money_waits(open_users: set[int], in_chunk: _InChunk) -> None:

@@ -102,7 +102,7 @@ def plan_billing(
             select(u.id, u.billing_mode).where(u.id.in_([s.user_id for s in subs]))
         ).all()
     )
-    billed = [s for s in subs if mode_of(overrides.get(s.user_id)) is not BillingMode.USAGE]
+    billed = [s for s in subs if mode_of(overrides.get(s.user_id)).plans]
     hybrid = [s for s in billed if mode_of(overrides.get(s.user_id)) is BillingMode.HYBRID]
     steps = _limit_steps([s.user_id for s in billed], start, end)
     segments = _segments([s.user_id for s in billed], start, end)

@@ -9,12 +9,16 @@ deployment reported with a past start) have those days metered again by a job af
 commit (``backfill_later``, ``rebuild_deployment``), so once it ran the rollups equal a
 recomputation from the intervals, which `flask billing usage-audit` proves with an
 independent Python computation.
+
+What a chunk's window costs is charged in the same transaction by the hooks registered with
+``after_metering`` (prepaid accounts: invoicing.prepaid), so metered hours and their
+charges commit together or not at all.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -160,6 +164,18 @@ def lock_mark(chunk: int) -> MeterMark | None:
     )
 
 
+WindowHook = Callable[[int, datetime, datetime], None]
+_AFTER_METERING: list[WindowHook] = []
+
+
+def after_metering(hook: WindowHook) -> WindowHook:
+    """Register ``hook(chunk, since, upto)``, called in the transaction that metered a chunk's
+    window, after its rollups are written (an upper layer's reaction to usage: charging)."""
+    if hook not in _AFTER_METERING:
+        _AFTER_METERING.append(hook)
+    return hook
+
+
 @dataclass
 class MeterResult:
     chunks: int = 0
@@ -205,6 +221,8 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
     result.chunks, result.hours = 1, int((upto - since).total_seconds() // HOUR)
     result.windows.append((chunk, since, upto))
     db.session.flush()
+    for hook in _AFTER_METERING:
+        hook(chunk, since, upto)
     if log.isEnabledFor(logging.INFO):
         result.deployments = db.session.execute(
             text(_DEPLOYMENTS_SQL.format(where=_WHERE_CHUNK)),

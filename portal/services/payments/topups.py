@@ -74,6 +74,7 @@ def credit_top_up(
     if new:
         receipts.top_up(user, amount=amount, card=card, reference=reference)
     settlement_requests.request_settlement(user.id)
+    settlement_requests.request_restore(user.id)
     return txn.id
 
 

@@ -37,7 +37,8 @@ from .account import Account, read_account
 PREPAID_HOURS = 24  # seed 003: the funds must last a day of existing plus new cost
 
 MESSAGES = {
-    "removing": "Deployments are scheduled for removal for an unpaid invoice: pay it first.",
+    "removing": "Deployments are scheduled for removal (an unpaid invoice, or prepaid funds "
+    "that ran out): pay or top up first.",
     "suspended": "Deployments are suspended for an unpaid invoice: pay it first.",
     "overdue": "An invoice is overdue: pay it first.",
     "funds_cover_a_day": "The prepaid funds cover a day of what runs plus this deployment.",

@@ -1,5 +1,6 @@
-"""The "dunning" job, every hour: reminders, suspensions, removals and restorations of
-overdue invoices (dunning.py)."""
+"""The standing jobs, every hour: "dunning" (reminders, suspensions, removals and
+restorations of overdue invoices, dunning.py) and "prepaid-standing" (prepaid accounts whose
+funds ran out, prepaid.py); and "standing.restore", asked for by every payment."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime
 
 from ...extensions import db
 from ...tasks.registry import schedule, task
-from . import dunning
+from . import dunning, prepaid, restore
 
 
 @task("standing.dunning")
@@ -20,6 +21,22 @@ def run_dunning(at_iso: str | None = None) -> dict[str, int]:
     return result.figures()
 
 
+@task("standing.prepaid")
+def run_prepaid(at_iso: str | None = None) -> dict[str, int]:
+    now = datetime.fromisoformat(at_iso).astimezone(UTC) if at_iso else None
+    result = prepaid.run(now)
+    db.session.commit()
+    return result.figures()
+
+
+@task("standing.restore")
+def restore_user(user_id: int) -> dict[str, int]:
+    """Money landed for the user: run again what it covers (restore.restore_now)."""
+    restored = restore.restore_now(user_id)
+    db.session.commit()
+    return {"restored": len(restored)}
+
+
 def _at(due: datetime) -> tuple[str]:
     return (due.astimezone(UTC).isoformat(),)
 
@@ -30,6 +47,16 @@ schedule(
     func="standing.dunning",
     queue="default",
     id_prefix="dunning",
+    args=_at,
+    enabled=lambda config: config["BILLING"].enabled,
+)
+# After the hour's metering (which charged it) has run.
+schedule(
+    "prepaid-standing",
+    cron="10 * * * *",
+    func="standing.prepaid",
+    queue="default",
+    id_prefix="prepaid",
     args=_at,
     enabled=lambda config: config["BILLING"].enabled,
 )

@@ -25,11 +25,14 @@ from ...models import (
     User,
     utcnow,
 )
+from ...money import Money
+from . import prepaid
 from .account import Account, card_expiry_limit, read_account
 
 GOOD, AT_RISK, OVERDUE, SUSPENDED, REMOVING = "good", "at_risk", "overdue", "suspended", "removing"
 STANDINGS = (GOOD, AT_RISK, OVERDUE, SUSPENDED, REMOVING)
 RUNWAY_AT_RISK_HOURS = 72
+REMOVING_FOR_INVOICE = "deployments are scheduled for removal for an unpaid invoice"
 
 
 def standing_of(
@@ -82,13 +85,16 @@ class Standing:
     status: str
     reasons: tuple[str, ...]
     runway_hours: int | None  # None: nothing bills by the hour, or a valid card pays
+    # A prepaid account whose funds ran out: when its deployments go, and what stops it.
+    removal_at: datetime | None = None
+    amount_needed: Money | None = None
 
 
 def status_of(account: Account, runway_hours: int | None) -> tuple[str, tuple[str, ...]]:
     """The standing and why, worst first."""
     reasons = []
     if account.removing:
-        reasons.append("deployments are scheduled for removal for an unpaid invoice")
+        reasons.append(REMOVING_FOR_INVOICE)
     if account.suspended:
         reasons.append("deployments are suspended for an unpaid invoice")
     if account.overdue:
@@ -116,4 +122,12 @@ def standing(user: User, now: datetime | None = None) -> Standing:
     if not account.valid_card and account.hourly_micros > 0:
         runway = int(account.funds_micros(user.currency) / account.hourly_micros)
     status, reasons = status_of(account, runway)
-    return Standing(status, reasons, runway)
+    countdown = prepaid.countdown(user, now)
+    if countdown is None:
+        return Standing(status, reasons, runway)
+    why = (
+        f"the prepaid funds ran out: add {countdown.needed.format()} before "
+        f"{countdown.removal_at:%d %b %Y %H:%M} UTC or the deployments are removed then"
+    )
+    reasons = tuple(r for r in reasons if r != REMOVING_FOR_INVOICE)
+    return Standing(REMOVING, (why, *reasons), runway, countdown.removal_at, countdown.needed)

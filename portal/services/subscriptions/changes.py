@@ -85,7 +85,7 @@ class Preview:
 
 def offered_to(user: User) -> bool:
     """Plans are offered in the subscription and hybrid modes."""
-    return mode_of(user.billing_mode) is not BillingMode.USAGE
+    return mode_of(user.billing_mode).plans
 
 
 def get_subscription(user: User, now: datetime | None = None) -> Subscription | None:
@@ -479,7 +479,9 @@ def set_mode(user: User, mode: str | None, *, actor: User | None = None) -> User
     elif mode in (m.value for m in BillingMode):
         value = mode
     else:
-        raise ValidationFailed.field("billing_mode", "must be usage, subscription or hybrid")
+        raise ValidationFailed.field(
+            "billing_mode", "must be usage, subscription, hybrid or prepaid"
+        )
     before = user.billing_mode
     user.billing_mode = value
     audit.record(
@@ -512,7 +514,7 @@ class Overview:
 
     @property
     def offered(self) -> bool:
-        return self.mode is not BillingMode.USAGE
+        return self.mode.plans
 
 
 def describe(user: User, now: datetime | None = None) -> Overview:

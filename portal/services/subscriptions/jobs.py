@@ -35,7 +35,8 @@ schedule(
     enabled=lambda config: (
         config["BILLING"].enabled
         and (
-            config["BILLING"].billing_mode != "usage" or bool(config["BILLING"].subscription_plans)
+            config["BILLING"].billing_mode in ("subscription", "hybrid")
+            or bool(config["BILLING"].subscription_plans)
         )
     ),
 )

@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 from ...db import dialect_insert
 from ...extensions import db
 from ...models import (
-    BillingMode,
     Deployment,
     DeploymentState,
     PlanVersion,
@@ -166,7 +165,7 @@ def check_quotas(now: datetime | None = None) -> CheckResult:
         .order_by(Subscription.user_id)
     ).all()
     for sub, user in rows:
-        if mode_of(user.billing_mode) is BillingMode.USAGE:
+        if not mode_of(user.billing_mode).plans:
             continue
         result.users += 1
         _check_user(user, sub.plan_version, now, result)
@@ -355,7 +354,7 @@ def resume_fitting(user: User, now: datetime | None = None) -> int:
     limited = (
         sub is not None
         and sub.status == SubscriptionStatus.ACTIVE
-        and mode_of(user.billing_mode) is not BillingMode.USAGE
+        and mode_of(user.billing_mode).plans
     )
     limits = sub.plan_version.limits() if limited and sub is not None else None
     held = allocation(user.id)

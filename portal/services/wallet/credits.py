@@ -89,6 +89,7 @@ def grant_credit(
         user.id,
     )
     settlement_requests.request_settlement(user.id)  # new money: pay what is pending
+    settlement_requests.request_restore(user.id)
     if source == AccountKind.CREDIT_GRANTS:
         audit.record(
             "credit.granted",

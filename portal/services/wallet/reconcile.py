@@ -19,6 +19,7 @@ from ...models import (
     LedgerEntry,
     LedgerTransaction,
     PaymentAttempt,
+    PrepaidCharge,
     User,
 )
 from ...models.ledger import CREDIT_NORMAL, WALLET_KINDS
@@ -238,6 +239,34 @@ def receivables() -> list[str]:
         )
     ).all()
     return [f"user {u} receivable {b} {c} != unpaid invoices {o}" for u, c, b, o in rows]
+
+
+@check("prepaid usage holds the charges no statement holds yet")
+def prepaid_usage() -> list[str]:
+    """The prepaid_usage account of each currency holds what the hourly charges took and no
+    statement has taken over yet."""
+    held = dict(
+        db.session.execute(
+            select(LedgerAccount.currency, func.coalesce(func.sum(LedgerEntry.amount_minor), 0))
+            .join(LedgerEntry, LedgerEntry.account_id == LedgerAccount.id)
+            .where(LedgerAccount.kind == str(AccountKind.PREPAID_USAGE))
+            .group_by(LedgerAccount.currency)
+        ).all()
+    )
+    c = PrepaidCharge
+    pending = dict(
+        db.session.execute(
+            select(c.currency, func.sum(c.credit_minor + c.voucher_minor + c.cash_minor))
+            .where(c.invoice_id.is_(None))
+            .group_by(c.currency)
+        ).all()
+    )
+    return [
+        f"prepaid usage {currency} holds {int(held.get(currency) or 0)}, but the charges not "
+        f"on a statement sum to {int(pending.get(currency) or 0)}"
+        for currency in sorted(set(held) | set(pending))
+        if int(held.get(currency) or 0) != int(pending.get(currency) or 0)
+    ]
 
 
 @check("every successful card charge is booked, once")

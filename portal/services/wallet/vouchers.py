@@ -169,6 +169,7 @@ def redeem(user: User, raw_code: str, now: datetime | None = None) -> Money:
         user.id,
     )
     settlement_requests.request_settlement(user.id)  # new money: pay what is pending
+    settlement_requests.request_restore(user.id)
     return voucher.value
 
 
