@@ -35,7 +35,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import ColumnElement, func, or_, select, update
 
-from ...db import dialect_insert, rowcount
+from ...db import dialect_insert
 from ...extensions import db
 from ...models import (
     AccountKind,
@@ -145,7 +145,7 @@ def charge_user(
     if not parts:
         log.info("prepaid: user %s owes %s and has no funds", user.id, Money(due, user.currency))
         return None
-    inserted = db.session.execute(
+    charge_id = db.session.execute(
         dialect_insert(PrepaidCharge.__table__)
         .values(
             user_id=user.id,
@@ -158,8 +158,9 @@ def charge_user(
             created_at=utcnow(),
         )
         .on_conflict_do_nothing()
-    )
-    if rowcount(inserted) != 1:
+        .returning(PrepaidCharge.__table__.c.id)
+    ).scalar()
+    if charge_id is None:
         return None  # this hour was charged already
     usage_account = ledger.system_account(AccountKind.PREPAID_USAGE, user.currency)
     stamp = int(through.timestamp())
@@ -186,11 +187,7 @@ def charge_user(
                 legs=[(ledger.user_account(user, wallet), -amount), (usage_account, amount)],
             )
     db.session.flush()
-    charge = db.session.scalars(
-        select(PrepaidCharge).where(
-            PrepaidCharge.user_id == user.id, PrepaidCharge.through == through
-        )
-    ).one()
+    charge = db.session.get_one(PrepaidCharge, charge_id)
     log.info(
         "prepaid: user %s charged %s for usage through %s (%s owed)",
         user.id,

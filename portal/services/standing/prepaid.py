@@ -31,7 +31,7 @@ from fractions import Fraction
 from flask import current_app
 from sqlalchemy import select
 
-from ...db import dialect_insert, rowcount
+from ...db import dialect_insert
 from ...extensions import db
 from ...models import (
     Deployment,
@@ -169,7 +169,7 @@ def _start(user: User, now: datetime, result: PrepaidResult) -> None:
     if have >= want:
         return
     removal_at = now + GRACE
-    inserted = db.session.execute(
+    removal_id = db.session.execute(
         dialect_insert(PrepaidRemoval.__table__)
         .values(
             user_id=user.id,
@@ -179,11 +179,11 @@ def _start(user: User, now: datetime, result: PrepaidResult) -> None:
             deployments=[],
         )
         .on_conflict_do_nothing()
-    )
-    if rowcount(inserted) != 1:
+        .returning(PrepaidRemoval.__table__.c.id)
+    ).scalar()
+    if removal_id is None:
         return  # another run started it
-    removal = open_removal(user.id)
-    assert removal is not None
+    removal = db.session.get_one(PrepaidRemoval, removal_id)
     removal.deployments = _move(
         removal, active, S.REMOVING, "billing.deployment.removing", removal_at
     )
