@@ -14,8 +14,8 @@ from ...services.standing import candeploy, status
 from . import bp
 from .auth import acting_user
 from .deployments import _platform_user
-from .fields import Flag, Quantity, StrictModel, Text, UserRef
-from .models import Currency, Decimal_, ForUser, Kind, Minor, Out
+from .fields import Flag, Quantity, StrictModel, Text, UserRef, iso
+from .models import Currency, Decimal_, ForUser, Kind, Minor, Out, Time
 from .spec import operation
 
 USER, ADMIN, PLATFORM = TokenScope.USER, TokenScope.ADMIN, TokenScope.PLATFORM
@@ -48,6 +48,16 @@ class StandingOut(Out):
         description="whole hours the balances pay for what runs now, for an account with no "
         "valid card; null when a card pays or nothing bills by the hour"
     )
+    removal_at: Time | None = Field(
+        default=None,
+        description="a prepaid account whose funds ran out: when its deployments are removed "
+        "unless money arrives first; null otherwise",
+    )
+    amount_needed: Decimal_ | None = Field(
+        default=None, description="what to add before removal_at for them to run again"
+    )
+    amount_needed_minor: Minor | None = None
+    currency: Currency
 
 
 class CanDeploy(StrictModel):
@@ -98,6 +108,9 @@ def get_standing(query: ForUser):
         status=cast(StandingStatus, s.status),
         reasons=list(s.reasons),
         runway_hours=s.runway_hours,
+        removal_at=iso(s.removal_at),
+        **(s.amount_needed.to_json("amount_needed") if s.amount_needed else {}),
+        currency=user.currency,
     )
 
 

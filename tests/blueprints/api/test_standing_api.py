@@ -3,10 +3,12 @@ and refusals with their reason, and bad input as a 422 naming the field."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from portal.extensions import db
-from portal.models import Invoice
+from portal.models import Invoice, User, utcnow
+from portal.services.metering import deployments
+from portal.services.standing import prepaid
 from tests.support.invoices import OCT, issue_invoices
 
 
@@ -55,3 +57,28 @@ def test_can_deploy_answers_and_refuses_an_overdue_account(app, api, make_user):
     other = api.token(make_user())
     assert api.get(f"/standing?user_id={pat.id}", token=other).status_code == 403
     assert api.get("/standing?user_id=999999", token=admin).status_code == 404
+
+
+def test_a_prepaid_account_out_of_funds_shows_its_countdown(app, api, make_user):
+    pat = make_user("pat@example.com")
+    with app.app_context():
+        user = db.session.get(User, pat.id)
+        user.billing_mode = "prepaid"
+        deployments.create_deployment(
+            external_id="vm-dry", user=user, kind="vm", cpu_cores=1, memory_gb=0, storage_gb=0
+        )
+        db.session.commit()
+        now = utcnow().replace(microsecond=0)
+        prepaid.run(now)  # no funds for the next hour (0.05): removing for a day
+        db.session.commit()
+    body = api.get("/standing", token=api.token(pat)).json
+    assert body["status"] == "removing"
+    assert (body["amount_needed"], body["amount_needed_minor"], body["currency"]) == (
+        "0.05",
+        5,
+        "USD",
+    )
+    assert datetime.fromisoformat(body["removal_at"]) == now + timedelta(hours=24)
+    assert body["reasons"][0].startswith("the prepaid funds ran out: add $0.05 before")
+    refused = ask(api, api.token(make_user(admin=True), "platform")).json
+    assert (refused["allowed"], refused["reason"]) == (False, "removing")
