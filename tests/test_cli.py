@@ -10,7 +10,14 @@ from sqlalchemy import func, select, update
 
 from portal.config import build_config
 from portal.extensions import db
-from portal.models import CreditLot, LedgerAccount, LedgerTransaction, OutboundEmail, User
+from portal.models import (
+    CreditLot,
+    LedgerAccount,
+    LedgerTransaction,
+    OutboundEmail,
+    PrepaidCharge,
+    User,
+)
 from portal.services.demo import ADMIN_EMAIL, DEMO_PASSWORD
 from tests.support.app import AuthActions
 
@@ -21,7 +28,7 @@ def counts(app) -> dict[str, int]:
     with app.app_context():
         return {
             model.__name__: db.session.scalar(select(func.count()).select_from(model))
-            for model in (User, LedgerTransaction, CreditLot, OutboundEmail)
+            for model in (User, LedgerTransaction, CreditLot, OutboundEmail, PrepaidCharge)
         }
 
 
@@ -120,7 +127,9 @@ def test_seed_demo_is_idempotent_and_reconciles(app, runner):
     after_first = counts(app)
     assert after_first["User"] == 4
     assert after_first["CreditLot"] == 3
-    assert after_first["LedgerTransaction"] == 4  # three grants and one expiry
+    # three grants, one expiry and Bob's prepaid session charged to his credit
+    assert after_first["LedgerTransaction"] == 5
+    assert after_first["PrepaidCharge"] == 1
     assert after_first["OutboundEmail"] == 1  # Carol's set-password link
 
     second = runner.invoke(args=["billing", "seed-demo"])

@@ -132,6 +132,9 @@ def seed() -> list[str]:
         storage_gb=10,
         name="desktop session",
     )
+    # Bob lives on his credit: prepaid, each metered hour is charged to it.
+    if bob.billing_mode is None:
+        bob.billing_mode = "prepaid"
     db.session.flush()
     runs.meter_all(rollups.last_complete_hour())
 
@@ -160,7 +163,8 @@ def seed() -> list[str]:
         f"  admin  {admin.email} / {DEMO_PASSWORD}",
         f"  user   {alice.email} / {DEMO_PASSWORD}  (50.00 credit, three deployments, "
         "hybrid billing: try Subscription)",
-        f"  user   {bob.email} / {DEMO_PASSWORD}  (25.00 credit, 10.00 expired, one session)",
+        f"  user   {bob.email} / {DEMO_PASSWORD}  (prepaid: 25.00 credit, 10.00 expired, "
+        "one session charged hour by hour)",
         f"  user   {carol.email}  (created by the platform; set-password link in Admin > Outbox)",
         f"  voucher {voucher.display_code}  ({voucher.value.format()}, "
         f"{voucher.redemptions}/{voucher.max_redemptions} redeemed)",

@@ -352,9 +352,13 @@ def _finalize(
     todo = sorted(drafts)
     billed = {uid for uid in todo if drafts[uid].subtotal > 0}
     # Prepaid accounts' invoices are statements, paid by the period's hourly charges (which
-    # drew their credits already): no credits are applied at issue.
-    prepaid_users = prepaid.prepaid_user_ids(in_chunk(User.id), todo) if kind == _USAGE else set()
-    charged = prepaid.uninvoiced_charges(sorted(prepaid_users), start)
+    # drew their credits already): no credits are applied at issue. (So are those of accounts
+    # charged hourly this period that left the prepaid mode since.)
+    prepaid_users: set[int] = set()
+    charged: dict[int, dict[str, int]] = {}
+    if kind == _USAGE:
+        charged = prepaid.uninvoiced_charges(todo, start)
+        prepaid_users = prepaid.prepaid_user_ids(in_chunk(User.id), todo) | set(charged)
     a = LedgerAccount.__table__.c
     accounts = [
         (uid, aid, kind, balance)

@@ -2,8 +2,8 @@
 
 - refused while deployments are being removed or are suspended for an unpaid invoice, or an
   invoice is overdue;
-- prepaid: the funds (cash, voucher, credit) must cover 24 hours of what runs plus the new
-  deployment (the one-day rule);
+- prepaid: the funds (cash, voucher, unexpired credit, less what the hourly charges could not
+  take yet) must cover 24 hours of what runs plus the new deployment (the one-day rule);
 - subscription: within the plan's quotas;
 - usage (postpaid): a valid card, or a voucher balance that covers the new deployment net
   of the other running ones over the rest of the billing period; with
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import calendar
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from fractions import Fraction
 
@@ -27,11 +27,13 @@ from ...extensions import db
 from ...models import BillingMode, Subscription, SubscriptionStatus, User, utcnow
 from ...money import Money
 from .. import calendar as billing_calendar
+from ..invoicing import prepaid as charging
 from ..invoicing.subscribed import RESOURCES, mode_of
 from ..metering import catalog
 from ..metering import deployments as deployment_service
 from ..metering.costs import micros_to_minor
 from ..subscriptions import quotas
+from ..wallet import credits
 from .account import Account, read_account
 
 PREPAID_HOURS = 24  # seed 003: the funds must last a day of existing plus new cost
@@ -179,6 +181,13 @@ def can_deploy(user: User, planned: Planned, now: datetime | None = None) -> Dec
     now = now or utcnow()
     mode = str(mode_of(user.billing_mode))
     account = read_account(user, now)
+    if mode == BillingMode.PREPAID:
+        # As the hourly charges see the funds: unexpired credit only, less what is owed.
+        account = replace(
+            account,
+            credit_minor=credits.available_credit(user, now).amount_minor,
+            cash_minor=account.cash_minor - charging.shortfall(user, now),
+        )
     refusal = None
     if mode in (BillingMode.SUBSCRIPTION, BillingMode.HYBRID):
         refusal = _quota_refusal(user, planned)

@@ -27,7 +27,7 @@ from portal.services.invoicing import prepaid as charging
 from portal.services.invoicing import run as invoice_run
 from portal.services.metering import deployments, rollups
 from portal.services.payments import topups
-from portal.services.standing import dunning, prepaid, restore, status
+from portal.services.standing import candeploy, dunning, prepaid, restore, status
 from portal.services.wallet import credits, vouchers
 from portal.services.wallet.reconcile import find_discrepancies
 from tests.support.invoices import pay_offline
@@ -166,7 +166,7 @@ def test_an_hour_is_charged_once(ctx, make_user):
     clean()
 
 
-def test_the_statement_is_paid_by_the_hourly_charges_to_the_cent(ctx, make_user):
+def test_the_statement_is_paid_by_the_hourly_charges_to_the_cent(ctx, make_user, client, auth):
     """Sub-cent hours: 0.1 core (0.5 cent an hour), 1 GB of memory (1 cent) and 1 GB of
     disk (0.10 a month) over two days, charged hour by hour; the statement's lines round
     each deployment and resource once, and the charges add up to exactly that."""
@@ -198,6 +198,12 @@ def test_the_statement_is_paid_by_the_hourly_charges_to_the_cent(ctx, make_user)
     assert credits.available_credit(user).amount_minor == 1000 - 73  # no second charge
     assert not mails(user, "Payment failed")
     clean()
+    email, invoice_id, number = user.email, invoice.id, invoice.number
+    db.session.remove()  # (SQLite: the page's request writes)
+    auth.login(email)
+    page = client.get(f"/invoices/{invoice_id}").get_data(as_text=True)
+    assert f"Statement {number}" in page
+    assert "paid $0.73 of it hour by hour, so nothing more is charged" in page
 
 
 def test_funds_run_out_removing_restored_at_once_then_removed(ctx, make_user, clock):
@@ -311,4 +317,27 @@ def test_paying_an_overdue_invoice_restores_at_once(app, overdue):  # noqa: F811
     pay_offline(app, invoice_id)
     assert state("vm-live") == "active"
     assert [e.payload["external_id"] for e in events("billing.deployment.resumed")] == ["vm-live"]
+    clean()
+
+
+def test_can_deploy_sees_the_funds_as_the_hourly_charges_do(ctx, make_user):
+    """The one-day rule counts what the hourly charges could not take yet against the funds."""
+    user = prepaid_user(make_user)
+    now = datetime.now(UTC)
+    hour = rollups.floor_hour(now)
+    period_start = candeploy.billing_calendar.period_containing(now, 1)[0]
+    deploy(user, "vm-now", max(period_start, hour - 2 * HOUR))
+    meter(user, hour)  # no funds: owed, not charged
+    owed = charging.shortfall(user, now)
+    planned = candeploy.planned_deployment(
+        kind="vm", sku=None, cpu_cores=1, memory_gb=0, storage_gb=0, now=now
+    )
+    top_up(user, 240, "cash-1")  # a day of two cores, but not what is owed besides
+    decision = candeploy.can_deploy(user, planned, now)
+    assert (decision.allowed, decision.reason) == (
+        owed == 0,
+        "funds_cover_a_day" if owed == 0 else "funds_short",
+    )
+    top_up(user, owed or 1, "cash-2")
+    assert candeploy.can_deploy(user, planned, now).allowed
     clean()
