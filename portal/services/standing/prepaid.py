@@ -212,7 +212,8 @@ def _restore(user: User, removal: PrepaidRemoval, now: datetime) -> list[str]:
     removal.outcome, removal.closed_at = "restored", now
     deps = _deployments(user.id, (S.REMOVING,), removal.deployments)
     moved = _move(removal, deps, S.ACTIVE, "billing.deployment.restored", now)
-    _mail(user, removal, "restored", "Your deployments run again", deployments=moved)
+    if moved:
+        _mail(user, removal, "restored", "Your deployments run again", deployments=moved)
     db.session.flush()
     log.info("prepaid: user %s is funded again: %s restored", user.id, moved)
     return moved
@@ -222,7 +223,8 @@ def _remove(user: User, removal: PrepaidRemoval, now: datetime) -> list[str]:
     removal.outcome, removal.closed_at = "removed", now
     deps = _deployments(user.id, (S.REMOVING,), removal.deployments)
     moved = _move(removal, deps, S.REMOVED, "billing.deployment.removed", now)
-    _mail(user, removal, "removed", "Your deployments were removed", deployments=moved)
+    if moved:
+        _mail(user, removal, "removed", "Your deployments were removed", deployments=moved)
     db.session.flush()
     log.info("prepaid: user %s was not funded in time: %s removed", user.id, moved)
     return moved
@@ -257,12 +259,12 @@ def run(now: datetime | None = None) -> PrepaidResult:
     transaction per account (COMMITS), so one account's locks are not held over the rest."""
     now = now or utcnow()
     result = PrepaidResult()
-    funded = select(Deployment.user_id).where(Deployment.state == str(S.ACTIVE))
+    running = select(Deployment.user_id).where(Deployment.state == str(S.ACTIVE))
     waiting = select(PrepaidRemoval.user_id).where(PrepaidRemoval.closed_at.is_(None))
     ids = list(
         db.session.scalars(
             select(User.id)
-            .where((User.id.in_(funded) & charging.prepaid_clause()) | User.id.in_(waiting))
+            .where((User.id.in_(running) & charging.prepaid_clause()) | User.id.in_(waiting))
             .order_by(User.id)
         )
     )
