@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from portal.documents import invoice_pdf
 from portal.extensions import db
 from portal.models import (
     Deployment,
@@ -194,6 +195,8 @@ def test_the_statement_is_paid_by_the_hourly_charges_to_the_cent(ctx, make_user,
     assert invoice.credits_minor == 0
     assert [(p.tender, p.amount_minor) for p in invoice.payments] == [("credit", 73)]
     assert invoice.snapshot["statement"] is True
+    html = invoice_pdf.render_html(invoice.snapshot)
+    assert "<h1>Statement</h1>" in html and "nothing more is charged" in html
     assert all(c.invoice_id == invoice.id for c in charges(user))
     assert credits.available_credit(user).amount_minor == 1000 - 73  # no second charge
     assert not mails(user, "Payment failed")
