@@ -364,3 +364,47 @@ def test_pay_to_restore_on_the_checkout_page(pay_app, client, auth, make_user):
     with pay_app.app_context():
         assert not find_discrepancies()
         db.session.remove()
+
+
+# -- the admin list -------------------------------------------------------------------------
+def used_last_week(app, user_id: int, cents_a_day: int) -> None:
+    """Metered usage of ``cents_a_day`` on each of the last 7 days, for an account made
+    long ago."""
+    with app.app_context():
+        db.session.get_one(User, user_id).created_at = datetime(2026, 1, 1, tzinfo=UTC)
+        today = utcnow().date()
+        for back in range(1, 8):
+            db.session.add(
+                UsageDaily(
+                    deployment_id=user_id,
+                    user_id=user_id,
+                    day=today - timedelta(days=back),
+                    cpu_cost=cents_a_day * 10_000 * 3_600_000,
+                )
+            )
+        db.session.commit()
+        db.session.remove()
+
+
+def test_admin_users_shows_the_runway_and_at_risk_by_it(app, client, auth, make_user):
+    lasting = make_user(email="lasting@example.com")
+    short = make_user(email="short@example.com")
+    idle = make_user(email="idle@example.com")
+    for user, credit in ((lasting, 2200), (short, 200), (idle, 500)):
+        grant(app, user.id, credit)
+    used_last_week(app, lasting.id, 240)
+    used_last_week(app, short.id, 240)
+    auth.login(make_user(admin=True))
+    page = text(client.get("/admin/users?sort=email"))
+
+    def cell(user) -> str:
+        row = page[page.index(f'id="user-{user.id}"') :]
+        return row[: row.index("</tr>")]
+
+    assert ">good</span> <span" in cell(lasting) and "9 d left" in cell(lasting)
+    assert ">at risk</span> <span" in cell(short) and "20 h left" in cell(short)
+    assert "left" not in cell(idle)
+    detail = text(client.get(f"/admin/users/{short.id}"))
+    assert (
+        "The balances ($2.00) last about 20 hours at the last 7 days' rate ($2.40 a day)." in detail
+    )

@@ -202,6 +202,11 @@ def forecast(user: User, account: Account, now: datetime) -> Forecast:
     return Forecast(funds, rate, FORECAST_DAYS * 24)
 
 
+def forecast_for(user: User, now: datetime | None = None) -> Forecast:
+    now = now or utcnow()
+    return forecast(user, read_account(user, now), now)
+
+
 def runways(accounts: list[tuple[int, datetime, Money]], now: datetime) -> dict[int, int | None]:
     """Hours each account's funds last at its recent rate (None: no usage, or a valid card
     pays), for a page of the admin list: two queries whatever the page's length."""
