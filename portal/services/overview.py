@@ -179,8 +179,8 @@ def overview(user: User, now: datetime | None = None) -> Overview:
     funds = balances.cash + balances.voucher + balances.credit
     rate = standing_resources.hourly_rates([(user.id, user.created_at)], now)[user.id]
     runway = standing_resources.Forecast(funds, rate, standing_resources.FORECAST_DAYS * 24).hours
-    if funds.amount_minor <= 0 and standing.runway_hours is None:
-        runway = None  # a card pays, or nothing runs: no balance to run down
+    if funds.amount_minor <= 0:
+        runway = None  # no balance to run down (the standing says when that matters)
     return Overview(
         currency=user.currency,
         due_now=Money(due, user.currency),

@@ -25,8 +25,8 @@ from portal.models import (
 from portal.money import Money
 from portal.services import events
 from portal.services.metering import deployments
-from portal.services.standing import resources
-from portal.services.wallet import credits
+from portal.services.standing import payrestore, resources
+from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
 from tests.support.payments import TEST_CARDS, saved_card, settlement_held, type_card
 from tests.support.standing import overdue_invoice, running
@@ -203,7 +203,8 @@ def test_the_page_shows_only_the_users_own_deployments(app, client, auth, make_u
 def test_no_usage_says_so(app, client, auth, make_user):
     auth.login(make_user())
     page = text(client.get("/standing/"))
-    assert "No usage in the last 7 days" in page
+    assert '<p id="forecast-text">No usage in the last 7 days.</p>' in page
+    assert "Credits, vouchers and prepaid balance: $0.00." in page
 
 
 def test_the_runway_is_the_funds_over_last_weeks_hourly_cost_exactly(app, make_user):
@@ -408,3 +409,43 @@ def test_admin_users_shows_the_runway_and_at_risk_by_it(app, client, auth, make_
     assert (
         "The balances ($2.00) last about 20 hours at the last 7 days' rate ($2.40 a day)." in detail
     )
+
+
+def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
+    pay_app, client, auth, make_user, in_app, monkeypatch
+):
+    """Prepaid funds ran out: Pay to restore tops up a day at what the deployment costs
+    running ($1.20) from the saved card, then restores through the one restore call."""
+    user = make_user()
+    with settlement_held():
+        in_app(saved_card, user.id, TEST_CARDS["ok"])
+
+    def removing():
+        ext = running(user.id)
+        dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
+        deployments.update_deployment(dep, state="removing")
+        return ext
+
+    ext = in_app(removing)
+    restored_for = []
+
+    def restore_now(user_id, now=None):
+        restored_for.append(user_id)
+        dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
+        deployments.update_deployment(dep, state="active")
+        return [ext]
+
+    monkeypatch.setattr(payrestore, "restore", restore_now)
+    auth.login(user)
+    page = text(client.get("/standing/"))
+    assert 'id="restore-total">$1.20<' in page
+    assert re.search(r"Visa •••• 4242 is charged \$1\.20\.", page)
+    answer = restore(client, page)
+    shown = flashes(text(client.get(answer.headers["Location"])))
+    assert shown == ["Paid $1.20. Running again: api."]
+    assert restored_for == [user.id] and state_of(pay_app, user.id) == "active"
+    with pay_app.app_context():
+        balances = ledger.balances(db.session.get_one(User, user.id))
+        assert balances.cash == Money(120, "USD")
+        assert not find_discrepancies()
+        db.session.remove()
