@@ -25,9 +25,11 @@ from portal.models import (
 from portal.money import Money
 from portal.services import events
 from portal.services.metering import deployments
-from portal.services.standing import payrestore, resources
+from portal.services.standing import dunning, payrestore, resources
 from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
+from tests.blueprints.test_query_counts import counting
+from tests.support.invoices import SEP, issue_invoices
 from tests.support.payments import TEST_CARDS, saved_card, settlement_held, type_card
 from tests.support.standing import overdue_invoice, running
 
@@ -449,3 +451,41 @@ def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
         assert balances.cash == Money(120, "USD")
         assert not find_discrepancies()
         db.session.remove()
+
+
+def test_the_page_makes_as_many_statements_with_more_to_show(app, client, auth, make_user):
+    user = make_user()
+    overdue_invoice(app, user.id, days_past_due=10)
+
+    def prepaid_removal(name: str) -> None:
+        ext = running(user.id, name=name)
+        dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
+        deployments.update_deployment(dep, state="removing")
+
+    with app.app_context():
+        prepaid_removal("prepaid")
+        db.session.commit()
+        db.session.remove()
+    auth.login(user)
+
+    def statements() -> int:
+        client.get("/standing/")
+        with app.app_context(), counting() as sent:
+            assert client.get("/standing/").status_code == 200
+        return len(sent)
+
+    few = statements()
+    [sep] = issue_invoices(app, user.id, periods=(SEP,), name="older")
+    with app.app_context():
+        for i in range(6):
+            running(user.id, name=f"worker{i}")
+        db.session.get_one(Invoice, sep).due_at = utcnow() - timedelta(days=20)
+        db.session.commit()
+        dunning.run()
+        for i in range(3):
+            prepaid_removal(f"prepaid{i}")
+        db.session.commit()
+        db.session.remove()
+    page = text(client.get("/standing/"))
+    assert page.count("Suspended on") == 7 and page.count("Removed in") == 4
+    assert statements() == few
