@@ -34,7 +34,7 @@ class RestoreForm(FlaskForm):
     twice, one checkout page or one card charge)."""
 
     expected_minor = IntegerField(validators=[InputRequired()])
-    nonce = HiddenField(validators=[Length(max=64)])
+    nonce = HiddenField(validators=[Length(max=48)])
 
     def fill(self, total_minor: int) -> RestoreForm:
         self.expected_minor.data = total_minor
@@ -82,7 +82,11 @@ def restore():
         return see_other("standing.index")
     if done.redirect_url and done.result in (Result.CHECKOUT, Result.REQUIRES_ACTION):
         if done.result is Result.REQUIRES_ACTION and done.invoice is not None:
-            flash("Your bank asks you to confirm the card payment: press “Complete payment”.")
+            flash(
+                "Your bank asks you to confirm the card payment: press “Complete payment”. "
+                "The deployments run again within the hour once it is paid.",
+                "info",
+            )
         return redirect(done.redirect_url, code=303)
     _flash(done)
     return see_other("standing.index")

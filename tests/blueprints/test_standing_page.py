@@ -183,7 +183,7 @@ def test_a_removal_without_its_event_is_a_day_after_it_started(app, make_user):
         dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
         deployments.update_deployment(dep, state="removing")
         db.session.flush()
-        [item], _ = resources.resources(db.session.get_one(User, user.id), [], utcnow())
+        [item] = resources.resources(db.session.get_one(User, user.id), [], utcnow())
         assert item.cause == resources.PREPAID
         assert item.countdown == resources.Countdown(
             "removed", dep.updated_at + timedelta(hours=24)

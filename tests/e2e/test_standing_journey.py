@@ -58,8 +58,16 @@ def test_a_suspended_customer_pays_to_restore(
     expect(restore.locator("#restore-names")).to_have_text("api")
     expect(restore.locator("#restore-total")).to_have_text("$37.20")
     expect(page.locator("#forecast-text")).to_have_text("No usage in the last 7 days.")
-    if javascript:  # the countdowns refresh themselves
-        expect(page.locator("#standing-live")).to_have_attribute("hx-trigger", "every 60s")
+    if javascript:  # the countdowns refresh themselves: the poll swaps the region in place
+        live_region = page.locator("#standing-live")
+        expect(live_region).to_have_attribute("hx-trigger", "every 60s")
+        with page.expect_response(lambda r: r.url.endswith("/standing/")) as polled:
+            page.evaluate(
+                "htmx.ajax('GET', '/standing/', {target: '#standing-live', swap: 'outerHTML'})"
+            )
+        assert "<html" not in polled.value.text()
+        expect(page.locator("#standing-live")).to_have_count(1)
+        expect(page.locator("#resources li .countdown")).to_have_count(1)
     assert page.evaluate("document.scrollingElement.scrollWidth") <= width
     shot(page, f"/tmp/e2e-standing-{width}.png")
 

@@ -17,7 +17,7 @@ A page is a fixed handful of queries however many deployments, invoices or steps
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
@@ -137,7 +137,6 @@ class StandingPage:
     quote: Quote
     forecast: Forecast
     valid_card: bool
-    steps: dict[int, list[DunningStep]] = field(default_factory=dict)
 
     @property
     def restorable(self) -> list[Resource]:
@@ -286,9 +285,7 @@ def overdue_invoices(user_id: int) -> list[Invoice]:
     )
 
 
-def resources(
-    user: User, overdue: list[Invoice], now: datetime
-) -> tuple[list[Resource], dict[int, list[DunningStep]]]:
+def resources(user: User, overdue: list[Invoice], now: datetime) -> list[Resource]:
     deps = list(
         db.session.scalars(
             select(Deployment)
@@ -322,7 +319,7 @@ def resources(
         elif d.state == S.ACTIVE and suspend_at is not None:
             countdown = Countdown("suspended", suspend_at)
         out.append(Resource(d.external_id, d.name, d.kind, d.state, since, countdown, cause))
-    return out, by_invoice
+    return out
 
 
 def labels(user_id: int, external_ids: list[str]) -> list[str]:
@@ -445,7 +442,7 @@ def standing_page(user: User, *, cards_on: bool, now: datetime | None = None) ->
         runway = int(account.funds_micros(user.currency) / account.hourly_micros)
     status, reasons = status_of(account, runway)
     overdue = overdue_invoices(user.id)
-    items, steps = resources(user, overdue, now)
+    items = resources(user, overdue, now)
     fc = forecast(user, account, now)
     card = _default_card(user) if cards_on else None
     q = quote(
@@ -458,5 +455,4 @@ def standing_page(user: User, *, cards_on: bool, now: datetime | None = None) ->
         quote=q,
         forecast=fc,
         valid_card=account.valid_card,
-        steps=steps,
     )
