@@ -119,6 +119,7 @@ class Quote:
     from_wallets: Money  # what the credits, vouchers and prepaid balance pay of it
     card: str | None  # the saved card charged for the rest
     rest: Money  # what neither pays: taken on the card processor's checkout page
+    cards_on: bool = True  # card payments are set up (else the rest cannot be paid here)
 
     @property
     def total(self) -> Money:
@@ -127,6 +128,11 @@ class Quote:
     @property
     def needed(self) -> bool:
         return bool(self.names) or self.total.amount_minor > 0
+
+    @property
+    def payable(self) -> bool:
+        """Pay to restore can pay it all from here."""
+        return self.cards_on or self.rest.amount_minor == 0
 
 
 @dataclass(frozen=True)
@@ -386,7 +392,6 @@ def quote(
     account: Account,
     overdue: list[Invoice],
     items: list[Resource],
-    rate: Fraction,
     *,
     cards_on: bool,
     card: str | None,
@@ -417,6 +422,7 @@ def quote(
         from_wallets=Money(from_wallets, cur),
         card=payer,
         rest=Money(checkout, cur),
+        cards_on=cards_on,
     )
 
 
@@ -445,9 +451,7 @@ def standing_page(user: User, *, cards_on: bool, now: datetime | None = None) ->
     items = resources(user, overdue, now)
     fc = forecast(user, account, now)
     card = _default_card(user) if cards_on else None
-    q = quote(
-        user, account, overdue, items, fc.hourly_micros, cards_on=cards_on, card=card, now=now
-    )
+    q = quote(user, account, overdue, items, cards_on=cards_on, card=card, now=now)
     return StandingPage(
         now=now,
         standing=Standing(status, reasons, runway),
