@@ -134,7 +134,7 @@ def checkout_done():
     if not outcome.credited:
         flash("The card payment was not completed; nothing was charged.", "error")
         return see_other("standing.index")
-    paid, restored = payrestore.after_checkout(current_user)
+    restored = payrestore.after_checkout(current_user)
     amount = outcome.session.amount_minor or 0
     text = f"Thank you: your card paid {Money(amount, outcome.session.currency).format()}."
     if restored:

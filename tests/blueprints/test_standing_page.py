@@ -9,8 +9,10 @@ import html
 import re
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from sqlalchemy import func, select
 
 from portal.extensions import db
@@ -417,14 +419,15 @@ def test_admin_users_shows_the_runway_and_at_risk_by_it(app, client, auth, make_
     )
 
 
+@pytest.mark.parametrize("card", ["ok", "three_d_secure"])
 def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
-    pay_app, client, auth, make_user, in_app, monkeypatch
+    pay_app, client, auth, make_user, in_app, monkeypatch, card
 ):
     """Prepaid funds ran out: Pay to restore tops up a day at what the deployment costs
     running ($1.20) from the saved card, then restores through the one restore call."""
     user = make_user()
     with settlement_held():
-        in_app(saved_card, user.id, TEST_CARDS["ok"])
+        in_app(saved_card, user.id, TEST_CARDS[card])
 
     def removing():
         ext = running(user.id)
@@ -445,10 +448,22 @@ def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
     auth.login(user)
     page = text(client.get("/standing/"))
     assert 'id="restore-total">$1.20<' in page
-    assert re.search(r"Visa •••• 4242 is charged \$1\.20\.", page)
+    assert re.search(r"Visa •••• \d{4} is charged \$1\.20\.", page)
     answer = restore(client, page)
-    shown = flashes(text(client.get(answer.headers["Location"])))
-    assert shown == ["Paid $1.20. Running again: api."]
+    if card == "ok":
+        shown = flashes(text(client.get(answer.headers["Location"])))
+        assert shown == ["Paid $1.20. Running again: api."]
+    else:  # the bank's page, then back to the Standing page
+        assert "/sandbox/authenticate/" in answer.headers["Location"]
+        assert restored_for == []
+        back = requests.post(
+            answer.headers["Location"], data={"result": "complete"}, allow_redirects=False
+        )
+        assert urlsplit(back.headers["Location"]).path == "/standing/restore/confirmed"
+        parts = urlsplit(back.headers["Location"])
+        returned = client.get(f"{parts.path}?{parts.query}")
+        shown = flashes(text(client.get(returned.headers["Location"])))
+        assert shown == ["Thank you: the card payment went through. Running again: api."]
     assert restored_for == [user.id] and state_of(pay_app, user.id) == "active"
     with pay_app.app_context():
         balances = ledger.balances(db.session.get_one(User, user.id))

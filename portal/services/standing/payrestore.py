@@ -148,15 +148,12 @@ def _paid_since(user: User, marker: int) -> Money:
     return sum((p.amount for p in outcomes.paid_since(user, marker)), Money(0, user.currency))
 
 
-def after_checkout(user: User, now: datetime | None = None) -> tuple[Money, list[str]]:
+def after_checkout(user: User, now: datetime | None = None) -> list[str]:
     """Back from the checkout page with the money in the prepaid balance: it pays the
     overdue invoices (oldest due first, wallets only), then what they covered is restored.
-    COMMITS. Returns what was paid of the invoices and the deployments restored."""
+    Flushes; the caller commits. Returns the names of the deployments restored."""
     now = now or utcnow()
-    marker = outcomes.payments_marker(user)
     ledger.lock_accounts([ledger.user_account(user, AccountKind.RECEIVABLE)])
     for invoice in overdue_invoices(user.id):
         settlement.settle_invoice(invoice, user, now)
-    restored = labels(user.id, restore(user.id, now))
-    db.session.commit()
-    return _paid_since(user, marker), restored
+    return labels(user.id, restore(user.id, now))
