@@ -31,7 +31,7 @@ from portal.services.standing import dunning, payrestore, resources
 from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
 from tests.blueprints.test_query_counts import counting
-from tests.support.invoices import SEP, issue_invoices
+from tests.support.invoices import SEP, issue_invoices, pay_offline
 from tests.support.payments import TEST_CARDS, saved_card, settlement_held, type_card
 from tests.support.standing import overdue_invoice, running
 
@@ -508,3 +508,18 @@ def test_the_page_makes_as_many_statements_with_more_to_show(app, client, auth, 
     page = text(client.get("/standing/"))
     assert page.count("Suspended on") == 7 and page.count("Removed in") == 4
     assert statements() == few
+
+
+def test_paid_by_other_means_it_restores_at_once(app, client, auth, make_user):
+    """The invoice was paid by bank transfer; the hourly run has not restored yet: the page
+    offers Restore now, which pays nothing and brings the deployment back."""
+    user = make_user()
+    invoice_id = overdue_invoice(app, user.id, days_past_due=10)
+    pay_offline(app, invoice_id)
+    auth.login(user)
+    page = text(client.get("/standing/"))
+    assert 'id="restore-names">api<' in page and 'id="restore-total">$0.00<' in page
+    assert 'id="restore-button">Restore now<' in page
+    answer = restore(client, page)
+    assert flashes(text(client.get(answer.headers["Location"]))) == ["Running again: api."]
+    assert state_of(app, user.id) == "active" and paid_total(app, user.id) == 3720
