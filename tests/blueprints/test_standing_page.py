@@ -523,3 +523,30 @@ def test_paid_by_other_means_it_restores_at_once(app, client, auth, make_user):
     answer = restore(client, page)
     assert flashes(text(client.get(answer.headers["Location"]))) == ["Running again: api."]
     assert state_of(app, user.id) == "active" and paid_total(app, user.id) == 3720
+
+
+def test_a_shortfall_under_the_smallest_top_up_says_so(pay_app, client, auth, make_user, in_app):
+    """A quarter core ($0.30 a day) put up for removal: the checkout page takes the
+    smallest top-up ($1.00), and the page shows the difference before paying."""
+    user = make_user()
+
+    def removing():
+        dep, _ = deployments.create_deployment(
+            external_id=f"tiny-{user.id}",
+            user=db.session.get_one(User, user.id),
+            kind="vm",
+            name="tiny",
+            cpu_cores="0.25",
+            memory_gb=0,
+            storage_gb=0,
+            started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        deployments.update_deployment(dep, state="removing")
+
+    in_app(removing)
+    auth.login(user)
+    page = text(client.get("/standing/"))
+    assert 'Prepaid funds for a day at the current rate</th><td class="num">$0.30<' in page
+    assert "To reach the smallest top-up (stays in your prepaid balance)" in page
+    assert 'id="restore-total">$1.00<' in page
+    assert "You pay $1.00 by card on the card processor's secure page." in page

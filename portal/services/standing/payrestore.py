@@ -17,8 +17,6 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flask import current_app
-
 from ...extensions import db
 from ...models import AccountKind, AttemptStatus, Invoice, User, utcnow
 from ...money import Money
@@ -62,15 +60,6 @@ class Restored:
     invoice: Invoice | None = None  # the invoice that stopped the run
 
 
-def _top_up_amount(user: User, shortfall: Money) -> Money:
-    """A top-up is at least TOPUP_MIN: a smaller shortfall is rounded up to it (the extra
-    stays in the prepaid balance)."""
-    low = Money.from_decimal(
-        str(current_app.config.get("TOPUP_MIN", "1")), user.currency, exact=False
-    )
-    return shortfall if shortfall.amount_minor >= low.amount_minor else low
-
-
 def pay_to_restore(
     user: User,
     *,
@@ -94,7 +83,7 @@ def pay_to_restore(
     if q.rest.amount_minor > 0:
         if not cards.cards_enabled():
             return Restored(Result.FAILED, zero, reason="card payments are not set up")
-        amount = _top_up_amount(user, q.rest)
+        amount = q.rest
         topups.check_amount(user, amount)
         session = topups.start_checkout(
             user, amount, success_url=success_url, cancel_url=cancel_url, idempotency_key=nonce
@@ -123,7 +112,7 @@ def pay_to_restore(
         attempt, url = card_charges.top_up_with_card(
             user,
             card.id,
-            _top_up_amount(user, q.shortfall),
+            q.top_up,
             nonce=f"restore:{nonce}",
             return_url=return_url,
         )

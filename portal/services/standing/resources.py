@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import lazyload
 
@@ -115,6 +116,7 @@ class Quote:
     invoices: list[Invoice]  # the overdue invoices, oldest due first
     invoices_due: Money
     shortfall: Money  # prepaid: what the funds lack for a day at the current rate
+    minimum_extra: Money  # what the smallest top-up adds (kept in the prepaid balance)
     names: list[str]  # the deployments it brings back
     from_wallets: Money  # what the credits, vouchers and prepaid balance pay of it
     card: str | None  # the saved card charged for the rest
@@ -123,7 +125,12 @@ class Quote:
 
     @property
     def total(self) -> Money:
-        return self.invoices_due + self.shortfall
+        return self.invoices_due + self.shortfall + self.minimum_extra
+
+    @property
+    def top_up(self) -> Money:
+        """What a saved card tops up for the prepaid shortfall."""
+        return self.shortfall + self.minimum_extra
 
     @property
     def needed(self) -> bool:
@@ -409,15 +416,24 @@ def quote(
         hourly = account.hourly_micros + _hourly_when_running(user.id, back, now)
         shortfall = max(0, _round_up(PREPAID_HOURS * hourly, cur) - (wallets - from_wallets))
     rest = due - from_wallets + shortfall
+    # what is paid as a top-up (a saved card's for the shortfall, the checkout page's for
+    # all the rest) is at least TOPUP_MIN: the difference stays in the prepaid balance
+    low = Money.from_decimal(
+        str(current_app.config.get("TOPUP_MIN", "1")), cur, exact=False
+    ).amount_minor
     if rest > 0 and cards_on and card:
         payer: str | None = card
         checkout = 0
+        extra = max(0, low - shortfall) if shortfall else 0
     else:
         payer, checkout = None, rest
+        extra = max(0, low - rest) if rest else 0
+        checkout += extra
     return Quote(
         invoices=overdue,
         invoices_due=Money(due, cur),
         shortfall=Money(shortfall, cur),
+        minimum_extra=Money(extra, cur),
         names=[r.label for r in items if r.restorable],
         from_wallets=Money(from_wallets, cur),
         card=payer,
