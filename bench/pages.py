@@ -94,6 +94,8 @@ NOT_PAGES = {
     "/wallet/top-up/confirmed",
     "/payment-methods/added",
     "/subscription/checkout/done",
+    "/standing/restore/done",
+    "/standing/restore/confirmed",
     "/",  # a redirect to the Overview
 }
 PASSWORD = "bench-password-0123"

@@ -10,9 +10,10 @@ answers 500 (the JSON error body under /api/) instead of the success the view pr
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from babel.dates import format_datetime, format_timedelta
 from flask import (
     Flask,
     current_app,
@@ -311,3 +312,21 @@ def init_web(app: Flask) -> None:
         if value is None:
             return ""
         return value.strftime("%Y-%m-%d %H:%M UTC" if with_time else "%Y-%m-%d")
+
+    @app.template_filter("day")
+    def day_filter(value: datetime | None, with_time: bool = False) -> str:
+        """A date as people write it ("12 Dec 2026"; with the time, "12 Dec 2026, 15:00 UTC")."""
+        if value is None:
+            return ""
+        pattern = "d MMM y, HH:mm 'UTC'" if with_time else "d MMM y"
+        return format_datetime(
+            value, pattern, tzinfo=UTC, locale=app.config["BABEL_DEFAULT_LOCALE"]
+        )
+
+    @app.template_filter("until")
+    def until_filter(value: datetime, now: datetime) -> str:
+        """How far ahead ``value`` is from ``now``, roughly: "in 17 hours", "in 9 days"."""
+        left = max(value - now, timedelta(0))
+        return format_timedelta(
+            left, threshold=2, add_direction=True, locale=app.config["BABEL_DEFAULT_LOCALE"]
+        )

@@ -23,6 +23,7 @@ from ..money import Money
 from .calendar import invoice_day, period_containing
 from .invoicing.invoices import UNPAID
 from .metering import projection
+from .standing import resources as standing_resources
 from .standing import status as standing_status
 from .standing.status import GOOD
 from .wallet import credits, ledger
@@ -58,6 +59,7 @@ class Overview:
     actions: list[Action]
     activity: list[ledger.HistoryRow]
     recent_invoices: list[Invoice]
+    runway_hours: int | None = None  # how long the funds last at the recent rate
 
     @property
     def period_last_day(self) -> datetime:
@@ -173,6 +175,12 @@ def overview(user: User, now: datetime | None = None) -> Overview:
             .limit(3)
         )
     )
+    balances = credits.spendable_balances(user, now)
+    funds = balances.cash + balances.voucher + balances.credit
+    rate = standing_resources.hourly_rates([(user.id, user.created_at)], now)[user.id]
+    runway = standing_resources.Forecast(funds, rate, standing_resources.FORECAST_DAYS * 24).hours
+    if funds.amount_minor <= 0:
+        runway = None  # no balance to run down (the standing says when that matters)
     return Overview(
         currency=user.currency,
         due_now=Money(due, user.currency),
@@ -181,10 +189,11 @@ def overview(user: User, now: datetime | None = None) -> Overview:
         next_invoice_period=(start, end),
         usage_so_far=projected.so_far,
         next_invoice_projected=projected.projected,
-        balances=credits.spendable_balances(user, now),
+        balances=balances,
         standing=standing.status,
         standing_reasons=standing.reasons,
         actions=_actions(user, unpaid, now),
         activity=list(ledger.wallet_history(user, page=1, per_page=RECENT).items),
         recent_invoices=recent,
+        runway_hours=runway,
     )

@@ -44,6 +44,8 @@ NOT_PAGES = {
     "/admin/webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>": "one delivery (no list)",
     "/invoices/<int:invoice_id>/card-paid": "return from the card processor",
     "/subscription/checkout/done": "return from the card processor",
+    "/standing/restore/done": "return from the card processor",
+    "/standing/restore/confirmed": "return from the card processor",
     "/account/tokens/<int:token_id>/revoke": "a confirmation of one object (no list)",
     "/payment-methods/<int:card_id>/delete": "a confirmation of one object (no list)",
     "/admin/invoices/<int:invoice_id>/void": "a confirmation of one object (no list)",

@@ -30,6 +30,7 @@ AXE = Axe()
 
 USER_PAGES = [
     "/overview/",
+    "/standing/",
     "/usage/",
     "/usage/?period=2026-10",
     "/invoices/",

@@ -20,6 +20,7 @@ from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.admin import waiting
+from ...services.standing import resources as standing_resources
 from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
@@ -59,6 +60,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         waiting=waiting.for_user(user.id),
         subscription=changes.describe(user),
         modes=plans_admin.MODES,
+        forecast=standing_resources.forecast_for(user),
     ), status
 
 

@@ -2,7 +2,8 @@
 (the ledger's cached balances), amount owed, standing, plan, last invoice and the next
 invoice's projection. One page is a fixed handful of queries however long it is: the page's
 ids, their count, one aggregate query for the figures, their last invoices, and the grouped
-usage queries of the projection."""
+usage queries of the projection, and two for the runway (valid cards, the last week's
+usage)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from ...models import (
 )
 from ...money import Money
 from ..metering import projection
-from ..standing.status import STANDINGS, standing_of
+from ..standing import resources
+from ..standing.status import AT_RISK, GOOD, RUNWAY_AT_RISK_HOURS, STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")
 # The plan of an account with no active subscription: it pays for what it uses.
@@ -69,6 +71,17 @@ class AccountStatus:
     plan: str
     last_invoice: LastInvoice | None
     next_invoice: Money  # the current period's projected total
+    # Hours the balances last at the last week's rate, for an account with no valid card
+    # that used something (None otherwise): the list's "at risk" by runway.
+    runway_hours: int | None = None
+
+    @property
+    def shown_standing(self) -> str:
+        """The standing, at risk when good but the balances run out within 72 hours."""
+        if self.standing == GOOD and self.runway_hours is not None:
+            if self.runway_hours < RUNWAY_AT_RISK_HOURS:
+                return AT_RISK
+        return self.standing
 
     @property
     def spendable(self) -> Money:
@@ -218,6 +231,9 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
         ).all()
     )
     projected = projection.by_user([(r[0], r[5]) for r in rows], now)
+    runways = resources.runways(
+        [(r[0], r[4], Money(int(r[6]) + int(r[7]) + int(r[8]), r[5])) for r in rows], now
+    )
     by_id = {}
     for uid, email, name, admin, created, cur, cash, voucher, credit, owed, standing, inv in rows:
         by_id[uid] = AccountStatus(
@@ -235,6 +251,7 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
             plan=plans.get(uid, PLAN),
             last_invoice=invoices.get(inv),
             next_invoice=projected[uid].projected,
+            runway_hours=runways[uid],
         )
     return [by_id[i] for i in ids if i in by_id]
 
