@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from flask import current_app
 from sqlalchemy import exists, select
@@ -57,6 +57,10 @@ class Status:
     spent: Money
     period_start: datetime
     period_end: datetime
+
+    @property
+    def period_last_day(self) -> date:
+        return calendar.last_day(self.period_end)
 
     @property
     def percent(self) -> int | None:
