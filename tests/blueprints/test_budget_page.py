@@ -52,7 +52,9 @@ def test_save_change_and_remove_the_cap(app, client, auth, make_user):
     assert answer.status_code == 303 and answer.location.endswith("/account/budget")
     assert budget_row(app, user.id) == (25000, True, 1)
     page = text(client.get("/account/budget"))
-    assert 'value="250.00"' in page and "$0.00</strong> spent of your cap of <strong>$250.00" in page
+    assert (
+        'value="250.00"' in page and "$0.00</strong> spent of your cap of <strong>$250.00" in page
+    )
     assert "Budget saved." in page
     # the same again is the same budget; only telling is a new one
     client.submit("/account/budget", {"cap": "250", "when_reached": "stop"})

@@ -139,16 +139,19 @@ def _open_suspensions():
     )
 
 
-def check(now: datetime | None = None) -> CheckResult:
-    """Every user with a cap, or with deployments a budget suspended. Flushes; safe to run
-    twice or on two daemons at once."""
+def check(now: datetime | None = None, user_ids: range | None = None) -> CheckResult:
+    """Every user with a cap, or with deployments a budget suspended (only those with ids
+    in ``user_ids``: a metering chunk's). Flushes; safe to run twice or on two daemons at
+    once."""
     now = now or utcnow()
     result = CheckResult()
+    stmt = select(User, Budget).join(Budget, Budget.user_id == User.id)
+    if user_ids is not None:
+        stmt = stmt.where(Budget.user_id >= user_ids.start, Budget.user_id < user_ids.stop)
     rows = db.session.execute(
-        select(User, Budget)
-        .join(Budget, Budget.user_id == User.id)
-        .where(Budget.cap_minor.is_not(None) | User.id.in_(_open_suspensions()))
-        .order_by(User.id)
+        stmt.where(Budget.cap_minor.is_not(None) | User.id.in_(_open_suspensions())).order_by(
+            User.id
+        )
     ).all()
     for i in range(0, len(rows), BATCH):
         batch = rows[i : i + BATCH]

@@ -1,5 +1,6 @@
 """Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
-`meter_chunk` meters one chunk of users and commits; `backfill_deployment` meters one
+`meter_chunk` meters one chunk of users and commits, then checks the budget caps of the
+chunk's users at once (one indexed query when none has a cap); `backfill_deployment` meters one
 deployment's past days again after a change dated before its chunk's mark."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from ...extensions import db
 from ...tasks.clock import database_now
 from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
+from ..budgets import rules as budget_rules
 from . import rollups, runs
 
 
@@ -33,6 +35,7 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
         for chunk in chunks:
             totals.add(rollups.meter_chunk(chunk, upto))
             db.session.commit()
+            _check_budgets(chunk, upto)
         runs.log_run(upto, totals)
         return dict(totals.figures())
     for chunk in chunks:
@@ -45,9 +48,19 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
 
 @task("metering.meter_chunk")
 def meter_chunk(chunk: int, upto_iso: str) -> dict[str, int]:
-    result = rollups.meter_chunk(chunk, _hour(upto_iso))
+    upto = _hour(upto_iso)
+    result = rollups.meter_chunk(chunk, upto)
     db.session.commit()
+    _check_budgets(chunk, upto)
     return result.figures()
+
+
+def _check_budgets(chunk: int, upto: datetime) -> None:
+    """The chunk's spending just grew: its budget caps are checked now (as of the hour
+    metered), not at the next check-budgets run."""
+    size = rollups.chunk_size()
+    budget_rules.check(upto, user_ids=range(chunk * size, (chunk + 1) * size))
+    db.session.commit()
 
 
 @task("metering.backfill_deployment")

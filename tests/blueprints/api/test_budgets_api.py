@@ -3,6 +3,8 @@ field, a user token reads only its own budget, an admin's any."""
 
 from __future__ import annotations
 
+from tests.blueprints.test_query_counts import counting
+
 
 def test_round_trip_and_owner_scoping(api, make_user):
     pat = make_user("pat@example.com")
@@ -42,4 +44,27 @@ def test_round_trip_and_owner_scoping(api, make_user):
     assert read.status_code == 200 and read.json["cap_minor"] == 700
     assert api.get("/budget?user_id=999999", token=admin).status_code == 404
     # setting is the user's own: admin and platform tokens may not
-    assert api.put("/budget", json={"cap": "1", "stop_at_cap": True}, token=admin).status_code == 403
+    assert (
+        api.put("/budget", json={"cap": "1", "stop_at_cap": True}, token=admin).status_code == 403
+    )
+
+
+def test_can_deploy_refuses_at_the_cap_in_as_many_statements(app, api, make_user):
+    """The budget is read in can-deploy's one account statement: a cap adds no query."""
+    pat = make_user("pat@example.com")
+    platform = api.token(make_user(admin=True), "platform")
+    body = {"user_id": pat.id, "kind": "vm", "cpu_cores": 1}
+    api.post("/can-deploy", json=body, token=platform)  # the price catalogue is cached
+    with app.app_context(), counting() as before:
+        first = api.post("/can-deploy", json=body, token=platform)
+    assert first.json["reason"] == "card_required"
+    # 0.05 an hour for the rest of the period is more than a cap of 0.01
+    api.put("/budget", json={"cap": "0.01", "stop_at_cap": True}, token=api.token(pat))
+    with app.app_context(), counting() as after:
+        refused = api.post("/can-deploy", json=body, token=platform)
+    assert (refused.json["allowed"], refused.json["reason"]) == (False, "budget_would_exceed")
+    assert refused.json["required_minor"] > 1
+    assert len(after) == len(before)
+    # only telling: allowed by the budget, refused for the card as before
+    api.put("/budget", json={"cap": "0.01", "stop_at_cap": False}, token=api.token(pat))
+    assert api.post("/can-deploy", json=body, token=platform).json["reason"] == "card_required"

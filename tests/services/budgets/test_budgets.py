@@ -18,6 +18,7 @@ from portal.models import Deployment, DunningStep, Event, Invoice, OutboundEmail
 from portal.money import Money
 from portal.services.budgets import rules, spending
 from portal.services.metering import deployments, runs
+from portal.services.metering import jobs as metering_jobs
 from portal.services.standing import candeploy, status
 from portal.services.standing.account import read_account
 from tests.support.invoices import OCT, issue_invoices
@@ -259,3 +260,10 @@ def test_set_budget_refuses_a_cap_of_nothing_or_another_currency(user):
         rules.set_budget(user, Money(0, "USD"), True)
     with pytest.raises(ValidationFailed):
         rules.set_budget(user, Money(100, "EUR"), True)
+
+
+def test_metering_checks_the_chunks_budgets_at_once(user):
+    set_budget(user, 2000, True, NOV)
+    metering_jobs.meter_due((NOV + 12 * DAY).strftime("%Y-%m-%dT%H"))
+    assert len(events("billing.budget.reached")) == 1
+    assert states() == {"vm-a": "suspended", "vm-b": "suspended"}
