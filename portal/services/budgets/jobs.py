@@ -1,5 +1,6 @@
 """The "check-budgets" job, every 15 minutes: warnings, reached caps, suspensions and
-resumptions of budget caps (rules.py)."""
+resumptions of budget caps (rules.py). Metering asks for the same task for the users of a
+chunk it has just metered."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from . import rules
 
 
 @task("budgets.check")
-def check_budgets(at_iso: str | None = None) -> dict[str, int]:
+def check_budgets(
+    at_iso: str | None = None, first_user: int | None = None, stop_user: int | None = None
+) -> dict[str, int]:
     """At the schedule's slot time (the daemon's ``--now`` moves it), so a replay decides
-    as the run it replays."""
+    as the run it replays; for metering, the users with ids in [first_user, stop_user)."""
     now = datetime.fromisoformat(at_iso).astimezone(UTC) if at_iso else None
-    result = rules.check(now)
+    users = None if first_user is None or stop_user is None else range(first_user, stop_user)
+    result = rules.check(now, users)
     db.session.commit()
     return result.figures()
 

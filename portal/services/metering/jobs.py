@@ -1,17 +1,19 @@
 """Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
-`meter_chunk` meters one chunk of users and commits, then checks the budget caps of the
-chunk's users at once (one indexed query when none has a cap); `backfill_deployment` meters one
+`meter_chunk` meters one chunk of users and commits, asking in the same transaction for a
+check of the chunk's budget caps when one of its users has a budget; `backfill_deployment` meters one
 deployment's past days again after a change dated before its chunk's mark."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import exists, select
+
 from ...extensions import db
+from ...models import Budget
 from ...tasks.clock import database_now
 from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
-from ..budgets import rules as budget_rules
 from . import rollups, runs
 
 
@@ -34,8 +36,8 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
         totals = rollups.MeterResult()
         for chunk in chunks:
             totals.add(rollups.meter_chunk(chunk, upto))
-            db.session.commit()
             _check_budgets(chunk, upto)
+            db.session.commit()
         runs.log_run(upto, totals)
         return dict(totals.figures())
     for chunk in chunks:
@@ -50,17 +52,25 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
 def meter_chunk(chunk: int, upto_iso: str) -> dict[str, int]:
     upto = _hour(upto_iso)
     result = rollups.meter_chunk(chunk, upto)
-    db.session.commit()
     _check_budgets(chunk, upto)
+    db.session.commit()
     return result.figures()
 
 
 def _check_budgets(chunk: int, upto: datetime) -> None:
-    """The chunk's spending just grew: its budget caps are checked now (as of the hour
-    metered), not at the next check-budgets run."""
+    """The chunk's spending just grew: its budget caps are checked right after this commit
+    (as of the hour metered; the "budgets.check" task), not at the next check-budgets run."""
     size = rollups.chunk_size()
-    budget_rules.check(upto, user_ids=range(chunk * size, (chunk + 1) * size))
-    db.session.commit()
+    first, stop = chunk * size, (chunk + 1) * size
+    if db.session.scalar(select(exists().where(Budget.user_id >= first, Budget.user_id < stop))):
+        enqueue_after_commit(
+            "default",
+            "budgets.check",
+            upto.isoformat(),
+            first,
+            stop,
+            job_id=f"budgets:{chunk}:{upto:%Y-%m-%dT%H}",
+        )
 
 
 @task("metering.backfill_deployment")

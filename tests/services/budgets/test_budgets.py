@@ -16,11 +16,15 @@ from portal.errors import ValidationFailed
 from portal.extensions import db
 from portal.models import Deployment, DunningStep, Event, Invoice, OutboundEmail, User
 from portal.money import Money
+from portal.services.budgets import jobs as budget_jobs
 from portal.services.budgets import rules, spending
 from portal.services.metering import deployments, runs
 from portal.services.metering import jobs as metering_jobs
 from portal.services.standing import candeploy, status
 from portal.services.standing.account import read_account
+from portal.services.subscriptions import changes
+from portal.services.wallet import credits
+from portal.tasks import registry
 from tests.support.invoices import OCT, issue_invoices
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -267,3 +271,32 @@ def test_metering_checks_the_chunks_budgets_at_once(user):
     metering_jobs.meter_due((NOV + 12 * DAY).strftime("%Y-%m-%dT%H"))
     assert len(events("billing.budget.reached")) == 1
     assert states() == {"vm-a": "suspended", "vm-b": "suspended"}
+
+
+def test_a_subscribers_spending_counts_the_plan_fee(user, with_plans):
+    credits.grant_credit(
+        user=user,
+        amount=Money(50000, "USD"),
+        reason="test funds",
+        idempotency_key=f"fund:{user.id}",
+        now=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    changes.change_plan(user, "pro", now=NOV)
+    db.session.commit()
+    set_budget(user, 10**6, True, NOV)
+    now = meter(12)
+    # hybrid: 21.60 metered plus Professional's 29.99
+    assert spending.by_user([user], now)[user.id] == 2160 + 2999
+    assert read_account(user, now).spent_minor == 2160 + 2999
+    with_plans(billing_mode="subscription")  # the plan includes the usage: the fee alone
+    assert spending.by_user([user], now)[user.id] == 2999
+    assert read_account(user, now).spent_minor == 2999
+    assert spending.fee_minor(29999, "year") == 2500  # 299.99 / 12 = 24.99916..., half up
+
+
+def test_the_check_budgets_job_runs_every_15_minutes(user, app):
+    [job] = [r for r in registry.registrations(app.config) if r.name == "check-budgets"]
+    assert (job.func, job.cron) == ("budgets.check", "7,22,37,52 * * * *")
+    set_budget(user, 2000, False, NOV)
+    now = meter(12)
+    assert budget_jobs.check_budgets(job.args(now)[0])["reached"] == 1
