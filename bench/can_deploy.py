@@ -22,6 +22,9 @@ Environment:
     REDIS_URL         default redis://127.0.0.1:6379/14 (rate-limit storage only).
     BENCH_DEPLOYMENTS deployments to seed (default 100000).
     BENCH_REQUESTS    timed requests (default 500).
+    BENCH_BUDGET      1: the user has a budget cap set to stop at the cap (high enough not
+                      to refuse), so can-deploy also sums the period's usage; every
+                      deployment gets a usage_daily row for each of its days.
 """
 
 from __future__ import annotations
@@ -38,12 +41,22 @@ from pages import build_app, fail, percentile, prepare_database
 from sqlalchemy import insert, select
 
 from portal.extensions import db
-from portal.models import AccountKind, Deployment, DeploymentInterval, LedgerAccount, User, utcnow
+from portal.models import (
+    AccountKind,
+    Budget,
+    Deployment,
+    DeploymentInterval,
+    LedgerAccount,
+    UsageDaily,
+    User,
+    utcnow,
+)
 from portal.services import accounts
 from portal.services.metering import catalog
 
 DEPLOYMENTS = int(os.environ.get("BENCH_DEPLOYMENTS", "100000"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "500"))
+BUDGET = os.environ.get("BENCH_BUDGET") == "1"
 USERS = 2000
 MINE = 50
 WARMUP = 50
@@ -150,6 +163,32 @@ def seed(app) -> str:
             )
         for chunk in _chunks(intervals):
             db.session.execute(insert(DeploymentInterval), chunk)
+        if BUDGET:
+            db.session.add(
+                Budget(user_id=target.id, cap_minor=10**12, currency=currency, stop_at_cap=True)
+            )
+            days = [(started + timedelta(days=d)).date() for d in range(4)]
+            usage = [
+                dict(
+                    deployment_id=dep_id,
+                    day=day,
+                    user_id=uid,
+                    cpu_ms=86_400_000,
+                    cpu_cost=86_400_000 * version.cpu_per_core_hour_micros,
+                    memory_ms=0,
+                    memory_cost=0,
+                    storage_ms=0,
+                    storage_cost=0,
+                    instance_s=0,
+                    instance_cost=0,
+                    ip_s=0,
+                    ip_cost=0,
+                )
+                for dep_id, uid in ids
+                for day in days
+            ]
+            for chunk in _chunks(usage):
+                db.session.execute(insert(UsageDaily), chunk)
         db.session.commit()
         if db.engine.dialect.name == "postgresql":
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -199,6 +238,7 @@ def main() -> None:
                 "bench": "can_deploy",
                 "db": dialect,
                 "deployments": DEPLOYMENTS,
+                "budget": BUDGET,
                 "median_ms": round(statistics.median(timings), 2),
                 "p99_ms": round(percentile(timings, 99), 2),
             }

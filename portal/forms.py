@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from wtforms import IntegerField, StringField
-from wtforms.validators import DataRequired, Length, ValidationError
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from .money import AmountError
 
@@ -56,13 +56,22 @@ def parse_amount(
 
 class AmountField(StringField):
     """A required amount; ``.decimal`` holds it once the form validated. ``noun`` names it in
-    errors ("The value must be at most 1,000,000,000."); ``positive=False`` allows 0."""
+    errors ("The value must be at most 1,000,000,000."); ``positive=False`` allows 0;
+    ``required=False`` takes an empty field (``.decimal`` None)."""
 
     def __init__(
-        self, label=None, validators=None, *, noun: str = "amount", positive: bool = True, **kwargs
+        self,
+        label=None,
+        validators=None,
+        *,
+        noun: str = "amount",
+        positive: bool = True,
+        required: bool = True,
+        **kwargs,
     ):
+        presence = DataRequired() if required else Optional()
         super().__init__(
-            label, [DataRequired(), Length(max=MAX_AMOUNT_CHARS), *(validators or [])], **kwargs
+            label, [presence, Length(max=MAX_AMOUNT_CHARS), *(validators or [])], **kwargs
         )
         self.noun = noun
         self.positive = positive
@@ -70,7 +79,7 @@ class AmountField(StringField):
 
     def post_validate(self, form, validation_stopped: bool) -> None:
         self.decimal = None
-        if validation_stopped or self.errors:
+        if validation_stopped or self.errors or not (self.data or "").strip():
             return
         try:
             self.decimal = parse_amount(self.data, positive=self.positive)

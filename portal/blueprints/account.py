@@ -1,15 +1,26 @@
-"""The signed-in user's own account: password and API tokens."""
+"""The signed-in user's own account: billing details, the monthly budget cap, password and
+API tokens."""
 
 from __future__ import annotations
 
 from flask import Blueprint, flash, render_template, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectChoice, SelectField, StringField, TextAreaField
+from wtforms import (
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from ..errors import ServiceError
+from ..forms import AmountField
+from ..money import AmountError, Money
 from ..services import accounts
+from ..services.budgets import rules as budgets
 from ..web import discard_changes
 from .helpers import form_errors_from, see_other
 
@@ -68,6 +79,54 @@ def billing():
             return see_other("account.billing")
         return render_template("account/billing.html", form=form), 422
     return render_template("account/billing.html", form=form)
+
+
+class BudgetForm(FlaskForm):
+    cap = AmountField("Monthly cap", noun="cap", required=False)
+    when_reached = RadioField(
+        "When spending reaches the cap",
+        choices=[
+            SelectChoice("tell", "Only tell me"),
+            SelectChoice("stop", "Suspend my deployments until I raise the cap or the month ends"),
+        ],
+        default="tell",
+        validators=[DataRequired()],
+    )
+
+
+@bp.route("/budget", methods=["GET", "POST"])
+def budget():
+    """The monthly budget cap: warned at 80%, told (or stopped) at 100%."""
+    status = budgets.status(current_user)
+    form = BudgetForm(
+        data={
+            "cap": str(status.cap.amount) if status.cap is not None else "",
+            "when_reached": "stop" if status.stop_at_cap else "tell",
+        }
+    )
+    if form.is_submitted():
+        form = BudgetForm()
+        if form.validate():
+            try:
+                cap = form.cap.decimal
+                budgets.set_budget(
+                    current_user,
+                    None if cap is None else Money.from_decimal(cap, current_user.currency),
+                    form.when_reached.data == "stop",
+                )
+            except AmountError as exc:
+                form.cap.errors.append(f"The cap {exc}.")
+            except ServiceError as exc:
+                discard_changes()
+                form_errors_from(form, exc)
+            else:
+                flash(
+                    "Budget saved." if form.cap.decimal is not None else "Budget cap removed.",
+                    "success",
+                )
+                return see_other("account.budget")
+        return render_template("account/budget.html", form=form, status=status), 422
+    return render_template("account/budget.html", form=form, status=status)
 
 
 @bp.route("/password", methods=["GET", "POST"])

@@ -1,6 +1,7 @@
 """Models, one module per aggregate. Importing this package registers every table."""
 
 from .audit import AuditEntry
+from .budgets import Budget, BudgetNotice
 from .catalog import PriceVersion, SkuPrice
 from .deployments import Deployment, DeploymentInterval, DeploymentKind, DeploymentState
 from .invoices import (
@@ -69,6 +70,8 @@ __all__ = [
     "AccountKind",
     "ApiToken",
     "AuditEntry",
+    "Budget",
+    "BudgetNotice",
     "AttemptPurpose",
     "BillingMode",
     "ChangeKind",

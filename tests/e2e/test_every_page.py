@@ -40,6 +40,7 @@ USER_PAGES = [
     "/account/tokens",
     "/account/password",
     "/account/billing",
+    "/account/budget",
     "/subscription/",
 ]
 ADMIN_PAGES = [

@@ -104,6 +104,23 @@ def test_ask_for_a_voucher(app, live_server, open_page, make_user, browser_probl
     browser_problems.assert_none(allow=(422,))
 
 
+def test_set_a_budget_cap(app, live_server, open_page, make_user, browser_problems, js):
+    page = user_page(open_page, js, make_user().email, "/account/budget")
+    page.get_by_label("Monthly cap").fill("12.345")
+    page.get_by_label("Suspend my deployments").check()
+    page.get_by_role("button", name="Save budget").click()
+    shows_error(page, js, "The cap has more than 2 decimal places for USD.")
+    expect(page.get_by_label("Monthly cap")).to_be_focused()
+    if js:  # the address stays the page's
+        expect(page).to_have_url(re.compile(r"/account/budget$"))
+    page.get_by_label("Monthly cap").fill("12.34")
+    page.get_by_role("button", name="Save budget").click()
+    expect(page.locator(".flash-success")).to_have_text("Budget saved.")
+    expect(page.get_by_label("Monthly cap")).to_have_value("12.34")
+    expect(page.get_by_label("Suspend my deployments")).to_be_checked()
+    browser_problems.assert_none(allow=(422,))
+
+
 def test_remove_the_last_card(app, live_payments, open_page, make_user, browser_problems, js):
     user = make_user()
     card_id = in_app(live_payments.app, saved_card, user.id)

@@ -21,6 +21,7 @@ from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.admin import waiting
 from ...services.standing import resources as standing_resources
+from ...services.budgets import rules as budgets
 from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
@@ -59,6 +60,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         detail=account_detail.account_detail(user),
         waiting=waiting.for_user(user.id),
         subscription=changes.describe(user),
+        budget=budgets.status(user),
         modes=plans_admin.MODES,
         forecast=standing_resources.forecast_for(user),
     ), status

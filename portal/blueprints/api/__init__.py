@@ -26,6 +26,7 @@ def _amount_error(exc: AmountError):
 from . import (  # noqa: E402,F401
     accounts,
     admin_users,
+    budgets,
     deployments,
     events,
     invoices,

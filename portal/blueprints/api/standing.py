@@ -34,6 +34,8 @@ Reason = Literal[
     "vouchers_cover",
     "card_not_required",
     "card_required",
+    "budget_reached",
+    "budget_would_exceed",
 ]
 
 
@@ -84,7 +86,9 @@ class CanDeployOut(Out):
     hourly_cost_minor: Minor
     required: Decimal_ = Field(
         description="what the funds must cover: a day of everything (prepaid), or the rest "
-        "of the period net of other deployments (vouchers); 0 when nothing"
+        "of the period net of other deployments (vouchers); for a budget refusal the cap it "
+        "would take (the period's spending plus everything for the rest of the period); 0 "
+        "when nothing"
     )
     required_minor: Minor
     currency: Currency
@@ -125,6 +129,8 @@ def get_standing(query: ForUser):
 def can_deploy(body: CanDeploy):
     """The rules by billing mode (see the README's "Standing, can-deploy and dunning"):
     refused while an invoice is overdue or deployments are suspended or being removed;
+    with a budget cap set to stop: refused once spending reached it (``budget_reached``) or
+    when everything for the rest of the period would exceed it (``budget_would_exceed``);
     usage: a valid card, or vouchers covering the rest of the period net of what runs;
     subscription: within the plan's quotas; prepaid: funds for 24 hours of everything."""
     user = _platform_user(body.user_id)

@@ -1,10 +1,6 @@
 """The events catalogue: every event the portal tells the platform about, by name, with the
 schema of its ``data``. ``events.record`` refuses a name that is not here, and the OpenAPI
 document's ``webhooks`` section is generated from this list, so the two cannot drift.
-
-Some events' causes do not exist in the portal yet (budgets);
-they are catalogued so the platform can be written against them, and are recorded once
-their cause ships.
 """
 
 from __future__ import annotations
@@ -118,19 +114,26 @@ class DeploymentData(Payload):
     user_id: int
     external_id: str = Field(description="the platform's id of the deployment")
     state: Literal["pending", "active", "suspended", "removing", "removed", "failed", "terminated"]
-    reason: str = Field(description="why: overdue, quota, admin, platform, ...")
+    reason: str = Field(description="why: overdue, quota, budget, admin, platform, ...")
     effective_at: str = Field(description="ISO 8601: when it takes (took) effect")
 
 
 class BudgetData(Payload):
     user_id: int
-    budget: DecimalText
-    budget_minor: int
-    spent: DecimalText
+    period_start: str = Field(description="ISO 8601, the billing period's first instant")
+    period_end: str = Field(description="ISO 8601, the instant after the period")
+    cap: DecimalText = Field(description="the monthly budget cap, in major units")
+    cap_minor: int
+    spent: DecimalText = Field(
+        description="the period's spending so far: metered usage plus the plan's fee"
+    )
     spent_minor: int
     currency: str
-    period_start: str
-    threshold_percent: int
+    threshold_percent: int = Field(description="80 (warning) or 100 (reached)")
+    stop: bool = Field(
+        description="whether the user chose to stop at the cap: at 100 their active "
+        "deployments are suspended (billing.deployment.suspended, reason budget)"
+    )
 
 
 class SubscriptionChangedData(Payload):
@@ -190,8 +193,8 @@ _TYPES = (
         "billing.deployment.restored", "A scheduled removal was called off", DeploymentData, True
     ),
     EventType("billing.deployment.removed", "A deployment must be removed", DeploymentData, True),
-    EventType("billing.budget.warning", "Spending crossed a budget's warning", BudgetData, False),
-    EventType("billing.budget.reached", "Spending reached a budget", BudgetData, False),
+    EventType("billing.budget.warning", "Spending crossed 80% of a budget cap", BudgetData, True),
+    EventType("billing.budget.reached", "Spending reached a budget cap", BudgetData, True),
     EventType(
         "billing.subscription.changed", "An account's plan changed", SubscriptionChangedData, True
     ),

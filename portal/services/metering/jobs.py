@@ -1,12 +1,16 @@
 """Metering jobs: `meter_due` fans the due chunks out to the metering queue; each
-`meter_chunk` meters one chunk of users and commits; `backfill_deployment` meters one
+`meter_chunk` meters one chunk of users and commits, asking in the same transaction for a
+check of the chunk's budget caps when one of its users has a budget; `backfill_deployment` meters one
 deployment's past days again after a change dated before its chunk's mark."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import exists, select
+
 from ...extensions import db
+from ...models import Budget
 from ...tasks.clock import database_now
 from ...tasks.queues import enqueue_after_commit, get_queue
 from ...tasks.registry import schedule, task
@@ -32,6 +36,7 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
         totals = rollups.MeterResult()
         for chunk in chunks:
             totals.add(rollups.meter_chunk(chunk, upto))
+            _check_budgets(chunk, upto)
             db.session.commit()
         runs.log_run(upto, totals)
         return dict(totals.figures())
@@ -45,9 +50,27 @@ def meter_due(upto_iso: str | None = None) -> dict[str, int | str]:
 
 @task("metering.meter_chunk")
 def meter_chunk(chunk: int, upto_iso: str) -> dict[str, int]:
-    result = rollups.meter_chunk(chunk, _hour(upto_iso))
+    upto = _hour(upto_iso)
+    result = rollups.meter_chunk(chunk, upto)
+    _check_budgets(chunk, upto)
     db.session.commit()
     return result.figures()
+
+
+def _check_budgets(chunk: int, upto: datetime) -> None:
+    """The chunk's spending just grew: its budget caps are checked right after this commit
+    (as of the hour metered; the "budgets.check" task), not at the next check-budgets run."""
+    size = rollups.chunk_size()
+    first, stop = chunk * size, (chunk + 1) * size
+    if db.session.scalar(select(exists().where(Budget.user_id >= first, Budget.user_id < stop))):
+        enqueue_after_commit(
+            "default",
+            "budgets.check",
+            upto.isoformat(),
+            first,
+            stop,
+            job_id=f"budgets:{chunk}:{upto:%Y-%m-%dT%H}",
+        )
 
 
 @task("metering.backfill_deployment")

@@ -1,7 +1,7 @@
 """What standing and can-deploy read about an account, in one statement: its flags
-(overdue, suspended, removing), its cards, its balances and the hourly cost of what runs now
+(overdue, suspended, removing), its cards, its balances, the hourly cost of what runs now
 (the user's open deployment intervals, at their snapshotted rates; indexed by user and
-end)."""
+end), and its budget cap with the period's spending (read only when a cap is set)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, case, exists, func, select
 
 from ...extensions import db
 from ...models import (
     AccountKind,
+    Budget,
     Deployment,
     DeploymentInterval,
     DeploymentState,
@@ -27,6 +28,7 @@ from ...models import (
 )
 from ...money import currency_digits
 from .. import calendar as billing_calendar
+from ..budgets import spending
 
 I = DeploymentInterval
 
@@ -53,6 +55,13 @@ class Account:
     voucher_minor: int
     credit_minor: int
     hourly_micros: Fraction  # what runs now costs an hour, exactly
+    budget_cap_minor: int | None = None  # the monthly cap; None: no cap
+    budget_stop: bool = False  # stop at the cap (else only tell)
+    spent_minor: int = 0  # this period's spending as budgets count it (0 without a cap)
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.budget_cap_minor is not None and self.spent_minor >= self.budget_cap_minor
 
     @property
     def funds_minor(self) -> int:
@@ -95,6 +104,14 @@ def read_account(user: User, now: datetime) -> Account:
             .scalar_subquery()
         )
 
+    has_cap = exists().where(Budget.user_id == uid, Budget.cap_minor.is_not(None))
+    months = spending.months_of(now)
+    budget = [
+        select(Budget.cap_minor).where(Budget.user_id == uid).scalar_subquery(),
+        select(Budget.stop_at_cap).where(Budget.user_id == uid).scalar_subquery(),
+        # spending is summed only for an account with a cap
+        *(case((has_cap, c), else_=None) for c in spending.columns(uid, months)),
+    ]
     card = and_(PaymentMethod.user_id == uid, PaymentMethod.removed_at.is_(None))
     card_month = PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
     row = db.session.execute(
@@ -119,8 +136,10 @@ def read_account(user: User, now: datetime) -> Account:
             open_sum(I.cpu_milli * I.cpu_rate_micros + I.memory_mgb * I.memory_rate_micros),
             open_sum(I.instances * I.instance_rate_micros + I.public_ips * I.ip_rate_micros),
             open_sum(I.storage_mgb * I.storage_rate_micros),
+            *budget,
         )
     ).one()
+    cap = None if row[11] is None else int(row[11])
     return Account(
         removing=bool(row[0]),
         suspended=bool(row[1]),
@@ -131,4 +150,7 @@ def read_account(user: User, now: datetime) -> Account:
         voucher_minor=int(row[6]),
         credit_minor=int(row[7]),
         hourly_micros=hourly_micros(row[8:11], now),
+        budget_cap_minor=cap,
+        budget_stop=bool(row[12]),
+        spent_minor=0 if cap is None else spending.from_row(user, row[13:], months),
     )

@@ -2,6 +2,9 @@
 
 - refused while deployments are being removed or are suspended for an unpaid invoice, or an
   invoice is overdue;
+- with a budget cap set to stop at the cap: refused once the period's spending reached it,
+  or when what runs plus the new deployment, for the rest of the period, would take the
+  spending over it (``required``: the cap that would take; services/budgets);
 - prepaid: the funds (cash, voucher, unexpired credit, less what the hourly charges could not
   take yet) must cover 24 hours of what runs plus the new deployment (the one-day rule);
 - subscription: within the plan's quotas;
@@ -27,6 +30,7 @@ from ...extensions import db
 from ...models import BillingMode, Subscription, SubscriptionStatus, User, utcnow
 from ...money import Money
 from .. import calendar as billing_calendar
+from ..budgets import spending
 from ..invoicing import prepaid as charging
 from ..invoicing.subscribed import RESOURCES, mode_of
 from ..metering import catalog
@@ -52,6 +56,11 @@ MESSAGES = {
     "vouchers_cover": "The voucher balance covers it for the rest of the billing period.",
     "card_not_required": "No card is required.",
     "card_required": "Add a valid card, or vouchers that cover the rest of the billing period.",
+    "budget_reached": "Spending has reached the monthly budget cap: raise the cap first.",
+    "budget_would_exceed": (
+        "Running this deployment for the rest of the billing period would take spending over "
+        "the monthly budget cap."
+    ),
 }
 
 
@@ -71,7 +80,7 @@ class Decision:
     reason: str  # a key of MESSAGES
     runway_hours: int | None  # how long the funds last with the new deployment
     hourly_micros: Fraction  # the new deployment's hourly cost
-    required_micros: Fraction  # what the funds (or vouchers) must cover, 0 when nothing
+    required_micros: Fraction  # what the funds (or vouchers, or the budget cap) must cover
 
     @property
     def message(self) -> str:
@@ -103,6 +112,15 @@ def decide(
         return answer(False, "suspended")
     if account.overdue:
         return answer(False, "overdue")
+    if account.budget_stop and account.budget_cap_minor is not None:
+        # the period's spending plus what runs and the new one until the period ends
+        burn = total if mode != "subscription" else Fraction(0)
+        spent = spending.minor_to_micros(account.spent_minor, currency)
+        needed = spent + burn * hours_left
+        if account.budget_reached:
+            return answer(False, "budget_reached", needed)
+        if needed > spending.minor_to_micros(account.budget_cap_minor, currency):
+            return answer(False, "budget_would_exceed", needed)
     if mode == "prepaid":
         required = PREPAID_HOURS * total
         return answer(

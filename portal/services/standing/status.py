@@ -1,10 +1,12 @@
 """The standing of an account, from worst to best: removing (deployments scheduled for
 deletion), suspended (deployments suspended for an unpaid invoice), overdue (an overdue
 invoice), at risk (the default card expires before the next invoice, or, for an account
-living on its balances, they last less than 72 hours), good.
+living on its balances, they last less than 72 hours, or the period's spending reached a
+budget cap set to stop deployments), good.
 
-``standing_of`` is the SQL expression lists filter and count by (all but the runway, which
-needs the account's hourly cost); ``standing`` adds the runway for one account."""
+``standing_of`` is the SQL expression lists filter and count by (all but the runway and the
+budget, which need the account's hourly cost and spending); ``standing`` adds them for one
+account."""
 
 from __future__ import annotations
 
@@ -103,6 +105,10 @@ def status_of(account: Account, runway_hours: int | None) -> tuple[str, tuple[st
         reasons.append("the default card expires before the next invoice")
     if runway_hours is not None and runway_hours < RUNWAY_AT_RISK_HOURS:
         reasons.append(f"the balances last about {runway_hours} hours at the current rate")
+    if account.budget_reached and account.budget_stop:
+        reasons.append(
+            "spending reached the monthly budget cap: deployments stop until it is raised"
+        )
     if account.removing:
         return REMOVING, tuple(reasons)
     if account.suspended:
