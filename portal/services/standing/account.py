@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, select
 
 from ...extensions import db
 from ...models import (
@@ -72,10 +72,9 @@ def hourly_micros(rates_row, now: datetime) -> Fraction:
     return Fraction(per_hour, 1000) + instances + Fraction(storage * 3600, 1000 * month_seconds)
 
 
-def read_account(user: User, now: datetime) -> Account:
-    """Everything in one round trip of scalar subqueries, each on an index."""
-    uid = user.id
-    month_now = now.year * 12 + now.month
+def _account_columns(uid, currency) -> list:
+    """The account's columns for the user ``uid`` (a bound value, or ``User.id`` to read
+    them beside the user's row)."""
 
     def balance(kind: AccountKind):
         return (
@@ -83,7 +82,7 @@ def read_account(user: User, now: datetime) -> Account:
             .where(
                 LedgerAccount.user_id == uid,
                 LedgerAccount.kind == str(kind),
-                LedgerAccount.currency == user.currency,
+                LedgerAccount.currency == currency,
             )
             .scalar_subquery()
         )
@@ -97,38 +96,65 @@ def read_account(user: User, now: datetime) -> Account:
 
     card = and_(PaymentMethod.user_id == uid, PaymentMethod.removed_at.is_(None))
     card_month = PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
+    return [
+        exists().where(
+            Deployment.user_id == uid, Deployment.state == str(DeploymentState.REMOVING)
+        ),
+        exists().where(
+            DunningStep.user_id == uid,
+            DunningStep.step == "suspended",
+            Invoice.id == DunningStep.invoice_id,
+            Invoice.status == InvoiceStatus.OVERDUE.value,
+        ),
+        exists().where(Invoice.user_id == uid, Invoice.status == InvoiceStatus.OVERDUE.value),
+        exists().where(card, card_month >= bindparam("month_now")),
+        exists().where(
+            card, PaymentMethod.is_default.is_(True), card_month < bindparam("expiry_limit")
+        ),
+        balance(AccountKind.CASH),
+        balance(AccountKind.VOUCHER),
+        balance(AccountKind.CREDIT),
+        open_sum(I.cpu_milli * I.cpu_rate_micros + I.memory_mgb * I.memory_rate_micros),
+        open_sum(I.instances * I.instance_rate_micros + I.public_ips * I.ip_rate_micros),
+        open_sum(I.storage_mgb * I.storage_rate_micros),
+    ]
+
+
+# Built once (building them costs more than running them); values are bound per call.
+_ACCOUNT = select(*_account_columns(bindparam("uid"), bindparam("currency")))
+_USER_ACCOUNT = select(User, *_account_columns(User.id, User.currency))
+
+
+def _time_params(now: datetime) -> dict[str, int]:
+    return {"month_now": now.year * 12 + now.month, "expiry_limit": card_expiry_limit(now)}
+
+
+def read_account(user: User, now: datetime) -> Account:
+    """Everything in one round trip of scalar subqueries, each on an index."""
     row = db.session.execute(
-        select(
-            exists().where(
-                Deployment.user_id == uid, Deployment.state == str(DeploymentState.REMOVING)
-            ),
-            exists().where(
-                DunningStep.user_id == uid,
-                DunningStep.step == "suspended",
-                Invoice.id == DunningStep.invoice_id,
-                Invoice.status == InvoiceStatus.OVERDUE.value,
-            ),
-            exists().where(Invoice.user_id == uid, Invoice.status == InvoiceStatus.OVERDUE.value),
-            exists().where(card, card_month >= month_now),
-            exists().where(
-                card, PaymentMethod.is_default.is_(True), card_month < card_expiry_limit(now)
-            ),
-            balance(AccountKind.CASH),
-            balance(AccountKind.VOUCHER),
-            balance(AccountKind.CREDIT),
-            open_sum(I.cpu_milli * I.cpu_rate_micros + I.memory_mgb * I.memory_rate_micros),
-            open_sum(I.instances * I.instance_rate_micros + I.public_ips * I.ip_rate_micros),
-            open_sum(I.storage_mgb * I.storage_rate_micros),
-        )
+        _ACCOUNT, {"uid": user.id, "currency": user.currency, **_time_params(now)}
     ).one()
+    return _account_of(tuple(row), now)
+
+
+def read_user_account(condition: ColumnElement[bool], now: datetime) -> tuple[User, Account] | None:
+    """The user matching ``condition`` (e.g. ``User.email == ...``) and their account, in the
+    same one round trip; None when no user matches."""
+    row = db.session.execute(_USER_ACCOUNT.where(condition), _time_params(now)).one_or_none()
+    if row is None:
+        return None
+    return row[0], _account_of(tuple(row)[1:], now)
+
+
+def _account_of(values: tuple, now: datetime) -> Account:
     return Account(
-        removing=bool(row[0]),
-        suspended=bool(row[1]),
-        overdue=bool(row[2]),
-        valid_card=bool(row[3]),
-        card_expiring=bool(row[4]),
-        cash_minor=int(row[5]),
-        voucher_minor=int(row[6]),
-        credit_minor=int(row[7]),
-        hourly_micros=hourly_micros(row[8:11], now),
+        removing=bool(values[0]),
+        suspended=bool(values[1]),
+        overdue=bool(values[2]),
+        valid_card=bool(values[3]),
+        card_expiring=bool(values[4]),
+        cash_minor=int(values[5]),
+        voucher_minor=int(values[6]),
+        credit_minor=int(values[7]),
+        hourly_micros=hourly_micros(values[8:11], now),
     )
