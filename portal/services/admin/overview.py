@@ -26,7 +26,7 @@ from ...models import (
 from ...money import Money
 from ..calendar import invoice_day, period_containing
 from ..metering import projection
-from ..standing.status import STANDINGS, standing_of
+from ..standing.status import STANDINGS, count_by_standing
 
 FAILED_PAYMENTS_DAYS = 7
 
@@ -141,13 +141,7 @@ def overview(now: datetime) -> Overview:
                 failed_payments_count=failed_count,
             )
         )
-    standing = standing_of(User.id).label("standing")
-    counts = dict(
-        (s, n)
-        for s, n in db.session.execute(
-            select(standing, func.count()).select_from(User).group_by(standing)
-        )
-    )
+    counts = count_by_standing(now)
     plans, mrr = plan_figures()
     return Overview(
         now=now,
