@@ -40,6 +40,9 @@ class RevokeAdminForm(FlaskForm):
     pass
 
 
+LOTS_SHOWN = 25  # the newest; every grant is in the wallet history too
+
+
 def _user_or_404(user_id: int) -> User:
     return db.session.get(User, user_id) or abort(404)
 
@@ -47,13 +50,15 @@ def _user_or_404(user_id: int) -> User:
 def _render_user(user: User, form: GrantCreditForm, status: int = 200):
     if not form.request_id.data:
         form.request_id.data = uuid.uuid4().hex
+    lots, lots_total = credits.newest_lots(user, LOTS_SHOWN)
     return render_template(
         "admin/user.html",
         user=user,
         form=form,
         revoke_admin_form=RevokeAdminForm(),
         balances=credits.spendable_balances(user),
-        lots=credits.list_lots(user),
+        lots=lots,
+        lots_total=lots_total,
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
         waiting=waiting.for_user(user.id),
