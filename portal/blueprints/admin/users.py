@@ -61,7 +61,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         lots_total=lots_total,
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
-        waiting=waiting.for_user(user.id),
+        waiting=waiting.for_user(user),
         subscription=changes.describe(user),
         modes=plans_admin.MODES,
     ), status
