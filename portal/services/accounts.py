@@ -11,7 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..db import rowcount
@@ -57,13 +57,22 @@ def find_user(ref: str | int) -> User:
     """A user by numeric id or email (the API's ``user_id``)."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
         user = db.session.get(User, int(ref))
-    elif isinstance(ref, str) and "@" in ref:
-        user = db.session.scalar(select(User).where(User.email == ref.strip().lower()))
+    elif (condition := user_condition(ref)) is not None:
+        user = db.session.scalar(select(User).where(condition))
     else:
         user = None
     if user is None:
         raise NotFound(f"no user {ref!r}")
     return user
+
+
+def user_condition(ref: str | int) -> ColumnElement[bool] | None:
+    """What selects the user ``ref`` names (as ``find_user`` reads it), None for nobody."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        return User.id == int(ref)
+    if isinstance(ref, str) and "@" in ref:
+        return User.email == ref.strip().lower()
+    return None
 
 
 def _check_password_rules(password: str, field: str = "password") -> None:

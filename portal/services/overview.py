@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import lazyload
 
 from ..extensions import db
 from ..models import (
@@ -78,6 +79,7 @@ def _unpaid(user: User) -> list[Invoice]:
             select(Invoice)
             .where(Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in UNPAID]))
             .order_by(Invoice.due_at, Invoice.id)
+            .options(lazyload("*"))  # listed by their totals: lines and payments unread
         )
     )
 
@@ -173,6 +175,7 @@ def overview(user: User, now: datetime | None = None) -> Overview:
             .where(Invoice.user_id == user.id, Invoice.status != InvoiceStatus.DRAFT.value)
             .order_by(Invoice.period_start.desc(), Invoice.id.desc())
             .limit(3)
+            .options(lazyload("*"))
         )
     )
     balances = credits.spendable_balances(user, now)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    union_all,
     update,
 )
 
@@ -381,7 +382,12 @@ def waiting_work() -> list[Waiting]:
             ),
         ),
     ]
-    return [Waiting(what, *db.session.execute(query).one()) for what, query in rows]
+    # One round trip: each count as a row of its own, in the order above.
+    found = db.session.execute(
+        union_all(*(q.add_columns(literal(n).label("n")) for n, (_, q) in enumerate(rows)))
+    ).all()
+    by_n = {n: (count, oldest) for count, oldest, n in found}
+    return [Waiting(what, *by_n[n]) for n, (what, _) in enumerate(rows)]
 
 
 def failed_by_task() -> list[FailedTask]:
@@ -392,11 +398,15 @@ def failed_by_task() -> list[FailedTask]:
         .group_by(_TABLE.c.task)
         .order_by(_TABLE.c.task)
     ).all()
-    errors = dict(
-        db.session.execute(
-            select(_TABLE.c.id, _TABLE.c.last_error).where(
-                _TABLE.c.id.in_([newest for _, _, newest in counts])
-            )
-        ).all()
+    errors = (
+        dict(
+            db.session.execute(
+                select(_TABLE.c.id, _TABLE.c.last_error).where(
+                    _TABLE.c.id.in_([newest for _, _, newest in counts])
+                )
+            ).all()
+        )
+        if counts
+        else {}
     )
     return [FailedTask(task, count, errors.get(newest)) for task, count, newest in counts]

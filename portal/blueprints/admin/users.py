@@ -20,8 +20,8 @@ from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.admin import waiting
-from ...services.standing import resources as standing_resources
 from ...services.budgets import rules as budgets
+from ...services.standing import resources as standing_resources
 from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
@@ -42,6 +42,9 @@ class RevokeAdminForm(FlaskForm):
     pass
 
 
+LOTS_SHOWN = 25  # the newest; every grant is in the wallet history too
+
+
 def _user_or_404(user_id: int) -> User:
     return db.session.get(User, user_id) or abort(404)
 
@@ -49,16 +52,18 @@ def _user_or_404(user_id: int) -> User:
 def _render_user(user: User, form: GrantCreditForm, status: int = 200):
     if not form.request_id.data:
         form.request_id.data = uuid.uuid4().hex
+    lots, lots_total = credits.newest_lots(user, LOTS_SHOWN)
     return render_template(
         "admin/user.html",
         user=user,
         form=form,
         revoke_admin_form=RevokeAdminForm(),
         balances=credits.spendable_balances(user),
-        lots=credits.list_lots(user),
+        lots=lots,
+        lots_total=lots_total,
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
-        waiting=waiting.for_user(user.id),
+        waiting=waiting.for_user(user),
         subscription=changes.describe(user),
         budget=budgets.status(user),
         modes=plans_admin.MODES,

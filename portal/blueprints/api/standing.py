@@ -8,12 +8,14 @@ from typing import Annotated, Literal, cast
 
 from pydantic import Field
 
-from ...models import TokenScope
+from ...errors import ValidationFailed
+from ...models import TokenScope, utcnow
+from ...services import accounts
 from ...services.metering.deployments import MAX_SIZE
+from ...services.standing import account as standing_account
 from ...services.standing import candeploy, status
 from . import bp
 from .auth import acting_user
-from .deployments import _platform_user
 from .fields import Flag, Quantity, StrictModel, Text, UserRef, iso
 from .models import Currency, Decimal_, ForUser, Kind, Minor, Out, Time
 from .spec import operation
@@ -133,7 +135,14 @@ def can_deploy(body: CanDeploy):
     when everything for the rest of the period would exceed it (``budget_would_exceed``);
     usage: a valid card, or vouchers covering the rest of the period net of what runs;
     subscription: within the plan's quotas; prepaid: funds for 24 hours of everything."""
-    user = _platform_user(body.user_id)
+    now = utcnow()
+    # The user and their account in one statement (a string without "@" names nobody).
+    ref = body.user_id
+    condition = None if isinstance(ref, str) and "@" not in ref else accounts.user_condition(ref)
+    found = standing_account.read_user_account(condition, now) if condition is not None else None
+    if found is None:
+        raise ValidationFailed.field("user_id", f"no user {ref!r}")
+    user, account = found
     planned = candeploy.planned_deployment(
         kind=body.kind,
         sku=body.sku,
@@ -141,8 +150,9 @@ def can_deploy(body: CanDeploy):
         memory_gb=body.memory_gb,
         storage_gb=body.storage_gb,
         public_ip=body.public_ip,
+        now=now,
     )
-    d = candeploy.can_deploy(user, planned)
+    d = candeploy.can_deploy(user, planned, now, account=account)
     return CanDeployOut(
         allowed=d.allowed,
         reason=cast(Reason, d.reason),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import lazyload
 
 from ...extensions import db
 from ...models import (
@@ -55,9 +56,15 @@ class AccountDetail:
 
 
 def _newest(model, user_id: int, limit: int = SHOWN):
+    # The lists show the rows' own columns: an invoice's lines and payments, a deployment's
+    # intervals are not read with them (they would load on access).
     return list(
         db.session.scalars(
-            select(model).where(model.user_id == user_id).order_by(model.id.desc()).limit(limit)
+            select(model)
+            .where(model.user_id == user_id)
+            .order_by(model.id.desc())
+            .limit(limit)
+            .options(lazyload("*"))
         )
     )
 

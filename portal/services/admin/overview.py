@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from ...db import Page
 from ...extensions import db
@@ -26,7 +26,7 @@ from ...models import (
 from ...money import Money
 from ..calendar import invoice_day, period_containing
 from ..metering import projection
-from ..standing.status import STANDINGS, standing_of
+from ..standing.status import STANDINGS, count_by_standing
 
 FAILED_PAYMENTS_DAYS = 7
 
@@ -101,8 +101,11 @@ def overview(now: datetime) -> Overview:
 
     for currency, p in projection.by_currency(now).items():
         per[currency]["revenue"] = p
+    # Only the accounts that owe (or are owed): read from the index on (kind, balance).
     receivables = select(LedgerAccount.currency, func.sum(LedgerAccount.balance_minor)).where(
-        LedgerAccount.kind == AccountKind.RECEIVABLE.value, LedgerAccount.user_id.is_not(None)
+        LedgerAccount.kind == AccountKind.RECEIVABLE.value,
+        or_(LedgerAccount.balance_minor > 0, LedgerAccount.balance_minor < 0),
+        LedgerAccount.user_id.is_not(None),
     )
     for currency, total in db.session.execute(receivables.group_by(LedgerAccount.currency)):
         per[currency]["receivables"] = int(total or 0)
@@ -141,13 +144,7 @@ def overview(now: datetime) -> Overview:
                 failed_payments_count=failed_count,
             )
         )
-    standing = standing_of(User.id).label("standing")
-    counts = dict(
-        (s, n)
-        for s, n in db.session.execute(
-            select(standing, func.count()).select_from(User).group_by(standing)
-        )
-    )
+    counts = count_by_standing(now)
     plans, mrr = plan_figures()
     return Overview(
         now=now,

@@ -103,11 +103,10 @@ def _unsent_mail(*where) -> list[OutboundEmail]:
     )
 
 
-def for_user(user_id: int) -> list[Waiting]:
+def for_user(user: User) -> list[Waiting]:
     """The user's invoice PDFs and mail still waiting (mail to their address included)."""
-    email = db.session.scalar(select(User.email).where(User.id == user_id))
-    to_them = or_(OutboundEmail.user_id == user_id, OutboundEmail.to_addr == email)
-    return _collect(_pending_pdfs(Invoice.user_id == user_id), _unsent_mail(to_them))
+    to_them = or_(OutboundEmail.user_id == user.id, OutboundEmail.to_addr == user.email)
+    return _collect(_pending_pdfs(Invoice.user_id == user.id), _unsent_mail(to_them))
 
 
 def for_invoice(invoice_id: int) -> list[Waiting]:

@@ -1,16 +1,17 @@
 """What standing and can-deploy read about an account, in one statement: its flags
-(overdue, suspended, removing), its cards, its balances, the hourly cost of what runs now
+(overdue, suspended, removing), its cards, its balances and the hourly cost of what runs now
 (the user's open deployment intervals, at their snapshotted rates; indexed by user and
-end), and its budget cap with the period's spending (read only when a cap is set)."""
+end), and its budget cap with the period's spending (summed only when a cap is set)."""
 
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
-from sqlalchemy import and_, case, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, exists, func, select
 
 from ...extensions import db
 from ...models import (
@@ -81,10 +82,10 @@ def hourly_micros(rates_row, now: datetime) -> Fraction:
     return Fraction(per_hour, 1000) + instances + Fraction(storage * 3600, 1000 * month_seconds)
 
 
-def read_account(user: User, now: datetime) -> Account:
-    """Everything in one round trip of scalar subqueries, each on an index."""
-    uid = user.id
-    month_now = now.year * 12 + now.month
+def _account_columns(uid, currency, parts: int) -> list:
+    """The account's columns for the user ``uid`` (a bound value, or ``User.id`` to read
+    them beside the user's row); the budget's spending over a period touching ``parts``
+    calendar months (their dates are bound per call: ``_time_params``)."""
 
     def balance(kind: AccountKind):
         return (
@@ -92,7 +93,7 @@ def read_account(user: User, now: datetime) -> Account:
             .where(
                 LedgerAccount.user_id == uid,
                 LedgerAccount.kind == str(kind),
-                LedgerAccount.currency == user.currency,
+                LedgerAccount.currency == currency,
             )
             .scalar_subquery()
         )
@@ -104,53 +105,102 @@ def read_account(user: User, now: datetime) -> Account:
             .scalar_subquery()
         )
 
+    months = spending.Months(
+        bindparam("m_start"),  # type: ignore[arg-type]
+        bindparam("m_end"),  # type: ignore[arg-type]
+        tuple((bindparam(f"m{i}_lo"), bindparam(f"m{i}_hi")) for i in range(parts)),  # type: ignore[misc]
+    )
     has_cap = exists().where(Budget.user_id == uid, Budget.cap_minor.is_not(None))
-    months = spending.months_of(now)
-    budget = [
+    card = and_(PaymentMethod.user_id == uid, PaymentMethod.removed_at.is_(None))
+    card_month = PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
+    return [
+        exists().where(
+            Deployment.user_id == uid, Deployment.state == str(DeploymentState.REMOVING)
+        ),
+        exists().where(
+            DunningStep.user_id == uid,
+            DunningStep.step == "suspended",
+            Invoice.id == DunningStep.invoice_id,
+            Invoice.status == InvoiceStatus.OVERDUE.value,
+        ),
+        exists().where(Invoice.user_id == uid, Invoice.status == InvoiceStatus.OVERDUE.value),
+        exists().where(card, card_month >= bindparam("month_now")),
+        exists().where(
+            card, PaymentMethod.is_default.is_(True), card_month < bindparam("expiry_limit")
+        ),
+        balance(AccountKind.CASH),
+        balance(AccountKind.VOUCHER),
+        balance(AccountKind.CREDIT),
+        open_sum(I.cpu_milli * I.cpu_rate_micros + I.memory_mgb * I.memory_rate_micros),
+        open_sum(I.instances * I.instance_rate_micros + I.public_ips * I.ip_rate_micros),
+        open_sum(I.storage_mgb * I.storage_rate_micros),
         select(Budget.cap_minor).where(Budget.user_id == uid).scalar_subquery(),
         select(Budget.stop_at_cap).where(Budget.user_id == uid).scalar_subquery(),
         # spending is summed only for an account with a cap
         *(case((has_cap, c), else_=None) for c in spending.columns(uid, months)),
     ]
-    card = and_(PaymentMethod.user_id == uid, PaymentMethod.removed_at.is_(None))
-    card_month = PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
+
+
+# Built once per shape (building them costs more than running them); values are bound per
+# call. A billing period touches one or two calendar months.
+@functools.cache
+def _account_statement(parts: int) -> Select:
+    return select(*_account_columns(bindparam("uid"), bindparam("currency"), parts))
+
+
+@functools.cache
+def _user_account_statement(parts: int) -> Select:
+    return select(User, *_account_columns(User.id, User.currency, parts))
+
+
+def _time_params(months: spending.Months, now: datetime) -> dict[str, object]:
+    params: dict[str, object] = {
+        "month_now": now.year * 12 + now.month,
+        "expiry_limit": card_expiry_limit(now),
+        "m_start": months.start,
+        "m_end": months.end,
+    }
+    for i, (lo, hi) in enumerate(months.parts):
+        params[f"m{i}_lo"], params[f"m{i}_hi"] = lo, hi
+    return params
+
+
+def read_account(user: User, now: datetime) -> Account:
+    """Everything in one round trip of scalar subqueries, each on an index."""
+    months = spending.months_of(now)
     row = db.session.execute(
-        select(
-            exists().where(
-                Deployment.user_id == uid, Deployment.state == str(DeploymentState.REMOVING)
-            ),
-            exists().where(
-                DunningStep.user_id == uid,
-                DunningStep.step == "suspended",
-                Invoice.id == DunningStep.invoice_id,
-                Invoice.status == InvoiceStatus.OVERDUE.value,
-            ),
-            exists().where(Invoice.user_id == uid, Invoice.status == InvoiceStatus.OVERDUE.value),
-            exists().where(card, card_month >= month_now),
-            exists().where(
-                card, PaymentMethod.is_default.is_(True), card_month < card_expiry_limit(now)
-            ),
-            balance(AccountKind.CASH),
-            balance(AccountKind.VOUCHER),
-            balance(AccountKind.CREDIT),
-            open_sum(I.cpu_milli * I.cpu_rate_micros + I.memory_mgb * I.memory_rate_micros),
-            open_sum(I.instances * I.instance_rate_micros + I.public_ips * I.ip_rate_micros),
-            open_sum(I.storage_mgb * I.storage_rate_micros),
-            *budget,
-        )
+        _account_statement(len(months.parts)),
+        {"uid": user.id, "currency": user.currency, **_time_params(months, now)},
     ).one()
-    cap = None if row[11] is None else int(row[11])
+    return _account_of(user, tuple(row), months, now)
+
+
+def read_user_account(condition: ColumnElement[bool], now: datetime) -> tuple[User, Account] | None:
+    """The user matching ``condition`` (e.g. ``User.email == ...``) and their account, in the
+    same one round trip; None when no user matches."""
+    months = spending.months_of(now)
+    row = db.session.execute(
+        _user_account_statement(len(months.parts)).where(condition), _time_params(months, now)
+    ).one_or_none()
+    if row is None:
+        return None
+    user = row[0]
+    return user, _account_of(user, tuple(row)[1:], months, now)
+
+
+def _account_of(user: User, values: tuple, months: spending.Months, now: datetime) -> Account:
+    cap = None if values[11] is None else int(values[11])
     return Account(
-        removing=bool(row[0]),
-        suspended=bool(row[1]),
-        overdue=bool(row[2]),
-        valid_card=bool(row[3]),
-        card_expiring=bool(row[4]),
-        cash_minor=int(row[5]),
-        voucher_minor=int(row[6]),
-        credit_minor=int(row[7]),
-        hourly_micros=hourly_micros(row[8:11], now),
+        removing=bool(values[0]),
+        suspended=bool(values[1]),
+        overdue=bool(values[2]),
+        valid_card=bool(values[3]),
+        card_expiring=bool(values[4]),
+        cash_minor=int(values[5]),
+        voucher_minor=int(values[6]),
+        credit_minor=int(values[7]),
+        hourly_micros=hourly_micros(values[8:11], now),
         budget_cap_minor=cap,
-        budget_stop=bool(row[12]),
-        spent_minor=0 if cap is None else spending.from_row(user, row[13:], months),
+        budget_stop=bool(values[12]),
+        spent_minor=0 if cap is None else spending.from_row(user, values[13:], months),
     )

@@ -154,7 +154,7 @@ def planned_deployment(
 ) -> Planned:
     """The new deployment at the prices in force (raises ValidationFailed on a bad spec)."""
     now = now or utcnow()
-    version = catalog.version_at(now)
+    version = catalog.version_at(now, skus=bool(sku))
     spec = deployment_service.resolve_spec(
         version,
         kind=kind,
@@ -195,10 +195,13 @@ def _quota_refusal(user: User, planned: Planned) -> str | None:
     return None
 
 
-def can_deploy(user: User, planned: Planned, now: datetime | None = None) -> Decision:
+def can_deploy(
+    user: User, planned: Planned, now: datetime | None = None, account: Account | None = None
+) -> Decision:
+    """``account``: the user's, read at ``now`` with the user (``read_user_account``)."""
     now = now or utcnow()
     mode = str(mode_of(user.billing_mode))
-    account = read_account(user, now)
+    account = account or read_account(user, now)
     if mode == BillingMode.PREPAID:
         # As the hourly charges see the funds: unexpired credit only, less what is owed.
         account = replace(

@@ -4,9 +4,9 @@ invoice), at risk (the default card expires before the next invoice, or, for an 
 living on its balances, they last less than 72 hours, or the period's spending reached a
 budget cap set to stop deployments), good.
 
-``standing_of`` is the SQL expression lists filter and count by (all but the runway and the
-budget, which need the account's hourly cost and spending); ``standing`` adds them for one
-account."""
+``standing_of`` is the SQL expression lists filter by (all but the runway and the budget,
+which need the account's hourly cost and spending), ``count_by_standing`` counts the same
+without reading every account; ``standing`` adds them for one account."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, literal, select, union_all
 from sqlalchemy.orm import InstrumentedAttribute
 
+from ...extensions import db
 from ...models import (
     Deployment,
     DeploymentState,
@@ -80,6 +81,39 @@ def standing_of(
         (expiring, AT_RISK),
         else_=GOOD,
     )
+
+
+def count_by_standing(now: datetime | None = None) -> dict[str, int]:
+    """How many accounts have each standing (as ``standing_of`` tells them), reading only
+    the accounts that are not good (each set from an index: deployments being removed,
+    suspensions, overdue invoices, expiring default cards); good is all the others."""
+    ranked = union_all(
+        select(Deployment.user_id, literal(0).label("rank")).where(
+            Deployment.state == str(DeploymentState.REMOVING)
+        ),
+        select(DunningStep.user_id, literal(1))
+        .join(Invoice, Invoice.id == DunningStep.invoice_id)
+        .where(DunningStep.step == "suspended", Invoice.status == InvoiceStatus.OVERDUE.value),
+        select(Invoice.user_id, literal(2)).where(Invoice.status == InvoiceStatus.OVERDUE.value),
+        select(PaymentMethod.user_id, literal(3)).where(
+            PaymentMethod.is_default.is_(True),
+            PaymentMethod.removed_at.is_(None),
+            PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
+            < card_expiry_limit(now or utcnow()),
+        ),
+    ).subquery()
+    worst = select(func.min(ranked.c.rank).label("rank")).group_by(ranked.c.user_id).subquery()
+    by_rank = select(worst.c.rank, func.count()).group_by(worst.c.rank)
+    every = select(literal(-1), func.count()).select_from(User)  # with rank -1: all accounts
+    counts = dict.fromkeys(STANDINGS, 0)
+    total = 0
+    for rank, n in db.session.execute(union_all(by_rank, every)):
+        if rank < 0:
+            total = n
+        else:
+            counts[(REMOVING, SUSPENDED, OVERDUE, AT_RISK)[rank]] = n
+    counts[GOOD] = total - sum(counts.values())
+    return counts
 
 
 @dataclass(frozen=True)

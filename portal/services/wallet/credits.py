@@ -238,6 +238,17 @@ def expire_credits(now: datetime | None = None) -> int:
     return expired
 
 
+def newest_lots(user: User, limit: int) -> tuple[list[CreditLot], int]:
+    """The user's ``limit`` newest credit lots, and how many they have in all."""
+    rows = db.session.execute(
+        select(CreditLot, func.count().over())
+        .where(CreditLot.user_id == user.id)
+        .order_by(CreditLot.id.desc())
+        .limit(limit)
+    ).all()
+    return [lot for lot, _ in rows], (rows[0][1] if rows else 0)
+
+
 def list_lots(user: User) -> list[CreditLot]:
     return list(
         db.session.scalars(

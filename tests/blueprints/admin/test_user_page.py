@@ -123,3 +123,18 @@ def test_the_user_and_invoice_pages_show_the_pdfs_and_mail_still_waiting(
     assert f"/admin/invoices/{pending}" not in waiting
     done_page = client.get(f"/admin/invoices/{done}").get_data(as_text=True)
     assert "Nothing waiting" in section(done_page, "waiting-work")
+
+
+def test_the_newest_credit_lots_are_listed_with_how_many_there_are(app, make_user, monkeypatch):
+    monkeypatch.setattr("portal.blueprints.admin.users.LOTS_SHOWN", 2)
+    ann = make_user("ann@example.com")
+    admin = make_user("boss@example.com", admin=True)
+    client = app.test_client()
+    AuthActions(client).login(admin)
+    for n in range(3):
+        form = {"amount": "1.00", "reason": f"lot {n}", "request_id": f"r{n}"}
+        assert client.submit(f"/admin/users/{ann.id}/credits", form).status_code == 303
+    page = client.get(f"/admin/users/{ann.id}").get_data(as_text=True)
+    assert "The newest 2 of 3 credit lots." in page
+    # Lots 2 and 1 in the lots and the wallet history, lot 0 in the history only.
+    assert [page.count(f"<td>lot {n}</td>") for n in (2, 1, 0)] == [2, 2, 1]

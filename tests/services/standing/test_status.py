@@ -6,14 +6,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.models import PaymentMethod, User
+from portal.models import (
+    Deployment,
+    DeploymentState,
+    DunningStep,
+    Invoice,
+    InvoiceStatus,
+    PaymentMethod,
+    User,
+)
 from portal.money import Money
 from portal.services.metering import deployments
 from portal.services.standing import status
 from portal.services.wallet import credits
+from tests.support.invoices import OCT, issue_invoices
 
 NOW = datetime(2026, 12, 15, 12, tzinfo=UTC)  # the next invoice is on 1 January 2027
 
@@ -73,3 +82,34 @@ def test_balances_lasting_less_than_72_hours(ctx, make_user):
     db.session.commit()
     s = status.standing(user)
     assert (s.status, s.runway_hours) == ("at_risk", 36)
+
+
+def test_counts_by_standing_agree_with_the_list(app, make_user):
+    """Each account counted once, at its worst standing, as ``standing_of`` lists it."""
+    ids = {name: make_user(name=name).id for name in ("remove", "susp", "late", "card", "ok")}
+    invoices = {
+        n: issue_invoices(app, ids[n], periods=(OCT,))[0] for n in ("remove", "susp", "late")
+    }
+    with app.app_context():
+        for name in ("remove", "susp", "late"):
+            db.session.get(Invoice, invoices[name]).status = InvoiceStatus.OVERDUE.value
+        for name in ("remove", "susp"):
+            db.session.add(
+                DunningStep(invoice_id=invoices[name], user_id=ids[name], step="suspended")
+            )
+        db.session.scalars(
+            select(Deployment).where(Deployment.user_id == ids["remove"])
+        ).first().state = str(DeploymentState.REMOVING)
+        db.session.commit()
+        for name in ("late", "card"):  # an expiring card does not make an overdue account better
+            card(db.session.get(User, ids[name]), 12, 2026)
+        standing = status.standing_of(User.id, NOW).label("standing")
+        listed_counts = dict(
+            db.session.execute(
+                select(standing, func.count()).select_from(User).group_by(standing)
+            ).all()
+        )
+        counts = status.count_by_standing(NOW)
+        db.session.remove()
+    assert counts == {s: listed_counts.get(s, 0) for s in status.STANDINGS}
+    assert counts == {"removing": 1, "suspended": 1, "overdue": 1, "at_risk": 1, "good": 1}
