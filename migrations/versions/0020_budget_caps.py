@@ -2,7 +2,7 @@
 period)
 
 Revision ID: 0020_budget_caps
-Revises: 0017_standing
+Revises: 0018_prepaid
 Create Date: 2026-12-06 09:45:00
 
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = "0020_budget_caps"
-down_revision = "0017_standing"
+down_revision = "0018_prepaid"
 branch_labels = None
 depends_on = None
 
