@@ -41,6 +41,9 @@ from ...models import (
     AccountKind,
     BillingMode,
     DeploymentInterval,
+    Invoice,
+    InvoiceStatus,
+    LedgerAccount,
     PaymentTender,
     PrepaidCharge,
     User,
@@ -207,10 +210,67 @@ def _periods(since: datetime, upto: datetime) -> list[tuple[datetime, datetime]]
     return periods
 
 
+def _invoiced_through(user_ids: list[int]) -> dict[int, datetime]:
+    i = Invoice
+    return {
+        uid: end
+        for uid, end in db.session.execute(
+            select(i.user_id, func.max(i.period_end))
+            .where(
+                i.user_id.in_(user_ids),
+                i.status != str(InvoiceStatus.VOID),
+                i.kind == rollups.USAGE_INVOICE,
+            )
+            .group_by(i.user_id)
+        ).all()
+    }
+
+
+def _with_funds(user_ids: list[int]) -> set[int]:
+    """Of ``user_ids``, those whose wallets hold anything (read without locks: a first cut;
+    whoever is charged is read again under the lock)."""
+    a = LedgerAccount
+    return set(
+        db.session.scalars(
+            select(a.user_id)
+            .where(
+                a.user_id.in_(user_ids),
+                a.kind.in_(
+                    [str(k) for k in (AccountKind.CASH, AccountKind.VOUCHER, AccountKind.CREDIT)]
+                ),
+                a.balance_minor > 0,
+            )
+            .distinct()
+        )
+    )
+
+
+def _due(users: list[User], start: datetime, end: datetime) -> dict[int, int]:
+    """Per user: the period's usage so far less its charges, for many users in two queries."""
+    ids = [u.id for u in users]
+    usage = period_usage(min(ids), max(ids) + 1, start, end, ids)
+    c = PrepaidCharge
+    charged = dict(
+        db.session.execute(
+            select(c.user_id, func.sum(c.credit_minor + c.voucher_minor + c.cash_minor))
+            .where(c.user_id.in_(ids), c.period_start == start)
+            .group_by(c.user_id)
+        ).all()
+    )
+    return {
+        u.id: sum(line.amount_minor for line in build_lines(usage.get(u.id, {}), {}, u.currency))
+        - int(charged.get(u.id) or 0)
+        for u in users
+    }
+
+
 @rollups.after_metering
 def charge_window(chunk: int, since: datetime, upto: datetime) -> None:
     """The metering hook: charge the chunk's prepaid users whose deployments ran in
-    [since, upto), for each billing period the window touches that is not invoiced yet."""
+    [since, upto), for each billing period the window touches that is not invoiced yet.
+    What each owes is worked out for all of them at once; only those who owe something and
+    hold funds are charged, one by one under their lock (charge_user, which reads it all
+    again)."""
     size = rollups.chunk_size()
     i = DeploymentInterval
     ran = (
@@ -226,13 +286,17 @@ def charge_window(chunk: int, since: datetime, upto: datetime) -> None:
     users = db.session.scalars(
         select(User).where(User.id.in_(ran), prepaid_clause()).order_by(User.id)
     ).all()
+    if not users:
+        return
     now = utcnow()
-    for user in users:
-        invoiced = rollups.invoiced_through(user.id)
-        for start, end in _periods(since, upto):
-            if invoiced is not None and invoiced >= end:
-                continue
-            charge_user(user, (start, end), min(upto, end), now)
+    invoiced = _invoiced_through([u.id for u in users])
+    funded = _with_funds([u.id for u in users])
+    for start, end in _periods(since, upto):
+        open_users = [u for u in users if invoiced.get(u.id, start) < end]
+        due = _due(open_users, start, end) if open_users else {}
+        for user in open_users:
+            if due[user.id] > 0 and user.id in funded:
+                charge_user(user, (start, end), min(upto, end), now)
 
 
 # -- the statement -------------------------------------------------------------------------
