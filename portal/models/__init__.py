@@ -18,7 +18,14 @@ from .invoices import (
     PaymentTender,
     UsageAdjustment,
 )
-from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+from .ledger import (
+    AccountKind,
+    ArchivedLedgerTotal,
+    CreditLot,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+)
 from .ops import EmailStatus, JobRequest, JobRequestStatus, OutboundEmail
 from .payments import (
     OPEN_ATTEMPT_STATUSES,
@@ -59,7 +66,7 @@ from .subscriptions import (
     SubscriptionStatus,
 )
 from .types import utcnow
-from .usage import MeterMark, UsageDaily
+from .usage import ArchivedUsage, ArchivedYear, MeterMark, UsageDaily
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -67,6 +74,9 @@ from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEn
 __all__ = [
     "OPEN_ATTEMPT_STATUSES",
     "AccountKind",
+    "ArchivedLedgerTotal",
+    "ArchivedUsage",
+    "ArchivedYear",
     "ApiToken",
     "AuditEntry",
     "AttemptPurpose",
