@@ -33,7 +33,6 @@ from sqlalchemy.engine import CursorResult, Result
 
 from .extensions import db
 
-
 # The monthly partitions of the tables partitioned on PostgreSQL (portal/services/retention):
 # the models describe the partitioned parent only.
 PARTITIONED = ("usage_daily", "ledger_entries")

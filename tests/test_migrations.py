@@ -10,7 +10,9 @@ from portal.extensions import db
 
 def test_models_and_migrations_agree(ctx):
     with db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": not_a_partition})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": not_a_partition}
+        )
         diff = compare_metadata(context, db.metadata)
     assert diff == []
 
