@@ -22,6 +22,7 @@ AHEAD = 3  # months of partitions kept ready past the current one
 # The partition key of each partitioned table, and whether it is a timestamptz (else a date).
 KEYS = {"usage_daily": ("day", False), "ledger_entries": ("created_at", True)}
 assert set(KEYS) == set(PARTITIONED)
+LOCK_KEY = 0x70617274  # the advisory lock that serializes making partitions
 
 
 def enabled() -> bool:
@@ -61,6 +62,10 @@ def create_partition(table: str, month: date) -> bool:
     partition (under its lock) to prove none of its rows belongs to the new month, which the
     move made true in this transaction."""
     name = partition_name(table, month)
+    if name in partitions(table):
+        return False
+    # The daily job and an archive may both make a month's partition: one at a time.
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
     if name in partitions(table):
         return False
     key = KEYS[table][0]

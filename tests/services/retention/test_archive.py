@@ -221,3 +221,23 @@ def test_usage_not_invoiced_is_refused_and_the_oldest_year_goes_first(user, tmp_
         archive.archive_year(2025, tmp_path, now=NOW)
     with pytest.raises(archive.ArchiveRefused, match="usage of 1 user.* in 2024 is not invoiced"):
         archive.archive_year(2024, tmp_path, now=NOW + timedelta(days=1))
+
+
+def test_the_command_archives_a_closed_year_and_refuses_an_open_one(
+    app, runner, make_user, tmp_path
+):
+    user_id = make_user().id
+    with app.app_context():
+        user = db.session.get(User, user_id)
+        _year_2025(user)
+        db.session.remove()
+    refused = runner.invoke(args=["billing", "archive", "--year", "2099", "--to", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert "error: 2099 is not over yet: only a closed year can be archived" in refused.output
+    done = runner.invoke(args=["billing", "archive", "--year", "2025", "--to", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert "archived 2025 into" in done.output and "1 usage rollup row(s)" in done.output
+    assert (tmp_path / "billing-archive-2025" / "SHA256SUMS").exists()
+    assert runner.invoke(args=["billing", "reconcile"]).exit_code == 0
+    audit = runner.invoke(args=["billing", "usage-audit"])
+    assert audit.exit_code == 0, audit.output
