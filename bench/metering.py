@@ -179,8 +179,9 @@ def table_mb(db, text) -> float:
         # usage_daily is partitioned by month: its size is its partitions' (with indexes).
         size = db.session.scalar(
             text(
-                "SELECT (SELECT SUM(pg_total_relation_size(relid)) "
-                "FROM pg_partition_tree('usage_daily')) + pg_total_relation_size('meter_marks')"
+                "SELECT CAST((SELECT SUM(pg_total_relation_size(relid)) "
+                "FROM pg_partition_tree('usage_daily')) AS bigint) "
+                "+ pg_total_relation_size('meter_marks')"
             )
         )
     else:
