@@ -2,14 +2,16 @@
 
 Prints one JSON line:
 {"bench": "metering", "db": ..., "deployments": 100000, "rows": ..., "wall_s": ...,
- "floor_s": ..., "ratio": ..., "peak_rss_mb": ..., "table_mb_per_month": ...}
+ "floor_s": ..., "ratio": ..., "peak_rss_mb": ..., "table_mb_per_month": ...,
+ "rows_per_month": ...}
 
 - wall_s: `runs.meter_all` for one hour (claims every chunk's mark, one set-based
   INSERT ... SELECT ... ON CONFLICT per chunk), committed.
 - floor_s: the same rows written by one plain INSERT ... SELECT ... ON CONFLICT into a table
   of the same shape and primary key, with none of our logic (no marks, no chunks).
 - peak_rss_mb: the process's peak resident memory (seeding is done in SQL, not Python).
-- table_mb_per_month: the usage tables' size (rollups with their indexes, plus the marks)
+- table_mb_per_month: the usage tables' size (rollups with their indexes, on PostgreSQL the
+  sum of the month partitions', plus the marks) and rows_per_month the rollup rows,
   after metering a 30-day month of the same deployments, in day-sized steps (the rows are
   the same as hourly metering writes; hourly upserts also leave dead tuples on PostgreSQL
   until autovacuum reclaims them).
@@ -38,6 +40,7 @@ from portal.models import MeterMark
 from portal.models.types import UTCDateTime
 from portal.services.metering import catalog, rollups, runs
 from portal.services.metering.rollups import _SECONDS
+from portal.services.retention import partitions
 from portal.services.wallet import ledger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -173,9 +176,12 @@ def floor(db, text) -> float:
 
 def table_mb(db, text) -> float:
     if db.engine.dialect.name == "postgresql":
+        # usage_daily is partitioned by month: its size is its partitions' (with indexes).
         size = db.session.scalar(
             text(
-                "SELECT pg_total_relation_size('usage_daily') + pg_total_relation_size('meter_marks')"
+                "SELECT CAST((SELECT SUM(pg_total_relation_size(relid)) "
+                "FROM pg_partition_tree('usage_daily')) AS bigint) "
+                "+ pg_total_relation_size('meter_marks')"
             )
         )
     else:
@@ -203,6 +209,9 @@ def main() -> None:
     )
     with app.app_context():
         flask_migrate.upgrade()
+        # The months metered have their partitions, as the daemon's job makes them ahead.
+        partitions.ensure_partitions(now=START)
+        db.session.commit()
         seed(db, text)
         floor_s = floor(db, text)
 
@@ -222,6 +231,7 @@ def main() -> None:
             with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM usage_daily")
         month_mb = table_mb(db, text)
+        month_rows = db.session.scalar(text("SELECT COUNT(*) FROM usage_daily"))
         db.session.remove()
         db.engine.dispose()
     print(
@@ -236,6 +246,7 @@ def main() -> None:
                 "ratio": round(wall_s / floor_s, 2),
                 "peak_rss_mb": round(peak_rss_mb, 1),
                 "table_mb_per_month": month_mb,
+                "rows_per_month": month_rows,
             }
         )
     )

@@ -68,6 +68,7 @@ from portal.money import Money
 from portal.services import accounts, mail
 from portal.services.invoicing import run as invoice_run
 from portal.services.metering import deployments
+from portal.services.retention import partitions
 from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
 from portal.services.webhooks import endpoints
@@ -148,6 +149,14 @@ def build_app(database_url: str, redis_url: str):
     )
     with app.app_context():
         flask_migrate.upgrade()
+        # The year of seeded history has its monthly partitions (PostgreSQL), as a database
+        # that has been running for a year has them.
+        month = partitions.month_of(utcnow() - timedelta(days=366))
+        while month <= partitions.month_of(utcnow()) and partitions.enabled():
+            for table in partitions.KEYS:
+                partitions.create_partition(table, month)
+            month = partitions.next_month(month)
+        db.session.commit()
     return app
 
 
@@ -256,6 +265,7 @@ def seed(app) -> str:
                         "account_id": aid,
                         "amount_minor": amt,
                         "currency": currency,
+                        "created_at": row["created_at"],  # its transaction's, as posted
                     }
                 )
             if kind == "credit_grant":

@@ -37,6 +37,7 @@ from .services.wallet import jobs as _wallet_jobs  # noqa: F401
 from .services.subscriptions import jobs as _subscriptions_jobs  # noqa: F401
 from .services.standing import jobs as _standing_jobs  # noqa: F401
 from .services.budgets import jobs as _budgets_jobs  # noqa: F401
+from .services.retention import jobs as _retention_jobs  # noqa: F401
 # isort: on
 
 

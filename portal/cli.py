@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -19,6 +20,8 @@ from .models import User
 from .services import accounts, calendar, demo
 from .services.invoicing import invoices, run
 from .services.metering import rollups, runs
+from .services.retention import archive as retention_archive
+from .services.retention import partitions
 from .services.wallet import credits
 from .services.wallet.reconcile import CHECKS, find_discrepancies, refuse_changed_currency_digits
 from .supervisor import run_all
@@ -158,6 +161,42 @@ def usage_audit() -> None:
     if problems:
         fail(f"{len(problems)} rollup row(s) differ from the intervals")
     click.echo(f"ok: {rollups.rollup_count()} rollup rows match the intervals")
+
+
+@billing.command("archive")
+@click.option("--year", type=int, required=True, help="The closed year to archive (2025).")
+@click.option(
+    "--to",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write billing-archive-YEAR/ (CSV files, totals, manifest, SHA256SUMS).",
+)
+def archive(year: int, directory: Path) -> None:
+    """Write a closed year's usage rollups and ledger entries to files, keep their totals,
+    and remove the rows (reconcile and usage-audit go on proving the books)."""
+    try:
+        result = retention_archive.archive_year(year, directory)
+        db.session.commit()  # the files are complete and on disk
+    except ServiceError as exc:
+        fail(exc.message)
+    click.echo(
+        f"archived {year} into {result.directory}: {result.usage_rows} usage rollup row(s) "
+        f"of {result.deployments} deployment(s), {result.ledger_entries} ledger entr"
+        f"{'y' if result.ledger_entries == 1 else 'ies'} of {result.accounts} account(s)"
+    )
+
+
+@billing.command("create-partitions")
+def create_partitions() -> None:
+    """Create the monthly partitions of this month and the next three (PostgreSQL; the
+    daemon does it daily)."""
+    created = partitions.ensure_partitions()
+    db.session.commit()
+    if not partitions.enabled():
+        click.echo("nothing to do: the tables are partitioned on PostgreSQL only")
+        return
+    click.echo(f"{len(created)} partition(s) created{': ' if created else ''}{', '.join(created)}")
 
 
 @billing.command("daemon")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Result
 
 from .extensions import db
+
+# The monthly partitions of the tables partitioned on PostgreSQL (portal/services/retention):
+# the models describe the partitioned parent only.
+PARTITIONED = ("usage_daily", "ledger_entries")
+PARTITION_NAME = re.compile(rf"^({'|'.join(PARTITIONED)})_(y\d{{4}}m\d{{2}}|default)$")
+
+
+def not_a_partition(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's ``include_name``: compare (and autogenerate) the parents, not partitions."""
+    return not (type_ == "table" and name is not None and PARTITION_NAME.match(name))
 
 
 def dialect_insert(table: Table) -> PgInsert | SqliteInsert:

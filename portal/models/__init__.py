@@ -19,7 +19,14 @@ from .invoices import (
     PaymentTender,
     UsageAdjustment,
 )
-from .ledger import AccountKind, CreditLot, LedgerAccount, LedgerEntry, LedgerTransaction
+from .ledger import (
+    AccountKind,
+    ArchivedLedgerTotal,
+    CreditLot,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+)
 from .ops import EmailStatus, JobRequest, JobRequestStatus, OutboundEmail
 from .payments import (
     OPEN_ATTEMPT_STATUSES,
@@ -60,7 +67,7 @@ from .subscriptions import (
     SubscriptionStatus,
 )
 from .types import utcnow
-from .usage import MeterMark, UsageDaily
+from .usage import ArchivedUsage, ArchivedYear, MeterMark, UsageDaily
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -68,6 +75,9 @@ from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEn
 __all__ = [
     "OPEN_ATTEMPT_STATUSES",
     "AccountKind",
+    "ArchivedLedgerTotal",
+    "ArchivedUsage",
+    "ArchivedYear",
     "ApiToken",
     "AuditEntry",
     "Budget",

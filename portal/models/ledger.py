@@ -124,6 +124,10 @@ class LedgerTransaction(Model):
 
 
 class LedgerEntry(Model):
+    """On PostgreSQL partitioned by month of ``created_at`` (migration 0021), whose primary
+    key there is (id, created_at): ids still come from one sequence. ``created_at`` is
+    always its transaction's, so a transaction's entries share a partition."""
+
     __tablename__ = "ledger_entries"
     __table_args__ = (
         CheckConstraint("amount_minor <> 0", name="amount_not_zero"),
@@ -135,6 +139,7 @@ class LedgerEntry(Model):
     account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     transaction: Mapped[LedgerTransaction] = relationship(back_populates="entries")
     account: Mapped[LedgerAccount] = relationship(lazy="joined")
@@ -166,3 +171,21 @@ class CreditLot(Model):
     granted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     transaction_id: Mapped[int] = mapped_column(ForeignKey("ledger_transactions.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ArchivedLedgerTotal(Model):
+    """One account's movement over an archived year (the sum and count of its entries):
+    reconcile adds the archived years' movements to the remaining entries, so the cached
+    balances are still proven once that year's entries are gone."""
+
+    __tablename__ = "archived_ledger_totals"
+
+    year: Mapped[int] = mapped_column(
+        ForeignKey("archived_years.year"), primary_key=True, autoincrement=False
+    )
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_accounts.id"), primary_key=True, autoincrement=False
+    )
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    entries: Mapped[int] = mapped_column(BigInteger)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Index, PrimaryKeyConstraint
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, PrimaryKeyConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Model
@@ -51,12 +51,14 @@ class UsageColumns:
 
 class UsageDaily(UsageColumns, Model):
     """Derived data, written only by metering from intervals (whose foreign keys hold), so
-    it carries no foreign keys itself: checking two per row would double metering's cost."""
+    it carries no foreign keys itself: checking two per row would double metering's cost.
+    On PostgreSQL partitioned by month of ``day`` (migration 0021; portal/services/retention)."""
 
     __tablename__ = "usage_daily"
     __table_args__ = (
         PrimaryKeyConstraint("deployment_id", "day"),
         Index("ix_usage_daily_user_id_day", "user_id", "day"),
+        {"postgresql_partition_by": "RANGE (day)"},
     )
 
     deployment_id: Mapped[int] = mapped_column(BigInteger)
@@ -74,3 +76,32 @@ class MeterMark(Model):
     chunk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     metered_through: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ArchivedYear(Model):
+    """A closed year whose rollups and ledger entries were written to archive files and
+    removed (`flask billing archive`). Archiving goes oldest year first, so every row of
+    usage_daily and ledger_entries before the newest archived year's end is archived."""
+
+    __tablename__ = "archived_years"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    archived_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    usage_rows: Mapped[int] = mapped_column(BigInteger)
+    ledger_entries: Mapped[int] = mapped_column(BigInteger)
+    # SHA-256 of the archive's manifest (which holds each file's SHA-256).
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class ArchivedUsage(UsageColumns, Model):
+    """One deployment's usage totals over an archived year: what usage-audit compares the
+    recomputation from the intervals with, once that year's rollup rows are gone."""
+
+    __tablename__ = "archived_usage"
+
+    year: Mapped[int] = mapped_column(
+        ForeignKey("archived_years.year"), primary_key=True, autoincrement=False
+    )
+    deployment_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    days: Mapped[int] = mapped_column(BigInteger)  # rollup rows archived

@@ -28,6 +28,8 @@ from sqlalchemy import func, select, text, update
 from ...db import dialect_insert, rowcount
 from ...extensions import db
 from ...models import (
+    ArchivedUsage,
+    ArchivedYear,
     Deployment,
     DeploymentInterval,
     Invoice,
@@ -316,6 +318,10 @@ def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
     if mark is None:
         return result
     first_day = since.astimezone(UTC).date()
+    archived = db.session.scalar(select(func.max(ArchivedYear.year)))
+    if archived is not None and first_day.year <= archived:
+        # An archived year is closed: its usage is in the archive and its summary.
+        first_day = date(archived + 1, 1, 1)
     start, end = epoch(_midnight(first_day)), epoch(mark.metered_through)
     if start >= end:
         return result
@@ -465,6 +471,7 @@ def audit_usage() -> list[str]:
         (r.deployment_id, r.day): [getattr(r, c) for c in USAGE_COLUMNS]
         for r in db.session.execute(select(UsageDaily)).scalars()
     }
+    problems += _audit_archived(expected, stored)
     for key in sorted(set(expected) | set(stored)):
         want = expected.get(key, [0] * len(USAGE_COLUMNS))
         have = stored.get(key, [0] * len(USAGE_COLUMNS))
@@ -475,6 +482,41 @@ def audit_usage() -> list[str]:
                 if h != w
             )
             problems.append(f"deployment {key[0]} on {key[1]}: rollup {diffs} (recomputed)")
+    return problems
+
+
+def _audit_archived(
+    expected: dict[tuple[int, date], list[int]], stored: dict[tuple[int, date], list[int]]
+) -> list[str]:
+    """The archived years (`flask billing archive`): each deployment's recomputed usage over
+    such a year against its archived totals. Takes those days out of ``expected`` and
+    ``stored`` (rows left in an archived year count against the totals too)."""
+    archived = {
+        (r.year, r.deployment_id): [getattr(r, c) for c in USAGE_COLUMNS]
+        for r in db.session.scalars(select(ArchivedUsage))
+    }
+    years = set(db.session.scalars(select(ArchivedYear.year)))
+    if not years:
+        return []
+    recomputed: dict[tuple[int, int], list[int]] = {}
+    for source, into in ((expected, recomputed), (stored, archived)):
+        for day_key in [k for k in source if k[1].year in years]:
+            row = into.setdefault((day_key[1].year, day_key[0]), [0] * len(USAGE_COLUMNS))
+            for n, v in enumerate(source.pop(day_key)):
+                row[n] += v
+    problems = []
+    for key in sorted(set(recomputed) | set(archived)):
+        want = recomputed.get(key, [0] * len(USAGE_COLUMNS))
+        have = archived.get(key, [0] * len(USAGE_COLUMNS))
+        if want != have:
+            diffs = ", ".join(
+                f"{c} {h} != {w}"
+                for c, h, w in zip(USAGE_COLUMNS, have, want, strict=False)
+                if h != w
+            )
+            problems.append(
+                f"deployment {key[1]} in archived {key[0]}: totals {diffs} (recomputed)"
+            )
     return problems
 
 

@@ -204,7 +204,13 @@ def post_transaction(
     db.session.execute(
         insert(LedgerEntry),
         [
-            {"transaction_id": txn.id, "account_id": aid, "amount_minor": amt, "currency": currency}
+            {
+                "transaction_id": txn.id,
+                "account_id": aid,
+                "amount_minor": amt,
+                "currency": currency,
+                "created_at": txn.created_at,  # the partition key: the transaction's time
+            }
             for aid, amt in sorted(merged.items())
         ],
     )
@@ -308,9 +314,9 @@ def post_many(
     # Entries in account order within each transaction, as post_transaction writes them.
     bulk_insert(
         LedgerEntry.__table__,
-        ("transaction_id", "account_id", "amount_minor", "currency"),
+        ("transaction_id", "account_id", "amount_minor", "currency", "created_at"),
         [
-            (ids[p.idempotency_key], aid, amount, p.currency)
+            (ids[p.idempotency_key], aid, amount, p.currency, now)
             for p in postings
             for aid, _, amount in sorted(p.legs)
         ],
