@@ -76,6 +76,7 @@ def test_the_nav_no_longer_offers_a_subscription_and_usage_links_the_prices(
     assert "Subscription" not in nav and "/subscription/" not in nav
     assert [label for label in re.findall(r">([^<>]+)</a>", nav)] == [
         "Overview",
+        "Standing",
         "Usage",
         "Invoices",
         "Payment methods",

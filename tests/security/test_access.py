@@ -428,6 +428,8 @@ RETURN_PAGES = {
     "wallet.top_up_card_return",
     "invoices.confirmed",
     "subscription.checkout_done",
+    "standing.checkout_done",
+    "standing.card_return",
 }
 
 
