@@ -23,14 +23,14 @@ from ...money import Money
 from ..payments import card_charges, cards, outcomes, settlement, topups
 from ..payments.pay import Outcome, pay_invoice
 from ..wallet import ledger
-from . import dunning
+from .restore import restore_now
 from .resources import labels, overdue_invoices, standing_page
 
 
 def restore(user_id: int, now: datetime | None = None) -> list[str]:
     """Bring back what the payments now cover; returns the external ids restored. The one
     place Pay to restore restores."""
-    return dunning.restore_user(user_id, now)
+    return restore_now(user_id, now)
 
 
 def restore_named(user: User, now: datetime | None = None) -> list[str]:
