@@ -28,7 +28,7 @@ from portal.money import Money
 from portal.services import events
 from portal.services.metering import deployments
 from portal.services.standing import dunning, payrestore, resources
-from portal.services.wallet import credits, ledger
+from portal.services.wallet import credits, ledger, settlement_requests
 from portal.services.wallet.reconcile import find_discrepancies
 from tests.blueprints.test_query_counts import counting
 from tests.support.invoices import SEP, issue_invoices, pay_offline
@@ -510,9 +510,23 @@ def test_the_page_makes_as_many_statements_with_more_to_show(app, client, auth, 
     assert statements() == few
 
 
-def test_paid_by_other_means_it_restores_at_once(app, client, auth, make_user):
-    """The invoice was paid by bank transfer; the hourly run has not restored yet: the page
-    offers Restore now, which pays nothing and brings the deployment back."""
+def test_paid_by_other_means_restores_as_the_payment_lands(app, client, auth, make_user):
+    """A payment asks for the restore job as it commits: the deployment runs at once and
+    the page has nothing left to offer."""
+    user = make_user()
+    invoice_id = overdue_invoice(app, user.id, days_past_due=10)
+    pay_offline(app, invoice_id)
+    assert state_of(app, user.id) == "active"
+    auth.login(user)
+    page = text(client.get("/standing/"))
+    assert 'id="restore-button"' not in page
+
+
+def test_paid_by_other_means_it_restores_at_once(app, client, auth, make_user, monkeypatch):
+    """The invoice was paid by bank transfer and the restore job has not run yet (a busy
+    worker): the page offers Restore now, which pays nothing and brings the deployment
+    back."""
+    monkeypatch.setattr(settlement_requests, "request_restore", lambda user_id: None)
     user = make_user()
     invoice_id = overdue_invoice(app, user.id, days_past_due=10)
     pay_offline(app, invoice_id)

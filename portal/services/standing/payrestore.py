@@ -17,14 +17,24 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import select
+
 from ...extensions import db
-from ...models import AccountKind, AttemptStatus, Invoice, User, utcnow
+from ...models import (
+    AccountKind,
+    AttemptStatus,
+    Deployment,
+    DeploymentState,
+    Invoice,
+    User,
+    utcnow,
+)
 from ...money import Money
 from ..payments import card_charges, cards, outcomes, settlement, topups
 from ..payments.pay import Outcome, pay_invoice
 from ..wallet import ledger
-from .restore import restore_now
 from .resources import labels, overdue_invoices, standing_page
+from .restore import restore_now
 
 
 def restore(user_id: int, now: datetime | None = None) -> list[str]:
@@ -90,6 +100,7 @@ def pay_to_restore(
         )
         db.session.commit()  # the session row exists before the customer reaches its page
         return Restored(Result.CHECKOUT, amount, redirect_url=session.url)
+    stopped = _stopped(user.id)
     marker = outcomes.payments_marker(user)
     for invoice in q.invoices:
         outcome = pay_invoice(user, invoice.id, now=now)
@@ -129,8 +140,33 @@ def pay_to_restore(
         if status is not AttemptStatus.SUCCEEDED:
             return Restored(Result.PROCESSING, paid)
         paid = paid + attempt.amount
-    restored = restore(user.id, now)
-    return Restored(Result.RESTORED, paid, labels(user.id, restored))
+    restored = set(restore(user.id, now))
+    # A payment asks for the restore job as it commits: a worker may have restored first.
+    restored |= stopped - _stopped(user.id)
+    ordered = [e for e in sorted(stopped | restored) if e in restored and _running(user.id, e)]
+    return Restored(Result.RESTORED, paid, labels(user.id, ordered))
+
+
+def _stopped(user_id: int) -> set[str]:
+    """The user's deployments suspended or up for removal."""
+    return set(
+        db.session.scalars(
+            select(Deployment.external_id).where(
+                Deployment.user_id == user_id,
+                Deployment.state.in_(
+                    (str(DeploymentState.SUSPENDED), str(DeploymentState.REMOVING))
+                ),
+            )
+        )
+    )
+
+
+def _running(user_id: int, external_id: str) -> bool:
+    return db.session.scalar(
+        select(Deployment.state).where(
+            Deployment.user_id == user_id, Deployment.external_id == external_id
+        )
+    ) == str(DeploymentState.ACTIVE)
 
 
 def _paid_since(user: User, marker: int) -> Money:
