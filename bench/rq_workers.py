@@ -104,6 +104,8 @@ def run_jobs(
                 for job_id in ids:
                     pipe.hget(Job.key_for(job_id), "status")
                 statuses = [s.decode() if s else None for s in pipe.execute()]
+            if None in statuses:  # Redis lost it (flushed by someone else?)
+                raise SystemExit(f"a chunk job is gone from Redis: {statuses}")
             if "failed" in statuses:
                 job = Job.fetch(ids[statuses.index("failed")], connection=redis)
                 raise SystemExit(f"a chunk job failed:\n{job.latest_result().exc_string}")

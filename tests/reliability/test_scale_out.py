@@ -22,7 +22,7 @@ from tests.support.processes import query, wait_until
 
 pytestmark = pytest.mark.redis
 
-USERS = 240
+USERS = int(__import__("os").environ.get("SCALE_TEST_USERS", "240"))
 CHUNK = 30  # users a chunk: eight chunks to share among the workers
 HOURS = 5  # metering runs, one per hour, asked for at once
 
@@ -60,6 +60,26 @@ def request_runs(portal, job: str, args: list[list[str]]) -> list[int]:
         return ids
 
     return query(portal, ask)
+
+
+def wait_for_runs(portal, run_ids: list[int], processes_: list, timeout: float) -> list[str]:
+    """The runs' statuses once all have ended; on a timeout, what the processes said."""
+    try:
+        return wait_until(
+            lambda: ended(portal, run_ids), timeout=timeout, interval=0.5, message="the runs"
+        )
+    except AssertionError:
+        state = query(
+            portal,
+            lambda: (
+                db.session.execute(select(JobRun.id, JobRun.status, JobRun.error)).all(),
+                db.session.execute(
+                    select(JobRequest.task, JobRequest.status, JobRequest.last_error)
+                ).all(),
+            ),
+        )
+        tails = "\n".join(f"--- {p.name}\n{p.output[-3000:]}" for p in processes_)
+        raise AssertionError(f"runs not ended: {state}\n{tails}") from None
 
 
 def ended(portal, run_ids: list[int]) -> list[str] | None:
@@ -111,9 +131,7 @@ def test_three_workers_and_two_daemons_meter_each_hour_and_invoice_each_user_onc
     metering = request_runs(
         portal, "calculate-usage", [[h.strftime("%Y-%m-%dT%H")] for h in reversed(hours)]
     )
-    statuses = wait_until(
-        lambda: ended(portal, metering), timeout=180, interval=0.5, message="the metering runs"
-    )
+    statuses = wait_for_runs(portal, metering, workers + daemons, timeout=300)
     assert statuses == ["succeeded"] * HOURS
 
     def metered():
@@ -126,9 +144,7 @@ def test_three_workers_and_two_daemons_meter_each_hour_and_invoice_each_user_onc
     assert rows == USERS
 
     [invoicing] = request_runs(portal, "generate-invoices", [[SEP[0].strftime("%Y-%m-%d")]])
-    statuses = wait_until(
-        lambda: ended(portal, [invoicing]), timeout=240, interval=0.5, message="the invoice run"
-    )
+    statuses = wait_for_runs(portal, [invoicing], workers + daemons, timeout=300)
     assert statuses == ["succeeded"]
 
     def invoiced():
