@@ -3,7 +3,8 @@
 
 Prints one JSON line on stdout (everything else goes to stderr):
 {"bench": "invoicing", "db": ..., "users": 10000, "invoices": ..., "wall_s": ...,
- "invoices_per_s": ..., "pdf_median_ms": ..., "bare_pdf_median_ms": ..., "pdf_ratio": ...}
+ "invoices_per_s": ..., "pdf_median_ms": ..., "bare_pdf_median_ms": ..., "pdf_ratio": ...,
+ "peak_rss_mb": ...}
 
 - Seeds, in set-based SQL: 10,000 users with their four ledger accounts (cash, voucher,
   credit, receivable), 5 deployments each (mixed shapes; one with a public IP, one started
@@ -59,6 +60,7 @@ import gc
 import json
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -521,6 +523,8 @@ def main() -> None:
             seed(app)
             print(f"seeded and metered in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             wall, invoices = run_invoices(app)
+            # Seeding is set-based SQL: the peak is the run's (in this process, unless in workers).
+            peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             check(app, invoices)
             redis.flushdb()
             pdf_ms, bare_ms = pdf_timings(app)
@@ -538,6 +542,7 @@ def main() -> None:
         "pdf_median_ms": round(pdf_ms, 1),
         "bare_pdf_median_ms": round(bare_ms, 1),
         "pdf_ratio": round(pdf_ms / bare_ms, 2),
+        "peak_rss_mb": round(peak_rss_mb, 1),
     }
     if WORKERS:
         figures["workers"] = WORKERS
