@@ -22,7 +22,7 @@ from tests.support.processes import query, wait_until
 
 pytestmark = pytest.mark.redis
 
-USERS = int(__import__("os").environ.get("SCALE_TEST_USERS", "240"))
+USERS = 240
 CHUNK = 30  # users a chunk: eight chunks to share among the workers
 HOURS = 5  # metering runs, one per hour, asked for at once
 
