@@ -3,7 +3,8 @@
 
 Prints one JSON line on stdout (everything else goes to stderr):
 {"bench": "invoicing", "db": ..., "users": 10000, "invoices": ..., "wall_s": ...,
- "invoices_per_s": ..., "pdf_median_ms": ..., "bare_pdf_median_ms": ..., "pdf_ratio": ...}
+ "invoices_per_s": ..., "pdf_median_ms": ..., "bare_pdf_median_ms": ..., "pdf_ratio": ...,
+ "peak_rss_mb": ...}
 
 - Seeds, in set-based SQL: 10,000 users with their four ledger accounts (cash, voucher,
   credit, receivable), 5 deployments each (mixed shapes; one with a public IP, one started
@@ -34,11 +35,13 @@ Environment:
                    dropped and re-created (an explicit PostgreSQL URL must name a database
                    whose name starts with portal_bench); any sqlite URL: a temporary file.
     BENCH_REDIS_URL  default redis://127.0.0.1:6379/13 (flushed before and after).
-    BENCH_USERS    default 10000.
-    BENCH_WORKERS  default 1: `invoice_run.generate_period` in this process. N > 1: the chunks
-                   shared out to N worker processes, each running the invoicing queue's chunk
-                   job (generate_chunk, commit), as N RQ workers would; adds "workers" to the
-                   line.
+    BENCH_USERS    default 10000 (BENCH_SCALE=10: 100000).
+    BENCH_WORKERS  default 0: `invoice_run.generate_period` in this process. N >= 1: the
+                   period's chunk jobs (`invoicing.generate_chunk`, one per chunk, as the
+                   invoice run fans them out) run in N real RQ worker processes
+                   (`python -m jobs.worker invoicing`), timed from the first enqueue to the
+                   last chunk finished; adds "workers" to the line. The PDF jobs the chunks
+                   ask for queue behind the chunks, so the workers reach them only after.
     BENCH_PROFILE  a file for a pyinstrument report of the timed run (pip install pyinstrument).
     BENCH_SUBSCRIBED  default 0: the share of users (0 to 1, every n-th user) subscribed to the
                    seed's Pro plan ($29.99 a month, 8 cores, 16 GB, 100 GB) in hybrid billing
@@ -55,15 +58,13 @@ import contextlib
 import dataclasses
 import gc
 import json
-import multiprocessing
 import os
-import queue
 import re
+import resource
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -93,9 +94,10 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import rq_workers  # noqa: E402
 
-USERS = int(os.environ.get("BENCH_USERS", "10000"))
-WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+USERS = int(os.environ.get("BENCH_USERS", 10_000 * int(os.environ.get("BENCH_SCALE", "1"))))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "0"))
 SUBSCRIBED = float(os.environ.get("BENCH_SUBSCRIBED", "0"))
 PER_USER = 5
 CREDIT_USERS = min(300, USERS)
@@ -130,7 +132,12 @@ def prepare_database(url: str, stack: contextlib.ExitStack) -> str:
     return url
 
 
-SEQ = "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < :count) "
+def seq() -> str:
+    """Rows n = 1..:count: generate_series on PostgreSQL, a recursive CTE on SQLite."""
+    if db.engine.dialect.name == "postgresql":
+        return "WITH seq(n) AS (SELECT generate_series(1, CAST(:count AS integer))) "
+    return "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < :count) "
+
 
 # Per deployment k of a user (0..4): cpu_milli, memory_mgb, storage_mgb, public IPs,
 # start offset in hours, end offset in hours (NULL: still running).
@@ -171,7 +178,7 @@ def seed(app) -> None:
         params = {"now": START - timedelta(days=30)}
         db.session.execute(
             sql(
-                SEQ
+                seq()
                 + """
             INSERT INTO users (id, email, name, is_admin, is_enabled, auth_version, currency,
                                created_at)
@@ -197,7 +204,7 @@ def seed(app) -> None:
         end = f"{start_epoch} + 3600 * {_shape_case(5)}"
         db.session.execute(
             sql(
-                SEQ
+                seq()
                 + f"""
             INSERT INTO deployments (id, external_id, user_id, kind, name, labels, state,
                                      price_version_id, cpu_milli, memory_mgb, storage_mgb,
@@ -218,7 +225,7 @@ def seed(app) -> None:
         )
         db.session.execute(
             text(
-                SEQ
+                seq()
                 + f"""
             INSERT INTO deployment_intervals (deployment_id, user_id, start_epoch, end_epoch,
                 state, cpu_milli, memory_mgb, storage_mgb, instances, public_ips,
@@ -250,6 +257,8 @@ def seed(app) -> None:
         # Credits through the service: a third cover the whole invoice, a third part of it,
         # a third come in two lots, the sooner-expiring one spent first.
         step = max(1, USERS // CREDIT_USERS)
+        # Unexpired when the run's chunks use the real time (in RQ workers) as well.
+        expiring = max(NOW, datetime.now(UTC))
         for i, uid in enumerate(range(1, USERS + 1, step)):
             if i >= CREDIT_USERS:
                 break
@@ -260,7 +269,10 @@ def seed(app) -> None:
                 if kind == 0
                 else [(2_500, None)]
                 if kind == 1
-                else [(4_000, NOW + timedelta(days=20)), (3_000, NOW + timedelta(days=90))]
+                else [
+                    (4_000, expiring + timedelta(days=20)),
+                    (3_000, expiring + timedelta(days=90)),
+                ]
             )
             for n, (amount, expires) in enumerate(grants):
                 credits.grant_credit(
@@ -337,7 +349,7 @@ def server_state(app) -> tuple:
 
 def run_invoices(app) -> tuple[float, int]:
     before = server_state(app)
-    if WORKERS > 1:
+    if WORKERS:
         wall, made = run_in_workers(app)
     else:
         with app.app_context():
@@ -375,66 +387,40 @@ def run_invoices(app) -> tuple[float, int]:
 
 
 def run_in_workers(app) -> tuple[float, int]:
-    """The period's chunks shared out to WORKERS processes, each running what the invoicing
-    queue's chunk job runs (generate_chunk, commit), as RQ workers would; timed from the
-    moment all are ready until the last is done."""
+    """The period's chunks as the invoice run fans them out (one `invoicing.generate_chunk`
+    job each) to WORKERS real RQ worker processes on the invoicing queue; timed from the
+    first enqueue until the last chunk has committed."""
     with app.app_context():
         invoice_run.check_period(START, END, NOW)
         chunks = invoice_run.chunks_with_users()
         db.session.remove()
-    ctx = multiprocessing.get_context("spawn")
-    todo, results = ctx.Queue(), ctx.Queue()
-    for chunk in chunks:
-        todo.put(chunk)
-    ready = ctx.Barrier(WORKERS + 1)
-    url = app.config["SQLALCHEMY_DATABASE_URI"]
-    procs = [
-        ctx.Process(target=_chunk_worker, args=(url, app.config["REDIS_URL"], todo, results, ready))
-        for _ in range(WORKERS)
-    ]
-    for proc in procs:
-        proc.start()
-    ready.wait()
-    started = time.perf_counter()
-    made, waiting = 0, len(procs)
-    while waiting:
-        try:
-            outcome = results.get(timeout=1)
-        except queue.Empty:
-            if any(proc.exitcode not in (None, 0) for proc in procs):
-                fail("a worker process died")
-            continue
-        if isinstance(outcome, str):
-            fail(f"a worker failed:\n{outcome}")
-        made, waiting = made + outcome, waiting - 1
-    wall = time.perf_counter() - started
-    for proc in procs:
-        proc.join()
-    return wall, made
-
-
-def _chunk_worker(url, redis_url, todo, results, ready) -> None:
-    app = build_app(url, redis_url)
-    made = 0
-    with app.app_context():
-        db.session.execute(text("SELECT 1"))  # connected before the clock starts
-        db.session.commit()
-        ready.wait()
-        try:
-            while True:
-                try:
-                    chunk = todo.get_nowait()
-                except queue.Empty:
-                    break
-                made += invoice_run.generate_chunk(chunk, START, END, now=NOW).invoices
-                db.session.commit()
-        except Exception:
-            results.put(traceback.format_exc())
-            raise
-        finally:
-            db.session.remove()
-            db.engine.dispose()
-    results.put(made)
+    stamp = START.strftime("%Y-%m-%d")
+    workers = rq_workers.Workers(
+        WORKERS,
+        "invoicing",
+        {
+            "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+            "REDIS_URL": app.config["REDIS_URL"],
+            "SECRET_KEY": app.config["SECRET_KEY"],
+            "CURRENCY": "USD",
+            "INVOICE_DAY": "1",
+            "BILLING_MODE": "hybrid" if SUBSCRIBED > 0 else "usage",
+            "METER_CHUNK_USERS": str(app.config["METER_CHUNK_USERS"]),
+        },
+    )
+    try:
+        workers.wait_ready(Redis.from_url(app.config["REDIS_URL"]))
+        wall, figures = rq_workers.run_jobs(
+            app,
+            workers,
+            [
+                ("invoicing.generate_chunk", (chunk, stamp), f"invoice:{chunk}:{stamp}")
+                for chunk in chunks
+            ],
+        )
+    finally:
+        workers.stop()
+    return wall, sum(f["invoices"] for f in figures)
 
 
 def build_app(database_url: str, redis_url: str):
@@ -537,6 +523,8 @@ def main() -> None:
             seed(app)
             print(f"seeded and metered in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             wall, invoices = run_invoices(app)
+            # Seeding is set-based SQL: the peak is the run's (in this process, unless in workers).
+            peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             check(app, invoices)
             redis.flushdb()
             pdf_ms, bare_ms = pdf_timings(app)
@@ -554,8 +542,9 @@ def main() -> None:
         "pdf_median_ms": round(pdf_ms, 1),
         "bare_pdf_median_ms": round(bare_ms, 1),
         "pdf_ratio": round(pdf_ms / bare_ms, 2),
+        "peak_rss_mb": round(peak_rss_mb, 1),
     }
-    if WORKERS > 1:
+    if WORKERS:
         figures["workers"] = WORKERS
     if SUBSCRIBED > 0:
         figures["subscribed"] = SUBSCRIBED

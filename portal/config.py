@@ -394,6 +394,22 @@ def build_config(
     # A pooled connection the server dropped (a database restart) is replaced before use,
     # not handed to a request that would fail on it.
     cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    if cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        # Connections kept per process (web worker, RQ worker, daemon), and how many more
+        # it may open at a peak: what PostgreSQL's max_connections must allow for.
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"].update(
+            pool_size=_parse_int("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE", "5"), 1, 100),
+            max_overflow=_parse_int(
+                "DATABASE_MAX_OVERFLOW", env.get("DATABASE_MAX_OVERFLOW", "10"), 0, 100
+            ),
+        )
+    if cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgresql") and not _env_bool(
+        env, "DATABASE_PREPARED_STATEMENTS", True
+    ):
+        # Behind PgBouncer in transaction mode (before 1.21, or without
+        # max_prepared_statements) a statement prepared on one server connection is unknown
+        # to the next: psycopg must not prepare any.
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] = {"prepare_threshold": None}
     cfg["REDIS_URL"] = env.get("REDIS_URL", "")
     cfg["CURRENCY"] = env.get("CURRENCY", "USD").upper()
     try:
@@ -484,6 +500,10 @@ def build_config(
     # Metering splits users into chunks of this many ids (fixed for an installation's life).
     cfg["METER_CHUNK_USERS"] = _parse_int(
         "METER_CHUNK_USERS", env.get("METER_CHUNK_USERS", "1000"), 1, 10_000_000
+    )
+    # `flask billing meter-usage` on PostgreSQL: the chunks metered on this many connections.
+    cfg["METER_RUN_CONNECTIONS"] = _parse_int(
+        "METER_RUN_CONNECTIONS", env.get("METER_RUN_CONNECTIONS", "2"), 1, 64
     )
     cfg["SESSION_HEARTBEAT_TIMEOUT_MINUTES"] = _parse_int(
         "SESSION_HEARTBEAT_TIMEOUT_MINUTES",

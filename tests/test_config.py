@@ -330,3 +330,24 @@ def test_services_log_at_info_by_default(tmp_path, monkeypatch):
         )
     finally:
         root.setLevel(level)
+
+
+def test_pool_sizes_and_prepared_statements_for_pgbouncer(tmp_path):
+    pg = {"TESTING": "1", "DATABASE_URL": "postgresql://billing@db.internal/billing"}
+    options = build_config(str(tmp_path), environ=pg)["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert options == {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    options = build_config(
+        str(tmp_path),
+        environ={
+            **pg,
+            "DATABASE_POOL_SIZE": "2",
+            "DATABASE_MAX_OVERFLOW": "0",
+            "DATABASE_PREPARED_STATEMENTS": "false",
+        },
+    )["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert options["pool_size"] == 2 and options["max_overflow"] == 0
+    assert options["connect_args"] == {"prepare_threshold": None}
+    sqlite = build_config(str(tmp_path), environ={"TESTING": "1"})["SQLALCHEMY_ENGINE_OPTIONS"]
+    assert sqlite == {"pool_pre_ping": True}  # SQLite's pools take no sizes
+    with pytest.raises(ConfigError, match="DATABASE_POOL_SIZE"):
+        build_config(str(tmp_path), environ={**pg, "DATABASE_POOL_SIZE": "0"})

@@ -153,3 +153,19 @@ def test_a_real_worker_process_meters_a_chunked_run(make_app, app, redis_url):
         assert len(marks) == 3 and all(m.metered_through == upto for m in marks)
         assert rollups.audit_usage() == []
     assert queue.count == 0
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_meter_all_on_several_connections_meters_each_chunk_once(app, make_app, connections):
+    """On PostgreSQL `meter_all` shares the chunks among METER_RUN_CONNECTIONS connections;
+    the rollups are the same as one connection's, each chunk metered once."""
+    chunked = make_app(METER_CHUNK_USERS=1, METER_RUN_CONNECTIONS=connections)
+    scenario(chunked, users=4, per_user=2)
+    upto = T0 + timedelta(hours=9)
+    with chunked.app_context():
+        result = runs.meter_all(upto)
+        marks = db.session.scalars(select(MeterMark.metered_through)).all()
+        assert result.chunks == len(marks) == 4 and set(marks) == {upto}
+        assert rollups.audit_usage() == []
+        assert runs.meter_all(upto).chunks == 0  # nothing left to claim
+        db.session.remove()
