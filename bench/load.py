@@ -122,6 +122,7 @@ STEP_SECONDS = int(os.environ.get("BENCH_STEP_SECONDS", "60"))
 THINK = [float(x) for x in os.environ.get("BENCH_THINK", "0.5,1.5").split(",")]
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
 MONTHS = 12
+WARMUP_USERS = 4  # 15 s before the steps, on seeded users of their own
 GOAL_USERS = 50
 GOAL_P99_MS = 100
 GOAL_RATIO = 0.6
@@ -707,11 +708,18 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def run_locust(
-    user_class: str, url: str, users: int, offset: int, users_file: Path, work: Path
+    user_class: str,
+    url: str,
+    users: int,
+    offset: int,
+    users_file: Path,
+    work: Path,
+    seconds: int = STEP_SECONDS,
+    tag: str = "",
 ) -> dict:
     """One headless locust run; its per-route figures from the stats CSV."""
-    prefix = work / f"{user_class}-{users}"
-    logins = work / f"{user_class}-{users}-logins.json"
+    prefix = work / f"{user_class}-{users}{tag}"
+    logins = work / f"{user_class}-{users}{tag}-logins.json"
     env = {
         **os.environ,
         "LOAD_USERS_FILE": str(users_file),
@@ -733,7 +741,7 @@ def run_locust(
         "--spawn-rate",
         str(max(1, users / 5)),
         "--run-time",
-        f"{STEP_SECONDS}s",
+        f"{seconds}s",
         "--stop-timeout",
         "10",
         "--reset-stats",
@@ -744,17 +752,18 @@ def run_locust(
         "WARNING",
         user_class,
     ]
-    with open(work / f"{user_class}-{users}-locust.log", "wb") as out:
+    locust_log = work / f"{user_class}-{users}{tag}-locust.log"
+    with open(locust_log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=STEP_SECONDS + 120)
+            proc.wait(timeout=seconds + 120)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     stats_path = Path(f"{prefix}_stats.csv")
     if not stats_path.exists():
-        fail(f"locust wrote no stats:\n{(work / f'{user_class}-{users}-locust.log').read_text()}")
+        fail(f"locust wrote no stats:\n{locust_log.read_text()}")
     routes, total = {}, None
     with open(stats_path) as f:
         for row in csv.DictReader(f):
@@ -826,7 +835,7 @@ def main() -> None:
         database_url = prepare_database(url)
         app = build_app(database_url, redis_url)
         started = time.monotonic()
-        seeded = seed(app, users=USERS, load_users=sum(STEPS))
+        seeded = seed(app, users=USERS, load_users=WARMUP_USERS + sum(STEPS))
         seed_s = round(time.monotonic() - started, 1)
         size = page_bytes(app, seeded.load_users[0]["email"])
         with app.app_context():
@@ -848,8 +857,11 @@ def main() -> None:
             servers.append(portal)
             bare, bare_url = start_bare(database_url, size, work)
             servers.append(bare)
-            log(f"portal at {portal_url}, bare app at {bare_url}")
-            offset = 0
+            log(f"portal at {portal_url}, bare app at {bare_url}; warming up")
+            # Every worker's first requests (imports, templates, connections) are not counted.
+            run_locust("PortalUser", portal_url, WARMUP_USERS, 0, users_file, work, 15, "-warmup")
+            run_locust("BareUser", bare_url, WARMUP_USERS, 0, users_file, work, 15, "-warmup")
+            offset = WARMUP_USERS
             for users in STEPS:
                 log(f"{users} users: portal")
                 p = run_locust("PortalUser", portal_url, users, offset, users_file, work)
