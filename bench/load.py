@@ -419,10 +419,11 @@ def _money_moves(rng: random.Random, unpaid_share: float = 0.2) -> None:
 
     Before each invoice, two card top-ups adding up to 1.05-1.3 times its total; the day
     after it was issued, the prepaid balance pays it in full (a ledger transaction from cash
-    to receivable, the invoice payment, the invoice paid), as settlement does, except the
-    latest invoice of ``unpaid_share`` of the users: it stays open (not yet due). Cached
-    balances follow the entries exactly; no wallet goes negative. (The bulk payments record
-    no ``billing.invoice.paid`` events.)"""
+    to receivable, the invoice payment, the invoice paid), as settlement does. A share of the
+    users (``unpaid_share``) top up exactly each invoice's total and nothing before the
+    latest one, which stays open (not yet due) with their cash at 0, so the settlement sweep
+    has nothing to pay. Cached balances follow the entries exactly; no wallet goes negative.
+    (The bulk payments record no ``billing.invoice.paid`` events.)"""
     invoices = db.session.execute(
         select(
             Invoice.id,
@@ -452,7 +453,13 @@ def _money_moves(rng: random.Random, unpaid_share: float = 0.2) -> None:
     balance: dict[int, int] = {}
     for inv in invoices:
         cash, receivable = accounts[inv.user_id, "cash"], accounts[inv.user_id, "receivable"]
-        amount = inv.total_minor * rng.randrange(105, 131) // 100
+        owing = inv.user_id in unpaid
+        if owing and inv.id == last[inv.user_id]:
+            amount = 0  # no money for the latest invoice: it stays open
+        elif owing:
+            amount = inv.total_minor  # exactly what each invoice takes: their cash ends at 0
+        else:
+            amount = inv.total_minor * rng.randrange(105, 131) // 100
         first = rng.randrange(0, amount + 1)
         span = (inv.period_end - inv.period_start).total_seconds()
         for n, part in enumerate((first, amount - first)):
@@ -473,7 +480,7 @@ def _money_moves(rng: random.Random, unpaid_share: float = 0.2) -> None:
             )
             topup_legs.append(legs)
             balance[cash] = balance.get(cash, 0) + part
-        if inv.user_id in unpaid and inv.id == last[inv.user_id] or inv.total_minor <= 0:
+        if owing and inv.id == last[inv.user_id] or inv.total_minor <= 0:
             continue
         legs = {cash: -inv.total_minor, receivable: inv.total_minor}
         at = inv.finalized_at + timedelta(hours=1)
