@@ -642,18 +642,40 @@ class Server:
         self.log_file.close()
 
 
-def start_portal(database_url: str, redis_url: str, logs: Path, instance: Path) -> tuple:
-    port = free_port()
+def server_env(database_url: str, redis_url: str, instance: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": SECRET_KEY,
         "INSTANCE_PATH": str(instance),
-        "STANDIN_PORT": str(free_port()),
         **SERVER_ENV,
     }
     env.pop("STRIPE_SECRET_KEY", None)  # the local stand-in plays the card processor
+    return env
+
+
+def catch_up_schedule(database_url: str, redis_url: str, work: Path) -> None:
+    """One daemon cycle before the load, its jobs run in that process (RQ_ASYNC off): a new
+    installation's first cycle runs every periodic job once (metering, the last period's
+    invoice run, the sweeps); done here, the server's daemon starts with nothing due."""
+    env = {**server_env(database_url, redis_url, work / "instance"), "RQ_ASYNC": "false"}
+    with open(work / "daemon-once.log", "wb") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "billing", "daemon", "--once"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
+    if done.returncode != 0:
+        fail(f"daemon --once exited with {done.returncode}: see {work / 'daemon-once.log'}")
+
+
+def start_portal(database_url: str, redis_url: str, logs: Path, instance: Path) -> tuple:
+    port = free_port()
+    env = {**server_env(database_url, redis_url, instance), "STANDIN_PORT": str(free_port())}
     server = Server(
         "portal",
         [
@@ -848,6 +870,9 @@ def main() -> None:
         with app.app_context():
             db.engine.dispose()
         Redis.from_url(redis_url).flushdb()  # what the seeding enqueued is done already
+        started = time.monotonic()
+        catch_up_schedule(database_url, redis_url, work)
+        log(f"one daemon cycle run in {time.monotonic() - started:.1f} s")
         users_file = work / "users.json"
         users_file.write_text(
             json.dumps(
