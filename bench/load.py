@@ -34,10 +34,11 @@ The seed (``seed(app)``, importable):
 Rate limits: the server runs with LOGIN_RATE_LIMIT="100000 per minute" in its environment
 (the documented setting; every simulated user logs in from 127.0.0.1), nothing else changed.
 
-Per step (BENCH_STEP_SECONDS, default 60, including a ramp of about 5 s): locust with
-``--reset-stats`` (figures from the moment every user has logged in), per route: requests,
-failures, requests per second, p50 and p99 (locust's rounding: whole ms under 100 ms, 10 ms
-steps up to 1 s). Logins (argon2) are timed apart (``login_p50_ms``/``login_p99_ms``).
+Per step: the users spawn over about 5 s and log in; from the moment the last login is
+answered, BENCH_STEP_SECONDS (default 60) are counted, per route: requests, failures,
+requests per second, p50 and p99 (locust's rounding: whole ms under 100 ms, 10 ms steps up to
+1 s). Logins (argon2) are timed apart (``login_p50_ms``/``login_p99_ms``; a failed login
+counts as an error).
 
 Prints one JSON line on stdout (everything else goes to stderr):
     {"bench": "load", "db": "postgresql", "users": 10000, "web_workers": 2, "cpus": 2,
@@ -64,7 +65,6 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -123,6 +123,7 @@ THINK = [float(x) for x in os.environ.get("BENCH_THINK", "0.5,1.5").split(",")]
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
 MONTHS = 12
 WARMUP_USERS = 4  # 15 s before the steps, on seeded users of their own
+RAMP_CAP_SECONDS = 180
 GOAL_USERS = 50
 GOAL_P99_MS = 100
 GOAL_RATIO = 0.6
@@ -746,16 +747,20 @@ def run_locust(
     seconds: int = STEP_SECONDS,
     tag: str = "",
 ) -> dict:
-    """One headless locust run; its per-route figures from the stats CSV."""
-    prefix = work / f"{user_class}-{users}{tag}"
-    logins = work / f"{user_class}-{users}{tag}-logins.json"
+    """One headless locust run: users spawn (and log in) over about 5 s, then ``seconds``
+    are counted; its figures from bench/load_locust.py's result file."""
+    name = f"{user_class}-{users}{tag}"
+    result_file = work / f"{name}.json"
     env = {
         **os.environ,
         "LOAD_USERS_FILE": str(users_file),
         "LOAD_USER_OFFSET": str(offset),
+        "LOAD_USERS_COUNT": str(users),
+        "LOAD_MEASURE_SECONDS": str(seconds),
+        "LOAD_RESULT_FILE": str(result_file),
         "LOAD_THINK": ",".join(str(t) for t in THINK),
-        "LOAD_LOGINS_FILE": str(logins),
     }
+    cap = seconds + RAMP_CAP_SECONDS  # the logins must be done by then
     argv = [
         sys.executable,
         "-m",
@@ -770,61 +775,34 @@ def run_locust(
         "--spawn-rate",
         str(max(1, users / 5)),
         "--run-time",
-        f"{seconds}s",
+        f"{cap}s",
         "--stop-timeout",
         "10",
-        "--reset-stats",
         "--only-summary",
-        "--csv",
-        str(prefix),
         "--loglevel",
         "WARNING",
         user_class,
     ]
-    locust_log = work / f"{user_class}-{users}{tag}-locust.log"
+    locust_log = work / f"{name}-locust.log"
     with open(locust_log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=seconds + 120)
+            proc.wait(timeout=cap + 60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    stats_path = Path(f"{prefix}_stats.csv")
-    if not stats_path.exists():
-        fail(f"locust wrote no stats:\n{locust_log.read_text()}")
-    routes, total = {}, None
-    with open(stats_path) as f:
-        for row in csv.DictReader(f):
-            figures = {
-                "requests": int(row["Request Count"]),
-                "errors": int(row["Failure Count"]),
-                "rps": round(float(row["Requests/s"]), 2),
-                "p50_ms": _ms(row["50%"]),
-                "p99_ms": _ms(row["99%"]),
-                "bytes": int(float(row["Average Content Size"])),
-            }
-            if row["Name"] == "Aggregated":
-                total = figures
-            else:
-                routes[row["Name"]] = figures
-    failures = Path(f"{prefix}_failures.csv")
-    if failures.exists():
-        for row in list(csv.DictReader(open(failures)))[:5]:
-            log(f"  failure: {row.get('Method')} {row.get('Name')}: {row.get('Error')}")
-    login_times = json.loads(logins.read_text()) if logins.exists() else []
-    total = total or {"requests": 0, "errors": 0, "rps": 0.0, "p50_ms": 0, "p99_ms": 0}
-    total.pop("bytes", None)
-    result = {**total, "routes": routes}
-    if login_times:
-        result["logins"] = len(login_times)
-        result["login_p50_ms"] = round(percentile(login_times, 50), 1)
-        result["login_p99_ms"] = round(percentile(login_times, 99), 1)
+    if not result_file.exists():
+        fail(f"locust wrote no result:\n{locust_log.read_text()[-3000:]}")
+    result = json.loads(result_file.read_text())
+    if not result.pop("complete"):
+        fail(f"{name}: not every user had logged in after {RAMP_CAP_SECONDS} s")
+    logins = result.pop("logins")
+    if logins:
+        result["logins"] = len(logins)
+        result["login_p50_ms"] = round(percentile(logins, 50), 1)
+        result["login_p99_ms"] = round(percentile(logins, 99), 1)
     return result
-
-
-def _ms(value: str) -> float:
-    return float(value) if value not in ("", "N/A") else 0.0
 
 
 def step_result(users: int, portal: dict, bare: dict) -> dict:

@@ -7,8 +7,12 @@ for it); Invoices, an invoice, its PDF; the Wallet and its second page; the JSON
 and invoices with the user's bearer token.
 BareUser: the same think time against bench/bare_app.py.
 
-Environment (set by bench/load.py): LOAD_USERS_FILE, LOAD_USER_OFFSET, LOAD_THINK ("min,max"
-seconds), LOAD_LOGINS_FILE (where the login timings are written at the end).
+The counted window starts once every user has logged in (the logins are timed apart) and
+lasts LOAD_MEASURE_SECONDS; then the run stops and writes its figures to LOAD_RESULT_FILE
+(JSON: per route requests, errors, requests per second, p50 and p99).
+
+Environment (set by bench/load.py): LOAD_USERS_FILE, LOAD_USER_OFFSET, LOAD_USERS_COUNT,
+LOAD_MEASURE_SECONDS, LOAD_RESULT_FILE, LOAD_THINK ("min,max" seconds).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import json
 import os
 import random
 import re
+import time
 
+import gevent
 from locust import FastHttpUser, between, events, task
 
 with open(os.environ["LOAD_USERS_FILE"]) as f:
@@ -31,6 +37,30 @@ CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 API = "/api/plugins/billing"
 LOGIN = "POST /auth/login"
 _logins: list[float] = []
+_login_failures = [0]
+COUNT = int(os.environ.get("LOAD_USERS_COUNT", "1"))
+MEASURE_S = float(os.environ.get("LOAD_MEASURE_SECONDS", "60"))
+_run: dict = {"ready": 0, "env": None, "window": None, "ended": None}
+
+
+@events.init.add_listener
+def _init(environment, **_kw):
+    _run["env"] = environment
+
+
+def _ready() -> None:
+    """A user has logged in (or failed to): once all have, the counted window starts, and
+    the run stops MEASURE_S seconds later."""
+    _run["ready"] += 1
+    if _run["ready"] == COUNT:
+        _run["env"].stats.reset_all()
+        _run["window"] = time.time()
+        gevent.spawn_later(MEASURE_S, _stop)
+
+
+def _stop() -> None:
+    _run["ended"] = time.time()
+    _run["env"].runner.quit()
 
 
 @events.request.add_listener
@@ -40,11 +70,41 @@ def _login_timing(name, response_time, exception, **_kw):
 
 
 @events.quitting.add_listener
-def _write_logins(**_kw):
-    path = os.environ.get("LOAD_LOGINS_FILE")
-    if path:
-        with open(path, "w") as out:
-            json.dump(_logins, out)
+def _write_results(environment, **_kw):
+    path = os.environ.get("LOAD_RESULT_FILE")
+    if not path:
+        return
+    window, ended = _run["window"], _run["ended"] or time.time()
+    seconds = ended - window if window else 0.0
+    routes = {
+        name: {
+            "requests": entry.num_requests,
+            "errors": entry.num_failures,
+            "rps": round(entry.num_requests / seconds, 2) if seconds else 0.0,
+            "p50_ms": entry.get_response_time_percentile(0.5),
+            "p99_ms": entry.get_response_time_percentile(0.99),
+            "bytes": round(entry.avg_content_length),
+        }
+        for (name, _method), entry in environment.stats.entries.items()
+        if entry.num_requests  # the logins' entries are empty after the reset
+    }
+    total = environment.stats.total
+    with open(path, "w") as out:
+        json.dump(
+            {
+                "complete": window is not None,
+                "seconds": round(seconds, 1),
+                "requests": total.num_requests,
+                "errors": total.num_failures + _login_failures[0],
+                "rps": round(total.num_requests / seconds, 2) if seconds else 0.0,
+                "p50_ms": total.get_response_time_percentile(0.5),
+                "p99_ms": total.get_response_time_percentile(0.99),
+                "routes": routes,
+                "logins": _logins,
+                "login_errors": _login_failures[0],
+            },
+            out,
+        )
 
 
 class PortalUser(FastHttpUser):
@@ -66,6 +126,8 @@ class PortalUser(FastHttpUser):
         ) as answer:
             if answer.status_code != 303:
                 answer.failure(f"login answered {answer.status_code}")
+                _login_failures[0] += 1
+        _ready()
 
     @task(3)
     def overview(self):
@@ -120,6 +182,7 @@ class BareUser(FastHttpUser):
 
     def on_start(self):
         self.me = USERS[next(_next_user) % len(USERS)]
+        _ready()
 
     @task
     def page(self):
