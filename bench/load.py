@@ -59,7 +59,9 @@ Environment:
     BENCH_STEP_SECONDS  seconds per step and app (default 60)
     BENCH_THINK         think time between a user's requests, "min,max" s (default "0.5,1.5")
     BENCH_WEB_WORKERS   gunicorn workers for both apps (default 2, serve's default)
-    BENCH_KEEP          a directory to keep the locust CSVs and server logs in
+    BENCH_KEEP          a directory to keep each locust run's figures and the server logs in
+    BENCH_REUSE         1: no seeding; the database and BENCH_KEEP of a previous run, as that
+                        run left them (to try other settings, e.g. BENCH_WEB_WORKERS)
 """
 
 from __future__ import annotations
@@ -839,28 +841,41 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         (work / "instance").mkdir(exist_ok=True)
         Redis.from_url(redis_url).flushdb()
-        database_url = prepare_database(url)
-        app = build_app(database_url, redis_url)
-        started = time.monotonic()
-        seeded = seed(app, users=USERS, load_users=WARMUP_USERS + sum(STEPS))
-        seed_s = round(time.monotonic() - started, 1)
-        size = page_bytes(app, seeded.load_users[0]["email"])
-        with app.app_context():
-            db.engine.dispose()
-        Redis.from_url(redis_url).flushdb()  # what the seeding enqueued is done already
-        started = time.monotonic()
-        catch_up_schedule(database_url, redis_url, work)
-        log(f"one daemon cycle run in {time.monotonic() - started:.1f} s")
         users_file = work / "users.json"
-        users_file.write_text(
-            json.dumps(
-                {"password": PASSWORD, "periods": seeded.periods, "users": seeded.load_users}
+        if os.environ.get("BENCH_REUSE"):
+            # The database a previous run seeded (its users.json in BENCH_KEEP), as that run
+            # left it: for trying settings (BENCH_WEB_WORKERS...) without seeding again.
+            if not keep or not users_file.exists():
+                fail("BENCH_REUSE needs BENCH_KEEP naming a previous run's directory")
+            database_url = make_url(url).set(drivername="postgresql").render_as_string(False)
+            info = json.loads(users_file.read_text())
+        else:
+            database_url = prepare_database(url)
+            app = build_app(database_url, redis_url)
+            started = time.monotonic()
+            seeded = seed(app, users=USERS, load_users=WARMUP_USERS + sum(STEPS))
+            info = {
+                "password": PASSWORD,
+                "periods": seeded.periods,
+                "users": seeded.load_users,
+                "invoices": seeded.invoices,
+                "cash_entries": seeded.wallet_entries,
+                "seed_s": round(time.monotonic() - started, 1),
+                "page_bytes": page_bytes(app, seeded.load_users[0]["email"]),
+            }
+            with app.app_context():
+                db.engine.dispose()
+            Redis.from_url(redis_url).flushdb()  # what the seeding enqueued is done already
+            started = time.monotonic()
+            catch_up_schedule(database_url, redis_url, work)
+            log(f"one daemon cycle run in {time.monotonic() - started:.1f} s")
+            users_file.write_text(json.dumps(info))
+            log(
+                f"seeded in {info['seed_s']} s: {info['invoices']} invoices, "
+                f"{info['cash_entries']} cash entries, {len(info['users'])} PDFs; "
+                f"Overview {info['page_bytes']} bytes"
             )
-        )
-        log(
-            f"seeded in {seed_s} s: {seeded.invoices} invoices, {seeded.wallet_entries} cash "
-            f"entries, {seeded.pdfs} PDFs; Overview {size} bytes"
-        )
+        size = info["page_bytes"]
         steps: dict[str, dict] = {}
         try:
             portal, portal_url = start_portal(database_url, redis_url, work, work / "instance")
@@ -894,9 +909,10 @@ def main() -> None:
                 "bench": "load",
                 "db": "postgresql",
                 "users": USERS,
-                "invoices": seeded.invoices,
-                "cash_entries": seeded.wallet_entries,
-                "seed_s": seed_s,
+                "invoices": info["invoices"],
+                "cash_entries": info["cash_entries"],
+                "seed_s": info["seed_s"],
+                "reused": bool(os.environ.get("BENCH_REUSE")),
                 "web_workers": WEB_WORKERS,
                 "cpus": os.cpu_count(),
                 "loadavg_1m": round(os.getloadavg()[0], 2),
