@@ -34,8 +34,9 @@ The seed (``seed(app)``, importable):
 Rate limits: the server runs with LOGIN_RATE_LIMIT="100000 per minute" in its environment
 (the documented setting; every simulated user logs in from 127.0.0.1), nothing else changed.
 
-Per step: the users spawn over about 5 s and log in; from the moment the last login is
-answered, BENCH_STEP_SECONDS (default 60) are counted, per route: requests, failures,
+Per step: the users spawn over about 5 s and log in; 10 s after the last login is answered
+(the requests that queued behind the logins are answered meanwhile), BENCH_STEP_SECONDS
+(default 60) are counted, per route: requests, failures,
 requests per second, p50 and p99 (locust's rounding: whole ms under 100 ms, 10 ms steps up to
 1 s). Logins (argon2) are timed apart (``login_p50_ms``/``login_p99_ms``; a failed login
 counts as an error).
@@ -126,6 +127,7 @@ WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
 MONTHS = 12
 WARMUP_USERS = 4  # 15 s before the steps, on seeded users of their own
 RAMP_CAP_SECONDS = 180
+SETTLE_SECONDS = 10  # after the last login, before counting
 GOAL_USERS = 50
 GOAL_P99_MS = 100
 GOAL_RATIO = 0.6
@@ -759,10 +761,11 @@ def run_locust(
         "LOAD_USER_OFFSET": str(offset),
         "LOAD_USERS_COUNT": str(users),
         "LOAD_MEASURE_SECONDS": str(seconds),
+        "LOAD_SETTLE_SECONDS": str(SETTLE_SECONDS),
         "LOAD_RESULT_FILE": str(result_file),
         "LOAD_THINK": ",".join(str(t) for t in THINK),
     }
-    cap = seconds + RAMP_CAP_SECONDS  # the logins must be done by then
+    cap = seconds + SETTLE_SECONDS + RAMP_CAP_SECONDS  # the logins must be done by then
     argv = [
         sys.executable,
         "-m",

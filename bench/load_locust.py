@@ -7,12 +7,13 @@ for it); Invoices, an invoice, its PDF; the Wallet and its second page; the JSON
 and invoices with the user's bearer token.
 BareUser: the same think time against bench/bare_app.py.
 
-The counted window starts once every user has logged in (the logins are timed apart) and
-lasts LOAD_MEASURE_SECONDS; then the run stops and writes its figures to LOAD_RESULT_FILE
+The counted window starts LOAD_SETTLE_SECONDS after the last login was answered (the logins
+are timed apart; the requests queued behind them are answered meanwhile) and lasts
+LOAD_MEASURE_SECONDS; then the run stops and writes its figures to LOAD_RESULT_FILE
 (JSON: per route requests, errors, requests per second, p50 and p99).
 
 Environment (set by bench/load.py): LOAD_USERS_FILE, LOAD_USER_OFFSET, LOAD_USERS_COUNT,
-LOAD_MEASURE_SECONDS, LOAD_RESULT_FILE, LOAD_THINK ("min,max" seconds).
+LOAD_MEASURE_SECONDS, LOAD_SETTLE_SECONDS, LOAD_RESULT_FILE, LOAD_THINK ("min,max" seconds).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _logins: list[float] = []
 _login_failures = [0]
 COUNT = int(os.environ.get("LOAD_USERS_COUNT", "1"))
 MEASURE_S = float(os.environ.get("LOAD_MEASURE_SECONDS", "60"))
+SETTLE_S = float(os.environ.get("LOAD_SETTLE_SECONDS", "10"))
 _run: dict = {"ready": 0, "env": None, "window": None, "ended": None}
 
 
@@ -49,13 +51,18 @@ def _init(environment, **_kw):
 
 
 def _ready() -> None:
-    """A user has logged in (or failed to): once all have, the counted window starts, and
-    the run stops MEASURE_S seconds later."""
+    """A user has logged in (or failed to): SETTLE_S seconds after the last one, the counted
+    window starts; the run stops MEASURE_S seconds later."""
     _run["ready"] += 1
     if _run["ready"] == COUNT:
-        _run["env"].stats.reset_all()
-        _run["window"] = time.time()
-        gevent.spawn_later(MEASURE_S, _stop)
+        # The requests queued behind the logins are answered first, then the count starts.
+        gevent.spawn_later(SETTLE_S, _start_window)
+
+
+def _start_window() -> None:
+    _run["env"].stats.reset_all()
+    _run["window"] = time.time()
+    gevent.spawn_later(MEASURE_S, _stop)
 
 
 def _stop() -> None:
