@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import (
     Deployment,
+    Event,
     Invoice,
     InvoicePayment,
     UsageDaily,
@@ -27,7 +28,7 @@ from portal.models import (
 from portal.money import Money
 from portal.services import events
 from portal.services.metering import deployments
-from portal.services.standing import dunning, payrestore, resources
+from portal.services.standing import dunning, prepaid, resources
 from portal.services.wallet import credits, ledger, settlement_requests
 from portal.services.wallet.reconcile import find_discrepancies
 from tests.blueprints.test_query_counts import counting
@@ -421,30 +422,24 @@ def test_admin_users_shows_the_runway_and_at_risk_by_it(app, client, auth, make_
 
 @pytest.mark.parametrize("card", ["ok", "three_d_secure"])
 def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
-    pay_app, client, auth, make_user, in_app, monkeypatch, card
+    pay_app, client, auth, make_user, in_app, card
 ):
-    """Prepaid funds ran out: Pay to restore tops up a day at what the deployment costs
-    running ($1.20) from the saved card, then restores through the one restore call."""
+    """A prepaid account's funds ran out and the hourly job put its deployment up for
+    removal: Pay to restore tops up a day at what it costs running ($1.20) from the saved
+    card, and the deployment runs again (``billing.deployment.restored``)."""
     user = make_user()
     with settlement_held():
         in_app(saved_card, user.id, TEST_CARDS[card])
 
     def removing():
+        db.session.get_one(User, user.id).billing_mode = "prepaid"
         ext = running(user.id)
-        dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
-        deployments.update_deployment(dep, state="removing")
+        db.session.commit()
+        prepaid.run()
         return ext
 
     ext = in_app(removing)
-    restored_for = []
-
-    def restore_now(user_id, now=None):
-        restored_for.append(user_id)
-        dep = db.session.scalar(select(Deployment).where(Deployment.external_id == ext))
-        deployments.update_deployment(dep, state="active")
-        return [ext]
-
-    monkeypatch.setattr(payrestore, "restore", restore_now)
+    assert state_of(pay_app, user.id) == "removing"
     auth.login(user)
     page = text(client.get("/standing/"))
     assert 'id="restore-total">$1.20<' in page
@@ -455,7 +450,7 @@ def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
         assert shown == ["Paid $1.20. Running again: api."]
     else:  # the bank's page, then back to the Standing page
         assert "/sandbox/authenticate/" in answer.headers["Location"]
-        assert restored_for == []
+        assert state_of(pay_app, user.id) == "removing"
         back = requests.post(
             answer.headers["Location"], data={"result": "complete"}, allow_redirects=False
         )
@@ -463,8 +458,16 @@ def test_a_prepaid_shortfall_is_topped_up_from_the_saved_card(
         parts = urlsplit(back.headers["Location"])
         returned = client.get(f"{parts.path}?{parts.query}")
         shown = flashes(text(client.get(returned.headers["Location"])))
-        assert shown == ["Thank you: the card payment went through. Running again: api."]
-    assert restored_for == [user.id] and state_of(pay_app, user.id) == "active"
+        assert shown[0].startswith("Thank you: the card payment went through.")
+    assert state_of(pay_app, user.id) == "active"
+    with pay_app.app_context():
+        restored = db.session.scalars(
+            select(Event).where(
+                Event.name == "billing.deployment.restored", Event.user_id == user.id
+            )
+        ).all()
+        assert [e.payload["external_id"] for e in restored] == [ext]
+        db.session.remove()
     with pay_app.app_context():
         balances = ledger.balances(db.session.get_one(User, user.id))
         assert balances.cash == Money(120, "USD")
