@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from flask import current_app
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 
-from ...db import dialect_insert
+from ...db import dialect_insert, rowcount
 from ...errors import ValidationFailed
 from ...extensions import db
 from ...models import (
@@ -320,6 +320,19 @@ def _resume(user: User, now: datetime) -> int:
         return 0
     resumed = 0
     for notice in notices:
+        # Claimed by one UPDATE: a second check racing this one waits on the row, then
+        # finds it resumed and leaves it (one set of events, one mail).
+        claimed = rowcount(
+            db.session.execute(
+                update(BudgetNotice)
+                .where(BudgetNotice.id == notice.id, BudgetNotice.resumed_at.is_(None))
+                .values(resumed_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        if not claimed:
+            continue
+        db.session.refresh(notice)
         names = set(notice.deployments)
         deps = (
             db.session.scalars(
@@ -342,9 +355,24 @@ def _resume(user: User, now: datetime) -> int:
                 _deployment_data(user, dep, "active", now),
                 user.id,
             )
-        notice.resumed_at = now
+        if deps:
+            _resumed_mail(user, notice, [d.name or d.external_id for d in deps], now)
         resumed += len(deps)
     return resumed
+
+
+def _resumed_mail(user: User, notice: BudgetNotice, names: list[str], now: datetime) -> None:
+    mail.queue_email(
+        to=user.email,
+        subject="Your deployments run again: the budget no longer stops them",
+        template="budget_resumed",
+        user_id=user.id,
+        dedupe_key=f"budget-resumed:{notice.id}",
+        user=user,
+        deployments=names,
+        at=now,
+        link=f"{current_app.config['PUBLIC_URL']}/account/budget",
+    )
 
 
 def _deployment_data(user: User, dep: Deployment, state: str, now: datetime) -> dict:

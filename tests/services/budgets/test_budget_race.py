@@ -59,3 +59,43 @@ def test_two_checks_notice_and_suspend_once(user, wide):  # noqa: F811
     assert count(Event, Event.name == "billing.deployment.suspended") == 2
     assert count(OutboundEmail, OutboundEmail.user_id == user_id) == 2
     assert set(db.session.scalars(select(Deployment.state))) == {"suspended"}
+
+
+def test_two_checks_resume_once(user, wide):  # noqa: F811
+    """The cap raised behind both checks' backs: each notice is claimed by one UPDATE, so one
+    check resumes (events and a mail), the other finds it resumed."""
+    set_budget(user, 2000, True, meter(0))
+    now = meter(12)
+    rules.check(now)
+    db.session.commit()
+    budget = rules.get_budget(user)
+    budget.cap_minor = 5000  # not through set_budget, which would resume at once
+    budget.revision += 1
+    db.session.commit()
+    user_id = user.id
+    db.session.remove()
+    both = threading.Barrier(2)
+
+    def run() -> dict[str, int]:
+        with wide.app_context():
+            try:
+                both.wait(timeout=10)
+                result = rules.check(now)
+                db.session.commit()
+                return result.figures()
+            finally:
+                db.session.remove()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = [f.result() for f in [pool.submit(run), pool.submit(run)]]
+    assert sorted(r["resumed"] for r in results) == [0, 2]
+    assert count(Event, Event.name == "billing.deployment.resumed") == 2
+    assert (
+        count(
+            OutboundEmail,
+            OutboundEmail.user_id == user_id,
+            OutboundEmail.subject.contains("run again"),
+        )
+        == 1
+    )
+    assert set(db.session.scalars(select(Deployment.state))) == {"active"}

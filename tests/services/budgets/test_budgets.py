@@ -155,6 +155,9 @@ def test_raising_the_cap_resumes_and_warns_again_at_the_new_one(user):
     assert {e["reason"] for e in resumed} == {"budget"}
     assert len(events("billing.budget.warning")) == 3  # 20.00, 21.00 and 25.00
     assert check(now + DAY).resumed == 0
+    [mail] = mails(user, "Your deployments run again")
+    assert "- vm-a" in mail.body_text and "- vm-b" in mail.body_text
+    assert "/account/budget" in mail.body_text
 
 
 def test_only_telling_or_no_cap_resumes_too(user):
