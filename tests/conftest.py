@@ -135,6 +135,17 @@ def _app(make_app):
     return make_app()
 
 
+@pytest.fixture
+def wide(app, make_app):
+    """The test app's database and settings with a pool wide enough for racing threads
+    (tests/support/race.py)."""
+    wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 6, "max_overflow": 0})
+    wide.config["BILLING"] = app.config["BILLING"]
+    yield wide
+    with wide.app_context():
+        db.engine.dispose()
+
+
 def reset_state(app) -> None:
     with app.app_context():
         tables = [t.name for t in reversed(db.metadata.sorted_tables)]

@@ -4,32 +4,17 @@ the first's insert and then finds it taken: one warning, one reached, one suspen
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Deployment, Event, OutboundEmail
 from portal.services.budgets import rules
+from tests.support.race import at_once, count
 
 from .test_budgets import meter, set_budget, user  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def wide(app, make_app):
-    wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 6, "max_overflow": 0})
-    wide.config["BILLING"] = app.config["BILLING"]
-    yield wide
-    with wide.app_context():
-        db.engine.dispose()
-
-
-def count(model, *where) -> int:
-    return db.session.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def test_two_checks_notice_and_suspend_once(user, wide):  # noqa: F811
@@ -37,20 +22,7 @@ def test_two_checks_notice_and_suspend_once(user, wide):  # noqa: F811
     now = meter(12)
     user_id = user.id
     db.session.remove()
-    both = threading.Barrier(2)
-
-    def run() -> dict[str, int]:
-        with wide.app_context():
-            try:
-                both.wait(timeout=10)
-                result = rules.check(now)
-                db.session.commit()
-                return result.figures()
-            finally:
-                db.session.remove()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = [f.result() for f in [pool.submit(run), pool.submit(run)]]
+    results = at_once(wide, lambda: rules.check(now).figures())
     assert sorted(r["warnings"] for r in results) == [0, 1]
     assert sorted(r["reached"] for r in results) == [0, 1]
     assert sorted(r["suspended"] for r in results) == [0, 2]
@@ -74,20 +46,7 @@ def test_two_checks_resume_once(user, wide):  # noqa: F811
     db.session.commit()
     user_id = user.id
     db.session.remove()
-    both = threading.Barrier(2)
-
-    def run() -> dict[str, int]:
-        with wide.app_context():
-            try:
-                both.wait(timeout=10)
-                result = rules.check(now)
-                db.session.commit()
-                return result.figures()
-            finally:
-                db.session.remove()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = [f.result() for f in [pool.submit(run), pool.submit(run)]]
+    results = at_once(wide, lambda: rules.check(now).figures())
     assert sorted(r["resumed"] for r in results) == [0, 2]
     assert count(Event, Event.name == "billing.deployment.resumed") == 2
     assert (

@@ -4,51 +4,24 @@ insert and then finds the step taken: one reminder, one suspension, one event.""
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Deployment, Event, OutboundEmail
 from portal.services.standing import dunning
 from portal.services.wallet.reconcile import find_discrepancies
+from tests.support.race import at_once, count
 
 from .test_dunning import overdue  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def wide(app, make_app):
-    wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 6, "max_overflow": 0})
-    wide.config["BILLING"] = app.config["BILLING"]
-    yield wide
-    with wide.app_context():
-        db.engine.dispose()
-
-
 def race(app, when) -> list[dict[str, int]]:
-    both = threading.Barrier(2)
-
-    def run() -> dict[str, int]:
-        with app.app_context():
-            try:
-                both.wait(timeout=10)
-                result = dunning.run(when)
-                db.session.commit()
-                return result.figures()
-            finally:
-                db.session.remove()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return [f.result() for f in [pool.submit(run), pool.submit(run)]]
-
-
-def count(model, *where) -> int:
-    return db.session.scalar(select(func.count()).select_from(model).where(*where))
+    return at_once(app, lambda: dunning.run(when).figures())
 
 
 def test_two_daemons_take_each_step_once(overdue, wide):  # noqa: F811

@@ -10,13 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Deployment, Event, OutboundEmail, PrepaidRemoval, User
 from portal.services.payments import settlement
 from portal.services.standing import prepaid
 from portal.services.wallet.reconcile import find_discrepancies
+from tests.support.race import at_once, count
 
 from .test_prepaid import clock, deploy, meter, prepaid_user, top_up  # noqa: F401
 
@@ -24,15 +25,6 @@ pytestmark = pytest.mark.postgres
 
 T0 = datetime(2026, 11, 10, tzinfo=UTC)
 AT = T0 + timedelta(hours=1, minutes=10)
-
-
-@pytest.fixture
-def wide(app, make_app):
-    wide = make_app(SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 6, "max_overflow": 0})
-    wide.config["BILLING"] = app.config["BILLING"]
-    yield wide
-    with wide.app_context():
-        db.engine.dispose()
 
 
 @pytest.fixture
@@ -47,29 +39,12 @@ def broke(ctx, make_user, clock):  # noqa: F811
     return user_id
 
 
-def count(model, *where) -> int:
-    return db.session.scalar(select(func.count()).select_from(model).where(*where))
-
-
 def deployment_state() -> str:
     return db.session.scalar(select(Deployment.state).where(Deployment.external_id == "vm-race"))
 
 
 def test_two_daemons_start_one_removal(broke, wide):
-    both = threading.Barrier(2)
-
-    def run() -> dict[str, int]:
-        with wide.app_context():
-            try:
-                both.wait(timeout=10)
-                result = prepaid.run(AT)
-                db.session.commit()
-                return result.figures()
-            finally:
-                db.session.remove()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = [f.result() for f in [pool.submit(run), pool.submit(run)]]
+    results = at_once(wide, lambda: prepaid.run(AT).figures())
     assert sorted(r["removing"] for r in results) == [0, 1]
     assert count(PrepaidRemoval) == 1
     assert count(Event, Event.name == "billing.deployment.removing") == 1
