@@ -16,11 +16,10 @@ from portal.services import accounts
 from portal.services.metering import deployments, rollups
 from portal.services.wallet.reconcile import find_discrepancies
 from portal.tasks import scheduler
-from tests.support.app import need
 from tests.support.invoices import SEP
 from tests.support.processes import query, wait_until
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]  # many processes on one database
 
 USERS = 240
 CHUNK = 30  # users a chunk: eight chunks to share among the workers
@@ -93,7 +92,6 @@ def ended(portal, run_ids: list[int]) -> list[str] | None:
 def test_three_workers_and_two_daemons_meter_each_hour_and_invoice_each_user_once(
     app, make_app, processes, private_redis
 ):
-    need(app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"), "PostgreSQL only")
     private_redis.start()
     settings = {
         "REDIS_URL": private_redis.url,
