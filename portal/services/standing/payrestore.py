@@ -142,31 +142,29 @@ def pay_to_restore(
         paid = paid + attempt.amount
     restored = set(restore(user.id, now))
     # A payment asks for the restore job as it commits: a worker may have restored first.
-    restored |= stopped - _stopped(user.id)
-    ordered = [e for e in sorted(stopped | restored) if e in restored and _running(user.id, e)]
-    return Restored(Result.RESTORED, paid, labels(user.id, ordered))
+    restored |= _running(user.id, stopped)
+    return Restored(Result.RESTORED, paid, labels(user.id, sorted(restored)))
 
 
 def _stopped(user_id: int) -> set[str]:
     """The user's deployments suspended or up for removal."""
-    return set(
-        db.session.scalars(
-            select(Deployment.external_id).where(
-                Deployment.user_id == user_id,
-                Deployment.state.in_(
-                    (str(DeploymentState.SUSPENDED), str(DeploymentState.REMOVING))
-                ),
-            )
-        )
+    return _in_states(user_id, (DeploymentState.SUSPENDED, DeploymentState.REMOVING))
+
+
+def _running(user_id: int, external_ids: set[str]) -> set[str]:
+    """Which of ``external_ids`` run now."""
+    return _in_states(user_id, (DeploymentState.ACTIVE,), external_ids) if external_ids else set()
+
+
+def _in_states(
+    user_id: int, states: tuple[DeploymentState, ...], among: set[str] | None = None
+) -> set[str]:
+    query = select(Deployment.external_id).where(
+        Deployment.user_id == user_id, Deployment.state.in_([str(s) for s in states])
     )
-
-
-def _running(user_id: int, external_id: str) -> bool:
-    return db.session.scalar(
-        select(Deployment.state).where(
-            Deployment.user_id == user_id, Deployment.external_id == external_id
-        )
-    ) == str(DeploymentState.ACTIVE)
+    if among is not None:
+        query = query.where(Deployment.external_id.in_(among))
+    return set(db.session.scalars(query))
 
 
 def _paid_since(user: User, marker: int) -> Money:
