@@ -133,7 +133,9 @@ class Invoice(Model):
     void_reason: Mapped[str | None] = mapped_column(String(500))
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # The plain data the PDF is rendered from, frozen at finalization.
+    # The plain data the PDF is rendered from, frozen at finalization. An invoice run numbers
+    # its invoices after writing them, so their snapshots leave the number to the column above
+    # (snapshot.with_number joins them).
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # a JSON document
     pdf_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|ready|failed
     pdf_sha256: Mapped[str | None] = mapped_column(String(64))

@@ -22,7 +22,7 @@ from ...tasks import requests
 from ...tasks.queues import enqueue_after_commit, enqueue_many_after_commit
 from .. import mail
 from .invoices import get_for_owner
-from .snapshot import Snapshot
+from .snapshot import Snapshot, with_number
 
 
 class PdfNotReady(Conflict):
@@ -113,9 +113,9 @@ def render_invoice_pdf(invoice_id: int) -> InvoicePdf:
     invoice = get_for_owner(None, invoice_id)
     pdf = db.session.get(InvoicePdf, invoice.id)
     if pdf is None:
-        snapshot = invoice.snapshot
-        if snapshot is None:
+        if invoice.snapshot is None:
             raise InvalidTransition(f"invoice {invoice.id} is a draft; it has no PDF")
+        snapshot = with_number(invoice)
         db.session.commit()
         try:
             content = invoice_pdf.render_pdf_bytes(snapshot)

@@ -8,10 +8,11 @@ void (not once paid).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import joinedload
 
 from ...db import Page, dialect_insert
@@ -74,6 +75,34 @@ def reserve_numbers(year: int, count: int) -> list[str]:
         .returning(InvoiceCounter.last_number)
     ).scalar_one()
     return [f"INV-{year}-{n:06d}" for n in range(last - count + 1, last + 1)]
+
+
+def number_invoices(year: int, invoice_ids: Sequence[int]) -> list[str]:
+    """Give invoices written unnumbered in this transaction the year's next numbers, in the
+    order given. The counter row stays locked until commit, so whatever a run writes before
+    this does not hold up other runs. (Their snapshots leave the number out: the PDF takes
+    it from the column.)"""
+    numbers = reserve_numbers(year, len(invoice_ids))
+    if not numbers:
+        return numbers
+    if db.engine.dialect.name == "postgresql":  # one statement, two array parameters
+        db.session.execute(
+            text(
+                "UPDATE invoices SET number = given.number FROM unnest(CAST(:ids AS bigint[]),"
+                " CAST(:numbers AS text[])) AS given (id, number) WHERE invoices.id = given.id"
+            ),
+            {"ids": list(invoice_ids), "numbers": numbers},
+        )
+    else:
+        t = Invoice.__table__
+        db.session.execute(
+            update(t).where(t.c.id == bindparam("given_id")).values(number=bindparam("number")),
+            [
+                {"given_id": invoice_id, "number": number}
+                for invoice_id, number in zip(invoice_ids, numbers, strict=True)
+            ],
+        )
+    return numbers
 
 
 # -- lifecycle -------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from ..metering.costs import Usage
 from ..wallet import credits, ledger, settlement_requests
 from . import prepaid, subscribed
 from .documents import enqueue_renders
-from .invoices import S, event_payload, reserve_numbers
+from .invoices import S, event_payload, number_invoices
 from .lines import LineDraft, build_lines
 from .period_usage import period_usage as _period_usage
 from .snapshot import Customer, seller, snapshot_data
@@ -180,10 +180,10 @@ def generate_chunk(
     """Invoice the users of one chunk (or just ``user_ids`` in it) for [start, end).
 
     Everything is computed in memory from a handful of queries and written set-based: the
-    invoices are inserted finalized (numbered, totalled, with their snapshot), then their
-    lines, ledger postings, credit payments and events. ``before_numbers`` is called once
-    all is built, before the numbers are taken (it may wait, or raise to give up). Flushes
-    only; the caller commits."""
+    invoices are inserted finalized (totalled, with their snapshot) but unnumbered, with
+    their lines; then numbered, then their ledger postings, credit payments and events.
+    ``before_numbers`` is called once all before the numbers is written, before they are
+    taken (it may wait, or raise to give up). Flushes only; the caller commits."""
     started = time.monotonic()
     with _cyclic_gc_paused():
         result = _generate_chunk(
@@ -347,8 +347,8 @@ def _finalize(
     before_numbers: Callable[[], None] | None = None,
     kind: str = _USAGE,
 ) -> None:
-    """Credits, numbers, then the invoices (already finalized), their lines, the ledger
-    postings, credit payments, late-usage credit-backs, events and PDF requests."""
+    """Credits, the invoices (finalized but unnumbered) and their lines, PDF requests, then
+    the numbers, the ledger postings, credit payments, late-usage credit-backs and events."""
     todo = sorted(drafts)
     billed = {uid for uid in todo if drafts[uid].subtotal > 0}
     # Prepaid accounts' invoices are statements, paid by the period's hourly charges (which
@@ -383,8 +383,9 @@ def _finalize(
     locked = ledger.lock_account_ids([*receivables.values(), *holders.values()])
     _draw_credits(drafts, holders, now)
 
-    # Everything but the numbers is built first: the year's counter row, locked from
-    # reserve_numbers to commit, orders concurrent chunk runs, so each holds it only to write.
+    # The invoices and their lines are written unnumbered first, and numbered last: the
+    # year's counter row, locked from numbering to commit, orders concurrent chunk runs, so
+    # each holds it only for the numbers, the postings that name them, and the commit.
     ids = allocate_ids(Invoice.__table__, len(todo))
     due_at = now + timedelta(days=current_app.config.get("INVOICE_NET_DAYS", 14))
     paid_at = utcnow()  # the credit payments' time, as their rows record it
@@ -451,10 +452,6 @@ def _finalize(
         for n, line in enumerate(d.lines, 1)
     ]
 
-    if before_numbers is not None:
-        before_numbers()
-    for row, uid, number in zip(rows, todo, reserve_numbers(now.year, len(todo)), strict=False):
-        drafts[uid].number = row[4] = row[-1]["number"] = number
     bulk_insert(
         Invoice.__table__,
         (
@@ -497,6 +494,32 @@ def _finalize(
         lines,
     )
 
+    prepaid.attach_charges(
+        sorted(prepaid_users), start, {uid: drafts[uid].invoice_id for uid in prepaid_users}
+    )
+    credited = [drafts[uid] for uid in todo if drafts[uid].credits]
+    if credited:
+        lots = CreditLot.__table__
+        db.session.execute(
+            update(lots)
+            .where(lots.c.id == bindparam("lot_id"))
+            .values(remaining_minor=lots.c.remaining_minor - bindparam("take")),
+            [{"lot_id": lot_id, "take": take} for d in credited for lot_id, take in d.draws],
+        )
+        identity = db.session.identity_map
+        for d in credited:  # lots loaded in this session re-read what remains
+            for lot_id, _ in d.draws:
+                lot = identity.get(db.session.identity_key(CreditLot, lot_id))
+                if lot is not None:
+                    db.session.expire(lot, ["remaining_minor"])
+    enqueue_renders([drafts[uid].invoice_id for uid in todo], new=True)
+
+    if before_numbers is not None:
+        before_numbers()
+    numbers = number_invoices(now.year, [drafts[uid].invoice_id for uid in todo])
+    for uid, number in zip(todo, numbers, strict=True):
+        drafts[uid].number = number
+
     revenue: dict[str, int] = {}
     postings, credit_postings = [], []
     for uid in todo:
@@ -535,25 +558,8 @@ def _finalize(
     statement_postings = _statement_postings(drafts, paid_by_charges, receivables)
     txn_ids = ledger.post_many(postings + credit_postings + statement_postings, locked=locked)
     _statement_payments(drafts, paid_by_charges, txn_ids, paid_at)
-    prepaid.attach_charges(
-        sorted(prepaid_users), start, {uid: drafts[uid].invoice_id for uid in prepaid_users}
-    )
 
-    credited = [drafts[uid] for uid in todo if drafts[uid].credits]
     if credited:
-        lots = CreditLot.__table__
-        db.session.execute(
-            update(lots)
-            .where(lots.c.id == bindparam("lot_id"))
-            .values(remaining_minor=lots.c.remaining_minor - bindparam("take")),
-            [{"lot_id": lot_id, "take": take} for d in credited for lot_id, take in d.draws],
-        )
-        identity = db.session.identity_map
-        for d in credited:  # lots loaded in this session re-read what remains
-            for lot_id, _ in d.draws:
-                lot = identity.get(db.session.identity_key(CreditLot, lot_id))
-                if lot is not None:
-                    db.session.expire(lot, ["remaining_minor"])
         db.session.execute(
             insert(InvoicePayment),
             [
@@ -584,7 +590,6 @@ def _finalize(
         created.append(("billing.invoice.created", f"invoice:{d.invoice_id}", payload, uid))
         if statuses[uid] == S.PAID:
             paid.append(("billing.invoice.paid", f"invoice:{d.invoice_id}", payload, uid))
-    enqueue_renders([drafts[uid].invoice_id for uid in todo], new=True)
     events.record_new_many(created + paid)
     if log.isEnabledFor(logging.INFO):
         for uid in todo:

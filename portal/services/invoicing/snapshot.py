@@ -79,12 +79,15 @@ def snapshot_data(
 ) -> Snapshot:
     """The plain data a PDF is rendered from. ``lines`` as stored; ``payments``: (created
     at, tender, amount in minor units, reference), those that make up ``amount_paid`` (the
-    credits applied at issue are ``credits``, not a payment)."""
+    credits applied at issue are ``credits``, not a payment). ``number`` None: the invoice is
+    numbered after its snapshot is written (an invoice run's are), so the snapshot leaves it
+    out and the PDF takes it from the invoice (``with_number``)."""
     locale = locale or current_app.config["BABEL_DEFAULT_LOCALE"]
     fmt = money_formatter(currency, locale)
-    return {
-        "template_version": 1,
-        "number": number,
+    data: Snapshot = {"template_version": 1}
+    if number is not None:
+        data["number"] = number
+    return data | {
         "status": status.label,
         "status_display": display_status(status, amount_paid),
         "issued_at": issued_at.date().isoformat(),
@@ -120,6 +123,13 @@ def snapshot_data(
             for created_at, tender, amount, reference in payments
         ],
     }
+
+
+def with_number(invoice: Invoice) -> Snapshot:
+    """An issued invoice's snapshot as its PDF shows it: with the invoice's number."""
+    if invoice.snapshot is None:
+        raise ValueError(f"invoice {invoice.id} is a draft: it has no snapshot")
+    return invoice.snapshot | {"number": invoice.number}
 
 
 def build_snapshot(invoice: Invoice, user: User) -> Snapshot:

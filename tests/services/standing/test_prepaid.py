@@ -26,6 +26,7 @@ from portal.models import (
 from portal.money import Money
 from portal.services.invoicing import prepaid as charging
 from portal.services.invoicing import run as invoice_run
+from portal.services.invoicing.snapshot import with_number
 from portal.services.metering import deployments, rollups
 from portal.services.payments import topups
 from portal.services.standing import candeploy, dunning, prepaid, restore, status
@@ -195,7 +196,7 @@ def test_the_statement_is_paid_by_the_hourly_charges_to_the_cent(ctx, make_user,
     assert invoice.credits_minor == 0
     assert [(p.tender, p.amount_minor) for p in invoice.payments] == [("credit", 73)]
     assert invoice.snapshot["statement"] is True
-    html = invoice_pdf.render_html(invoice.snapshot)
+    html = invoice_pdf.render_html(with_number(invoice))
     assert "<h1>Statement</h1>" in html and "nothing more is charged" in html
     assert all(c.invoice_id == invoice.id for c in charges(user))
     assert credits.available_credit(user).amount_minor == 1000 - 73  # no second charge
