@@ -688,8 +688,9 @@ def overview(*, now: datetime) -> Overview:
                 job, through, job.next_due(max(through or now, now)), run_view(run) if run else None
             )
         )
+    rq_state = monitor.snapshot()
     failed = []
-    for entry in monitor.failed_jobs():
+    for entry in rq_state.failed:
         failed.append(
             FailedJob(
                 entry.job_id, entry.queue, entry.func, entry.error, entry.ended_at, entry.run_id
@@ -702,9 +703,9 @@ def overview(*, now: datetime) -> Overview:
         builtin_active=not daemon_alive(now=now, within=builtin_after),
         builtin_after=builtin_after,
         jobs=views,
-        queues=[QueueView(q.name, q.queued, q.started, q.failed) for q in monitor.depths()],
+        queues=[QueueView(q.name, q.queued, q.started, q.failed) for q in rq_state.depths],
         failed=failed,
-        workers=monitor.worker_count(),
+        workers=rq_state.workers,
         recent_runs=list(db.session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(20))),
         waiting=requests.waiting_work(),
         failed_requests=requests.failed_by_task(),
