@@ -94,6 +94,7 @@ def _awaiting_confirmation(user: User) -> list[PaymentAttempt]:
                 PaymentAttempt.status == AttemptStatus.REQUIRES_ACTION.value,
             )
             .order_by(PaymentAttempt.id)
+            .options(lazyload("*"))  # the amount and invoice are shown, not the card
         )
     )
 
@@ -116,7 +117,8 @@ def months_left(card: PaymentMethod, now: datetime) -> int:
 def _actions(user: User, unpaid: list[Invoice], now: datetime) -> list[Action]:
     actions = []
     by_id = {i.id: i for i in unpaid}
-    for attempt in _awaiting_confirmation(user):
+    # Only a payment of an unpaid invoice is shown: none to look for when nothing is unpaid.
+    for attempt in _awaiting_confirmation(user) if unpaid else []:
         invoice = by_id.get(attempt.invoice_id or 0)
         if invoice is None:
             continue
@@ -196,7 +198,7 @@ def overview(user: User, now: datetime | None = None) -> Overview:
         standing=standing.status,
         standing_reasons=standing.reasons,
         actions=_actions(user, unpaid, now),
-        activity=list(ledger.wallet_history(user, page=1, per_page=RECENT).items),
+        activity=ledger.recent_history(user, RECENT),
         recent_invoices=recent,
         runway_hours=runway,
     )
