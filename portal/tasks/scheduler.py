@@ -33,7 +33,7 @@ from typing import Any
 
 from croniter import croniter
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from ..db import dialect_insert, rowcount
 from ..errors import Conflict, NotFound
@@ -559,18 +559,19 @@ def heartbeat(
     db.session.flush()
 
 
+_DAEMONS_SINCE = (
+    select(func.count())
+    .select_from(DaemonStatus)
+    .where(
+        DaemonStatus.kind == SchedulerKind.DAEMON,
+        DaemonStatus.heartbeat_at > bindparam("since"),
+    )
+)
+
+
 def daemon_alive(*, now: datetime, within: timedelta) -> bool:
     """Whether any daemon (not a built-in scheduler) beat within ``within``."""
-    return (
-        db.session.execute(
-            select(func.count())
-            .select_from(DaemonStatus)
-            .where(
-                DaemonStatus.kind == SchedulerKind.DAEMON, DaemonStatus.heartbeat_at > now - within
-            )
-        ).scalar_one()
-        > 0
-    )
+    return db.session.execute(_DAEMONS_SINCE, {"since": now - within}).scalar_one() > 0
 
 
 # -- what the admin page and the API show ----------------------------------------------------
@@ -660,10 +661,21 @@ def show_run(run_id: int) -> RunView:
     return run_view(get_run(run_id))
 
 
+# The Jobs page's statements, built once (it is read on every view and its htmx refresh).
+_INSTANCES = select(DaemonStatus).order_by(DaemonStatus.heartbeat_at.desc()).limit(RECENT_INSTANCES)
+_MARKS = select(ScheduledJob)
+_LAST_RUNS = select(JobRun).where(
+    JobRun.id.in_(
+        select(func.max(JobRun.id))
+        .where(JobRun.job_name.in_(bindparam("names", expanding=True)))
+        .group_by(JobRun.job_name)
+    )
+)
+_RECENT_RUNS = select(JobRun).order_by(JobRun.id.desc()).limit(20)
+
+
 def _instances(now: datetime, alive_within: timedelta) -> list[InstanceView]:
-    rows = db.session.scalars(
-        select(DaemonStatus).order_by(DaemonStatus.heartbeat_at.desc()).limit(RECENT_INSTANCES)
-    ).all()
+    rows = db.session.scalars(_INSTANCES).all()
     return [
         InstanceView(
             row,
@@ -677,10 +689,7 @@ def _instances(now: datetime, alive_within: timedelta) -> list[InstanceView]:
 def _last_runs(names: list[str]) -> dict[str, JobRun]:
     if not names:
         return {}
-    latest = select(func.max(JobRun.id)).where(JobRun.job_name.in_(names)).group_by(JobRun.job_name)
-    return {
-        run.job_name: run for run in db.session.scalars(select(JobRun).where(JobRun.id.in_(latest)))
-    }
+    return {run.job_name: run for run in db.session.scalars(_LAST_RUNS, {"names": names})}
 
 
 def overview(*, now: datetime) -> Overview:
@@ -688,7 +697,7 @@ def overview(*, now: datetime) -> Overview:
     lease_ttl = duration(config["DAEMON_LEASE_SECONDS"])
     builtin_after = duration(config["BUILTIN_BILLING_AFTER_MINUTES"], "minutes")
     jobs = periodic_jobs()
-    marks = {m.name: m for m in db.session.scalars(select(ScheduledJob))}
+    marks = {m.name: m for m in db.session.scalars(_MARKS)}
     last = _last_runs([job.name for job in jobs])
     views = []
     for job in jobs:
@@ -718,7 +727,7 @@ def overview(*, now: datetime) -> Overview:
         queues=[QueueView(q.name, q.queued, q.started, q.failed) for q in rq_state.depths],
         failed=failed,
         workers=rq_state.workers,
-        recent_runs=list(db.session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(20))),
+        recent_runs=list(db.session.scalars(_RECENT_RUNS)),
         waiting=requests.waiting_work(),
         failed_requests=requests.failed_by_task(),
     )
