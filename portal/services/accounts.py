@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import timedelta
@@ -11,14 +12,18 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..db import rowcount
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from ..extensions import db
 from ..models import ApiToken, TokenScope, User, UserSession, utcnow
-from ..tasks.clock import database_now, database_now_sql
+from ..tasks.clock import (
+    database_now,
+    database_since_params,
+    database_since_sql,
+)
 from ..tasks.queues import enqueue_after_commit
 from . import audit, mail
 from .wallet import ledger
@@ -200,19 +205,32 @@ def start_session(user: User) -> str:
     return key
 
 
+@functools.cache
+def _session_user_query(postgresql: bool):
+    """The user of a live login (every request reads it): built once."""
+    return (
+        select(User)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(
+            UserSession.key_hash == bindparam("key_hash"),
+            User.id == bindparam("user_id"),
+            UserSession.created_at >= database_since_sql(postgresql),
+        )
+    )
+
+
 def user_for_session(session_id: str) -> User | None:
     """The user of a live login, from the id Flask-Login kept in the cookie; else None."""
     user_id, _, key = (session_id or "").partition(":")
     if not user_id.isdigit() or not key:
         return None
     user = db.session.scalar(
-        select(User)
-        .join(UserSession, UserSession.user_id == User.id)
-        .where(
-            UserSession.key_hash == _hash_token(key),
-            User.id == int(user_id),
-            UserSession.created_at >= database_now_sql(minus=session_max_age()),
-        )
+        _session_user_query(db.engine.dialect.name == "postgresql"),
+        {
+            "key_hash": _hash_token(key),
+            "user_id": int(user_id),
+            **database_since_params(session_max_age()),
+        },
     )
     if user is None or not user.is_enabled:
         return None

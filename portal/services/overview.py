@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import lazyload
 
 from ..extensions import db
@@ -72,40 +72,48 @@ class Overview:
         return self.standing == GOOD
 
 
-def _unpaid(user: User) -> list[Invoice]:
-    # Oldest due date first: what is late comes first.
-    return list(
-        db.session.scalars(
-            select(Invoice)
-            .where(Invoice.user_id == user.id, Invoice.status.in_([str(s) for s in UNPAID]))
-            .order_by(Invoice.due_at, Invoice.id)
-            .options(lazyload("*"))  # listed by their totals: lines and payments unread
-        )
+# The page's statements, built once (the Overview is read on every login; building a
+# statement costs more than running it).
+_UNPAID = (  # oldest due date first: what is late comes first
+    select(Invoice)
+    .where(Invoice.user_id == bindparam("user_id"), Invoice.status.in_([str(s) for s in UNPAID]))
+    .order_by(Invoice.due_at, Invoice.id)
+    .options(lazyload("*"))  # listed by their totals: lines and payments unread
+)
+_RECENT = (
+    select(Invoice)
+    .where(Invoice.user_id == bindparam("user_id"), Invoice.status != InvoiceStatus.DRAFT.value)
+    .order_by(Invoice.period_start.desc(), Invoice.id.desc())
+    .limit(3)
+    .options(lazyload("*"))
+)
+_AWAITING = (
+    select(PaymentAttempt)
+    .where(
+        PaymentAttempt.user_id == bindparam("user_id"),
+        PaymentAttempt.invoice_id.is_not(None),
+        PaymentAttempt.status == AttemptStatus.REQUIRES_ACTION.value,
     )
+    .order_by(PaymentAttempt.id)
+    .options(lazyload("*"))  # the amount and invoice are shown, not the card
+)
+_CARDS = (
+    select(PaymentMethod)
+    .where(PaymentMethod.user_id == bindparam("user_id"), PaymentMethod.removed_at.is_(None))
+    .order_by(PaymentMethod.id)
+)
+
+
+def _unpaid(user: User) -> list[Invoice]:
+    return list(db.session.scalars(_UNPAID, {"user_id": user.id}))
 
 
 def _awaiting_confirmation(user: User) -> list[PaymentAttempt]:
-    return list(
-        db.session.scalars(
-            select(PaymentAttempt)
-            .where(
-                PaymentAttempt.user_id == user.id,
-                PaymentAttempt.invoice_id.is_not(None),
-                PaymentAttempt.status == AttemptStatus.REQUIRES_ACTION.value,
-            )
-            .order_by(PaymentAttempt.id)
-        )
-    )
+    return list(db.session.scalars(_AWAITING, {"user_id": user.id}))
 
 
 def _cards(user: User) -> list[PaymentMethod]:
-    return list(
-        db.session.scalars(
-            select(PaymentMethod)
-            .where(PaymentMethod.user_id == user.id, PaymentMethod.removed_at.is_(None))
-            .order_by(PaymentMethod.id)
-        )
-    )
+    return list(db.session.scalars(_CARDS, {"user_id": user.id}))
 
 
 def months_left(card: PaymentMethod, now: datetime) -> int:
@@ -116,7 +124,8 @@ def months_left(card: PaymentMethod, now: datetime) -> int:
 def _actions(user: User, unpaid: list[Invoice], now: datetime) -> list[Action]:
     actions = []
     by_id = {i.id: i for i in unpaid}
-    for attempt in _awaiting_confirmation(user):
+    # Only a payment of an unpaid invoice is shown: none to look for when nothing is unpaid.
+    for attempt in _awaiting_confirmation(user) if unpaid else []:
         invoice = by_id.get(attempt.invoice_id or 0)
         if invoice is None:
             continue
@@ -169,15 +178,7 @@ def overview(user: User, now: datetime | None = None) -> Overview:
     start, end = period_containing(now, invoice_day())
     projected = projection.by_user([(user.id, user.currency)], now)[user.id]
     standing = standing_status.standing(user, now)
-    recent = list(
-        db.session.scalars(
-            select(Invoice)
-            .where(Invoice.user_id == user.id, Invoice.status != InvoiceStatus.DRAFT.value)
-            .order_by(Invoice.period_start.desc(), Invoice.id.desc())
-            .limit(3)
-            .options(lazyload("*"))
-        )
-    )
+    recent = list(db.session.scalars(_RECENT, {"user_id": user.id}))
     balances = credits.spendable_balances(user, now)
     funds = balances.cash + balances.voucher + balances.credit
     rate = standing_resources.hourly_rates([(user.id, user.created_at)], now)[user.id]
@@ -196,7 +197,7 @@ def overview(user: User, now: datetime | None = None) -> Overview:
         standing=standing.status,
         standing_reasons=standing.reasons,
         actions=_actions(user, unpaid, now),
-        activity=list(ledger.wallet_history(user, page=1, per_page=RECENT).items),
+        activity=ledger.recent_history(user, RECENT),
         recent_invoices=recent,
         runway_hours=runway,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Interval, func, literal, text
+from sqlalchemy import ColumnElement, Interval, bindparam, func, literal, text
 
 from ..extensions import db
 from ..models import utcnow
@@ -32,3 +32,18 @@ def database_now_sql(minus: timedelta = timedelta(0)) -> ColumnElement[datetime]
     if db.engine.dialect.name != "postgresql":
         return literal(utcnow() - minus, UTCDateTime)
     return func.now(type_=UTCDateTime) - literal(minus, Interval())
+
+
+def database_since_sql(postgresql: bool) -> ColumnElement[datetime]:
+    """``database_now_sql(minus=...)`` for a statement built once: the amount is a bound
+    parameter, given by ``database_since_params``."""
+    if not postgresql:
+        return bindparam("clock_since", type_=UTCDateTime)
+    return func.now(type_=UTCDateTime) - bindparam("clock_minus", type_=Interval())
+
+
+def database_since_params(minus: timedelta) -> dict[str, object]:
+    """The parameters of ``database_since_sql`` for ``minus``."""
+    if db.engine.dialect.name != "postgresql":
+        return {"clock_since": utcnow() - minus}
+    return {"clock_minus": minus}

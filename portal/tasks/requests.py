@@ -11,6 +11,7 @@ makes it requested again, so work committed while that job ran is never missed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -358,46 +359,45 @@ class FailedTask:
     last_error: str | None
 
 
-def waiting_work() -> list[Waiting]:
-    """Job requests not done, invoice PDFs pending and mail pending, each with its oldest."""
-    rows = [
-        (
-            "job requests",
-            select(func.count(), func.min(_TABLE.c.created_at)).where(
-                _TABLE.c.status.in_((REQUESTED, SENT))
-            ),
+_WAITING_WHAT = ("job requests", "invoice PDFs", "mail")
+
+
+@functools.cache
+def _waiting_query():
+    """Each count as a row of its own, in the order of _WAITING_WHAT, in one round trip;
+    built once (the Jobs page reads it on every view)."""
+    queries = [
+        select(func.count(), func.min(_TABLE.c.created_at)).where(
+            _TABLE.c.status.in_((REQUESTED, SENT))
         ),
-        (
-            "invoice PDFs",
-            select(func.count(), func.min(Invoice.finalized_at)).where(
-                Invoice.pdf_status.in_(("pending", "failed"))
-            ),
+        select(func.count(), func.min(Invoice.finalized_at)).where(
+            Invoice.pdf_status.in_(("pending", "failed"))
         ),
-        (
-            "mail",
-            select(func.count(), func.min(OutboundEmail.created_at)).where(
-                OutboundEmail.status.in_(
-                    (EmailStatus.PENDING, EmailStatus.SENDING, EmailStatus.FAILED)
-                )
-            ),
+        select(func.count(), func.min(OutboundEmail.created_at)).where(
+            OutboundEmail.status.in_((EmailStatus.PENDING, EmailStatus.SENDING, EmailStatus.FAILED))
         ),
     ]
-    # One round trip: each count as a row of its own, in the order above.
-    found = db.session.execute(
-        union_all(*(q.add_columns(literal(n).label("n")) for n, (_, q) in enumerate(rows)))
-    ).all()
+    return union_all(*(q.add_columns(literal(n).label("n")) for n, q in enumerate(queries)))
+
+
+def waiting_work() -> list[Waiting]:
+    """Job requests not done, invoice PDFs pending and mail pending, each with its oldest."""
+    found = db.session.execute(_waiting_query()).all()
     by_n = {n: (count, oldest) for count, oldest, n in found}
-    return [Waiting(what, *by_n[n]) for n, (what, _) in enumerate(rows)]
+    return [Waiting(what, *by_n[n]) for n, what in enumerate(_WAITING_WHAT)]
+
+
+_FAILED_BY_TASK = (
+    select(_TABLE.c.task, func.count(), func.max(_TABLE.c.id))
+    .where(_TABLE.c.status == FAILED)
+    .group_by(_TABLE.c.task)
+    .order_by(_TABLE.c.task)
+)
 
 
 def failed_by_task() -> list[FailedTask]:
     """Requests that used every attempt, by task, with the newest error."""
-    counts = db.session.execute(
-        select(_TABLE.c.task, func.count(), func.max(_TABLE.c.id))
-        .where(_TABLE.c.status == FAILED)
-        .group_by(_TABLE.c.task)
-        .order_by(_TABLE.c.task)
-    ).all()
+    counts = db.session.execute(_FAILED_BY_TASK).all()
     errors = (
         dict(
             db.session.execute(

@@ -20,6 +20,7 @@ Services flush; the caller commits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -32,7 +33,7 @@ from typing import Any
 
 from croniter import croniter
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from ..db import dialect_insert, rowcount
 from ..errors import Conflict, NotFound
@@ -101,7 +102,18 @@ class PeriodicJob:
         return croniter(self.cron, second + timedelta(seconds=1)).get_prev(datetime)
 
     def next_due(self, after: datetime) -> datetime:
-        return croniter(self.cron, after.astimezone(UTC)).get_next(datetime)
+        after = after.astimezone(UTC)
+        if len(self.cron.split()) == 5:
+            # Minutes are a five-field cron's finest unit: the next due time after any
+            # instant of a minute is the one after its start (the Jobs page asks on every
+            # view, and parsing the expression costs more than the rest of a row).
+            return _next_due_after_minute(self.cron, after.replace(second=0, microsecond=0))
+        return croniter(self.cron, after).get_next(datetime)
+
+
+@functools.lru_cache(maxsize=512)
+def _next_due_after_minute(cron: str, minute: datetime) -> datetime:
+    return croniter(cron, minute).get_next(datetime)
 
 
 def slot_name(due: datetime) -> str:
@@ -547,18 +559,19 @@ def heartbeat(
     db.session.flush()
 
 
+_DAEMONS_SINCE = (
+    select(func.count())
+    .select_from(DaemonStatus)
+    .where(
+        DaemonStatus.kind == SchedulerKind.DAEMON,
+        DaemonStatus.heartbeat_at > bindparam("since"),
+    )
+)
+
+
 def daemon_alive(*, now: datetime, within: timedelta) -> bool:
     """Whether any daemon (not a built-in scheduler) beat within ``within``."""
-    return (
-        db.session.execute(
-            select(func.count())
-            .select_from(DaemonStatus)
-            .where(
-                DaemonStatus.kind == SchedulerKind.DAEMON, DaemonStatus.heartbeat_at > now - within
-            )
-        ).scalar_one()
-        > 0
-    )
+    return db.session.execute(_DAEMONS_SINCE, {"since": now - within}).scalar_one() > 0
 
 
 # -- what the admin page and the API show ----------------------------------------------------
@@ -648,10 +661,21 @@ def show_run(run_id: int) -> RunView:
     return run_view(get_run(run_id))
 
 
+# The Jobs page's statements, built once (it is read on every view and its htmx refresh).
+_INSTANCES = select(DaemonStatus).order_by(DaemonStatus.heartbeat_at.desc()).limit(RECENT_INSTANCES)
+_MARKS = select(ScheduledJob)
+_LAST_RUNS = select(JobRun).where(
+    JobRun.id.in_(
+        select(func.max(JobRun.id))
+        .where(JobRun.job_name.in_(bindparam("names", expanding=True)))
+        .group_by(JobRun.job_name)
+    )
+)
+_RECENT_RUNS = select(JobRun).order_by(JobRun.id.desc()).limit(20)
+
+
 def _instances(now: datetime, alive_within: timedelta) -> list[InstanceView]:
-    rows = db.session.scalars(
-        select(DaemonStatus).order_by(DaemonStatus.heartbeat_at.desc()).limit(RECENT_INSTANCES)
-    ).all()
+    rows = db.session.scalars(_INSTANCES).all()
     return [
         InstanceView(
             row,
@@ -665,10 +689,7 @@ def _instances(now: datetime, alive_within: timedelta) -> list[InstanceView]:
 def _last_runs(names: list[str]) -> dict[str, JobRun]:
     if not names:
         return {}
-    latest = select(func.max(JobRun.id)).where(JobRun.job_name.in_(names)).group_by(JobRun.job_name)
-    return {
-        run.job_name: run for run in db.session.scalars(select(JobRun).where(JobRun.id.in_(latest)))
-    }
+    return {run.job_name: run for run in db.session.scalars(_LAST_RUNS, {"names": names})}
 
 
 def overview(*, now: datetime) -> Overview:
@@ -676,7 +697,7 @@ def overview(*, now: datetime) -> Overview:
     lease_ttl = duration(config["DAEMON_LEASE_SECONDS"])
     builtin_after = duration(config["BUILTIN_BILLING_AFTER_MINUTES"], "minutes")
     jobs = periodic_jobs()
-    marks = {m.name: m for m in db.session.scalars(select(ScheduledJob))}
+    marks = {m.name: m for m in db.session.scalars(_MARKS)}
     last = _last_runs([job.name for job in jobs])
     views = []
     for job in jobs:
@@ -688,8 +709,9 @@ def overview(*, now: datetime) -> Overview:
                 job, through, job.next_due(max(through or now, now)), run_view(run) if run else None
             )
         )
+    rq_state = monitor.snapshot()
     failed = []
-    for entry in monitor.failed_jobs():
+    for entry in rq_state.failed:
         failed.append(
             FailedJob(
                 entry.job_id, entry.queue, entry.func, entry.error, entry.ended_at, entry.run_id
@@ -702,10 +724,10 @@ def overview(*, now: datetime) -> Overview:
         builtin_active=not daemon_alive(now=now, within=builtin_after),
         builtin_after=builtin_after,
         jobs=views,
-        queues=[QueueView(q.name, q.queued, q.started, q.failed) for q in monitor.depths()],
+        queues=[QueueView(q.name, q.queued, q.started, q.failed) for q in rq_state.depths],
         failed=failed,
-        workers=monitor.worker_count(),
-        recent_runs=list(db.session.scalars(select(JobRun).order_by(JobRun.id.desc()).limit(20))),
+        workers=rq_state.workers,
+        recent_runs=list(db.session.scalars(_RECENT_RUNS)),
         waiting=requests.waiting_work(),
         failed_requests=requests.failed_by_task(),
     )

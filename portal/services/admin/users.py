@@ -8,13 +8,15 @@ usage)."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 
-from sqlalchemy import and_, case, false, func, or_, select
+from sqlalchemy import and_, bindparam, case, false, func, or_, select
+from sqlalchemy.orm import aliased
 
 from ...extensions import db
 from ...models import (
@@ -31,6 +33,7 @@ from ...models import (
 from ...money import Money
 from ..metering import projection
 from ..standing import resources
+from ..standing.account import card_expiry_limit
 from ..standing.status import AT_RISK, GOOD, RUNWAY_AT_RISK_HOURS, STANDINGS, standing_of
 
 SORTS = ("owed", "email", "newest")
@@ -173,10 +176,10 @@ def list_accounts(
     return AccountsPage(statuses(ids, now=now), page, per_page, has_next, total)
 
 
-def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
-    """The billing status of the accounts ``ids``, in that order."""
-    if not ids:
-        return []
+@functools.cache
+def _statuses_query():
+    """One statement for the accounts ``:ids``: their balances, standing, plan and last
+    invoice; built once (building it cost more than running it)."""
     la = LedgerAccount
 
     def balance(kind: AccountKind):
@@ -185,9 +188,20 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
     last_invoice = (
         select(func.max(Invoice.id))
         .where(Invoice.user_id == User.id, Invoice.status != InvoiceStatus.DRAFT.value)
+        .correlate(User)
         .scalar_subquery()
     )
-    rows = db.session.execute(
+    last = aliased(Invoice, name="last_invoice")
+    plan = (  # one subscription per user at most
+        select(Plan.code)
+        .select_from(Subscription)
+        .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
+        .join(Plan, Plan.id == PlanVersion.plan_id)
+        .where(Subscription.user_id == User.id, Subscription.status == "active")
+        .correlate(User)
+        .scalar_subquery()
+    )
+    return (
         select(
             User.id,
             User.email,
@@ -199,43 +213,55 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
             balance(AccountKind.VOUCHER),
             balance(AccountKind.CREDIT),
             balance(AccountKind.RECEIVABLE),
-            standing_of(User.id),
-            last_invoice,
+            standing_of(User.id, expiry_limit=bindparam("expiry_limit")),
+            last.id,
+            last.number,
+            last.status,
+            last.total_minor,
+            last.currency,
+            last.period_start,
+            plan,
         )
         .outerjoin(la, and_(la.user_id == User.id, la.currency == User.currency))
-        .where(User.id.in_(ids))
-        .group_by(User.id)
-    ).all()
-    invoice_ids = [r[11] for r in rows if r[11] is not None]
-    invoices = {
-        i.id: LastInvoice(
-            i.id, i.number, i.status, Money(i.total_minor, i.currency), i.period_start
-        )
-        for i in db.session.execute(
-            select(
-                Invoice.id,
-                Invoice.number,
-                Invoice.status,
-                Invoice.total_minor,
-                Invoice.currency,
-                Invoice.period_start,
-            ).where(Invoice.id.in_(invoice_ids))
-        )
-    }
-    plans = dict(
-        db.session.execute(
-            select(Subscription.user_id, Plan.code)
-            .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
-            .join(Plan, Plan.id == PlanVersion.plan_id)
-            .where(Subscription.user_id.in_(ids), Subscription.status == "active")
-        ).all()
+        .outerjoin(last, last.id == last_invoice)
+        .where(User.id.in_(bindparam("ids", expanding=True)))
+        .group_by(User.id, last.id)
     )
+
+
+def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
+    """The billing status of the accounts ``ids``, in that order."""
+    if not ids:
+        return []
+    rows = db.session.execute(
+        _statuses_query(), {"ids": ids, "expiry_limit": card_expiry_limit(now)}
+    ).all()
+    invoices = {
+        r[11]: LastInvoice(r[11], r[12], r[13], Money(r[14], r[15]), r[16])
+        for r in rows
+        if r[11] is not None
+    }
+    plans = {r[0]: r[17] for r in rows if r[17] is not None}
     projected = projection.by_user([(r[0], r[5]) for r in rows], now)
     runways = resources.runways(
         [(r[0], r[4], Money(int(r[6]) + int(r[7]) + int(r[8]), r[5])) for r in rows], now
     )
     by_id = {}
-    for uid, email, name, admin, created, cur, cash, voucher, credit, owed, standing, inv in rows:
+    for (
+        uid,
+        email,
+        name,
+        admin,
+        created,
+        cur,
+        cash,
+        voucher,
+        credit,
+        owed,
+        standing,
+        inv,
+        *_,
+    ) in rows:
         by_id[uid] = AccountStatus(
             id=uid,
             email=email,

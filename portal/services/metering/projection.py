@@ -4,13 +4,14 @@ arithmetic as a user's Usage page: exact micro-units, rounded once to the curren
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
-from sqlalchemy import extract, func, select
+from sqlalchemy import BindParameter, Select, bindparam, extract, func, select
 
 from ...extensions import db
 from ...models import DeploymentInterval, MeterMark, UsageDaily, User
@@ -26,12 +27,12 @@ class Projection:
     projected: Money
 
 
-def _usage_sums(start: datetime, end: datetime, key, where) -> dict:
-    """Exact micro-units of metered usage in [start, end), grouped by ``key``. Storage is
-    priced per month, so rows are grouped by month as well."""
+def _usage_query(key, where) -> Select:
+    """Metered usage in [:start_day, :end_day), grouped by ``key``. Storage is priced per
+    month, so rows are grouped by month as well."""
     month = extract("month", UsageDaily.day)
     year = extract("year", UsageDaily.day)
-    stmt = (
+    return (
         select(
             key,
             year,
@@ -41,11 +42,21 @@ def _usage_sums(start: datetime, end: datetime, key, where) -> dict:
             func.sum(UsageDaily.instance_cost + UsageDaily.ip_cost),
         )
         .join(User, User.id == UsageDaily.user_id)
-        .where(UsageDaily.day >= start.date(), UsageDaily.day < end.date(), *where)
+        .where(
+            UsageDaily.day >= bindparam("start_day"),
+            UsageDaily.day < bindparam("end_day"),
+            *where,
+        )
         .group_by(key, year, month)
     )
+
+
+def _usage_sums(stmt: Select, start: datetime, end: datetime, **params) -> dict:
+    """Exact micro-units of metered usage in [start, end), by the key of ``stmt`` (a
+    ``_usage_query``)."""
     out: dict = defaultdict(Fraction)
-    for k, y, m, per_hour_ms, storage, per_hour_s in db.session.execute(stmt):
+    rows = db.session.execute(stmt, {"start_day": start.date(), "end_day": end.date(), **params})
+    for k, y, m, per_hour_ms, storage, per_hour_s in rows:
         first = datetime(int(y), int(m), 1).date()
         out[k] += Fraction(int(per_hour_ms or 0), 3_600_000)
         out[k] += Fraction(int(storage or 0), 1000 * month_seconds(first))
@@ -53,10 +64,10 @@ def _usage_sums(start: datetime, end: datetime, key, where) -> dict:
     return out
 
 
-def _burn_sums(key, where, at: datetime) -> dict:
-    """What running deployments cost per hour now (exact micro-units), grouped by ``key``."""
+def _burn_query(key, where) -> Select:
+    """What running deployments cost per hour now, grouped by ``key``."""
     i = DeploymentInterval
-    stmt = (
+    return (
         select(
             key,
             func.sum(i.cpu_milli * i.cpu_rate_micros + i.memory_mgb * i.memory_rate_micros),
@@ -67,15 +78,33 @@ def _burn_sums(key, where, at: datetime) -> dict:
         .where(i.end_epoch.is_(None), *where)
         .group_by(key)
     )
+
+
+def _burn_sums(stmt: Select, at: datetime, **params) -> dict:
+    """What running deployments cost per hour now (exact micro-units), by the key of
+    ``stmt`` (a ``_burn_query``)."""
     hours_in_month = Fraction(month_seconds((at - _DAY).date()), 3600)
     out: dict = {}
-    for k, per_milli, storage, per_hour in db.session.execute(stmt):
+    for k, per_milli, storage, per_hour in db.session.execute(stmt, params):
         out[k] = (
             Fraction(int(per_milli or 0), 1000)
             + Fraction(int(storage or 0), 1000) / hours_in_month
             + int(per_hour or 0)
         )
     return out
+
+
+@functools.cache
+def _queries(per_user: bool) -> tuple[Select, Select]:
+    """The usage and burn queries, by user (of ``:ids``) or by currency; built once (pages
+    read them on every request, and building a statement costs more than running it)."""
+    if not per_user:
+        return _usage_query(User.currency, []), _burn_query(User.currency, [])
+    ids: BindParameter[list[int]] = bindparam("ids", expanding=True)
+    return (
+        _usage_query(UsageDaily.user_id, [UsageDaily.user_id.in_(ids)]),
+        _burn_query(DeploymentInterval.user_id, [DeploymentInterval.user_id.in_(ids)]),
+    )
 
 
 def _remaining_hours(mark: datetime | None, now: datetime, start: datetime, end: datetime):
@@ -90,8 +119,9 @@ def by_user(users: Iterable[tuple[int, str]], now: datetime) -> dict[int, Projec
         return {}
     start, end = period_containing(now, invoice_day())
     ids = [u for u, _ in users]
-    so_far = _usage_sums(start, end, UsageDaily.user_id, [UsageDaily.user_id.in_(ids)])
-    burn = _burn_sums(DeploymentInterval.user_id, [DeploymentInterval.user_id.in_(ids)], end)
+    usage_query, burn_query = _queries(per_user=True)
+    so_far = _usage_sums(usage_query, start, end, ids=ids)
+    burn = _burn_sums(burn_query, end, ids=ids)
     marks = _marks({rollups.chunk_of(u) for u in ids})
     out = {}
     for user_id, currency in users:
@@ -109,8 +139,9 @@ def by_currency(now: datetime) -> dict[str, Projection]:
     the projection (running deployments at today's rates until the period ends, from the
     oldest metering mark)."""
     start, end = period_containing(now, invoice_day())
-    so_far = _usage_sums(start, end, User.currency, [])
-    burn = _burn_sums(User.currency, [], end)
+    usage_query, burn_query = _queries(per_user=False)
+    so_far = _usage_sums(usage_query, start, end)
+    burn = _burn_sums(burn_query, end)
     oldest = db.session.scalar(select(func.min(MeterMark.metered_through)))
     hours = _remaining_hours(oldest, now, start, end)
     out = {}
@@ -123,10 +154,13 @@ def by_currency(now: datetime) -> dict[str, Projection]:
     return out
 
 
+_MARKS = select(MeterMark.chunk, MeterMark.metered_through).where(
+    MeterMark.chunk.in_(bindparam("chunks", expanding=True))
+)
+
+
 def _marks(chunks: set[int]) -> dict[int, datetime]:
-    rows = db.session.execute(
-        select(MeterMark.chunk, MeterMark.metered_through).where(MeterMark.chunk.in_(chunks))
-    )
+    rows = db.session.execute(_MARKS, {"chunks": sorted(chunks)})
     return {c: m for c, m in rows}
 
 

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ...db import dialect_insert
 from ...extensions import db
@@ -78,12 +78,15 @@ def hour_minor(hourly_micros: Fraction, currency: str) -> int:
     return math.ceil(hourly_micros / 10 ** (6 - currency_digits(currency)))
 
 
+_OPEN_REMOVAL = (  # built once: every Overview and Standing page reads it
+    select(PrepaidRemoval)
+    .where(PrepaidRemoval.user_id == bindparam("user_id"), PrepaidRemoval.closed_at.is_(None))
+    .execution_options(populate_existing=True)
+)
+
+
 def open_removal(user_id: int) -> PrepaidRemoval | None:
-    return db.session.scalar(
-        select(PrepaidRemoval)
-        .where(PrepaidRemoval.user_id == user_id, PrepaidRemoval.closed_at.is_(None))
-        .execution_options(populate_existing=True)
-    )
+    return db.session.scalar(_OPEN_REMOVAL, {"user_id": user_id})
 
 
 def needed(user: User, removal: PrepaidRemoval, now: datetime) -> int:

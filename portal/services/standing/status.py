@@ -41,9 +41,12 @@ REMOVING_FOR_INVOICE = "deployments are scheduled for removal for an unpaid invo
 def standing_of(
     user_id: ColumnElement[Any] | InstrumentedAttribute[int] = User.id,
     now: datetime | None = None,
+    *,
+    expiry_limit: ColumnElement[int] | None = None,
 ) -> ColumnElement[str]:
     """The standing of the account whose id is ``user_id`` (a column of the outer query),
-    without the runway."""
+    without the runway. ``expiry_limit`` (a bound parameter for ``card_expiry_limit(now)``)
+    lets a statement built once serve any ``now``."""
     removing = exists(
         select(Deployment.id).where(
             Deployment.user_id == user_id, Deployment.state == str(DeploymentState.REMOVING)
@@ -70,7 +73,7 @@ def standing_of(
                 PaymentMethod.is_default.is_(True),
                 PaymentMethod.removed_at.is_(None),
                 PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
-                < card_expiry_limit(now or utcnow()),
+                < (card_expiry_limit(now or utcnow()) if expiry_limit is None else expiry_limit),
             )
         )
     )

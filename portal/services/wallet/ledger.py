@@ -496,6 +496,17 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
     )
 
 
+# The user's wallet accounts, without counting their entries (recent_history).
+_WALLET_ACCOUNT_IDS = (
+    select(LedgerAccount.id)
+    .where(
+        LedgerAccount.user_id == bindparam("user_id"),
+        LedgerAccount.kind.in_(sorted(str(k) for k in WALLET_KINDS)),
+    )
+    .order_by(LedgerAccount.id)
+)
+
+
 def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
     """Entries on the user's wallets (cash, voucher, credit), newest first, one page."""
     page, per_page = max(1, page), min(max(1, per_page), 200)
@@ -504,7 +515,18 @@ def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
     total = sum(n for _, n in counts)
     if offset >= total:
         return Page([], page, per_page, total)
-    account_ids = [aid for aid, n in counts if n]
+    items = _history_rows([aid for aid, n in counts if n], offset, per_page)
+    return Page(items, page, per_page, total)
+
+
+def recent_history(user: User, limit: int) -> list[HistoryRow]:
+    """The newest ``limit`` entries on the user's wallets, newest first: the first page of
+    ``wallet_history`` without counting every entry (the Overview shows no page count)."""
+    account_ids = list(db.session.scalars(_WALLET_ACCOUNT_IDS, {"user_id": user.id}))
+    return _history_rows(account_ids, 0, limit) if account_ids else []
+
+
+def _history_rows(account_ids: list[int], offset: int, per_page: int) -> list[HistoryRow]:
     rows = db.session.execute(
         _history_page(len(account_ids)),
         {
@@ -514,7 +536,7 @@ def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
             "offset": offset,
         },
     ).all()
-    items = [
+    return [
         HistoryRow(
             entry_id=r[0],
             amount=Money(r[1], r[2]),
@@ -525,4 +547,3 @@ def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
         )
         for r in rows
     ]
-    return Page(items, page, per_page, total)

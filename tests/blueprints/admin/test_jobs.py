@@ -7,9 +7,10 @@ import re
 
 import pytest
 from rq import SimpleWorker
+from rq.registry import StartedJobRegistry
 
 from portal.extensions import db
-from portal.tasks import queues
+from portal.tasks import monitor, queues
 from portal.tasks.daemon import Scheduler
 from tests.support.app import AuthActions
 from tests.support.processes import query
@@ -163,6 +164,18 @@ def test_a_failed_job_is_listed_with_its_error_and_retried(app, async_app, only_
         r'<td class="num">0</td><td class="num">1</td>',
         html,
     )
+    # The page's one Redis round trip reads what RQ's own calls read.
+    quick, depths, failed_jobs, workers = query(
+        async_app,
+        lambda: (
+            monitor.snapshot(),
+            monitor.depths(),
+            monitor.failed_jobs(),
+            monitor.worker_count(),
+        ),
+    )
+    assert (quick.depths, quick.failed, quick.workers) == (depths, failed_jobs, workers)
+    assert [f.job_id for f in quick.failed] == [job_id]
 
     query(async_app, lambda: queues.redis_connection().delete(fake_jobs.FAIL_FLAG))
     response = client.submit(f"/admin/jobs/failed/{job_id}/retry")
@@ -236,3 +249,15 @@ def test_the_jobs_api_status_and_run_now(app, async_app, api, counting_job, make
     run = api.get(f"/jobs/runs/{body['run_id']}", token=token).get_json()
     assert run["status"] == "succeeded" and run["figures"]["deployments"] == 2
     assert run["duration_ms"] is not None and run["finished_at"].endswith("Z")
+
+
+def test_an_abandoned_started_job_is_read_through_rqs_cleanup(async_app):
+    def read():
+        connection = queues.redis_connection()
+        started = StartedJobRegistry(queue=queues.get_queue("default"))
+        connection.zadd(started.key, {"gone:abc": 1})  # its worker died long ago
+        default = next(d for d in monitor.snapshot().depths if d.name == "default")
+        return default, connection.zcard(started.key)
+
+    default, left = query(async_app, read)
+    assert default.started == 0 and left == 0  # RQ's cleanup dropped it, as depths() does
