@@ -4,9 +4,10 @@ page links to the full lists where one exists)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import lazyload
+from sqlalchemy.orm import defer, lazyload
 
 from ...extensions import db
 from ...models import (
@@ -20,8 +21,12 @@ from ...models import (
     Voucher,
     VoucherRedemption,
     WebhookDelivery,
+    utcnow,
 )
 from ...money import Money
+from ..budgets import rules as budgets
+from ..standing import resources
+from ..wallet import ledger
 
 SHOWN = 20
 
@@ -55,7 +60,7 @@ class AccountDetail:
     admin_actions: list[AuditEntry]
 
 
-def _newest(model, user_id: int, limit: int = SHOWN):
+def _newest(model, user_id: int, limit: int = SHOWN, *options):
     # The lists show the rows' own columns: an invoice's lines and payments, a deployment's
     # intervals are not read with them (they would load on access).
     return list(
@@ -64,9 +69,35 @@ def _newest(model, user_id: int, limit: int = SHOWN):
             .where(model.user_id == user_id)
             .order_by(model.id.desc())
             .limit(limit)
-            .options(lazyload("*"))
+            .options(lazyload("*"), *options)
         )
     )
+
+
+def _events_and_deliveries(user_id: int) -> tuple[list[Event], dict[int, list[WebhookDelivery]]]:
+    """The newest events with their webhook deliveries (by endpoint), in one statement; a
+    delivery's event is the row beside it, not joined again."""
+    newest = (
+        select(Event.id)
+        .where(Event.user_id == user_id)
+        .order_by(Event.id.desc())
+        .limit(SHOWN)
+        .subquery()
+    )
+    events: list[Event] = []
+    deliveries: dict[int, list[WebhookDelivery]] = {}
+    for event, delivery in db.session.execute(
+        select(Event, WebhookDelivery)
+        .join(newest, newest.c.id == Event.id)
+        .outerjoin(WebhookDelivery, WebhookDelivery.event_id == Event.id)
+        .order_by(Event.id.desc(), WebhookDelivery.endpoint_id)
+        .options(lazyload("*"), lazyload(WebhookDelivery.event), defer(Event.payload))
+    ):
+        if not events or events[-1] is not event:
+            events.append(event)
+        if delivery is not None:
+            deliveries.setdefault(event.id, []).append(delivery)
+    return events, deliveries
 
 
 def account_detail(user: User) -> AccountDetail:
@@ -84,22 +115,50 @@ def account_detail(user: User) -> AccountDetail:
             .limit(SHOWN)
         )
     ]
-    events = _newest(Event, user.id)
-    deliveries: dict[int, list[WebhookDelivery]] = {}
-    if events:
-        for d in db.session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.event_id.in_([e.id for e in events]))
-            .order_by(WebhookDelivery.endpoint_id)
-        ):
-            deliveries.setdefault(d.event_id, []).append(d)
+    events, deliveries = _events_and_deliveries(user.id)
     return AccountDetail(
-        invoices=_newest(Invoice, user.id),
+        # the lists show neither an invoice's snapshot (its document) nor a message's body
+        invoices=_newest(Invoice, user.id, SHOWN, defer(Invoice.snapshot)),
         deployments=_newest(Deployment, user.id),
         cards=cards,
         redemptions=redemptions,
         events=events,
         deliveries=deliveries,
-        mail=_newest(OutboundEmail, user.id),
+        mail=_newest(
+            OutboundEmail,
+            user.id,
+            SHOWN,
+            defer(OutboundEmail.body_text),
+            defer(OutboundEmail.body_html),
+        ),
         admin_actions=_newest(AuditEntry, user.id),
+    )
+
+
+@dataclass(frozen=True)
+class MoneyFigures:
+    balances: ledger.Balances  # the credit as spendable now (``credits.spendable_balances``)
+    budget: budgets.Status
+    forecast: resources.Forecast
+
+
+def money_figures(user: User, now: datetime | None = None) -> MoneyFigures:
+    """The balances, the budget and the runway, from one statement (``resources.figures``):
+    the same figures as ``credits.spendable_balances``, ``budgets.status`` and
+    ``resources.forecast``, which read them in seven."""
+    now = now or utcnow()
+    figures = resources.figures(user, now)
+    account, cur = figures.account, user.currency
+    return MoneyFigures(
+        balances=ledger.Balances(
+            currency=cur,
+            cash=Money(account.cash_minor, cur),
+            voucher=Money(account.voucher_minor, cur),
+            credit=figures.available_credit,
+            receivable=figures.receivable,
+        ),
+        budget=budgets.status_of(
+            user, account.budget_cap_minor, account.budget_stop, account.spent_minor, now
+        ),
+        forecast=figures.forecast,
     )
