@@ -3,10 +3,11 @@ page links to the full lists where one exists)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import defer, lazyload
 
 from ...extensions import db
@@ -60,39 +61,68 @@ class AccountDetail:
     admin_actions: list[AuditEntry]
 
 
-def _newest(model, user_id: int, limit: int = SHOWN, *options):
+# Columns the lists do not show: an invoice's snapshot (its document), a message's bodies,
+# an event's payload.
+_NOT_SHOWN = {
+    Invoice: (Invoice.snapshot,),
+    OutboundEmail: (OutboundEmail.body_text, OutboundEmail.body_html),
+}
+
+
+# The statements are built once (building them costs more than running them); the user is
+# bound per call.
+@functools.cache
+def _newest_statement(model) -> Select:
     # The lists show the rows' own columns: an invoice's lines and payments, a deployment's
     # intervals are not read with them (they would load on access).
-    return list(
-        db.session.scalars(
-            select(model)
-            .where(model.user_id == user_id)
-            .order_by(model.id.desc())
-            .limit(limit)
-            .options(lazyload("*"), *options)
-        )
+    return (
+        select(model)
+        .where(model.user_id == bindparam("user_id"))
+        .order_by(model.id.desc())
+        .limit(SHOWN)
+        .options(lazyload("*"), *(defer(c) for c in _NOT_SHOWN.get(model, ())))
+    )
+
+
+def _newest(model, user_id: int) -> list:
+    return list(db.session.scalars(_newest_statement(model), {"user_id": user_id}))
+
+
+@functools.cache
+def _redemptions_statement() -> Select:
+    return (
+        select(VoucherRedemption.created_at, Voucher)
+        .join(Voucher, Voucher.id == VoucherRedemption.voucher_id)
+        .where(VoucherRedemption.user_id == bindparam("user_id"))
+        .order_by(VoucherRedemption.id.desc())
+        .limit(SHOWN)
+    )
+
+
+@functools.cache
+def _events_statement() -> Select:
+    newest = (
+        select(Event.id)
+        .where(Event.user_id == bindparam("user_id"))
+        .order_by(Event.id.desc())
+        .limit(SHOWN)
+        .subquery()
+    )
+    return (
+        select(Event, WebhookDelivery)
+        .join(newest, newest.c.id == Event.id)
+        .outerjoin(WebhookDelivery, WebhookDelivery.event_id == Event.id)
+        .order_by(Event.id.desc(), WebhookDelivery.endpoint_id)
+        .options(lazyload("*"), lazyload(WebhookDelivery.event), defer(Event.payload))
     )
 
 
 def _events_and_deliveries(user_id: int) -> tuple[list[Event], dict[int, list[WebhookDelivery]]]:
     """The newest events with their webhook deliveries (by endpoint), in one statement; a
     delivery's event is the row beside it, not joined again."""
-    newest = (
-        select(Event.id)
-        .where(Event.user_id == user_id)
-        .order_by(Event.id.desc())
-        .limit(SHOWN)
-        .subquery()
-    )
     events: list[Event] = []
     deliveries: dict[int, list[WebhookDelivery]] = {}
-    for event, delivery in db.session.execute(
-        select(Event, WebhookDelivery)
-        .join(newest, newest.c.id == Event.id)
-        .outerjoin(WebhookDelivery, WebhookDelivery.event_id == Event.id)
-        .order_by(Event.id.desc(), WebhookDelivery.endpoint_id)
-        .options(lazyload("*"), lazyload(WebhookDelivery.event), defer(Event.payload))
-    ):
+    for event, delivery in db.session.execute(_events_statement(), {"user_id": user_id}):
         if not events or events[-1] is not event:
             events.append(event)
         if delivery is not None:
@@ -107,30 +137,17 @@ def account_detail(user: User) -> AccountDetail:
     ]
     redemptions = [
         Redemption(at, v.display_code, v.value)
-        for at, v in db.session.execute(
-            select(VoucherRedemption.created_at, Voucher)
-            .join(Voucher, Voucher.id == VoucherRedemption.voucher_id)
-            .where(VoucherRedemption.user_id == user.id)
-            .order_by(VoucherRedemption.id.desc())
-            .limit(SHOWN)
-        )
+        for at, v in db.session.execute(_redemptions_statement(), {"user_id": user.id})
     ]
     events, deliveries = _events_and_deliveries(user.id)
     return AccountDetail(
-        # the lists show neither an invoice's snapshot (its document) nor a message's body
-        invoices=_newest(Invoice, user.id, SHOWN, defer(Invoice.snapshot)),
+        invoices=_newest(Invoice, user.id),
         deployments=_newest(Deployment, user.id),
         cards=cards,
         redemptions=redemptions,
         events=events,
         deliveries=deliveries,
-        mail=_newest(
-            OutboundEmail,
-            user.id,
-            SHOWN,
-            defer(OutboundEmail.body_text),
-            defer(OutboundEmail.body_html),
-        ),
+        mail=_newest(OutboundEmail, user.id),
         admin_actions=_newest(AuditEntry, user.id),
     )
 

@@ -4,10 +4,11 @@ worker, retrying after a failure, or failed on every attempt)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, cast, literal, null, or_, select, union_all
+from sqlalchemy import Select, String, bindparam, cast, literal, null, or_, select, union_all
 
 from ...extensions import db
 from ...models import EmailStatus, Invoice, JobRequest, OutboundEmail, User
@@ -39,7 +40,7 @@ def _job_words(status: str | None, attempts: int | None) -> str:
     return {"requested": "waiting for the relay", "sent": "with a worker"}.get(status, status)
 
 
-def _waiting(pdfs_where, mail_where) -> list[Waiting]:
+def _statement(pdfs_where, mail_where) -> Select:
     """The invoice PDFs and the mail waiting (at most SHOWN of each, oldest first), each
     with its job request (``pdf:<invoice id>``, ``mail:<message id>``), in one statement."""
     pdfs = (
@@ -93,8 +94,30 @@ def _waiting(pdfs_where, mail_where) -> list[Waiting]:
             JobRequest.last_error,
         ).outerjoin(JobRequest, job("mail:", mail.c.id)),
     ).subquery()
+    return select(both).order_by(both.c.kind, both.c.id)
+
+
+# Built once (building costs more than running them); the user or invoice is bound per call.
+@functools.cache
+def _user_statement() -> Select:
+    to_them = or_(
+        OutboundEmail.user_id == bindparam("user_id"),
+        OutboundEmail.to_addr == bindparam("email"),
+    )
+    return _statement([Invoice.user_id == bindparam("user_id")], [to_them])
+
+
+@functools.cache
+def _invoice_statement() -> Select:
+    return _statement(
+        [Invoice.id == bindparam("invoice_id")],
+        [OutboundEmail.attachment_invoice_id == bindparam("invoice_id")],
+    )
+
+
+def _waiting(statement: Select, params: dict[str, object]) -> list[Waiting]:
     items = []
-    for r in db.session.execute(select(both).order_by(both.c.kind, both.c.id)):
+    for r in db.session.execute(statement, params):
         if r.kind == 0:
             items.append(
                 Waiting(
@@ -126,10 +149,9 @@ def _waiting(pdfs_where, mail_where) -> list[Waiting]:
 
 def for_user(user: User) -> list[Waiting]:
     """The user's invoice PDFs and mail still waiting (mail to their address included)."""
-    to_them = or_(OutboundEmail.user_id == user.id, OutboundEmail.to_addr == user.email)
-    return _waiting([Invoice.user_id == user.id], [to_them])
+    return _waiting(_user_statement(), {"user_id": user.id, "email": user.email})
 
 
 def for_invoice(invoice_id: int) -> list[Waiting]:
     """The invoice's PDF, if not made yet, and the mail that carries it, if not sent yet."""
-    return _waiting([Invoice.id == invoice_id], [OutboundEmail.attachment_invoice_id == invoice_id])
+    return _waiting(_invoice_statement(), {"invoice_id": invoice_id})
