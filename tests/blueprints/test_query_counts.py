@@ -31,7 +31,7 @@ AT_MOST = {
     "/admin/": 10,
     "/admin/jobs": 10,
     "/admin/users": 9,
-    "/admin/users/<int:user_id>": 25,  # with the budget and the runway
+    "/admin/users/<int:user_id>": 16,  # balances, budget, runway in one; waiting work in one
 }
 
 # GET routes that are not pages: API, machine endpoints, downloads, redirects from the

@@ -20,8 +20,6 @@ from ...money import AmountError, Money
 from ...services import accounts
 from ...services.admin import account as account_detail
 from ...services.admin import waiting
-from ...services.budgets import rules as budgets
-from ...services.standing import resources as standing_resources
 from ...services.subscriptions import changes
 from ...services.wallet import credits, ledger
 from ...web import discard_changes
@@ -53,21 +51,22 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
     if not form.request_id.data:
         form.request_id.data = uuid.uuid4().hex
     lots, lots_total = credits.newest_lots(user, LOTS_SHOWN)
+    figures = account_detail.money_figures(user)
     return render_template(
         "admin/user.html",
         user=user,
         form=form,
         revoke_admin_form=RevokeAdminForm(),
-        balances=credits.spendable_balances(user),
+        balances=figures.balances,
         lots=lots,
         lots_total=lots_total,
         history=ledger.wallet_history(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
         waiting=waiting.for_user(user),
         subscription=changes.describe(user),
-        budget=budgets.status(user),
+        budget=figures.budget,
         modes=plans_admin.MODES,
-        forecast=standing_resources.forecast_for(user),
+        forecast=figures.forecast,
     ), status
 
 

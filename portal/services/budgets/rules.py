@@ -80,13 +80,25 @@ def get_budget(user: User) -> Budget | None:
 def status(user: User, now: datetime | None = None) -> Status:
     now = now or utcnow()
     budget = get_budget(user)
+    return status_of(
+        user,
+        budget.cap_minor if budget is not None else None,
+        bool(budget and budget.stop_at_cap),
+        spending.by_user([user], now)[user.id],
+        now,
+    )
+
+
+def status_of(
+    user: User, cap_minor: int | None, stop_at_cap: bool, spent_minor: int, now: datetime
+) -> Status:
+    """The Status from figures read elsewhere (standing's account read sums the same
+    spending: ``spending.from_row``)."""
     start, end = calendar.period_containing(now, calendar.invoice_day())
-    spent = spending.by_user([user], now)[user.id]
-    cap = budget.cap_minor if budget is not None else None
     return Status(
-        cap=None if cap is None else Money(cap, user.currency),
-        stop_at_cap=bool(budget and budget.stop_at_cap),
-        spent=Money(spent, user.currency),
+        cap=None if cap_minor is None else Money(cap_minor, user.currency),
+        stop_at_cap=stop_at_cap,
+        spent=Money(spent_minor, user.currency),
         period_start=start,
         period_end=end,
     )

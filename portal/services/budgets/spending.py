@@ -88,19 +88,23 @@ class Months:
 
 def months_of(now: datetime) -> Months:
     start, end = period_containing(now, invoice_day())
-    parts, lo = [], start.date()
-    while lo < end.date():
+    return months_between(start.date(), end.date())
+
+
+def months_between(start: date, end: date) -> Months:
+    """The days [start, end) split at the calendar months."""
+    parts, lo = [], start
+    while lo < end:
         first_next = date(lo.year + lo.month // 12, lo.month % 12 + 1, 1)
-        hi = min(first_next, end.date())
+        hi = min(first_next, end)
         parts.append((lo, hi))
         lo = hi
-    return Months(start.date(), end.date(), tuple(parts))
+    return Months(start, end, tuple(parts))
 
 
-def columns(user_id: int, months: Months) -> list[ColumnElement]:
-    """Scalar subqueries on ix_usage_daily_user_id_day and the subscription: per-hour
-    usage (cpu and memory), per-hour usage (instances and IPs), storage of each month, the
-    plan's price, interval and currency."""
+def usage_columns(user_id, months: Months) -> list[ColumnElement]:
+    """Scalar subqueries on ix_usage_daily_user_id_day: the usage of the days ``months``
+    covers, priced per hour (cpu and memory; instances and IPs) and, storage, per month."""
     u = UsageDaily
 
     def usage(expr, lo: date, hi: date):
@@ -109,6 +113,27 @@ def columns(user_id: int, months: Months) -> list[ColumnElement]:
             .where(u.user_id == user_id, u.day >= lo, u.day < hi)
             .scalar_subquery()
         )
+
+    return [
+        usage(u.cpu_cost + u.memory_cost, months.start, months.end),
+        usage(u.instance_cost + u.ip_cost, months.start, months.end),
+        *(usage(u.storage_cost, lo, hi) for lo, hi in months.parts),
+    ]
+
+
+def usage_micros(values, months: Months) -> Fraction:
+    """Exact micro-units of what ``usage_columns`` read."""
+    per_hour_ms, per_hour_s, *storage = values
+    exact = Fraction(int(per_hour_ms or 0), 3_600_000) + Fraction(int(per_hour_s or 0), 3600)
+    for (lo, _), cost in zip(months.parts, storage, strict=True):
+        exact += Fraction(int(cost or 0), 1000 * month_seconds(lo))
+    return exact
+
+
+def columns(user_id: int, months: Months) -> list[ColumnElement]:
+    """Scalar subqueries on ix_usage_daily_user_id_day and the subscription: per-hour
+    usage (cpu and memory), per-hour usage (instances and IPs), storage of each month, the
+    plan's price, interval and currency."""
 
     def plan(column):
         return (
@@ -122,22 +147,22 @@ def columns(user_id: int, months: Months) -> list[ColumnElement]:
         )
 
     return [
-        usage(u.cpu_cost + u.memory_cost, months.start, months.end),
-        usage(u.instance_cost + u.ip_cost, months.start, months.end),
-        *(usage(u.storage_cost, lo, hi) for lo, hi in months.parts),
+        *usage_columns(user_id, months),
         plan(PlanVersion.price_minor),
         plan(PlanVersion.interval),
         plan(PlanVersion.currency),
     ]
 
 
+def width(months: Months) -> int:
+    """How many values ``columns`` reads."""
+    return 2 + len(months.parts) + 3
+
+
 def from_row(user: User, values, months: Months) -> int:
     """Spending from what ``columns`` read (the same arithmetic as ``by_user``)."""
-    per_hour_ms, per_hour_s, *rest = values
-    storage, (price, interval, plan_currency) = rest[: len(months.parts)], rest[-3:]
-    exact = Fraction(int(per_hour_ms or 0), 3_600_000) + Fraction(int(per_hour_s or 0), 3600)
-    for (lo, _), cost in zip(months.parts, storage, strict=True):
-        exact += Fraction(int(cost or 0), 1000 * month_seconds(lo))
+    used, (price, interval, plan_currency) = values[:-3], values[-3:]
+    exact = usage_micros(used, months)
     usage, fee = counts(user)
     spent = round_micros(exact, user.currency).amount_minor if usage else 0
     if fee and price is not None and plan_currency == user.currency:

@@ -58,7 +58,8 @@ class Account:
     hourly_micros: Fraction  # what runs now costs an hour, exactly
     budget_cap_minor: int | None = None  # the monthly cap; None: no cap
     budget_stop: bool = False  # stop at the cap (else only tell)
-    spent_minor: int = 0  # this period's spending as budgets count it (0 without a cap)
+    # this period's spending as budgets count it (0 without a cap, unless read always)
+    spent_minor: int = 0
 
     @property
     def budget_reached(self) -> bool:
@@ -82,10 +83,11 @@ def hourly_micros(rates_row, now: datetime) -> Fraction:
     return Fraction(per_hour, 1000) + instances + Fraction(storage * 3600, 1000 * month_seconds)
 
 
-def _account_columns(uid, currency, parts: int) -> list:
+def account_columns(uid, currency, parts: int, *, spending_always: bool = False) -> list:
     """The account's columns for the user ``uid`` (a bound value, or ``User.id`` to read
     them beside the user's row); the budget's spending over a period touching ``parts``
-    calendar months (their dates are bound per call: ``_time_params``)."""
+    calendar months (their dates are bound per call: ``time_params``), summed only for an
+    account with a cap unless ``spending_always``."""
 
     def balance(kind: AccountKind):
         return (
@@ -136,8 +138,11 @@ def _account_columns(uid, currency, parts: int) -> list:
         open_sum(I.storage_mgb * I.storage_rate_micros),
         select(Budget.cap_minor).where(Budget.user_id == uid).scalar_subquery(),
         select(Budget.stop_at_cap).where(Budget.user_id == uid).scalar_subquery(),
-        # spending is summed only for an account with a cap
-        *(case((has_cap, c), else_=None) for c in spending.columns(uid, months)),
+        # spending is summed only for an account with a cap (unless always)
+        *(
+            c if spending_always else case((has_cap, c), else_=None)
+            for c in spending.columns(uid, months)
+        ),
     ]
 
 
@@ -145,15 +150,15 @@ def _account_columns(uid, currency, parts: int) -> list:
 # call. A billing period touches one or two calendar months.
 @functools.cache
 def _account_statement(parts: int) -> Select:
-    return select(*_account_columns(bindparam("uid"), bindparam("currency"), parts))
+    return select(*account_columns(bindparam("uid"), bindparam("currency"), parts))
 
 
 @functools.cache
 def _user_account_statement(parts: int) -> Select:
-    return select(User, *_account_columns(User.id, User.currency, parts))
+    return select(User, *account_columns(User.id, User.currency, parts))
 
 
-def _time_params(months: spending.Months, now: datetime) -> dict[str, object]:
+def time_params(months: spending.Months, now: datetime) -> dict[str, object]:
     params: dict[str, object] = {
         "month_now": now.year * 12 + now.month,
         "expiry_limit": card_expiry_limit(now),
@@ -170,9 +175,9 @@ def read_account(user: User, now: datetime) -> Account:
     months = spending.months_of(now)
     row = db.session.execute(
         _account_statement(len(months.parts)),
-        {"uid": user.id, "currency": user.currency, **_time_params(months, now)},
+        {"uid": user.id, "currency": user.currency, **time_params(months, now)},
     ).one()
-    return _account_of(user, tuple(row), months, now)
+    return account_of(user, tuple(row), months, now)
 
 
 def read_user_account(condition: ColumnElement[bool], now: datetime) -> tuple[User, Account] | None:
@@ -180,16 +185,28 @@ def read_user_account(condition: ColumnElement[bool], now: datetime) -> tuple[Us
     same one round trip; None when no user matches."""
     months = spending.months_of(now)
     row = db.session.execute(
-        _user_account_statement(len(months.parts)).where(condition), _time_params(months, now)
+        _user_account_statement(len(months.parts)).where(condition), time_params(months, now)
     ).one_or_none()
     if row is None:
         return None
     user = row[0]
-    return user, _account_of(user, tuple(row)[1:], months, now)
+    return user, account_of(user, tuple(row)[1:], months, now)
 
 
-def _account_of(user: User, values: tuple, months: spending.Months, now: datetime) -> Account:
+ACCOUNT_COLUMNS = 13  # the columns before the spending's in account_columns
+
+
+def account_of(
+    user: User,
+    values: tuple,
+    months: spending.Months,
+    now: datetime,
+    *,
+    spending_always: bool = False,
+) -> Account:
+    """The Account from what ``account_columns`` read (with the same ``spending_always``)."""
     cap = None if values[11] is None else int(values[11])
+    summed = cap is not None or spending_always
     return Account(
         removing=bool(values[0]),
         suspended=bool(values[1]),
@@ -202,5 +219,5 @@ def _account_of(user: User, values: tuple, months: spending.Months, now: datetim
         hourly_micros=hourly_micros(values[8:11], now),
         budget_cap_minor=cap,
         budget_stop=bool(values[12]),
-        spent_minor=0 if cap is None else spending.from_row(user, values[13:], months),
+        spent_minor=spending.from_row(user, values[ACCOUNT_COLUMNS:], months) if summed else 0,
     )

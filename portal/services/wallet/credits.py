@@ -160,6 +160,32 @@ _SPENDABLE = select(
 )
 
 
+def available_credit_column(
+    user_id: ColumnElement[int], currency: ColumnElement[str], now: ColumnElement[datetime]
+) -> ColumnElement[int]:
+    """``available_credit`` as a scalar subquery (on ix_credit_lots_account_open), for a page
+    that reads it in a statement of its own; ``user_id``, ``currency`` and ``now`` are bound
+    values or columns."""
+    account = (
+        select(LedgerAccount.id)
+        .where(
+            LedgerAccount.user_id == user_id,
+            LedgerAccount.kind == str(AccountKind.CREDIT),
+            LedgerAccount.currency == currency,
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(func.coalesce(func.sum(CreditLot.remaining_minor), 0))
+        .where(
+            CreditLot.account_id == account,
+            CreditLot.remaining_minor > 0,
+            (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
+        )
+        .scalar_subquery()
+    )
+
+
 def spendable_balances(user: User, now: datetime | None = None) -> ledger.Balances:
     """The balances a user can spend now: credit lots past their expiry no longer count,
     even before ``expire-credits`` books their expiry in the ledger. (``ledger.balances``

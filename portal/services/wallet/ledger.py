@@ -457,23 +457,32 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
     """The page query for a user with ``accounts`` wallet accounts, built once (the page
     is read on every wallet view; building the statement costs more than running it).
 
-    The page's entry ids come first, from each account's newest ``depth`` (offset +
-    per_page) entries, an index range on (account_id, id) each, merged: the work is bounded
-    by the page's depth, whatever the planner knows of the table and however old the user's
+    The page's entries come from each account's newest ``depth`` (offset + per_page)
+    entries, an index range on (account_id, id) each, merged: the work is bounded by the
+    page's depth, whatever the planner knows of the table and however old the user's
     entries are. "account_id IN (...) ORDER BY id DESC" instead either sorts all the user's
-    entries or walks the whole table's primary key backwards looking for them.
+    entries or walks the whole table's primary key backwards looking for them. The entries'
+    own columns are taken in that same range, not joined again by id afterwards: on
+    PostgreSQL the table is partitioned by month, and a join on the id alone cannot be
+    pruned, so it read every partition (the planner hashed the whole table).
     """
     newest = [
-        select(LedgerEntry.id.label("id"))
+        select(
+            LedgerEntry.id.label("id"),
+            LedgerEntry.amount_minor.label("amount_minor"),
+            LedgerEntry.currency.label("currency"),
+            LedgerEntry.account_id.label("account_id"),
+            LedgerEntry.transaction_id.label("transaction_id"),
+        )
         .where(LedgerEntry.account_id == bindparam(f"account_{i}"))
         .order_by(LedgerEntry.id.desc())
         .limit(bindparam("depth"))
         .subquery()
         for i in range(accounts)
     ]
-    merged = union_all(*(select(q.c.id) for q in newest)).subquery()
-    page_ids = (
-        select(merged.c.id)
+    merged = union_all(*(select(*q.c) for q in newest)).subquery()
+    page = (
+        select(*merged.c)
         .order_by(merged.c.id.desc())
         .limit(bindparam("per_page"))
         .offset(bindparam("offset"))
@@ -481,18 +490,17 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
     )
     return (
         select(
-            LedgerEntry.id,
-            LedgerEntry.amount_minor,
-            LedgerEntry.currency,
+            page.c.id,
+            page.c.amount_minor,
+            page.c.currency,
             LedgerAccount.kind,
             LedgerTransaction.kind,
             LedgerTransaction.description,
             LedgerTransaction.created_at,
         )
-        .join(page_ids, page_ids.c.id == LedgerEntry.id)
-        .join(LedgerAccount, LedgerAccount.id == LedgerEntry.account_id)
-        .join(LedgerTransaction, LedgerTransaction.id == LedgerEntry.transaction_id)
-        .order_by(LedgerEntry.id.desc())
+        .join(LedgerAccount, LedgerAccount.id == page.c.account_id)
+        .join(LedgerTransaction, LedgerTransaction.id == page.c.transaction_id)
+        .order_by(page.c.id.desc())
     )
 
 

@@ -9,7 +9,8 @@ from sqlalchemy import update
 from portal.extensions import db
 from portal.models import JobRequest, OutboundEmail, PaymentMethod, User, utcnow
 from portal.money import Money
-from portal.services.wallet import vouchers
+from portal.services.wallet import credits, vouchers
+from portal.services.webhooks import delivery, endpoints
 from portal.tasks import requests
 from tests.support.app import AuthActions
 from tests.support.invoices import SEP, issue_invoices
@@ -138,3 +139,45 @@ def test_the_newest_credit_lots_are_listed_with_how_many_there_are(app, make_use
     assert "The newest 2 of 3 credit lots." in page
     # Lots 2 and 1 in the lots and the wallet history, lot 0 in the history only.
     assert [page.count(f"<td>lot {n}</td>") for n in (2, 1, 0)] == [2, 2, 1]
+
+
+def test_each_event_shows_its_webhook_deliveries(app, make_user):
+    """Events and their deliveries are read together: each event lists its own deliveries
+    by endpoint, and one not handed out yet says so."""
+    ann = make_user("hooks@example.com")
+    with app.app_context():
+        user = db.session.get_one(User, ann.id)
+        now = utcnow()
+        every, _ = endpoints.create_endpoint(
+            endpoints.EndpointInput("https://a.example.com/in", None), actor=None, now=now
+        )
+        grants, _ = endpoints.create_endpoint(
+            endpoints.EndpointInput("https://b.example.com/in", ["billing.credit.granted"]),
+            actor=None,
+            now=now,
+        )
+        every_id, grants_id = every.id, grants.id
+        credits.grant_credit(
+            user=user, amount=Money(100, "USD"), reason="r", idempotency_key="hooks-1"
+        )
+        [voucher] = vouchers.create_vouchers(value=Money(700, "USD"))
+        vouchers.redeem(user, voucher.code)
+        db.session.commit()
+        delivery.fan_out(now=now)
+        credits.grant_credit(
+            user=user, amount=Money(100, "USD"), reason="r", idempotency_key="hooks-2"
+        )
+        db.session.commit()
+        db.session.remove()
+    admin = make_user("boss@example.com", admin=True)
+    client = app.test_client()
+    AuthActions(client).login(admin)
+    rows = section(client.get(f"/admin/users/{ann.id}").get_data(as_text=True), "user-events")
+    later, redeemed, granted = rows.split("<tr>")[2:]  # newest first, after the header
+    assert "billing.credit.granted" in later and "not handed out yet" in later
+    assert "billing.voucher.redeemed" in redeemed
+    assert f"endpoint {every_id}: pending" in redeemed and f"endpoint {grants_id}" not in redeemed
+    assert "billing.credit.granted" in granted
+    assert granted.index(f"endpoint {every_id}: pending") < granted.index(
+        f"endpoint {grants_id}: pending"
+    )

@@ -16,11 +16,13 @@ from portal.errors import ValidationFailed
 from portal.extensions import db
 from portal.models import Deployment, DunningStep, Event, Invoice, OutboundEmail, User
 from portal.money import Money
+from portal.services import accounts
+from portal.services.admin import account as account_admin
 from portal.services.budgets import jobs as budget_jobs
 from portal.services.budgets import rules, spending
 from portal.services.metering import deployments, runs
 from portal.services.metering import jobs as metering_jobs
-from portal.services.standing import candeploy, status
+from portal.services.standing import candeploy, resources, status
 from portal.services.standing.account import read_account
 from portal.services.subscriptions import changes
 from portal.services.wallet import credits
@@ -295,6 +297,58 @@ def test_a_subscribers_spending_counts_the_plan_fee(user, with_plans):
     assert spending.by_user([user], now)[user.id] == 2999
     assert read_account(user, now).spent_minor == 2999
     assert spending.fee_minor(29999, "year") == 2500  # 299.99 / 12 = 24.99916..., half up
+
+
+def test_the_admin_pages_one_read_is_the_figures_of_the_services(user, with_plans):
+    """The admin's page of a user reads the balances, the budget and the runway in one
+    statement (``admin.account.money_figures``): the same figures as
+    ``credits.spendable_balances``, ``budgets.status`` and ``resources.forecast``, with or
+    without a cap, a plan's fee, a credit lot past its expiry, storage priced in two months."""
+
+    def same(who, now):
+        figures = account_admin.money_figures(who, now)
+        assert figures.balances == credits.spendable_balances(who, now)
+        assert figures.budget == rules.status(who, now)
+        assert figures.forecast == resources.forecast(who, read_account(who, now), now)
+        return figures
+
+    newcomer = accounts.create_user(email="newcomer@example.com", name="")  # nothing at all
+    user.created_at = datetime(2026, 10, 1, tzinfo=UTC)  # before the runway's week
+    for key, amount, expires in (("open", 5000, None), ("expiring", 700, NOV + 5 * DAY)):
+        credits.grant_credit(
+            user=user,
+            amount=Money(amount, "USD"),
+            reason=key,
+            idempotency_key=f"{key}:{user.id}",
+            expires_at=expires,
+            now=datetime(2020, 1, 1, tzinfo=UTC),
+        )
+    db.session.commit()
+    now = meter(12)
+    figures = same(user, now)  # no budget: the spending is summed all the same
+    assert (figures.budget.cap, figures.budget.spent) == (None, Money(2160, "USD"))
+    assert figures.balances.credit == Money(5000, "USD")  # the expired lot no longer counts
+    assert figures.forecast.basis == "week" and figures.forecast.hours
+    changes.change_plan(user, "pro", now=now)
+    set_budget(user, 4000, True, now)
+    figures = same(user, now)
+    assert figures.budget.spent == Money(2160 + 2999, "USD") and figures.budget.reached
+    deployments.create_deployment(
+        external_id="disk",
+        user=user,
+        kind="vm",
+        cpu_cores=0,
+        memory_gb=0,
+        storage_gb=10,
+        started_at=NOV,
+    )
+    db.session.commit()
+    runs.meter_all(datetime(2026, 12, 3, tzinfo=UTC))  # the runway's week spans two months
+    same(user, datetime(2026, 12, 3, 10, tzinfo=UTC))
+    with_plans(billing_mode="subscription")
+    same(user, datetime(2026, 12, 3, 10, tzinfo=UTC))
+    figures = same(newcomer, now)
+    assert figures.forecast.hours is None and figures.budget.spent == Money(0, "USD")
 
 
 def test_the_check_budgets_job_runs_every_15_minutes(user, app):
