@@ -30,7 +30,7 @@ AT_MOST = {
     "/admin/": 10,
     "/admin/jobs": 10,
     "/admin/users/<int:user_id>": 27,  # with the budget and the runway
-    "/usage/": 7,  # the deployments once, without their intervals (11 before)
+    "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
     "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)
     "/wallet/": 6,  # the balances and the open credit in one statement (8 before)
 }
