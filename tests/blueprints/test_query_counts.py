@@ -252,7 +252,7 @@ def test_downloads_and_invoice_lists_read_no_lines_payments_or_snapshot(
             assert call(url).status_code == 200
         read = _touching(statements, "invoices")
         assert len(read) == 1 and "invoice_pdfs" in read[0], statements
-        assert "snapshot," not in read[0]  # whether it is issued, not the document
+        assert "snapshot" not in read[0]  # the number and the file, not the document
         assert not _touching(statements, "invoice_lines"), statements
         assert not _touching(statements, "invoice_payments"), statements
     for url, call in (

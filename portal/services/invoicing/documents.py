@@ -45,16 +45,12 @@ class StoredPdf(NamedTuple):
 
 def get_invoice_pdf(invoice_id: int, *, user: User | None) -> StoredPdf:
     """``user``'s invoice's stored PDF (None: any invoice, for admins), read in one
-    statement: the invoice's number and whether it is issued, and the stored file, without
-    loading the invoice (its snapshot, lines and payments). Another user's invoice is
-    NotFound, as in ``get_for_owner``; an invoice without its PDF yet is PdfNotReady."""
+    statement: the invoice's number (given when it is issued, with its snapshot) and the
+    stored file, without loading the invoice (its snapshot, lines and payments). Another
+    user's invoice is NotFound, as in ``get_for_owner``; an invoice without its PDF yet is
+    PdfNotReady."""
     query = (
-        select(
-            Invoice.number,
-            Invoice.snapshot.is_not(None),
-            InvoicePdf.sha256,
-            InvoicePdf.content,
-        )
+        select(Invoice.number, InvoicePdf.sha256, InvoicePdf.content)
         .outerjoin(InvoicePdf, InvoicePdf.invoice_id == Invoice.id)
         .where(Invoice.id == invoice_id)
     )
@@ -63,11 +59,11 @@ def get_invoice_pdf(invoice_id: int, *, user: User | None) -> StoredPdf:
     row = db.session.execute(query).one_or_none()
     if row is None:
         raise NotFound("no such invoice")
-    number, issued, sha256, content = row
+    number, sha256, content = row
     if content is None:
         raise PdfNotReady(
             "This invoice's PDF is not ready yet."
-            if issued
+            if number is not None
             else "A draft invoice has no PDF; it is made when the invoice is issued."
         )
     return StoredPdf(number, sha256, content)
