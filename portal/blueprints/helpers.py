@@ -59,10 +59,11 @@ def see_other(endpoint: str, **values):
     return redirect(url_for(endpoint, **values), code=303)
 
 
-def pdf_response(invoice, pdf) -> Response:
-    """An invoice's stored PDF as a download named after its number."""
+def pdf_response(pdf) -> Response:
+    """An invoice's stored PDF (``documents.StoredPdf``) as a download named after its
+    number."""
     response = Response(pdf.content, mimetype="application/pdf")
-    response.headers.set("Content-Disposition", "attachment", filename=f"{invoice.number}.pdf")
+    response.headers.set("Content-Disposition", "attachment", filename=f"{pdf.number}.pdf")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.set_etag(pdf.sha256)
     return response

@@ -231,8 +231,7 @@ def _owner():
 @bp.get("/<int:invoice_id>/pdf")
 @login_required
 def pdf(invoice_id: int):
-    invoice, document = documents.get_invoice_pdf(invoice_id, user=_owner())
-    return pdf_response(invoice, document)
+    return pdf_response(documents.get_invoice_pdf(invoice_id, user=_owner()))
 
 
 @bp.get("/<int:invoice_id>/pdf-status")

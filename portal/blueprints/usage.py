@@ -24,7 +24,13 @@ def index():
         start, end = billing_period(selected)
     except ValueError:
         abort(404)
-    report = usage.usage_report(current_user, start, end)
+    # The full page lists the user's deployments: the report names them from that list.
+    listed = (
+        None
+        if hx.is_fragment_request("usage-report")
+        else deployments.list_deployments(current_user)
+    )
+    report = usage.usage_report(current_user, start, end, deployments=listed)
     context = {
         "report": report,
         "periods": periods,
@@ -34,6 +40,4 @@ def index():
     }
     if hx.is_fragment_request("usage-report"):
         return render_template("usage/_report.html", **context)
-    return render_template(
-        "usage/index.html", **context, deployments=deployments.list_deployments(current_user)
-    )
+    return render_template("usage/index.html", **context, deployments=listed)

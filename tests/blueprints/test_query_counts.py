@@ -13,6 +13,7 @@ from portal.extensions import db
 from portal.models import Invoice, User, WebhookEndpoint
 from portal.money import Money
 from portal.services import accounts, mail
+from portal.services.invoicing import documents
 from portal.services.invoicing import run as invoice_run
 from portal.services.metering import deployments
 from portal.services.wallet import credits, vouchers
@@ -27,11 +28,13 @@ BOUND = 30
 # SQLite counts one more, its BEGIN IMMEDIATE).
 AT_MOST = {
     "/overview/": 15,  # with the runway forecast
-    "/wallet/": 6,
+    "/wallet/": 6,  # the balances and the open credit in one statement (8 before)
     "/admin/": 10,
     "/admin/jobs": 10,
     "/admin/users": 9,
     "/admin/users/<int:user_id>": 16,  # balances, budget, runway in one; waiting work in one
+    "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
+    "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)
 }
 
 # GET routes that are not pages: API, machine endpoints, downloads, redirects from the
@@ -224,3 +227,46 @@ def test_no_page_makes_more_queries_with_more_data(app):
     assert not more, f"statements per page over what the page makes now: {more}"
     # The pages were really reached: one per route, each with some statements.
     assert len(large) >= 25 and all(c > 0 for c in large.values()), large
+
+
+def _touching(statements: list[str], table: str) -> list[str]:
+    return [s for s in statements if f" {table}" in s or f"{table}." in s]
+
+
+def test_downloads_and_invoice_lists_read_no_lines_payments_or_snapshot(
+    app, client, auth, api, make_user, make_invoice
+):
+    """The PDF download sends the stored file from one statement (another user's invoice is
+    still 404); the invoice lists (page and API) read the invoices' own columns only."""
+    alice, bob = make_user(), make_user()
+    invoice_id = make_invoice(alice.id)
+    with app.app_context():
+        documents.render_invoice_pdf(invoice_id)
+        db.session.commit()
+        db.session.remove()
+    token = api.token(alice)
+    auth.login(alice)
+    for url, call in (
+        (f"/invoices/{invoice_id}/pdf", client.get),
+        (f"/invoices/{invoice_id}/pdf", lambda url: api.get(url, token=token)),
+    ):
+        with app.app_context(), counting() as statements:
+            assert call(url).status_code == 200
+        read = _touching(statements, "invoices")
+        assert len(read) == 1 and "invoice_pdfs" in read[0], statements
+        assert "snapshot" not in read[0]  # the number and the file, not the document
+        assert not _touching(statements, "invoice_lines"), statements
+        assert not _touching(statements, "invoice_payments"), statements
+    for url, call in (
+        ("/invoices/", client.get),
+        ("/invoices", lambda url: api.get(url, token=token)),
+    ):
+        with app.app_context(), counting() as statements:
+            assert call(url).status_code == 200
+        read = _touching(statements, "invoices")
+        assert len(read) == 1 and "invoices.snapshot" not in read[0], statements
+        assert not _touching(statements, "invoice_lines"), statements
+        assert not _touching(statements, "invoice_payments"), statements
+    auth.logout()
+    auth.login(bob)
+    assert client.get(f"/invoices/{invoice_id}/pdf").status_code == 404

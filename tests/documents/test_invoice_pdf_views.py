@@ -75,7 +75,9 @@ def test_pdf_not_ready_yet(client, auth, make_user, make_invoice):
     response = client.get(f"/invoices/{pending}/pdf")
     assert response.status_code == 409
     assert "not ready yet" in response.get_data(as_text=True)
-    assert client.get(f"/invoices/{draft}/pdf").status_code == 409
+    response = client.get(f"/invoices/{draft}/pdf")
+    assert response.status_code == 409
+    assert "made when the invoice is issued" in response.get_data(as_text=True)
 
 
 def widget(html: str, invoice_id: int) -> str:

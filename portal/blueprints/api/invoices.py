@@ -247,5 +247,4 @@ def record_payment(invoice_id: int, body: OfflinePayment):
 def invoice_pdf(invoice_id: int):
     """User tokens get their own invoices only (else 404), admin tokens any; 409
     pdf_not_ready while it is being made."""
-    invoice, document = documents.get_invoice_pdf(invoice_id, user=_owner())
-    return pdf_response(invoice, document)
+    return pdf_response(documents.get_invoice_pdf(invoice_id, user=_owner()))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ...documents import invoice_pdf
-from ...errors import Conflict, InvalidTransition, ServiceError
+from ...errors import Conflict, InvalidTransition, NotFound, ServiceError
 from ...extensions import db
 from ...models import Invoice, InvoicePdf, InvoiceStatus, OutboundEmail, User
 from ...tasks import requests
@@ -34,16 +35,38 @@ class PdfRenderFailed(ServiceError):
     http_status = 500
 
 
-def get_invoice_pdf(invoice_id: int, *, user: User | None) -> tuple[Invoice, InvoicePdf]:
-    invoice = get_for_owner(user, invoice_id)
-    pdf = db.session.get(InvoicePdf, invoice.id)
-    if pdf is None:
+class StoredPdf(NamedTuple):
+    """What a download sends: the invoice's number (the file's name), the PDF and its hash."""
+
+    number: str | None
+    sha256: str
+    content: bytes
+
+
+def get_invoice_pdf(invoice_id: int, *, user: User | None) -> StoredPdf:
+    """``user``'s invoice's stored PDF (None: any invoice, for admins), read in one
+    statement: the invoice's number (given when it is issued; a draft has none) and the
+    stored file, without loading the invoice (its snapshot, lines and payments). Another
+    user's invoice is NotFound, as in ``get_for_owner``; an invoice without its PDF yet is
+    PdfNotReady."""
+    query = (
+        select(Invoice.number, InvoicePdf.sha256, InvoicePdf.content)
+        .outerjoin(InvoicePdf, InvoicePdf.invoice_id == Invoice.id)
+        .where(Invoice.id == invoice_id)
+    )
+    if user is not None:
+        query = query.where(Invoice.user_id == user.id)
+    row = db.session.execute(query).one_or_none()
+    if row is None:
+        raise NotFound("no such invoice")
+    number, sha256, content = row
+    if content is None:
         raise PdfNotReady(
             "This invoice's PDF is not ready yet."
-            if invoice.snapshot
+            if number is not None
             else "A draft invoice has no PDF; it is made when the invoice is issued."
         )
-    return invoice, pdf
+    return StoredPdf(number, sha256, content)
 
 
 def request_pdf(invoice: Invoice) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import lazyload
 
 from ...errors import Conflict, InvalidTransition, NotFound, ValidationFailed
 from ...extensions import db
@@ -493,7 +494,13 @@ def end_silent_sessions(timeout: timedelta, now: datetime | None = None) -> int:
 
 
 def list_deployments(user: User, *, include_ended: bool = True) -> list[Deployment]:
-    query = select(Deployment).where(Deployment.user_id == user.id)
+    """The user's deployments, newest first, without their intervals (``intervals`` loads
+    on access only): what lists and usage reports show."""
+    query = (
+        select(Deployment)
+        .where(Deployment.user_id == user.id)
+        .options(lazyload(Deployment.intervals))
+    )
     if not include_ended:
         query = query.where(Deployment.state.not_in([S.TERMINATED, S.REMOVED, S.FAILED]))
     return list(

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import calendar
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ...extensions import db
 from ...models import (
     Deployment,
     DeploymentInterval,
     Invoice,
+    MeterMark,
     UsageAdjustment,
     UsageDaily,
     User,
@@ -30,6 +32,7 @@ from ...models import (
 from ...money import Money, currency_digits
 from . import rollups
 from .costs import Usage, micros_to_minor, round_ratio
+from .deployments import list_deployments
 
 RESOURCES = ("cpu", "memory", "storage", "instance", "ip")
 UNITS = {
@@ -152,8 +155,16 @@ class UsageReport:
 
 
 def usage_report(
-    user: User, period_start: datetime, period_end: datetime, now: datetime | None = None
+    user: User,
+    period_start: datetime,
+    period_end: datetime,
+    now: datetime | None = None,
+    *,
+    deployments: Sequence[Deployment] | None = None,
 ) -> UsageReport:
+    """The period's usage from the rollups. ``deployments``: every one of the user's
+    deployments, when the caller has them already (else read here, without their
+    intervals)."""
     now = now or utcnow()
     currency = user.currency
     rows = list(
@@ -183,9 +194,9 @@ def usage_report(
     }
     quantities: dict[str, Fraction] = defaultdict(Fraction)
 
-    deployments = {
-        d.id: d for d in db.session.scalars(select(Deployment).where(Deployment.user_id == user.id))
-    }
+    if deployments is None:
+        deployments = list_deployments(user)
+    by_id = {d.id: d for d in deployments}
     costs: list[DeploymentCost] = []
     resource_totals: dict[str, Money] = {r: Money.zero(currency) for r in RESOURCES}
     resource_exact: dict[str, Fraction] = defaultdict(Fraction)
@@ -197,13 +208,13 @@ def usage_report(
         for r, money in lines.items():
             resource_totals[r] += money
         costs.append(
-            DeploymentCost(deployments[dep_id], sum(lines.values(), Money.zero(currency)), lines)
+            DeploymentCost(by_id[dep_id], sum(lines.values(), Money.zero(currency)), lines)
         )
     costs.sort(key=lambda c: (-c.total_cost.amount_minor, c.deployment.external_id))
     # In the current period, running deployments with nothing metered yet show too.
     if period_start <= now < period_end:
         listed = {c.deployment.id for c in costs}
-        for dep in deployments.values():
+        for dep in deployments:
             if dep.id not in listed and dep.state in ("active", "suspended", "pending", "removing"):
                 costs.append(DeploymentCost(dep, Money.zero(currency)))
 
@@ -225,16 +236,18 @@ def usage_report(
         days.append((day, round_micros(daily_exact.get(day, Fraction(0)), currency)))
         day += timedelta(days=1)
 
-    mark = rollups.metered_through(user.id)
     projected = total
     if period_start <= now < period_end:
+        mark, burn = _mark_and_burn(user, period_end)
         from_instant = max(mark or now, period_start)
         remaining_hours = Fraction(int((period_end - from_instant).total_seconds()), 3600)
         projected = round_micros(
             sum((c for per in by_deployment.values() for _, c, _ in per.values()), Fraction(0))
-            + hourly_burn_micros(user, period_end) * remaining_hours,
+            + burn * remaining_hours,
             currency,
         )
+    else:
+        mark = rollups.metered_through(user.id)
     return UsageReport(
         user, period_start, period_end, currency, mark, total, projected, items, costs, days
     )
@@ -265,12 +278,12 @@ def carried_usage(user: User, period_start: datetime, period_end: datetime) -> l
         days, exact = grouped.get(row.invoice_id, (set(), Fraction(0)))
         days.add(row.day)
         grouped[row.invoice_id] = (days, exact + sum(row_costs(row).values(), Fraction(0)))
-    numbers = {
-        i.id: i.number
-        for i in db.session.scalars(
-            select(Invoice).where(Invoice.id.in_([k for k in grouped if k is not None]))
-        )
-    }
+    carrying = [k for k in grouped if k is not None]
+    numbers = (
+        dict(db.session.execute(select(Invoice.id, Invoice.number).where(Invoice.id.in_(carrying))))
+        if carrying
+        else {}
+    )
     return [
         Carried(
             invoice_id,
@@ -280,6 +293,28 @@ def carried_usage(user: User, period_start: datetime, period_end: datetime) -> l
         )
         for invoice_id, (days, exact) in sorted(grouped.items(), key=lambda kv: kv[0] or 0)
     ]
+
+
+def _mark_and_burn(user: User, at: datetime) -> tuple[datetime | None, Fraction]:
+    """The user's metered-through mark and ``hourly_burn_micros(user, at)``, in one
+    statement: the open intervals' costs summed by the database (integers, so exact)."""
+    i = DeploymentInterval
+    mark = (
+        select(MeterMark.metered_through)
+        .where(MeterMark.chunk == rollups.chunk_of(user.id))
+        .scalar_subquery()
+    )
+    row = db.session.execute(
+        select(
+            mark,
+            func.sum(i.cpu_milli * i.cpu_rate_micros + i.memory_mgb * i.memory_rate_micros),
+            func.sum(i.storage_mgb * i.storage_rate_micros),
+            func.sum(i.instances * i.instance_rate_micros + i.public_ips * i.ip_rate_micros),
+        ).where(i.user_id == user.id, i.end_epoch.is_(None))
+    ).one()
+    hours_in_month = Fraction(month_seconds(at.date() - timedelta(days=1)), 3600)
+    compute, storage, fixed = (int(v or 0) for v in row[1:])
+    return row[0], Fraction(compute, 1000) + Fraction(storage, 1000) / hours_in_month + fixed
 
 
 def hourly_burn_micros(user: User, at: datetime) -> Fraction:
