@@ -204,10 +204,9 @@ _RATES = (
 )
 
 
-def _rate(cost: Fraction, created: datetime, now: datetime) -> Fraction:
-    """The average hourly cost over the window: ``cost`` over the hours the account (created
-    at ``created``) existed in it."""
-    start, end = _window(now)
+def _rate(cost: Fraction, created: datetime, start: datetime, end: datetime) -> Fraction:
+    """The average hourly cost over the window [start, end): ``cost`` over the hours the
+    account (created at ``created``) existed in it."""
     begin = max(start, created.replace(minute=0, second=0, microsecond=0))
     hours = int((end - begin).total_seconds()) // 3600
     return cost / hours if hours > 0 and cost > 0 else Fraction(0)
@@ -229,7 +228,7 @@ def hourly_rates(users: list[tuple[int, datetime]], now: datetime) -> dict[int, 
         cost[uid] += Fraction(int(per_hour_ms or 0), 3_600_000)
         cost[uid] += Fraction(int(storage or 0), 1000 * month_seconds(first))
         cost[uid] += Fraction(int(per_hour_s or 0), 3600)
-    return {uid: _rate(cost[uid], created, now) for uid, created in users}
+    return {uid: _rate(cost[uid], created, start, end) for uid, created in users}
 
 
 def _forecast(user: User, account: Account, rate: Fraction) -> Forecast:
@@ -307,7 +306,7 @@ def figures(user: User, now: datetime | None = None) -> Figures:
     split = ACCOUNT_COLUMNS + spending.width(period)
     account = account_of(user, row[:split], period, now, spending_always=True)
     credit, receivable, *used = row[split:]
-    rate = _rate(spending.usage_micros(used, window), user.created_at, now)
+    rate = _rate(spending.usage_micros(used, window), user.created_at, start, end)
     return Figures(
         account=account,
         available_credit=Money(int(credit or 0), user.currency),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, case, func, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, case, func, select
 
 from ...errors import InsufficientFunds, ValidationFailed
 from ...extensions import db
@@ -106,9 +106,13 @@ def grant_credit(
     return lot, True
 
 
-def _open_lots_where(account: LedgerAccount, now: datetime) -> tuple[ColumnElement[bool], ...]:
+def _open_lots_where(
+    account_id: int | SQLColumnExpression[int], now: datetime | SQLColumnExpression[datetime]
+) -> tuple[ColumnElement[bool], ...]:
+    """The credit account's lots that can still be spent (values, columns or bound
+    parameters alike, so statements built once share it)."""
     return (
-        CreditLot.account_id == account.id,
+        CreditLot.account_id == account_id,
         CreditLot.remaining_minor > 0,
         (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
     )
@@ -119,7 +123,7 @@ def _open_lots(account: LedgerAccount, now: datetime) -> list[CreditLot]:
     return list(
         db.session.scalars(
             select(CreditLot)
-            .where(*_open_lots_where(account, now))
+            .where(*_open_lots_where(account.id, now))
             .order_by(CreditLot.expires_at.is_(None), CreditLot.expires_at, CreditLot.id)
             .execution_options(populate_existing=True)
         )
@@ -131,7 +135,7 @@ def available_credit(user: User, now: datetime | None = None) -> Money:
     # Summed by the database: a user may hold hundreds of lots, and pages only need the sum.
     total = db.session.scalar(
         select(func.coalesce(func.sum(CreditLot.remaining_minor), 0)).where(
-            *_open_lots_where(account, now or utcnow())
+            *_open_lots_where(account.id, now or utcnow())
         )
     )
     return Money(int(total or 0), user.currency)
@@ -146,11 +150,7 @@ _SPENDABLE = select(
         (
             LedgerAccount.kind == str(AccountKind.CREDIT),
             select(func.coalesce(func.sum(CreditLot.remaining_minor), 0))
-            .where(
-                CreditLot.account_id == LedgerAccount.id,
-                CreditLot.remaining_minor > 0,
-                (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > bindparam("now")),
-            )
+            .where(*_open_lots_where(LedgerAccount.id, bindparam("now")))
             .correlate(LedgerAccount)
             .scalar_subquery(),
         ),
@@ -177,11 +177,7 @@ def available_credit_column(
     )
     return (
         select(func.coalesce(func.sum(CreditLot.remaining_minor), 0))
-        .where(
-            CreditLot.account_id == account,
-            CreditLot.remaining_minor > 0,
-            (CreditLot.expires_at.is_(None)) | (CreditLot.expires_at > now),
-        )
+        .where(*_open_lots_where(account, now))
         .scalar_subquery()
     )
 
