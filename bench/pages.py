@@ -30,6 +30,8 @@ Environment:
                    postgresql://postgres@127.0.0.1:5432.
     REDIS_URL      default redis://127.0.0.1:6379/14 (rate-limit storage only).
     BENCH_REQUESTS timed requests per page (default 300).
+    BENCH_GENERIC_PLANS  1 (default): the web server's DATABASE_GENERIC_PLANS, as
+                   `flask billing serve` sets it; 0: PostgreSQL's default plan choice.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ def build_app(database_url: str, redis_url: str):
             "CURRENCY": "USD",
             "LOG_LEVEL": "error",
             "LOGIN_RATE_LIMIT": "100000 per minute",
+            # As the web server runs (`flask billing serve` and deploy/systemd set it).
+            "DATABASE_GENERIC_PLANS": os.environ.get("BENCH_GENERIC_PLANS", "1") != "0",
         }
     )
     with app.app_context():
@@ -514,6 +518,7 @@ def main() -> None:
                 "bench": "pages",
                 "db": dialect,
                 "timing": "server time, Flask test client in-process",
+                "generic_plans": os.environ.get("BENCH_GENERIC_PLANS", "1") != "0",
                 "entries": ENTRIES,
                 "users": ADMIN_USERS,
                 "requests_per_page": REQUESTS,

@@ -574,7 +574,31 @@ def build_config(
     cfg["SELLER_ADDRESS_LINES"] = address_lines(cfg["SELLER_ADDRESS"])
     if "DATABASE_URL" in overrides:
         cfg["SQLALCHEMY_DATABASE_URI"] = normalize_database_url(overrides["DATABASE_URL"])
+    cfg["DATABASE_GENERIC_PLANS"] = bool(
+        overrides.get("DATABASE_GENERIC_PLANS", _env_bool(env, "DATABASE_GENERIC_PLANS", False))
+    )
+    if "SQLALCHEMY_ENGINE_OPTIONS" not in overrides:
+        _plan_generically(cfg)
     return cfg
+
+
+def _plan_generically(cfg: dict[str, Any]) -> None:
+    """DATABASE_GENERIC_PLANS (set for the web server): a statement psycopg has prepared
+    (after five runs on a connection) keeps one generic plan instead of being planned
+    again on every run. PostgreSQL's default re-plans a statement on a partitioned table
+    (the ledger entries, the daily usage) each time, because a plan for its bound values
+    looks cheaper than one for any value; planning one of the pages' statements took longer
+    than running it. A page's statements pick rows by the user's indexed keys, where
+    one plan fits every user. Batch work (metering, invoicing) keeps PostgreSQL's choice:
+    its statements take arrays and ranges whose size the plan should know."""
+    if not cfg["DATABASE_GENERIC_PLANS"] or not cfg["SQLALCHEMY_DATABASE_URI"].startswith(
+        "postgresql"
+    ):
+        return
+    connect_args = cfg["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {})
+    if "prepare_threshold" in connect_args:  # nothing is prepared (PgBouncer): nothing to keep
+        return
+    connect_args["options"] = "-c plan_cache_mode=force_generic_plan"
 
 
 def address_lines(value: str | list | tuple) -> list[str]:

@@ -110,11 +110,19 @@ def run_all(*, host: str, port: int, web_workers: int, banner: str = "") -> int:
         nonlocal stopping
         stopping = True
 
+    # The web server's prepared statements keep one generic plan each (config:
+    # DATABASE_GENERIC_PLANS) unless the environment says otherwise; batch work does not.
+    envs = {name: env for name in commands}
+    envs["web"] = {"DATABASE_GENERIC_PLANS": "true", **env}
+
     def start(name: str) -> None:
         # Each child in its own process group: Ctrl+C reaches only us, and we stop them
         # in order, so none is killed mid-job.
         children[name] = subprocess.Popen(
-            commands[name], env=env, start_new_session=True, cwd=ROOT if name == "standin" else None
+            commands[name],
+            env=envs[name],
+            start_new_session=True,
+            cwd=ROOT if name == "standin" else None,
         )
         started_at[name] = time.monotonic()
 

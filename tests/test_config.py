@@ -332,6 +332,34 @@ def test_services_log_at_info_by_default(tmp_path, monkeypatch):
         root.setLevel(level)
 
 
+def test_generic_plans_for_the_web_server(tmp_path):
+    pg = {"TESTING": "1", "DATABASE_URL": "postgresql://billing@db.internal/billing"}
+    generic = {"options": "-c plan_cache_mode=force_generic_plan"}
+    cfg = build_config(str(tmp_path), environ={**pg, "DATABASE_GENERIC_PLANS": "true"})
+    assert cfg["DATABASE_GENERIC_PLANS"] is True
+    assert cfg["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] == generic
+    # Off by default (workers, daemon, commands), and with nothing prepared (PgBouncer).
+    assert (
+        "connect_args" not in build_config(str(tmp_path), environ=pg)["SQLALCHEMY_ENGINE_OPTIONS"]
+    )
+    no_prepare = build_config(
+        str(tmp_path),
+        environ={**pg, "DATABASE_GENERIC_PLANS": "1", "DATABASE_PREPARED_STATEMENTS": "false"},
+    )
+    assert no_prepare["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] == {"prepare_threshold": None}
+    # SQLite has no plan cache to set; a database named by the app's config gets it too.
+    sqlite = build_config(str(tmp_path), environ={"TESTING": "1", "DATABASE_GENERIC_PLANS": "1"})
+    assert "connect_args" not in sqlite["SQLALCHEMY_ENGINE_OPTIONS"]
+    named = build_config(
+        str(tmp_path),
+        environ={"TESTING": "1"},
+        overrides={"DATABASE_URL": pg["DATABASE_URL"], "DATABASE_GENERIC_PLANS": True},
+    )
+    assert named["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] == generic
+    with pytest.raises(ConfigError, match="DATABASE_GENERIC_PLANS"):
+        build_config(str(tmp_path), environ={**pg, "DATABASE_GENERIC_PLANS": "sometimes"})
+
+
 def test_pool_sizes_and_prepared_statements_for_pgbouncer(tmp_path):
     pg = {"TESTING": "1", "DATABASE_URL": "postgresql://billing@db.internal/billing"}
     options = build_config(str(tmp_path), environ=pg)["SQLALCHEMY_ENGINE_OPTIONS"]

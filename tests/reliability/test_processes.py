@@ -92,6 +92,12 @@ def _child(parent: int, marker: str) -> int | None:
     return None
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.decode().partition("=") for item in f.read().split(b"\0") if item]
+    return {name: value for name, _, value in pairs}
+
+
 def test_serve_restarts_a_killed_worker_and_keeps_the_others(app, processes):
     serve = processes.serve(
         _free_port(), STRIPE_SECRET_KEY="sk_test_reliability", BUILTIN_BILLING="false"
@@ -99,6 +105,9 @@ def test_serve_restarts_a_killed_worker_and_keeps_the_others(app, processes):
     serve.wait_for_line("portal running at", timeout=90)
     worker = wait_until(lambda: _child(serve.pid, "jobs.worker"), message="the worker")
     web = _child(serve.pid, "gunicorn")
+    # The web server's statements keep a generic plan each; the worker's batch work does not.
+    assert _environ(web).get("DATABASE_GENERIC_PLANS") == "true"
+    assert "DATABASE_GENERIC_PLANS" not in _environ(worker)
     os.kill(worker, signal.SIGKILL)
     serve.wait_for_line(r"worker exited with -9; restarting it in 1 s", timeout=30)
     serve.wait_for_line(r"worker restarted \(pid \d+\)", timeout=30)
