@@ -149,3 +149,19 @@ class Page:
     @property
     def has_prev(self) -> bool:
         return self.page > 1
+
+
+@dataclass(frozen=True)
+class Window:
+    """One page of a list that is not counted on each view (a count reads every row): it
+    knows only whether another page follows."""
+
+    items: list
+    page: int
+    per_page: int
+    has_next: bool
+    pages: None = None  # for the pager: not counted
+
+    @property
+    def has_prev(self) -> bool:
+        return self.page > 1

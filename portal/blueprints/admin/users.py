@@ -60,7 +60,7 @@ def _render_user(user: User, form: GrantCreditForm, status: int = 200):
         balances=figures.balances,
         lots=lots,
         lots_total=lots_total,
-        history=ledger.wallet_history(user, page=helpers.page_arg()),
+        history=ledger.history_window(user, page=helpers.page_arg()),
         detail=account_detail.account_detail(user),
         waiting=waiting.for_user(user),
         subscription=changes.describe(user),

@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy import Select, bindparam, func, insert, select, text, union_all
 from sqlalchemy.exc import IntegrityError
 
-from ...db import Page, allocate_ids, bulk_insert, dialect_insert, ids_in
+from ...db import Page, Window, allocate_ids, bulk_insert, dialect_insert, ids_in
 from ...errors import IdempotencyConflict, InsufficientFunds, ValidationFailed
 from ...extensions import db
 from ...models import (
@@ -504,7 +504,7 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
     )
 
 
-# The user's wallet accounts, without counting their entries (recent_history).
+# The user's wallet accounts, without counting their entries (history_window, recent_history).
 _WALLET_ACCOUNT_IDS = (
     select(LedgerAccount.id)
     .where(
@@ -525,6 +525,15 @@ def wallet_history(user: User, *, page: int = 1, per_page: int = 25) -> Page:
         return Page([], page, per_page, total)
     items = _history_rows([aid for aid, n in counts if n], offset, per_page)
     return Page(items, page, per_page, total)
+
+
+def history_window(user: User, *, page: int = 1, per_page: int = 25) -> Window:
+    """A page of ``wallet_history`` without counting every entry (the count reads them all:
+    1.3 ms for 10,000): whether an older page follows comes from reading one entry more."""
+    page, per_page = max(1, page), min(max(1, per_page), 200)
+    account_ids = list(db.session.scalars(_WALLET_ACCOUNT_IDS, {"user_id": user.id}))
+    rows = _history_rows(account_ids, (page - 1) * per_page, per_page + 1) if account_ids else []
+    return Window(rows[:per_page], page, per_page, len(rows) > per_page)
 
 
 def recent_history(user: User, limit: int) -> list[HistoryRow]:

@@ -181,3 +181,29 @@ def test_each_event_shows_its_webhook_deliveries(app, make_user):
     assert granted.index(f"endpoint {every_id}: pending") < granted.index(
         f"endpoint {grants_id}: pending"
     )
+
+
+def test_the_wallet_history_pages_back_without_counting_every_entry(app, make_user):
+    ann = make_user("ann@example.com")
+    admin = make_user("boss@example.com", admin=True)
+    with app.app_context():
+        user = db.session.get(User, ann.id)
+        for n in range(26):
+            credits.grant_credit(
+                user=user,
+                amount=Money(100 + n, "USD"),
+                reason=f"grant {n}",
+                idempotency_key=f"g{n}",
+            )
+        db.session.commit()
+    client = app.test_client()
+    AuthActions(client).login(admin)
+    first = client.get(f"/admin/users/{ann.id}").get_data(as_text=True)
+    pager = first[first.index('<nav class="pager"') :]
+    pager = pager[: pager.index("</nav>")]
+    assert "<span>Page 1</span>" in pager and "Newer" not in pager
+    assert f'href="/admin/users/{ann.id}?page=2"' in pager
+    second = client.get(f"/admin/users/{ann.id}?page=2").get_data(as_text=True)
+    history = second[second.index("<h2>Wallet history</h2>") :]
+    assert "<span>Page 2</span>" in history and "Older" not in history
+    assert "<td>grant 0</td>" in history and "<td>grant 1</td>" not in history

@@ -79,6 +79,16 @@ def test_pages_walk_all_wallets_newest_first(users):
             assert len(result.items) == per_page
             page += 1
         assert seen == expected, per_page
+        # The uncounted window (the admin's page of a user) gives the same pages.
+        for n in range(1, page + 2):
+            counted = ledger.wallet_history(user, page=n, per_page=per_page)
+            window = ledger.history_window(user, page=n, per_page=per_page)
+            assert (window.items, window.has_next, window.has_prev, window.pages) == (
+                counted.items,
+                counted.has_next,
+                counted.has_prev,
+                None,
+            )
 
     first = ledger.wallet_history(user, per_page=4).items
     assert [r.description for r in first] == ["charge-11", "cash-in-11", "cash-in-10", "charge-9"]
@@ -104,3 +114,5 @@ def test_a_user_without_entries_has_an_empty_history(users):
     db.session.commit()
     result = ledger.wallet_history(user)
     assert (result.items, result.total, result.pages, result.has_next) == ([], 0, 1, False)
+    window = ledger.history_window(user)
+    assert (window.items, window.has_next, window.has_prev) == ([], False, False)
