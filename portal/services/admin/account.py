@@ -7,8 +7,8 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, select
-from sqlalchemy.orm import defer, lazyload
+from sqlalchemy import Row, Select, bindparam, select
+from sqlalchemy.orm import defer, lazyload, load_only
 
 from ...extensions import db
 from ...models import (
@@ -52,20 +52,59 @@ class Redemption:
 @dataclass(frozen=True)
 class AccountDetail:
     invoices: list[Invoice]
-    deployments: list[Deployment]
+    deployments: list[Row]  # the columns of _SHOWN, by name
     cards: list[Card]  # brand and last 4 only: nothing else about a card leaves the gateway
     redemptions: list[Redemption]
     events: list[Event]
     deliveries: dict[int, list[WebhookDelivery]]  # the shown events' webhook deliveries
-    mail: list[OutboundEmail]
-    admin_actions: list[AuditEntry]
+    mail: list[Row]
+    admin_actions: list[Row]
 
 
-# Columns the lists do not show: an invoice's snapshot (its document), a message's bodies,
-# an event's payload.
-_NOT_SHOWN = {
-    Invoice: (Invoice.snapshot,),
-    OutboundEmail: (OutboundEmail.body_text, OutboundEmail.body_html),
+# What the lists show: rows of these columns, not whole objects (an audit entry's before and
+# after documents, a message's bodies stay unread). Invoices stay objects (loaded with these
+# columns only): their status's label and style are the model's.
+_SHOWN = {
+    Invoice: (
+        Invoice.id,
+        Invoice.number,
+        Invoice.status,
+        Invoice.period_start,
+        Invoice.currency,
+        Invoice.total_minor,
+        Invoice.amount_paid_minor,
+    ),
+    Deployment: (
+        Deployment.id,
+        Deployment.name,
+        Deployment.external_id,
+        Deployment.kind,
+        Deployment.state,
+        Deployment.started_at,
+    ),
+    PaymentMethod: (
+        PaymentMethod.id,
+        PaymentMethod.brand,
+        PaymentMethod.last4,
+        PaymentMethod.exp_month,
+        PaymentMethod.exp_year,
+        PaymentMethod.is_default,
+        PaymentMethod.removed_at,
+    ),
+    OutboundEmail: (
+        OutboundEmail.id,
+        OutboundEmail.created_at,
+        OutboundEmail.subject,
+        OutboundEmail.status,
+    ),
+    AuditEntry: (
+        AuditEntry.id,
+        AuditEntry.created_at,
+        AuditEntry.action,
+        AuditEntry.object_type,
+        AuditEntry.object_id,
+        AuditEntry.actor_email,
+    ),
 }
 
 
@@ -73,19 +112,16 @@ _NOT_SHOWN = {
 # bound per call.
 @functools.cache
 def _newest_statement(model) -> Select:
-    # The lists show the rows' own columns: an invoice's lines and payments, a deployment's
-    # intervals are not read with them (they would load on access).
-    return (
-        select(model)
-        .where(model.user_id == bindparam("user_id"))
-        .order_by(model.id.desc())
-        .limit(SHOWN)
-        .options(lazyload("*"), *(defer(c) for c in _NOT_SHOWN.get(model, ())))
-    )
+    newest = select(model) if model is Invoice else select(*_SHOWN[model])
+    newest = newest.where(model.user_id == bindparam("user_id"))
+    if model is Invoice:  # its lines and payments are not read with it
+        newest = newest.options(lazyload("*"), load_only(*_SHOWN[Invoice]))
+    return newest.order_by(model.id.desc()).limit(SHOWN)
 
 
 def _newest(model, user_id: int) -> list:
-    return list(db.session.scalars(_newest_statement(model), {"user_id": user_id}))
+    rows = db.session.execute(_newest_statement(model), {"user_id": user_id})
+    return list(rows.scalars() if model is Invoice else rows)
 
 
 @functools.cache

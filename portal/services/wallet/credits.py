@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, bindparam, case, func, select
+from sqlalchemy.orm import aliased
 
 from ...errors import InsufficientFunds, ValidationFailed
 from ...extensions import db
@@ -293,14 +294,26 @@ def expire_credits(now: datetime | None = None) -> int:
     return expired
 
 
+# How many lots there are comes from the user_id index alone (a window count over the lots
+# read every lot's row first: twice as long for a thousand lots); built once.
+_COUNTED = aliased(CreditLot)
+_NEWEST_LOTS = (
+    select(
+        CreditLot,
+        select(func.count())
+        .select_from(_COUNTED)
+        .where(_COUNTED.user_id == bindparam("user_id"))
+        .scalar_subquery(),
+    )
+    .where(CreditLot.user_id == bindparam("user_id"))
+    .order_by(CreditLot.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
 def newest_lots(user: User, limit: int) -> tuple[list[CreditLot], int]:
     """The user's ``limit`` newest credit lots, and how many they have in all."""
-    rows = db.session.execute(
-        select(CreditLot, func.count().over())
-        .where(CreditLot.user_id == user.id)
-        .order_by(CreditLot.id.desc())
-        .limit(limit)
-    ).all()
+    rows = db.session.execute(_NEWEST_LOTS, {"user_id": user.id, "limit": limit}).all()
     return [lot for lot, _ in rows], (rows[0][1] if rows else 0)
 
 

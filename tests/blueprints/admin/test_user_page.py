@@ -135,6 +135,8 @@ def test_the_newest_credit_lots_are_listed_with_how_many_there_are(app, make_use
     for n in range(3):
         form = {"amount": "1.00", "reason": f"lot {n}", "request_id": f"r{n}"}
         assert client.submit(f"/admin/users/{ann.id}/credits", form).status_code == 303
+    other = {"amount": "1.00", "reason": "not ann's", "request_id": "r-other"}
+    assert client.submit(f"/admin/users/{admin.id}/credits", other).status_code == 303
     page = client.get(f"/admin/users/{ann.id}").get_data(as_text=True)
     assert "The newest 2 of 3 credit lots." in page
     # Lots 2 and 1 in the lots and the wallet history, lot 0 in the history only.
