@@ -577,7 +577,9 @@ def build_config(
     cfg["DATABASE_GENERIC_PLANS"] = bool(
         overrides.get("DATABASE_GENERIC_PLANS", _env_bool(env, "DATABASE_GENERIC_PLANS", False))
     )
-    if "SQLALCHEMY_ENGINE_OPTIONS" not in overrides:
+    if "SQLALCHEMY_ENGINE_OPTIONS" in overrides:
+        cfg["DATABASE_GENERIC_PLANS"] = False  # the engine's options are the caller's
+    else:
         _plan_generically(cfg)
     return cfg
 
@@ -589,16 +591,19 @@ def _plan_generically(cfg: dict[str, Any]) -> None:
     (the ledger entries, the daily usage) each time, because a plan for its bound values
     looks cheaper than one for any value; planning one of the pages' statements took longer
     than running it. A page's statements pick rows by the user's indexed keys, where
-    one plan fits every user. Batch work (metering, invoicing) keeps PostgreSQL's choice:
-    its statements take arrays and ranges whose size the plan should know."""
-    if not cfg["DATABASE_GENERIC_PLANS"] or not cfg["SQLALCHEMY_DATABASE_URI"].startswith(
-        "postgresql"
-    ):
-        return
-    connect_args = cfg["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("connect_args", {})
-    if "prepare_threshold" in connect_args:  # nothing is prepared (PgBouncer): nothing to keep
-        return
-    connect_args["options"] = "-c plan_cache_mode=force_generic_plan"
+    one plan fits every user. Batch work (metering, invoicing) and the admin's lists and
+    reports (``db.plan_per_value``) keep PostgreSQL's choice: their statements take arrays,
+    ranges and filters whose share of the rows the plan should know. Left True only where it
+    applies."""
+    options = cfg["SQLALCHEMY_ENGINE_OPTIONS"]
+    cfg["DATABASE_GENERIC_PLANS"] = (
+        cfg["DATABASE_GENERIC_PLANS"]
+        and cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+        # nothing is prepared (PgBouncer): nothing to keep
+        and "prepare_threshold" not in options.get("connect_args", {})
+    )
+    if cfg["DATABASE_GENERIC_PLANS"]:
+        options.setdefault("connect_args", {})["options"] = "-c plan_cache_mode=force_generic_plan"
 
 
 def address_lines(value: str | list | tuple) -> list[str]:

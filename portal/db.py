@@ -49,6 +49,14 @@ def dialect_insert(table: Table) -> PgInsert | SqliteInsert:
     return (pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
+def plan_per_value() -> None:
+    """PostgreSQL's own choice of plan, for the rest of this transaction, where the web
+    server's connections keep one generic plan per prepared statement
+    (DATABASE_GENERIC_PLANS): for statements across all accounts whose filters (a status, a
+    date range) match a share of the rows that depends on the value."""
+    db.session.execute(text("SELECT set_config('plan_cache_mode', 'auto', true)"))
+
+
 def rowcount(result: Result[Any]) -> int:
     """The rows an UPDATE, DELETE or INSERT matched. ``Session.execute`` is typed to return a
     plain Result; a DML statement's is a CursorResult, which counts them."""

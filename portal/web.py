@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from . import htmx as hx
+from .db import plan_per_value
 from .errors import ServiceError
 from .extensions import db, login_manager
 from .models import InvoiceStatus, User
@@ -43,6 +44,7 @@ CSP = (
 )
 
 API_PREFIX = "/api/"
+ADMIN_PREFIXES = ("/admin/", "/api/plugins/billing/admin/")
 # Forms that lead to the payment gateway's hosted pages (checkout, add a card, 3-D Secure):
 # browsers apply form-action to the redirect after a form post too.
 STRIPE_PAGE_ORIGINS = ("https://checkout.stripe.com", "https://hooks.stripe.com")
@@ -145,6 +147,19 @@ def init_web(app: Flask) -> None:
         # None (logged out) once the login's row is gone: logout, a password change
         # elsewhere, or its age past PERMANENT_SESSION_LIFETIME.
         return accounts.user_for_session(session_id)
+
+    @app.before_request
+    def plans_for_lists_across_accounts():
+        # The admin's lists and reports (no object's id in the URL) filter all accounts by
+        # values that match a share of the rows depending on the value (a status, a date
+        # range): PostgreSQL plans those per value. Pages of one account or object, and every
+        # user's own page, keep the web server's one generic plan per statement.
+        if (
+            app.config["DATABASE_GENERIC_PLANS"]
+            and request.path.startswith(ADMIN_PREFIXES)
+            and not request.view_args
+        ):
+            plan_per_value()
 
     @app.after_request
     def security_headers(response):

@@ -4,13 +4,14 @@ statements keep one generic plan instead of being planned again on every request
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from portal.db import plan_per_value
 from portal.extensions import db
 from portal.models import User
 from portal.money import Money
 from portal.services.wallet import credits
-from tests.support.app import AuthActions
+from tests.support.app import Api, AuthActions
 
 pytestmark = pytest.mark.postgres
 
@@ -66,5 +67,52 @@ def test_the_web_setting_keeps_one_generic_plan_per_statement(app, make_app, mak
         assert generic_plans >= 4 and custom_plans == 0
     else:
         assert generic_plans + custom_plans >= 4
+    with web.app_context():
+        db.engine.dispose()
+
+
+def test_the_admin_lists_keep_postgresql_s_plan_per_value(app, make_app, make_user):
+    """Lists and reports across all accounts filter by a status or a date range, which match
+    a share of the rows that depends on the value: those requests plan per value. A page of
+    one account keeps the generic plans."""
+    user = make_user()
+    admin = make_user(admin=True)
+    web = make_app(DATABASE_GENERIC_PLANS=True)
+    client = web.test_client()
+    AuthActions(client).login(admin)
+    with web.app_context():
+        engine = db.engine
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        asked = {}
+        for url in ("/admin/invoices?status=void", "/admin/", f"/admin/users/{user.id}"):
+            seen.clear()
+            assert client.get(url).status_code == 200
+            asked[url] = any("plan_cache_mode" in s for s in seen)
+        token = Api(web, web.test_client()).token(admin, "admin")
+        for path in ("/admin/invoices", f"/invoices?user_id={user.id}"):
+            seen.clear()
+            assert Api(web, web.test_client()).get(path, token).status_code == 200
+            asked["API " + path] = any("plan_cache_mode" in s for s in seen)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert asked == {
+        "/admin/invoices?status=void": True,
+        "/admin/": True,
+        f"/admin/users/{user.id}": False,
+        "API /admin/invoices": True,
+        f"API /invoices?user_id={user.id}": False,
+    }
+    with web.test_request_context(), web.app_context():
+        plan_per_value()
+        assert db.session.execute(text("SHOW plan_cache_mode")).scalar() == "auto"
+        db.session.commit()  # for this transaction only
+        assert db.session.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+        db.session.remove()
     with web.app_context():
         db.engine.dispose()
