@@ -1,9 +1,8 @@
 """Every account's billing status for the admin users list, its CSV and the API: balances
 (the ledger's cached balances), amount owed, standing, plan, last invoice and the next
 invoice's projection. One page is a fixed handful of queries however long it is: the page's
-ids, their count, one aggregate query for the figures, their last invoices, and the grouped
-usage queries of the projection, and two for the runway (valid cards, the last week's
-usage)."""
+ids, their count, one aggregate query for the figures, last invoices and valid cards, the
+grouped usage queries of the projection, and one for the runway (the last week's usage)."""
 
 from __future__ import annotations
 
