@@ -29,9 +29,9 @@ BOUND = 30
 AT_MOST = {
     "/overview/": 15,  # with the runway forecast
     "/wallet/": 6,  # the balances and the open credit in one statement (8 before)
-    "/admin/": 10,
+    "/admin/": 6,
     "/admin/jobs": 10,
-    "/admin/users": 9,
+    "/admin/users": 8,
     "/admin/users/<int:user_id>": 16,  # balances, budget, runway in one; waiting work in one
     "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
     "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)

@@ -59,6 +59,8 @@ def users():
         standings=account_list.STANDINGS,
         sorts=account_list.SORTS,
         csv_url=url_for("admin.users_csv", **_args()),
+        user_url=helpers.id_url_prefix("admin.user", "user_id"),
+        invoice_url=helpers.id_url_prefix("admin.invoice", "invoice_id"),
     )
 
 

@@ -3,11 +3,26 @@ invoices, in one grouped query per figure."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    CompoundSelect,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
 from ...db import Page
 from ...extensions import db
@@ -26,7 +41,8 @@ from ...models import (
 from ...money import Money
 from ..calendar import invoice_day, period_containing
 from ..metering import projection
-from ..standing.status import STANDINGS, count_by_standing
+from ..standing.account import card_expiry_limit
+from ..standing.status import STANDINGS, count_statement, counts_of
 
 FAILED_PAYMENTS_DAYS = 7
 
@@ -64,25 +80,12 @@ class PlanFigure:
     mrr: Money  # monthly recurring revenue: month fees, and a twelfth of year fees
 
 
-def plan_figures() -> tuple[list[PlanFigure], list[Money]]:
-    """Active subscribers per plan and the monthly recurring revenue their fees make (the
-    price each one holds; a year's fee counts a twelfth, rounded once per figure)."""
+def _plan_figures(rows: Iterable[Any]) -> tuple[list[PlanFigure], list[Money]]:
+    """Per plan and currency, the subscribers and the monthly recurring revenue, from rows of
+    (plan, interval, currency, subscribers, the sum of their prices)."""
     twelfths: dict[tuple[str, str], int] = defaultdict(int)  # (plan, currency) -> 12 x MRR
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    for code, interval, currency, n, total in db.session.execute(
-        select(
-            Plan.code,
-            PlanVersion.interval,
-            PlanVersion.currency,
-            func.count(),
-            func.coalesce(func.sum(PlanVersion.price_minor), 0),
-        )
-        .select_from(Subscription)
-        .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
-        .join(Plan, Plan.id == PlanVersion.plan_id)
-        .where(Subscription.status == "active")
-        .group_by(Plan.code, PlanVersion.interval, PlanVersion.currency)
-    ):
+    for code, interval, currency, n, total in rows:
         twelfths[(code, currency)] += int(total) * (1 if interval == "year" else 12)
         counts[(code, currency)] += int(n)
     figures = [
@@ -95,35 +98,136 @@ def plan_figures() -> tuple[list[PlanFigure], list[Money]]:
     return figures, [Money((v + 6) // 12, cur) for cur, v in sorted(totals.items())]
 
 
+def _subscribers():
+    """Active subscribers and the sum of the prices they hold, by plan, interval, currency."""
+    return (
+        select(
+            Plan.code,
+            PlanVersion.interval,
+            PlanVersion.currency,
+            func.count(),
+            func.coalesce(func.sum(PlanVersion.price_minor), 0),
+        )
+        .select_from(Subscription)
+        .join(PlanVersion, PlanVersion.id == Subscription.plan_version_id)
+        .join(Plan, Plan.id == PlanVersion.plan_id)
+        .where(Subscription.status == "active")
+        .group_by(Plan.code, PlanVersion.interval, PlanVersion.currency)
+    )
+
+
+def plan_figures() -> tuple[list[PlanFigure], list[Money]]:
+    """Active subscribers per plan and the monthly recurring revenue their fees make (the
+    price each one holds; a year's fee counts a twelfth, rounded once per figure)."""
+    return _plan_figures(db.session.execute(_subscribers()))
+
+
+RECEIVABLES, OVERDUE, FAILED, PLAN, STANDING = (
+    "receivables",
+    "overdue",
+    "failed",
+    "plan",
+    "standing",
+)
+
+
+@functools.cache
+def _figures_statement() -> CompoundSelect:
+    """The overview's figures but the revenue, in one statement: rows of (figure, currency,
+    plan, interval, amount, count), each figure grouped as its own query would be (the
+    receivables, the overdue invoices, the failed payments since ``:failed_since``, the
+    subscribers, and the accounts by standing with its rank as the amount). Built once."""
+    text = String(32)
+    none = cast(null(), text)
+
+    def figure(name: str):
+        return literal_column(f"'{name}'", text)
+
+    def whole(value):
+        return cast(value, BigInteger)
+
+    la = LedgerAccount
+    receivables = (  # only the accounts that owe (or are owed): the index on (kind, balance)
+        select(
+            figure(RECEIVABLES),
+            la.currency,
+            none,
+            none,
+            whole(func.sum(la.balance_minor)),
+            whole(func.count()),
+        )
+        .where(
+            la.kind == AccountKind.RECEIVABLE.value,
+            or_(la.balance_minor > 0, la.balance_minor < 0),
+            la.user_id.is_not(None),
+        )
+        .group_by(la.currency)
+    )
+    overdue = (
+        select(
+            figure(OVERDUE),
+            Invoice.currency,
+            none,
+            none,
+            whole(func.sum(Invoice.total_minor - Invoice.amount_paid_minor)),
+            whole(func.count()),
+        )
+        .where(Invoice.status == InvoiceStatus.OVERDUE.value)
+        .group_by(Invoice.currency)
+    )
+    failed = (
+        select(
+            figure(FAILED),
+            PaymentAttempt.currency,
+            none,
+            none,
+            whole(func.sum(PaymentAttempt.amount_minor)),
+            whole(func.count()),
+        )
+        .where(
+            PaymentAttempt.status == AttemptStatus.FAILED.value,
+            PaymentAttempt.updated_at >= bindparam("failed_since"),
+        )
+        .group_by(PaymentAttempt.currency)
+    )
+    plans = _subscribers().subquery()
+    code, interval, currency, n, total = plans.c
+    subscribers = select(
+        figure(PLAN), currency, code, interval, whole(total), whole(n)
+    ).select_from(plans)
+    ranks = count_statement().subquery()
+    rank, accounts = ranks.c
+    standing = select(figure(STANDING), none, none, none, whole(rank), whole(accounts)).select_from(
+        ranks
+    )
+    return union_all(receivables, overdue, failed, subscribers, standing)
+
+
 def overview(now: datetime) -> Overview:
     start, end = period_containing(now, invoice_day())
     per: dict[str, dict] = defaultdict(dict)
 
     for currency, p in projection.by_currency(now).items():
         per[currency]["revenue"] = p
-    # Only the accounts that owe (or are owed): read from the index on (kind, balance).
-    receivables = select(LedgerAccount.currency, func.sum(LedgerAccount.balance_minor)).where(
-        LedgerAccount.kind == AccountKind.RECEIVABLE.value,
-        or_(LedgerAccount.balance_minor > 0, LedgerAccount.balance_minor < 0),
-        LedgerAccount.user_id.is_not(None),
-    )
-    for currency, total in db.session.execute(receivables.group_by(LedgerAccount.currency)):
-        per[currency]["receivables"] = int(total or 0)
-    overdue = select(
-        Invoice.currency,
-        func.sum(Invoice.total_minor - Invoice.amount_paid_minor),
-        func.count(),
-    ).where(Invoice.status == InvoiceStatus.OVERDUE.value)
-    for currency, total, count in db.session.execute(overdue.group_by(Invoice.currency)):
-        per[currency]["overdue"] = (int(total or 0), count)
-    failed = select(
-        PaymentAttempt.currency, func.sum(PaymentAttempt.amount_minor), func.count()
-    ).where(
-        PaymentAttempt.status == AttemptStatus.FAILED.value,
-        PaymentAttempt.updated_at >= now - timedelta(days=FAILED_PAYMENTS_DAYS),
-    )
-    for currency, total, count in db.session.execute(failed.group_by(PaymentAttempt.currency)):
-        per[currency]["failed"] = (int(total or 0), count)
+    subscribers = []
+    ranks = []
+    for name, currency, code, interval, total, count in db.session.execute(
+        _figures_statement(),
+        {
+            "failed_since": now - timedelta(days=FAILED_PAYMENTS_DAYS),
+            "expiry_limit": card_expiry_limit(now),
+        },
+    ):
+        if name == RECEIVABLES:
+            per[currency]["receivables"] = int(total or 0)
+        elif name == OVERDUE:
+            per[currency]["overdue"] = (int(total or 0), int(count))
+        elif name == FAILED:
+            per[currency]["failed"] = (int(total or 0), int(count))
+        elif name == PLAN:
+            subscribers.append((code, interval, currency, count, total))
+        else:
+            ranks.append((int(total), int(count)))
 
     figures = []
     for currency in sorted(per):
@@ -144,8 +248,8 @@ def overview(now: datetime) -> Overview:
                 failed_payments_count=failed_count,
             )
         )
-    counts = count_by_standing(now)
-    plans, mrr = plan_figures()
+    counts = counts_of(ranks)
+    plans, mrr = _plan_figures(subscribers)
     return Overview(
         now=now,
         period_start=start,

@@ -1,9 +1,8 @@
 """Every account's billing status for the admin users list, its CSV and the API: balances
 (the ledger's cached balances), amount owed, standing, plan, last invoice and the next
 invoice's projection. One page is a fixed handful of queries however long it is: the page's
-ids, their count, one aggregate query for the figures, their last invoices, and the grouped
-usage queries of the projection, and two for the runway (valid cards, the last week's
-usage)."""
+ids, their count, one aggregate query for the figures, last invoices and valid cards, the
+grouped usage queries of the projection, and one for the runway (the last week's usage)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 
-from sqlalchemy import and_, bindparam, case, false, func, or_, select
+from sqlalchemy import BindParameter, Select, and_, bindparam, case, false, func, or_, select
 from sqlalchemy.orm import aliased
 
 from ...extensions import db
@@ -105,7 +104,9 @@ def _owes_more_than(owed, amount: Decimal):
     return or_(*conditions) if conditions else false()
 
 
-def _page_query(f: UsersFilter):
+def _page_select(searched: bool, by_standing: bool, sort: str, owes: Decimal | None = None):
+    """The matching accounts' ids (unordered) and the list's order: the search binds
+    ``:like``, the standing ``:standing`` and ``:expiry_limit``."""
     r = _receivable()
     stmt = select(User.id).join(
         r,
@@ -115,37 +116,62 @@ def _page_query(f: UsersFilter):
             r.c.currency == User.currency,
         ),
     )
-    if f.q:
-        like = f"%{f.q.strip().lower()}%"
+    if searched:
+        like: BindParameter[str] = bindparam("like")
         stmt = stmt.where(or_(User.email.like(like), func.lower(User.name).like(like)))
-    if f.standing:
-        stmt = stmt.where(standing_of(User.id) == f.standing)
-    if f.owes_more_than is not None:
-        stmt = stmt.where(_owes_more_than(r.c.balance_minor, f.owes_more_than))
+    if by_standing:
+        standing = standing_of(User.id, expiry_limit=bindparam("expiry_limit"))
+        stmt = stmt.where(standing == bindparam("standing"))
+    if owes is not None:
+        stmt = stmt.where(_owes_more_than(r.c.balance_minor, owes))
     order = {
         "owed": (r.c.balance_minor.desc(), r.c.user_id.desc()),
         "email": (User.email.asc(),),
         "newest": (User.id.desc(),),
-    }[f.sort]
-    return stmt, order
+    }[sort]
+    return stmt, stmt.order_by(*order).limit(bindparam("limit")).offset(bindparam("offset"))
 
 
-def _count(f: UsersFilter, stmt) -> int:
-    if f.q or f.standing or f.owes_more_than is not None:
-        return db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+# Built once per shape: the list reads a page on every request.
+_cached_page_select = functools.cache(_page_select)
+
+
+def _page_query(f: UsersFilter, now: datetime) -> tuple[Select, Select, dict]:
+    """(the matching ids, a page of them in the list's order, the parameters of both but
+    ``:limit`` and ``:offset``). Built once per shape but with an amount owed (its
+    condition reads the currencies' pins)."""
+    shape = (bool(f.q), bool(f.standing), f.sort)
+    if f.owes_more_than is None:
+        matching, paged = _cached_page_select(*shape)
+    else:
+        matching, paged = _page_select(*shape, f.owes_more_than)
+    params: dict = {}
+    if f.q:
+        params["like"] = f"%{f.q.strip().lower()}%"
+    if f.standing:
+        params["standing"] = f.standing
+        params["expiry_limit"] = card_expiry_limit(now)
+    return matching, paged, params
+
+
+@functools.cache
+def _unfiltered_count() -> Select:
     # Unfiltered: every account has exactly one receivable account, in its currency
     # (opened with the account), so counting those (an index-only scan) counts the accounts.
     return (
-        db.session.scalar(
-            select(func.count())
-            .select_from(LedgerAccount)
-            .where(
-                LedgerAccount.kind == AccountKind.RECEIVABLE.value,
-                LedgerAccount.user_id.is_not(None),
-            )
+        select(func.count())
+        .select_from(LedgerAccount)
+        .where(
+            LedgerAccount.kind == AccountKind.RECEIVABLE.value,
+            LedgerAccount.user_id.is_not(None),
         )
-        or 0
     )
+
+
+def _count(f: UsersFilter, stmt: Select, params: dict) -> int:
+    if f.q or f.standing or f.owes_more_than is not None:
+        return db.session.scalar(select(func.count()).select_from(stmt.subquery()), params) or 0
+    return db.session.scalar(_unfiltered_count()) or 0
 
 
 @dataclass(frozen=True)
@@ -166,13 +192,15 @@ def list_accounts(
 ) -> AccountsPage:
     """One page of accounts. ``count=False`` skips counting every match (a scan of all the
     accounts); the page then only knows whether another follows."""
-    stmt, order = _page_query(f)
+    matching, paged, params = _page_query(f, now)
     ids = list(
-        db.session.scalars(stmt.order_by(*order).limit(per_page + 1).offset((page - 1) * per_page))
+        db.session.scalars(
+            paged, {**params, "limit": per_page + 1, "offset": (page - 1) * per_page}
+        )
     )
     has_next = len(ids) > per_page
     ids = ids[:per_page]
-    total = _count(f, stmt) if count else None
+    total = _count(f, matching, params) if count else None
     return AccountsPage(statuses(ids, now=now), page, per_page, has_next, total)
 
 
@@ -221,9 +249,17 @@ def _statuses_query():
             last.currency,
             last.period_start,
             plan,
+            resources.carded_column(User.id, bindparam("month_now")),
         )
         .outerjoin(la, and_(la.user_id == User.id, la.currency == User.currency))
-        .outerjoin(last, last.id == last_invoice)
+        .outerjoin(
+            last,
+            and_(
+                last.user_id == User.id,
+                last.user_id.in_(bindparam("ids", expanding=True)),
+                last.id == last_invoice,
+            ),
+        )
         .where(User.id.in_(bindparam("ids", expanding=True)))
         .group_by(User.id, last.id)
     )
@@ -234,7 +270,12 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
     if not ids:
         return []
     rows = db.session.execute(
-        _statuses_query(), {"ids": ids, "expiry_limit": card_expiry_limit(now)}
+        _statuses_query(),
+        {
+            "ids": ids,
+            "expiry_limit": card_expiry_limit(now),
+            "month_now": now.year * 12 + now.month,
+        },
     ).all()
     invoices = {
         r[11]: LastInvoice(r[11], r[12], r[13], Money(r[14], r[15]), r[16])
@@ -244,7 +285,9 @@ def statuses(ids: list[int], *, now: datetime) -> list[AccountStatus]:
     plans = {r[0]: r[17] for r in rows if r[17] is not None}
     projected = projection.by_user([(r[0], r[5]) for r in rows], now)
     runways = resources.runways(
-        [(r[0], r[4], Money(int(r[6]) + int(r[7]) + int(r[8]), r[5])) for r in rows], now
+        [(r[0], r[4], Money(int(r[6]) + int(r[7]) + int(r[8]), r[5])) for r in rows],
+        now,
+        carded={r[0] for r in rows if r[18]},
     )
     by_id = {}
     for (
@@ -312,10 +355,10 @@ def export_csv(f: UsersFilter, *, now: datetime, batch: int = 500) -> Iterator[s
     writer = csv.writer(buffer)
     buffer.write("\ufeff")
     writer.writerow(CSV_COLUMNS)
-    stmt, order = _page_query(f)
+    _, paged, params = _page_query(f, now)
     offset = 0
     while True:
-        ids = list(db.session.scalars(stmt.order_by(*order).limit(batch).offset(offset)))
+        ids = list(db.session.scalars(paged, {**params, "limit": batch, "offset": offset}))
         for a in statuses(ids, now=now):
             inv = a.last_invoice
             writer.writerow(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -315,20 +316,41 @@ def figures(user: User, now: datetime | None = None) -> Figures:
     )
 
 
-def runways(accounts: list[tuple[int, datetime, Money]], now: datetime) -> dict[int, int | None]:
+def carded_column(user_id, month_now) -> ColumnElement[bool]:
+    """Whether the account ``user_id`` has a saved card that has not expired by the month
+    ``month_now`` (year * 12 + month): ``runways`` reads no runway for it."""
+    return (
+        select(PaymentMethod.id)
+        .where(
+            PaymentMethod.user_id == user_id,
+            PaymentMethod.removed_at.is_(None),
+            PaymentMethod.exp_year * 12 + PaymentMethod.exp_month >= month_now,
+        )
+        .exists()
+    )
+
+
+def runways(
+    accounts: list[tuple[int, datetime, Money]],
+    now: datetime,
+    *,
+    carded: Collection[int] | None = None,
+) -> dict[int, int | None]:
     """Hours each account's funds last at its recent rate (None: no usage, or a valid card
-    pays), for a page of the admin list: two queries whatever the page's length."""
+    pays), for a page of the admin list: two queries whatever the page's length, one when
+    the caller read which accounts have a valid card (``carded``, as ``carded_column``)."""
     ids = [uid for uid, _, _ in accounts]
-    month_now = now.year * 12 + now.month
-    carded = set(
-        db.session.scalars(
-            select(PaymentMethod.user_id).where(
-                PaymentMethod.user_id.in_(ids),
-                PaymentMethod.removed_at.is_(None),
-                PaymentMethod.exp_year * 12 + PaymentMethod.exp_month >= month_now,
+    if carded is None:
+        month_now = now.year * 12 + now.month
+        carded = set(
+            db.session.scalars(
+                select(PaymentMethod.user_id).where(
+                    PaymentMethod.user_id.in_(ids),
+                    PaymentMethod.removed_at.is_(None),
+                    PaymentMethod.exp_year * 12 + PaymentMethod.exp_month >= month_now,
+                )
             )
         )
-    )
     rates = hourly_rates([(uid, created) for uid, created, _ in accounts], now)
     return {
         uid: None if uid in carded else Forecast(funds, rates[uid], FORECAST_DAYS * 24).hours

@@ -10,11 +10,24 @@ without reading every account; ``standing`` adds them for one account."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, literal, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import InstrumentedAttribute
 
 from ...extensions import db
@@ -86,10 +99,12 @@ def standing_of(
     )
 
 
-def count_by_standing(now: datetime | None = None) -> dict[str, int]:
-    """How many accounts have each standing (as ``standing_of`` tells them), reading only
-    the accounts that are not good (each set from an index: deployments being removed,
-    suspensions, overdue invoices, expiring default cards); good is all the others."""
+@functools.cache
+def count_statement() -> CompoundSelect:
+    """``(rank, count)`` rows: how many accounts not good have each rank (0 removing, 1
+    suspended, 2 overdue, 3 at risk), each set read from an index (deployments being
+    removed, suspensions, overdue invoices, expiring default cards), and every account with
+    rank -1. Built once; ``:expiry_limit`` is ``card_expiry_limit(now)``."""
     ranked = union_all(
         select(Deployment.user_id, literal(0).label("rank")).where(
             Deployment.state == str(DeploymentState.REMOVING)
@@ -101,22 +116,35 @@ def count_by_standing(now: datetime | None = None) -> dict[str, int]:
         select(PaymentMethod.user_id, literal(3)).where(
             PaymentMethod.is_default.is_(True),
             PaymentMethod.removed_at.is_(None),
-            PaymentMethod.exp_year * 12 + PaymentMethod.exp_month
-            < card_expiry_limit(now or utcnow()),
+            PaymentMethod.exp_year * 12 + PaymentMethod.exp_month < bindparam("expiry_limit"),
         ),
     ).subquery()
     worst = select(func.min(ranked.c.rank).label("rank")).group_by(ranked.c.user_id).subquery()
-    by_rank = select(worst.c.rank, func.count()).group_by(worst.c.rank)
+    by_rank = select(worst.c.rank, func.count().label("n")).group_by(worst.c.rank)
     every = select(literal(-1), func.count()).select_from(User)  # with rank -1: all accounts
+    return union_all(by_rank, every)
+
+
+def counts_of(rows: Iterable[tuple[int, int]]) -> dict[str, int]:
+    """The counts by standing from ``count_statement``'s rows."""
     counts = dict.fromkeys(STANDINGS, 0)
     total = 0
-    for rank, n in db.session.execute(union_all(by_rank, every)):
+    for rank, n in rows:
         if rank < 0:
             total = n
         else:
             counts[(REMOVING, SUSPENDED, OVERDUE, AT_RISK)[rank]] = n
     counts[GOOD] = total - sum(counts.values())
     return counts
+
+
+def count_by_standing(now: datetime | None = None) -> dict[str, int]:
+    """How many accounts have each standing (as ``standing_of`` tells them), reading only
+    the accounts that are not good; good is all the others."""
+    rows = db.session.execute(
+        count_statement(), {"expiry_limit": card_expiry_limit(now or utcnow())}
+    )
+    return counts_of((int(rank), int(n)) for rank, n in rows)
 
 
 @dataclass(frozen=True)

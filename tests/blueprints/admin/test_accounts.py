@@ -7,13 +7,16 @@ from __future__ import annotations
 import csv
 import io
 import re
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import event, update
 
 from portal.extensions import db
-from portal.models import Invoice, User
+from portal.models import Invoice, PaymentMethod, UsageDaily, User
 from portal.money import Money
+from portal.services.admin import users as account_list
+from portal.services.standing import resources
 from portal.services.wallet import credits
 from tests.support.app import AuthActions
 from tests.support.invoices import SEP, issue_invoices
@@ -170,3 +173,55 @@ def test_only_admins_see_the_list(app, api, client, make_user):
         assert api.get("/admin/users", token=api.token(user, scope)).status_code == 403
     AuthActions(client).login(make_user())
     assert client.get("/admin/users").status_code == 403
+
+
+def test_the_valid_cards_read_with_the_statuses_are_those_runways_reads(app, make_user):
+    """The list's statement tells which accounts have a valid card; the runways it gives are
+    those ``resources.runways`` gives reading the cards itself."""
+    now = datetime(2026, 11, 15, tzinfo=UTC)
+    names = ("valid", "expired", "removed", "none")
+    ids = {name: make_user(f"{name}@example.com").id for name in names}
+    with app.app_context():
+        db.session.execute(
+            update(User)
+            .where(User.id.in_(ids.values()))
+            .values(created_at=datetime(2026, 1, 1, tzinfo=UTC))
+        )
+        for name, uid in ids.items():
+            db.session.add(  # a core for a day, 1.20, last week: 0.05 an hour over 7 days
+                UsageDaily(
+                    deployment_id=9000 + uid,
+                    user_id=uid,
+                    day=date(2026, 11, 12),
+                    cpu_ms=86_400_000,
+                    cpu_cost=86_400_000 * 50_000,
+                )
+            )
+            credits.grant_credit(
+                user=db.session.get(User, uid),
+                amount=Money(500, "USD"),
+                reason="t",
+                idempotency_key=f"runway:{name}",
+            )
+            if name == "none":
+                continue
+            db.session.add(
+                PaymentMethod(
+                    user_id=uid,
+                    gateway_id=f"pm_{name}",
+                    fingerprint=name,
+                    brand="visa",
+                    last4="4242",
+                    exp_month=10 if name == "expired" else 1,
+                    exp_year=2026 if name == "expired" else 2030,
+                    removed_at=now if name == "removed" else None,
+                )
+            )
+        db.session.commit()
+        listed = account_list.statuses(list(ids.values()), now=now)
+        alone = resources.runways([(a.id, a.created_at, a.spendable) for a in listed], now)
+        db.session.remove()
+    runways = {a.id: a.runway_hours for a in listed}
+    assert runways == alone
+    # 5.00 at 1.20 a week (1.20 / 168 an hour): 700 hours, unless a valid card pays.
+    assert [runways[ids[n]] for n in names] == [None, 700, 700, 700]

@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from portal.extensions import db
 from portal.models import (
     Invoice,
+    LedgerAccount,
     MeterMark,
     PaymentAttempt,
     PaymentMethod,
@@ -20,6 +21,7 @@ from portal.models import (
 from portal.money import Money
 from portal.services.admin import overview
 from portal.services.metering import deployments
+from portal.services.standing import status
 from tests.support.app import AuthActions
 from tests.support.invoices import SEP, issue_invoices, pay_offline
 
@@ -125,6 +127,53 @@ def test_the_figures_match_sums_worked_out_by_hand(app, books):
         "removing": 0,
     }
     assert o.accounts == 4
+
+
+def test_the_one_statement_reads_what_each_figure_s_own_query_reads(app, books):
+    """The overview reads its figures but the revenue in one statement: the same as the
+    receivables, overdue and failed-payment queries, ``plan_figures`` and
+    ``count_by_standing`` each read on its own."""
+    with app.app_context():
+        o = overview.overview(NOW)
+        receivables = {
+            c: int(t)
+            for c, t in db.session.execute(
+                select(LedgerAccount.currency, func.sum(LedgerAccount.balance_minor))
+                .where(LedgerAccount.kind == "receivable", LedgerAccount.user_id.is_not(None))
+                .group_by(LedgerAccount.currency)
+            )
+        }
+        overdue = {
+            c: (int(t), n)
+            for c, t, n in db.session.execute(
+                select(
+                    Invoice.currency,
+                    func.sum(Invoice.total_minor - Invoice.amount_paid_minor),
+                    func.count(),
+                )
+                .where(Invoice.status == "overdue")
+                .group_by(Invoice.currency)
+            )
+        }
+        since = NOW - timedelta(days=overview.FAILED_PAYMENTS_DAYS)
+        failed = {
+            c: (int(t), n)
+            for c, t, n in db.session.execute(
+                select(PaymentAttempt.currency, func.sum(PaymentAttempt.amount_minor), func.count())
+                .where(PaymentAttempt.status == "failed", PaymentAttempt.updated_at >= since)
+                .group_by(PaymentAttempt.currency)
+            )
+        }
+        plans = overview.plan_figures()
+        counts = status.count_by_standing(NOW)
+        db.session.remove()
+    assert {f.currency: f.receivables.amount_minor for f in o.figures} == receivables
+    assert {f.currency: (f.overdue.amount_minor, f.overdue_count) for f in o.figures} == overdue
+    assert {
+        f.currency: (f.failed_payments.amount_minor, f.failed_payments_count) for f in o.figures
+    } == failed
+    assert (o.plans, o.mrr) == plans
+    assert o.standing == counts and o.accounts == sum(counts.values()) == 4
 
 
 def test_the_page_shows_the_figures_each_linking_to_its_list(app, books):

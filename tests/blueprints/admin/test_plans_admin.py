@@ -9,8 +9,9 @@ import re
 from sqlalchemy import select
 
 from portal.extensions import db
-from portal.models import Plan, User
+from portal.models import Plan, User, utcnow
 from portal.money import Money
+from portal.services.admin import overview
 from portal.services.subscriptions import changes
 from portal.services.wallet import credits
 
@@ -109,6 +110,14 @@ def test_the_overview_counts_subscribers_and_monthly_recurring_revenue(
             )
             changes.change_plan(row, plan)
         db.session.commit()
+        db.session.remove()
+    with app.app_context():  # the overview's one statement, and the plans' own query
+        o = overview.overview(utcnow())
+        assert (o.plans, o.mrr) == overview.plan_figures()
+        assert [(p.code, p.subscribers) for p in o.plans] == [
+            ("enterprise-annual", 1),
+            ("pro", 2),
+        ]
         db.session.remove()
     auth.login(make_user(admin=True))
     page = words(client.get("/admin/"))
