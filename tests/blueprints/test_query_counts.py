@@ -35,6 +35,9 @@ AT_MOST = {
     "/admin/users/<int:user_id>": 16,  # balances, budget, runway in one; waiting work in one
     "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
     "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)
+    "/admin/invoices": 3,  # the page, its users' emails and its count in one statement (4 before)
+    # The invoice with its user and lines in one, its payments with their kinds in one (9 before)
+    "/admin/invoices/<int:invoice_id>": 5,
 }
 
 # GET routes that are not pages: API, machine endpoints, downloads, redirects from the
