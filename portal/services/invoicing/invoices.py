@@ -464,22 +464,16 @@ def list_invoices(
 # -- Admin › Invoices --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ListedInvoice:
-    """A row of Admin › Invoices: the invoice's own columns that the list shows and its user's
-    email (no snapshot, lines or payments), with the figures an Invoice gives the page."""
+class InvoiceFigures:
+    """What pages show of an invoice, for rows read as columns rather than whole Invoices:
+    the same status words, CSS class and amounts as the Invoice model gives."""
 
+    __slots__ = ()
     id: int
-    number: str | None
-    user_id: int
     status: str
-    period_start: datetime
-    period_end: datetime
-    finalized_at: datetime | None
     currency: str
     total_minor: int
     amount_paid_minor: int
-    email: str
 
     @property
     def invoice_status(self) -> S:
@@ -496,16 +490,34 @@ class ListedInvoice:
         return self.invoice_status.css_class
 
     @property
-    def period_last_day(self) -> date:
-        return (self.period_end - timedelta(days=1)).date()
-
-    @property
     def total(self) -> Money:
         return Money(self.total_minor, self.currency)
 
     @property
     def amount_due(self) -> Money:
         return Money(self.total_minor - self.amount_paid_minor, self.currency)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedInvoice(InvoiceFigures):
+    """A row of Admin › Invoices: the invoice's own columns that the list shows and its user's
+    email (no snapshot, lines or payments)."""
+
+    id: int
+    number: str | None
+    user_id: int
+    status: str
+    period_start: datetime
+    period_end: datetime
+    finalized_at: datetime | None
+    currency: str
+    total_minor: int
+    amount_paid_minor: int
+    email: str
+
+    @property
+    def period_last_day(self) -> date:
+        return (self.period_end - timedelta(days=1)).date()
 
 
 _LISTED = (
