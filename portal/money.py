@@ -223,6 +223,14 @@ def _currency_pattern(locale: str, digits: int) -> str:
 
 def format_micros(micros: int, currency: str, locale: str = "en_US") -> str:
     """A sub-cent figure (a unit price, a running cost) with as many digits as it needs."""
+    micros_to_decimal(micros)  # refuses a float (or not an int) before the cache answers
+    return _format_micros(int(micros), currency, locale)
+
+
+@lru_cache(maxsize=4096)
+def _format_micros(micros: int, currency: str, locale: str) -> str:
+    # Kept per (micros, currency, locale) as _format_minor keeps amounts: an invoice's lines
+    # repeat the same few unit prices, and Babel takes tens of microseconds each.
     amount = micros_to_decimal(micros).normalize()
     exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)  # finite: made from an int

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, func, literal, select, union_all
 from sqlalchemy.orm import lazyload
 
 from ..extensions import db
@@ -22,7 +22,7 @@ from ..models import (
 )
 from ..money import Money
 from .calendar import invoice_day, period_containing
-from .invoicing.invoices import UNPAID
+from .invoicing.invoices import UNPAID, InvoiceFigures
 from .metering import projection
 from .standing import resources as standing_resources
 from .standing import status as standing_status
@@ -45,11 +45,25 @@ class Action:
     card_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OverviewInvoice(InvoiceFigures):
+    """An invoice as the Overview lists it (unpaid or recent): its own columns that the page
+    shows, not the whole Invoice (no snapshot, lines or payments)."""
+
+    id: int
+    number: str | None
+    status: str
+    due_at: datetime | None
+    currency: str
+    total_minor: int
+    amount_paid_minor: int
+
+
 @dataclass(frozen=True)
 class Overview:
     currency: str
     due_now: Money
-    unpaid: list[Invoice]
+    unpaid: list[OverviewInvoice]
     next_invoice_on: datetime
     next_invoice_period: tuple[datetime, datetime]
     usage_so_far: Money
@@ -59,7 +73,7 @@ class Overview:
     standing_reasons: tuple[str, ...]
     actions: list[Action]
     activity: list[ledger.HistoryRow]
-    recent_invoices: list[Invoice]
+    recent_invoices: list[OverviewInvoice]
     runway_hours: int | None = None  # how long the funds last at the recent rate
 
     @property
@@ -72,21 +86,46 @@ class Overview:
         return self.standing == GOOD
 
 
+_SHOWN = (
+    Invoice.id,
+    Invoice.number,
+    Invoice.status,
+    Invoice.due_at,
+    Invoice.currency,
+    Invoice.total_minor,
+    Invoice.amount_paid_minor,
+)
+RECENT_INVOICES = 3
+
+
+def _invoices_statement() -> Select:
+    """The user's unpaid invoices (oldest due date first: what is late comes first) and their
+    three most recent issued ones (newest period first), in one statement: each row says
+    which list it is in (``part``) and where (``pos``)."""
+    unpaid = select(
+        literal(0).label("part"),
+        *_SHOWN,
+        func.row_number().over(order_by=(Invoice.due_at, Invoice.id)).label("pos"),
+    ).where(Invoice.user_id == bindparam("user_id"), Invoice.status.in_([str(s) for s in UNPAID]))
+    newest = (
+        select(*_SHOWN, Invoice.period_start)
+        .where(Invoice.user_id == bindparam("user_id"), Invoice.status != InvoiceStatus.DRAFT.value)
+        .order_by(Invoice.period_start.desc(), Invoice.id.desc())
+        .limit(RECENT_INVOICES)
+        .subquery()
+    )
+    recent = select(
+        literal(1),
+        *(newest.c[c.key] for c in _SHOWN),
+        func.row_number().over(order_by=(newest.c.period_start.desc(), newest.c.id.desc())),
+    )
+    both = union_all(unpaid, recent).subquery()
+    return select(both).order_by(both.c.part, both.c.pos)
+
+
 # The page's statements, built once (the Overview is read on every login; building a
 # statement costs more than running it).
-_UNPAID = (  # oldest due date first: what is late comes first
-    select(Invoice)
-    .where(Invoice.user_id == bindparam("user_id"), Invoice.status.in_([str(s) for s in UNPAID]))
-    .order_by(Invoice.due_at, Invoice.id)
-    .options(lazyload("*"))  # listed by their totals: lines and payments unread
-)
-_RECENT = (
-    select(Invoice)
-    .where(Invoice.user_id == bindparam("user_id"), Invoice.status != InvoiceStatus.DRAFT.value)
-    .order_by(Invoice.period_start.desc(), Invoice.id.desc())
-    .limit(3)
-    .options(lazyload("*"))
-)
+_INVOICES = _invoices_statement()
 _AWAITING = (
     select(PaymentAttempt)
     .where(
@@ -104,8 +143,12 @@ _CARDS = (
 )
 
 
-def _unpaid(user: User) -> list[Invoice]:
-    return list(db.session.scalars(_UNPAID, {"user_id": user.id}))
+def _invoices(user: User) -> tuple[list[OverviewInvoice], list[OverviewInvoice]]:
+    """The user's unpaid invoices and their recent ones."""
+    lists: tuple[list[OverviewInvoice], list[OverviewInvoice]] = ([], [])
+    for part, *columns, _ in db.session.execute(_INVOICES, {"user_id": user.id}):
+        lists[part].append(OverviewInvoice(*columns))
+    return lists
 
 
 def _awaiting_confirmation(user: User) -> list[PaymentAttempt]:
@@ -121,7 +164,7 @@ def months_left(card: PaymentMethod, now: datetime) -> int:
     return (card.exp_year * 12 + card.exp_month) - (now.year * 12 + now.month)
 
 
-def _actions(user: User, unpaid: list[Invoice], now: datetime) -> list[Action]:
+def _actions(user: User, unpaid: list[OverviewInvoice], now: datetime) -> list[Action]:
     actions = []
     by_id = {i.id: i for i in unpaid}
     # Only a payment of an unpaid invoice is shown: none to look for when nothing is unpaid.
@@ -173,12 +216,11 @@ def _actions(user: User, unpaid: list[Invoice], now: datetime) -> list[Action]:
 
 def overview(user: User, now: datetime | None = None) -> Overview:
     now = now or utcnow()
-    unpaid = _unpaid(user)
+    unpaid, recent = _invoices(user)
     due = sum((i.amount_due.amount_minor for i in unpaid), 0)
     start, end = period_containing(now, invoice_day())
     projected = projection.by_user([(user.id, user.currency)], now)[user.id]
     standing = standing_status.standing(user, now)
-    recent = list(db.session.scalars(_RECENT, {"user_id": user.id}))
     balances = credits.spendable_balances(user, now)
     funds = balances.cash + balances.voucher + balances.credit
     rate = standing_resources.hourly_rates([(user.id, user.created_at)], now)[user.id]

@@ -81,7 +81,7 @@ def _render_list(form: GenerateInvoiceForm, status: int = 200):
     f = Filters()
     invoices = None
     if f.error is None:
-        invoices = invoicing.list_invoices(
+        invoices = invoicing.admin_list(
             user=f.user,
             status=f.status or None,
             period_start=f.period_start,
@@ -148,7 +148,7 @@ def generate_invoice():
 
 @bp.get("/invoices/<int:invoice_id>")
 def invoice(invoice_id: int):
-    return _render_invoice(invoicing.get_for_owner(None, invoice_id))
+    return _render_invoice(invoicing.get_for_admin(invoice_id))
 
 
 @bp.get("/invoices/<int:invoice_id>/void")

@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from portal.errors import NotFound
 from portal.extensions import db
 from portal.models import Invoice, InvoicePayment, LedgerTransaction, User
 from portal.money import Money
+from portal.services.invoicing import invoices as invoicing
 from portal.services.metering import deployments
 from portal.services.wallet import ledger
 from tests.blueprints.test_invoices_pages import number_of
-from tests.support.invoices import OCT, issue_invoices
+from tests.support.invoices import OCT, empty_invoices, issue_invoices, pay_offline
 
 
 def rows(page: str) -> list[str]:
@@ -257,3 +259,79 @@ def test_double_submitting_an_offline_payment_records_it_once(app, client, shop)
     assert client.submit(f"/admin/invoices/{invoice_id}/payments", form).status_code == 303
     assert count(app, InvoicePayment) == 1
     assert invoice_row(app, invoice_id).amount_paid_minor == 100
+
+
+LISTED = (
+    "id",
+    "number",
+    "user_id",
+    "status",
+    "period_start",
+    "period_end",
+    "finalized_at",
+    "currency",
+    "total_minor",
+    "amount_paid_minor",
+    "display_status",
+    "status_css",
+    "period_last_day",
+    "total",
+    "amount_due",
+)
+
+
+def test_the_admin_list_matches_list_invoices(app, shop):
+    """Admin › Invoices reads its rows and their count in one statement: the same invoices,
+    figures, emails and totals as ``list_invoices``, for every filter and past the last page."""
+    ann, bob = shop["ann"], shop["bob"]
+    pay_offline(app, shop["ids"]["ann"][0], minor=100)  # partially paid
+    pay_offline(app, shop["ids"]["bob"][0])  # paid
+    empty_invoices(app, ann.id, 5)
+    with app.app_context():
+        users = {u.id: u for u in db.session.scalars(select(User))}
+        cases = [
+            {},
+            {"page": 2, "per_page": 3},
+            {"page": 3, "per_page": 3},
+            {"page": 9, "per_page": 3},
+            {"user": users[ann.id]},
+            {"user": users[bob.id], "status": "paid"},
+            {"status": "sent"},
+            {"status": "void"},
+            {"period_start": OCT[0]},
+            {"user": users[ann.id], "period_start": OCT[0], "status": "sent", "per_page": 1},
+        ]
+        for case in cases:
+            want = invoicing.list_invoices(**case)
+            got = invoicing.admin_list(**case)
+            assert (got.page, got.per_page, got.total) == (want.page, want.per_page, want.total)
+            assert [[getattr(i, a) for a in LISTED] + [i.email] for i in got.items] == [
+                [getattr(i, a) for a in LISTED] + [users[i.user_id].email] for i in want.items
+            ], case
+        db.session.remove()
+
+
+def test_the_admin_invoice_loads_what_get_for_owner_gives(app, shop):
+    invoice_id = shop["ids"]["ann"][1]
+    pay_offline(app, invoice_id, minor=250)
+    with app.app_context():
+        want = invoicing.get_for_owner(None, invoice_id)
+        expected = (
+            want.number,
+            want.user.email,
+            [(line.position, line.description, line.amount_minor) for line in want.lines],
+            [(p.id, p.tender, p.amount_minor, p.is_issue_credit) for p in want.payments],
+            [p.id for p in want.settlement_payments],
+        )
+        db.session.expunge_all()
+        got = invoicing.get_for_admin(invoice_id)
+        assert (
+            got.number,
+            got.user.email,
+            [(line.position, line.description, line.amount_minor) for line in got.lines],
+            [(p.id, p.tender, p.amount_minor, p.is_issue_credit) for p in got.payments],
+            [p.id for p in got.settlement_payments],
+        ) == expected
+        with pytest.raises(NotFound):
+            invoicing.get_for_admin(999999)
+        db.session.remove()

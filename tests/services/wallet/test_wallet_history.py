@@ -116,3 +116,28 @@ def test_a_user_without_entries_has_an_empty_history(users):
     assert (result.items, result.total, result.pages, result.has_next) == ([], 0, 1, False)
     window = ledger.history_window(user)
     assert (window.items, window.has_next, window.has_prev) == ([], False, False)
+
+
+def test_recent_history_is_the_first_page_of_the_history(users):
+    """recent_history (one LATERAL statement on PostgreSQL) gives what wallet_history's
+    first page gives, whatever the limit, and nothing for a user without entries."""
+    user, other = users
+    for i in range(9):
+        post(user, AccountKind.CASH, AccountKind.STRIPE_CLEARING, 1000 + i, f"cash-in-{i}")
+        if i % 3 == 0:
+            post(user, AccountKind.VOUCHER, AccountKind.VOUCHER_ISSUANCE, 300 + i, f"voucher-{i}")
+        if i % 4 == 1:
+            credits.grant_credit(
+                user=user, amount=Money(200 + i, "USD"), reason=f"g{i}", idempotency_key=f"g{i}"
+            )
+        post(user, AccountKind.RECEIVABLE, AccountKind.REVENUE, -(50 + i), f"owed-{i}")
+        post(user, AccountKind.RECEIVABLE, AccountKind.STRIPE_CLEARING, 50 + i, f"paid-{i}")
+    db.session.commit()
+    for limit in (1, 2, 5, 10, 100):
+        assert (
+            ledger.recent_history(user, limit) == ledger.wallet_history(user, per_page=limit).items
+        ), limit
+    assert ledger.recent_history(other, 5) == []
+    post(other, AccountKind.RECEIVABLE, AccountKind.REVENUE, -5, "other-owed")
+    post(other, AccountKind.RECEIVABLE, AccountKind.STRIPE_CLEARING, 5, "other-paid")
+    assert ledger.recent_history(other, 5) == []
