@@ -5,8 +5,9 @@ Builds a fresh database (PostgreSQL ``portal_bench`` by default, or a temporary 
 and seeds: one user whose wallets carry 10,000 entries (credit grants, card top-ups, charges)
 and a few other users; ten deployments of that user, metered and invoiced for the last three
 full months through the real services; an outbox message and a webhook endpoint; then, as
-bench/admin_users.py does, 10,000 more accounts (30% owing on an invoice) and the admin.
-It checks that the ledger reconciles.
+bench/admin_users.py does, 10,000 more accounts (30% owing on an invoice) and the admin;
+each of those accounts gets one running deployment, metered for the last 31 days (the rows
+Admin › Usage reports and the admin dashboard read). It checks that the ledger reconciles.
 
 The pages are found from the app's url_map: every GET route without arguments outside
 /api/, /auth/ and /static/ (less downloads, CSV exports, the card processor's return URLs
@@ -32,6 +33,7 @@ Environment:
     BENCH_REQUESTS timed requests per page (default 300).
     BENCH_GENERIC_PLANS  1 (default): the web server's DATABASE_GENERIC_PLANS, as
                    `flask billing serve` sets it; 0: PostgreSQL's default plan choice.
+    BENCH_AUDIT_USAGE  if set, run usage-audit's check on the seeded usage (~14 s).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from portal.extensions import db
 from portal.models import (
     AccountKind,
     CreditLot,
+    Deployment,
+    DeploymentInterval,
     LedgerAccount,
     LedgerEntry,
     LedgerTransaction,
@@ -69,7 +73,7 @@ from portal.models import (
 from portal.money import Money
 from portal.services import accounts, mail
 from portal.services.invoicing import run as invoice_run
-from portal.services.metering import deployments
+from portal.services.metering import catalog, deployments, rollups, runs
 from portal.services.retention import partitions
 from portal.services.wallet import credits, ledger
 from portal.services.wallet.reconcile import find_discrepancies
@@ -83,6 +87,8 @@ OTHER_USERS = 5
 OTHER_TRANSACTIONS = 1_000  # per other user
 ADMIN_USERS = 10_000  # accounts behind Admin › Users and the reports
 DEPLOYMENTS = 10  # the measured user's, invoiced for the last three months
+USAGE_DAYS = 31  # each of the ADMIN_USERS accounts: one deployment metered for these days
+BATCH = 10_000
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "300"))  # per page
 WARMUP = 20
 # GET routes that are not pages (downloads, redirects back from the card processor, polls).
@@ -395,6 +401,110 @@ def seed_usage(app, email: str) -> dict[str, int]:
     return ids
 
 
+def seed_accounts(app) -> None:
+    """The ADMIN_USERS accounts and the admin (bench/admin_users.py's seed), then their
+    usage (seed_account_usage)."""
+    admin_users.ACCOUNTS = ADMIN_USERS
+    admin_users.seed(app)
+    seed_account_usage(app)
+
+
+def seed_account_usage(app) -> int:
+    """One running deployment for each of admin_users' accounts, started USAGE_DAYS days ago
+    (at midnight UTC) and metered through the last complete hour: what Admin › Usage reports
+    and the admin dashboard's month of usage read. As bench/load.py seeds its year: the
+    deployments and their intervals are inserted in bulk (the rows create_deployment would
+    write), and the rollups are written by the product's metering (runs.meter_all, from each
+    chunk's mark), so that usage-audit finds them equal to the intervals. A chunk whose mark
+    is already past the start (the measured user's chunk, metered by its invoicing) gets
+    the new users' hours before its mark by the metering's own rollup statement, as the
+    backfill of a change before the mark does. Returns the rollup rows written."""
+    with app.app_context():
+        now = utcnow()
+        first_day = now.date() - timedelta(days=USAGE_DAYS - 1)
+        start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
+        version = catalog.ensure_catalog()
+        users = db.session.scalars(
+            select(User.id)
+            .where(User.email.like("user%@example.com"), User.is_admin.is_(False))
+            .order_by(User.id)
+        ).all()
+        rows = [
+            {
+                "external_id": f"acct-{uid}",
+                "user_id": uid,
+                "kind": "k8s" if uid % 4 == 0 else "vm",
+                "name": f"app-{uid % 100}",
+                "labels": {"team": f"t{uid % 3}"},
+                "state": "active",
+                "price_version_id": version.id,
+                "cpu_milli": 1000 * (1 + uid % 2),
+                "memory_mgb": 2000,
+                "storage_mgb": 20000,
+                "public_ip": uid % 5 == 0,
+                "started_at": start,
+                "created_at": start,
+                "updated_at": start,
+            }
+            for uid in users
+        ]
+        ids: list[int] = []
+        for at in range(0, len(rows), BATCH):
+            ids += db.session.scalars(
+                insert(Deployment).returning(Deployment.id, sort_by_parameter_order=True),
+                rows[at : at + BATCH],
+            ).all()
+        intervals = [
+            {
+                "deployment_id": dep_id,
+                "user_id": row["user_id"],
+                "start_epoch": rollups.epoch(start),
+                "end_epoch": None,
+                "state": "active",
+                "cpu_milli": row["cpu_milli"],
+                "memory_mgb": row["memory_mgb"],
+                "storage_mgb": row["storage_mgb"],
+                "instances": 0,
+                "public_ips": 1 if row["public_ip"] else 0,
+                "cpu_rate_micros": version.cpu_per_core_hour_micros,
+                "memory_rate_micros": version.memory_per_gb_hour_micros,
+                "storage_rate_micros": version.storage_per_gb_month_micros,
+                "instance_rate_micros": 0,
+                "ip_rate_micros": version.public_ip_per_hour_micros,
+            }
+            for dep_id, row in zip(ids, rows, strict=True)
+        ]
+        for at in range(0, len(intervals), BATCH):
+            db.session.execute(insert(DeploymentInterval), intervals[at : at + BATCH])
+        size = rollups.chunk_size()
+        for chunk in sorted({uid // size for uid in users}):
+            lo = max(chunk * size, users[0])
+            hi = min((chunk + 1) * size, users[-1] + 1)
+            rollups.ensure_mark(lo, start)
+            mark = rollups.lock_mark(chunk)
+            if mark is not None and mark.metered_through > start:
+                rollups._roll_up(
+                    rollups._WHERE_CHUNK,
+                    {"user_lo": lo, "user_hi": hi},
+                    rollups.epoch(start),
+                    rollups.epoch(mark.metered_through),
+                    +1,
+                )
+        db.session.commit()
+        result = runs.meter_all(rollups.last_complete_hour(now))
+        db.session.commit()
+        # usage-audit's check (the rollups against the intervals): ~14 s on PostgreSQL for
+        # these 10,000 deployments, twice the seeding, so on request only.
+        problems = rollups.audit_usage() if os.environ.get("BENCH_AUDIT_USAGE") else []
+        if problems:
+            fail("the seeded usage does not match its intervals:\n" + "\n".join(problems[:20]))
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE")
+        db.session.remove()
+    return result.rows
+
+
 def pages(app, ids: dict[str, int]) -> tuple[list[str], list[str]]:
     """(user pages, admin pages): the GET routes without arguments from the url_map, plus
     the detail pages of the rows seeded."""
@@ -492,9 +602,9 @@ def main() -> None:
         try:
             email = seed(app)
             ids = seed_usage(app, email)
-            # Then 10,000 accounts and the admin, as bench/admin_users.py seeds them.
-            admin_users.ACCOUNTS = ADMIN_USERS
-            admin_users.seed(app)
+            # Then 10,000 accounts and the admin, as bench/admin_users.py seeds them, with
+            # a deployment each metered for the last USAGE_DAYS days.
+            seed_accounts(app)
             user_pages, admin_pages = pages(app, ids)
             client = login(app, email)
             check_wallet(client)

@@ -58,6 +58,8 @@ class UsageDaily(UsageColumns, Model):
     __table_args__ = (
         PrimaryKeyConstraint("deployment_id", "day"),
         Index("ix_usage_daily_user_id_day", "user_id", "day"),
+        # Admin › Usage reports: rows in their shown order (migration 0022).
+        Index("ix_usage_daily_day_user_id_deployment_id", "day", "user_id", "deployment_id"),
         {"postgresql_partition_by": "RANGE (day)"},
     )
 

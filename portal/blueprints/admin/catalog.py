@@ -160,11 +160,8 @@ REPORT_ROWS_SHOWN = 200
 def usage_reports():
     try:
         f = _report_filter()
-        rows = []
-        for row in reports.report_rows(f):
-            rows.append(row)
-            if len(rows) > REPORT_ROWS_SHOWN:
-                break
+        # One row more than shown tells whether there are more (the CSV has them all).
+        rows = list(reports.report_rows(f, limit=REPORT_ROWS_SHOWN + 1))
         error = None
     except (ServiceError, NotFound) as exc:
         f, rows, error = None, [], exc.message

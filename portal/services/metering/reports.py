@@ -7,14 +7,15 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
-from fractions import Fraction
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import select
 
 from ...errors import ValidationFailed
 from ...extensions import db
 from ...models import Deployment, PriceVersion, UsageDaily, User
-from .usage import RESOURCES, row_costs, row_quantities, to_decimal
+from ...models.usage import USAGE_COLUMNS
+from .usage import RESOURCES, month_seconds
 
 COLUMNS = [
     "date",
@@ -57,9 +58,20 @@ def _query(f: ReportFilter):
     if f.day_to < f.day_from:
         raise ValidationFailed.field("to", "must not be before from")
     query = (
-        select(UsageDaily, Deployment, User.email)
+        # Columns, not entities: no identity map, no relationship loading, per row.
+        select(
+            UsageDaily.day,
+            *(getattr(UsageDaily, c) for c in USAGE_COLUMNS),
+            Deployment.external_id,
+            Deployment.name,
+            Deployment.kind,
+            Deployment.labels,
+            User.email,
+            PriceVersion.currency,
+        )
         .join(Deployment, Deployment.id == UsageDaily.deployment_id)
         .join(User, User.id == UsageDaily.user_id)
+        .join(PriceVersion, PriceVersion.id == Deployment.price_version_id)
         .where(UsageDaily.day >= f.day_from, UsageDaily.day <= f.day_to)
     )
     if f.user is not None:
@@ -68,36 +80,51 @@ def _query(f: ReportFilter):
         query = query.where(Deployment.kind == f.kind)
     if f.label:
         query = query.where(Deployment.labels[f.label[0]].as_string() == f.label[1])
-    return query.order_by(UsageDaily.day, User.email, Deployment.external_id)
+    # The order of ix_usage_daily_day_user_id_deployment_id: the first rows of a range come
+    # from an index scan that stops after them, whatever the number of rows in the range (an
+    # order by email or external id would sort every row of the range first). A user's rows
+    # of a day stay together; the CSV lists the rows in this same order.
+    return query.order_by(UsageDaily.day, UsageDaily.user_id, UsageDaily.deployment_id)
 
 
-def report_rows(f: ReportFilter) -> Iterator[dict]:
-    """Rows with quantities in their units and the cost in major units to 6 decimals."""
-    result = db.session.execute(_query(f).execution_options(yield_per=1000))
-    for daily, dep, email in result:
-        qty = row_quantities(daily)
-        cost = sum(row_costs(daily).values(), Fraction(0)) / 1_000_000
+def report_rows(f: ReportFilter, limit: int | None = None) -> Iterator[dict]:
+    """Rows with quantities in their units and the cost in major units to 6 decimals, in
+    the order (day, user, deployment); the first ``limit`` of them if given."""
+    query = _query(f)
+    if limit is not None:
+        query = query.limit(limit)
+    result = db.session.execute(query.execution_options(yield_per=1000))
+    for row in result:
+        # The quantities and costs of usage.row_quantities and row_costs, each as a quotient
+        # of integers: Decimal division rounds the exact quotient, so the result is the same
+        # as to_decimal's of the Fractions (and their sum), at a fraction of the time.
+        month_ms = 1000 * month_seconds(row.day)
+        cost = (
+            row.cpu_cost + row.memory_cost + 1000 * (row.instance_cost + row.ip_cost)
+        ) * month_ms + row.storage_cost * 3_600_000
         yield {
-            "date": daily.day.isoformat(),
-            "user": email,
-            "deployment": dep.external_id,
-            "name": dep.name,
-            "kind": dep.kind,
-            "labels": ";".join(f"{k}={v}" for k, v in sorted((dep.labels or {}).items())),
-            "cpu_core_hours": to_decimal(qty["cpu"]),
-            "memory_gb_hours": to_decimal(qty["memory"]),
-            "storage_gb_months": to_decimal(qty["storage"]),
-            "instance_hours": to_decimal(qty["instance"]),
-            "ip_hours": to_decimal(qty["ip"]),
-            "cost": to_decimal(cost),
-            "currency": dep_currency(dep),
+            "date": row.day.isoformat(),
+            "user": row.email,
+            "deployment": row.external_id,
+            "name": row.name,
+            "kind": row.kind,
+            "labels": ";".join(f"{k}={v}" for k, v in sorted((row.labels or {}).items())),
+            "cpu_core_hours": _decimal(row.cpu_ms, 3_600_000),
+            "memory_gb_hours": _decimal(row.memory_ms, 3_600_000),
+            "storage_gb_months": _decimal(row.storage_ms, month_ms),
+            "instance_hours": _decimal(row.instance_s, 3600),
+            "ip_hours": _decimal(row.ip_s, 3600),
+            "cost": _decimal(cost, 3_600_000 * month_ms * 1_000_000),
+            "currency": row.currency,
         }
 
 
-def dep_currency(dep: Deployment) -> str:
+_PLACES = Decimal(1).scaleb(-6)
 
-    version = db.session.get_one(PriceVersion, dep.price_version_id)  # identity-mapped: cheap
-    return version.currency
+
+def _decimal(numerator: int, denominator: int) -> Decimal:
+    """numerator / denominator to 6 decimals, as usage.to_decimal rounds a Fraction."""
+    return (Decimal(numerator) / Decimal(denominator)).quantize(_PLACES, rounding=ROUND_HALF_UP)
 
 
 def _safe_cell(value) -> str:
