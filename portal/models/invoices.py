@@ -90,7 +90,41 @@ class InvoiceKind(enum.StrEnum):
     PLAN_CHANGE = "plan_change"  # a subscription or upgrade's proration, issued at once
 
 
-class Invoice(Model):
+class InvoiceFigures:
+    """An invoice's status as pages show it and its amounts, from its status, currency and
+    amounts: the Invoice model's, and those of invoices read as columns for a list."""
+
+    __slots__ = ()
+    if TYPE_CHECKING:  # given by the class that mixes it in (columns, or a dataclass's fields)
+        status: Any
+        currency: Any
+        total_minor: Any
+        amount_paid_minor: Any
+
+    @property
+    def invoice_status(self) -> InvoiceStatus:
+        return InvoiceStatus(self.status)
+
+    @property
+    def display_status(self) -> str:
+        return display_status(self.invoice_status, self.amount_paid_minor)
+
+    @property
+    def status_css(self) -> str:
+        if self.display_status == PARTIALLY_PAID:
+            return "status status-partial"
+        return self.invoice_status.css_class
+
+    @property
+    def total(self) -> Money:
+        return Money(self.total_minor, self.currency)
+
+    @property
+    def amount_due(self) -> Money:
+        return Money(self.total_minor - self.amount_paid_minor, self.currency)
+
+
+class Invoice(InvoiceFigures, Model):
     __tablename__ = "invoices"
     __table_args__ = (
         # One live invoice per user, period and kind; a voided one may be reissued.
@@ -152,20 +186,6 @@ class Invoice(Model):
     user: Mapped[User] = relationship(foreign_keys=[user_id], lazy="select", viewonly=True)
 
     @property
-    def invoice_status(self) -> InvoiceStatus:
-        return InvoiceStatus(self.status)
-
-    @property
-    def display_status(self) -> str:
-        return display_status(self.invoice_status, self.amount_paid_minor)
-
-    @property
-    def status_css(self) -> str:
-        if self.display_status == PARTIALLY_PAID:
-            return "status status-partial"
-        return self.invoice_status.css_class
-
-    @property
     def settlement_payments(self) -> list[InvoicePayment]:
         """The payments that count toward "Paid": every one but the credits applied when
         the invoice was issued, which its "Credits applied" line already takes off."""
@@ -188,16 +208,8 @@ class Invoice(Model):
         return Money(self.credits_minor, self.currency)
 
     @property
-    def total(self) -> Money:
-        return Money(self.total_minor, self.currency)
-
-    @property
     def amount_paid(self) -> Money:
         return Money(self.amount_paid_minor, self.currency)
-
-    @property
-    def amount_due(self) -> Money:
-        return Money(self.total_minor - self.amount_paid_minor, self.currency)
 
 
 class InvoiceLine(Model):

@@ -20,9 +20,10 @@ from ..models import (
     User,
     utcnow,
 )
+from ..models.invoices import InvoiceFigures
 from ..money import Money
 from .calendar import invoice_day, period_containing
-from .invoicing.invoices import UNPAID, InvoiceFigures
+from .invoicing.invoices import UNPAID
 from .metering import projection
 from .standing import resources as standing_resources
 from .standing import status as standing_status

@@ -34,7 +34,7 @@ from ...models import (
     User,
     utcnow,
 )
-from ...models.invoices import PARTIALLY_PAID, display_status
+from ...models.invoices import InvoiceFigures
 from ...money import Money, format_money
 from .. import audit, events, mail
 from ..wallet import ledger, settlement_requests
@@ -462,40 +462,6 @@ def list_invoices(
 
 
 # -- Admin › Invoices --------------------------------------------------------------------------
-
-
-class InvoiceFigures:
-    """What pages show of an invoice, for rows read as columns rather than whole Invoices:
-    the same status words, CSS class and amounts as the Invoice model gives."""
-
-    __slots__ = ()
-    id: int
-    status: str
-    currency: str
-    total_minor: int
-    amount_paid_minor: int
-
-    @property
-    def invoice_status(self) -> S:
-        return S(self.status)
-
-    @property
-    def display_status(self) -> str:
-        return display_status(self.invoice_status, self.amount_paid_minor)
-
-    @property
-    def status_css(self) -> str:
-        if self.display_status == PARTIALLY_PAID:
-            return "status status-partial"
-        return self.invoice_status.css_class
-
-    @property
-    def total(self) -> Money:
-        return Money(self.total_minor, self.currency)
-
-    @property
-    def amount_due(self) -> Money:
-        return Money(self.total_minor - self.amount_paid_minor, self.currency)
 
 
 @dataclass(frozen=True, slots=True)

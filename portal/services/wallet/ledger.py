@@ -17,8 +17,22 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Integer, Row, Select, bindparam, func, insert, select, text, true, union_all
+from sqlalchemy import (
+    Integer,
+    Label,
+    Row,
+    Select,
+    Subquery,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -453,6 +467,36 @@ _WALLET_ACCOUNTS = (
 )
 
 
+def _entry_columns() -> tuple[Label[Any], ...]:
+    """A history row's columns of the entry itself, read in its account's index range."""
+    return (
+        LedgerEntry.id.label("id"),
+        LedgerEntry.amount_minor.label("amount_minor"),
+        LedgerEntry.currency.label("currency"),
+        LedgerEntry.account_id.label("account_id"),
+        LedgerEntry.transaction_id.label("transaction_id"),
+    )
+
+
+def _with_transactions(page: Subquery) -> Select[int, int, str, str, str, str, datetime]:
+    """A page of ``_entry_columns`` rows, newest first, with their account's kind and their
+    transaction's kind, description and time (the columns of a HistoryRow)."""
+    return (
+        select(
+            page.c.id,
+            page.c.amount_minor,
+            page.c.currency,
+            LedgerAccount.kind,
+            LedgerTransaction.kind,
+            LedgerTransaction.description,
+            LedgerTransaction.created_at,
+        )
+        .join(LedgerAccount, LedgerAccount.id == page.c.account_id)
+        .join(LedgerTransaction, LedgerTransaction.id == page.c.transaction_id)
+        .order_by(page.c.id.desc())
+    )
+
+
 @functools.cache
 def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetime]:
     """The page query for a user with ``accounts`` wallet accounts, built once (the page
@@ -468,13 +512,7 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
     pruned, so it read every partition (the planner hashed the whole table).
     """
     newest = [
-        select(
-            LedgerEntry.id.label("id"),
-            LedgerEntry.amount_minor.label("amount_minor"),
-            LedgerEntry.currency.label("currency"),
-            LedgerEntry.account_id.label("account_id"),
-            LedgerEntry.transaction_id.label("transaction_id"),
-        )
+        select(*_entry_columns())
         .where(LedgerEntry.account_id == bindparam(f"account_{i}"))
         .order_by(LedgerEntry.id.desc())
         .limit(bindparam("depth"))
@@ -489,20 +527,7 @@ def _history_page(accounts: int) -> Select[int, int, str, str, str, str, datetim
         .offset(bindparam("offset"))
         .subquery()
     )
-    return (
-        select(
-            page.c.id,
-            page.c.amount_minor,
-            page.c.currency,
-            LedgerAccount.kind,
-            LedgerTransaction.kind,
-            LedgerTransaction.description,
-            LedgerTransaction.created_at,
-        )
-        .join(LedgerAccount, LedgerAccount.id == page.c.account_id)
-        .join(LedgerTransaction, LedgerTransaction.id == page.c.transaction_id)
-        .order_by(page.c.id.desc())
-    )
+    return _with_transactions(page)
 
 
 # The user's wallet accounts, without counting their entries (history_window, recent_history).
@@ -547,13 +572,7 @@ def _recent_page() -> Select[int, int, str, str, str, str, datetime]:
     the partitioned entries); written in, the prepared statement keeps one generic plan."""
     wallet = aliased(LedgerAccount, name="wallet")
     newest = (
-        select(
-            LedgerEntry.id.label("id"),
-            LedgerEntry.amount_minor.label("amount_minor"),
-            LedgerEntry.currency.label("currency"),
-            LedgerEntry.account_id.label("account_id"),
-            LedgerEntry.transaction_id.label("transaction_id"),
-        )
+        select(*_entry_columns())
         .where(LedgerEntry.account_id == wallet.id)
         .order_by(LedgerEntry.id.desc())
         .limit(bindparam("limit", type_=Integer, literal_execute=True))
@@ -571,20 +590,7 @@ def _recent_page() -> Select[int, int, str, str, str, str, datetime]:
         .limit(bindparam("limit", type_=Integer, literal_execute=True))
         .subquery()
     )
-    return (
-        select(
-            page.c.id,
-            page.c.amount_minor,
-            page.c.currency,
-            LedgerAccount.kind,
-            LedgerTransaction.kind,
-            LedgerTransaction.description,
-            LedgerTransaction.created_at,
-        )
-        .join(LedgerAccount, LedgerAccount.id == page.c.account_id)
-        .join(LedgerTransaction, LedgerTransaction.id == page.c.transaction_id)
-        .order_by(page.c.id.desc())
-    )
+    return _with_transactions(page)
 
 
 def recent_history(user: User, limit: int) -> list[HistoryRow]:
