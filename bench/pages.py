@@ -485,7 +485,7 @@ def seed_account_usage(app) -> int:
             if mark is not None and mark.metered_through > start:
                 rollups._roll_up(
                     rollups._WHERE_CHUNK,
-                    {"user_lo": lo, "user_hi": hi},
+                    {"chunk": chunk, "user_lo": lo, "user_hi": hi},
                     rollups.epoch(start),
                     rollups.epoch(mark.metered_through),
                     +1,

@@ -154,13 +154,16 @@ def meter(hour: str | None) -> None:
 
 @billing.command("usage-audit")
 def usage_audit() -> None:
-    """Prove the usage rollups equal a recomputation from the deployment intervals."""
+    """Prove the usage rollups equal a recomputation from the deployment intervals, and
+    their daily totals equal the rollups."""
     problems = rollups.audit_usage()
     for problem in problems:
         click.echo(problem)
     if problems:
-        fail(f"{len(problems)} rollup row(s) differ from the intervals")
-    click.echo(f"ok: {rollups.rollup_count()} rollup rows match the intervals")
+        fail(f"{len(problems)} difference(s) from the intervals")
+    click.echo(
+        f"ok: {rollups.rollup_count()} rollup rows match the intervals, and their totals match"
+    )
 
 
 @billing.command("archive")

@@ -134,3 +134,63 @@ def _next_entry_id() -> int:
 
 def _columns(table: str) -> set[str]:
     return {c["name"] for c in db.inspect(db.engine).get_columns(table)}
+
+
+def test_the_usage_totals_are_filled_from_the_rollups_there_are(make_app, tmp_path, database_url):
+    """0024 totals the rollups by day, chunk and currency; usage-audit then finds them equal
+    (on PostgreSQL in a database of its own, on SQLite in a fresh file)."""
+    if database_url.startswith("postgresql"):
+        name = database_url.rsplit("/", 1)[1] + "_totals"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+        url = database_url.rsplit("/", 1)[0] + "/" + name
+    else:
+        url = f"sqlite:///{tmp_path / 'totals.sqlite3'}"
+    app = make_app(DATABASE_URL=url, METER_CHUNK_USERS=2)
+    with app.app_context():
+        flask_migrate.upgrade()  # (make_app may have migrated it: the first app it builds)
+        flask_migrate.downgrade(revision="0023_usage_report_order")
+        now = "CURRENT_TIMESTAMP"
+        for n, currency in ((1, "USD"), (2, "EUR"), (3, "USD")):
+            db.session.execute(
+                text(
+                    "INSERT INTO users (id, email, name, is_admin, is_enabled, auth_version, "
+                    f"currency, created_at) VALUES ({n}, 'u{n}@example.com', '', false, true, "
+                    f"1, '{currency}', {now})"
+                )
+            )
+        rows = [(1, 1, "2025-03-01", 5), (2, 1, "2025-03-01", 7), (3, 2, "2025-03-01", 11)]
+        rows += [(4, 3, "2025-03-01", 13), (4, 3, "2025-03-02", 17)]
+        for deployment, user, day, cost in rows:
+            db.session.execute(
+                text(
+                    "INSERT INTO usage_daily (deployment_id, day, user_id, cpu_ms, cpu_cost, "
+                    "memory_ms, memory_cost, storage_ms, storage_cost, instance_s, "
+                    "instance_cost, ip_s, ip_cost) VALUES "
+                    f"({deployment}, '{day}', {user}, 0, {cost}, 0, 0, 0, {2 * cost}, 0, 0, 0, 1)"
+                )
+            )
+        db.session.commit()
+        db.session.remove()
+        flask_migrate.upgrade()
+        totals = db.session.execute(
+            text(
+                "SELECT day, chunk, currency, cpu_cost, storage_cost, ip_cost FROM usage_totals "
+                "ORDER BY day, chunk, currency"
+            )
+        ).all()
+        assert [(str(d), c, cur, int(a), int(b), int(i)) for d, c, cur, a, b, i in totals] == [
+            ("2025-03-01", 0, "USD", 12, 24, 2),  # users 1 (chunk 0)
+            ("2025-03-01", 1, "EUR", 11, 22, 1),  # user 2 (chunk 1)
+            ("2025-03-01", 1, "USD", 13, 26, 1),  # user 3 (chunk 1)
+            ("2025-03-02", 1, "USD", 17, 34, 1),
+        ]
+        db.session.remove()
+        flask_migrate.downgrade(revision="0023_usage_report_order")
+        assert "usage_totals" not in db.inspect(db.engine).get_table_names()
+        db.session.remove()
+        db.engine.dispose()
+    if url.startswith("postgresql"):
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -67,7 +67,7 @@ from .subscriptions import (
     SubscriptionStatus,
 )
 from .types import utcnow
-from .usage import ArchivedUsage, ArchivedYear, MeterMark, UsageDaily
+from .usage import ArchivedUsage, ArchivedYear, MeterMark, UsageDaily, UsageTotal
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -144,6 +144,7 @@ __all__ = [
     "TokenScope",
     "UsageAdjustment",
     "UsageDaily",
+    "UsageTotal",
     "User",
     "UserSession",
     "Voucher",

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, PrimaryKeyConstraint, String
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Model
@@ -66,6 +75,31 @@ class UsageDaily(UsageColumns, Model):
     deployment_id: Mapped[int] = mapped_column(BigInteger)
     day: Mapped[date] = mapped_column(Date)
     user_id: Mapped[int] = mapped_column(BigInteger)
+
+
+# A chunk-day's sum of many rollups may pass a BIGINT on PostgreSQL; SQLite's integers
+# are 64-bit whatever the type says, as its sums of the rollups are.
+_TOTAL = BigInteger().with_variant(Numeric(38, 0), "postgresql")
+
+
+class UsageTotal(Model):
+    """The rollups' costs summed by day, chunk of users and currency, kept by the same
+    statements that write the rollups (portal/services/metering/totals.py), so reading a
+    whole period for every account (the admin dashboard's revenue) is a few hundred rows,
+    not one per deployment and day. Chunk only spreads the rows: metering a chunk updates
+    its own rows under the chunk's mark lock, never a row another worker's chunk updates.
+    `flask billing usage-audit` checks them against the rollups."""
+
+    __tablename__ = "usage_totals"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    chunk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    cpu_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
+    memory_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
+    storage_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
+    instance_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
+    ip_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
 
 
 class MeterMark(Model):

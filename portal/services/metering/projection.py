@@ -8,7 +8,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 
 from sqlalchemy import BindParameter, Select, bindparam, extract, func, select
@@ -17,7 +17,7 @@ from ...extensions import db
 from ...models import DeploymentInterval, MeterMark, UsageDaily, User
 from ...money import Money
 from ..calendar import invoice_day, period_containing
-from . import rollups
+from . import rollups, totals
 from .usage import month_seconds, round_micros
 
 
@@ -41,7 +41,6 @@ def _usage_query(key, where) -> Select:
             func.sum(UsageDaily.storage_cost),
             func.sum(UsageDaily.instance_cost + UsageDaily.ip_cost),
         )
-        .join(User, User.id == UsageDaily.user_id)
         .where(
             UsageDaily.day >= bindparam("start_day"),
             UsageDaily.day < bindparam("end_day"),
@@ -57,11 +56,17 @@ def _usage_sums(stmt: Select, start: datetime, end: datetime, **params) -> dict:
     out: dict = defaultdict(Fraction)
     rows = db.session.execute(stmt, {"start_day": start.date(), "end_day": end.date(), **params})
     for k, y, m, per_hour_ms, storage, per_hour_s in rows:
-        first = datetime(int(y), int(m), 1).date()
-        out[k] += Fraction(int(per_hour_ms or 0), 3_600_000)
-        out[k] += Fraction(int(storage or 0), 1000 * month_seconds(first))
-        out[k] += Fraction(int(per_hour_s or 0), 3600)
+        out[k] += _exact(date(int(y), int(m), 1), per_hour_ms, storage, per_hour_s)
     return out
+
+
+def _exact(month: date, per_hour_ms, storage, per_hour_s) -> Fraction:
+    """Micro-units of a month's summed cost numerators (see models/usage.py)."""
+    return (
+        Fraction(int(per_hour_ms or 0), 3_600_000)
+        + Fraction(int(storage or 0), 1000 * month_seconds(month))
+        + Fraction(int(per_hour_s or 0), 3600)
+    )
 
 
 def _burn_query(key, where) -> Select:
@@ -95,16 +100,19 @@ def _burn_sums(stmt: Select, at: datetime, **params) -> dict:
 
 
 @functools.cache
-def _queries(per_user: bool) -> tuple[Select, Select]:
-    """The usage and burn queries, by user (of ``:ids``) or by currency; built once (pages
-    read them on every request, and building a statement costs more than running it)."""
-    if not per_user:
-        return _usage_query(User.currency, []), _burn_query(User.currency, [])
+def _user_queries() -> tuple[Select, Select]:
+    """The usage and burn queries by user (of ``:ids``); built once (pages read them on
+    every request, and building a statement costs more than running it)."""
     ids: BindParameter[list[int]] = bindparam("ids", expanding=True)
     return (
         _usage_query(UsageDaily.user_id, [UsageDaily.user_id.in_(ids)]),
         _burn_query(DeploymentInterval.user_id, [DeploymentInterval.user_id.in_(ids)]),
     )
+
+
+@functools.cache
+def _currency_burn() -> Select:
+    return _burn_query(User.currency, [])
 
 
 def _remaining_hours(mark: datetime | None, now: datetime, start: datetime, end: datetime):
@@ -119,7 +127,7 @@ def by_user(users: Iterable[tuple[int, str]], now: datetime) -> dict[int, Projec
         return {}
     start, end = period_containing(now, invoice_day())
     ids = [u for u, _ in users]
-    usage_query, burn_query = _queries(per_user=True)
+    usage_query, burn_query = _user_queries()
     so_far = _usage_sums(usage_query, start, end, ids=ids)
     burn = _burn_sums(burn_query, end, ids=ids)
     marks = _marks({rollups.chunk_of(u) for u in ids})
@@ -139,9 +147,13 @@ def by_currency(now: datetime) -> dict[str, Projection]:
     the projection (running deployments at today's rates until the period ends, from the
     oldest metering mark)."""
     start, end = period_containing(now, invoice_day())
-    usage_query, burn_query = _queries(per_user=False)
-    so_far = _usage_sums(usage_query, start, end)
-    burn = _burn_sums(burn_query, end)
+    so_far: dict = defaultdict(Fraction)
+    # From the rollups' running totals: a few hundred rows, not one per deployment and day.
+    for currency, y, m, per_hour_ms, storage, per_hour_s in totals.by_currency_and_month(
+        start.date(), end.date()
+    ):
+        so_far[currency] += _exact(date(y, m, 1), per_hour_ms, storage, per_hour_s)
+    burn = _burn_sums(_currency_burn(), end)
     oldest = db.session.scalar(select(func.min(MeterMark.metered_through)))
     hours = _remaining_hours(oldest, now, start, end)
     out = {}

@@ -41,6 +41,7 @@ from ...models import (
 )
 from ...models.usage import USAGE_COLUMNS
 from ...tasks.queues import enqueue_after_commit
+from . import totals
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,15 @@ _SECONDS = (
     "ELSE i.start_epoch END)"
 )
 
+# The intervals of ``{where}`` that ran in [:since, :until), with their seconds in it.
+_INTERVALS_SQL = f"""
+    SELECT i.deployment_id, i.user_id, i.cpu_milli, i.memory_mgb, i.storage_mgb, i.instances,
+           i.public_ips, i.cpu_rate_micros, i.memory_rate_micros, i.storage_rate_micros,
+           i.instance_rate_micros, i.ip_rate_micros, {_SECONDS} AS secs
+    FROM deployment_intervals i
+    WHERE {{where}} AND i.start_epoch < :until AND (i.end_epoch IS NULL OR i.end_epoch > :since)
+"""
+
 _ROLLUP_SQL = f"""
 INSERT INTO {{table}} (deployment_id, day, user_id, {", ".join(USAGE_COLUMNS)})
 SELECT s.deployment_id, :day, s.user_id,
@@ -87,13 +97,7 @@ SELECT s.deployment_id, :day, s.user_id,
        :sign * SUM(s.secs * s.instances),
        :sign * SUM(s.secs * s.instances * s.instance_rate_micros),
        :sign * SUM(s.secs * s.public_ips), :sign * SUM(s.secs * s.public_ips * s.ip_rate_micros)
-FROM (
-    SELECT i.deployment_id, i.user_id, i.cpu_milli, i.memory_mgb, i.storage_mgb, i.instances,
-           i.public_ips, i.cpu_rate_micros, i.memory_rate_micros, i.storage_rate_micros,
-           i.instance_rate_micros, i.ip_rate_micros, {_SECONDS} AS secs
-    FROM deployment_intervals i
-    WHERE {{where}} AND i.start_epoch < :until AND (i.end_epoch IS NULL OR i.end_epoch > :since)
-) s
+FROM ({{intervals}}) s
 GROUP BY s.deployment_id, s.user_id
 ON CONFLICT {{conflict}} DO UPDATE SET
     {", ".join(f"{c} = {{table}}.{c} + excluded.{c}" for c in USAGE_COLUMNS)}
@@ -102,8 +106,12 @@ ROLLUPS = ("usage_daily", "(deployment_id, day)")
 # Late changes to invoiced periods: the pending (not yet invoiced) adjustment rows.
 ADJUSTMENTS = ("usage_adjustments", "(deployment_id, day) WHERE invoice_id IS NULL")
 
-_WHERE_CHUNK = "i.user_id >= :user_lo AND i.user_id < :user_hi"
-_WHERE_DEPLOYMENT = "i.deployment_id = :deployment_id"
+# Which intervals, and which users for the totals' join (see totals.FROM_INTERVALS).
+_WHERE_CHUNK = (
+    "i.user_id >= :user_lo AND i.user_id < :user_hi",
+    "u.id >= :user_lo AND u.id < :user_hi",
+)
+_WHERE_DEPLOYMENT = ("i.deployment_id = :deployment_id", "u.id = :user_id")
 
 # The deployments that ran in a window (for the log), by the same index as the rollup.
 _DEPLOYMENTS_SQL = (
@@ -126,22 +134,28 @@ def _days(since: int, until: int) -> Iterator[tuple[date, int, int]]:
 
 
 def _roll_up(
-    where: str,
+    where: tuple[str, str],
     params: dict[str, int],
     since: int,
     until: int,
     sign: int,
     target: tuple[str, str] = ROLLUPS,
 ) -> int:
-    """Add (sign=1) or take away (sign=-1) the usage of [since, until) to the rollups."""
+    """Add (sign=1) or take away (sign=-1) the usage of [since, until) to the rollups (and
+    their totals), or to the pending adjustments (``target=ADJUSTMENTS``). ``params`` hold
+    ``chunk`` and what ``where`` names."""
     table, conflict = target
-    statement = text(_ROLLUP_SQL.format(where=where, table=table, conflict=conflict))
+    intervals = _INTERVALS_SQL.format(where=where[0])
+    rollup = text(_ROLLUP_SQL.format(intervals=intervals, table=table, conflict=conflict))
+    summed = None
+    if target == ROLLUPS:
+        summed = text(totals.FROM_INTERVALS.format(intervals=intervals, users=where[1]))
     rows = 0
     for day, seg_since, seg_until in _days(since, until):
-        result = db.session.execute(
-            statement, {**params, "day": day, "since": seg_since, "until": seg_until, "sign": sign}
-        )
-        rows += max(rowcount(result), 0)
+        values = {**params, "day": day, "since": seg_since, "until": seg_until, "sign": sign}
+        rows += max(rowcount(db.session.execute(rollup, values)), 0)
+        if summed is not None:
+            db.session.execute(summed, values)
     return rows
 
 
@@ -228,7 +242,7 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
             )
         )
     size = chunk_size()
-    params = {"user_lo": chunk * size, "user_hi": (chunk + 1) * size}
+    params = {"chunk": chunk, "user_lo": chunk * size, "user_hi": (chunk + 1) * size}
     result.rows = _roll_up(_WHERE_CHUNK, params, epoch(since), epoch(upto), +1)
     if postgresql:  # the rest of the transaction (an invoice run's chunk) plans as usual
         db.session.execute(text("RESET enable_hashagg"))
@@ -239,7 +253,7 @@ def meter_chunk(chunk: int, upto: datetime) -> MeterResult:
         hook(chunk, since, upto)
     if log.isEnabledFor(logging.INFO):
         result.deployments = db.session.execute(
-            text(_DEPLOYMENTS_SQL.format(where=_WHERE_CHUNK)),
+            text(_DEPLOYMENTS_SQL.format(where=_WHERE_CHUNK[0])),
             {**params, "since": epoch(since), "until": epoch(upto)},
         ).scalar_one()
         log.info(
@@ -337,7 +351,8 @@ def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
     start, end = epoch(_midnight(first_day)), epoch(mark.metered_through)
     if start >= end:
         return result
-    params = {"deployment_id": deployment.id}
+    chunk = chunk_of(deployment.user_id)
+    params = {"deployment_id": deployment.id, "user_id": deployment.user_id, "chunk": chunk}
     db.session.flush()
     # Invoiced periods begin and end at midnight, so whole rollup days line up with them.
     for period_start, period_end in invoiced_periods(
@@ -351,6 +366,7 @@ def rebuild_deployment(deployment_id: int, since: datetime) -> MeterResult:
             text(_ROLLUPS_TO_ADJUSTMENTS), {**params, "first": from_epoch(lo).date(), "last": last}
         )
         _roll_up(_WHERE_DEPLOYMENT, params, lo, hi, +1, ADJUSTMENTS)
+    totals.take_away(deployment.id, deployment.user_id, chunk, first_day)
     db.session.execute(
         UsageDaily.__table__.delete().where(
             UsageDaily.deployment_id == deployment.id, UsageDaily.day >= first_day
@@ -484,6 +500,7 @@ def audit_usage() -> list[str]:
         for r in db.session.execute(select(UsageDaily)).scalars()
     }
     problems += _audit_archived(expected, stored)
+    problems += totals.audit()
     for key in sorted(set(expected) | set(stored)):
         want = expected.get(key, [0] * len(USAGE_COLUMNS))
         have = stored.get(key, [0] * len(USAGE_COLUMNS))

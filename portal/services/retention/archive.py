@@ -47,6 +47,7 @@ from ...models import (
     utcnow,
 )
 from ...models.usage import USAGE_COLUMNS
+from ..metering import totals
 from . import partitions
 
 log = logging.getLogger(__name__)
@@ -383,6 +384,7 @@ def archive_year(year: int, to: Path, *, now: datetime | None = None) -> Archive
         .values(manifest_sha256=result.files["manifest.json"])
     )
 
+    totals.delete_days(start.date(), end.date())
     if partitions.enabled():
         for table in partitions.KEYS:
             for month in months:

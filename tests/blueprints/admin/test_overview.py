@@ -24,6 +24,7 @@ from portal.services.metering import deployments
 from portal.services.standing import status
 from tests.support.app import AuthActions
 from tests.support.invoices import SEP, issue_invoices, pay_offline
+from tests.support.usage import add_rollups
 
 NOW = datetime(2026, 11, 15, tzinfo=UTC)
 # One core for a whole day at $0.05 an hour: 86,400,000 milli-core-seconds, $1.20.
@@ -58,7 +59,7 @@ def books(app, make_user):
         deployments.create_deployment(
             external_id="big", user=db.session.get(User, carol.id), kind="vm", cpu_cores=2
         )
-        db.session.add_all(
+        add_rollups(
             [
                 usage(9001, ann.id, date(2026, 11, 3), **CORE_DAY),
                 usage(9001, ann.id, date(2026, 11, 4), **CORE_DAY),
