@@ -136,9 +136,10 @@ def _columns(table: str) -> set[str]:
     return {c["name"] for c in db.inspect(db.engine).get_columns(table)}
 
 
-def test_the_usage_totals_are_filled_from_the_rollups_there_are(make_app, tmp_path, database_url):
-    """0024 totals the rollups by day, chunk and currency; usage-audit then finds them equal
-    (on PostgreSQL in a database of its own, on SQLite in a fresh file)."""
+def test_the_running_totals_are_filled_from_the_rows_there_are(make_app, tmp_path, database_url):
+    """0024 totals the rollups by day, chunk and currency and the open intervals' hourly
+    costs by chunk and currency (on PostgreSQL in a database of its own, on SQLite in a
+    fresh file)."""
     if database_url.startswith("postgresql"):
         name = database_url.rsplit("/", 1)[1] + "_totals"
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -171,9 +172,46 @@ def test_the_usage_totals_are_filled_from_the_rollups_there_are(make_app, tmp_pa
                     f"({deployment}, '{day}', {user}, 0, {cost}, 0, 0, 0, {2 * cost}, 0, 0, 0, 1)"
                 )
             )
+        db.session.execute(
+            text(
+                "INSERT INTO price_versions (id, version, effective_from, currency, "
+                "cpu_per_core_hour_micros, memory_per_gb_hour_micros, "
+                "storage_per_gb_month_micros, public_ip_per_hour_micros, note, created_at) "
+                f"VALUES (1, 1, {now}, 'USD', 1, 1, 1, 1, '', {now})"
+            )
+        )
+        # Open intervals of users 1 and 3 (chunks 0 and 1) and 2 (EUR); one closed.
+        for n, (user, end, cpu, ip) in enumerate(
+            [(1, "NULL", 2, 0), (3, "NULL", 5, 1), (3, "100", 7, 0), (2, "NULL", 3, 0)], 1
+        ):
+            db.session.execute(
+                text(
+                    "INSERT INTO deployments (id, external_id, user_id, kind, name, labels, "
+                    "state, price_version_id, cpu_milli, memory_mgb, storage_mgb, public_ip, "
+                    f"created_at, updated_at) VALUES ({n}, 'd{n}', {user}, 'vm', '', '{{}}', "
+                    f"'active', 1, 0, 0, 0, false, {now}, {now})"
+                )
+            )
+            db.session.execute(
+                text(
+                    "INSERT INTO deployment_intervals (deployment_id, user_id, start_epoch, "
+                    "end_epoch, state, cpu_milli, memory_mgb, storage_mgb, instances, "
+                    "public_ips, cpu_rate_micros, memory_rate_micros, storage_rate_micros, "
+                    f"instance_rate_micros, ip_rate_micros) VALUES ({n}, {user}, 0, {end}, "
+                    f"'active', {cpu}, 0, 0, 0, {ip}, 1000, 0, 0, 0, 50)"
+                )
+            )
         db.session.commit()
         db.session.remove()
         flask_migrate.upgrade()
+        running = db.session.execute(
+            text("SELECT chunk, currency, cpu, ip FROM running_costs ORDER BY chunk, currency")
+        ).all()
+        assert [(c, cur, int(a), int(i)) for c, cur, a, i in running] == [
+            (0, "USD", 2000, 0),
+            (1, "EUR", 3000, 0),
+            (1, "USD", 5000, 50),  # not the closed interval's 7000
+        ]
         totals = db.session.execute(
             text(
                 "SELECT day, chunk, currency, cpu_cost, storage_cost, ip_cost FROM usage_totals "
@@ -188,7 +226,7 @@ def test_the_usage_totals_are_filled_from_the_rollups_there_are(make_app, tmp_pa
         ]
         db.session.remove()
         flask_migrate.downgrade(revision="0023_usage_report_order")
-        assert "usage_totals" not in db.inspect(db.engine).get_table_names()
+        assert not {"usage_totals", "running_costs"} & set(db.inspect(db.engine).get_table_names())
         db.session.remove()
         db.engine.dispose()
     if url.startswith("postgresql"):

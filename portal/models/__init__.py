@@ -67,7 +67,7 @@ from .subscriptions import (
     SubscriptionStatus,
 )
 from .types import utcnow
-from .usage import ArchivedUsage, ArchivedYear, MeterMark, UsageDaily, UsageTotal
+from .usage import ArchivedUsage, ArchivedYear, MeterMark, RunningCost, UsageDaily, UsageTotal
 from .users import ApiToken, CurrencyPin, TokenScope, User, UserSession
 from .vouchers import Voucher, VoucherRedemption, VoucherRequest
 from .webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -134,6 +134,7 @@ __all__ = [
     "OutboundEmail",
     "PaymentTender",
     "PriceVersion",
+    "RunningCost",
     "RunOrigin",
     "RunStatus",
     "ScheduledJob",

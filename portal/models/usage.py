@@ -102,6 +102,25 @@ class UsageTotal(Model):
     ip_cost: Mapped[int] = mapped_column(_TOTAL, default=0)
 
 
+class RunningCost(Model):
+    """What the open deployment intervals cost per hour, summed by chunk of users and
+    currency: each column the sum of an open interval's quantity times its rate (as
+    ``DeploymentInterval``: cpu_milli * cpu_rate_micros, ...). Kept by the statement that
+    opens or closes an interval (portal/services/metering/deployments.py), under the chunk's
+    mark lock, so the admin dashboard's projection reads a few rows, not every running
+    deployment. `flask billing usage-audit` checks them against the open intervals."""
+
+    __tablename__ = "running_costs"
+
+    chunk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    cpu: Mapped[int] = mapped_column(_TOTAL, default=0)
+    memory: Mapped[int] = mapped_column(_TOTAL, default=0)
+    storage: Mapped[int] = mapped_column(_TOTAL, default=0)
+    instance: Mapped[int] = mapped_column(_TOTAL, default=0)
+    ip: Mapped[int] = mapped_column(_TOTAL, default=0)
+
+
 class MeterMark(Model):
     """How far the deployments of one chunk of users are metered. A metering run claims
     [metered_through, upto) by a conditional UPDATE of this row, so two runs can never both

@@ -31,7 +31,7 @@ from ...models import (
     User,
     utcnow,
 )
-from . import catalog, rollups
+from . import catalog, rollups, totals
 
 S = DeploymentState
 TRANSITIONS: dict[S, frozenset[S]] = {
@@ -234,23 +234,32 @@ def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
     """Close the open interval at ``at`` and open one for ``state`` (if it bills)."""
     version = db.session.get_one(PriceVersion, deployment.price_version_id)
     at_epoch = rollups.epoch(at)
+    # A chunk's changes take its mark's lock first (backfill_later takes it anyway), then
+    # its running costs' row: one order, whichever of them (or metering) comes first.
+    chunk = rollups.chunk_of(deployment.user_id)
+    rollups.lock_mark(chunk)
+    change = dict.fromkeys(totals.hourly_columns(), 0)
     current = _open_interval(deployment)
     if current is not None:
+        for column, cost in totals.hourly(current).items():
+            change[column] -= cost
         if current.start_epoch == at_epoch:
             db.session.delete(current)  # superseded at the instant it began
         else:
             current.end_epoch = at_epoch
         db.session.flush()
     if state in BILLS_ALL or state in BILLS_STORAGE:
-        db.session.add(
-            DeploymentInterval(
-                deployment_id=deployment.id,
-                user_id=deployment.user_id,
-                start_epoch=at_epoch,
-                end_epoch=None,
-                **_interval_values(deployment, state, version),
-            )
+        interval = DeploymentInterval(
+            deployment_id=deployment.id,
+            user_id=deployment.user_id,
+            start_epoch=at_epoch,
+            end_epoch=None,
+            **_interval_values(deployment, state, version),
         )
+        db.session.add(interval)
+        for column, cost in totals.hourly(interval).items():
+            change[column] += cost
+    totals.add_running(deployment.user_id, chunk, change)
     deployment.state = str(state)
     deployment.updated_at = utcnow()
 

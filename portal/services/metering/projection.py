@@ -14,7 +14,7 @@ from fractions import Fraction
 from sqlalchemy import BindParameter, Select, bindparam, extract, func, select
 
 from ...extensions import db
-from ...models import DeploymentInterval, MeterMark, UsageDaily, User
+from ...models import DeploymentInterval, MeterMark, UsageDaily
 from ...money import Money
 from ..calendar import invoice_day, period_containing
 from . import rollups, totals
@@ -79,7 +79,6 @@ def _burn_query(key, where) -> Select:
             func.sum(i.storage_mgb * i.storage_rate_micros),
             func.sum(i.instances * i.instance_rate_micros + i.public_ips * i.ip_rate_micros),
         )
-        .join(User, User.id == i.user_id)
         .where(i.end_epoch.is_(None), *where)
         .group_by(key)
     )
@@ -87,7 +86,7 @@ def _burn_query(key, where) -> Select:
 
 def _burn_sums(stmt: Select, at: datetime, **params) -> dict:
     """What running deployments cost per hour now (exact micro-units), by the key of
-    ``stmt`` (a ``_burn_query``)."""
+    ``stmt`` (a ``_burn_query`` or ``totals.running_by_currency``)."""
     hours_in_month = Fraction(month_seconds((at - _DAY).date()), 3600)
     out: dict = {}
     for k, per_milli, storage, per_hour in db.session.execute(stmt, params):
@@ -108,11 +107,6 @@ def _user_queries() -> tuple[Select, Select]:
         _usage_query(UsageDaily.user_id, [UsageDaily.user_id.in_(ids)]),
         _burn_query(DeploymentInterval.user_id, [DeploymentInterval.user_id.in_(ids)]),
     )
-
-
-@functools.cache
-def _currency_burn() -> Select:
-    return _burn_query(User.currency, [])
 
 
 def _remaining_hours(mark: datetime | None, now: datetime, start: datetime, end: datetime):
@@ -148,12 +142,13 @@ def by_currency(now: datetime) -> dict[str, Projection]:
     oldest metering mark)."""
     start, end = period_containing(now, invoice_day())
     so_far: dict = defaultdict(Fraction)
-    # From the rollups' running totals: a few hundred rows, not one per deployment and day.
+    # From the running totals: a few hundred rows, not one per deployment and day, and a
+    # few for what runs now, not one per running deployment.
     for currency, y, m, per_hour_ms, storage, per_hour_s in totals.by_currency_and_month(
         start.date(), end.date()
     ):
         so_far[currency] += _exact(date(y, m, 1), per_hour_ms, storage, per_hour_s)
-    burn = _burn_sums(_currency_burn(), end)
+    burn = _burn_sums(totals.running_by_currency(), end)
     oldest = db.session.scalar(select(func.min(MeterMark.metered_through)))
     hours = _remaining_hours(oldest, now, start, end)
     out = {}

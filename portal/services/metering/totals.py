@@ -1,23 +1,35 @@
-"""The rollups' costs summed by day, chunk of users and currency (``usage_totals``).
+"""Running sums that spare the admin dashboard from reading every account's rows: the
+rollups' costs by day, chunk of users and currency (``usage_totals``), and what the open
+deployment intervals cost per hour by chunk and currency (``running_costs``).
 
 Every statement that changes ``usage_daily`` changes these by the same amounts in the same
 transaction: metering adds a window's usage to both from the intervals (``rollups``), a
 deployment metered again takes its old rows away first (``take_away``), archiving a year
 deletes both. So reading a period's revenue for every account sums a few hundred rows
-instead of one per deployment and day. `flask billing usage-audit` proves them equal to
-the rollups (``audit``).
+instead of one per deployment and day. Opening or closing an interval adds or takes away
+its hourly cost (``add_running``). `flask billing usage-audit` proves both equal to what
+they sum (``audit``).
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 
-from sqlalchemy import delete, extract, func, select, text
+from sqlalchemy import Select, delete, extract, func, select, text
 
 from ...extensions import db
-from ...models import UsageDaily, UsageTotal, User
+from ...models import DeploymentInterval, RunningCost, UsageDaily, UsageTotal, User
 
 COSTS = ("cpu_cost", "memory_cost", "storage_cost", "instance_cost", "ip_cost")
+# An interval's hourly cost, per resource: (RunningCost column, quantity, rate).
+RATES = (
+    ("cpu", "cpu_milli", "cpu_rate_micros"),
+    ("memory", "memory_mgb", "memory_rate_micros"),
+    ("storage", "storage_mgb", "storage_rate_micros"),
+    ("instance", "instances", "instance_rate_micros"),
+    ("ip", "public_ips", "ip_rate_micros"),
+)
 
 _UPSERT = f"""
 INSERT INTO usage_totals (day, chunk, currency, {", ".join(COSTS)})
@@ -89,8 +101,9 @@ def by_currency_and_month(start: date, end: date) -> list[tuple[str, int, int, i
 
 
 def audit() -> list[str]:
-    """Differences between the totals and the rollups, by day and currency (the chunk only
-    spreads the rows). Empty when they agree."""
+    """Differences between the running costs and the open intervals, and between the
+    totals and the rollups by day and currency (the chunk only spreads the rows). Empty
+    when they agree."""
     d = UsageDaily
     have: dict[tuple[date, str], list[int]] = {}
     want: dict[tuple[date, str], list[int]] = {}
@@ -105,7 +118,7 @@ def audit() -> list[str]:
     for statement, into in ((totals, have), (rollups, want)):
         for day, currency, *sums in db.session.execute(statement):
             into[(day, currency)] = [int(v or 0) for v in sums]
-    problems = []
+    problems = _audit_running()
     for key in sorted(set(have) | set(want)):
         h, w = have.get(key, [0] * len(COSTS)), want.get(key, [0] * len(COSTS))
         if h != w:
@@ -113,4 +126,67 @@ def audit() -> list[str]:
                 f"{c} {a} != {b}" for c, a, b in zip(COSTS, h, w, strict=True) if a != b
             )
             problems.append(f"usage totals on {key[0]} ({key[1]}): {diffs} (rollups)")
+    return problems
+
+
+_ADD_RUNNING = f"""
+INSERT INTO running_costs (chunk, currency, {", ".join(c for c, _, _ in RATES)})
+SELECT :chunk, u.currency, {", ".join(f":{c}" for c, _, _ in RATES)}
+FROM users u WHERE u.id = :user_id
+ON CONFLICT (chunk, currency) DO UPDATE SET
+    {", ".join(f"{c} = running_costs.{c} + excluded.{c}" for c, _, _ in RATES)}
+"""
+
+
+def hourly_columns() -> list[str]:
+    return [c for c, _, _ in RATES]
+
+
+def hourly(interval: DeploymentInterval) -> dict[str, int]:
+    """An interval's cost numerators per hour, by RunningCost column."""
+    return {c: getattr(interval, q) * getattr(interval, r) for c, q, r in RATES}
+
+
+def add_running(user_id: int, chunk: int, change: dict[str, int]) -> None:
+    """Add ``change`` (by RunningCost column; negative to take away) to the running costs
+    of the user's chunk and currency. The caller holds the chunk's mark lock."""
+    if any(change.values()):
+        db.session.execute(text(_ADD_RUNNING), {"user_id": user_id, "chunk": chunk, **change})
+
+
+@functools.cache
+def running_by_currency() -> Select:
+    """The running costs by currency, in the shape of projection's burn query: (currency,
+    cpu and memory, storage, instances and IPs). Built once."""
+    r = RunningCost
+    return select(
+        r.currency, func.sum(r.cpu + r.memory), func.sum(r.storage), func.sum(r.instance + r.ip)
+    ).group_by(r.currency)
+
+
+def _audit_running() -> list[str]:
+    i = DeploymentInterval
+    open_intervals = (
+        select(
+            User.currency,
+            *(func.sum(getattr(i, q) * getattr(i, r)) for _, q, r in RATES),
+        )
+        .join(User, User.id == i.user_id)
+        .where(i.end_epoch.is_(None))
+        .group_by(User.currency)
+    )
+    kept = select(
+        RunningCost.currency, *(func.sum(getattr(RunningCost, c)) for c, _, _ in RATES)
+    ).group_by(RunningCost.currency)
+    want = {k: [int(v or 0) for v in sums] for k, *sums in db.session.execute(open_intervals)}
+    have = {k: [int(v or 0) for v in sums] for k, *sums in db.session.execute(kept)}
+    zero = [0] * len(RATES)
+    problems = []
+    for currency in sorted(set(want) | set(have)):
+        h, w = have.get(currency, zero), want.get(currency, zero)
+        if h != w:
+            diffs = ", ".join(
+                f"{c} {a} != {b}" for (c, _, _), a, b in zip(RATES, h, w, strict=True) if a != b
+            )
+            problems.append(f"running costs ({currency}): {diffs} (open intervals)")
     return problems

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from portal.extensions import db
-from portal.models import UsageDaily, UsageTotal, User
+from portal.models import RunningCost, UsageDaily, UsageTotal, User
 from portal.services import accounts
 from portal.services.admin import overview
 from portal.services.metering import deployments, rollups, runs, totals
@@ -156,4 +156,69 @@ def test_the_dashboard_revenue_reads_the_totals(users):
     )
     [usd] = [f for f in overview.overview(at(5)).figures if f.currency == "USD"]
     assert usd.revenue_so_far.amount_minor == 20 + 100
+    db.session.rollback()
+
+
+def running() -> dict:
+    return {
+        (r.chunk, r.currency): {c: int(getattr(r, c)) for c in totals.hourly_columns()}
+        for r in db.session.scalars(select(RunningCost))
+        if any(getattr(r, c) for c in totals.hourly_columns())
+    }
+
+
+def test_running_costs_follow_each_interval_opened_and_closed(users):
+    """2 cores ($0.05) and 4 GB ($0.01): cpu 2,000 x 50,000, memory 4,000 x 10,000 per
+    hour; 10 GB of storage at $0.10 a month; each change moves the sums by its difference."""
+    a, b = users[0], users[1]
+    chunk_a, chunk_b = rollups.chunk_of(a.id), rollups.chunk_of(b.id)
+    dep = deploy(a, "vm")
+    assert running() == {
+        (chunk_a, "USD"): {
+            "cpu": 2000 * 50_000,
+            "memory": 4000 * 10_000,
+            "storage": 10_000 * 100_000,
+            "instance": 0,
+            "ip": 0,
+        }
+    }
+    deploy(b, "eur-vm", cpu_cores=1, memory_gb=0, storage_gb=0)
+    assert running()[(chunk_b, "EUR")]["cpu"] == 1000 * 50_000
+    deployments.update_deployment(dep, cpu_cores=4, effective_at=at(1))
+    assert running()[(chunk_a, "USD")]["cpu"] == 4000 * 50_000
+    deployments.update_deployment(dep, state="suspended", effective_at=at(2))  # storage only
+    assert running()[(chunk_a, "USD")] == {
+        "cpu": 0,
+        "memory": 0,
+        "storage": 10_000 * 100_000,
+        "instance": 0,
+        "ip": 0,
+    }
+    deployments.update_deployment(dep, state="active", effective_at=at(2))  # same instant
+    deployments.delete_deployment(dep, ended_at=at(3))
+    db.session.commit()
+    assert (chunk_a, "USD") not in running()
+    assert rollups.audit_usage() == []
+
+
+def test_usage_audit_reports_running_costs_that_disagree(users, runner):
+    deploy(users[1], "vm")
+    assert runner.invoke(args=["billing", "usage-audit"]).exit_code == 0
+    db.session.execute(update(RunningCost).values(memory=RunningCost.memory + 1))
+    db.session.commit()
+    result = runner.invoke(args=["billing", "usage-audit"])
+    assert result.exit_code == 1
+    assert "running costs (EUR): memory" in result.output
+
+
+def test_the_dashboard_projection_reads_the_running_costs(users):
+    """What runs now comes from the running costs: one more core-hour at $1.00 per hour for
+    the rest of the period shows in the projection."""
+    deploy(users[0], "vm", cpu_cores=1, memory_gb=0, storage_gb=0)
+    runs.meter_all(at(4))  # metered to Oct 31 00:00; the period ends Nov 1: 24 hours left
+    [usd] = [f for f in overview.overview(at(4)).figures if f.currency == "USD"]
+    assert (usd.revenue_so_far.amount_minor, usd.revenue_projected.amount_minor) == (20, 140)
+    db.session.execute(update(RunningCost).values(cpu=RunningCost.cpu + 1000 * 1_000_000))
+    [usd] = [f for f in overview.overview(at(4)).figures if f.currency == "USD"]
+    assert usd.revenue_projected.amount_minor == 140 + 24 * 100
     db.session.rollback()
