@@ -190,3 +190,31 @@ def _audit_running() -> list[str]:
             )
             problems.append(f"running costs ({currency}): {diffs} (open intervals)")
     return problems
+
+
+def recount(chunk_size: int) -> None:
+    """Both sums worked out again from what they sum: for rollups or intervals written in
+    bulk past the statements that keep them (a benchmark's seeding, a data import). Takes
+    no locks: run it while nothing meters or changes deployments."""
+    chunk = f"/ {int(chunk_size):d}"
+    db.session.execute(delete(UsageTotal))
+    db.session.execute(
+        text(
+            _UPSERT.format(
+                select=f"""SELECT d.day, d.user_id {chunk}, u.currency,
+                {", ".join(f"SUM(d.{c})" for c in COSTS)}
+                FROM usage_daily d JOIN users u ON u.id = d.user_id
+                GROUP BY d.day, d.user_id {chunk}, u.currency"""
+            )
+        )
+    )
+    db.session.execute(delete(RunningCost))
+    db.session.execute(
+        text(
+            f"INSERT INTO running_costs (chunk, currency, {', '.join(hourly_columns())}) "
+            f"SELECT i.user_id {chunk}, u.currency, "
+            f"{', '.join(f'SUM(i.{q} * i.{r})' for _, q, r in RATES)} "
+            "FROM deployment_intervals i JOIN users u ON u.id = i.user_id "
+            f"WHERE i.end_epoch IS NULL GROUP BY i.user_id {chunk}, u.currency"
+        )
+    )

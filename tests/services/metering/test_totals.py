@@ -222,3 +222,16 @@ def test_the_dashboard_projection_reads_the_running_costs(users):
     [usd] = [f for f in overview.overview(at(4)).figures if f.currency == "USD"]
     assert usd.revenue_projected.amount_minor == 140 + 24 * 100
     db.session.rollback()
+
+
+def test_a_recount_gives_what_the_statements_kept(users):
+    for n, user in enumerate(users):
+        deploy(user, f"vm-{n}", cpu_cores=n + 1, memory_gb=1, storage_gb=n)
+    runs.meter_all(at(30))
+    deployments.delete_deployment(deployments.get_for_owner(None, "vm-1"), ended_at=at(31))
+    db.session.commit()
+    kept = (running(), stored_totals())
+    assert all(kept)
+    totals.recount(rollups.chunk_size())
+    assert (running(), stored_totals()) == kept
+    db.session.rollback()
