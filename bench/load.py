@@ -115,7 +115,7 @@ from portal.services import calendar
 from portal.services.accounts import TOKEN_PREFIX
 from portal.services.invoicing import documents
 from portal.services.invoicing import run as invoice_run
-from portal.services.metering import catalog, rollups, runs
+from portal.services.metering import catalog, rollups, runs, totals
 from portal.services.payments import settlement
 from portal.services.wallet import ledger
 from portal.services.wallet.reconcile import find_discrepancies
@@ -326,6 +326,8 @@ def seed(app, *, users: int = USERS, load_users: int = 0) -> Seeded:
         )
         for table, value in (("users", users), ("deployments", 2 * users)):
             db.session.execute(text(f"SELECT setval('{table}_id_seq', :n)"), {"n": value})
+        # Inserted in bulk, past the statement that keeps the running costs: count them.
+        totals.recount(rollups.chunk_size())
         db.session.commit()
         log(f"seeded {users} users, {2 * users} deployments, {users} API tokens")
 
