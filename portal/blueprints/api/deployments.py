@@ -319,8 +319,7 @@ def admin_reports(query: ReportQuery):
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
     page, per_page = query.page, query.per_page
-    rows = list(reports.report_rows(f))
-    items = rows[(page - 1) * per_page : page * per_page]
+    items = list(reports.report_rows(f, limit=per_page, offset=(page - 1) * per_page))
     return ReportPage(
         **{"from": f.day_from.isoformat()},
         to=f.day_to.isoformat(),
@@ -330,5 +329,5 @@ def admin_reports(query: ReportQuery):
         ],
         page=page,
         per_page=per_page,
-        total=len(rows),
+        total=reports.count_rows(f),
     )

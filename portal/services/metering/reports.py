@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ...errors import ValidationFailed
 from ...extensions import db
@@ -87,14 +87,19 @@ def _query(f: ReportFilter):
     return query.order_by(UsageDaily.day, UsageDaily.user_id, UsageDaily.deployment_id)
 
 
-def report_rows(f: ReportFilter, limit: int | None = None) -> Iterator[dict]:
+def count_rows(f: ReportFilter) -> int:
+    """How many rows the report has (counted by the database, none read here)."""
+    return db.session.scalar(select(func.count()).select_from(_query(f).subquery())) or 0
+
+
+def report_rows(f: ReportFilter, limit: int | None = None, offset: int = 0) -> Iterator[dict]:
     """Rows with quantities in their units and the cost in major units to 6 decimals, in
-    the order (day, user, deployment); the first ``limit`` of them if given."""
+    the order (day, user, deployment); ``limit`` of them from ``offset`` if given."""
     query = _query(f)
     if limit is None:  # every row (the CSV): fetched a thousand at a time
-        query = query.execution_options(yield_per=1000)
+        query = query.offset(offset).execution_options(yield_per=1000)
     else:  # a page: in one round trip (a server-side cursor would take four)
-        query = query.limit(limit)
+        query = query.limit(limit).offset(offset)
     result = db.session.execute(query)
     for row in result:
         # The quantities and costs of usage.row_quantities and row_costs, each as a quotient
@@ -156,4 +161,12 @@ def csv_lines(f: ReportFilter) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-__all__ = ["COLUMNS", "RESOURCES", "ReportFilter", "csv_lines", "parse_label", "report_rows"]
+__all__ = [
+    "COLUMNS",
+    "RESOURCES",
+    "ReportFilter",
+    "count_rows",
+    "csv_lines",
+    "parse_label",
+    "report_rows",
+]

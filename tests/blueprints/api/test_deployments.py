@@ -6,7 +6,7 @@ import csv
 import io
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from portal.extensions import db
 from portal.models import Deployment, DeploymentInterval
@@ -197,3 +197,37 @@ def test_admin_reports_filter_and_export_csv(app, api, make_user, platform, runn
     assert len(parsed) == 4
     assert {r["name"] for r in parsed} == {"", "'=cmd()"}  # no formula injection
     assert api.get("/admin/reports", token=api.token(make_user())).status_code == 403
+
+
+def test_admin_reports_pages_are_cut_by_the_database_in_the_report_order(
+    app, api, make_user, platform, runner
+):
+    """Page by page the rows come in the report's order (day, user, deployment), none twice,
+    and ``total`` counts them all; past the last page: no items, the same total."""
+    make_user("john@example.com")
+    for name in ("a", "b", "c"):
+        create(api, platform, external_id=name)
+    runner.invoke(args=["billing", "meter", "--hour", "2026-10-03T03"])  # three days each
+    admin = api.token(make_user(admin=True), "admin")
+    url = "/admin/reports?from=2026-10-01&to=2026-10-31&per_page=4&page="
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "usage_daily" in statement:
+            statements.append(statement.upper())
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            pages = [api.get(url + str(n), token=admin).json for n in (1, 2, 3, 4)]
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+    # Per page: the page's rows (LIMIT ... OFFSET) and a count, not every row of the range.
+    assert len(statements) == 8
+    assert sum("LIMIT" in s and "OFFSET" in s for s in statements) == 4
+    assert sum("COUNT(*)" in s for s in statements) == 4
+    assert [p["total"] for p in pages] == [9, 9, 9, 9]
+    assert [len(p["items"]) for p in pages] == [4, 4, 1, 0]
+    seen = [(r["date"], r["deployment"]) for p in pages for r in p["items"]]
+    days = ["2026-10-01", "2026-10-02", "2026-10-03"]
+    assert seen == [(d, n) for d in days for n in ("a", "b", "c")]
