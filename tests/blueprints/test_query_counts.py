@@ -35,8 +35,9 @@ AT_MOST = {
     "/admin/jobs": 10,
     "/admin/users": 8,
     # Balances, budget, runway in one; waiting work in one; the invoices, deployments, cards,
-    # mail and admin actions in one; the wallet history in one on PostgreSQL (16 before)
-    "/admin/users/<int:user_id>": 12,
+    # mail, vouchers redeemed and admin actions in one; the wallet history in one on PostgreSQL
+    # (16 before)
+    "/admin/users/<int:user_id>": 11,
     "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
     "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)
     "/admin/invoices": 3,  # the page, its users' emails and its count in one statement (4 before)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, cast, literal, null, select, union_all
+from sqlalchemy import Select, bindparam, cast, join, literal, null, select, union_all
 from sqlalchemy.orm import defer, lazyload
 
 from ...extensions import db
@@ -27,6 +27,7 @@ from ...models import (
     utcnow,
 )
 from ...models.invoices import InvoiceFigures
+from ...models.vouchers import display_code
 from ...money import Money
 from ..budgets import rules as budgets
 from ..standing import resources
@@ -65,7 +66,7 @@ class AccountDetail:
 
 
 # What the lists show: rows of these columns, not whole objects (an audit entry's before and
-# after documents, a message's bodies stay unread).
+# after documents, a message's bodies stay unread), each list by the model of its rows.
 _SHOWN = {
     Invoice: (
         Invoice.id,
@@ -107,7 +108,16 @@ _SHOWN = {
         AuditEntry.object_id,
         AuditEntry.actor_email,
     ),
+    VoucherRedemption: (
+        VoucherRedemption.id,
+        VoucherRedemption.created_at,
+        Voucher.code,
+        Voucher.value_minor,
+        Voucher.currency,
+    ),
 }
+# The tables a list reads besides its model's.
+_JOINED = {VoucherRedemption: join(VoucherRedemption, Voucher)}
 _MODELS: tuple[Any, ...] = tuple(_SHOWN)
 
 
@@ -136,6 +146,7 @@ def _lists_statement() -> Select:
     for part, model in enumerate(_MODELS):
         newest = (
             select(*_SHOWN[model])
+            .select_from(_JOINED.get(model, model))
             .where(model.user_id == bindparam("user_id"))
             .order_by(model.id.desc())
             .limit(SHOWN)
@@ -193,17 +204,6 @@ def _newest_lists(user_id: int) -> dict[type, list]:
 
 
 @functools.cache
-def _redemptions_statement() -> Select:
-    return (
-        select(VoucherRedemption.created_at, Voucher)
-        .join(Voucher, Voucher.id == VoucherRedemption.voucher_id)
-        .where(VoucherRedemption.user_id == bindparam("user_id"))
-        .order_by(VoucherRedemption.id.desc())
-        .limit(SHOWN)
-    )
-
-
-@functools.cache
 def _events_statement() -> Select:
     newest = (
         select(Event.id)
@@ -241,8 +241,8 @@ def account_detail(user: User) -> AccountDetail:
         for m in lists[PaymentMethod]
     ]
     redemptions = [
-        Redemption(at, v.display_code, v.value)
-        for at, v in db.session.execute(_redemptions_statement(), {"user_id": user.id})
+        Redemption(r.created_at, display_code(r.code), Money(r.value_minor, r.currency))
+        for r in lists[VoucherRedemption]
     ]
     events, deliveries = _events_and_deliveries(user.id)
     return AccountDetail(
