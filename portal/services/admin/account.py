@@ -7,10 +7,9 @@ import functools
 from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, cast, join, literal, null, select, union_all
-from sqlalchemy.orm import defer, lazyload
 
 from ...extensions import db
 from ...models import (
@@ -59,8 +58,8 @@ class AccountDetail:
     deployments: list[tuple]  # the columns of _SHOWN, by name
     cards: list[Card]  # brand and last 4 only: nothing else about a card leaves the gateway
     redemptions: list[Redemption]
-    events: list[Event]
-    deliveries: dict[int, list[WebhookDelivery]]  # the shown events' webhook deliveries
+    events: list[ShownEvent]
+    deliveries: dict[int, list[ShownDelivery]]  # the shown events' webhook deliveries
     mail: list[tuple]
     admin_actions: list[tuple]
 
@@ -203,6 +202,20 @@ def _newest_lists(user_id: int) -> dict[type, list]:
     return lists
 
 
+class ShownEvent(NamedTuple):
+    id: int
+    name: str
+    subject: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class ShownDelivery(NamedTuple):
+    id: int
+    endpoint_id: int
+    status: str
+
+
 @functools.cache
 def _events_statement() -> Select:
     newest = (
@@ -212,25 +225,28 @@ def _events_statement() -> Select:
         .limit(SHOWN)
         .subquery()
     )
-    return (
-        select(Event, WebhookDelivery)
+    return (  # the events' and deliveries' columns of the tuples' field names
+        select(*(getattr(Event, f) for f in ShownEvent._fields))
+        .add_columns(*(getattr(WebhookDelivery, f) for f in ShownDelivery._fields))
         .join(newest, newest.c.id == Event.id)
         .outerjoin(WebhookDelivery, WebhookDelivery.event_id == Event.id)
         .order_by(Event.id.desc(), WebhookDelivery.endpoint_id)
-        .options(lazyload("*"), lazyload(WebhookDelivery.event), defer(Event.payload))
     )
 
 
-def _events_and_deliveries(user_id: int) -> tuple[list[Event], dict[int, list[WebhookDelivery]]]:
-    """The newest events with their webhook deliveries (by endpoint), in one statement; a
-    delivery's event is the row beside it, not joined again."""
-    events: list[Event] = []
-    deliveries: dict[int, list[WebhookDelivery]] = {}
-    for event, delivery in db.session.execute(_events_statement(), {"user_id": user_id}):
-        if not events or events[-1] is not event:
-            events.append(event)
-        if delivery is not None:
-            deliveries.setdefault(event.id, []).append(delivery)
+def _events_and_deliveries(
+    user_id: int,
+) -> tuple[list[ShownEvent], dict[int, list[ShownDelivery]]]:
+    """The newest events with their webhook deliveries (by endpoint), in one statement: a
+    row per delivery (or per event without one), the event's columns first."""
+    events: list[ShownEvent] = []
+    deliveries: dict[int, list[ShownDelivery]] = {}
+    split = len(ShownEvent._fields)
+    for row in db.session.execute(_events_statement(), {"user_id": user_id}):
+        if not events or events[-1].id != row[0]:
+            events.append(ShownEvent(*row[:split]))
+        if row[split] is not None:
+            deliveries.setdefault(row[0], []).append(ShownDelivery(*row[split:]))
     return events, deliveries
 
 
