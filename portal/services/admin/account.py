@@ -139,8 +139,9 @@ _SPANS = _spans()
 def _lists_statement() -> Select:
     """The newest rows of every list of ``_SHOWN`` in one statement: a UNION ALL of each
     table's newest rows, each row carrying which list it is in (``part``, the model's place
-    in ``_SHOWN``), its id and every list's columns (another list's as NULL cast to that
-    column's type: PostgreSQL takes a bare NULL for text, which no other column matches)."""
+    in ``_SHOWN``), its id and every list's columns (another list's as NULL, cast to that
+    column's type: PostgreSQL would make a column of bare NULLs text, which a later
+    branch's number or time does not match)."""
     branches = []
     for part, model in enumerate(_MODELS):
         newest = (
