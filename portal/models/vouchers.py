@@ -52,7 +52,12 @@ class Voucher(Model):
 
     @property
     def display_code(self) -> str:
-        return "-".join(self.code[i : i + 5] for i in range(0, len(self.code), 5))
+        return display_code(self.code)
+
+
+def display_code(code: str) -> str:
+    """A voucher's code as shown, in groups of five (a code read as a column)."""
+    return "-".join(code[i : i + 5] for i in range(0, len(code), 5))
 
 
 class VoucherRedemption(Model):

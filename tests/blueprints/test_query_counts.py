@@ -34,7 +34,10 @@ AT_MOST = {
     "/admin/": 6,
     "/admin/jobs": 10,
     "/admin/users": 8,
-    "/admin/users/<int:user_id>": 16,  # balances, budget, runway in one; waiting work in one
+    # Balances, budget, runway in one; waiting work in one; the invoices, deployments, cards,
+    # mail, vouchers redeemed and admin actions in one; the wallet history in one on PostgreSQL
+    # (16 before)
+    "/admin/users/<int:user_id>": 11,
     "/usage/": 6,  # the deployments once, no intervals; the mark with the burn (11 before)
     "/invoices/": 3,  # the page and its count in one statement, no lines or payments (6 before)
     "/admin/invoices": 3,  # the page, its users' emails and its count in one statement (4 before)

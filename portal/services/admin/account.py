@@ -4,11 +4,12 @@ page links to the full lists where one exists)."""
 from __future__ import annotations
 
 import functools
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, Select, bindparam, select
-from sqlalchemy.orm import defer, lazyload, load_only
+from sqlalchemy import Select, bindparam, cast, join, literal, null, select, union_all
 
 from ...extensions import db
 from ...models import (
@@ -24,6 +25,8 @@ from ...models import (
     WebhookDelivery,
     utcnow,
 )
+from ...models.invoices import InvoiceFigures
+from ...models.vouchers import display_code
 from ...money import Money
 from ..budgets import rules as budgets
 from ..standing import resources
@@ -51,19 +54,18 @@ class Redemption:
 
 @dataclass(frozen=True)
 class AccountDetail:
-    invoices: list[Invoice]
-    deployments: list[Row]  # the columns of _SHOWN, by name
+    invoices: list[ShownInvoice]
+    deployments: list[tuple]  # the columns of _SHOWN, by name
     cards: list[Card]  # brand and last 4 only: nothing else about a card leaves the gateway
     redemptions: list[Redemption]
-    events: list[Event]
-    deliveries: dict[int, list[WebhookDelivery]]  # the shown events' webhook deliveries
-    mail: list[Row]
-    admin_actions: list[Row]
+    events: list[ShownEvent]
+    deliveries: dict[int, list[ShownDelivery]]  # the shown events' webhook deliveries
+    mail: list[tuple]
+    admin_actions: list[tuple]
 
 
 # What the lists show: rows of these columns, not whole objects (an audit entry's before and
-# after documents, a message's bodies stay unread). Invoices stay objects (loaded with these
-# columns only): their status's label and style are the model's.
+# after documents, a message's bodies stay unread), each list by the model of its rows.
 _SHOWN = {
     Invoice: (
         Invoice.id,
@@ -105,34 +107,114 @@ _SHOWN = {
         AuditEntry.object_id,
         AuditEntry.actor_email,
     ),
+    VoucherRedemption: (
+        VoucherRedemption.id,
+        VoucherRedemption.created_at,
+        Voucher.code,
+        Voucher.value_minor,
+        Voucher.currency,
+    ),
+}
+# The tables a list reads besides its model's.
+_JOINED = {VoucherRedemption: join(VoucherRedemption, Voucher)}
+_MODELS: tuple[Any, ...] = tuple(_SHOWN)
+
+
+def _spans() -> dict[type, slice]:
+    """Each list's columns' place in a row of ``_lists_statement``: after its part and row
+    id, every list's columns in the order of ``_SHOWN``."""
+    spans, start = {}, 2
+    for model in _MODELS:
+        spans[model] = slice(start, start + len(_SHOWN[model]))
+        start += len(_SHOWN[model])
+    return spans
+
+
+_SPANS = _spans()
+
+
+# The statement is built once (building it costs more than running it); the user is bound
+# per call.
+@functools.cache
+def _lists_statement() -> Select:
+    """The newest rows of every list of ``_SHOWN`` in one statement: a UNION ALL of each
+    table's newest rows, each row carrying which list it is in (``part``, the model's place
+    in ``_SHOWN``), its id and every list's columns (another list's as NULL, cast to that
+    column's type: PostgreSQL would make a column of bare NULLs text, which a later
+    branch's number or time does not match)."""
+    branches = []
+    for part, model in enumerate(_MODELS):
+        newest = (
+            select(*_SHOWN[model])
+            .select_from(_JOINED.get(model, model))
+            .where(model.user_id == bindparam("user_id"))
+            .order_by(model.id.desc())
+            .limit(SHOWN)
+            .subquery()
+        )
+        branches.append(
+            select(
+                literal(part).label("part"),
+                newest.c.id.label("row_id"),
+                *(
+                    (newest.c[c.key] if other is model else cast(null(), c.type)).label(
+                        f"{other.__tablename__}_{c.key}"
+                    )
+                    for other in _MODELS
+                    for c in _SHOWN[other]
+                ),
+            )
+        )
+    lists = union_all(*branches).subquery()
+    return select(lists).order_by(lists.c.part, lists.c.row_id.desc())
+
+
+@dataclass(frozen=True, slots=True)
+class ShownInvoice(InvoiceFigures):
+    """An invoice of the list, its columns of ``_SHOWN`` (its status's label and style are
+    the model's)."""
+
+    id: int
+    number: str | None
+    status: str
+    period_start: datetime
+    currency: str
+    total_minor: int
+    amount_paid_minor: int
+
+
+# A list's row as the page reads it, by the columns' names.
+_ROWS: dict[type, type] = {
+    Invoice: ShownInvoice,
+    **{
+        model: namedtuple(f"{model.__name__}Row", [c.key for c in _SHOWN[model]])
+        for model in _MODELS
+        if model is not Invoice
+    },
 }
 
 
-# The statements are built once (building them costs more than running them); the user is
-# bound per call.
-@functools.cache
-def _newest_statement(model) -> Select:
-    newest = select(model) if model is Invoice else select(*_SHOWN[model])
-    newest = newest.where(model.user_id == bindparam("user_id"))
-    if model is Invoice:  # its lines and payments are not read with it
-        newest = newest.options(lazyload("*"), load_only(*_SHOWN[Invoice]))
-    return newest.order_by(model.id.desc()).limit(SHOWN)
+def _newest_lists(user_id: int) -> dict[type, list]:
+    """Each list's newest rows, newest first, by model."""
+    lists: dict[type, list] = {model: [] for model in _MODELS}
+    for row in db.session.execute(_lists_statement(), {"user_id": user_id}):
+        model = _MODELS[row.part]
+        lists[model].append(_ROWS[model](*row[_SPANS[model]]))
+    return lists
 
 
-def _newest(model, user_id: int) -> list:
-    rows = db.session.execute(_newest_statement(model), {"user_id": user_id})
-    return list(rows.scalars() if model is Invoice else rows)
+class ShownEvent(NamedTuple):
+    id: int
+    name: str
+    subject: str
+    created_at: datetime
+    delivered_at: datetime | None
 
 
-@functools.cache
-def _redemptions_statement() -> Select:
-    return (
-        select(VoucherRedemption.created_at, Voucher)
-        .join(Voucher, Voucher.id == VoucherRedemption.voucher_id)
-        .where(VoucherRedemption.user_id == bindparam("user_id"))
-        .order_by(VoucherRedemption.id.desc())
-        .limit(SHOWN)
-    )
+class ShownDelivery(NamedTuple):
+    id: int
+    endpoint_id: int
+    status: str
 
 
 @functools.cache
@@ -144,47 +226,51 @@ def _events_statement() -> Select:
         .limit(SHOWN)
         .subquery()
     )
-    return (
-        select(Event, WebhookDelivery)
+    return (  # the events' and deliveries' columns of the tuples' field names
+        select(*(getattr(Event, f) for f in ShownEvent._fields))
+        .add_columns(*(getattr(WebhookDelivery, f) for f in ShownDelivery._fields))
         .join(newest, newest.c.id == Event.id)
         .outerjoin(WebhookDelivery, WebhookDelivery.event_id == Event.id)
         .order_by(Event.id.desc(), WebhookDelivery.endpoint_id)
-        .options(lazyload("*"), lazyload(WebhookDelivery.event), defer(Event.payload))
     )
 
 
-def _events_and_deliveries(user_id: int) -> tuple[list[Event], dict[int, list[WebhookDelivery]]]:
-    """The newest events with their webhook deliveries (by endpoint), in one statement; a
-    delivery's event is the row beside it, not joined again."""
-    events: list[Event] = []
-    deliveries: dict[int, list[WebhookDelivery]] = {}
-    for event, delivery in db.session.execute(_events_statement(), {"user_id": user_id}):
-        if not events or events[-1] is not event:
-            events.append(event)
-        if delivery is not None:
-            deliveries.setdefault(event.id, []).append(delivery)
+def _events_and_deliveries(
+    user_id: int,
+) -> tuple[list[ShownEvent], dict[int, list[ShownDelivery]]]:
+    """The newest events with their webhook deliveries (by endpoint), in one statement: a
+    row per delivery (or per event without one), the event's columns first."""
+    events: list[ShownEvent] = []
+    deliveries: dict[int, list[ShownDelivery]] = {}
+    split = len(ShownEvent._fields)
+    for row in db.session.execute(_events_statement(), {"user_id": user_id}):
+        if not events or events[-1].id != row[0]:
+            events.append(ShownEvent(*row[:split]))
+        if row[split] is not None:
+            deliveries.setdefault(row[0], []).append(ShownDelivery(*row[split:]))
     return events, deliveries
 
 
 def account_detail(user: User) -> AccountDetail:
+    lists = _newest_lists(user.id)
     cards = [
         Card(m.brand, m.last4, m.exp_month, m.exp_year, m.is_default, m.removed_at is not None)
-        for m in _newest(PaymentMethod, user.id)
+        for m in lists[PaymentMethod]
     ]
     redemptions = [
-        Redemption(at, v.display_code, v.value)
-        for at, v in db.session.execute(_redemptions_statement(), {"user_id": user.id})
+        Redemption(r.created_at, display_code(r.code), Money(r.value_minor, r.currency))
+        for r in lists[VoucherRedemption]
     ]
     events, deliveries = _events_and_deliveries(user.id)
     return AccountDetail(
-        invoices=_newest(Invoice, user.id),
-        deployments=_newest(Deployment, user.id),
+        invoices=lists[Invoice],
+        deployments=lists[Deployment],
         cards=cards,
         redemptions=redemptions,
         events=events,
         deliveries=deliveries,
-        mail=_newest(OutboundEmail, user.id),
-        admin_actions=_newest(AuditEntry, user.id),
+        mail=lists[OutboundEmail],
+        admin_actions=lists[AuditEntry],
     )
 
 
