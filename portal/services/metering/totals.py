@@ -1,14 +1,18 @@
-"""Running sums that spare the admin dashboard from reading every account's rows: the
-rollups' costs by day, chunk of users and currency (``usage_totals``), and what the open
-deployment intervals cost per hour by chunk and currency (``running_costs``).
+"""Running sums that spare the admin dashboard from reading every account's rows.
 
-Every statement that changes ``usage_daily`` changes these by the same amounts in the same
-transaction: metering adds a window's usage to both from the intervals (``rollups``), a
-deployment metered again takes its old rows away first (``take_away``), archiving a year
-deletes both. So reading a period's revenue for every account sums a few hundred rows
-instead of one per deployment and day. Opening or closing an interval adds or takes away
-its hourly cost (``add_running``). `flask billing usage-audit` proves both equal to what
-they sum (``audit``).
+- ``usage_totals``: the rollups' costs by day, chunk of users and currency. Every statement
+  that changes ``usage_daily`` changes them by the same amounts in the same transaction:
+  metering adds a window's usage to both from the intervals (``rollups``), a deployment
+  metered again takes its old rows away first (``take_away``), archiving a year deletes
+  both (``delete_days``). A period's revenue for every account is then a few hundred rows,
+  not one per deployment and day.
+- ``running_costs``: what the open deployment intervals cost per hour, by chunk and
+  currency. Opening or closing an interval adds or takes away its hourly cost
+  (``add_running``), so what runs now is a few rows, not one per running deployment.
+
+The chunk only spreads the rows: concurrent runs and changes of different chunks never
+update the same row. `flask billing usage-audit` proves both equal to what they sum
+(``audit``); ``recount`` works them out again after rows were written in bulk.
 """
 
 from __future__ import annotations
@@ -100,33 +104,23 @@ def by_currency_and_month(start: date, end: date) -> list[tuple[str, int, int, i
     ]
 
 
-def audit() -> list[str]:
-    """Differences between the running costs and the open intervals, and between the
-    totals and the rollups by day and currency (the chunk only spreads the rows). Empty
-    when they agree."""
+def _audit_totals() -> list[str]:
     d = UsageDaily
-    have: dict[tuple[date, str], list[int]] = {}
-    want: dict[tuple[date, str], list[int]] = {}
-    totals = select(
+    kept = select(
         UsageTotal.day, UsageTotal.currency, *(func.sum(getattr(UsageTotal, c)) for c in COSTS)
     ).group_by(UsageTotal.day, UsageTotal.currency)
-    rollups = (
+    summed = (
         select(d.day, User.currency, *(func.sum(getattr(d, c)) for c in COSTS))
         .join(User, User.id == d.user_id)
         .group_by(d.day, User.currency)
     )
-    for statement, into in ((totals, have), (rollups, want)):
-        for day, currency, *sums in db.session.execute(statement):
-            into[(day, currency)] = [int(v or 0) for v in sums]
-    problems = _audit_running()
-    for key in sorted(set(have) | set(want)):
-        h, w = have.get(key, [0] * len(COSTS)), want.get(key, [0] * len(COSTS))
-        if h != w:
-            diffs = ", ".join(
-                f"{c} {a} != {b}" for c, a, b in zip(COSTS, h, w, strict=True) if a != b
-            )
-            problems.append(f"usage totals on {key[0]} ({key[1]}): {diffs} (rollups)")
-    return problems
+    return _differences(
+        COSTS,
+        _sums(kept),
+        _sums(summed),
+        lambda key: f"usage totals on {key[0]} ({key[1]})",
+        "(rollups)",
+    )
 
 
 _ADD_RUNNING = f"""
@@ -166,29 +160,48 @@ def running_by_currency() -> Select:
 
 def _audit_running() -> list[str]:
     i = DeploymentInterval
-    open_intervals = (
-        select(
-            User.currency,
-            *(func.sum(getattr(i, q) * getattr(i, r)) for _, q, r in RATES),
-        )
+    kept = select(
+        RunningCost.currency, *(func.sum(getattr(RunningCost, c)) for c in hourly_columns())
+    ).group_by(RunningCost.currency)
+    summed = (
+        select(User.currency, *(func.sum(getattr(i, q) * getattr(i, r)) for _, q, r in RATES))
         .join(User, User.id == i.user_id)
         .where(i.end_epoch.is_(None))
         .group_by(User.currency)
     )
-    kept = select(
-        RunningCost.currency, *(func.sum(getattr(RunningCost, c)) for c, _, _ in RATES)
-    ).group_by(RunningCost.currency)
-    want = {k: [int(v or 0) for v in sums] for k, *sums in db.session.execute(open_intervals)}
-    have = {k: [int(v or 0) for v in sums] for k, *sums in db.session.execute(kept)}
-    zero = [0] * len(RATES)
+    return _differences(
+        hourly_columns(),
+        _sums(kept, key_columns=1),
+        _sums(summed, key_columns=1),
+        lambda key: f"running costs ({key[0]})",
+        "(open intervals)",
+    )
+
+
+def audit() -> list[str]:
+    """Differences between the running costs and the open intervals, and between the
+    totals and the rollups by day and currency (summed over the chunks). Empty when they
+    agree."""
+    return _audit_running() + _audit_totals()
+
+
+def _sums(statement: Select, key_columns: int = 2) -> dict[tuple, list[int]]:
+    return {
+        tuple(row[:key_columns]): [int(v or 0) for v in row[key_columns:]]
+        for row in db.session.execute(statement)
+    }
+
+
+def _differences(columns, kept: dict, summed: dict, name, source: str) -> list[str]:
+    zero = [0] * len(columns)
     problems = []
-    for currency in sorted(set(want) | set(have)):
-        h, w = have.get(currency, zero), want.get(currency, zero)
-        if h != w:
+    for key in sorted(set(kept) | set(summed)):
+        have, want = kept.get(key, zero), summed.get(key, zero)
+        if have != want:
             diffs = ", ".join(
-                f"{c} {a} != {b}" for (c, _, _), a, b in zip(RATES, h, w, strict=True) if a != b
+                f"{c} {a} != {b}" for c, a, b in zip(columns, have, want, strict=True) if a != b
             )
-            problems.append(f"running costs ({currency}): {diffs} (open intervals)")
+            problems.append(f"{name(key)}: {diffs} {source}")
     return problems
 
 
