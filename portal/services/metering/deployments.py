@@ -234,9 +234,9 @@ def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
     """Close the open interval at ``at`` and open one for ``state`` (if it bills)."""
     version = db.session.get_one(PriceVersion, deployment.price_version_id)
     at_epoch = rollups.epoch(at)
-    # One lock order per chunk: its mark, then its running costs' row. Metering holds the
-    # mark alone and may change deployments under it (prepaid suspension), so taking the
-    # row first could deadlock; backfill_later's lock of the mark is then already held.
+    # One lock order per chunk: its mark, then its running costs' row. backfill_later locks
+    # the mark anyway; taking it first means no transaction holds the row while it waits
+    # for the mark, so none can deadlock with one that holds the mark (a metering run).
     chunk = rollups.chunk_of(deployment.user_id)
     rollups.lock_mark(chunk)
     change = dict.fromkeys(totals.hourly_columns(), 0)
