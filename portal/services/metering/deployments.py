@@ -239,7 +239,7 @@ def _reshape(deployment: Deployment, at: datetime, state: S) -> None:
     # for the mark, so none can deadlock with one that holds the mark (a metering run).
     chunk = rollups.chunk_of(deployment.user_id)
     rollups.lock_mark(chunk)
-    change = dict.fromkeys(totals.hourly_columns(), 0)
+    change = dict.fromkeys(totals.HOURLY, 0)
     current = _open_interval(deployment)
     if current is not None:
         for column, cost in totals.hourly(current).items():

@@ -34,6 +34,7 @@ RATES = (
     ("instance", "instances", "instance_rate_micros"),
     ("ip", "public_ips", "ip_rate_micros"),
 )
+HOURLY = tuple(c for c, _, _ in RATES)  # RunningCost's columns
 
 _UPSERT = f"""
 INSERT INTO usage_totals (day, chunk, currency, {", ".join(COSTS)})
@@ -47,14 +48,10 @@ ON CONFLICT (day, chunk, currency) DO UPDATE SET
 # are limited by ``{users}`` as well as the join, so the join reads the chunk's users by
 # their primary key, not the whole table.
 FROM_INTERVALS = _UPSERT.format(
-    select="""SELECT :day, :chunk, u.currency,
-       :sign * SUM(s.secs * s.cpu_milli * s.cpu_rate_micros),
-       :sign * SUM(s.secs * s.memory_mgb * s.memory_rate_micros),
-       :sign * SUM(s.secs * s.storage_mgb * s.storage_rate_micros),
-       :sign * SUM(s.secs * s.instances * s.instance_rate_micros),
-       :sign * SUM(s.secs * s.public_ips * s.ip_rate_micros)
-FROM ({intervals}) s JOIN users u ON u.id = s.user_id
-WHERE {users}
+    select=f"""SELECT :day, :chunk, u.currency,
+       {", ".join(f":sign * SUM(s.secs * s.{q} * s.{r})" for _, q, r in RATES)}
+FROM ({{intervals}}) s JOIN users u ON u.id = s.user_id
+WHERE {{users}}
 GROUP BY u.currency"""
 )
 
@@ -124,16 +121,12 @@ def _audit_totals() -> list[str]:
 
 
 _ADD_RUNNING = f"""
-INSERT INTO running_costs (chunk, currency, {", ".join(c for c, _, _ in RATES)})
-SELECT :chunk, u.currency, {", ".join(f":{c}" for c, _, _ in RATES)}
+INSERT INTO running_costs (chunk, currency, {", ".join(HOURLY)})
+SELECT :chunk, u.currency, {", ".join(f":{c}" for c in HOURLY)}
 FROM users u WHERE u.id = :user_id
 ON CONFLICT (chunk, currency) DO UPDATE SET
-    {", ".join(f"{c} = running_costs.{c} + excluded.{c}" for c, _, _ in RATES)}
+    {", ".join(f"{c} = running_costs.{c} + excluded.{c}" for c in HOURLY)}
 """
-
-
-def hourly_columns() -> list[str]:
-    return [c for c, _, _ in RATES]
 
 
 def hourly(interval: DeploymentInterval) -> dict[str, int]:
@@ -161,7 +154,7 @@ def running_by_currency() -> Select:
 def _audit_running() -> list[str]:
     i = DeploymentInterval
     kept = select(
-        RunningCost.currency, *(func.sum(getattr(RunningCost, c)) for c in hourly_columns())
+        RunningCost.currency, *(func.sum(getattr(RunningCost, c)) for c in HOURLY)
     ).group_by(RunningCost.currency)
     summed = (
         select(User.currency, *(func.sum(getattr(i, q) * getattr(i, r)) for _, q, r in RATES))
@@ -170,7 +163,7 @@ def _audit_running() -> list[str]:
         .group_by(User.currency)
     )
     return _differences(
-        hourly_columns(),
+        HOURLY,
         _sums(kept, key_columns=1),
         _sums(summed, key_columns=1),
         lambda key: f"running costs ({key[0]})",
@@ -224,7 +217,7 @@ def recount(chunk_size: int) -> None:
     db.session.execute(delete(RunningCost))
     db.session.execute(
         text(
-            f"INSERT INTO running_costs (chunk, currency, {', '.join(hourly_columns())}) "
+            f"INSERT INTO running_costs (chunk, currency, {', '.join(HOURLY)}) "
             f"SELECT i.user_id {chunk}, u.currency, "
             f"{', '.join(f'SUM(i.{q} * i.{r})' for _, q, r in RATES)} "
             "FROM deployment_intervals i JOIN users u ON u.id = i.user_id "

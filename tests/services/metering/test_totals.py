@@ -161,9 +161,9 @@ def test_the_dashboard_revenue_reads_the_totals(users):
 
 def running() -> dict:
     return {
-        (r.chunk, r.currency): {c: int(getattr(r, c)) for c in totals.hourly_columns()}
+        (r.chunk, r.currency): {c: int(getattr(r, c)) for c in totals.HOURLY}
         for r in db.session.scalars(select(RunningCost))
-        if any(getattr(r, c) for c in totals.hourly_columns())
+        if any(getattr(r, c) for c in totals.HOURLY)
     }
 
 
